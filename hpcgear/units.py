@@ -1,0 +1,124 @@
+"""Parse and format resource units: memory, wall time, CPU counts.
+
+Memory is normalised to MiB per node, time to whole minutes. SLURM's own
+spellings are accepted (``16G``, ``512M``, ``1-12:00:00``, ``90``) plus the
+friendlier ``2h``, ``30m``, ``1d12h``, ``16GB``, ``1.5 GiB``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from hpcgear.errors import ResourceError
+
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+_MEM_FACTOR_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024**2, "p": 1024**3}
+
+_SLURM_TIME_RE = re.compile(
+    r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$"
+)
+_HUMAN_TIME_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
+_HUMAN_FACTOR_MIN = {"d": 1440.0, "h": 60.0, "m": 1.0, "s": 1 / 60}
+
+MAX_MEM_MB = 64 * 1024**2  # 64 TiB: anything above is a typo, not a request
+MAX_TIME_MINUTES = 365 * 1440
+
+
+def parse_memory_mb(value: str | int | float, *, what: str = "memory") -> int:
+    """Return MiB for ``value``; bare numbers are MiB, as in SLURM's ``--mem``."""
+    if isinstance(value, bool):
+        raise ResourceError(f"{what} must be a size like 16G, got {value!r}",
+                            "write sizes as <number><unit>, unit one of K, M, G, T")
+    if isinstance(value, int | float):
+        mb = float(value)
+    else:
+        m = _MEM_RE.match(str(value))
+        if not m:
+            raise ResourceError(
+                f"{what} {value!r} is not a size",
+                "write sizes as <number><unit>, e.g. 512M, 16G or 1T (bare numbers are MiB)",
+            )
+        mb = float(m.group(1)) * _MEM_FACTOR_MB[m.group(2).lower()]
+    mb_int = math.ceil(mb)
+    if mb_int <= 0:
+        raise ResourceError(f"{what} must be positive, got {value!r}", "ask for at least 1M")
+    if mb_int > MAX_MEM_MB:
+        raise ResourceError(f"{what} {value!r} is larger than any node", "check the unit (M/G/T)")
+    return mb_int
+
+
+def parse_time_minutes(value: str | int | float, *, what: str = "time") -> int:
+    """Return whole minutes (rounded up) for a SLURM or human time spelling.
+
+    SLURM forms: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``.
+    Human forms: ``90m``, ``2h``, ``1d12h``, ``1h30m``, ``45s``.
+    """
+    if isinstance(value, bool):
+        raise ResourceError(f"{what} must be a duration, got {value!r}",
+                            "write durations like 2h, 90m or 1-12:00:00")
+    if isinstance(value, int | float):
+        minutes = float(value)
+    else:
+        text = str(value).strip()
+        m = _SLURM_TIME_RE.match(text)
+        if m:
+            minutes = _slurm_minutes(m)
+        else:
+            parts = _HUMAN_TIME_RE.findall(text)
+            if not parts or _HUMAN_TIME_RE.sub("", text).strip():
+                raise ResourceError(
+                    f"{what} {value!r} is not a duration",
+                    "write durations like 2h, 90m, 1d12h or SLURM's 1-12:00:00",
+                )
+            minutes = sum(float(n) * _HUMAN_FACTOR_MIN[u.lower()] for n, u in parts)
+    result = math.ceil(minutes)
+    if result <= 0:
+        raise ResourceError(f"{what} must be positive, got {value!r}", "ask for at least 1m")
+    if result > MAX_TIME_MINUTES:
+        raise ResourceError(f"{what} {value!r} is longer than a year", "check the unit")
+    return result
+
+
+def _slurm_minutes(m: re.Match[str]) -> float:
+    days = int(m.group("days") or 0)
+    a, b, c = m.group("a"), m.group("b"), m.group("c")
+    if m.group("days") is not None:
+        # D-H, D-H:M, D-H:M:S
+        hours, mins, secs = int(a), int(b or 0), int(c or 0)
+    elif c is not None:
+        hours, mins, secs = int(a), int(b), int(c)  # H:M:S
+    elif b is not None:
+        hours, mins, secs = 0, int(a), int(b)  # M:S
+    else:
+        hours, mins, secs = 0, int(a), 0  # M
+    return days * 1440 + hours * 60 + mins + secs / 60
+
+
+def parse_count(value: str | int, *, what: str, maximum: int = 100_000) -> int:
+    """A positive integer count (CPUs, GPUs, nodes, tasks)."""
+    if isinstance(value, bool):
+        raise ResourceError(f"{what} must be a whole number, got {value!r}", "e.g. 4")
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ResourceError(f"{what} {value!r} is not a whole number", "e.g. 4") from None
+    if n < 0 or n > maximum:
+        raise ResourceError(f"{what} {n} is out of range", f"use 0..{maximum}")
+    return n
+
+
+def format_slurm_time(minutes: int) -> str:
+    """SLURM ``--time`` spelling: ``D-HH:MM:SS`` (or ``HH:MM:SS`` under a day)."""
+    days, rem = divmod(minutes, 1440)
+    hours, mins = divmod(rem, 60)
+    if days:
+        return f"{days}-{hours:02d}:{mins:02d}:00"
+    return f"{hours:02d}:{mins:02d}:00"
+
+
+def format_memory(mb: int) -> str:
+    """SLURM ``--mem`` spelling: whole G when exact, else M."""
+    if mb % 1024 == 0:
+        return f"{mb // 1024}G"
+    return f"{mb}M"
