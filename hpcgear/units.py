@@ -15,9 +15,7 @@ from hpcgear.errors import ResourceError
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 _MEM_FACTOR_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024**2, "p": 1024**3}
 
-_SLURM_TIME_RE = re.compile(
-    r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$"
-)
+_SLURM_TIME_RE = re.compile(r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
 _HUMAN_TIME_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
 _HUMAN_FACTOR_MIN = {"d": 1440.0, "h": 60.0, "m": 1.0, "s": 1 / 60}
 
@@ -28,8 +26,10 @@ MAX_TIME_MINUTES = 365 * 1440
 def parse_memory_mb(value: str | int | float, *, what: str = "memory") -> int:
     """Return MiB for ``value``; bare numbers are MiB, as in SLURM's ``--mem``."""
     if isinstance(value, bool):
-        raise ResourceError(f"{what} must be a size like 16G, got {value!r}",
-                            "write sizes as <number><unit>, unit one of K, M, G, T")
+        raise ResourceError(
+            f"{what} must be a size like 16G, got {value!r}",
+            "write sizes as <number><unit>, unit one of K, M, G, T",
+        )
     if isinstance(value, int | float):
         mb = float(value)
     else:
@@ -55,8 +55,10 @@ def parse_time_minutes(value: str | int | float, *, what: str = "time") -> int:
     Human forms: ``90m``, ``2h``, ``1d12h``, ``1h30m``, ``45s``.
     """
     if isinstance(value, bool):
-        raise ResourceError(f"{what} must be a duration, got {value!r}",
-                            "write durations like 2h, 90m or 1-12:00:00")
+        raise ResourceError(
+            f"{what} must be a duration, got {value!r}",
+            "write durations like 2h, 90m or 1-12:00:00",
+        )
     if isinstance(value, int | float):
         minutes = float(value)
     else:

@@ -1,0 +1,147 @@
+"""The ``hpcgear`` command: a lazily loaded command table plus error handling.
+
+This is the only place that turns errors into exit statuses and messages;
+library code raises ``HpcgearError`` with a message and a hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from hpcgear import __version__
+from hpcgear.cli.context import AppContext
+
+# name -> (module, attribute, short help). Modules load only when the command runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": ("hpcgear.cli.commands.admin", "init_cmd", "Create an instance: config, DB, storage."),
+    "db": ("hpcgear.cli.commands.admin", "db_group", "Database migrations and status."),
+    "user": ("hpcgear.cli.commands.admin", "user_group", "Add and list users."),
+    "role": ("hpcgear.cli.commands.admin", "role_group", "Grant and revoke roles."),
+    "group": ("hpcgear.cli.commands.admin", "group_group", "Create groups."),
+    "project": ("hpcgear.cli.commands.admin", "project_group", "Create projects."),
+    "ls": ("hpcgear.cli.commands.data", "ls_cmd", "List groups, containers and files."),
+    "upload": ("hpcgear.cli.commands.data", "upload_cmd", "Upload files into the hierarchy."),
+    "download": ("hpcgear.cli.commands.data", "download_cmd", "Download a file version."),
+    "info": ("hpcgear.cli.commands.data", "info_group", "Set info metadata."),
+    "tag": ("hpcgear.cli.commands.data", "tag_group", "Add or remove tags."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module = importlib.import_module(spec[0])
+        cmd = getattr(module, spec[1])
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="HPCGEAR_CONFIG",
+    help="Config file (default ~/.config/hpcgear/config.yaml; env HPCGEAR_CONFIG).",
+)
+@click.option("--as", "as_user", metavar="USER", help="Act as another user (site admins only).")
+@click.option("--traceback", is_flag=True, help="Show the full traceback on errors.")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.version_option(__version__, prog_name="hpcgear")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: str | None, as_user: str | None, traceback: bool, verbose: int
+) -> None:
+    """hpcgear runs Flywheel-style gears on SLURM clusters.
+
+    \b
+    Quick start (embedded SQLite + local storage):
+      hpcgear init
+      hpcgear group create imaging
+      hpcgear project create imaging/study1
+      hpcgear upload imaging/study1/sub-01/ses-01/T1w scan.nii.gz
+      hpcgear ls imaging/study1/sub-01/ses-01/T1w
+    """
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    app = AppContext(config_path=config_path, as_user=as_user, traceback=traceback)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def _wants_traceback(argv: list[str]) -> bool:
+    return "--traceback" in argv
+
+
+def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
+    """Entry point; returns the exit status (and exits with it when standalone)."""
+    from hpcgear.cli.exit_codes import ExitStatus, exit_status_for
+    from hpcgear.errors import HpcgearError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    status: int = ExitStatus.OK
+    try:
+        cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        status = ExitStatus.INTERRUPTED
+    except click.exceptions.Exit as exc:
+        status = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        status = exc.exit_code
+    except HpcgearError as exc:
+        if _wants_traceback(args):
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"error: {_one_line(exc.message)}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {_one_line(exc.hint)}", err=True)
+        status = exit_status_for(exc)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        status = ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        status = ExitStatus.OK
+    except Exception as exc:  # a bug: say so plainly, keep the traceback opt-in
+        if _wants_traceback(args):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
+        click.echo("hint: this is a bug in hpcgear; rerun with --traceback and report it", err=True)
+        status = ExitStatus.INTERNAL
+    if standalone:
+        sys.exit(status)
+    return status
+
+
+def _one_line(text: str) -> str:
+    from hpcgear.cli.context import safe_text
+
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return safe_text("; ".join(lines))[:4000]
+
+
+def get_app(ctx: click.Context) -> AppContext:
+    obj: Any = ctx.find_object(AppContext)
+    assert isinstance(obj, AppContext)
+    return obj

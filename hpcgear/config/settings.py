@@ -1,0 +1,191 @@
+"""User and daemon settings: where the database and permanent storage live.
+
+Resolution order for the config file: ``--config`` > ``HPCGEAR_CONFIG`` >
+``$XDG_CONFIG_HOME/hpcgear/config.yaml`` (default ``~/.config/hpcgear/config.yaml``).
+Values inside it are overridden by ``HPCGEAR_DATABASE_URL`` / ``HPCGEAR_STORAGE_ROOT``.
+Data defaults live under ``$XDG_DATA_HOME/hpcgear`` (``~/.local/share/hpcgear``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcgear.errors import ConfigError, SchemaError
+
+SETTINGS_KEYS: dict[str, str] = {
+    "database_url": "SQLAlchemy URL; sqlite:///PATH (default) or postgresql+psycopg://...",
+    "storage_root": "directory of the permanent object store",
+    "sites": "list of site config YAML files this instance knows",
+    "default_site": "site name used for jobs whose tags route nowhere else",
+    "scratch_root": "scratch directory for jobs run by the embedded local site",
+}
+
+
+def config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hpcgear"
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "hpcgear"
+
+
+def default_config_path() -> Path:
+    return config_home() / "config.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config_path: Path
+    database_url: str
+    storage_root: Path
+    scratch_root: Path
+    sites: tuple[Path, ...] = ()
+    default_site: str | None = None
+    exists: bool = False  # whether the config file was found
+    sources: Mapping[str, str] = field(default_factory=dict)  # key -> where it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database_url": self.database_url,
+            "storage_root": str(self.storage_root),
+            "scratch_root": str(self.scratch_root),
+            "sites": [str(p) for p in self.sites],
+            "default_site": self.default_site,
+        }
+
+
+def default_settings(config_path: Path) -> Settings:
+    data = data_home()
+    return Settings(
+        config_path=config_path,
+        database_url=f"sqlite:///{data / 'hpcgear.db'}",
+        storage_root=data / "storage",
+        scratch_root=data / "scratch",
+    )
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("HPCGEAR_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return default_config_path()
+
+
+def load_settings(
+    explicit: str | os.PathLike[str] | None = None, *, allow_missing: bool = False
+) -> Settings:
+    """Read the config file (if any) and apply environment overrides."""
+    path = resolve_config_path(explicit)
+    settings = default_settings(path)
+    sources: dict[str, str] = {}
+    if path.exists():
+        raw = _read_yaml(path)
+        settings = _apply(settings, raw, path)
+        sources.update({k: str(path) for k in raw})
+        settings = replace(settings, exists=True)
+    elif explicit and not allow_missing:
+        raise ConfigError(
+            f"config file {path} does not exist",
+            "run `hpcgear init --config PATH` to create it, or fix the path",
+        )
+    env_url = os.environ.get("HPCGEAR_DATABASE_URL")
+    if env_url:
+        settings = replace(settings, database_url=env_url)
+        sources["database_url"] = "HPCGEAR_DATABASE_URL"
+    env_storage = os.environ.get("HPCGEAR_STORAGE_ROOT")
+    if env_storage:
+        settings = replace(settings, storage_root=Path(env_storage).expanduser())
+        sources["storage_root"] = "HPCGEAR_STORAGE_ROOT"
+    return replace(settings, sources=sources)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror}", "check the path and its permissions"
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SchemaError(
+            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax"
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SchemaError(
+            f"{path}: expected a mapping of settings, got {type(data).__name__}",
+            f"valid keys: {', '.join(SETTINGS_KEYS)}",
+        )
+    return data
+
+
+def _apply(settings: Settings, raw: Mapping[str, Any], path: Path) -> Settings:
+    unknown = sorted(set(raw) - set(SETTINGS_KEYS))
+    if unknown:
+        raise SchemaError(
+            f"{path}: unknown setting(s) {', '.join(map(repr, unknown))}",
+            f"valid keys: {', '.join(SETTINGS_KEYS)}",
+        )
+    out = settings
+    base = path.parent
+    if "database_url" in raw:
+        if not isinstance(raw["database_url"], str) or not raw["database_url"].strip():
+            raise SchemaError(
+                f"{path}: database_url must be a non-empty string",
+                "e.g. sqlite:////var/lib/hpcgear/hpcgear.db",
+            )
+        out = replace(out, database_url=raw["database_url"])
+    for key in ("storage_root", "scratch_root"):
+        if key in raw:
+            val = raw[key]
+            if not isinstance(val, str) or not val:
+                raise SchemaError(f"{path}: {key} must be a directory path", SETTINGS_KEYS[key])
+            resolved = base / Path(val).expanduser()
+            if key == "storage_root":
+                out = replace(out, storage_root=resolved)
+            else:
+                out = replace(out, scratch_root=resolved)
+    if "sites" in raw:
+        sites = raw["sites"] or []
+        if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+            raise SchemaError(
+                f"{path}: sites must be a list of YAML file paths",
+                "e.g. sites: [/etc/hpcgear/sites/alpine.yaml]",
+            )
+        out = replace(out, sites=tuple(base / Path(s).expanduser() for s in sites))
+    if "default_site" in raw:
+        if raw["default_site"] is not None and not isinstance(raw["default_site"], str):
+            raise SchemaError(f"{path}: default_site must be a site name", "e.g. alpine")
+        out = replace(out, default_site=raw["default_site"])
+    return out
+
+
+def write_settings(settings: Settings) -> None:
+    """Write the config file atomically (mode 600: it may hold a database password)."""
+    path = settings.config_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = settings.to_dict()
+    if not data["sites"]:
+        del data["sites"]
+    if data["default_site"] is None:
+        del data["default_site"]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,263 @@
+"""SQLAlchemy 2.0 models.
+
+One ``containers`` table holds every hierarchy level (group, project, subject,
+session, acquisition, analysis); each row stores all its ancestor ids so
+permission checks and rules never recurse. Files are a stable identity
+(``files``) plus immutable, content-addressed versions (``file_versions``).
+Schema changes go through Alembic (``hpcgear/db/migrations``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    login: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Role(Base):
+    """A role on a group or a project (``read-only``, ``read-write``, ``admin``)."""
+
+    __tablename__ = "roles"
+    __table_args__ = (UniqueConstraint("user_login", "container_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_login: Mapped[str] = mapped_column(ForeignKey("users.login", ondelete="CASCADE"))
+    container_id: Mapped[str] = mapped_column(ForeignKey("containers.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    granted_by: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Container(Base):
+    __tablename__ = "containers"
+    __table_args__ = (
+        # label_key is the label for ordinary levels and the row id for analyses,
+        # so labels are unique among siblings but analyses may repeat labels.
+        UniqueConstraint("parent_id", "label_key"),
+        UniqueConstraint("project_id", "natural_key"),
+        Index("ix_containers_project_type", "project_id", "type"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(256))
+    label_key: Mapped[str] = mapped_column(String(256))
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), index=True
+    )
+    group_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    subject_id: Mapped[str | None] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    acquisition_id: Mapped[str | None] = mapped_column(String(64))
+    natural_key: Mapped[str | None] = mapped_column(String(128))
+    info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    job_id: Mapped[str | None] = mapped_column(String(64))  # analyses: the job that made it
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    modified: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class File(Base):
+    """A named file on a container; its bytes live in versions."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("container_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    container_id: Mapped[str] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), index=True
+    )
+    project_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    current_version: Mapped[int] = mapped_column(Integer, default=1)
+    type: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(64))
+    classification: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    modified: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class FileVersion(Base):
+    """One immutable version of a file: its content hash, size and origin."""
+
+    __tablename__ = "file_versions"
+    __table_args__ = (UniqueConstraint("file_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(80), index=True)  # "sha256:<hex>"
+    size: Mapped[int] = mapped_column(BigInteger)
+    origin_type: Mapped[str] = mapped_column(String(16))  # user | ingest | job
+    origin_id: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChangeLog(Base):
+    """Append-only feed of hierarchy changes; rule evaluation reads it incrementally."""
+
+    __tablename__ = "change_log"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))  # file.version, file.meta, container.meta ...
+    container_id: Mapped[str] = mapped_column(String(64), index=True)
+    file_id: Mapped[str | None] = mapped_column(String(64))
+    file_version: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Gear(Base):
+    __tablename__ = "gears"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(100))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    manifest_sha256: Mapped[str] = mapped_column(String(80))
+    category: Mapped[str] = mapped_column(String(32), default="utility")
+    image_ref: Mapped[str | None] = mapped_column(Text)
+    image_digest: Mapped[str | None] = mapped_column(String(80))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    installed_by: Mapped[str] = mapped_column(String(64))
+    installed: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GearRule(Base):
+    __tablename__ = "gear_rules"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("containers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    gear_name: Mapped[str] = mapped_column(String(100))
+    gear_version: Mapped[str | None] = mapped_column(String(100))
+    auto_update: Mapped[bool] = mapped_column(Boolean, default=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """One attempt of a gear run. A retry is a new row linked by ``previous_id``."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_site", "state", "site"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    previous_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    gear_id: Mapped[int] = mapped_column(ForeignKey("gears.id"))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state_seq: Mapped[int] = mapped_column(Integer, default=0)  # compare-and-set counter
+    failure_kind: Mapped[str | None] = mapped_column(String(32))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    site: Mapped[str] = mapped_column(String(64))
+    native_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    scheduler_state: Mapped[str | None] = mapped_column(String(32))
+    pending_reason: Mapped[str | None] = mapped_column(String(128))
+    config: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    resources: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    destination_type: Mapped[str] = mapped_column(String(16))
+    destination_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    priority: Mapped[str] = mapped_column(String(16), default="medium")
+    origin_type: Mapped[str] = mapped_column(String(16), default="user")  # user | rule
+    origin_id: Mapped[str] = mapped_column(String(64))
+    dedupe_key: Mapped[str | None] = mapped_column(String(80), index=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    modified: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class JobEvent(Base):
+    """Append-only: who/what/when/why for every job state change."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    old_state: Mapped[str | None] = mapped_column(String(16))
+    new_state: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+
+
+class ProvenanceRecord(Base):
+    __tablename__ = "provenance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    sha256: Mapped[str] = mapped_column(String(80))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ControllerLease(Base):
+    """One leader per site: a lease row renewed by heartbeat."""
+
+    __tablename__ = "controller_leases"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,181 @@
+"""Engine and session handling.
+
+SQLite is the embedded default (WAL journal, busy timeout, foreign keys on);
+PostgreSQL is used when several hosts share state. Opening a database checks
+that it is reachable and at the current migration, so a typo in a URL gives one
+clear error instead of a traceback from deep inside a command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hpcgear.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def create_db_engine(url: str, *, create_dirs: bool = False) -> Engine:
+    """Create an engine; for SQLite set WAL, a busy timeout and foreign keys."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(
+            f"database URL {url!r} is not a valid SQLAlchemy URL",
+            "use sqlite:////abs/path.db or postgresql+psycopg://user@host:5432/db",
+        ) from exc
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            path = Path(db)
+            if create_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.parent.exists():
+                raise DatabaseError(
+                    f"database directory {path.parent} does not exist",
+                    "run `hpcgear init` first, or fix database_url",
+                )
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(
+            f"no driver for database URL {_redact(url)}: {exc}",
+            "for PostgreSQL install hpcgear[postgres] and use postgresql+psycopg://",
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise DatabaseError unless the database answers."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except (OperationalError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else "?"
+        raise DatabaseError(
+            f"cannot connect to database {_redact(str(engine.url))}: {reason}",
+            "check that the server runs and the URL (HPCGEAR_DATABASE_URL or config) is right",
+            transient=True,
+        ) from exc
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(create_engine("sqlite://"))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    return str(head) if head else None
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        rev = MigrationContext.configure(conn).get_current_revision()
+    return str(rev) if rev else None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Apply migrations; returns (before, after) revisions."""
+    from alembic import command
+
+    check_connection(engine)
+    before = current_revision(engine)
+    command.upgrade(alembic_config(engine), revision)
+    after = current_revision(engine)
+    logger.info("database %s upgraded %s -> %s", _redact(str(engine.url)), before, after)
+    return before, after
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise DatabaseError unless the schema is at the migration head."""
+    check_connection(engine)
+    current = current_revision(engine)
+    head = head_revision()
+    if current is None:
+        tables = inspect(engine).get_table_names()
+        what = "is empty" if not tables else "has no hpcgear schema"
+        raise DatabaseError(
+            f"database {_redact(str(engine.url))} {what}",
+            "run `hpcgear init` (new instance) or `hpcgear db upgrade`",
+        )
+    if current != head:
+        raise DatabaseError(
+            f"database schema is at revision {current}, this hpcgear needs {head}",
+            "run `hpcgear db upgrade`",
+        )
+
+
+class Database:
+    """An engine plus a session factory; ``with db.session() as s`` commits or rolls back."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._factory = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, check: bool = True) -> Database:
+        engine = create_db_engine(url)
+        if check:
+            check_schema(engine)
+        return cls(engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        s = self._factory()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,769 @@
+"""Hierarchy services: users, roles, groups, projects, uploads, info and tags.
+
+Every function takes the SQLAlchemy session and the acting user's login, checks
+the role the action needs, and raises before writing anything when it is not
+allowed or the input is bad. Callers own the transaction (``Database.session``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Role, User
+from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from hpcgear.hierarchy.paths import (
+    LEVELS,
+    HierarchyPath,
+    check_file_name,
+    check_group_id,
+    check_label,
+    check_login,
+    check_tag,
+)
+from hpcgear.hierarchy.permissions import (
+    RoleName,
+    effective_role,
+    get_actor,
+    require_role,
+    require_site_admin,
+)
+from hpcgear.storage.objects import ObjectStore, StoredObject
+
+logger = logging.getLogger(__name__)
+
+
+def new_id() -> str:
+    """An opaque 24-hex id, the shape Flywheel uses."""
+    return secrets.token_hex(12)
+
+
+# --------------------------------------------------------------------- users
+
+
+def add_user(session: Session, actor: str | None, login: str, *, site_admin: bool = False) -> User:
+    """Register a user. ``actor`` None is only for bootstrapping the first admin."""
+    check_login(login)
+    if actor is not None:
+        require_site_admin(session, actor, "adding a user")
+    elif session.scalar(select(func.count()).select_from(User)):
+        raise InvalidInputError("the first user already exists", "pass the acting user")
+    if session.get(User, login) is not None:
+        raise AlreadyExistsError(
+            f"user {login!r} already exists", "use `hpcgear role grant` to give them access"
+        )
+    user = User(login=login, site_admin=site_admin)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def list_users(session: Session, actor: str) -> list[User]:
+    get_actor(session, actor)
+    return list(session.scalars(select(User).order_by(User.login)))
+
+
+def grant_role(session: Session, actor: str, login: str, path: str, role: str) -> Role:
+    role_name = RoleName.parse(role)
+    target = resolve_container(session, path, max_depth=2)
+    require_role(session, actor, target, RoleName.ADMIN, "granting a role")
+    if session.get(User, login) is None:
+        raise NotFoundError(
+            f"user {login!r} does not exist",
+            f"a site admin can add them: `hpcgear user add {login}`",
+        )
+    existing = session.scalar(
+        select(Role).where(Role.user_login == login, Role.container_id == target.id)
+    )
+    if existing is not None:
+        existing.role = role_name.value
+        existing.granted_by = actor
+        session.flush()
+        return existing
+    row = Role(user_login=login, container_id=target.id, role=role_name.value, granted_by=actor)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def revoke_role(session: Session, actor: str, login: str, path: str) -> bool:
+    target = resolve_container(session, path, max_depth=2)
+    require_role(session, actor, target, RoleName.ADMIN, "revoking a role")
+    row = session.scalar(
+        select(Role).where(Role.user_login == login, Role.container_id == target.id)
+    )
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True
+
+
+# ---------------------------------------------------------------- containers
+
+
+def create_group(
+    session: Session, actor: str, group_id: str, label: str | None = None
+) -> Container:
+    check_group_id(group_id)
+    label = check_label(label or group_id, what="group label")
+    require_site_admin(session, actor, "creating a group")
+    if session.get(Container, group_id) is not None:
+        raise AlreadyExistsError(f"group {group_id!r} already exists", "pick another group id")
+    group = Container(
+        id=group_id,
+        type="group",
+        label=label,
+        label_key=group_id,
+        parent_id=None,
+        group_id=group_id,
+        created_by=actor,
+        info={},
+        tags=[],
+    )
+    session.add(group)
+    session.flush()
+    return group
+
+
+def create_project(session: Session, actor: str, path: str) -> Container:
+    hp = HierarchyPath.parse(path, min_depth=2, max_depth=2)
+    group_id, label = hp.parts
+    check_label(label, what="project label")
+    group = _get_group(session, group_id)
+    require_role(session, actor, group, RoleName.ADMIN, "creating a project")
+    if _child(session, group, label) is not None:
+        raise AlreadyExistsError(
+            f"project {path!r} already exists",
+            "pick another label, or upload into the existing project",
+        )
+    return _create_child(session, group, "project", label, actor)
+
+
+def _get_group(session: Session, group_id: str) -> Container:
+    group = session.get(Container, group_id)
+    if group is None or group.type != "group":
+        raise NotFoundError(
+            f"group {group_id!r} does not exist",
+            "list groups with `hpcgear ls`; a site admin creates them with `hpcgear group create`",
+        )
+    return group
+
+
+def _child(session: Session, parent: Container, label: str) -> Container | None:
+    return session.scalar(
+        select(Container).where(
+            Container.parent_id == parent.id,
+            Container.label_key == label,
+            Container.type != "analysis",
+        )
+    )
+
+
+def _create_child(
+    session: Session,
+    parent: Container,
+    ctype: str,
+    label: str,
+    actor: str,
+    *,
+    natural_key: str | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Container:
+    cid = new_id()
+    row = Container(
+        id=cid,
+        type=ctype,
+        label=label,
+        label_key=cid if ctype == "analysis" else label,
+        parent_id=parent.id,
+        group_id=parent.group_id,
+        project_id=parent.project_id,
+        subject_id=parent.subject_id,
+        session_id=parent.session_id,
+        acquisition_id=parent.acquisition_id,
+        natural_key=natural_key,
+        info=dict(info or {}),
+        tags=[],
+        created_by=actor,
+    )
+    if ctype in ("project", "subject", "session", "acquisition"):
+        setattr(row, f"{ctype}_id", cid)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def resolve_container(
+    session: Session, path: str, *, min_depth: int = 1, max_depth: int = len(LEVELS)
+) -> Container:
+    """Walk ``group/project/...`` by labels; NotFoundError names the missing level."""
+    hp = HierarchyPath.parse(path, min_depth=min_depth, max_depth=max_depth)
+    node = _get_group(session, hp.parts[0])
+    for depth, label in enumerate(hp.parts[1:], start=1):
+        child = _child(session, node, label)
+        if child is None:
+            parent = "/".join(hp.parts[:depth])
+            raise NotFoundError(
+                f"{LEVELS[depth]} {label!r} does not exist in {parent}",
+                f"list what exists with `hpcgear ls {parent}`",
+            )
+        node = child
+    return node
+
+
+def ensure_path(session: Session, actor: str, path: str) -> Container:
+    """Resolve a path, creating missing subject/session/acquisition levels.
+
+    Groups and projects are never created here (they need admin roles).
+    """
+    hp = HierarchyPath.parse(path, min_depth=2)
+    for label in hp.parts[1:]:
+        check_label(label)
+    project = resolve_container(session, "/".join(hp.parts[:2]))
+    require_role(session, actor, project, RoleName.READ_WRITE, "uploading")
+    node = project
+    for depth, label in enumerate(hp.parts[2:], start=2):
+        child = _child(session, node, label)
+        if child is None:
+            child = _create_child(session, node, LEVELS[depth], label, actor)
+        node = child
+    return node
+
+
+def container_path(session: Session, container: Container) -> str:
+    """Human path of a container (labels; group id first)."""
+    parts: list[str] = []
+    node: Container | None = container
+    while node is not None:
+        parts.append(node.id if node.type == "group" else node.label)
+        node = session.get(Container, node.parent_id) if node.parent_id else None
+    return "/".join(reversed(parts))
+
+
+# --------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    name: str
+    file_id: str
+    version: int
+    hash: str
+    size: int
+    created: bool  # False when identical bytes were already the current version
+
+
+def upload_files(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    path: str,
+    files: Sequence[Path],
+    *,
+    origin_type: str = "user",
+    origin_id: str | None = None,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[UploadResult]:
+    """Upload local files to a container, creating missing levels below the project.
+
+    All sources are checked before anything is stored. Bytes go to the object
+    store first (content addressed, so an interrupted upload leaves at most an
+    unreferenced object); rows are added in the caller's transaction.
+    Re-uploading identical bytes under the same name is a no-op; different
+    bytes make a new version.
+    """
+    sources = [Path(f) for f in files]
+    if not sources:
+        raise InvalidInputError("no files to upload", "name at least one file")
+    names: dict[str, Path] = {}
+    for src in sources:
+        if not src.exists():
+            raise NotFoundError(f"file {src} does not exist", "check the path and try again")
+        if not src.is_file():
+            raise InvalidInputError(
+                f"{src} is not a regular file", "upload the files inside a directory one by one"
+            )
+        name = check_file_name(src.name)
+        if name in names:
+            raise InvalidInputError(
+                f"two files named {name!r} in one upload",
+                "rename one of them or upload them to different places",
+            )
+        names[name] = src
+    target = ensure_path(session, actor, path)
+    stored: list[tuple[str, StoredObject]] = [(n, store.put_file(p)) for n, p in names.items()]
+    return [
+        add_file_version(
+            session,
+            target,
+            name,
+            obj.hash,
+            obj.size,
+            actor,
+            origin_type=origin_type,
+            origin_id=origin_id or actor,
+            metadata=(metadata or {}).get(name),
+        )
+        for name, obj in stored
+    ]
+
+
+def add_file_version(
+    session: Session,
+    container: Container,
+    name: str,
+    digest: str,
+    size: int,
+    actor: str,
+    *,
+    origin_type: str,
+    origin_id: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> UploadResult:
+    """Attach stored bytes to ``container`` as file ``name`` (a new version if changed)."""
+    check_file_name(name)
+    row = session.scalar(select(File).where(File.container_id == container.id, File.name == name))
+    if row is not None:
+        current = session.scalar(
+            select(FileVersion).where(
+                FileVersion.file_id == row.id, FileVersion.version == row.current_version
+            )
+        )
+        if current is not None and current.hash == digest:
+            if metadata:
+                apply_file_metadata(session, row, metadata, actor)
+            return UploadResult(name, row.id, row.current_version, digest, size, created=False)
+        row.current_version += 1
+    else:
+        row = File(
+            id=new_id(),
+            container_id=container.id,
+            project_id=container.project_id,
+            name=name,
+            current_version=1,
+            classification={},
+            tags=[],
+            info={},
+            type=guess_file_type(name),
+        )
+        session.add(row)
+    if metadata:
+        _apply_metadata_fields(row, metadata)
+    session.flush()
+    session.add(
+        FileVersion(
+            file_id=row.id,
+            version=row.current_version,
+            hash=digest,
+            size=size,
+            origin_type=origin_type,
+            origin_id=origin_id,
+        )
+    )
+    session.add(
+        ChangeLog(
+            kind="file.version",
+            container_id=container.id,
+            file_id=row.id,
+            file_version=row.current_version,
+            actor=actor,
+        )
+    )
+    container.modified = dt.datetime.now(dt.UTC)
+    session.flush()
+    return UploadResult(name, row.id, row.current_version, digest, size, created=True)
+
+
+_FILE_TYPES: tuple[tuple[str, str], ...] = (
+    (".dicom.zip", "dicom"),
+    (".dcm.zip", "dicom"),
+    (".dcm", "dicom"),
+    (".ima", "dicom"),
+    (".nii.gz", "nifti"),
+    (".nii", "nifti"),
+    (".bval", "bval"),
+    (".bvec", "bvec"),
+    (".json", "source code"),
+    (".zip", "archive"),
+    (".tar.gz", "archive"),
+    (".tgz", "archive"),
+    (".csv", "tabular data"),
+    (".tsv", "tabular data"),
+    (".txt", "text"),
+    (".log", "log"),
+    (".html", "html"),
+    (".pdf", "pdf"),
+    (".png", "image"),
+    (".jpg", "image"),
+    (".mat", "MATLAB data"),
+    (".py", "source code"),
+    (".sh", "source code"),
+)
+
+
+def guess_file_type(name: str) -> str | None:
+    """Flywheel-style file type from the name (gears and rules match on it)."""
+    lower = name.lower()
+    for suffix, ftype in _FILE_TYPES:
+        if lower.endswith(suffix):
+            return "JSON" if ftype == "source code" and suffix == ".json" else ftype
+    return None
+
+
+_META_KEYS = ("type", "modality", "classification", "tags", "info")
+
+
+def _apply_metadata_fields(row: File, metadata: Mapping[str, Any]) -> None:
+    unknown = set(metadata) - set(_META_KEYS)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown file metadata keys {sorted(unknown)}", f"valid keys: {', '.join(_META_KEYS)}"
+        )
+    if "type" in metadata:
+        row.type = metadata["type"]
+    if "modality" in metadata:
+        row.modality = metadata["modality"]
+    if "classification" in metadata:
+        row.classification = dict(metadata["classification"] or {})
+    if "tags" in metadata:
+        row.tags = sorted({check_tag(t) for t in metadata["tags"]})
+    if "info" in metadata:
+        row.info = {**(row.info or {}), **dict(metadata["info"])}
+
+
+def apply_file_metadata(
+    session: Session, row: File, metadata: Mapping[str, Any], actor: str
+) -> None:
+    _apply_metadata_fields(row, metadata)
+    session.add(
+        ChangeLog(
+            kind="file.meta",
+            container_id=row.container_id,
+            file_id=row.id,
+            file_version=row.current_version,
+            actor=actor,
+        )
+    )
+    session.flush()
+
+
+def find_file(session: Session, container: Container, name: str) -> File:
+    row = session.scalar(select(File).where(File.container_id == container.id, File.name == name))
+    if row is None:
+        raise NotFoundError(
+            f"no file {name!r} on {container.type} {container.label!r}",
+            "list files with `hpcgear ls PATH`",
+        )
+    return row
+
+
+def file_version(session: Session, row: File, version: int | None = None) -> FileVersion:
+    v = row.current_version if version is None else version
+    fv = session.scalar(
+        select(FileVersion).where(FileVersion.file_id == row.id, FileVersion.version == v)
+    )
+    if fv is None:
+        raise NotFoundError(
+            f"file {row.name!r} has no version {v}", f"versions are 1..{row.current_version}"
+        )
+    return fv
+
+
+def resolve_file(
+    session: Session, actor: str, path: str, needed: RoleName
+) -> tuple[Container, File]:
+    """``group/project/.../NAME`` -> (container, file), checking ``needed`` on it."""
+    text = (path or "").strip().strip("/")
+    if "/" not in text:
+        raise InvalidInputError(
+            f"{path!r} is not a file path", "write group/project[/subject/session/acquisition]/FILE"
+        )
+    parent, name = text.rsplit("/", 1)
+    container = resolve_container(session, parent, min_depth=2)
+    require_role(
+        session, actor, container, needed, "reading files" if needed.rank == 1 else "changing files"
+    )
+    return container, find_file(session, container, name)
+
+
+def download_file(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    path: str,
+    out_dir: Path,
+    *,
+    version: int | None = None,
+) -> tuple[Path, FileVersion]:
+    _container, row = resolve_file(session, actor, path, RoleName.READ_ONLY)
+    fv = file_version(session, row, version)
+    dest = Path(out_dir) / row.name
+    store.copy_to(fv.hash, dest)
+    return dest, fv
+
+
+def delete_file_version(
+    session: Session, store: ObjectStore, actor: str, path: str, version: int
+) -> bool:
+    """Delete one version; its bytes go only if no other version shares them."""
+    _container, row = resolve_file(session, actor, path, RoleName.READ_WRITE)
+    fv = file_version(session, row, version)
+    digest = fv.hash
+    session.delete(fv)
+    session.flush()
+    remaining = session.scalars(
+        select(FileVersion.version)
+        .where(FileVersion.file_id == row.id)
+        .order_by(FileVersion.version)
+    ).all()
+    if not remaining:
+        session.delete(row)
+    elif version == row.current_version:
+        row.current_version = remaining[-1]
+    session.flush()
+    still_used = session.scalar(
+        select(func.count()).select_from(FileVersion).where(FileVersion.hash == digest)
+    )
+    if not still_used:
+        # Deleting the object after the row: a crash in between leaves an orphan
+        # object (harmless), never a row pointing at missing bytes.
+        store.delete(digest)
+        return True
+    return False
+
+
+# --------------------------------------------------------------- info, tags
+
+
+def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:
+    """``a.b=1`` -> {"a": {"b": 1}}; values are JSON when they parse, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InvalidInputError(f"{pair!r} is not key=value", "write e.g. scanner=prisma")
+        key, raw = pair.split("=", 1)
+        keys = key.split(".")
+        if any(not k or k.startswith("$") or k != k.strip() for k in keys):
+            raise InvalidInputError(
+                f"bad info key {key!r}", "keys are dot-separated names without spaces or '$'"
+            )
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        for k in keys[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise InvalidInputError(
+                    f"info key {key!r} conflicts with another key",
+                    "set nested keys in one form only",
+                )
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass(slots=True)
+class Target:
+    """A container or a file addressed by a path."""
+
+    container: Container
+    file: File | None = None
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_target(session: Session, path: str) -> Target:
+    """A path to a container, or to a file when the last part names one."""
+    hp = HierarchyPath.parse(path, min_depth=1, max_depth=len(LEVELS) + 1)
+    if hp.depth <= len(LEVELS):
+        try:
+            return Target(resolve_container(session, path), path=path)
+        except NotFoundError:
+            if hp.depth < 3:
+                raise
+    parent = "/".join(hp.parts[:-1])
+    container = resolve_container(session, parent, min_depth=2)
+    row = session.scalar(
+        select(File).where(File.container_id == container.id, File.name == hp.parts[-1])
+    )
+    if row is None:
+        raise NotFoundError(
+            f"{path!r} is neither a container nor a file",
+            f"list what exists with `hpcgear ls {parent}`",
+        )
+    return Target(container, row, path=path)
+
+
+def set_info(session: Session, actor: str, path: str, pairs: Sequence[str]) -> dict[str, Any]:
+    values = parse_key_values(pairs)
+    if not values:
+        raise InvalidInputError("nothing to set", "give at least one key=value")
+    target = resolve_target(session, path)
+    require_role(session, actor, target.container, RoleName.READ_WRITE, "setting info")
+    if target.file is not None:
+        target.file.info = _deep_merge(target.file.info or {}, values)
+        session.add(
+            ChangeLog(
+                kind="file.meta",
+                container_id=target.container.id,
+                file_id=target.file.id,
+                file_version=target.file.current_version,
+                actor=actor,
+            )
+        )
+        session.flush()
+        return target.file.info
+    target.container.info = _deep_merge(target.container.info or {}, values)
+    session.add(ChangeLog(kind="container.meta", container_id=target.container.id, actor=actor))
+    session.flush()
+    return target.container.info
+
+
+def change_tags(
+    session: Session, actor: str, path: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+) -> list[str]:
+    for t in [*add, *remove]:
+        check_tag(t)
+    target = resolve_target(session, path)
+    require_role(session, actor, target.container, RoleName.READ_WRITE, "changing tags")
+    obj: Container | File = target.file if target.file is not None else target.container
+    current = list(obj.tags or [])
+    missing = [t for t in remove if t not in current]
+    if missing:
+        raise NotFoundError(
+            f"tag(s) {', '.join(map(repr, missing))} not on {path}",
+            f"current tags: {', '.join(current) or 'none'}",
+        )
+    new = [t for t in current if t not in remove] + [t for t in add if t not in current]
+    obj.tags = new
+    kind = "file.meta" if target.file is not None else "container.meta"
+    session.add(
+        ChangeLog(
+            kind=kind,
+            container_id=target.container.id,
+            file_id=target.file.id if target.file else None,
+            file_version=target.file.current_version if target.file else None,
+            actor=actor,
+        )
+    )
+    session.flush()
+    return new
+
+
+# ------------------------------------------------------------------- listing
+
+
+def _container_entry(c: Container, role: RoleName | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": c.type,
+        "id": c.id,
+        "label": c.label,
+        "tags": list(c.tags or []),
+        "info": c.info or {},
+        "created": c.created.isoformat() if c.created else None,
+    }
+    if c.natural_key:
+        entry["natural_key"] = c.natural_key
+    if c.job_id:
+        entry["job_id"] = c.job_id
+    if role is not None:
+        entry["role"] = role.value
+    return entry
+
+
+def _file_entry(f: File, fv: FileVersion | None) -> dict[str, Any]:
+    return {
+        "kind": "file",
+        "id": f.id,
+        "name": f.name,
+        "version": f.current_version,
+        "size": fv.size if fv else None,
+        "hash": fv.hash if fv else None,
+        "origin": {"type": fv.origin_type, "id": fv.origin_id} if fv else None,
+        "type": f.type,
+        "modality": f.modality,
+        "classification": f.classification or {},
+        "tags": list(f.tags or []),
+        "info": f.info or {},
+    }
+
+
+def list_path(session: Session, actor: str, path: str = "") -> list[dict[str, Any]]:
+    """Children and files of a container (or the groups the actor can see)."""
+    user = get_actor(session, actor)
+    if not (path or "").strip().strip("/"):
+        groups = session.scalars(
+            select(Container).where(Container.type == "group").order_by(Container.id)
+        ).all()
+        out = []
+        for g in groups:
+            role = effective_role(session, user, g)
+            visible = role is not None or bool(_visible_projects(session, user, g))
+            if visible:
+                out.append(_container_entry(g, role))
+        return out
+    node = resolve_container(session, path)
+    if node.type == "group":
+        role = effective_role(session, user, node)
+        projects = session.scalars(
+            select(Container).where(Container.parent_id == node.id).order_by(Container.label)
+        ).all()
+        if role is None:
+            allowed = _visible_projects(session, user, node)
+            if not allowed:
+                require_role(session, actor, node, RoleName.READ_ONLY, "listing")
+            projects = [p for p in projects if p.id in allowed]
+        return [_container_entry(p) for p in projects]
+    require_role(session, actor, node, RoleName.READ_ONLY, "listing")
+    children = session.scalars(
+        select(Container)
+        .where(Container.parent_id == node.id)
+        .order_by(Container.type, Container.label)
+    ).all()
+    files = session.scalars(
+        select(File).where(File.container_id == node.id).order_by(File.name)
+    ).all()
+    versions = (
+        {
+            (fv.file_id, fv.version): fv
+            for fv in session.scalars(
+                select(FileVersion).where(FileVersion.file_id.in_([f.id for f in files]))
+            )
+        }
+        if files
+        else {}
+    )
+    return [_container_entry(c) for c in children] + [
+        _file_entry(f, versions.get((f.id, f.current_version))) for f in files
+    ]
+
+
+def _visible_projects(session: Session, user: User, group: Container) -> set[str]:
+    rows = session.scalars(
+        select(Role.container_id)
+        .join(Container, Container.id == Role.container_id)
+        .where(Role.user_login == user.login, Container.parent_id == group.id)
+    ).all()
+    return set(rows)

@@ -1,0 +1,209 @@
+"""Content-addressed permanent storage on a filesystem.
+
+Objects live at ``<root>/objects/sha256/<h0h1>/<h2h3>/<hex>``. A put streams the
+source into ``<root>/tmp`` while hashing, fsyncs, re-reads the temp file to
+verify the hash, then renames it into place (same filesystem, so atomic) and
+fsyncs the directory. Identical bytes are stored once; stored objects are
+read-only. Which objects are still referenced is the database's business: the
+store only deletes what it is told to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from hpcgear.errors import NotFoundError, StorageError
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    hash: str  # "sha256:<hex>"
+    size: int
+    path: Path
+    existed: bool  # True when identical bytes were already stored
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ObjectStore:
+    """A filesystem object store rooted at ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects" / "sha256"
+        self.tmp = self.root / "tmp"
+
+    def ensure(self) -> None:
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create storage under {self.root}: {exc.strerror}",
+                "set storage_root to a writable directory (hpcgear init --storage DIR)",
+            ) from exc
+
+    def path_for(self, digest: str) -> Path:
+        if not _HASH_RE.match(digest):
+            raise StorageError(f"not a content hash: {digest!r}", "expected sha256:<64 hex>")
+        hexd = digest.split(":", 1)[1]
+        return self.objects / hexd[:2] / hexd[2:4] / hexd
+
+    def exists(self, digest: str) -> bool:
+        return self.path_for(digest).is_file()
+
+    def put_file(self, source: Path, *, expected: str | None = None) -> StoredObject:
+        """Store the bytes of ``source``; ``expected`` (a hash) is checked if given."""
+        try:
+            with Path(source).open("rb") as fh:
+                return self.put_stream(fh, expected=expected)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"file {source} does not exist", "check the path") from exc
+        except IsADirectoryError as exc:
+            raise StorageError(
+                f"{source} is a directory, not a file",
+                "upload the files inside it one by one or as a zip",
+            ) from exc
+        except PermissionError as exc:
+            raise StorageError(
+                f"cannot read {source}: permission denied", "check the file's permissions"
+            ) from exc
+
+    def put_bytes(self, data: bytes, *, expected: str | None = None) -> StoredObject:
+        import io
+
+        return self.put_stream(io.BytesIO(data), expected=expected)
+
+    def put_stream(self, stream: BinaryIO, *, expected: str | None = None) -> StoredObject:
+        self.ensure()
+        h = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=self.tmp)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = f"sha256:{h.hexdigest()}"
+            if expected is not None and expected != digest:
+                raise StorageError(
+                    f"content hash mismatch: expected {expected}, got {digest}",
+                    "the source changed or was corrupted in transit; retry the copy",
+                )
+            final = self.path_for(digest)
+            if final.is_file() and final.stat().st_size == size:
+                return StoredObject(digest, size, final, existed=True)
+            # Verify what reached the disk before publishing it under its name.
+            if sha256_file(tmp) != digest:
+                raise StorageError(
+                    f"verification failed for {digest}: bytes on disk differ from bytes read",
+                    "check the storage filesystem for errors",
+                )
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            logger.debug("stored object %s (%d bytes)", digest, size)
+            return StoredObject(digest, size, final, existed=False)
+        except OSError as exc:
+            raise StorageError(
+                f"writing to storage {self.root} failed: {exc.strerror or exc}",
+                "check free space and permissions of the storage root",
+            ) from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @contextmanager
+    def open(self, digest: str) -> Iterator[BinaryIO]:
+        path = self.path_for(digest)
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"object {digest} is missing from storage {self.root}",
+                "restore the storage root from backup; the database references it",
+            ) from exc
+        with fh:
+            yield fh
+
+    def copy_to(self, digest: str, dest: Path, *, verify: bool = True) -> Path:
+        """Copy an object to ``dest`` (temp + rename), verifying its hash on the way."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:100]}.", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            with self.open(digest) as src, os.fdopen(fd, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if verify and f"sha256:{h.hexdigest()}" != digest:
+                raise StorageError(
+                    f"object {digest} is corrupt in storage {self.root}",
+                    "restore it from backup",
+                )
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+            return dest
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def delete(self, digest: str) -> bool:
+        """Remove an object; the caller guarantees nothing references it."""
+        path = self.path_for(digest)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of interrupted puts."""
+        if not self.tmp.exists():
+            return 0
+        n = 0
+        for p in self.tmp.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+        return n
