@@ -25,7 +25,9 @@ SSH_HOST=127.0.0.1
 SSH_PORT=2222
 SSH_USER=root
 SID_SUITE=sid
-SID_INCLUDE=apptainer,squashfs-tools,squashfuse,fuse2fs,uidmap,ca-certificates,busybox-static
+# gocryptfs and fuse-overlayfs are optional for Apptainer; without them every exec prints
+# "INFO: gocryptfs not found" on stderr.
+SID_INCLUDE=apptainer,squashfs-tools,squashfuse,fuse2fs,fuse-overlayfs,gocryptfs,uidmap,ca-certificates,busybox-static
 PACKAGES=(slurm-wlm slurmdbd slurm-client munge debootstrap bubblewrap openssh-server
           openssh-client mariadb-client ca-certificates)
 
@@ -53,7 +55,8 @@ pid_alive() {
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     real=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
     real=${real% (deleted)}
-    [[ $real == "$exe" ]] || return 1
+    # /usr/sbin/slurmctld and slurmd are alternatives symlinks (to slurmctld-wlm ...).
+    [[ $real == "$(readlink -f "$exe")" ]] || return 1
     printf '%s\n' "$pid"
 }
 
@@ -113,16 +116,18 @@ start_daemon() {
 # put_file DEST MODE: write stdin to DEST (atomically) only if the content differs.
 # Succeeds (0) if the file changed, fails (1) if it was already up to date.
 put_file() {
+    # Callers use the status in conditions, where `set -e` is off: fail loudly here.
     local dest=$1 mode=$2 tmp
-    tmp=$(mktemp "$dest.XXXXXX")
-    cat >"$tmp"
-    chmod "$mode" "$tmp"
+    install -d -m 755 "$(dirname "$dest")" || die "cannot create $(dirname "$dest")"
+    tmp=$(mktemp "$dest.XXXXXX") || die "cannot create a temporary file next to $dest"
+    cat >"$tmp" || die "cannot write $tmp"
+    chmod "$mode" "$tmp" || die "cannot chmod $tmp"
     if [[ -f $dest ]] && cmp -s "$tmp" "$dest"; then
         rm -f "$tmp"
         chmod "$mode" "$dest"
         return 1
     fi
-    mv -f "$tmp" "$dest"
+    mv -f "$tmp" "$dest" || die "cannot move $tmp to $dest"
     return 0
 }
 
@@ -275,6 +280,7 @@ AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
+MailProg=/bin/true
 
 StateSaveLocation=$ROOT/slurm/state
 SlurmdSpoolDir=$ROOT/slurm/spool
@@ -515,6 +521,13 @@ ensure_sid_rootfs() {
     date -u +%FT%TZ >"$tmp/.hpcgear-complete"
     rm -rf --one-file-system "$dir"
     mv "$tmp" "$dir"
+    # Superseded root filesystems (another recipe) are ~400 MB each: drop them.
+    local old
+    for old in "$ROOT"/cache/sid-rootfs-*; do
+        [[ $old == "$dir" || $old == *.partial || ! -e $old/.hpcgear-complete ]] && continue
+        rm -rf --one-file-system "$old"
+        note "removed superseded $old"
+    done
     note "sid rootfs ready: $dir ($(chroot "$dir" apptainer --version 2>/dev/null || echo '?'))"
 }
 
@@ -563,8 +576,12 @@ add_bind() {
         /bin | /bin/* | /sbin | /sbin/* | /lib | /lib/* | /lib32 | /lib32/* | /lib64 | /lib64/* | \
         /etc | /var | /run | /boot | /root) return 0 ;;
     esac
+    local b
+    for b in "${bound[@]}"; do [[ $b == "$p" ]] && return 0; done
+    bound+=("$p")
     binds+=(--bind "$p" "$p")
 }
+bound=()
 shopt -s nullglob
 add_bind "$DEVROOT"
 add_bind /work

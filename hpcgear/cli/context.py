@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def os_login() -> str:
-    return os.environ.get("HPCGEAR_USER") or getpass.getuser()
+    return getpass.getuser()
 
 
 @dataclass

@@ -142,7 +142,7 @@ def parse_reserved(config: Mapping[str, Any]) -> ResourceOverrides:
     """
     overrides, problems = check_reserved(config)
     if problems:
-        raise GearConfigError(_summary(problems), _RESERVED_HINT)
+        raise GearConfigError(_summary(problems), RESERVED_HINT)
     return overrides
 
 
@@ -186,8 +186,7 @@ def check_reserved(config: Mapping[str, Any]) -> tuple[ResourceOverrides, list[s
         try:
             return parse(value, key)
         except ResourceError as exc:
-            problems.append(f"{key}: {exc.message} ({exc.hint})" if exc.hint else
-                            f"{key}: {exc.message}")
+            problems.append(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
             return None
 
     cpus = _one_of(CPU_KEYS, {k: attempt(k, _cpus) for k in CPU_KEYS}, config, problems)
@@ -250,22 +249,24 @@ def _ntasks(value: Any, key: str) -> int:
 
 def _positive(value: Any, key: str, maximum: int) -> int:
     if not isinstance(value, str | int):
-        raise ResourceError(f"{value!r} is not a whole number", "e.g. 4")
+        raise ResourceError(f"{key} {value!r} is not a whole number", "e.g. 4")
     n = parse_count(value, what=key, maximum=maximum)
     if n < 1:
-        raise ResourceError(f"must be at least 1, got {value!r}", f"use 1..{maximum}")
+        raise ResourceError(f"{key} must be at least 1, got {value!r}", f"use 1..{maximum}")
     return n
 
 
 def _memory(value: Any, key: str) -> int:
     if not isinstance(value, str | int | float):
-        raise ResourceError(f"{value!r} is not a size", "write sizes like 4G or 512M")
+        raise ResourceError(f"{key} {value!r} is not a size", "write sizes like 4G or 512M")
     return parse_memory_mb(value, what=key)
 
 
 def _time(value: Any, key: str) -> int:
     if not isinstance(value, str | int | float):
-        raise ResourceError(f"{value!r} is not a duration", "write durations like 2h or 1-12:00:00")
+        raise ResourceError(
+            f"{key} {value!r} is not a duration", "write durations like 2h or 1-12:00:00"
+        )
     return parse_time_minutes(value, what=key)
 
 
@@ -273,7 +274,7 @@ def _slurm_name(value: Any, key: str) -> str:
     text = value.strip() if isinstance(value, str) else None
     if text is None or not SLURM_NAME_RE.match(text):
         raise ResourceError(
-            f"{value!r} is not a SLURM name",
+            f"{key} {value!r} is not a SLURM name",
             "use letters, digits, '_', '.' and '-' only (not starting with '-')",
         )
     return text
@@ -283,7 +284,7 @@ def _gres(value: Any, key: str) -> str:
     text = value.strip() if isinstance(value, str) else None
     if not text or not all(_GRES_ITEM_RE.match(item) for item in text.split(",")):
         raise ResourceError(
-            f"{value!r} is not a GRES request",
+            f"{key} {value!r} is not a GRES request",
             "write name[:type][:count], e.g. gpu:1 or gpu:a100:2 (comma-separate several)",
         )
     return text
@@ -298,10 +299,10 @@ def _boolean(value: Any, key: str) -> bool:
             return True
         if word in _FALSE_WORDS:
             return False
-    raise ResourceError(f"{value!r} is not a boolean", "use true or false")
+    raise ResourceError(f"{key} {value!r} is not a boolean", "use true or false")
 
 
-_RESERVED_HINT = (
+RESERVED_HINT = (
     "reserved HPC keys take SLURM values: slurm-cpu/slurm-nodes/slurm-ntasks a whole number, "
     "slurm-ram a size per CPU like 4G, slurm-time like 2h or 1-00:00:00, "
     "slurm-partition/slurm-qos/slurm-account a name, slurm-gres like gpu:1, "
@@ -311,9 +312,6 @@ _RESERVED_HINT = (
 
 def _summary(problems: list[str]) -> str:
     if len(problems) == 1:
-        return f"bad reserved HPC key {problems[0]}"
+        return f"bad reserved HPC key: {problems[0]}"
     listed = "; ".join(f"{i}) {p}" for i, p in enumerate(problems, 1))
     return f"{len(problems)} bad reserved HPC keys: {listed}"
-
-
-RESERVED_HINT = _RESERVED_HINT

@@ -1,0 +1,125 @@
+"""Database layer on SQLite and PostgreSQL: migrations, services, storage refs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hpcgear.db.models import Base, ChangeLog, FileVersion
+from hpcgear.db.session import Database, check_schema, create_db_engine, current_revision
+from hpcgear.errors import AlreadyExistsError, DatabaseError, PermissionDeniedError
+from hpcgear.hierarchy import service as svc
+from hpcgear.storage.objects import ObjectStore
+
+
+def test_migrations_match_models(db: Database) -> None:
+    """Autogenerate against the migrated DB finds nothing: models and migrations agree."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    check_schema(db.engine)
+    assert current_revision(db.engine) == "0001"
+
+
+def test_empty_database_is_refused(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(DatabaseError, match="empty") as info:
+        check_schema(engine)
+    assert "hpcgear init" in info.value.hint
+
+
+def _setup(db: Database) -> None:
+    with db.session() as s:
+        svc.add_user(s, None, "admin", site_admin=True)
+        svc.create_group(s, "admin", "g")
+        svc.create_project(s, "admin", "g/p")
+
+
+def test_versions_and_shared_bytes(db: Database, tmp_path: Path) -> None:
+    _setup(db)
+    store = ObjectStore(tmp_path / "store")
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("same bytes")
+    b.write_text("same bytes")
+    with db.session() as s:
+        r1 = svc.upload_files(s, store, "admin", "g/p/s1/ses1/acq1", [a])[0]
+        r2 = svc.upload_files(s, store, "admin", "g/p/s1/ses1/acq2", [b])[0]
+    assert r1.hash == r2.hash, "identical bytes are stored once"
+    a.write_text("new bytes")
+    with db.session() as s:
+        r3 = svc.upload_files(s, store, "admin", "g/p/s1/ses1/acq1", [a])[0]
+    assert r3.version == 2
+    # deleting v1 of a.txt must keep the bytes b.txt still uses
+    with db.session() as s:
+        removed = svc.delete_file_version(s, store, "admin", "g/p/s1/ses1/acq1/a.txt", 1)
+    assert removed is False and store.exists(r1.hash)
+    with db.session() as s:
+        removed = svc.delete_file_version(s, store, "admin", "g/p/s1/ses1/acq2/b.txt", 1)
+    assert removed is True and not store.exists(r1.hash)
+    assert store.exists(r3.hash)
+    with db.session() as s:
+        kinds = [c.kind for c in s.scalars(select(ChangeLog).order_by(ChangeLog.seq))]
+        versions = s.scalars(select(FileVersion.version)).all()
+    assert kinds == ["file.version"] * 3
+    assert versions == [2]
+
+
+def test_ancestor_ids_and_natural_keys(db: Database) -> None:
+    _setup(db)
+    with db.session() as s:
+        acq = svc.ensure_path(s, "admin", "g/p/sub/ses/acq")
+        assert acq.group_id == "g" and acq.project_id and acq.subject_id and acq.session_id
+        assert acq.acquisition_id == acq.id
+        ses = svc.resolve_container(s, "g/p/sub/ses")
+        ses.natural_key = "1.2.3"
+        s.flush()
+        assert acq.session_id == ses.id
+    with pytest.raises(AlreadyExistsError), db.session() as s:
+        svc.create_project(s, "admin", "g/p")
+
+
+def test_denied_changes_nothing(db: Database, tmp_path: Path) -> None:
+    _setup(db)
+    with db.session() as s:
+        svc.add_user(s, "admin", "eve")
+    with pytest.raises(PermissionDeniedError), db.session() as s:
+        svc.ensure_path(s, "eve", "g/p/x/y")
+    with db.session() as s:
+        assert svc.list_path(s, "admin", "g/p") == []
+
+
+def test_concurrent_sessions_sqlite_wal(tmp_path: Path) -> None:
+    """Two writers on the embedded SQLite wait for each other instead of failing."""
+    import threading
+
+    from hpcgear.db.session import upgrade
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    upgrade(engine)
+    db = Database(engine)
+    _setup(db)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                with db.session() as s:
+                    svc.ensure_path(s, "admin", f"g/p/sub{n}/ses{i}")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.session() as s:
+        assert len(svc.list_path(s, "admin", "g/p")) == 4
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
