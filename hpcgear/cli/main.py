@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "download": ("hpcgear.cli.commands.data", "download_cmd", "Download a file version."),
     "info": ("hpcgear.cli.commands.data", "info_group", "Set info metadata."),
     "tag": ("hpcgear.cli.commands.data", "tag_group", "Add or remove tags."),
+    "gear": ("hpcgear.cli.commands.gear", "gear_group", "Validate, install, list gears."),
 }
 
 

@@ -120,14 +120,16 @@ def build_config_json(
     declared = {i.name: i for i in manifest.inputs} if manifest is not None else None
     gear = f"gear {manifest.name}" if manifest is not None else "the gear"
     documents: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     for spec in inputs:
         name_problem = path_component_problem(spec.name)
         if name_problem is not None:
             problems.append(f"input name {name_problem}")
             continue
-        if spec.name in documents:
+        if spec.name in seen:
             problems.append(f"input {spec.name!r} is given twice")
             continue
+        seen.add(spec.name)
         if declared is not None:
             if spec.name not in declared:
                 problems.append(
@@ -147,7 +149,7 @@ def build_config_json(
 
     if declared is not None:
         for name, item in declared.items():
-            if name in documents or any(s.name == name for s in inputs):
+            if name in seen:
                 continue
             if item.base == "context":
                 documents[name] = {"base": "context", "found": False, "value": None}

@@ -12,9 +12,9 @@ the manifest declares them and are validated as resources here, so a bad
 script. Use :func:`hpcgear.gears.reserved.split_reserved` afterwards to separate
 them from what the gear sees.
 
-``None`` as a value in a layer removes the key (e.g. a user clearing a rule's
-value for an optional key); a required key removed this way is reported as
-missing.
+``None`` as a value in a layer undoes earlier layers for that key: it goes
+back to the manifest default, or is left out when there is none (a required
+key left out this way is reported as missing).
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ def resolve_config(
                     unknown.append(key)
                 continue
             if value is None:
-                merged.pop(key, None)
+                # Back to the manifest default, or absent when there is none.
+                if option is not None and option.has_default:
+                    merged[key] = copy.deepcopy(option.default)
+                else:
+                    merged.pop(key, None)
                 continue
             if coerce_strings and isinstance(value, str):
                 try:

@@ -257,9 +257,9 @@ class ConfigOption:
         if self.pattern is not None:
             parts.append(f"matching {self.pattern}")
         if self.min_items is not None:
-            parts.append(f"at least {self.min_items} items")
+            parts.append(f"at least {_items(self.min_items)}")
         if self.max_items is not None:
-            parts.append(f"at most {self.max_items} items")
+            parts.append(f"at most {_items(self.max_items)}")
         if self.unique_items:
             parts.append("unique items")
         if self.items is not None:
@@ -296,9 +296,9 @@ class ConfigOption:
     def _check_array(self, value: list[Any]) -> tuple[list[Any], list[str]]:
         problems = []
         if self.min_items is not None and len(value) < self.min_items:
-            problems.append(f"must have at least {self.min_items} items, got {len(value)}")
+            problems.append(f"must have at least {_items(self.min_items)}, got {len(value)}")
         if self.max_items is not None and len(value) > self.max_items:
-            problems.append(f"must have at most {self.max_items} items, got {len(value)}")
+            problems.append(f"must have at most {_items(self.max_items)}, got {len(value)}")
         if self.unique_items:
             seen: list[Any] = []
             for item in value:
@@ -1236,6 +1236,10 @@ def _check_type(type_: str, value: Any) -> tuple[bool, Any]:
             return True, list(value)
         return False, value
     raise ValueError(f"unknown config type {type_!r}")  # pragma: no cover - guarded at parse
+
+
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
 
 
 def _is_number(value: Any) -> bool:

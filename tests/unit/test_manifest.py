@@ -467,8 +467,15 @@ def test_unusable_constraints_are_errors(spec: Any, fragment: str) -> None:
 
 
 def test_exclusive_bounds_both_styles_normalise_alike() -> None:
-    draft4 = option_of({"type": "number", "minimum": 0, "exclusiveMinimum": True,
-                        "maximum": 100, "exclusiveMaximum": True})
+    draft4 = option_of(
+        {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMinimum": True,
+            "maximum": 100,
+            "exclusiveMaximum": True,
+        }
+    )
     draft6 = option_of({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100})
     for option in (draft4, draft6):
         assert (option.minimum, option.exclusive_minimum) == (0, True)
@@ -476,8 +483,15 @@ def test_exclusive_bounds_both_styles_normalise_alike() -> None:
 
 
 def test_number_style_exclusive_bound_keeps_the_stricter_one() -> None:
-    option = option_of({"type": "number", "minimum": 5, "exclusiveMinimum": 1,
-                        "maximum": 10, "exclusiveMaximum": 10})
+    option = option_of(
+        {
+            "type": "number",
+            "minimum": 5,
+            "exclusiveMinimum": 1,
+            "maximum": 10,
+            "exclusiveMaximum": 10,
+        }
+    )
     assert (option.minimum, option.exclusive_minimum) == (5, False)
     assert (option.maximum, option.exclusive_maximum) == (10, True)
 
@@ -490,17 +504,23 @@ def test_exclusive_flag_without_bound_is_a_warning() -> None:
 
 
 def test_items_are_parsed_recursively() -> None:
-    option = option_of({"type": "array", "items": {"type": "string", "enum": ["a", "b"]},
-                        "minItems": 1, "maxItems": 3, "uniqueItems": True,
-                        "default": ["a"]})
+    option = option_of(
+        {
+            "type": "array",
+            "items": {"type": "string", "enum": ["a", "b"]},
+            "minItems": 1,
+            "maxItems": 3,
+            "uniqueItems": True,
+            "default": ["a"],
+        }
+    )
     assert option.items is not None and option.items.enum == ("a", "b")
     assert (option.min_items, option.max_items, option.unique_items) == (1, 3, True)
     assert "items: string" in option.describe()
 
 
 def test_non_standard_min_max_are_kept_not_enforced() -> None:
-    data = base_manifest(config={"opt": {"type": "integer", "min": 0, "max": 10,
-                                         "optional": True}})
+    data = base_manifest(config={"opt": {"type": "integer", "min": 0, "max": 10, "optional": True}})
     m = parse_manifest(data)
     option = m.option("opt")
     assert option.minimum is None and option.maximum is None
@@ -520,19 +540,25 @@ def test_enum_values_of_the_wrong_type_are_a_warning() -> None:
 
 
 def test_reserved_key_defaults_are_validated_as_resources() -> None:
-    data = base_manifest(config={
-        "slurm-ram": {"type": "string", "default": "lots"},
-        "slurm-cpu": {"type": "string", "default": "8"},
-        "slurm-partition": {"type": "string", "default": "bad name;rm"},
-    })
+    data = base_manifest(
+        config={
+            "slurm-ram": {"type": "string", "default": "lots"},
+            "slurm-cpu": {"type": "string", "default": "8"},
+            "slurm-partition": {"type": "string", "default": "bad name;rm"},
+        }
+    )
     message = errors_of(data)
     assert "slurm-ram" in message and "slurm-partition" in message
     assert "slurm-cpu" not in message
 
 
 def test_reserved_key_with_valid_default_parses() -> None:
-    data = base_manifest(config={"slurm-ram": {"type": "string", "default": "4G"},
-                                 "singularity-debug": {"type": "boolean", "default": False}})
+    data = base_manifest(
+        config={
+            "slurm-ram": {"type": "string", "default": "4G"},
+            "singularity-debug": {"type": "boolean", "default": False},
+        }
+    )
     assert parse_manifest(data).defaults() == {"slurm-ram": "4G", "singularity-debug": False}
 
 

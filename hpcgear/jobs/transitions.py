@@ -1,0 +1,113 @@
+"""Compare-and-set job state changes with an append-only event per change.
+
+Every change is ``UPDATE jobs SET state=new, state_seq=seq+1 ... WHERE id=? AND
+state_seq=seq``: if another process moved the job first the update touches no
+row and the caller learns it lost the race (``StaleJobError``), on SQLite and
+PostgreSQL alike. The event row is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import Job, JobEvent
+from hpcgear.errors import HpcgearError
+from hpcgear.states import FailureKind, JobState, check_transition
+
+logger = logging.getLogger(__name__)
+
+
+class StaleJobError(HpcgearError):
+    """Another process changed the job first; reload and decide again."""
+
+
+def record_event(
+    session: Session,
+    job: Job,
+    kind: str,
+    actor: str,
+    message: str | None = None,
+    *,
+    old_state: str | None = None,
+    new_state: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    ev = JobEvent(
+        job_id=job.id,
+        actor=actor,
+        kind=kind,
+        old_state=old_state,
+        new_state=new_state,
+        message=message,
+        data=data or {},
+    )
+    session.add(ev)
+    return ev
+
+
+def transition(
+    session: Session,
+    job: Job,
+    new: JobState,
+    actor: str,
+    message: str | None = None,
+    *,
+    failure_kind: FailureKind | None = None,
+    data: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Job:
+    """Move ``job`` to ``new`` if nobody else moved it since it was read."""
+    old = JobState(job.state)
+    check_transition(old, new)
+    values: dict[str, Any] = {
+        "state": new.value,
+        "state_seq": job.state_seq + 1,
+        "modified": dt.datetime.now(dt.UTC),
+        **fields,
+    }
+    if failure_kind is not None:
+        values["failure_kind"] = failure_kind.value
+        values["failure_message"] = message
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state_seq == job.state_seq)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleJobError(
+            f"job {job.id} changed while it was being moved to {new.value}",
+            "another controller or user acted on it; the step is retried on the next cycle",
+            transient=True,
+        )
+    for key, value in values.items():
+        setattr(job, key, value)
+    record_event(
+        session, job, "state", actor, message, old_state=old.value, new_state=new.value,
+        data={**(data or {}), **({"failure_kind": failure_kind.value} if failure_kind else {})},
+    )
+    logger.info("job %s: %s -> %s (%s)", job.id, old.value, new.value, message or "")
+    return job
+
+
+def update_fields(session: Session, job: Job, **fields: Any) -> Job:
+    """Change non-state fields (SLURM state, pending reason) under the same CAS guard."""
+    values = {"state_seq": job.state_seq + 1, "modified": dt.datetime.now(dt.UTC), **fields}
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state_seq == job.state_seq)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleJobError(
+            f"job {job.id} changed concurrently", "retried on the next cycle", transient=True
+        )
+    for key, value in values.items():
+        setattr(job, key, value)
+    return job

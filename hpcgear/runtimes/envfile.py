@@ -1,0 +1,91 @@
+"""The gear's environment file (``<jobdir>/.hpcgear/gear.env``).
+
+Apptainer and SingularityCE read ``--env-file`` by *evaluating it as a POSIX
+shell script* with their embedded interpreter (mvdan.cc/sh), on the host,
+before the container starts (apptainer ``internal/pkg/util/env``: "The env file
+is shell evaluated using mvdan/sh"; apptainer issue #2475 shows an unquoted
+``ABC=x(y)`` failing to parse). So every value is written as one POSIX
+single-quoted word (``shlex.quote``): no ``$``, backtick or ``$(...)`` in a value
+is ever expanded, quotes and newlines survive byte for byte, and a hostile value
+cannot end the assignment. Names must be shell identifiers.
+
+Variables the runtime sets itself and drops from env files (``HOME``, ``PWD``,
+``UID``, ...) are left out with a log line instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from collections.abc import Iterable
+
+from hpcgear.errors import InvalidInputError
+from hpcgear.jobs.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Names Apptainer manages itself; an env file cannot set them.
+RUNTIME_MANAGED = frozenset({"HOME", "PWD", "OLDPWD", "UID", "GID", "EUID", "PPID", "IFS",
+                             "OPTIND"})
+#: Prefix of the variables hpcgear sets for every gear.
+HPCGEAR_PREFIX = "HPCGEAR_"
+
+
+def render_env_file(pairs: Iterable[tuple[str, str]]) -> str:
+    """Env-file text for ``pairs`` (later pairs win; runtime-managed names skipped).
+
+    Raises
+    ------
+    InvalidInputError
+        If a name is not a shell identifier or a value contains a NUL byte.
+    """
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise InvalidInputError(
+                f"environment variable name {name!r} is not valid",
+                "names are letters, digits and '_' and do not start with a digit",
+            )
+        if not isinstance(value, str):
+            raise InvalidInputError(f"environment variable {name} must be a string, "
+                                    f"got {type(value).__name__}", "quote the value")
+        if "\0" in value:
+            raise InvalidInputError(f"environment variable {name} contains a NUL byte",
+                                    "remove it; environment values cannot hold NUL")
+        if name in RUNTIME_MANAGED:
+            logger.info("env %s: left out of the env file; the container runtime sets it", name)
+            continue
+        values.pop(name, None)
+        values[name] = value
+    lines = ["# hpcgear gear environment; read by the container runtime's shell interpreter."]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def gear_environment(spec: JobSpec) -> list[tuple[str, str]]:
+    """The manifest ``environment`` plus hpcgear's own variables, in file order.
+
+    A manifest may not set ``HPCGEAR_*`` names; they are dropped with a log line.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name, value in spec.gear.environment:
+        if name.startswith(HPCGEAR_PREFIX):
+            logger.warning("job %s: manifest sets %s; hpcgear's own value is used",
+                           spec.job_id, name)
+            continue
+        pairs.append((name, value))
+    pairs += [
+        ("HPCGEAR_JOB_ID", spec.job_id),
+        ("HPCGEAR_ATTEMPT", str(spec.attempt)),
+        ("HPCGEAR_SITE", spec.site),
+        ("HPCGEAR_GEAR", f"{spec.gear.name}@{spec.gear.version}"),
+        ("HPCGEAR_DESTINATION", f"{spec.destination_type}/{spec.destination_id}"),
+    ]
+    return pairs
+
+
+def render_gear_env(spec: JobSpec) -> str:
+    """The text stage-in writes to ``JobPaths.env_file`` (mode 0600) for ``spec``."""
+    return render_env_file(gear_environment(spec))
