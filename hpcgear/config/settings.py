@@ -24,6 +24,8 @@ SETTINGS_KEYS: dict[str, str] = {
     "sites": "list of site config YAML files this instance knows",
     "default_site": "site name used for jobs whose tags route nowhere else",
     "scratch_root": "scratch directory for jobs run by the embedded local site",
+    "image_cache": "SIF cache directory of the embedded local site",
+    "apptainer": "apptainer/singularity executable of the embedded local site (default: PATH)",
 }
 
 
@@ -45,6 +47,8 @@ class Settings:
     database_url: str
     storage_root: Path
     scratch_root: Path
+    image_cache: Path = Path("/nonexistent")
+    apptainer: str | None = None
     sites: tuple[Path, ...] = ()
     default_site: str | None = None
     exists: bool = False  # whether the config file was found
@@ -55,6 +59,8 @@ class Settings:
             "database_url": self.database_url,
             "storage_root": str(self.storage_root),
             "scratch_root": str(self.scratch_root),
+            "image_cache": str(self.image_cache),
+            "apptainer": self.apptainer,
             "sites": [str(p) for p in self.sites],
             "default_site": self.default_site,
         }
@@ -67,6 +73,7 @@ def default_settings(config_path: Path) -> Settings:
         database_url=f"sqlite:///{data / 'hpcgear.db'}",
         storage_root=data / "storage",
         scratch_root=data / "scratch",
+        image_cache=data / "images",
     )
 
 
@@ -100,6 +107,10 @@ def load_settings(
     if env_url:
         settings = replace(settings, database_url=env_url)
         sources["database_url"] = "HPCGEAR_DATABASE_URL"
+    env_apptainer = os.environ.get("HPCGEAR_APPTAINER")
+    if env_apptainer and settings.apptainer is None:
+        settings = replace(settings, apptainer=env_apptainer)
+        sources["apptainer"] = "HPCGEAR_APPTAINER"
     env_storage = os.environ.get("HPCGEAR_STORAGE_ROOT")
     if env_storage:
         settings = replace(settings, storage_root=Path(env_storage).expanduser())
@@ -148,7 +159,7 @@ def _apply(settings: Settings, raw: Mapping[str, Any], path: Path) -> Settings:
                 "e.g. sqlite:////var/lib/hpcgear/hpcgear.db",
             )
         out = replace(out, database_url=raw["database_url"])
-    for key in ("storage_root", "scratch_root"):
+    for key in ("storage_root", "scratch_root", "image_cache"):
         if key in raw:
             val = raw[key]
             if not isinstance(val, str) or not val:
@@ -156,8 +167,17 @@ def _apply(settings: Settings, raw: Mapping[str, Any], path: Path) -> Settings:
             resolved = base / Path(val).expanduser()
             if key == "storage_root":
                 out = replace(out, storage_root=resolved)
+            elif key == "image_cache":
+                out = replace(out, image_cache=resolved)
             else:
                 out = replace(out, scratch_root=resolved)
+    if "apptainer" in raw:
+        if raw["apptainer"] is not None and not isinstance(raw["apptainer"], str):
+            raise SchemaError(
+                f"{path}: apptainer must be an executable path",
+                "e.g. apptainer: /usr/bin/apptainer",
+            )
+        out = replace(out, apptainer=raw["apptainer"])
     if "sites" in raw:
         sites = raw["sites"] or []
         if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
@@ -180,8 +200,9 @@ def write_settings(settings: Settings) -> None:
     data = settings.to_dict()
     if not data["sites"]:
         del data["sites"]
-    if data["default_site"] is None:
-        del data["default_site"]
+    for key in ("default_site", "apptainer"):
+        if data[key] is None:
+            del data[key]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -94,9 +94,11 @@ def resolve_config(
         problems.append(f"unknown config key {key!r}{did_you_mean(key, options)}")
 
     result: dict[str, Any] = {}
+    missing = 0
     for option in manifest.config:
         if option.name not in merged:
             if option.required:
+                missing += 1
                 problems.append(
                     f"missing required config key {option.name!r} ({option.describe()})"
                 )
@@ -120,7 +122,9 @@ def resolve_config(
             )
         if reserved_problems:
             hints.append(reserved.RESERVED_HINT)
-        if len(problems) > len(unknown) + len(reserved_problems):
+        if missing:
+            hints.append("give every required key a value (the manifest has no default)")
+        if len(problems) > len(unknown) + len(reserved_problems) + missing:
             hints.append("give each listed key a value it allows (see 'must ...')")
         raise GearConfigError(_message(manifest, problems), "; ".join(hints))
     return result

@@ -570,7 +570,7 @@ def _parse(data: Any, *, source: str, text: str | None, duplicates: list[str]) -
         if key not in TOP_LEVEL_KEYS:
             c.error(
                 (key,),
-                "unknown top-level key" + _did_you_mean(key, TOP_LEVEL_KEYS),
+                "unknown top-level key" + did_you_mean(key, TOP_LEVEL_KEYS),
                 f"valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}; "
                 'put gear-specific data under "custom"',
             )
@@ -591,9 +591,9 @@ def _parse(data: Any, *, source: str, text: str | None, duplicates: list[str]) -
 
     if c.problems:
         raise _manifest_error(source, text, c.problems)
-    warnings = tuple(_format_item(source, text, path, msg) for path, msg in c.warnings)
+    warnings = tuple(_format_item(text, path, msg) for path, msg in c.warnings)
     for warning in warnings:
-        logger.debug("gear manifest warning: %s", warning)
+        logger.debug("manifest %s: %s", source, warning)
     return GearManifest(
         name=name,
         version=version,
@@ -1098,7 +1098,7 @@ def _check_custom(
                 c.error(
                     ("custom", "gear-builder", "category"),
                     f"{_show(value)} is not a gear category"
-                    + (_did_you_mean(value, CATEGORIES) if isinstance(value, str) else ""),
+                    + (did_you_mean(value, CATEGORIES) if isinstance(value, str) else ""),
                     f"category must be one of {', '.join(CATEGORIES)}",
                 )
         if "image" in builder:
@@ -1302,14 +1302,10 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or ``""``; shared with config checks."""
-    return _did_you_mean(word, choices)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def format_path(path: JsonPath) -> str:
@@ -1342,7 +1338,7 @@ def _locate(text: str | None, path: JsonPath) -> int | None:
     return None if found is None else _line_of(text, found)
 
 
-def _format_item(source: str, text: str | None, path: JsonPath, message: str) -> str:
+def _format_item(text: str | None, path: JsonPath, message: str) -> str:
     if not path:
         return message
     line = _locate(text, path)
@@ -1353,7 +1349,7 @@ def _format_item(source: str, text: str | None, path: JsonPath, message: str) ->
 
 
 def _manifest_error(source: str, text: str | None, problems: list[_Problem]) -> ManifestError:
-    items = [_format_item(source, text, p.path, p.message) for p in problems]
+    items = [_format_item(text, p.path, p.message) for p in problems]
     if len(items) == 1:
         message = f"{source}: invalid gear manifest: {items[0]}"
     else:

@@ -67,6 +67,14 @@ _GRES_ITEM_RE = re.compile(
 _TRUE_WORDS = frozenset({"true", "yes", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "0"})
 
+RESERVED_HINT = (
+    "reserved HPC keys take SLURM values: slurm-cpu/slurm-nodes/slurm-ntasks a whole number, "
+    "slurm-ram a size per CPU like 4G, slurm-time like 2h or 1-00:00:00, "
+    "slurm-partition/slurm-qos/slurm-account a name, slurm-gres like gpu:1, "
+    "singularity-debug/singularity-writable true or false"
+)
+
+
 MAX_CPUS = 4096
 MAX_NODES = 10_000
 MAX_NTASKS = 100_000
@@ -300,14 +308,6 @@ def _boolean(value: Any, key: str) -> bool:
         if word in _FALSE_WORDS:
             return False
     raise ResourceError(f"{key} {value!r} is not a boolean", "use true or false")
-
-
-RESERVED_HINT = (
-    "reserved HPC keys take SLURM values: slurm-cpu/slurm-nodes/slurm-ntasks a whole number, "
-    "slurm-ram a size per CPU like 4G, slurm-time like 2h or 1-00:00:00, "
-    "slurm-partition/slurm-qos/slurm-account a name, slurm-gres like gpu:1, "
-    "singularity-debug/singularity-writable true or false"
-)
 
 
 def _summary(problems: list[str]) -> str:

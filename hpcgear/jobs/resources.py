@@ -50,11 +50,16 @@ __all__ = [
 
 #: Tag keys that request resources, with their canonical meaning.
 TAG_KEYS: Mapping[str, str] = {
-    "cpu": "cpus", "cpus": "cpus",
-    "ram": "mem", "mem": "mem",
+    "cpu": "cpus",
+    "cpus": "cpus",
+    "ram": "mem",
+    "mem": "mem",
     "time": "time",
-    "gpu": "gpus", "gpus": "gpus",
-    "partition": "partition", "qos": "qos", "account": "account",
+    "gpu": "gpus",
+    "gpus": "gpus",
+    "partition": "partition",
+    "qos": "qos",
+    "account": "account",
 }
 MAX_GPUS = 64
 
@@ -131,9 +136,14 @@ def parse_resource_tags(tags: Iterable[str]) -> TagRequest:
         found[canon] = parsed
         sources[canon] = tag
     return TagRequest(
-        cpus=found.get("cpus"), mem_mb=found.get("mem"), time_minutes=found.get("time"),
-        gpus=found.get("gpus"), partition=found.get("partition"), qos=found.get("qos"),
-        account=found.get("account"), sources=sources,
+        cpus=found.get("cpus"),
+        mem_mb=found.get("mem"),
+        time_minutes=found.get("time"),
+        gpus=found.get("gpus"),
+        partition=found.get("partition"),
+        qos=found.get("qos"),
+        account=found.get("account"),
+        sources=sources,
     )
 
 
@@ -142,9 +152,13 @@ def _parse_tag_value(tag: str, canon: str, value: str | None) -> Any:
     if canon == "gpus" and value is None:
         return 1
     if value is None or value == "":
-        raise ResourceError(f"{what} needs a value", f"write it as {canon}=VALUE, e.g. "
-                            + {"cpus": "cpu=4", "mem": "ram=16G", "time": "time=2h",
-                               "gpus": "gpu=2"}.get(canon, f"{canon}=NAME"))
+        raise ResourceError(
+            f"{what} needs a value",
+            f"write it as {canon}=VALUE, e.g. "
+            + {"cpus": "cpu=4", "mem": "ram=16G", "time": "time=2h", "gpus": "gpu=2"}.get(
+                canon, f"{canon}=NAME"
+            ),
+        )
     if canon == "cpus":
         n = parse_count(value, what=what, maximum=4096)
         if n < 1:
@@ -157,8 +171,9 @@ def _parse_tag_value(tag: str, canon: str, value: str | None) -> Any:
     if canon == "time":
         return parse_time_minutes(value, what=what)
     if not SLURM_NAME_RE.match(value):
-        raise ResourceError(f"{what} does not name a valid {canon}",
-                            "use letters, digits, '_', '.' and '-' only")
+        raise ResourceError(
+            f"{what} does not name a valid {canon}", "use letters, digits, '_', '.' and '-' only"
+        )
     return value
 
 
@@ -224,8 +239,12 @@ def resolve_resources(
 
     for label, layer in (("gear manifest", manifest), ("rule", rule), ("job config", job)):
         ov = _as_overrides(layer)
-        for fld, value in (("cpus", ov.cpus), ("time", ov.time_minutes), ("nodes", ov.nodes),
-                           ("ntasks", ov.ntasks)):
+        for fld, value in (
+            ("cpus", ov.cpus),
+            ("time", ov.time_minutes),
+            ("nodes", ov.nodes),
+            ("ntasks", ov.ntasks),
+        ):
             if value is not None:
                 picked[fld] = (value, label)
         if ov.mem_per_cpu_mb is not None:
@@ -272,12 +291,20 @@ def resolve_resources(
 
     qos, qos_src = names.get("qos", (pcfg.qos if pcfg else None, f"partition {partition}"))
     account, account_src = names.get(
-        "account", (pcfg.account if pcfg else None, f"partition {partition}"))
+        "account", (pcfg.account if pcfg else None, f"partition {partition}")
+    )
 
     resources = Resources(
-        cpus=cpus, mem_mb=mem_mb, time_minutes=picked["time"][0], gpus=gpus, gres=gres,
-        nodes=picked["nodes"][0], ntasks=picked["ntasks"][0], partition=partition,
-        qos=qos, account=account,
+        cpus=cpus,
+        mem_mb=mem_mb,
+        time_minutes=picked["time"][0],
+        gpus=gpus,
+        gres=gres,
+        nodes=picked["nodes"][0],
+        ntasks=picked["ntasks"][0],
+        partition=partition,
+        qos=qos,
+        account=account,
     )
     explanation = [
         ResourceChoice("partition", partition or "(none)", partition_source),
@@ -297,8 +324,9 @@ def resolve_resources(
         explanation.append(ResourceChoice("ntasks", str(resources.ntasks), picked["ntasks"][1]))
 
     if pcfg is not None and partition is not None:
-        check_partition_limits(site, partition, resources,
-                               sources={c.field: c.source for c in explanation})
+        check_partition_limits(
+            site, partition, resources, sources={c.field: c.source for c in explanation}
+        )
     return ResolvedResources(resources, tuple(explanation), writable=writable, debug=debug)
 
 
@@ -320,7 +348,7 @@ def _choose_partition(
             "add a partition=NAME tag to choose one",
         )
     if routed:
-        (name, tag), = routed.items()
+        ((name, tag),) = routed.items()
         return name, f"tag routing ({tag})"
     default = site.default_partition
     return default, ("site default partition" if default else "site has no partitions")
@@ -350,8 +378,12 @@ def check_partition_limits(
         )
 
     if pcfg.max_time_minutes is not None and resources.time_minutes > pcfg.max_time_minutes:
-        raise fail("time", format_slurm_time(resources.time_minutes),
-                   format_slurm_time(pcfg.max_time_minutes), "time")
+        raise fail(
+            "time",
+            format_slurm_time(resources.time_minutes),
+            format_slurm_time(pcfg.max_time_minutes),
+            "time",
+        )
     if pcfg.max_mem_mb is not None and resources.mem_mb > pcfg.max_mem_mb:
         raise fail("mem", format_memory(resources.mem_mb), format_memory(pcfg.max_mem_mb), "mem")
     if pcfg.max_cpus is not None and resources.cpus > pcfg.max_cpus:
@@ -371,5 +403,8 @@ def _fits(cfg: PartitionConfig, dimension: str, r: Resources) -> bool:
 
 
 def _partitions_allowing(site: SiteConfig, current: str, dimension: str, r: Resources) -> list[str]:
-    return sorted(name for name, cfg in site.partitions.items()
-                  if name != current and _fits(cfg, dimension, r))
+    return sorted(
+        name
+        for name, cfg in site.partitions.items()
+        if name != current and _fits(cfg, dimension, r)
+    )

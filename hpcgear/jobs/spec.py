@@ -75,6 +75,10 @@ class JobSpec:
     user: str
     tags: tuple[str, ...] = ()
     priority: str = "medium"
+    # Runtime switches (reserved keys singularity-writable / singularity-debug):
+    # None = the site's runtime.writable_tmpfs.
+    writable_tmpfs: bool | None = None
+    runtime_debug: bool = False
 
     @property
     def slurm_name(self) -> str:

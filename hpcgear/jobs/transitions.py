@@ -88,7 +88,13 @@ def transition(
     for key, value in values.items():
         setattr(job, key, value)
     record_event(
-        session, job, "state", actor, message, old_state=old.value, new_state=new.value,
+        session,
+        job,
+        "state",
+        actor,
+        message,
+        old_state=old.value,
+        new_state=new.value,
         data={**(data or {}), **({"failure_kind": failure_kind.value} if failure_kind else {})},
     )
     logger.info("job %s: %s -> %s (%s)", job.id, old.value, new.value, message or "")

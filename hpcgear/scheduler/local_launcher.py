@@ -24,6 +24,7 @@ not enforced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -151,13 +152,16 @@ class Launcher:
 
     # -- the loop
 
-    def run(self) -> int:
+    def prepare(self) -> None:
+        """Install signal handlers and write the first state (before the pid file)."""
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for t in self.tasks:
             self.set_state(t, "PENDING", "JobHeldUser" if self.held else "None")
         self.write_state()
+
+    def run(self) -> int:
         while True:
             now = time.time()
             self.check_requests()
@@ -306,7 +310,7 @@ class Launcher:
             self.set_state(t, "FAILED", f"JobLaunchFailure: {exc}")
             return
         try:
-            t.proc = subprocess.Popen(  # noqa: S603 - argv list, script path from the spec
+            t.proc = subprocess.Popen(
                 ["bash", spec["script"]],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out_fh,
                 stderr=err_fh if err_fh is not None else subprocess.STDOUT,
@@ -327,17 +331,13 @@ class Launcher:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main(argv: list[str]) -> int:
@@ -361,6 +361,7 @@ def main(argv: list[str]) -> int:
     os.close(devnull)
     os.close(log)
     launcher = Launcher(spec, spec_path.parent)
+    launcher.prepare()
     write_json_atomic(launcher.path(".json"), {
         "native_id": launcher.native, "pid": launcher.pid,
         "start_ticks": proc_start_ticks(launcher.pid), "spec": spec_path.name,

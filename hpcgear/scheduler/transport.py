@@ -14,7 +14,6 @@ a file. A missing path raises ``NotFoundError``; other failures ``TransportError
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import posixpath
@@ -273,10 +272,8 @@ class SSHTransport:
 
     def _connect(self) -> paramiko.SSHClient:
         client = self._client_factory()
-        try:
+        with contextlib.suppress(OSError):  # no ~/.ssh/known_hosts: configured file only
             client.load_system_host_keys()
-        except OSError:
-            pass  # no ~/.ssh/known_hosts: only the configured file counts
         if self.known_hosts:
             try:
                 client.load_host_keys(self.known_hosts)
@@ -353,6 +350,11 @@ class SSHTransport:
 
     def close(self) -> None:
         self._drop()
+
+    def _is_active(self) -> bool:
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        return transport is not None and transport.is_active()
 
     def __enter__(self) -> SSHTransport:
         return self
@@ -470,19 +472,16 @@ class SSHTransport:
             except FileNotFoundError:
                 raise NotFoundError(f"{what}: no such file or directory on {self.target}: "
                                     f"{path}", "check the path") from None
-            except PermissionError as exc:
+            except PermissionError:
                 raise TransportError(f"{what} {path} on {self.target}: permission denied",
-                                     "check ownership and modes of the job directory") from exc
+                                     "check ownership and modes of the job directory") from None
+            except (ConnectionError, TimeoutError, EOFError, paramiko.SSHException) as exc:
+                err: Exception = exc
             except OSError as exc:
-                if isinstance(exc, IOError) and exc.errno not in (None, 0) and \
-                        not isinstance(exc, socket.timeout | ConnectionError):
-                    if exc.errno == errno.ENOENT:
-                        raise NotFoundError(f"{what}: no such file on {self.target}: {path}",
-                                            "check the path") from None
+                if self._is_active():
+                    # the server answered with an error: not a connection problem
                     raise TransportError(f"{what} {path} on {self.target}: {exc}",
                                          "check permissions and free space") from None
-                err: Exception = exc
-            except (paramiko.SSHException, EOFError) as exc:
                 err = exc
             self._drop()
             if attempt == 2:

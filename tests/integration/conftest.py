@@ -81,4 +81,3 @@ def dev_env() -> DevEnv:
     if env is None:
         pytest.skip(NOT_UP)
     return env
-

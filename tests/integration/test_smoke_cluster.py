@@ -20,7 +20,7 @@ import paramiko
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import DevEnv
+    from tests.integration.conftest import DevEnv
 
 pytestmark = pytest.mark.integration
 
@@ -255,9 +255,7 @@ def test_sbatch_job_is_queued_runs_and_is_accounted(
 
 
 @pytest.mark.slurm
-def test_failing_job_is_accounted_as_failed_with_its_exit_code(
-    slurm: Slurm, job_dir: Path
-) -> None:
+def test_failing_job_is_accounted_as_failed_with_its_exit_code(slurm: Slurm, job_dir: Path) -> None:
     script = write_script(job_dir / "fail.sh", "exit 3\n")
     job_id = slurm.sbatch(script, job_dir)
     slurm.wait_left_queue(job_id)
@@ -282,7 +280,15 @@ def test_memory_limit_gives_out_of_memory(slurm: Slurm, job_dir: Path) -> None:
 def test_wrapper_runs_smoke_sif(dev_env: DevEnv, tmp_path: Path) -> None:
     assert dev_env.smoke_sif.is_file(), f"{dev_env.smoke_sif} is missing: run dev/cluster.sh up"
     proc = run(
-        [dev_env.apptainer, "exec", "--containall", "--cleanenv", dev_env.smoke_sif, "echo", "hello"],
+        [
+            dev_env.apptainer,
+            "exec",
+            "--containall",
+            "--cleanenv",
+            dev_env.smoke_sif,
+            "echo",
+            "hello",
+        ],
         cwd=tmp_path,
     )
     assert ok(proc) == "hello\n", f"stdout {proc.stdout!r}, stderr {proc.stderr!r}"
@@ -294,8 +300,17 @@ def test_wrapper_passes_arguments_stdin_and_exit_code_unchanged(
 ) -> None:
     tricky = ["a b", "$HOME", "*", "", "--userns", "semi;colon", "quote'd"]
     proc = run(
-        [dev_env.apptainer, "exec", "--containall", dev_env.smoke_sif,
-         "sh", "-c", 'for a in "$@"; do printf "[%s]\\n" "$a"; done; cat; exit 7', "sh", *tricky],
+        [
+            dev_env.apptainer,
+            "exec",
+            "--containall",
+            dev_env.smoke_sif,
+            "sh",
+            "-c",
+            'for a in "$@"; do printf "[%s]\\n" "$a"; done; cat; exit 7',
+            "sh",
+            *tricky,
+        ],
         cwd=tmp_path,
         input_text="from-stdin\n",
     )
@@ -312,10 +327,19 @@ def test_wrapper_binds_host_paths_into_the_container(dev_env: DevEnv, tmp_path: 
     out = tmp_path / "out"
     out.mkdir()
     proc = run(
-        [dev_env.apptainer, "exec", "--containall",
-         "-B", f"{data}:/flywheel/v0/input:ro", "-B", f"{out}:/flywheel/v0/output",
-         dev_env.smoke_sif, "sh", "-c",
-         "cat /flywheel/v0/input/f.txt > /flywheel/v0/output/copy.txt"],
+        [
+            dev_env.apptainer,
+            "exec",
+            "--containall",
+            "-B",
+            f"{data}:/flywheel/v0/input:ro",
+            "-B",
+            f"{out}:/flywheel/v0/output",
+            dev_env.smoke_sif,
+            "sh",
+            "-c",
+            "cat /flywheel/v0/input/f.txt > /flywheel/v0/output/copy.txt",
+        ],
         cwd=tmp_path,
     )
     ok(proc)
@@ -337,7 +361,9 @@ def test_wrapper_runs_smoke_sif_inside_sbatch_job(
     slurm.wait_left_queue(job_id)
     acct = slurm.sacct_final(job_id)
     out = (job_dir / f"slurm-{job_id}.out").read_text(encoding="utf-8")
-    assert (acct["State"], acct["ExitCode"]) == ("COMPLETED", "0:0"), f"sacct {acct}; output:\n{out}"
+    assert (acct["State"], acct["ExitCode"]) == ("COMPLETED", "0:0"), (
+        f"sacct {acct}; output:\n{out}"
+    )
     assert f"hello-from-container-{tag}" in out.splitlines(), out
 
 

@@ -102,6 +102,9 @@ def test_missing_required_keys_are_listed_with_their_types() -> None:
     assert "missing required config key 'mem_gb' (integer)" in message
     assert "missing required config key 'fd_thres' (number)" in message
     assert "'ok'" not in message
+    with pytest.raises(GearConfigError) as info:
+        resolve_config(m)
+    assert "required key" in info.value.hint
     assert resolve_config(m, {"mem_gb": 8, "fd_thres": 0.2}) == {"mem_gb": 8, "fd_thres": 0.2}
 
 

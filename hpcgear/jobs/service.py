@@ -1,0 +1,706 @@
+"""Job services: create (run/batch), list, show, cancel, retry.
+
+A job snapshots at creation everything it will run with: the exact gear
+version and image digest, the validated config, each input's file id +
+version + hash, the destination, and the resources resolved on its site. A
+retry is a new row (attempt + 1) linked to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hpcgear.config.site import SiteConfig
+from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent
+from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.gears.gear_config import resolve_config
+from hpcgear.gears.manifest import GearManifest
+from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
+from hpcgear.gears.service import get_gear, manifest_of
+from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
+from hpcgear.hierarchy.service import (
+    container_path,
+    file_version,
+    new_id,
+    resolve_container,
+    resolve_file,
+)
+from hpcgear.jobs.resources import ResolvedResources, resolve_resources
+from hpcgear.jobs.sites import SiteRegistry
+from hpcgear.jobs.spec import InputSpec
+from hpcgear.jobs.transitions import record_event, transition
+from hpcgear.states import JobState
+
+logger = logging.getLogger(__name__)
+
+PRIORITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A validated job, before (or after) it is stored."""
+
+    gear: Gear
+    manifest: GearManifest
+    destination: Container
+    config: dict[str, Any]
+    inputs: tuple[InputSpec, ...]
+    site: SiteConfig
+    resources: ResolvedResources
+    tags: tuple[str, ...]
+    priority: str
+    dedupe_key: str
+    job: Job | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def _input_spec(name: str, base: str, container: Container, f: File, fv: FileVersion) -> InputSpec:
+    return InputSpec(
+        name=name,
+        base=base,
+        file_id=f.id,
+        version=fv.version,
+        file_name=f.name,
+        sha256=fv.hash,
+        size=fv.size,
+        container_type=container.type,
+        container_id=container.id,
+        object={
+            "file_id": f.id,
+            "version": fv.version,
+            "type": f.type,
+            "modality": f.modality,
+            "classification": dict(f.classification or {}),
+            "tags": list(f.tags or []),
+            "info": dict(f.info or {}),
+            "size": fv.size,
+            "hash": fv.hash,
+        },
+    )
+
+
+def input_spec_to_json(spec: InputSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "base": spec.base,
+        "file_id": spec.file_id,
+        "version": spec.version,
+        "file_name": spec.file_name,
+        "sha256": spec.sha256,
+        "size": spec.size,
+        "container_type": spec.container_type,
+        "container_id": spec.container_id,
+        "object": spec.object,
+        "value": spec.value,
+    }
+
+
+def input_spec_from_json(d: Mapping[str, Any]) -> InputSpec:
+    return InputSpec(
+        name=str(d["name"]),
+        base=str(d["base"]),
+        file_id=d.get("file_id"),
+        version=d.get("version"),
+        file_name=d.get("file_name"),
+        sha256=d.get("sha256"),
+        size=d.get("size"),
+        container_type=d.get("container_type"),
+        container_id=d.get("container_id"),
+        object=dict(d.get("object") or {}),
+        value=d.get("value"),
+    )
+
+
+def resolve_inputs_by_path(
+    session: Session, actor: str, manifest: GearManifest, given: Mapping[str, str]
+) -> list[InputSpec]:
+    """``NAME -> group/project/.../FILE`` to pinned input specs (read role checked)."""
+    problems: list[str] = []
+    specs: list[InputSpec] = []
+    for name, path in given.items():
+        try:
+            decl = manifest.input(name)
+        except KeyError:
+            problems.append(
+                f"gear {manifest.name} has no input {name!r} "
+                f"(inputs: {', '.join(manifest.input_names) or 'none'})"
+            )
+            continue
+        if decl.base != "file":
+            problems.append(f"input {name!r} is a {decl.base} input, not a file")
+            continue
+        try:
+            container, f = resolve_file(session, actor, path, RoleName.READ_ONLY)
+        except (NotFoundError, InvalidInputError, PermissionDeniedError) as exc:
+            problems.append(f"input {name}: {exc.message}")
+            continue
+        specs.append(_input_spec(name, "file", container, f, file_version(session, f)))
+    if problems:
+        raise InvalidInputError("; ".join(problems), "fix the --input NAME=PATH/FILE values")
+    return specs
+
+
+def check_inputs(manifest: GearManifest, specs: Sequence[InputSpec]) -> None:
+    """Required inputs present; file types accepted by the manifest's type filters."""
+    given = {s.name: s for s in specs}
+    problems = []
+    for decl in manifest.inputs:
+        spec = given.get(decl.name)
+        if spec is None:
+            if decl.required:
+                problems.append(f"required input {decl.name!r} is missing")
+            continue
+        ftype = (spec.object or {}).get("type")
+        if decl.type_filter and ftype not in decl.type_filter:
+            problems.append(
+                f"input {decl.name!r} takes file types {', '.join(decl.type_filter)}; "
+                f"{spec.file_name!r} is {ftype or 'untyped'}"
+            )
+    if problems:
+        inputs = ", ".join(
+            f"{i.name}{'' if i.required else ' (optional)'}"
+            for i in manifest.inputs
+            if i.base == "file"
+        )
+        raise InvalidInputError(
+            f"gear {manifest.name}: " + "; ".join(problems),
+            f"give --input NAME=PATH/FILE for: {inputs or 'no file inputs'}",
+        )
+
+
+def context_inputs(
+    session: Session, manifest: GearManifest, destination: Container
+) -> list[InputSpec]:
+    """Flywheel context inputs: values from ``info.context`` on the destination's ancestors."""
+    wanted = [i for i in manifest.inputs if i.base == "context"]
+    if not wanted:
+        return []
+    chain: list[Container] = []
+    node: Container | None = destination
+    while node is not None:
+        chain.append(node)
+        node = session.get(Container, node.parent_id) if node.parent_id else None
+    out = []
+    for decl in wanted:
+        value: Any = None
+        for c in chain:  # nearest container wins
+            ctx = (c.info or {}).get("context")
+            if isinstance(ctx, dict) and decl.name in ctx:
+                value = ctx[decl.name]
+                break
+        out.append(InputSpec(name=decl.name, base="context", value=value))
+    return out
+
+
+def dedupe_key(
+    gear: Gear, destination: Container, specs: Sequence[InputSpec], config: Mapping[str, Any]
+) -> str:
+    payload = {
+        "gear": [gear.name, gear.version],
+        "dest": destination.id,
+        "inputs": sorted(
+            (s.name, s.file_id, s.version, s.sha256) for s in specs if s.base == "file"
+        ),
+        "config": config,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.:=+\-]{1,64}$")
+
+
+def check_job_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    bad = [t for t in tags if not _TAG_RE.match(t)]
+    if bad:
+        raise InvalidInputError(
+            f"job tag(s) {', '.join(map(repr, bad))} not allowed",
+            "job tags are 1-64 characters of letters, digits and _ . : = + -",
+        )
+    return tuple(dict.fromkeys(tags))
+
+
+def prepare_job(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear: Gear,
+    destination: Container,
+    inputs: Sequence[InputSpec],
+    config: Mapping[str, Any] | None = None,
+    rule_config: Mapping[str, Any] | None = None,
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    coerce_strings: bool = False,
+) -> PreparedJob:
+    """Validate everything about a job without storing it (``--dry-run`` stops here)."""
+    require_role(session, actor, destination, RoleName.READ_WRITE, "running a gear")
+    if gear.disabled:
+        raise InvalidInputError(
+            f"gear {gear.name}@{gear.version} is disabled",
+            "pick an enabled version (hpcgear gear list)",
+        )
+    if priority not in PRIORITIES:
+        raise InvalidInputError(
+            f"unknown priority {priority!r}", f"priorities: {', '.join(PRIORITIES)}"
+        )
+    manifest = manifest_of(gear)
+    job_tags = check_job_tags(tags)
+    specs = [*inputs, *context_inputs(session, manifest, destination)]
+    check_inputs(manifest, specs)
+    full = resolve_config(manifest, rule_config or {}, config or {}, coerce_strings=coerce_strings)
+    declared = manifest.config_names
+    _gear_config, _overrides = split_reserved(full, declared=declared)
+    manifest_layer = {k: v for k, v in manifest.defaults().items() if k in RESERVED_KEY_SET}
+    rule_layer = {k: v for k, v in (rule_config or {}).items() if k in RESERVED_KEY_SET}
+    job_layer = {k: v for k, v in (config or {}).items() if k in RESERVED_KEY_SET}
+    if coerce_strings:
+        job_layer = {k: full[k] for k in job_layer}
+    site = sites.route(job_tags)
+    resolved = resolve_resources(
+        site, manifest=manifest_layer, rule=rule_layer, job=job_layer, tags=job_tags
+    )
+    return PreparedJob(
+        gear=gear,
+        manifest=manifest,
+        destination=destination,
+        config=full,
+        inputs=tuple(specs),
+        site=site,
+        resources=resolved,
+        tags=job_tags,
+        priority=priority,
+        dedupe_key=dedupe_key(gear, destination, specs, full),
+    )
+
+
+def store_job(
+    session: Session,
+    actor: str,
+    prepared: PreparedJob,
+    *,
+    origin_type: str = "user",
+    origin_id: str | None = None,
+    previous: Job | None = None,
+    reason: str | None = None,
+) -> Job:
+    r = prepared.resources.resources
+    job = Job(
+        id=new_id(),
+        attempt=(previous.attempt + 1) if previous else 1,
+        previous_id=previous.id if previous else None,
+        gear_id=prepared.gear.id,
+        state=JobState.PENDING.value,
+        state_seq=0,
+        site=prepared.site.name,
+        config=prepared.config,
+        inputs=[input_spec_to_json(s) for s in prepared.inputs],
+        resources={
+            "cpus": r.cpus,
+            "mem_mb": r.mem_mb,
+            "time_minutes": r.time_minutes,
+            "gpus": r.gpus,
+            "gres": r.gres,
+            "nodes": r.nodes,
+            "ntasks": r.ntasks,
+            "partition": r.partition,
+            "qos": r.qos,
+            "account": r.account,
+            "writable": prepared.resources.writable,
+            "debug": prepared.resources.debug,
+            "explain": prepared.resources.explain(),
+        },
+        destination_type=prepared.destination.type,
+        destination_id=prepared.destination.id,
+        project_id=prepared.destination.project_id,
+        tags=list(prepared.tags),
+        priority=prepared.priority,
+        origin_type=origin_type,
+        origin_id=origin_id or actor,
+        dedupe_key=prepared.dedupe_key,
+    )
+    session.add(job)
+    session.flush()
+    record_event(
+        session,
+        job,
+        "created",
+        actor,
+        reason or f"{origin_type} {origin_id or actor}",
+        new_state=JobState.PENDING.value,
+        data={
+            "gear": f"{prepared.gear.name}@{prepared.gear.version}",
+            "image_digest": prepared.gear.image_digest,
+        },
+    )
+    session.flush()
+    return job
+
+
+def run_gear(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear_ref: str,
+    dest_path: str,
+    inputs: Mapping[str, str],
+    config: Mapping[str, Any],
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    dry_run: bool = False,
+) -> PreparedJob:
+    """``hpcgear run``: one job on one destination (strings from the CLI are coerced)."""
+    gear = get_gear(session, gear_ref)
+    destination = resolve_container(session, dest_path, min_depth=2)
+    manifest = manifest_of(gear)
+    specs = resolve_inputs_by_path(session, actor, manifest, inputs)
+    prepared = prepare_job(
+        session,
+        actor,
+        sites,
+        gear=gear,
+        destination=destination,
+        inputs=specs,
+        config=config,
+        tags=tags,
+        priority=priority,
+        coerce_strings=True,
+    )
+    if dry_run:
+        return prepared
+    job = store_job(session, actor, prepared)
+    return _with_job(prepared, job)
+
+
+def _with_job(p: PreparedJob, job: Job) -> PreparedJob:
+    from dataclasses import replace
+
+    return replace(p, job=job)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    prepared: tuple[PreparedJob, ...]
+    skipped: tuple[tuple[str, str], ...]  # (container path, reason)
+
+
+def batch_run(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear_ref: str,
+    over: str,
+    inputs: Mapping[str, str],
+    config: Mapping[str, Any],
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    dry_run: bool = False,
+) -> BatchResult:
+    """``hpcgear batch``: one job per container matching ``over`` (``*`` per level).
+
+    Each input is a regex matched against the file names on the container
+    (then on its ancestors up to the project); a container lacking a required
+    input is skipped with the reason.
+    """
+    import fnmatch
+
+    gear = get_gear(session, gear_ref)
+    manifest = manifest_of(gear)
+    parts = [p for p in over.strip().strip("/").split("/") if p]
+    if len(parts) < 2 or any("*" in p for p in parts[:2]):
+        raise InvalidInputError(
+            f"--over {over!r} must start with a literal GROUP/PROJECT",
+            "e.g. --over 'imaging/study1/*/*' for every session",
+        )
+    for name in inputs:
+        try:
+            manifest.input(name)
+        except KeyError as exc:
+            raise InvalidInputError(str(exc.args[0]), "fix the --input names") from None
+    patterns = {}
+    for name, rx in inputs.items():
+        try:
+            patterns[name] = re.compile(rx)
+        except re.error as exc:
+            raise InvalidInputError(
+                f"--input {name}: bad regex {rx!r}: {exc}", "use a Python regular expression"
+            ) from None
+    project = resolve_container(session, "/".join(parts[:2]))
+    require_role(session, actor, project, RoleName.READ_WRITE, "running a batch")
+    level_types = ("subject", "session", "acquisition")
+    frontier = [project]
+    for depth, pat in enumerate(parts[2:]):
+        nxt: list[Container] = []
+        for node in frontier:
+            children = session.scalars(
+                select(Container)
+                .where(Container.parent_id == node.id, Container.type == level_types[depth])
+                .order_by(Container.label)
+            ).all()
+            nxt.extend(c for c in children if fnmatch.fnmatchcase(c.label, pat))
+        frontier = nxt
+    prepared: list[PreparedJob] = []
+    skipped: list[tuple[str, str]] = []
+    for dest in frontier:
+        path = container_path(session, dest)
+        try:
+            specs = _match_inputs(session, dest, manifest, patterns)
+            p = prepare_job(
+                session,
+                actor,
+                sites,
+                gear=gear,
+                destination=dest,
+                inputs=specs,
+                config=config,
+                tags=tags,
+                priority=priority,
+                coerce_strings=True,
+            )
+        except InvalidInputError as exc:
+            skipped.append((path, exc.message))
+            continue
+        if not dry_run:
+            p = _with_job(p, store_job(session, actor, p, reason=f"batch over {over}"))
+        prepared.append(p)
+    return BatchResult(tuple(prepared), tuple(skipped))
+
+
+def _match_inputs(
+    session: Session,
+    dest: Container,
+    manifest: GearManifest,
+    patterns: Mapping[str, re.Pattern[str]],
+) -> list[InputSpec]:
+    chain: list[Container] = []
+    node: Container | None = dest
+    while node is not None and node.type != "group":
+        chain.append(node)
+        node = session.get(Container, node.parent_id) if node.parent_id else None
+    specs = []
+    for name, rx in patterns.items():
+        found = None
+        for c in chain:
+            files = session.scalars(
+                select(File).where(File.container_id == c.id).order_by(File.name)
+            ).all()
+            matches = [f for f in files if rx.search(f.name)]
+            if len(matches) > 1:
+                raise InvalidInputError(
+                    f"input {name}: {len(matches)} files match {rx.pattern!r} on "
+                    f"{c.type} {c.label!r}",
+                    "make the regex match one file",
+                )
+            if matches:
+                found = (c, matches[0])
+                break
+        if found is None:
+            raise InvalidInputError(
+                f"no file matches {rx.pattern!r} for input {name}",
+                "upload the input or adjust the regex",
+            )
+        c, f = found
+        specs.append(_input_spec(name, "file", c, f, file_version(session, f)))
+    return specs
+
+
+# ------------------------------------------------------------------ queries
+
+
+def get_job(session: Session, actor: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"job {job_id!r} does not exist", "list jobs with `hpcgear jobs`")
+    dest = session.get(Container, job.destination_id)
+    user = get_actor(session, actor)
+    if dest is not None and not user.site_admin and job.origin_id != actor:
+        require_role(session, actor, dest, RoleName.READ_ONLY, "viewing a job")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    actor: str,
+    *,
+    state: str | None = None,
+    mine: bool = False,
+    project: str | None = None,
+    limit: int = 200,
+) -> list[Job]:
+    user = get_actor(session, actor)
+    q = select(Job).order_by(Job.created.desc()).limit(limit)
+    if state:
+        try:
+            JobState(state)
+        except ValueError:
+            raise InvalidInputError(
+                f"unknown state {state!r}", f"states: {', '.join(s.value for s in JobState)}"
+            ) from None
+        q = q.where(Job.state == state)
+    if mine:
+        q = q.where(Job.origin_id == actor)
+    if project:
+        p = resolve_container(session, project, min_depth=2, max_depth=2)
+        require_role(session, actor, p, RoleName.READ_ONLY, "listing jobs")
+        q = q.where(Job.project_id == p.id)
+    jobs = list(session.scalars(q))
+    if user.site_admin or project:
+        return jobs
+    visible = []
+    for j in jobs:  # keep what the user may read
+        dest = session.get(Container, j.destination_id)
+        if j.origin_id == actor:
+            visible.append(j)
+        elif dest is not None:
+            try:
+                require_role(session, actor, dest, RoleName.READ_ONLY, "viewing")
+                visible.append(j)
+            except PermissionDeniedError:
+                pass
+    return visible
+
+
+def job_events(session: Session, job: Job) -> list[JobEvent]:
+    return list(
+        session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
+    )
+
+
+def cancel_job(session: Session, actor: str, job_id: str, reason: str | None = None) -> Job:
+    """Mark a job cancelled; a submitted one is scancelled by the controller."""
+    job = get_job(session, actor, job_id)
+    dest = session.get(Container, job.destination_id)
+    user = get_actor(session, actor)
+    if dest is not None and job.origin_id != actor and not user.site_admin:
+        require_role(session, actor, dest, RoleName.READ_WRITE, "cancelling a job")
+    state = JobState(job.state)
+    if state.final:
+        raise InvalidInputError(
+            f"job {job_id} is already {state.value}",
+            "only pending, queued or running jobs can be cancelled",
+        )
+    from hpcgear.states import FailureKind
+
+    transition(
+        session,
+        job,
+        JobState.CANCELLED,
+        actor,
+        reason or f"cancelled by {actor}",
+        failure_kind=FailureKind.CANCELLED,
+        data={"scancel_needed": bool(job.native_id)},
+    )
+    return job
+
+
+def retry_job(
+    session: Session,
+    actor: str,
+    job_id: str,
+    *,
+    reason: str | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Job:
+    """A new attempt (new row, linked) of a failed or cancelled job, same snapshot."""
+    old = get_job(session, actor, job_id)
+    state = JobState(old.state)
+    if state not in (JobState.FAILED, JobState.CANCELLED):
+        raise InvalidInputError(
+            f"job {job_id} is {state.value}", "only failed or cancelled jobs can be retried"
+        )
+    newer = session.scalar(select(Job).where(Job.previous_id == old.id))
+    if newer is not None:
+        raise InvalidInputError(
+            f"job {job_id} was already retried as {newer.id}",
+            f"retry the newest attempt: hpcgear job retry {newer.id}",
+        )
+    dest = session.get(Container, old.destination_id)
+    if dest is not None:
+        require_role(session, actor, dest, RoleName.READ_WRITE, "retrying a job")
+    job = Job(
+        id=new_id(),
+        attempt=old.attempt + 1,
+        previous_id=old.id,
+        gear_id=old.gear_id,
+        state=JobState.PENDING.value,
+        state_seq=0,
+        site=old.site,
+        config=old.config,
+        inputs=old.inputs,
+        resources={**old.resources, **(resources or {})},
+        destination_type=old.destination_type,
+        destination_id=old.destination_id,
+        project_id=old.project_id,
+        tags=old.tags,
+        priority=old.priority,
+        origin_type=old.origin_type,
+        origin_id=old.origin_id,
+        dedupe_key=old.dedupe_key,
+    )
+    session.add(job)
+    session.flush()
+    record_event(
+        session,
+        job,
+        "created",
+        actor,
+        reason or f"retry of {old.id}",
+        new_state=JobState.PENDING.value,
+        data={"previous": old.id},
+    )
+    session.flush()
+    return job
+
+
+def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str, Any]:
+    gear = session.get(Gear, job.gear_id)
+    dest = session.get(Container, job.destination_id)
+    out: dict[str, Any] = {
+        "id": job.id,
+        "attempt": job.attempt,
+        "previous_id": job.previous_id,
+        "gear": f"{gear.name}@{gear.version}" if gear else None,
+        "state": job.state,
+        "failure_kind": job.failure_kind,
+        "failure_message": job.failure_message,
+        "site": job.site,
+        "native_id": job.native_id,
+        "scheduler_state": job.scheduler_state,
+        "pending_reason": job.pending_reason,
+        "destination": container_path(session, dest) if dest else job.destination_id,
+        "destination_type": job.destination_type,
+        "tags": job.tags,
+        "priority": job.priority,
+        "origin": {"type": job.origin_type, "id": job.origin_id},
+        "config": job.config,
+        "inputs": job.inputs,
+        "resources": job.resources,
+        "created": job.created.isoformat() if job.created else None,
+        "modified": job.modified.isoformat() if job.modified else None,
+    }
+    if events:
+        out["events"] = [
+            {
+                "ts": e.ts.isoformat(),
+                "actor": e.actor,
+                "kind": e.kind,
+                "old_state": e.old_state,
+                "new_state": e.new_state,
+                "message": e.message,
+                "data": e.data,
+            }
+            for e in job_events(session, job)
+        ]
+    return out

@@ -1,0 +1,155 @@
+"""The Jinja2 environment for sbatch templates, and the filters that make it safe.
+
+Nothing reaches a script unvetted: the environment's ``finalize`` hook refuses
+any ``{{ ... }}`` whose value did not come out of one of three filters:
+
+``q``
+    ``shlex.quote``: the value becomes exactly one shell word, whatever bytes it
+    holds (quotes, ``$()``, backticks, newlines, ``;``...).
+``num``
+    A Python ``int`` (not bool), printed in decimal.
+``sbatch``
+    A whole ``#SBATCH`` option. sbatch reads these lines itself, not through a
+    shell, so quoting would become part of the value; instead the option must be
+    one word of a small safe character set (see :func:`check_sbatch_line`).
+
+Every loaded template (shipped or a site's ``template_dir`` override) is also
+linted: each ``{{ ... }}`` must end in one of those filters, and ``sbatch`` may
+be used on ``#SBATCH`` lines only (and only it there).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+import jinja2
+
+from hpcgear.config.data import shipped_dir
+from hpcgear.config.site import SBATCH_VALUE_RE
+from hpcgear.errors import ConfigError, InvalidInputError
+
+VETTED_FILTERS = ("q", "num", "sbatch")
+_EXPR_RE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_LAST_FILTER_RE = re.compile(r"\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_SBATCH_OPTION_RE = re.compile(r"^(?:--[a-z][a-z0-9\-]*|-[A-Za-z])(?:=?(.*))?$", re.S)
+
+
+class Vetted(str):
+    """A string produced by a vetted filter; the only thing ``{{ }}`` may print."""
+
+    __slots__ = ()
+
+
+def q(value: Any) -> Vetted:
+    """Shell-quote ``value`` (a str or int) as exactly one word."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInputError(
+            f"template value {value!r} is not text or a number",
+            "this is a bug in the template or its caller",
+        )
+    text = str(value)
+    if "\0" in text:
+        raise InvalidInputError(f"value {text[:40]!r}... contains a NUL byte",
+                                "NUL cannot be passed through a shell script")
+    return Vetted(shlex.quote(text))
+
+
+def num(value: Any) -> Vetted:
+    """A whole number, printed in decimal."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"template value {value!r} is not a whole number",
+                                "this is a bug in the template or its caller")
+    return Vetted(str(value))
+
+
+def check_sbatch_line(option: str) -> str:
+    """``option`` if it may stand alone after ``#SBATCH``; InvalidInputError otherwise."""
+    m = _SBATCH_OPTION_RE.match(option) if isinstance(option, str) else None
+    if m is None or (m.group(1) and not SBATCH_VALUE_RE.match(m.group(1))):
+        raise InvalidInputError(
+            f"sbatch option {option!r} cannot be written to an #SBATCH line",
+            "values there are read by sbatch, not a shell: use letters, digits and "
+            "_ . , : = @ % + / - & | [ ] * ! only",
+        )
+    return option
+
+
+def sbatch(value: Any) -> Vetted:
+    """Validate a whole ``#SBATCH`` option (see :func:`check_sbatch_line`)."""
+    return Vetted(check_sbatch_line(value))
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Vetted):
+        return value
+    raise ConfigError(
+        f"an sbatch template prints {str(value)[:60]!r} without a vetted filter",
+        "end every {{ ... }} with | q (text), | num (whole numbers) or, on #SBATCH lines, "
+        "| sbatch",
+    )
+
+
+def lint_template(text: str) -> list[tuple[int, str]]:
+    """Problems in template source ``text`` as (line, message); empty if clean."""
+    problems: list[tuple[int, str]] = []
+    for m in _EXPR_RE.finditer(text):
+        line_no = text.count("\n", 0, m.start()) + 1
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        on_sbatch_line = text.startswith("#SBATCH", line_start)
+        expr = m.group(1).strip().rstrip("-").strip()
+        last = _LAST_FILTER_RE.search(expr)
+        name = last.group(1) if last else None
+        if name not in VETTED_FILTERS:
+            problems.append((line_no, f"{{{{ {expr} }}}} does not end with | q, | num or | sbatch"))
+        elif on_sbatch_line and name != "sbatch":
+            problems.append((line_no, "#SBATCH lines are not shell-parsed: use | sbatch there"))
+        elif not on_sbatch_line and name == "sbatch":
+            problems.append((line_no, "| sbatch is only for #SBATCH lines; use | q"))
+    for bad in ("{% raw", "|safe", "| safe", "autoescape"):
+        if bad in text:
+            line_no = text.count("\n", 0, text.index(bad)) + 1
+            problems.append((line_no, f"{bad!r} is not allowed in sbatch templates"))
+    return problems
+
+
+class _LintingLoader(jinja2.FileSystemLoader):
+    """A FileSystemLoader that refuses templates failing :func:`lint_template`."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        source, filename, uptodate = super().get_source(environment, template)
+        problems = lint_template(source)
+        if problems:
+            line, message = problems[0]
+            raise ConfigError(
+                f"{filename}:{line}: {message}",
+                "every value in an sbatch template must go through a vetted filter",
+            )
+        return source, filename, uptodate
+
+
+@functools.lru_cache(maxsize=16)
+def template_environment(template_dir: str | None = None) -> jinja2.Environment:
+    """The environment for a site (``template_dir`` first, then the shipped templates)."""
+    loaders: list[jinja2.BaseLoader] = []
+    if template_dir:
+        loaders.append(_LintingLoader(template_dir))
+    loaders.append(_LintingLoader(str(shipped_dir("sbatch_templates"))))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
+    env.filters["q"] = q
+    env.filters["num"] = num
+    env.filters["sbatch"] = sbatch
+    return env
