@@ -118,7 +118,8 @@ start_daemon() {
 put_file() {
     # Callers use the status in conditions, where `set -e` is off: fail loudly here.
     local dest=$1 mode=$2 tmp
-    install -d -m 755 "$(dirname "$dest")" || die "cannot create $(dirname "$dest")"
+    [[ -d $(dirname "$dest") ]] || install -d -m 755 "$(dirname "$dest")" ||
+        die "cannot create $(dirname "$dest")"
     tmp=$(mktemp "$dest.XXXXXX") || die "cannot create a temporary file next to $dest"
     cat >"$tmp" || die "cannot write $tmp"
     chmod "$mode" "$tmp" || die "cannot chmod $tmp"
@@ -208,7 +209,7 @@ ensure_postgres() {
     fi
     log "postgresql: not answering; starting it"
     local v
-    v=$(ls /etc/postgresql | sort -V | tail -n1)
+    v=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n1)
     [[ -n $v ]] || die "no PostgreSQL cluster under /etc/postgresql"
     pg_ctlcluster --skip-systemctl-redirect "$v" main start 9>&-
     wait_for 60 pg_ok || die "PostgreSQL did not answer on 127.0.0.1:5432 within 60 s"
@@ -611,6 +612,7 @@ forward() {
         kill -s "$sig" "$child" 2>/dev/null || true
     fi
 }
+# shellcheck disable=SC2064 # expand $s now, on purpose
 for s in TERM INT HUP QUIT USR1 USR2; do trap "forward $s" "$s"; done
 while :; do
     rc=0

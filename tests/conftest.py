@@ -47,9 +47,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = (
-            f"integration test skipped while HPCGEAR_REQUIRE_INTEGRATION=1: {reason}"
-        )
+        report.longrepr = f"integration test skipped while HPCGEAR_REQUIRE_INTEGRATION=1: {reason}"
 
 
 # ------------------------------------------------------------------ database

@@ -13,6 +13,7 @@ from sqlalchemy import MetaData, select
 
 from tests.conftest import CliEnv, CliResult
 
+
 def db_snapshot(env: CliEnv) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, to prove a refused command changed nothing."""
     from hpcgear.config.settings import load_settings
@@ -25,7 +26,7 @@ def db_snapshot(env: CliEnv) -> dict[str, list[tuple[Any, ...]]]:
     with engine.connect() as conn:
         for name, table in sorted(md.tables.items()):
             rows = conn.execute(select(table)).all()
-            out[name] = sorted((tuple(map(repr, r)) for r in rows))
+            out[name] = sorted(tuple(map(repr, r)) for r in rows)
     engine.dispose()
     return out
 
@@ -66,20 +67,33 @@ def test_init_upload_ls_download_roundtrip(populated: CliEnv, tmp_path: Path) ->
     two = env.ok("upload", "imaging/study1/sub-01/ses-01/T1w", str(f), "--json").json()
     assert two[0]["version"] == 2
     out = tmp_path / "dl"
-    env.ok("download", "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz", "--version", "1",
-           "--out", str(out))
+    env.ok(
+        "download",
+        "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz",
+        "--version",
+        "1",
+        "--out",
+        str(out),
+    )
     assert (out / "scan.nii.gz").read_bytes().startswith(b"\x1f\x8bnifti-ish")
     env.ok("download", "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz", "--out", str(out))
     assert (out / "scan.nii.gz").read_bytes() == b"version two"
-    res = env.run("download", "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz", "--version", "9",
-                  "--out", str(out))
+    res = env.run(
+        "download",
+        "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz",
+        "--version",
+        "9",
+        "--out",
+        str(out),
+    )
     assert_one_clear_error(res, "no version 9")
 
 
 def test_info_and_tags(populated: CliEnv) -> None:
     env = populated
-    info = env.ok("info", "set", "imaging/study1", "scanner.model=prisma", "tesla=3",
-                  "--json").json()
+    info = env.ok(
+        "info", "set", "imaging/study1", "scanner.model=prisma", "tesla=3", "--json"
+    ).json()
     assert info == {"scanner": {"model": "prisma"}, "tesla": 3}
     info = env.ok("info", "set", "imaging/study1", "scanner.site=boulder", "--json").json()
     assert info["scanner"] == {"model": "prisma", "site": "boulder"}
@@ -162,8 +176,17 @@ def _fresh(argv: list[str], who: str) -> list[str]:
 
 def test_read_only_users_can_read(roles: CliEnv, tmp_path: Path) -> None:
     assert roles.run("--as", "ro", "ls", "imaging/study1").code == 0
-    assert roles.run("--as", "ro", "download", "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz",
-                     "--out", str(tmp_path)).code == 0
+    assert (
+        roles.run(
+            "--as",
+            "ro",
+            "download",
+            "imaging/study1/sub-01/ses-01/T1w/scan.nii.gz",
+            "--out",
+            str(tmp_path),
+        ).code
+        == 0
+    )
     assert_one_clear_error(roles.run("--as", "nobody", "ls", "imaging/study1"), "needs")
     # a project role shows only that project in the group listing
     assert [g["id"] for g in roles.ok("--as", "ro", "ls", "--json").json()] == ["imaging"]

@@ -57,6 +57,7 @@ def test_click_contract_covers_every_module() -> None:
     present = {
         f"hpcgear.{p.stem if p.is_file() else p.name}"
         for p in pkg.iterdir()
-        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and p.stem != "__init__")
     } - {"hpcgear.cli"}
     assert present - listed == set(), f"add to the click contract: {sorted(present - listed)}"

@@ -14,8 +14,16 @@ from hpcgear.units import (
 
 @pytest.mark.parametrize(
     ("text", "mb"),
-    [("16G", 16384), ("16GB", 16384), ("1.5 GiB", 1536), ("512M", 512), ("512", 512),
-     (2048, 2048), ("1T", 1048576), ("100K", 1)],
+    [
+        ("16G", 16384),
+        ("16GB", 16384),
+        ("1.5 GiB", 1536),
+        ("512M", 512),
+        ("512", 512),
+        (2048, 2048),
+        ("1T", 1048576),
+        ("100K", 1),
+    ],
 )
 def test_memory(text: str | int, mb: int) -> None:
     assert parse_memory_mb(text) == mb
@@ -29,8 +37,18 @@ def test_bad_memory(text: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "minutes"),
-    [("90", 90), ("2h", 120), ("1h30m", 90), ("45s", 1), ("1-12:00:00", 2160), ("1-2", 1560),
-     ("02:30:00", 150), ("10:30", 11), ("1d12h", 2160), (30, 30)],
+    [
+        ("90", 90),
+        ("2h", 120),
+        ("1h30m", 90),
+        ("45s", 1),
+        ("1-12:00:00", 2160),
+        ("1-2", 1560),
+        ("02:30:00", 150),
+        ("10:30", 11),
+        ("1d12h", 2160),
+        (30, 30),
+    ],
 )
 def test_time(text: str | int, minutes: int) -> None:
     assert parse_time_minutes(text) == minutes
