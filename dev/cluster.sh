@@ -170,8 +170,8 @@ ensure_packages() {
     fi
     local rc=0
     {
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
                 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
                 "${missing[@]}"
     } >"$LOGDIR/apt.log" 2>&1 || rc=$?
@@ -593,12 +593,42 @@ if [[ -n ${HPCGEAR_APPTAINER_BINDS:-} ]]; then
     IFS=: read -r -a extra <<<"$HPCGEAR_APPTAINER_BINDS"
     for p in "${extra[@]}"; do [[ -n $p ]] && add_bind "$p"; done
 fi
+# Host paths named in Apptainer's own -B/--bind, --mount, -W/--workdir and --env-file
+# options must exist inside the sandbox too: bind their sources at the same path.
+bind_sources() {
+    local spec=$1 part src
+    local -a parts
+    IFS=, read -r -a parts <<<"$spec"
+    for part in "${parts[@]}"; do
+        case $part in
+            source=* | src=*) src=${part#*=} ;;
+            type=* | destination=* | dst=* | target=* | ro | rw | readonly) continue ;;
+            *) src=${part%%:*} ;;
+        esac
+        add_bind "$src"
+    done
+}
+for ((j = 0; j < ${#args[@]}; j++)); do
+    a=${args[j]}
+    case $a in
+        -B | --bind | --mount | -W | --workdir | --env-file)
+            ((j + 1 < ${#args[@]})) && bind_sources "${args[j+1]}" ;;
+        --bind=* | --mount=* | --workdir=* | --env-file=* | -B=* | -W=*)
+            bind_sources "${a#*=}" ;;
+    esac
+done
 
 # bwrap does not forward signals to its child, so run it in the background and pass
 # TERM/INT/HUP/QUIT/USR1/USR2 on to the child (Apptainer's starter forwards them into
 # the container). Stdin is handed over explicitly (background jobs get /dev/null).
 exec 3<&0
-/usr/bin/bwrap "${binds[@]}" --chdir "$cwd" --cap-add ALL \
+# Keep the caller's directory when it is visible inside the sandbox (bound, or under /tmp
+# or the state root); otherwise (e.g. it lives under /usr) start in /.
+chdir=/
+for b in /tmp "${bound[@]}"; do
+    if [[ $cwd == "$b" || $cwd == "$b"/* ]]; then chdir=$cwd; break; fi
+done
+/usr/bin/bwrap "${binds[@]}" --chdir "$chdir" --cap-add ALL \
     --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /usr/bin/apptainer "${args[@]}" <&3 3<&- &
 child=$!

@@ -105,8 +105,11 @@ class Slurm:
     def __init__(self, partition: str) -> None:
         self.partition = partition
         self.submitted: list[str] = []
+        self.names: dict[str, str] = {}
 
-    def sbatch(self, script: Path, out_dir: Path, *extra: str) -> str:
+    def sbatch(self, script: Path, out_dir: Path, *extra: str, name: str | None = None) -> str:
+        """Submit ``script``; every job gets a unique name, so sacct rows are unambiguous."""
+        name = name or f"hpcgear-smoke-{token()}"
         out = ok(
             run(
                 [
@@ -117,6 +120,7 @@ class Slurm:
                     "--time=00:03:00",
                     "--mem=128M",
                     "--export=NONE",
+                    f"--job-name={name}",
                     *extra,
                     script,
                 ],
@@ -126,6 +130,7 @@ class Slurm:
         job_id = out.strip().split(";")[0]
         assert job_id.isdigit(), f"sbatch --parsable printed {out!r}, not a job id"
         self.submitted.append(job_id)
+        self.names[job_id] = name
         return job_id
 
     def squeue_row(self, job_id: str) -> list[str] | None:
@@ -151,9 +156,10 @@ class Slurm:
         """The job's allocation row from sacct once it is final and complete.
 
         sacct lags slurmctld: a job can show a final State while Partition/NodeList are
-        still empty (seen with --hold + release), so wait for those too.
+        still empty (seen with --hold + release), so wait for those too. Job ids repeat
+        in the accounting DB if the state root was wiped, so match the unique name too.
         """
-        fields = ["JobID", "State", "ExitCode", "Partition", "NodeList", "Comment"]
+        fields = ["JobID", "JobName", "State", "ExitCode", "Partition", "NodeList", "Comment"]
 
         def probe() -> dict[str, str] | None:
             proc = run(
@@ -165,6 +171,7 @@ class Slurm:
                 state = row.get("State", "").split(" ")[0]
                 if (
                     row.get("JobID") == job_id
+                    and row.get("JobName") == self.names[job_id]
                     and state in FINAL_STATES
                     and row.get("Partition")
                     and row.get("NodeList") not in (None, "", "None assigned")
@@ -227,7 +234,7 @@ def test_sbatch_job_is_queued_runs_and_is_accounted(
         job_dir / "job.sh", 'echo "hpcgear-smoke job=$SLURM_JOB_ID node=$SLURMD_NODENAME"\n'
     )
     job_id = slurm.sbatch(
-        script, job_dir, "--hold", f"--job-name=hpcgear-smoke-{tag}", f"--comment=smoke:{tag}"
+        script, job_dir, "--hold", f"--comment=smoke:{tag}", name=f"hpcgear-smoke-{tag}"
     )
 
     # Held, so it must be visible in squeue as pending: no race with a fast job.
