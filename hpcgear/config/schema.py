@@ -158,7 +158,7 @@ def _build_dataclass(cls: type, raw: Any, where: Where) -> Any:
             valid = ", ".join(sorted(by_key))
             raise where.key(k, line).error(
                 f"unknown key {k!r}; valid keys here: {valid}",
-                "fix the spelling or remove the key (see `hpcgear site schema`)",
+                "fix the spelling or remove the key",
             )
     kwargs: dict[str, Any] = {}
     for k, (f, tp) in by_key.items():

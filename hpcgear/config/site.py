@@ -66,6 +66,8 @@ USER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 # ',' are separators), so the set is deliberately small.
 PATH_RE = re.compile(r"^/[A-Za-z0-9_.@+/\-]*$")
 PLACEHOLDERS = ("{user}", "{site}")
+# A partition's GRES prefix for GPU requests: name[:type], e.g. gpu or gpu:a100.
+_GRES_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*(:[A-Za-z0-9_.\-]+)?")
 # Values allowed in #SBATCH lines and site-given sbatch option values.
 SBATCH_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:=@%+/\-&|\[\]*!]+$")
 _PATH_HINT = (
@@ -150,7 +152,7 @@ def _parse_memory(what: str) -> Any:
 
 
 def _parse_site_name(raw: Any) -> str:
-    if not isinstance(raw, str) or not SITE_NAME_RE.match(raw):
+    if not isinstance(raw, str) or not SITE_NAME_RE.fullmatch(raw):
         raise SchemaError(
             f"site name {raw!r} is not valid",
             "use lower-case letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -159,7 +161,7 @@ def _parse_site_name(raw: Any) -> str:
 
 
 def _parse_slurm_name(raw: Any) -> str:
-    if not isinstance(raw, str) or not SLURM_NAME_RE.match(raw):
+    if not isinstance(raw, str) or not SLURM_NAME_RE.fullmatch(raw):
         raise SchemaError(
             f"{raw!r} is not a SLURM name",
             "use letters, digits, '_', '.' and '-' only (not starting with '-')",
@@ -181,7 +183,7 @@ def _check_path(raw: Any, *, placeholders: bool, what: str) -> str:
             f"{what} {raw!r} has an unknown placeholder",
             f"placeholders allowed here: {allowed}",
         )
-    if not PATH_RE.match(bare):
+    if not PATH_RE.fullmatch(bare):
         raise SchemaError(f"{what} {raw!r} is not a safe absolute path", _PATH_HINT)
     parts = bare.split("/")[1:]
     if any(p in ("", ".", "..") for p in parts) and bare != "/":
@@ -208,7 +210,7 @@ def _parse_executable(raw: Any) -> str:
                           "give an absolute path, e.g. /usr/bin/apptainer, or a command name")
     if raw.startswith("/"):
         return _check_path(raw, placeholders=False, what="runtime executable")
-    if not re.match(r"^[A-Za-z0-9_.+\-]+$", raw) or raw.startswith("-"):
+    if not re.fullmatch(r"^[A-Za-z0-9_.+\-]+$", raw) or raw.startswith("-"):
         raise SchemaError(f"runtime executable {raw!r} is not a command name or absolute path",
                           "give an absolute path, e.g. /usr/bin/apptainer")
     return raw
@@ -232,7 +234,7 @@ def check_sbatch_option(option: str) -> None:
                           "write options like --constraint=ib or --mail-type=NONE")
     if option.startswith("--"):
         name, _, value = option[2:].partition("=")
-        if not re.match(r"^[A-Za-z][A-Za-z0-9\-]*$", name):
+        if not re.fullmatch(r"^[A-Za-z][A-Za-z0-9\-]*$", name):
             raise SchemaError(f"sbatch option {option!r} has an invalid name",
                               "write options like --constraint=ib")
         owned = sorted(f for f in FORBIDDEN_SBATCH_OPTIONS if f.startswith(name))
@@ -253,10 +255,10 @@ def check_sbatch_option(option: str) -> None:
                 f"{FORBIDDEN_SBATCH_OPTIONS[long]}",
                 "remove it from extra_sbatch_options",
             )
-        if not re.match(r"^[A-Za-z]$", name):
+        if not re.fullmatch(r"^[A-Za-z]$", name):
             raise SchemaError(f"sbatch option {option!r} has an invalid name",
                               "write options like --constraint=ib")
-    if value and not SBATCH_VALUE_RE.match(value):
+    if value and not SBATCH_VALUE_RE.fullmatch(value):
         raise SchemaError(
             f"sbatch option {option!r} has characters #SBATCH lines cannot carry safely",
             "use letters, digits and _ . , : = @ % + / - & | [ ] * ! only (no spaces or quotes)",
@@ -277,7 +279,7 @@ def _check_runtime_flag(flag: str) -> None:
 
 def check_user_name(user: str) -> str:
     """Return ``user`` if it is safe as one path component, else raise InvalidInputError."""
-    if not isinstance(user, str) or not USER_NAME_RE.match(user):
+    if not isinstance(user, str) or not USER_NAME_RE.fullmatch(user):
         raise InvalidInputError(
             f"user name {user!r} cannot be used in a scratch path",
             "user names are letters, digits, '_', '.' and '-', not starting with '.' or '-'",
@@ -318,9 +320,9 @@ class TransportConfig:
                 if getattr(self, key) is not None:
                     yield Problem((key,), f"{key} only applies to kind: ssh",
                                   "set `kind: ssh` or remove the key")
-        if self.host is not None and not re.match(r"^[A-Za-z0-9_.:\-\[\]]+$", self.host):
+        if self.host is not None and not re.fullmatch(r"^[A-Za-z0-9_.:\-\[\]]+$", self.host):
             yield Problem(("host",), f"host {self.host!r} is not a host name or address")
-        if self.user is not None and not USER_NAME_RE.match(self.user):
+        if self.user is not None and not USER_NAME_RE.fullmatch(self.user):
             yield Problem(("user",), f"user {self.user!r} is not a valid login name")
         if not 1 <= self.port <= 65535:
             yield Problem(("port",), f"port {self.port} is out of range", "use 1..65535")
@@ -397,8 +399,7 @@ class PartitionConfig:
             yield Problem(("max_cpus",), "max_cpus must be at least 1")
         if self.max_gpus < 0:
             yield Problem(("max_gpus",), "max_gpus must be 0 or more")
-        if self.gres is not None and not re.match(r"^[A-Za-z][A-Za-z0-9_\-]*(:[A-Za-z0-9_.\-]+)?$",
-                                                  self.gres):
+        if self.gres is not None and not _GRES_PREFIX_RE.fullmatch(self.gres):
             yield Problem(("gres",), f"gres {self.gres!r} is not a GRES name[:type]",
                           "e.g. gpu or gpu:a100")
 
@@ -507,6 +508,7 @@ DEFAULT_RETRY: Mapping[FailureKind, RetryPolicy] = types.MappingProxyType({
 })
 
 
+# `setting` returns dataclasses.field(...) (RUF009 cannot know that).
 @dataclasses.dataclass(frozen=True, slots=True)
 class SiteConfig:
     """A cluster (or this host) that hpcgear runs gears on."""
@@ -518,10 +520,10 @@ class SiteConfig:
         parse=_parse_scratch_template)
     storage_root: str = setting("permanent storage root outputs are published to",
                                 parse=_parse_abs_path("storage_root"))
-    runtime: RuntimeConfig = setting("container runtime on the compute nodes")
+    runtime: RuntimeConfig = setting("container runtime on the compute nodes")  # noqa: RUF009
     scheduler: Literal["slurm", "local"] = setting(
         "slurm: submit with sbatch; local: run the same script on this host", default="slurm")
-    transport: TransportConfig = setting("how scheduler commands are run",
+    transport: TransportConfig = setting("how scheduler commands are run",  # noqa: RUF009
                                          default_factory=TransportConfig)
     modules: tuple[str, ...] = setting(
         "shell lines run before every scheduler command (e.g. module load slurm/alpine)",
@@ -529,18 +531,18 @@ class SiteConfig:
     partitions: Mapping[str, PartitionConfig] = setting(
         "partitions jobs may use, by SLURM name",
         default_factory=lambda: types.MappingProxyType({}))
-    routing: RoutingConfig = setting("tag routing", default_factory=RoutingConfig)
-    limits: LimitsConfig = setting("queue limits", default_factory=LimitsConfig)
+    routing: RoutingConfig = setting("tag routing", default_factory=RoutingConfig)  # noqa: RUF009
+    limits: LimitsConfig = setting("queue limits", default_factory=LimitsConfig)  # noqa: RUF009
     poll_interval_seconds: int = setting(
         "seconds between squeue polls", key="poll_interval", default=60)
-    array: ArrayConfig = setting("job array settings", default_factory=ArrayConfig)
+    array: ArrayConfig = setting("job array settings", default_factory=ArrayConfig)  # noqa: RUF009
     extra_sbatch_options: tuple[str, ...] = setting(
         "extra #SBATCH options for every job (e.g. --constraint=ib); may not override "
         "options hpcgear owns", default=(), item_check=check_sbatch_option)
     template_dir: str | None = setting(
         "directory whose job.sbatch.j2 / array.sbatch.j2 replace the shipped templates",
         default=None, parse=_parse_abs_path("template_dir"))
-    defaults: DefaultsConfig = setting("default resources", default_factory=DefaultsConfig)
+    defaults: DefaultsConfig = setting("default resources", default_factory=DefaultsConfig)  # noqa: RUF009
     retry: Mapping[str, RetryPolicy] = setting(
         "retry policy per failure kind (replaces the built-in policy of that kind)",
         default_factory=lambda: types.MappingProxyType({}))
@@ -551,7 +553,7 @@ class SiteConfig:
 
     def schema_problems(self) -> Iterator[Problem]:
         for pname in self.partitions:
-            if not SLURM_NAME_RE.match(pname):
+            if not SLURM_NAME_RE.fullmatch(pname):
                 yield Problem(("partitions", pname), f"partition name {pname!r} is not valid",
                               "use letters, digits, '_', '.' and '-'")
         defaults = [p for p, cfg in self.partitions.items() if cfg.default]

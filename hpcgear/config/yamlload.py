@@ -90,7 +90,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineMap:
     loader.flatten_mapping(node)
     result = LineMap(line=node.start_mark.line + 1)
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         try:
             hash(key)
@@ -105,7 +105,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineMap:
                 f"(first given on line {result.key_lines[key]})",
                 "give each key once",
             )
-        result[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+        result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = line
     return result
 
@@ -113,7 +113,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineMap:
 def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineSeq:
     result = LineSeq(line=node.start_mark.line + 1)
     for item in node.value:
-        result.append(loader.construct_object(item, deep=True))  # type: ignore[no-untyped-call]
+        result.append(loader.construct_object(item, deep=True))
         result.item_lines.append(item.start_mark.line + 1)
     return result
 

@@ -21,7 +21,6 @@ sbatch is run (SLURM would accept it and leave it pending forever).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from hpcgear.config.site import SLURM_NAME_RE, PartitionConfig, SiteConfig
 from hpcgear.errors import ResourceError
 from hpcgear.gears.reserved import ResourceOverrides, parse_reserved
 from hpcgear.jobs.spec import Resources
+from hpcgear.runtimes.base import gpus_in_gres
 from hpcgear.units import (
     format_memory,
     format_slurm_time,
@@ -170,7 +170,7 @@ def _parse_tag_value(tag: str, canon: str, value: str | None) -> Any:
         return parse_memory_mb(value, what=what)
     if canon == "time":
         return parse_time_minutes(value, what=what)
-    if not SLURM_NAME_RE.match(value):
+    if not SLURM_NAME_RE.fullmatch(value):
         raise ResourceError(
             f"{what} does not name a valid {canon}", "use letters, digits, '_', '.' and '-' only"
         )
@@ -183,21 +183,6 @@ def _as_overrides(layer: Layer) -> ResourceOverrides:
     if isinstance(layer, ResourceOverrides):
         return layer
     return parse_reserved(layer)
-
-
-_GRES_GPU_RE = re.compile(r"^gpu(?::[A-Za-z0-9_.\-]*[A-Za-z_.\-][A-Za-z0-9_.\-]*)?(?::(\d+))?$")
-
-
-def gpus_in_gres(gres: str | None) -> int:
-    """How many GPUs a GRES string asks for (``gpu`` items; a missing count is 1)."""
-    if not gres:
-        return 0
-    total = 0
-    for item in gres.split(","):
-        m = _GRES_GPU_RE.match(item.strip())
-        if m:
-            total += int(m.group(1) or 1)
-    return total
 
 
 def resolve_resources(

@@ -1,0 +1,45 @@
+"""sbatch rendering: job directory layout, templates, quoting filters, exit records."""
+
+from __future__ import annotations
+
+from hpcgear.render.environment import (
+    check_sbatch_line,
+    lint_template,
+    num,
+    q,
+    template_environment,
+)
+from hpcgear.render.exit_record import ExitRecord, parse_exit_record
+from hpcgear.render.paths import ArrayPaths, JobPaths, check_job_id, check_path_component
+from hpcgear.render.sbatch import (
+    RenderedScript,
+    array_slurm_comment,
+    array_slurm_name,
+    build_invocation,
+    build_runtime_argv,
+    render_array,
+    render_sbatch,
+    sbatch_options,
+)
+
+__all__ = [
+    "ArrayPaths",
+    "ExitRecord",
+    "JobPaths",
+    "RenderedScript",
+    "array_slurm_comment",
+    "array_slurm_name",
+    "build_invocation",
+    "build_runtime_argv",
+    "check_job_id",
+    "check_path_component",
+    "check_sbatch_line",
+    "lint_template",
+    "num",
+    "parse_exit_record",
+    "q",
+    "render_array",
+    "render_sbatch",
+    "sbatch_options",
+    "template_environment",
+]

@@ -68,8 +68,8 @@ def num(value: Any) -> Vetted:
 
 def check_sbatch_line(option: str) -> str:
     """``option`` if it may stand alone after ``#SBATCH``; InvalidInputError otherwise."""
-    m = _SBATCH_OPTION_RE.match(option) if isinstance(option, str) else None
-    if m is None or (m.group(1) and not SBATCH_VALUE_RE.match(m.group(1))):
+    m = _SBATCH_OPTION_RE.fullmatch(option) if isinstance(option, str) else None
+    if m is None or (m.group(1) and not SBATCH_VALUE_RE.fullmatch(m.group(1))):
         raise InvalidInputError(
             f"sbatch option {option!r} cannot be written to an #SBATCH line",
             "values there are read by sbatch, not a shell: use letters, digits and "
@@ -109,10 +109,16 @@ def lint_template(text: str) -> list[tuple[int, str]]:
             problems.append((line_no, "#SBATCH lines are not shell-parsed: use | sbatch there"))
         elif not on_sbatch_line and name == "sbatch":
             problems.append((line_no, "| sbatch is only for #SBATCH lines; use | q"))
-    for bad in ("{% raw", "|safe", "| safe", "autoescape"):
+    for bad, why in (
+        ("{% raw", "raw blocks bypass the filters"),
+        ("|safe", "safe bypasses the filters"),
+        ("| safe", "safe bypasses the filters"),
+        ("autoescape", "escaping is done by | q"),
+        ("${#", "Jinja reads {# as a comment; pass counts from Python instead"),
+    ):
         if bad in text:
             line_no = text.count("\n", 0, text.index(bad)) + 1
-            problems.append((line_no, f"{bad!r} is not allowed in sbatch templates"))
+            problems.append((line_no, f"{bad!r} is not allowed in sbatch templates: {why}"))
     return problems
 
 
@@ -121,7 +127,7 @@ class _LintingLoader(jinja2.FileSystemLoader):
 
     def get_source(
         self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+    ) -> tuple[str, str, Callable[[], bool]]:
         source, filename, uptodate = super().get_source(environment, template)
         problems = lint_template(source)
         if problems:
@@ -143,7 +149,9 @@ def template_environment(template_dir: str | None = None) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,
+        # Shell scripts, not HTML: HTML escaping would corrupt them. Every value is
+        # shell-quoted by | q instead, and _finalize refuses anything unquoted.
+        autoescape=False,  # noqa: S701
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -36,7 +36,7 @@ MAX_NAME_BYTES = 255
 
 def check_job_id(job_id: str, what: str = "job id") -> str:
     """``job_id`` if it is safe in paths, SLURM names and #SBATCH lines."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise InvalidInputError(
             f"{what} {job_id!r} cannot be used in a job directory or SLURM job name",
             "ids are letters, digits, '_', '.' and '-', starting with a letter or digit",

@@ -43,7 +43,7 @@ def render_env_file(pairs: Iterable[tuple[str, str]]) -> str:
     """
     values: dict[str, str] = {}
     for name, value in pairs:
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
             raise InvalidInputError(
                 f"environment variable name {name!r} is not valid",
                 "names are letters, digits and '_' and do not start with a digit",

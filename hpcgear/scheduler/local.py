@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Any
@@ -193,7 +193,7 @@ class _Entry:
     script: str
     array: bool
     start_ticks: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    submitted: float | None = None
 
 
 class LocalBackend:
@@ -238,7 +238,8 @@ class LocalBackend:
             raise SchedulerError(f"local backend record {path} is unreadable: {exc}",
                                  "remove the file if the job is gone") from None
         return _Entry(base, int(data["pid"]), Path(data["dir"]), data.get("name", ""),
-                      data.get("script", ""), bool(data.get("array")), data.get("start_ticks"))
+                      data.get("script", ""), bool(data.get("array")), data.get("start_ticks"),
+                      data.get("submitted"))
 
     def _entries(self) -> list[_Entry]:
         if not self.state_dir.is_dir():
@@ -452,12 +453,14 @@ class LocalBackend:
     def _tasks(self, entry: _Entry) -> dict[str, dict[str, Any]]:
         """Per task key ("" or index) -> record, with dead-launcher tasks resolved."""
         state = self._read_state(entry)
+        limit = (state or {}).get("time_limit_seconds")
         alive = self._alive(entry)
         if state is None:
             if alive:
                 return {"": {"state": "PENDING", "reason": "None"}} if not entry.array else {}
             return {"": {"state": "NODE_FAIL", "reason": "LauncherDied"}}
-        tasks: dict[str, dict[str, Any]] = dict(state.get("tasks", {}))
+        tasks: dict[str, dict[str, Any]] = {
+            key: {**t, "time_limit_seconds": limit} for key, t in state.get("tasks", {}).items()}
         if not alive:
             cancelled = (entry.dir / f"{entry.native_id}.cancel").exists()
             for key, t in tasks.items():
@@ -486,6 +489,8 @@ class LocalBackend:
                 nodes=socket.gethostname() if start else None,
                 partition=LOCAL_PARTITION,
                 elapsed_seconds=elapsed,
+                time_limit_seconds=t.get("time_limit_seconds"),
+                submit_time=datetime.fromtimestamp(entry.submitted) if entry.submitted else None,
                 start_time=datetime.fromtimestamp(start) if start else None,
             ))
         return out
@@ -529,7 +534,10 @@ class LocalBackend:
                     partition=LOCAL_PARTITION,
                     max_rss_bytes=int(rss) * 1024 if rss is not None else None,
                     total_cpu_seconds=t.get("cpu_seconds"),
-                    reason=t.get("reason"),
+                    reason=None if t.get("reason") in (None, "None") else t.get("reason"),
+                    time_limit_seconds=t.get("time_limit_seconds"),
+                    submit_time=(datetime.fromtimestamp(entry.submitted) if entry.submitted
+                                 else None),
                     source="local",
                 )
         return result

@@ -56,7 +56,9 @@ def proc_start_ticks(pid: int) -> int | None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # 0600: the spec holds the job's environment
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
@@ -141,6 +143,7 @@ class Launcher:
             "native_id": self.native,
             "held": self.held,
             "updated": time.time(),
+            "time_limit_seconds": self.spec.get("time_limit_seconds"),
             "tasks": {t.key: t.as_dict() for t in self.tasks},
         })
         self.dirty = False

@@ -13,7 +13,9 @@ What is queried, and why:
   simply absent; ``Invalid job id specified`` for such a job is an answer, not a
   failure. Any other failure raises: a failed query never changes a job's state.
 * accounting: one ``sacct --allocations`` for states/exit codes/timings, plus one
-  step query for MaxRSS/TotalCPU (max over the job's steps). When the cluster
+  step query for MaxRSS/TotalCPU (max over the job's steps). A row slurmdbd has
+  not completed yet (a placeholder named ``allocation`` without a partition, seen
+  when a step record arrives before the job's) is left out: ask again later. When the cluster
   has no accounting storage (``sacct`` says so), fall back to
   ``scontrol --oneliner show job`` for the jobs still in the controller's
   memory (MinJobAge); jobs in neither are missing and the controller relies on
@@ -585,12 +587,21 @@ def find_rejection(text: str) -> Rejection | None:
 
 
 def slurm_message(result: CompletedCommand) -> str:
-    """SLURM's own error text: the last ``error:`` line, without the program prefix."""
+    """SLURM's own error text: its ``error:`` lines without program prefixes, joined.
+
+    ``sbatch: error: invalid partition specified: x`` + ``... submission failed: Invalid
+    partition name specified`` -> ``invalid partition specified: x; Invalid partition
+    name specified``.
+    """
     lines = [ln.strip() for ln in result.output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error:" in ln]
-    chosen = errors[-1] if errors else (lines[-1] if lines else "")
-    chosen = re.sub(r"^\w+: error: ", "", chosen)
-    return chosen.removeprefix("Batch job submission failed: ")
+    picked = [ln for ln in lines if "error:" in ln or "failure:" in ln] or lines[-1:]
+    cleaned: list[str] = []
+    for ln in picked:
+        ln = re.sub(r"^.*?\b(?:error|failure): ", "", ln, count=1)
+        ln = ln.removeprefix("Batch job submission failed: ")
+        if ln and ln not in cleaned:
+            cleaned.append(ln)
+    return "; ".join(cleaned)
 
 
 class _Details(TypedDict):
@@ -860,8 +871,17 @@ class SlurmBackend:
                                  slurm_message(result))
                     return self._accounting_from_scontrol(ids)
                 raise query_error(result, "sacct")
-            found = [a for a in parse_sacct(result.stdout)
-                     if a.native_id in chunk or base_native_id(a.native_id) in chunk]
+            found = []
+            for a in parse_sacct(result.stdout):
+                if a.native_id not in chunk and base_native_id(a.native_id) not in chunk:
+                    continue
+                if a.partition is None:
+                    # slurmdbd got a step before the job record and holds a placeholder
+                    # (JobName "allocation", no partition): not an answer yet, ask again.
+                    logger.debug("sacct record of %s incomplete (%s), skipped", a.native_id,
+                                 a.name)
+                    continue
+                found.append(a)
             if not found:
                 continue
             steps = self._run(self.commands.sacct_steps(chunk), "sacct")

@@ -354,6 +354,8 @@ REASON_TABLE: dict[str, ReasonInfo] = {
         "Never starts: the job's account is invalid; set a valid account.", N
     ),
     "InvalidQOS": ReasonInfo("Never starts: the job's QOS is invalid; set a valid QOS.", N),
+    "Constraints": ReasonInfo("Waiting: no node with the job's constraints (features) is "
+                              "free right now.", W),
     "BadConstraints": ReasonInfo(
         "Never starts: no node can satisfy the job's constraints "
         "(features, memory, GPUs); change the request.",

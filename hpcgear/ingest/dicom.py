@@ -1,0 +1,543 @@
+"""DICOM on disk: header scans, study/series grouping, deterministic series zips.
+
+Nothing here touches the database. :func:`scan_dicom` reads headers only
+(``stop_before_pixels``, ``defer_size``) in a thread pool and returns one
+:class:`DicomInstance` per usable file and one :class:`SkippedFile` (with a
+reason code) per file that is not ingested. :func:`build_series_zip` writes one
+byte-for-byte reproducible zip per series.
+
+Reason codes: ``not_dicom`` (no DICOM preamble/meta), ``missing_uid`` (no
+Study/Series/SOP Instance UID), ``unreadable`` (truncated or corrupt),
+``duplicate`` (the same SOP Instance UID in two files; the first by path wins),
+``deid_failed`` (the profile could not be applied; the series is not stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcgear.errors import IngestError
+from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log
+from hpcgear.ingest.routing import clean_label
+
+logger = logging.getLogger(__name__)
+
+NOT_DICOM = "not_dicom"
+MISSING_UID = "missing_uid"
+UNREADABLE = "unreadable"
+DUPLICATE = "duplicate"
+DEID_FAILED = "deid_failed"
+
+DEFER_SIZE = 1024
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+ZIP_MODE = 0o100644 << 16  # regular file, rw-r--r--
+ZIP_SUFFIX = ".dicom.zip"
+
+#: Header fields copied (after de-identification) into acquisition and file info,
+#: and the classifier's input. Nothing here names or dates a person except the
+#: study/series dates, which a profile can shift or remove.
+HEADER_FIELDS: tuple[str, ...] = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "MagneticFieldStrength",
+    "ReceiveCoilName",
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "SequenceName",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "ImageType",
+    "RepetitionTime",
+    "EchoTime",
+    "InversionTime",
+    "FlipAngle",
+    "EchoTrainLength",
+    "EchoNumbers",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "PixelSpacing",
+    "PixelBandwidth",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "AcquisitionMatrix",
+    "InPlanePhaseEncodingDirection",
+    "NumberOfTemporalPositions",
+    "DiffusionBValue",
+    "ContrastBolusAgent",
+    "BodyPartExamined",
+    "PatientPosition",
+    "ImageOrientationPatient",
+    "SeriesNumber",
+    "AcquisitionNumber",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "SeriesTime",
+    "SOPClassUID",
+)
+#: Read for labels and natural keys (after de-identification), not stored as info.
+LABEL_FIELDS: tuple[str, ...] = (
+    "PatientID",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "PatientBirthDate",
+)
+UID_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A file that was not ingested, with a reason code and a human detail."""
+
+    path: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DicomInstance:
+    """One readable DICOM file: its original UIDs (for grouping), the stored UIDs
+    (after de-identification; natural keys), routing values read before
+    de-identification and curated header fields read after it."""
+
+    path: Path
+    rel: str
+    size: int
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    study_key: str
+    series_key: str
+    sop_key: str
+    instance_number: int | None
+    series_number: int | None
+    compressed: bool
+    routing: dict[str, str | None] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
+    fallback_subject: str | None = None
+    fallback_session: str | None = None
+
+    @property
+    def sort_key(self) -> tuple[bool, int, str]:
+        n = self.instance_number
+        return (n is None, n if n is not None else 0, self.sop_uid)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """``done`` of ``total`` units (files when scanning, instances when storing)."""
+
+    phase: str  # "scan" | "store"
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+# --------------------------------------------------------------- file listing
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` (symlinked directories are not followed), sorted."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise IngestError(f"{root} is not a directory", "give the folder that holds the data")
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_file():
+                out.append(p)
+    return out
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) if root.is_dir() else path.name
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------- headers
+
+
+def json_value(value: Any) -> Any:
+    """A pydicom value as JSON-safe data (None for binary and sequences)."""
+    from pydicom.multival import MultiValue
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.valuerep import PersonName
+
+    if value is None or isinstance(value, (bytes, bytearray, DicomSequence)):
+        return None
+    if isinstance(value, (list, tuple, MultiValue)):
+        items = [json_value(v) for v in value]
+        return [v for v in items if v is not None]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, PersonName):
+        return str(value)
+    text = str(value).replace("\x00", "").strip()
+    return text or None
+
+
+def _get(ds: Any, keyword: str) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception:  # a malformed value: treat as absent, never crash a scan
+        logger.debug("cannot decode %s", keyword, exc_info=True)
+        return None
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    value = json_value(_get(ds, keyword))
+    if isinstance(value, list):
+        value = "\\".join(str(v) for v in value)
+    return str(value) if value not in (None, "") else None
+
+
+def _int(ds: Any, keyword: str) -> int | None:
+    value = json_value(_get(ds, keyword))
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _truncated(fh: Any, ds: Any, size: int) -> str | None:
+    """Why a header-only read shows the file is cut short, or None if it looks whole.
+
+    After ``stop_before_pixels`` the file position is at the pixel data element
+    (pydicom rewinds to it); a defined length that runs past the end of the file
+    is a truncated file. Deferred values past the end show as a position beyond
+    the file size; short values as a raw element shorter than its length.
+    """
+    pos = fh.tell()
+    if pos > size:
+        return "the file ends inside a data element"
+    for elem in ds._dict.values():  # raw elements keep their declared length
+        value = getattr(elem, "value", None)
+        length = getattr(elem, "length", None)
+        if (
+            isinstance(value, bytes)
+            and isinstance(length, int)
+            and length != 0xFFFFFFFF
+            and len(value) < length
+        ):
+            return "the file ends inside a data element"
+    if pos >= size:
+        return None
+    head = fh.read(12)
+    if len(head) < 8:
+        return "the file ends inside the pixel data element header"
+    encoding = getattr(ds, "original_encoding", None) or (
+        getattr(ds, "is_implicit_VR", False),
+        getattr(ds, "is_little_endian", True),
+    )
+    implicit, little = bool(encoding[0]), bool(encoding[1])
+    end = "<" if little else ">"
+    group, elem_no = struct.unpack(f"{end}HH", head[:4])
+    if group != 0x7FE0:
+        return None
+    if implicit:
+        length = struct.unpack(f"{end}L", head[4:8])[0]
+        header_len = 8
+    else:
+        if len(head) < 12:
+            return "the file ends inside the pixel data element header"
+        length = struct.unpack(f"{end}L", head[8:12])[0]
+        header_len = 12
+    if length == 0xFFFFFFFF:
+        # Encapsulated: the sequence delimiter (FFFE,E0DD) must be near the end.
+        fh.seek(max(pos, size - 4096))
+        tail = fh.read()
+        delim = b"\xfe\xff\xdd\xe0" if little else b"\xff\xfe\xe0\xdd"
+        return None if delim in tail else "the encapsulated pixel data has no end"
+    if pos + header_len + length > size:
+        return f"pixel data is cut short ({size - pos - header_len} of {length} bytes)"
+    return None
+
+
+def _reduced(ds: Any, keep: Iterable[str]) -> Any:
+    """A small dataset with only the elements the ingest reads (cheap to de-identify)."""
+    from pydicom.dataset import Dataset
+
+    small = Dataset()
+    for kw in keep:
+        if kw in ds:
+            try:
+                small[kw] = ds[kw]
+            except Exception:  # malformed element: leave it out
+                logger.debug("cannot copy %s", kw, exc_info=True)
+    return small
+
+
+def read_instance(
+    path: Path,
+    rel: str,
+    *,
+    route_fields: Sequence[str],
+    profile: DeidProfile | None,
+) -> DicomInstance | SkippedFile:
+    """Read one file's header (no pixels) into a :class:`DicomInstance`, or say why not."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            ds = dcmread(fh, stop_before_pixels=True, defer_size=DEFER_SIZE)
+            problem = _truncated(fh, ds, size)
+    except InvalidDicomError:
+        return SkippedFile(rel, NOT_DICOM, "no DICOM preamble or file meta information")
+    except OSError as exc:
+        return SkippedFile(rel, UNREADABLE, f"cannot read: {exc.strerror or exc}")
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        return SkippedFile(rel, UNREADABLE, f"corrupt DICOM: {type(exc).__name__}")
+    if problem is not None:
+        return SkippedFile(rel, UNREADABLE, f"truncated: {problem}")
+    uids = {kw: _text(ds, kw) for kw in UID_FIELDS}
+    missing = [kw for kw, v in uids.items() if not v]
+    if missing:
+        return SkippedFile(rel, MISSING_UID, f"no {', '.join(missing)}")
+    routing = {name: _text(ds, name) for name in route_fields}
+    original_patient_id = _text(ds, "PatientID")
+    small = _reduced(ds, dict.fromkeys((*HEADER_FIELDS, *LABEL_FIELDS)))
+    if profile is not None:
+        try:
+            apply_profile(small, profile)
+        except Exception as exc:
+            return SkippedFile(rel, DEID_FAILED, f"{type(exc).__name__}: {exc}")
+    header = {}
+    for kw in HEADER_FIELDS:
+        value = json_value(_get(small, kw))
+        if value not in (None, [], ""):
+            header[kw] = value
+    keys = {kw: _text(small, kw) or "" for kw in UID_FIELDS}
+    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return DicomInstance(
+        path=path,
+        rel=rel,
+        size=size,
+        study_uid=str(uids["StudyInstanceUID"]),
+        series_uid=str(uids["SeriesInstanceUID"]),
+        sop_uid=str(uids["SOPInstanceUID"]),
+        study_key=keys["StudyInstanceUID"],
+        series_key=keys["SeriesInstanceUID"],
+        sop_key=keys["SOPInstanceUID"],
+        instance_number=_int(small, "InstanceNumber"),
+        series_number=_int(small, "SeriesNumber"),
+        compressed=bool(getattr(transfer, "is_compressed", False)),
+        routing=routing,
+        header=header,
+        fallback_subject=_fallback_subject(small, original_patient_id, profile),
+        fallback_session=_fallback_session(small),
+    )
+
+
+def _fallback_subject(
+    small: Any, original_patient_id: str | None, profile: DeidProfile | None
+) -> str | None:
+    # The label comes from the de-identified PatientID, so de-identification is
+    # not undone by the hierarchy; a removed PatientID becomes a salted hash so
+    # one patient still maps to one subject.
+    value = clean_label(_text(small, "PatientID"))
+    if value is not None:
+        return value
+    if profile is not None and original_patient_id:
+        return f"anon-{profile.hash_value(original_patient_id)}"
+    return None
+
+
+def _fallback_session(small: Any) -> str | None:
+    date = _text(small, "StudyDate")
+    if date:
+        time = (_text(small, "StudyTime") or "").split(".")[0][:6]
+        return clean_label(f"{date}_{time}" if time else date)
+    study_id = clean_label(_text(small, "StudyID"))
+    return study_id
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    instances: list[DicomInstance]
+    skipped: list[SkippedFile]
+    files_seen: int
+
+
+def scan_dicom(
+    root: Path,
+    *,
+    route_fields: Sequence[str],
+    profile: DeidProfile | None = None,
+    jobs: int = 4,
+    progress: ProgressCallback | None = None,
+) -> ScanResult:
+    """Read every file's header under ``root`` in ``jobs`` threads (order kept)."""
+    root = Path(root)
+    files = list_files(root)
+    total = len(files)
+    instances: list[DicomInstance] = []
+    skipped: list[SkippedFile] = []
+    seen_sop: dict[tuple[str, str], str] = {}
+
+    def read(p: Path) -> DicomInstance | SkippedFile:
+        return read_instance(p, relative(p, root), route_fields=route_fields, profile=profile)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="dicom-scan") as pool:
+        for done, result in enumerate(pool.map(read, files), start=1):
+            if isinstance(result, SkippedFile):
+                skipped.append(result)
+            else:
+                key = (result.series_uid, result.sop_uid)
+                if key in seen_sop:
+                    skipped.append(
+                        SkippedFile(
+                            result.rel, DUPLICATE, f"same SOP Instance UID as {seen_sop[key]}"
+                        )
+                    )
+                else:
+                    seen_sop[key] = result.rel
+                    instances.append(result)
+            if progress is not None:
+                progress(ProgressEvent("scan", done, total))
+    return ScanResult(instances, skipped, total)
+
+
+# ------------------------------------------------------------------ grouping
+
+
+def group_instances(
+    instances: Iterable[DicomInstance],
+) -> dict[str, dict[str, list[DicomInstance]]]:
+    """study UID -> series UID -> instances (sorted by InstanceNumber, then SOP UID).
+
+    Grouping is by header UIDs only, never by folder: one folder may hold
+    several series (and studies) and one series may be spread over folders.
+    """
+    studies: dict[str, dict[str, list[DicomInstance]]] = {}
+    for inst in instances:
+        studies.setdefault(inst.study_uid, {}).setdefault(inst.series_uid, []).append(inst)
+    for series in studies.values():
+        for members in series.values():
+            members.sort(key=lambda i: i.sort_key)
+    return studies
+
+
+_UNSAFE = re.compile(r"[^\w\-.+()=,@ ]+")
+
+
+def series_label(series_number: int | None, header: Mapping[str, Any]) -> str:
+    """``<SeriesNumber> - <SeriesDescription>`` made safe as a label and file name."""
+    desc = next(
+        (
+            str(header[k])
+            for k in ("SeriesDescription", "ProtocolName", "Modality")
+            if header.get(k) and isinstance(header.get(k), str)
+        ),
+        "series",
+    )
+    cleaned = " ".join(_UNSAFE.sub("_", desc).split())
+    cleaned = re.sub(r"_+", "_", cleaned).strip(" ._") or "series"
+    cleaned = cleaned[:120]
+    return f"{series_number} - {cleaned}" if series_number is not None else cleaned
+
+
+# ----------------------------------------------------------------------- zip
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltZip:
+    path: Path
+    members: int
+    members_sha256: str  # sha256 over member names and member hashes
+    deid: dict[str, Any] | None
+
+
+def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
+    size = inst.path.stat().st_size
+    if size != inst.size:
+        raise IngestError(
+            f"{inst.rel} changed while it was being ingested ({inst.size} -> {size} bytes)",
+            "rerun the ingest once the files are complete",
+            transient=True,
+        )
+    if profile is None:
+        return inst.path.read_bytes()
+    from pydicom import dcmread
+
+    ds = dcmread(inst.path)
+    one = apply_profile(ds, profile)
+    if log is not None:
+        log.merge(one)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def build_series_zip(
+    instances: Sequence[DicomInstance],
+    dest: Path,
+    folder: str,
+    profile: DeidProfile | None = None,
+) -> BuiltZip:
+    """Write one series as a reproducible zip at ``dest``.
+
+    Members are ``<folder>/<SOPInstanceUID>.dcm`` (the stored, possibly hashed
+    UID) in InstanceNumber then SOP UID order, each with the 1980-01-01 timestamp,
+    mode 0644 and a compression chosen from the data alone (STORED for already
+    compressed transfer syntaxes, DEFLATE level 6 otherwise), so the same input
+    gives the same bytes. ``members_sha256`` identifies the content independently
+    of the zip encoding (a different zlib cannot then make a "new" version).
+    """
+    log = new_log(profile) if profile is not None else None
+    digest_lines = hashlib.sha256()
+    ordered = sorted(instances, key=lambda i: i.sort_key)
+    with zipfile.ZipFile(dest, "w", allowZip64=True) as zf:
+        for inst in ordered:
+            data = _member_bytes(inst, profile, log)
+            name = f"{folder}/{inst.sop_key}.dcm"
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.create_system = 3
+            info.external_attr = ZIP_MODE
+            method = zipfile.ZIP_STORED if inst.compressed else zipfile.ZIP_DEFLATED
+            info.compress_type = method
+            zf.writestr(info, data, compress_type=method, compresslevel=6)
+            digest_lines.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return BuiltZip(
+        path=dest,
+        members=len(ordered),
+        members_sha256=f"sha256:{digest_lines.hexdigest()}",
+        deid=log.to_info() if log is not None else None,
+    )

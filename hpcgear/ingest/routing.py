@@ -1,0 +1,159 @@
+"""Where a DICOM study goes: project, subject and session labels from its header.
+
+Sources, strongest first, decided per level (project, subject, session):
+
+1. explicit options (``--project/--subject/--session``);
+2. a ``fw://group/project[/subject[/session]]`` value in the routing field or in
+   one of the ``fw_fields`` (PatientComments, StudyComments by default);
+3. the facility convention: the routing field (AccessionNumber by default) typed
+   at the scanner as ``<project>/<subject>/<session>``, parsed with a regex whose
+   named groups are ``project``, ``subject`` and ``session``.
+
+Fallbacks (subject from PatientID, session from StudyDate_StudyTime or StudyID)
+are the caller's business because they are read after de-identification. This
+module is pure: values in, labels and reasons out. Reasons never quote header
+values (they may be identifying); they name fields and labels only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hpcgear.errors import HpcgearError, InvalidInputError
+from hpcgear.hierarchy.paths import check_label
+
+DEFAULT_ROUTE_FIELD = "AccessionNumber"
+DEFAULT_ROUTE_PATTERN = r"^(?P<project>[^/]+)/(?P<subject>[^/]+)(?:/(?P<session>[^/]+))?$"
+DEFAULT_FW_FIELDS = ("PatientComments", "StudyComments")
+ROUTE_GROUPS = ("project", "subject", "session")
+FW_PREFIX = "fw://"
+LEVELS = ("project", "subject", "session")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRules:
+    """How to route: the header field and pattern, fw:// fields, explicit labels."""
+
+    field: str = DEFAULT_ROUTE_FIELD
+    pattern: str = DEFAULT_ROUTE_PATTERN
+    fw_fields: tuple[str, ...] = DEFAULT_FW_FIELDS
+    project: str | None = None
+    subject: str | None = None
+    session: str | None = None
+
+    def compiled(self) -> re.Pattern[str]:
+        return compile_pattern(self.pattern)
+
+    @property
+    def header_fields(self) -> tuple[str, ...]:
+        """Fields whose original (pre-de-identification) values routing reads."""
+        return tuple(dict.fromkeys((self.field, *self.fw_fields)))
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a routing regex; it must name at least one of project/subject/session."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise InvalidInputError(
+            f"routing pattern {pattern!r} is not a valid regular expression: {exc}",
+            "e.g. --route-pattern '^(?P<project>[^/]+)/(?P<subject>[^/]+)/(?P<session>.+)$'",
+        ) from None
+    if not set(rx.groupindex) & set(ROUTE_GROUPS):
+        raise InvalidInputError(
+            f"routing pattern {pattern!r} has no named group project, subject or session",
+            "name the parts: (?P<project>...), (?P<subject>...), (?P<session>...)",
+        )
+    return rx
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Labels found for a study (None = not found) and why others were not used."""
+
+    project: str | None = None
+    subject: str | None = None
+    session: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # level -> option|fw|pattern
+    problems: tuple[str, ...] = ()
+
+
+def clean_label(value: str | None) -> str | None:
+    """A usable hierarchy label from a header value, or None."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())  # collapse whitespace, drop control chars
+    if not text:
+        return None
+    try:
+        return check_label(text)
+    except HpcgearError:
+        return None
+
+
+def parse_fw_url(text: str) -> tuple[str, ...] | None:
+    """``fw://group/project[/subject[/session]]`` -> its parts (None if not fw://)."""
+    stripped = text.strip()
+    if not stripped.lower().startswith(FW_PREFIX):
+        return None
+    parts = tuple(p.strip() for p in stripped[len(FW_PREFIX) :].strip("/").split("/"))
+    return parts
+
+
+def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRules) -> Route:
+    """Route one study from the original values of ``rules.header_fields``."""
+    found: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+
+    def take(level: str, value: str | None, source: str, what: str) -> None:
+        if level in found or value is None:
+            return
+        label = clean_label(value)
+        if label is None:
+            if str(value).strip():
+                problems.append(f"the {level} label from {what} is not a valid label")
+            return
+        found[level] = label
+        sources[level] = source
+
+    for level in LEVELS:
+        take(level, getattr(rules, level), "option", f"--{level}")
+
+    for name in rules.header_fields:
+        raw = values.get(name)
+        parts = parse_fw_url(raw) if raw else None
+        if parts is None:
+            continue
+        if not parts or len(parts) < 2 or len(parts) > 4 or any(not p for p in parts):
+            problems.append(f"{name} holds a fw:// value that is not fw://group/project[/...]")
+            continue
+        if parts[0] != group:
+            problems.append(f"{name} names group {parts[0]!r}, this ingest is into {group!r}")
+            continue
+        for level, value in zip(LEVELS, parts[1:], strict=False):
+            take(level, value, "fw", f"the fw:// value in {name}")
+        break
+
+    raw = values.get(rules.field)
+    if raw and parse_fw_url(raw) is None:
+        m = rules.compiled().search(raw.strip())
+        if m is None:
+            if "project" not in found:
+                problems.append(f"{rules.field} does not match the routing pattern")
+        else:
+            groups = m.groupdict()
+            for level in LEVELS:
+                take(level, groups.get(level), "pattern", rules.field)
+    elif not raw and "project" not in found:
+        problems.append(f"{rules.field} is empty and no fw:// value was found")
+
+    return Route(
+        project=found.get("project"),
+        subject=found.get("subject"),
+        session=found.get("session"),
+        sources=sources,
+        problems=tuple(problems),
+    )
