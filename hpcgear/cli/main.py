@@ -29,7 +29,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "download": ("hpcgear.cli.commands.data", "download_cmd", "Download a file version."),
     "info": ("hpcgear.cli.commands.data", "info_group", "Set info metadata."),
     "tag": ("hpcgear.cli.commands.data", "tag_group", "Add or remove tags."),
-    "gear": ("hpcgear.cli.commands.gear", "gear_group", "Validate, install, list gears."),
+    "ingest": ("hpcgear.cli.commands.ingest", "ingest_group", "Ingest DICOM/NIfTI folders."),
+    "gear": ("hpcgear.cli.commands.gear", "gear_group", "Validate, install, build gears."),
+    "run": ("hpcgear.cli.commands.jobs", "run_cmd", "Run a gear once (--tag hpc: on SLURM)."),
+    "batch": ("hpcgear.cli.commands.jobs", "batch_cmd", "Run a gear over many containers."),
+    "jobs": ("hpcgear.cli.commands.jobs", "jobs_cmd", "List jobs."),
+    "job": ("hpcgear.cli.commands.jobs", "job_group", "Show, cancel, retry a job; its logs."),
+    "controller": (
+        "hpcgear.cli.commands.controller",
+        "controller_group",
+        "Run the controller daemon or one pass.",
+    ),
+    "site": ("hpcgear.cli.commands.site", "site_group", "Validate and inspect site configs."),
 }
 
 

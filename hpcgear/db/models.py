@@ -220,6 +220,15 @@ class Job(Base):
     origin_type: Mapped[str] = mapped_column(String(16), default="user")  # user | rule
     origin_id: Mapped[str] = mapped_column(String(64))
     dedupe_key: Mapped[str | None] = mapped_column(String(80), index=True)
+    rule_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    script_sha256: Mapped[str | None] = mapped_column(String(80))
+    array_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
+    scheduler_info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    submitted: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     modified: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

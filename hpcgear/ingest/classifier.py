@@ -107,7 +107,7 @@ _LOCALIZER = _word(
     r"fast[-_ ]?pilot|pilot"
 )
 _AASCOUT = _word(r"aahead\w*|aa[-_ ]?scout")
-_SHIM = _word(r"shim\w*")
+_SHIM = _word(r"\w*shim\w*")
 _CALIB = _word(
     r"calibration|cal|asset[-_ ]?cal\w*|pure|coil[-_ ]?survey|sense[-_ ]?ref\w*|refscan|"
     r"prescan|bodycoil|head[-_ ]?coil"
@@ -140,6 +140,7 @@ _MPRAGE = _word(
 )
 _T1 = _word(r"t1w?|t1[-_ ]?weighted|t1\w*|mprage|bravo|spgr|fspgr|mpr|tfl\w*")
 _T2 = _word(r"t2w?|t2[-_ ]?weighted|t2\w*|tse|fse|space|spc|cube|haste|ssfse")
+_T2_NAME = _word(r"t2w?|t2[-_ ]?weighted|t2\w*")
 _PD = _word(r"pd|pdw|pd[-_ ]?weighted|proton[-_ ]?density")
 _MT = _word(r"mt|mtr|mt[-_ ]?on|mt[-_ ]?off|magnetization[-_ ]?transfer")
 _SCREEN = _word(
@@ -317,7 +318,7 @@ def classify(header: Mapping[str, Any]) -> Classification:
         if _MPRAGE.search(names) or ("GR" in scanning and "IR" in scanning and "MP" in variant):
             extra.append("MPRAGE")
         return _result(["Structural"], ["T1"], [*extra, *feats])
-    if _PD.search(desc) and not _T2.search(desc):
+    if _PD.search(desc) and not _T2_NAME.search(desc):
         return _result(["Structural"], ["PD"], feats)
     if _T2.search(desc):
         both = ["PD", "T2"] if _PD.search(desc) else ["T2"]

@@ -562,8 +562,11 @@ def apply_profile(ds: Any, profile: DeidProfile) -> DeidLog:
         and "SOPInstanceUID" in ds
     ):
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    (log.replaced if "PatientIdentityRemoved" in ds else log.added).add("PatientIdentityRemoved")
-    ds.PatientIdentityRemoved = "YES"
+    if ds.get("PatientIdentityRemoved") != "YES":
+        (log.replaced if "PatientIdentityRemoved" in ds else log.added).add(
+            "PatientIdentityRemoved"
+        )
+        ds.PatientIdentityRemoved = "YES"
     (log.replaced if "DeidentificationMethod" in ds else log.added).add("DeidentificationMethod")
     ds.DeidentificationMethod = f"hpcgear deid profile {profile.name}"[:64]
     return log

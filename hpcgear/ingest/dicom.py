@@ -267,7 +267,7 @@ def _truncated(fh: Any, ds: Any, size: int) -> str | None:
     )
     implicit, little = bool(encoding[0]), bool(encoding[1])
     end = "<" if little else ">"
-    group, elem_no = struct.unpack(f"{end}HH", head[:4])
+    group = struct.unpack(f"{end}H", head[:2])[0]
     if group != 0x7FE0:
         return None
     if implicit:

@@ -183,10 +183,10 @@ def read_facts(path: Path) -> dict[str, Any]:
     import numpy as np
 
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types on corrupt input
         raise ValueError(f"not a readable NIfTI header: {type(exc).__name__}: {exc}") from None
-    header = img.header
+    header: Any = img.header
     if not hasattr(header, "get_xyzt_units"):
         raise ValueError(f"not a NIfTI image ({type(img).__name__})")
     shape = [int(d) for d in img.shape]
@@ -211,7 +211,7 @@ def read_facts(path: Path) -> dict[str, Any]:
         "datatype": str(dtype.name),
         "qform_code": int(header["qform_code"]),
         "sform_code": int(header["sform_code"]),
-        "orientation": "".join(str(c) for c in nib.aff2axcodes(img.affine) if c is not None),
+        "orientation": "".join(str(c) for c in _axcodes(img.affine) if c is not None),
     }
     if len(shape) >= 4:
         tr = _num(header["pixdim"][4])
@@ -222,6 +222,13 @@ def read_facts(path: Path) -> dict[str, Any]:
             facts["tr_seconds"] = tr * scale
         facts["volumes"] = shape[3]
     return facts
+
+
+def _axcodes(affine: Any) -> tuple[str | None, ...]:
+    from nibabel.orientations import aff2axcodes
+
+    codes: tuple[str | None, ...] = aff2axcodes(affine)  # type: ignore[no-untyped-call]
+    return codes
 
 
 def _sidecar_info(sidecars: tuple[Path, ...]) -> dict[str, Any]:
@@ -244,9 +251,7 @@ class NiftiScan:
     files_seen: int
 
 
-def scan_nifti(
-    root: Path, *, jobs: int = 4, progress: ProgressCallback | None = None
-) -> NiftiScan:
+def scan_nifti(root: Path, *, jobs: int = 4, progress: ProgressCallback | None = None) -> NiftiScan:
     """Find images and their sidecars under ``root``; read headers in ``jobs`` threads."""
     root = Path(root)
     files = list_files(root)

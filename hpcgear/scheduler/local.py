@@ -9,9 +9,13 @@ detached launcher (``local_launcher.py``, one session per job) and returns
 enforces the time limit and handles hold/release/cancel like SLURM (SIGTERM to
 the task's process group, SIGKILL after ``kill_wait_seconds``).
 
-State comes from the launcher's state file plus pid liveness: a launcher that
-died with tasks unfinished turns them into ``NODE_FAIL`` (reason ``LauncherDied``),
-which the controller treats like a failed node. Jobs are remembered in
+State comes from the launcher's state file (the script's exit status, as SLURM
+reports it) plus pid liveness. If the launcher died, a task whose process group
+still lives stays ``RUNNING``; one that ended is ``COMPLETED``/``FAILED`` from the
+``rc`` in the script's ``exit.json`` (next to the script), and without that record
+it is ``NODE_FAIL`` (reason ``LauncherDied``), which the controller treats like a
+failed node. The working directory is ``--chdir`` or else the script's directory
+(sbatch would use its own cwd). Jobs are remembered in
 ``state_dir`` (one small file per native id) so a restarted controller finds
 them again; there is no MinJobAge, finished jobs stay visible until ``forget``.
 """
@@ -55,6 +59,8 @@ from hpcgear.units import parse_memory_mb, parse_time_minutes
 logger = logging.getLogger(__name__)
 
 LOCAL_PARTITION = "local"
+#: The job script's own exit record, next to the script in the job's .hpcgear dir.
+EXIT_RECORD = "exit.json"
 MAX_ARRAY_SIZE = 100_001
 _NATIVE_RE = re.compile(r"^local-(\d+)$")
 
@@ -465,11 +471,26 @@ class LocalBackend:
             cancelled = (entry.dir / f"{entry.native_id}.cancel").exists()
             for key, t in tasks.items():
                 if t.get("state") in ("PENDING", "RUNNING"):
-                    t = dict(t)
-                    t["state"], t["reason"] = (("CANCELLED", "None") if cancelled
-                                               else ("NODE_FAIL", "LauncherDied"))
-                    tasks[key] = t
+                    tasks[key] = self._orphan_state(entry, key, dict(t), cancelled)
         return tasks
+
+    def _orphan_state(self, entry: _Entry, key: str, task: dict[str, Any],
+                      cancelled: bool) -> dict[str, Any]:
+        """A task whose launcher died: still running, ended per exit.json, or lost."""
+        pid = task.get("pid")
+        if task.get("state") == "RUNNING" and pid and _group_alive(int(pid)):
+            task["reason"] = "LauncherDied"  # orphaned but alive; cancel still kills it
+            return task
+        rc = None if key else _exit_record_rc(entry.dir / EXIT_RECORD)
+        if cancelled:
+            task["state"], task["reason"] = "CANCELLED", "None"
+        elif rc is not None:
+            task["state"] = "COMPLETED" if rc == 0 else "FAILED"
+            task["reason"] = "None" if rc == 0 else "NonZeroExitCode"
+            task["exit_code"], task["signal"] = rc, 0
+        else:
+            task["state"], task["reason"] = "NODE_FAIL", "LauncherDied"
+        return task
 
     def _statuses(self, entry: _Entry) -> list[SchedulerStatus]:
         now = time.time()
@@ -556,6 +577,37 @@ class LocalBackend:
         return [PartitionInfo(name=LOCAL_PARTITION, state="UP", default=True, total_cpus=cpus,
                               total_nodes=1, max_nodes=1, node_cpus_max=cpus,
                               node_mem_max_mb=mem, nodes=socket.gethostname())]
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in a process group."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _exit_record_rc(path: Path) -> int | None:
+    """``rc`` from the job script's exit record (``exit.json``), if it wrote one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rc = data.get("rc", data.get("exit_code")) if isinstance(data, dict) else None
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else None
 
 
 def _state(text: Any) -> SchedulerState:

@@ -15,13 +15,14 @@ What is queried, and why:
 * accounting: one ``sacct --allocations`` for states/exit codes/timings, plus one
   step query for MaxRSS/TotalCPU (max over the job's steps). A row slurmdbd has
   not completed yet (a placeholder named ``allocation`` without a partition, seen
-  when a step record arrives before the job's) is left out: ask again later. When the cluster
-  has no accounting storage (``sacct`` says so), fall back to
+  when a step record arrives before the job's) is left out: ask again later.
+  When the cluster has no accounting storage (``sacct`` says so), fall back to
   ``scontrol --oneliner show job`` for the jobs still in the controller's
   memory (MinJobAge); jobs in neither are missing and the controller relies on
-  the job's exit record. ``sacct -c`` (job completion log) is not used: it is
-  only available with ``JobCompType=jobcomp/filetxt`` and was removed in recent
-  SLURM releases.
+  the job's exit record. ``sacct -c`` (the job completion log) is not used: it
+  needs a ``JobCompType`` other than ``jobcomp/none`` (the dev cluster and many
+  sites have none), lacks step usage, and ``scontrol`` already covers the window
+  (MinJobAge) in which the controller resolves a vanished job.
 * lookup by name: ``squeue --name`` and, if accounting works, ``sacct --name``
   over the last week (crash recovery, ambiguous sbatch failures).
 """
@@ -668,6 +669,19 @@ _ALREADY_DONE = ("already completing or completed", "job has already finished",
                  "invalid job id specified", "job is no longer pending")
 
 
+_PER_JOB_RE = re.compile(r"^(?P<msg>.+?) for job (?P<id>\d+(?:_\d+)?)\s*$")
+
+
+def parse_per_job_errors(output: str) -> dict[str, str]:
+    """``scontrol`` per-job messages (``Job has already finished for job 98``) -> {id: msg}."""
+    errors: dict[str, str] = {}
+    for line in output.splitlines():
+        m = _PER_JOB_RE.match(line.strip())
+        if m:
+            errors[m.group("id")] = m.group("msg")
+    return errors
+
+
 def _chunks(items: Sequence[str], size: int = ID_CHUNK) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield list(items[i:i + size])
@@ -689,53 +703,53 @@ class SlurmCommands:
     def _m(self) -> list[str]:
         return [f"--clusters={self.cluster}"] if self.cluster else []
 
-    def submit(self, script_path: str | PurePath, *, hold: bool = True) -> list[str]:
+    def build_submit(self, script_path: str | PurePath, *, hold: bool = True) -> list[str]:
         return ["sbatch", "--parsable", *(["--hold"] if hold else []), *self._m(),
                 str(script_path)]
 
-    def test_only(self, script_path: str | PurePath) -> list[str]:
+    def build_test_only(self, script_path: str | PurePath) -> list[str]:
         return ["sbatch", "--test-only", *self._m(), str(script_path)]
 
-    def release(self, native_ids: Sequence[str]) -> list[str]:
+    def build_release(self, native_ids: Sequence[str]) -> list[str]:
         return ["scontrol", *self._m(), "release", ",".join(native_ids)]
 
-    def cancel(self, native_ids: Sequence[str]) -> list[str]:
+    def build_cancel(self, native_ids: Sequence[str]) -> list[str]:
         return ["scancel", *self._m(), *native_ids]
 
-    def squeue(self, native_ids: Sequence[str]) -> list[str]:
+    def build_poll(self, native_ids: Sequence[str]) -> list[str]:
         return ["squeue", "--noheader", "--array", "--states=all", *self._m(),
                 f"--jobs={','.join(native_ids)}", f"--format={SQUEUE_FORMAT}"]
 
-    def squeue_mine(self) -> list[str]:
+    def build_poll_mine(self) -> list[str]:
         return ["squeue", "--noheader", "--array", "--states=all", "--me", *self._m(),
                 f"--format={SQUEUE_FORMAT}"]
 
-    def squeue_by_name(self, name: str) -> list[str]:
+    def build_lookup_squeue(self, name: str) -> list[str]:
         return ["squeue", "--noheader", "--array", "--states=all", *self._m(),
                 f"--name={name}", f"--format={SQUEUE_FORMAT}"]
 
-    def sacct(self, native_ids: Sequence[str]) -> list[str]:
+    def build_accounting(self, native_ids: Sequence[str]) -> list[str]:
         return ["sacct", "--noheader", "--parsable2", "--allocations", *self._m(),
                 f"--jobs={','.join(native_ids)}", f"--format={','.join(SACCT_FIELDS)}"]
 
-    def sacct_steps(self, native_ids: Sequence[str]) -> list[str]:
+    def build_accounting_steps(self, native_ids: Sequence[str]) -> list[str]:
         return ["sacct", "--noheader", "--parsable2", *self._m(),
                 f"--jobs={','.join(native_ids)}", f"--format={','.join(SACCT_STEP_FIELDS)}"]
 
-    def sacct_by_name(self, name: str, *, since: str = "now-7days") -> list[str]:
+    def build_lookup_sacct(self, name: str, *, since: str = "now-7days") -> list[str]:
         return ["sacct", "--noheader", "--parsable2", "--allocations", *self._m(),
                 f"--name={name}", f"--starttime={since}", "--format=JobID"]
 
-    def scontrol_jobs(self) -> list[str]:
+    def build_show_jobs(self) -> list[str]:
         return ["scontrol", *self._m(), "--oneliner", "show", "job"]
 
-    def show_config(self) -> list[str]:
+    def build_show_config(self) -> list[str]:
         return ["scontrol", *self._m(), "show", "config"]
 
-    def show_partitions(self) -> list[str]:
+    def build_show_partitions(self) -> list[str]:
         return ["scontrol", *self._m(), "--oneliner", "show", "partition"]
 
-    def sinfo_nodes(self) -> list[str]:
+    def build_sinfo_nodes(self) -> list[str]:
         return ["sinfo", "--noheader", "--Node", *self._m(), "--format=%R|%c|%m|%G"]
 
 
@@ -782,7 +796,7 @@ class SlurmBackend:
     # -- submit / release / cancel
 
     def submit(self, script_path: str | PurePath, *, hold: bool = True) -> str:
-        argv = self.commands.submit(script_path, hold=hold)
+        argv = self.commands.build_submit(script_path, hold=hold)
         result = self._run(argv, "sbatch", timeout=self.submit_timeout, ambiguous=True)
         if not result.ok:
             raise classify_sbatch_failure(result)
@@ -801,7 +815,7 @@ class SlurmBackend:
         return job_id
 
     def preflight(self, script_path: str | PurePath) -> PreflightResult:
-        result = self._run(self.commands.test_only(script_path), "sbatch --test-only",
+        result = self._run(self.commands.build_test_only(script_path), "sbatch --test-only",
                            timeout=self.submit_timeout)
         if not result.ok:
             error = classify_sbatch_failure(result, "sbatch --test-only")
@@ -809,16 +823,30 @@ class SlurmBackend:
         return parse_test_only(result.output)
 
     def release(self, native_ids: Sequence[str]) -> None:
+        """Release held jobs. Jobs that already finished are fine (nothing to release);
+        unknown ids raise, naming them, after the others were released."""
         ids = _unique(native_ids)
         for chunk in _chunks(ids):
-            result = self._run(self.commands.release(chunk), "scontrol release")
-            if not result.ok:
+            result = self._run(self.commands.build_release(chunk), "scontrol release")
+            if result.ok:
+                continue
+            per_job = parse_per_job_errors(result.output)
+            if not per_job:
                 raise query_error(result, "scontrol release")
+            bad = {job: msg for job, msg in per_job.items()
+                   if "already finished" not in msg.lower()}
+            if bad:
+                listed = ", ".join(f"{job} ({msg})" for job, msg in sorted(bad.items()))
+                raise SchedulerError(
+                    f"scontrol release failed for {listed}",
+                    "the job ids are not (or no longer) known to SLURM; poll them to see "
+                    "what happened", argv=result.argv, returncode=result.returncode,
+                    stdout=result.stdout, stderr=result.stderr)
 
     def cancel(self, native_ids: Sequence[str]) -> None:
         ids = _unique(native_ids)
         for chunk in _chunks(ids):
-            result = self._run(self.commands.cancel(chunk), "scancel")
+            result = self._run(self.commands.build_cancel(chunk), "scancel")
             problems = [ln for ln in result.output.splitlines()
                         if "error" in ln.lower()
                         and not any(p in ln.lower() for p in _ALREADY_DONE)]
@@ -839,7 +867,7 @@ class SlurmBackend:
         return statuses
 
     def _squeue(self, ids: list[str]) -> list[SchedulerStatus]:
-        result = self._run(self.commands.squeue(ids), "squeue")
+        result = self._run(self.commands.build_poll(ids), "squeue")
         if result.ok:
             return parse_squeue(result.stdout)
         if _INVALID_JOB_ID in result.output.lower():
@@ -853,7 +881,7 @@ class SlurmBackend:
 
     def poll_by_name_prefix(self, prefix: str = "hpcgear-") -> dict[str, SchedulerStatus]:
         """All of this user's jobs whose name starts with ``prefix`` (one squeue)."""
-        result = self._run(self.commands.squeue_mine(), "squeue")
+        result = self._run(self.commands.build_poll_mine(), "squeue")
         if not result.ok:
             raise query_error(result, "squeue")
         return {s.native_id: s for s in parse_squeue(result.stdout) if s.name.startswith(prefix)}
@@ -864,7 +892,7 @@ class SlurmBackend:
             return {}
         records: dict[str, Accounting] = {}
         for chunk in _chunks(ids):
-            result = self._run(self.commands.sacct(chunk), "sacct")
+            result = self._run(self.commands.build_accounting(chunk), "sacct")
             if not result.ok:
                 if any(p in result.output.lower() for p in _ACCOUNTING_DISABLED):
                     logger.debug("sacct unavailable (%s); using scontrol show job",
@@ -884,7 +912,7 @@ class SlurmBackend:
                 found.append(a)
             if not found:
                 continue
-            steps = self._run(self.commands.sacct_steps(chunk), "sacct")
+            steps = self._run(self.commands.build_accounting_steps(chunk), "sacct")
             usage = parse_sacct_steps(steps.stdout) if steps.ok else {}
             if not steps.ok:
                 logger.warning("sacct step query failed, no MaxRSS/TotalCPU: %s",
@@ -894,7 +922,7 @@ class SlurmBackend:
         return records
 
     def _accounting_from_scontrol(self, ids: list[str]) -> dict[str, Accounting]:
-        result = self._run(self.commands.scontrol_jobs(), "scontrol show job")
+        result = self._run(self.commands.build_show_jobs(), "scontrol show job")
         if not result.ok:
             if "no jobs in the system" in result.output.lower():
                 return {}
@@ -905,12 +933,12 @@ class SlurmBackend:
 
     def lookup_by_name(self, name: str) -> list[str]:
         found: list[str] = []
-        result = self._run(self.commands.squeue_by_name(name), "squeue")
+        result = self._run(self.commands.build_lookup_squeue(name), "squeue")
         if not result.ok:
             raise query_error(result, "squeue")
         found += [s.array_job_id or s.native_id for s in parse_squeue(result.stdout)
                   if s.name == name]
-        acct = self._run(self.commands.sacct_by_name(name), "sacct")
+        acct = self._run(self.commands.build_lookup_sacct(name), "sacct")
         if acct.ok:
             for line in _nonempty_lines(acct.stdout):
                 job = line.strip().split(".", 1)[0].split("_", 1)[0]
@@ -923,7 +951,7 @@ class SlurmBackend:
         return sorted(set(found), key=lambda j: (len(j), j))
 
     def cluster_info(self) -> ClusterInfo:
-        result = self._run(self.commands.show_config(), "scontrol show config")
+        result = self._run(self.commands.build_show_config(), "scontrol show config")
         if not result.ok:
             raise query_error(result, "scontrol show config")
         try:
@@ -934,10 +962,10 @@ class SlurmBackend:
                                  argv=result.argv, stdout=result.stdout) from None
 
     def partitions(self) -> list[PartitionInfo]:
-        result = self._run(self.commands.show_partitions(), "scontrol show partition")
+        result = self._run(self.commands.build_show_partitions(), "scontrol show partition")
         if not result.ok:
             raise query_error(result, "scontrol show partition")
-        nodes = self._run(self.commands.sinfo_nodes(), "sinfo")
+        nodes = self._run(self.commands.build_sinfo_nodes(), "sinfo")
         if not nodes.ok:
             logger.warning("sinfo failed, node sizes unknown: %s", slurm_message(nodes))
         return parse_partitions(result.stdout, nodes.stdout if nodes.ok else "")

@@ -283,13 +283,14 @@ class SSHTransport:
                     "set the site's ssh known_hosts to a readable file",
                 ) from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        pkey = self._load_key()
         logger.debug("ssh connect %s", self.target)
         try:
             client.connect(
                 self.host,
                 port=self.port,
                 username=self.user,
-                key_filename=self.key_file,
+                pkey=pkey,
                 timeout=self.connect_timeout,
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
@@ -336,6 +337,23 @@ class SSHTransport:
         if transport is not None and self.keepalive_seconds:
             transport.set_keepalive(self.keepalive_seconds)
         return client
+
+    def _load_key(self) -> paramiko.PKey | None:
+        if self.key_file is None:
+            return None  # agent / ~/.ssh default keys
+        try:
+            return paramiko.PKey.from_path(self.key_file)
+        except paramiko.PasswordRequiredException:
+            raise TransportError(
+                f"SSH key {self.key_file} is protected by a passphrase",
+                "give hpcgear a key without a passphrase (readable only by the service "
+                "account), or leave key_file unset to use ssh-agent",
+            ) from None
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise TransportError(
+                f"cannot read SSH key {self.key_file}: {exc}",
+                "check the key_file path and that it is an OpenSSH private key",
+            ) from None
 
     def _drop(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
-from hpcgear.scheduler.base import Accounting, SubmitRejectedError
+from hpcgear.scheduler.base import Accounting, SchedulerStatus, SubmitRejectedError
 from hpcgear.scheduler.slurm import SlurmBackend
 from hpcgear.scheduler.slurm_tables import Outlook, StateCategory
 from hpcgear.scheduler.transport import LocalTransport
@@ -91,7 +91,7 @@ def jobs(dev_env: DevEnv, backend: SlurmBackend) -> Iterator[Jobs]:
 
 
 def final_statuses(backend: SlurmBackend, job_id: str, count: int = 1,
-                   timeout: float = 120) -> dict[str, object]:
+                   timeout: float = 120) -> dict[str, SchedulerStatus]:
     return eventually(lambda: backend.poll([job_id]),
                       lambda st: len(st) >= count and all(s.final for s in st.values()),
                       timeout, f"job {job_id} to finish")

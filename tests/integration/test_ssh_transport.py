@@ -7,6 +7,7 @@ backend driven over SSH exactly as on a remote login node.
 from __future__ import annotations
 
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ import pytest
 
 from hpcgear.errors import NotFoundError, TransportError
 from hpcgear.scheduler.slurm import SlurmBackend
-from hpcgear.states import SchedulerState
 from hpcgear.scheduler.transport import SSHTransport
+from hpcgear.states import SchedulerState
 
 if TYPE_CHECKING:
     from tests.integration.conftest import DevEnv
@@ -90,7 +91,7 @@ def test_unknown_host_key_is_refused(dev_env: DevEnv, tmp_path: Path) -> None:
     empty.write_text("")
 
     class NoSystemKeys(paramiko.SSHClient):
-        def load_system_host_keys(self, filename: str | None = None) -> None:
+        def load_system_host_keys(self, filename: object = None) -> None:
             return None  # only the (empty) configured file counts in this test
 
     t = SSHTransport(dev_env.ssh_host, port=dev_env.ssh_port, user=dev_env.ssh_user,
@@ -104,8 +105,8 @@ def test_unknown_host_key_is_refused(dev_env: DevEnv, tmp_path: Path) -> None:
 
 def test_wrong_key_is_refused(dev_env: DevEnv, tmp_path: Path) -> None:
     other = tmp_path / "other_key"
-    key = paramiko.RSAKey.generate(2048)
-    key.write_private_key_file(str(other))
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True, timeout=30)
     t = SSHTransport(dev_env.ssh_host, port=dev_env.ssh_port, user=dev_env.ssh_user,
                      key_file=other, known_hosts=dev_env.ssh_known_hosts)
     with pytest.raises(TransportError) as info:
@@ -189,3 +190,13 @@ def test_slurm_backend_over_ssh(ssh: SSHTransport, remote_dir: str, dev_env: Dev
         assert backend.cluster_info().max_array_size > 1
     finally:
         backend.cancel([job_id])
+
+
+def test_unreadable_key_file_is_named(dev_env: DevEnv, tmp_path: Path) -> None:
+    bad = tmp_path / "not_a_key"
+    bad.write_text("hello\n")
+    t = SSHTransport(dev_env.ssh_host, port=dev_env.ssh_port, user=dev_env.ssh_user,
+                     key_file=bad, known_hosts=dev_env.ssh_known_hosts)
+    with pytest.raises(TransportError) as info:
+        t.run(["true"], timeout=30)
+    assert str(bad) in info.value.message and not info.value.transient

@@ -255,15 +255,53 @@ def test_cancel_one_array_task(backend: LocalBackend, tmp_path: Path) -> None:
     final(backend, nid)
 
 
-def test_dead_launcher_is_a_node_failure(backend: LocalBackend, tmp_path: Path) -> None:
+def _task_pid(tmp_path: Path, nid: str) -> int:
+    state = json.loads((tmp_path / "job" / ".hpcgear" / f"{nid}.state.json").read_text())
+    return int(state["tasks"][""]["pid"])
+
+
+def test_dead_launcher_with_dead_task_is_a_node_failure(backend: LocalBackend,
+                                                        tmp_path: Path) -> None:
     nid = backend.submit(script(tmp_path, "sleep 30"), hold=False)
     wait_until(lambda: backend.poll([nid])[nid].state is SchedulerState.RUNNING)
     os.kill(int(nid.split("-")[1]), signal.SIGKILL)
+    os.killpg(_task_pid(tmp_path, nid), signal.SIGKILL)  # the node "died" with it
     wait_until(lambda: backend.poll([nid])[nid].state is SchedulerState.NODE_FAIL)
     status = backend.poll([nid])[nid]
     assert status.reason == "LauncherDied"
     assert status.failure_kind is FailureKind.NODE_FAILURE
-    backend.cancel([nid])  # kills the orphaned task group
+
+
+def test_orphaned_task_keeps_running_and_can_be_cancelled(backend: LocalBackend,
+                                                          tmp_path: Path) -> None:
+    nid = backend.submit(script(tmp_path, "sleep 30"), hold=False)
+    wait_until(lambda: backend.poll([nid])[nid].state is SchedulerState.RUNNING)
+    task = _task_pid(tmp_path, nid)
+    os.kill(int(nid.split("-")[1]), signal.SIGKILL)
+    time.sleep(0.3)
+    status = backend.poll([nid])[nid]
+    assert status.state is SchedulerState.RUNNING and status.reason == "LauncherDied"
+    backend.cancel([nid])  # no launcher: the backend TERMs/KILLs the group itself
+    assert live_group_members(task) == []
+    assert backend.poll([nid])[nid].state is SchedulerState.CANCELLED
+
+
+@pytest.mark.parametrize(("rc", "state"), [(0, SchedulerState.COMPLETED),
+                                           (2, SchedulerState.FAILED)])
+def test_dead_launcher_falls_back_to_the_exit_record(backend: LocalBackend, tmp_path: Path,
+                                                     rc: int, state: SchedulerState) -> None:
+    release = tmp_path / "go"
+    body = (f'while [ ! -e {release} ]; do sleep 0.05; done\n'
+            f'printf \'{{"rc": {rc}}}\' > "$(dirname "$0")/exit.json"\n')
+    nid = backend.submit(script(tmp_path, body), hold=False)
+    wait_until(lambda: backend.poll([nid])[nid].state is SchedulerState.RUNNING)
+    task = _task_pid(tmp_path, nid)
+    os.kill(int(nid.split("-")[1]), signal.SIGKILL)  # launcher gone, task still running
+    release.touch()
+    wait_until(lambda: live_group_members(task) == [])
+    status = backend.poll([nid])[nid]
+    assert status.state is state
+    assert backend.accounting([nid])[nid].exit_code == rc
 
 
 def test_restarted_controller_finds_its_jobs(backend: LocalBackend, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from hpcgear.errors import TransportError
 from hpcgear.scheduler.runner import (
-    CompletedCommand,
     CommandRunner,
+    CompletedCommand,
     SubprocessRunner,
     command_failure_message,
     scrubbed_environment,
@@ -136,7 +136,7 @@ def test_missing_program_is_a_clear_permanent_error() -> None:
     with pytest.raises(TransportError) as info:
         SubprocessRunner().run(["hpcgear-no-such-program"], timeout=5)
     assert not info.value.transient
-    assert "command not found: hpcgear-no-such-program" == info.value.message
+    assert info.value.message == "command not found: hpcgear-no-such-program"
     assert "module" in info.value.hint
 
 

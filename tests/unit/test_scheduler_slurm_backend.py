@@ -68,7 +68,7 @@ def test_submit_rejected_carries_slurms_message() -> None:
 
 def test_submit_timeout_is_ambiguous() -> None:
     runner = RecordedRunner()
-    argv = C.submit("/j/s.sbatch")
+    argv = C.build_submit("/j/s.sbatch")
     runner.add(TransportError("sbatch did not finish within 120s", argv=argv, transient=True),
                argv)
     with pytest.raises(SchedulerUnavailableError) as info:
@@ -77,7 +77,7 @@ def test_submit_timeout_is_ambiguous() -> None:
 
 
 def test_submit_socket_timeout_is_ambiguous() -> None:
-    argv = C.submit("/j/s.sbatch")
+    argv = C.build_submit("/j/s.sbatch")
     b, _ = backend(completed(argv, 1, stderr="sbatch: error: Batch job submission failed: "
                                              "Socket timed out on send/recv operation\n"))
     with pytest.raises(SchedulerUnavailableError) as info:
@@ -86,7 +86,7 @@ def test_submit_socket_timeout_is_ambiguous() -> None:
 
 
 def test_submit_success_without_id_is_ambiguous() -> None:
-    argv = C.submit("/j/s.sbatch")
+    argv = C.build_submit("/j/s.sbatch")
     b, _ = backend(completed(argv, 0, stdout="\n"))
     with pytest.raises(SchedulerUnavailableError) as info:
         b.submit("/j/s.sbatch")
@@ -94,7 +94,7 @@ def test_submit_success_without_id_is_ambiguous() -> None:
 
 
 def test_permanent_transport_error_passes_through() -> None:
-    argv = C.submit("/j/s.sbatch")
+    argv = C.build_submit("/j/s.sbatch")
     runner = RecordedRunner()
     runner.add(TransportError("command not found: sbatch", argv=argv), argv)
     with pytest.raises(TransportError):
@@ -147,10 +147,10 @@ def test_poll_splits_when_squeue_rejects_a_list() -> None:
     good_id = good.split("|", 1)[0]
     runner = RecordedRunner()
     invalid = completed([], 1, stderr="slurm_load_jobs error: Invalid job id specified\n")
-    runner.add(CompletedCommand(tuple(C.squeue([good_id, "999999"])), 1, "", invalid.stderr, 0),
-               C.squeue([good_id, "999999"]))
-    runner.add(completed(C.squeue([good_id]), 0, stdout=good + "\n"))
-    runner.add(CompletedCommand(tuple(C.squeue(["999999"])), 1, "", invalid.stderr, 0))
+    runner.add(CompletedCommand(tuple(C.build_poll([good_id, "999999"])), 1, "", invalid.stderr, 0),
+               C.build_poll([good_id, "999999"]))
+    runner.add(completed(C.build_poll([good_id]), 0, stdout=good + "\n"))
+    runner.add(CompletedCommand(tuple(C.build_poll(["999999"])), 1, "", invalid.stderr, 0))
     statuses = SlurmBackend(runner).poll([good_id, "999999"])
     assert set(statuses) == {good_id}
     assert len(runner.calls) == 3
@@ -162,7 +162,7 @@ def test_poll_splits_when_squeue_rejects_a_list() -> None:
     ("squeue: error: Invalid user: nobody", False),
 ])
 def test_failed_poll_raises_never_reports_gone(stderr: str, transient: bool) -> None:
-    argv = C.squeue(["1", "2"])
+    argv = C.build_poll(["1", "2"])
     b, _ = backend(completed(argv, 1, stderr=stderr + "\n"))
     with pytest.raises(SchedulerError) as info:
         b.poll(["1", "2"])
@@ -170,7 +170,7 @@ def test_failed_poll_raises_never_reports_gone(stderr: str, transient: bool) -> 
 
 
 def test_poll_timeout_raises_transient() -> None:
-    argv = C.squeue(["1"])
+    argv = C.build_poll(["1"])
     runner = RecordedRunner()
     runner.add(TransportError("squeue did not finish", argv=argv, transient=True), argv)
     with pytest.raises(SchedulerUnavailableError) as info:
@@ -183,7 +183,7 @@ def test_poll_chunks_very_long_id_lists() -> None:
     runner = RecordedRunner()
     for start in range(0, len(ids), ID_CHUNK):
         chunk = ids[start:start + ID_CHUNK]
-        runner.add(completed(C.squeue(chunk), 0, stdout=""))
+        runner.add(completed(C.build_poll(chunk), 0, stdout=""))
     assert SlurmBackend(runner).poll(ids) == {}
     assert runner.commands() == ["squeue"] * 3
 
@@ -226,7 +226,7 @@ def test_accounting_unknown_job_is_missing() -> None:
 
 def test_accounting_falls_back_to_scontrol_without_slurmdbd() -> None:
     runner = RecordedRunner()
-    runner.add(completed(C.sacct([JOBS["failed"], "999999"]), 1,
+    runner.add(completed(C.build_accounting([JOBS["failed"], "999999"]), 1,
                          stderr="sacct: error: Slurm accounting storage is disabled\n"))
     runner.add(fx("scontrol_show_job"))
     recs = SlurmBackend(runner).accounting([JOBS["failed"], "999999"])
@@ -236,8 +236,8 @@ def test_accounting_falls_back_to_scontrol_without_slurmdbd() -> None:
 
 
 def test_accounting_failure_raises() -> None:
-    b, _ = backend(completed(C.sacct(["5"]), 1, stderr="sacct: error: slurmdbd: Connection "
-                                                        "refused\n"))
+    refused = "sacct: error: slurmdbd: Connection refused\n"
+    b, _ = backend(completed(C.build_accounting(["5"]), 1, stderr=refused))
     with pytest.raises(SchedulerUnavailableError):
         b.accounting(["5"])
 
@@ -251,7 +251,31 @@ def test_release_and_invalid_release() -> None:
     b.release(ok.argv[-1].split(","))
     with pytest.raises(SchedulerError) as info:
         b.release(["999999"])
-    assert "Invalid job id" in info.value.message
+    assert "999999 (Invalid job id specified)" in info.value.message
+
+
+def test_release_of_finished_jobs_is_idempotent() -> None:
+    rec = fx("scontrol_release_finished")  # rc=1 "Job has already finished for job N"
+    b, _ = backend(rec)
+    b.release(rec.argv[-1].split(","))
+
+
+def test_release_of_purged_jobs_names_them() -> None:
+    rec = fx("scontrol_release_purged")
+    ids = rec.argv[-1].split(",")
+    b, _ = backend(rec)
+    with pytest.raises(SchedulerError) as info:
+        b.release(ids)
+    assert all(i in info.value.message for i in ids)
+    assert not info.value.transient
+
+
+def test_release_without_per_job_lines_is_a_query_error() -> None:
+    argv = C.build_release(["5"])
+    b, _ = backend(completed(argv, 1, stderr="slurm_suspend error: Socket timed out on "
+                                             "send/recv operation\n"))
+    with pytest.raises(SchedulerUnavailableError):
+        b.release(["5"])
 
 
 def test_cancel_is_idempotent() -> None:
@@ -263,11 +287,11 @@ def test_cancel_is_idempotent() -> None:
 
 def test_cancel_ignores_already_finished_but_raises_on_real_errors() -> None:
     runner = RecordedRunner()
-    runner.add(completed(C.cancel(["5"]), 1, stderr="scancel: error: Kill job error on job id "
-                                                    "5: Job/step already completing or "
-                                                    "completed\n"))
-    runner.add(completed(C.cancel(["6"]), 1, stderr="scancel: error: Kill job error on job id "
-                                                    "6: Access/permission denied\n"))
+    prefix = "scancel: error: Kill job error on job id"
+    runner.add(completed(C.build_cancel(["5"]), 1,
+                         stderr=f"{prefix} 5: Job/step already completing or completed\n"))
+    runner.add(completed(C.build_cancel(["6"]), 1,
+                         stderr=f"{prefix} 6: Access/permission denied\n"))
     b = SlurmBackend(runner)
     b.cancel(["5"])
     with pytest.raises(SchedulerError):
@@ -280,7 +304,7 @@ def test_cancel_ignores_already_finished_but_raises_on_real_errors() -> None:
 def test_lookup_by_name_uses_squeue_and_sacct() -> None:
     runner = RecordedRunner()
     runner.add(fx("squeue_by_name"))
-    runner.add(completed(C.sacct_by_name("hpcgear-fixture-completed"), 0,
+    runner.add(completed(C.build_lookup_sacct("hpcgear-fixture-completed"), 0,
                          stdout=f"{JOBS['completed']}\n"))
     found = SlurmBackend(runner).lookup_by_name("hpcgear-fixture-completed")
     assert JOBS["completed"] in found
@@ -289,7 +313,7 @@ def test_lookup_by_name_uses_squeue_and_sacct() -> None:
 
 def test_lookup_by_name_array_gives_base_ids() -> None:
     runner = RecordedRunner()
-    runner.add(completed(C.squeue_by_name("hpcgear-fixture-array"), 0, stdout=""))
+    runner.add(completed(C.build_lookup_squeue("hpcgear-fixture-array"), 0, stdout=""))
     runner.add(fx("sacct_by_name"))
     found = SlurmBackend(runner).lookup_by_name("hpcgear-fixture-array")
     assert JOBS["array"] in found
@@ -299,13 +323,13 @@ def test_lookup_by_name_array_gives_base_ids() -> None:
 def test_lookup_without_accounting_uses_squeue_only() -> None:
     runner = RecordedRunner()
     runner.add(fx("squeue_by_name"))
-    runner.add(completed(C.sacct_by_name("hpcgear-fixture-completed"), 1,
+    runner.add(completed(C.build_lookup_sacct("hpcgear-fixture-completed"), 1,
                          stderr="sacct: error: Slurm accounting storage is disabled\n"))
     assert JOBS["completed"] in SlurmBackend(runner).lookup_by_name("hpcgear-fixture-completed")
 
 
 def test_lookup_fails_loudly_when_squeue_fails() -> None:
-    b, _ = backend(completed(C.squeue_by_name("x"), 1, stderr="Socket timed out\n"))
+    b, _ = backend(completed(C.build_lookup_squeue("x"), 1, stderr="Socket timed out\n"))
     with pytest.raises(SchedulerUnavailableError):
         b.lookup_by_name("x")
 
@@ -323,7 +347,7 @@ def test_cluster_info_and_partitions() -> None:
 def test_partitions_without_sinfo_still_work() -> None:
     runner = RecordedRunner()
     runner.add(fx("scontrol_show_partition"))
-    runner.add(completed(C.sinfo_nodes(), 1, stderr="sinfo: error: boom\n"))
+    runner.add(completed(C.build_sinfo_nodes(), 1, stderr="sinfo: error: boom\n"))
     parts = SlurmBackend(runner).partitions()
     assert parts and all(p.node_mem_max_mb is None for p in parts)
 
@@ -334,6 +358,6 @@ def test_accounting_skips_slurmdbd_placeholder_rows() -> None:
     placeholder = ("87|87|allocation|COMPLETED|0:0|1|2026-11-22T02:24:18|2026-11-22T02:24:19|"
                    "2026-11-22T02:24:20|vm|||hpcgear-dev|1|16?||None\n")
     runner = RecordedRunner()
-    runner.add(completed(C.sacct(["87"]), 0, stdout=placeholder))
+    runner.add(completed(C.build_accounting(["87"]), 0, stdout=placeholder))
     assert SlurmBackend(runner).accounting(["87"]) == {}
     assert runner.commands() == ["sacct"]

@@ -187,8 +187,8 @@ def test_sacct_array_tasks_keyed_by_task_id() -> None:
 def test_sacct_steps_take_the_max_over_steps() -> None:
     usage = parse_sacct_steps(fx("sacct_steps").stdout)
     assert usage[JOBS["timeout"]].max_rss_bytes == 396 * 1024  # 396K on the batch step
-    assert usage[JOBS["completed"]].total_cpu_seconds is not None
-    assert usage[JOBS["completed"]].total_cpu_seconds > 0
+    cpu = usage[JOBS["completed"]].total_cpu_seconds
+    assert cpu is not None and cpu > 0
     synthetic = "7||01:00.500|10\n7.batch|2G|00:30.000|10\n7.0|3M|00:45.250|8\n"
     u = parse_sacct_steps(synthetic)["7"]
     assert u.max_rss_bytes == 2 * 1024**3

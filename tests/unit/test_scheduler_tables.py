@@ -30,7 +30,7 @@ MAN_PAGE_STATES = [
 
 # squeue(1) "JOB REASON CODES" plus https://slurm.schedmd.com/job_reason_codes.html
 # ("All Reasons") and job_reason_string() in slurm_protocol_defs.c.
-DOCUMENTED_REASONS = """
+_DOCUMENTED_REASON_TEXT = """
 AccountingPolicy AccountNotAllowed AssocGrpBB AssocGrpBBMinutes AssocGrpBBRunMinutes
 AssocGrpBilling AssocGrpBillingMinutes AssocGrpBillingRunMinutes AssocGrpCpuLimit
 AssocGrpCPUMinutesLimit AssocGrpCPURunMinutesLimit AssocGrpEnergy AssocGrpEnergyMinutes
@@ -75,7 +75,8 @@ QOSMinBB QOSMinBilling QOSMinCpuNotSatisfied QOSMinEnergy QOSMinGRES QOSMinLicen
 QOSMinNode QOSMinUnknown QOSNotAllowed QOSResourceLimit QOSTimeLimit QOSUsageThreshold
 ReqNodeNotAvail Reservation ReservationDeleted Resources SchedDefer SystemFailure TimeLimit
 WaitingForScheduling BlockMaxError BlockFreeAction
-""".split()
+"""
+DOCUMENTED_REASONS = _DOCUMENTED_REASON_TEXT.split()
 
 NEVER_START = [
     "PartitionTimeLimit", "PartitionNodeLimit", "PartitionConfig", "AccountNotAllowed",

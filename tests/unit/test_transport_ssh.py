@@ -9,6 +9,7 @@ tests/integration/test_ssh_transport.py.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -123,21 +124,35 @@ class FakeClient:
         self.transport.active = False
 
 
-def make(log: dict[str, Any], **kwargs: Any) -> SSHTransport:
-    return SSHTransport("login.example.org", port=2222, user="svc", key_file="/k/id",
-                        known_hosts="/k/known_hosts",
-                        client_factory=lambda: FakeClient(log),  # type: ignore[arg-type,return-value]
-                        **kwargs)
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("keys") / "id_rsa"
+    paramiko.RSAKey.generate(1024).write_private_key_file(str(path))
+    return str(path)
+
+
+Maker = Callable[..., SSHTransport]
+
+
+@pytest.fixture
+def make(key_file: str) -> Maker:
+    def _make(log: dict[str, Any], **kwargs: Any) -> SSHTransport:
+        return SSHTransport("login.example.org", port=2222, user="svc", key_file=key_file,
+                            known_hosts="/k/known_hosts",
+                            client_factory=lambda: FakeClient(log),  # type: ignore[arg-type,return-value]
+                            **kwargs)
+
+    return _make
 
 
 TRICKY = ["a b", "$(touch /tmp/hpcgear-pwned)", "; echo no", "'q'", '"d"', "*", ""]
 
 
-def test_is_a_transport() -> None:
+def test_is_a_transport(make: Maker) -> None:
     assert isinstance(make({}), Transport)
 
 
-def test_command_string_splits_back_into_the_same_argv() -> None:
+def test_command_string_splits_back_into_the_same_argv(make: Maker) -> None:
     log: dict[str, Any] = {}
     t = make(log)
     result = t.run(["printf", "%s\\n", *TRICKY], timeout=10)
@@ -148,7 +163,7 @@ def test_command_string_splits_back_into_the_same_argv() -> None:
     assert "SBATCH_*" in log["commands"][0] and "SLURM_TIME_FORMAT=standard" in log["commands"][0]
 
 
-def test_connection_settings_and_reject_policy() -> None:
+def test_connection_settings_and_reject_policy(make: Maker) -> None:
     log: dict[str, Any] = {}
     t = make(log)
     t.run(["true"], timeout=5)
@@ -157,25 +172,25 @@ def test_connection_settings_and_reject_policy() -> None:
     host, kwargs = log["connect"]
     assert host == "login.example.org"
     assert kwargs["port"] == 2222 and kwargs["username"] == "svc"
-    assert kwargs["key_filename"] == "/k/id"
+    assert isinstance(kwargs["pkey"], paramiko.PKey)
     assert kwargs["look_for_keys"] is False
     assert log["known_hosts"] == "/k/known_hosts"
     assert client.keepalive == 30
 
 
-def test_site_prefix_lines_run_remotely_first() -> None:
+def test_site_prefix_lines_run_remotely_first(make: Maker) -> None:
     t = make({}, prefix_lines=["export SITE_MOD=ok"])
     result = t.run(["sh", "-c", 'echo "$SITE_MOD"'], timeout=10)
     assert result.stdout == "ok\n"
 
 
-def test_stdin_exit_code_and_stderr() -> None:
+def test_stdin_exit_code_and_stderr(make: Maker) -> None:
     t = make({})
     result = t.run(["sh", "-c", "cat; echo oops >&2; exit 4"], timeout=10, input="in\n")
     assert (result.returncode, result.stdout, result.stderr) == (4, "in\n", "oops\n")
 
 
-def test_unknown_host_names_the_fix() -> None:
+def test_unknown_host_names_the_fix(make: Maker) -> None:
     log = {"connect_error": paramiko.SSHException(
         "Server '[login.example.org]:2222' not found in known_hosts")}
     with pytest.raises(TransportError) as info:
@@ -186,15 +201,15 @@ def test_unknown_host_names_the_fix() -> None:
     assert "ssh-keyscan -p 2222 login.example.org >> /k/known_hosts" in err.hint
 
 
-def test_changed_host_key_is_refused() -> None:
-    bad = paramiko.BadHostKeyException("login.example.org", _FakeKey(), _FakeKey())
+def test_changed_host_key_is_refused(make: Maker) -> None:
+    bad = paramiko.BadHostKeyException("login.example.org", _FakeKey(), _FakeKey())  # type: ignore[arg-type]
     with pytest.raises(TransportError) as info:
         make({"connect_error": bad}).run(["true"], timeout=5)
     assert "does not match known_hosts" in info.value.message
     assert not info.value.transient
 
 
-def test_auth_failure_is_permanent_with_a_hint() -> None:
+def test_auth_failure_is_permanent_with_a_hint(make: Maker) -> None:
     log = {"connect_error": paramiko.AuthenticationException("Authentication failed.")}
     with pytest.raises(TransportError) as info:
         make(log).run(["true"], timeout=5)
@@ -202,14 +217,14 @@ def test_auth_failure_is_permanent_with_a_hint() -> None:
     assert "authorized_keys" in info.value.hint
 
 
-def test_unreachable_host_is_transient() -> None:
+def test_unreachable_host_is_transient(make: Maker) -> None:
     log = {"connect_error": ConnectionRefusedError(111, "Connection refused")}
     with pytest.raises(TransportError) as info:
         make(log).run(["true"], timeout=5)
     assert info.value.transient
 
 
-def test_dropped_connection_is_reopened() -> None:
+def test_dropped_connection_is_reopened(make: Maker) -> None:
     log: dict[str, Any] = {}
     t = make(log)
     assert t.run(["echo", "1"], timeout=5).stdout == "1\n"
@@ -218,14 +233,14 @@ def test_dropped_connection_is_reopened() -> None:
     assert len(log["clients"]) == 2
 
 
-def test_session_open_failure_reconnects_once() -> None:
+def test_session_open_failure_reconnects_once(make: Maker) -> None:
     log: dict[str, Any] = {"open_failures": 1}
     t = make(log)
     assert t.run(["echo", "ok"], timeout=5).stdout == "ok\n"
     assert len(log["clients"]) == 2
 
 
-def test_timeout_is_transient() -> None:
+def test_timeout_is_transient(make: Maker) -> None:
     t = make({"hang": True})
     with pytest.raises(TransportError) as info:
         t.run(["sleep", "100"], timeout=0.3)
@@ -239,3 +254,12 @@ class _FakeKey:
 
     def get_base64(self) -> str:
         return "AAAA"
+
+
+def test_unreadable_key_is_a_clear_error(tmp_path: Any) -> None:
+    bad = tmp_path / "id_bad"
+    bad.write_text("not a key\n")
+    t = SSHTransport("h", key_file=bad, client_factory=lambda: FakeClient({}))  # type: ignore[arg-type,return-value]
+    with pytest.raises(TransportError) as info:
+        t.run(["true"], timeout=5)
+    assert str(bad) in info.value.message and not info.value.transient

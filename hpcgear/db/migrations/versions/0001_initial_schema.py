@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 02:09:03.761157
+Create Date: 2026-11-22 02:26:32.466252
 """
 
 from __future__ import annotations
@@ -226,12 +226,25 @@ def upgrade() -> None:
         sa.Column("origin_type", sa.String(length=16), nullable=False),
         sa.Column("origin_id", sa.String(length=64), nullable=False),
         sa.Column("dedupe_key", sa.String(length=80), nullable=True),
+        sa.Column("rule_id", sa.Integer(), nullable=True),
+        sa.Column("script_sha256", sa.String(length=80), nullable=True),
+        sa.Column("array_id", sa.String(length=64), nullable=True),
+        sa.Column(
+            "scheduler_info",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("submitted", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("started", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
         sa.Column("modified", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["gear_id"], ["gears.id"], name=op.f("fk_jobs_gear_id_gears")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_jobs_array_id"), ["array_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_dedupe_key"), ["dedupe_key"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_jobs_destination_id"), ["destination_id"], unique=False
@@ -239,6 +252,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_jobs_native_id"), ["native_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_previous_id"), ["previous_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_project_id"), ["project_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_jobs_rule_id"), ["rule_id"], unique=False)
         batch_op.create_index("ix_jobs_state_site", ["state", "site"], unique=False)
 
     op.create_table(
@@ -343,11 +357,13 @@ def downgrade() -> None:
     op.drop_table("roles")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_state_site")
+        batch_op.drop_index(batch_op.f("ix_jobs_rule_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_project_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_previous_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_native_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_destination_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_dedupe_key"))
+        batch_op.drop_index(batch_op.f("ix_jobs_array_id"))
 
     op.drop_table("jobs")
     op.drop_table("gear_rules")

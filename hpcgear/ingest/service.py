@@ -1,0 +1,1047 @@
+"""Ingest services: DICOM and NIfTI folders into the hierarchy, and re-classification.
+
+Like every service, these take the SQLAlchemy session, the object store and the
+acting user, and check roles before anything is written: read-write on every
+project a study is routed to. Unlike the hierarchy services they **commit the
+session themselves after each series** (DICOM) or image (NIfTI), so an
+interrupted ingest keeps what it finished and a rerun continues: sessions and
+acquisitions are found again by their natural keys (StudyInstanceUID,
+SeriesInstanceUID) and a series whose content is unchanged is left alone (no new
+version, no change-log row).
+
+Unroutable studies go to the group's ``Unsorted`` project with the reason in
+``session.info.hpcgear.unsorted_reason``; they are never dropped. The Unsorted
+project is created on first use only when the acting user is an admin of the
+group (or a site admin); otherwise the ingest stops before storing anything and
+says who can create it. Writing into Unsorted needs read-write there like any
+project, so the fallback grants nobody extra access.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import tempfile
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import ChangeLog, Container, File, FileVersion
+from hpcgear.errors import HpcgearError, IngestError, InvalidInputError, NotFoundError
+from hpcgear.hierarchy.paths import LEVELS, check_group_id
+from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
+from hpcgear.hierarchy.service import (
+    _create_child,
+    add_file_version,
+    apply_file_metadata,
+    container_path,
+    create_project,
+    guess_file_type,
+    resolve_container,
+)
+from hpcgear.ingest.classifier import CLASSIFIER_VERSION, classify
+from hpcgear.ingest.deid import DeidProfile
+from hpcgear.ingest.dicom import (
+    DEID_FAILED,
+    DUPLICATE,
+    UNREADABLE,
+    ZIP_SUFFIX,
+    BuiltZip,
+    DicomInstance,
+    ProgressCallback,
+    ProgressEvent,
+    SkippedFile,
+    build_series_zip,
+    group_instances,
+    scan_dicom,
+    series_label,
+)
+from hpcgear.ingest.nifti import NiftiImage, bids_classification, image_stem, scan_nifti
+from hpcgear.ingest.report import FileOutcome, IngestReport, SessionOutcome
+from hpcgear.ingest.routing import RoutingRules, clean_label, route_study
+from hpcgear.storage.objects import ObjectStore, sha256_file
+
+logger = logging.getLogger(__name__)
+
+UNSORTED_PROJECT = "Unsorted"
+NIFTI_DEFAULT_SESSION = "default"
+NO_SUBJECT = "no_subject"
+MAX_RETRIES = 3
+STUDY_INFO_FIELDS = ("StudyDescription", "StudyDate", "StudyTime")
+
+
+# ------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True, slots=True)
+class DicomIngestOptions:
+    """What ``hpcgear ingest dicom`` was asked to do."""
+
+    group: str
+    routing: RoutingRules = field(default_factory=RoutingRules)
+    profile: DeidProfile | None = None
+    jobs: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class NiftiIngestOptions:
+    """What ``hpcgear ingest nifti`` was asked to do (the project is required)."""
+
+    group: str
+    project: str | None = None
+    subject: str | None = None
+    session: str | None = None
+    jobs: int = 4
+
+
+def check_dicom_keyword(name: str, what: str) -> str:
+    """``name`` if it is a DICOM keyword, else InvalidInputError with close matches."""
+    from pydicom.datadict import keyword_dict, tag_for_keyword
+
+    if tag_for_keyword(name) is not None:
+        return name
+    close = difflib.get_close_matches(name, list(keyword_dict), n=3)
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else "use a DICOM keyword such as AccessionNumber"
+    )
+    raise InvalidInputError(f"{what} {name!r} is not a DICOM keyword", hint)
+
+
+def _check_options(group: str, jobs: int, labels: dict[str, str | None]) -> None:
+    check_group_id(group)
+    if jobs < 1:
+        raise InvalidInputError(f"--jobs must be at least 1, not {jobs}", "e.g. --jobs 4")
+    for level, value in labels.items():
+        if value is not None and clean_label(value) != value:
+            raise InvalidInputError(
+                f"--{level} {value!r} is not a valid label",
+                "labels are non-empty, without '/', control characters or edge spaces",
+            )
+
+
+# ------------------------------------------------------------ hierarchy bits
+
+
+def _group(session: Session, group_id: str) -> Container:
+    return resolve_container(session, group_id, max_depth=1)
+
+
+def find_project(session: Session, group: Container, label: str) -> Container | None:
+    """A project of ``group`` by label: exact, else the only case-insensitive match.
+
+    Scanner consoles often upper-case what operators type; an exact match wins,
+    and a case-insensitive one is used only when it is unambiguous.
+    """
+    rows = session.scalars(
+        select(Container).where(Container.parent_id == group.id, Container.type == "project")
+    ).all()
+    for row in rows:
+        if row.label == label:
+            return row
+    folded = [r for r in rows if r.label.casefold() == label.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def find_by_natural_key(
+    session: Session, project_id: str, ctype: str, key: str
+) -> Container | None:
+    """A session/acquisition of a project by natural key (StudyInstanceUID, ...)."""
+    return session.scalar(
+        select(Container).where(
+            Container.project_id == project_id,
+            Container.type == ctype,
+            Container.natural_key == key,
+        )
+    )
+
+
+def _child(session: Session, parent: Container, label: str) -> Container | None:
+    return session.scalar(
+        select(Container).where(
+            Container.parent_id == parent.id,
+            Container.label_key == label,
+            Container.type != "analysis",
+        )
+    )
+
+
+def _keyed_child(
+    session: Session,
+    parent: Container,
+    ctype: str,
+    label: str,
+    key: str,
+    actor: str,
+    info: dict[str, Any],
+) -> tuple[Container, bool]:
+    """Find (by natural key) or create a session/acquisition under ``parent``.
+
+    A sibling with the same label and no natural key (made by a plain upload) is
+    adopted; one with another natural key is a different study/series, so the
+    new one gets ``<label>-2``, ``-3``, ... (stable across reruns, which find it
+    by key).
+    """
+    assert parent.project_id is not None
+    found = find_by_natural_key(session, parent.project_id, ctype, key)
+    if found is not None:
+        return found, False
+    candidate = label
+    for n in range(2, 1000):
+        existing = _child(session, parent, candidate)
+        if existing is None:
+            return (
+                _create_child(session, parent, ctype, candidate, actor, natural_key=key, info=info),
+                True,
+            )
+        if existing.type == ctype and existing.natural_key is None:
+            existing.natural_key = key
+            session.add(ChangeLog(kind="container.meta", container_id=existing.id, actor=actor))
+            session.flush()
+            return existing, False
+        candidate = f"{label}-{n}"
+    raise IngestError(
+        f"too many {ctype}s labelled {label!r} under {parent.label!r}",
+        "route the studies to distinct sessions",
+    )
+
+
+def _labelled_child(
+    session: Session, parent: Container, ctype: str, label: str, actor: str
+) -> tuple[Container, bool]:
+    existing = _child(session, parent, label)
+    if existing is not None:
+        if existing.type != ctype:
+            raise IngestError(
+                f"{label!r} under {parent.label!r} is a {existing.type}, not a {ctype}",
+                "choose another label",
+            )
+        return existing, False
+    return _create_child(session, parent, ctype, label, actor), True
+
+
+def _ensure_unsorted(
+    session: Session, actor: str, group: Container, *, create: bool
+) -> Container | None:
+    existing = _child(session, group, UNSORTED_PROJECT)
+    if existing is not None:
+        return existing
+    require_role(
+        session,
+        actor,
+        group,
+        RoleName.ADMIN,
+        f"creating the {UNSORTED_PROJECT} project for studies that cannot be routed",
+    )
+    if not create:
+        return None
+    project = create_project(session, actor, f"{group.id}/{UNSORTED_PROJECT}")
+    project.info = {"hpcgear": {"purpose": "studies ingest could not route"}}
+    session.commit()
+    return project
+
+
+def _current_version(session: Session, row: File) -> FileVersion | None:
+    return session.scalar(
+        select(FileVersion).where(
+            FileVersion.file_id == row.id, FileVersion.version == row.current_version
+        )
+    )
+
+
+# ---------------------------------------------------------------- DICOM plan
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSeries:
+    series_uid: str
+    natural_key: str
+    label: str
+    file_name: str
+    instances: tuple[DicomInstance, ...]
+    header: dict[str, Any]
+    classification: dict[str, list[str]]
+
+    @property
+    def modality(self) -> str | None:
+        value = self.header.get("Modality")
+        return str(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStudy:
+    study_uid: str
+    natural_key: str
+    project: str
+    subject: str
+    session: str
+    unsorted_reason: str | None
+    routing: dict[str, str]
+    info: dict[str, Any]
+    series: tuple[PlannedSeries, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DicomPlan:
+    group: str
+    studies: tuple[PlannedStudy, ...]
+    skipped: tuple[SkippedFile, ...]
+    files_seen: int
+
+    @property
+    def needs_unsorted(self) -> bool:
+        return any(s.unsorted_reason for s in self.studies)
+
+
+def _series_order(item: tuple[str, list[DicomInstance]]) -> tuple[bool, int, str]:
+    n = item[1][0].series_number
+    return (n is None, n if n is not None else 0, item[0])
+
+
+def plan_dicom(
+    session: Session,
+    actor: str,
+    root: Path,
+    options: DicomIngestOptions,
+    *,
+    progress: ProgressCallback | None = None,
+) -> DicomPlan:
+    """Scan ``root`` and decide where every study and series goes (writes nothing)."""
+    rules = options.routing
+    _check_options(
+        options.group,
+        options.jobs,
+        {"project": rules.project, "subject": rules.subject, "session": rules.session},
+    )
+    for name in rules.header_fields:
+        check_dicom_keyword(name, "routing field")
+    rules.compiled()
+    get_actor(session, actor)
+    group = _group(session, options.group)
+    if rules.project is not None and find_project(session, group, rules.project) is None:
+        raise NotFoundError(
+            f"project {rules.project!r} does not exist in group {group.id!r}",
+            f"a group admin creates it: `hpcgear project create {group.id}/{rules.project}`",
+        )
+    scan = scan_dicom(
+        Path(root),
+        route_fields=rules.header_fields,
+        profile=options.profile,
+        jobs=options.jobs,
+        progress=progress,
+    )
+    studies: list[PlannedStudy] = []
+    for study_uid, series_map in group_instances(scan.instances).items():
+        ordered = sorted(series_map.items(), key=_series_order)
+        first = ordered[0][1][0]
+        route = route_study(first.routing, group.id, rules)
+        reason: str | None = None
+        project_label = UNSORTED_PROJECT
+        if route.project is None:
+            reason = "; ".join(route.problems) or "no project was named for this study"
+        else:
+            project = find_project(session, group, route.project)
+            if project is None:
+                reason = (
+                    f"project {route.project!r} (from {route.sources.get('project')}) "
+                    f"does not exist in group {group.id!r}"
+                )
+            else:
+                project_label = project.label
+        subject = route.subject or first.fallback_subject or "unknown"
+        session_label = route.session or first.fallback_session or f"study-{first.study_key[-12:]}"
+        planned_series = []
+        for series_uid, members in ordered:
+            head = members[0]
+            label = series_label(head.series_number, head.header)
+            planned_series.append(
+                PlannedSeries(
+                    series_uid=series_uid,
+                    natural_key=head.series_key,
+                    label=label,
+                    file_name=f"{label}{ZIP_SUFFIX}",
+                    instances=tuple(members),
+                    header=dict(head.header),
+                    classification=classify(head.header),
+                )
+            )
+        info: dict[str, Any] = {k: first.header[k] for k in STUDY_INFO_FIELDS if k in first.header}
+        hp: dict[str, Any] = {"ingest": "dicom", "routing": dict(route.sources)}
+        if reason is not None:
+            hp["unsorted_reason"] = reason
+        info["hpcgear"] = hp
+        studies.append(
+            PlannedStudy(
+                study_uid=study_uid,
+                natural_key=first.study_key,
+                project=project_label,
+                subject=subject,
+                session=session_label,
+                unsorted_reason=reason,
+                routing=dict(route.sources),
+                info=info,
+                series=tuple(planned_series),
+            )
+        )
+    studies.sort(key=lambda s: (s.project, s.subject, s.session, s.study_uid))
+    return DicomPlan(group.id, tuple(studies), tuple(scan.skipped), scan.files_seen)
+
+
+def _check_write_access(
+    session: Session, actor: str, group: Container, labels: Sequence[str]
+) -> dict[str, Container]:
+    projects: dict[str, Container] = {}
+    for label in sorted(set(labels)):
+        project = find_project(session, group, label)
+        if project is None:
+            continue  # Unsorted, not created yet (its creation checks admin)
+        require_role(session, actor, project, RoleName.READ_WRITE, "ingesting")
+        projects[label] = project
+    return projects
+
+
+# ------------------------------------------------------------- DICOM ingest
+
+
+def ingest_dicom(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    root: Path,
+    options: DicomIngestOptions,
+    *,
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest every DICOM file under ``root`` into group ``options.group``.
+
+    Headers are read in ``options.jobs`` threads; each study becomes a session
+    (natural key StudyInstanceUID) and each series an acquisition (natural key
+    SeriesInstanceUID) holding one reproducible ``<n> - <description>.dicom.zip``.
+    Routing reads the original header; de-identification (``options.profile``)
+    is applied to every instance before anything is stored, and to the header
+    fields kept as info. With ``dry_run`` nothing is written: the report lists
+    what would be created and which files would be skipped.
+
+    Commits after each series (see the module docstring). Raises
+    PermissionDeniedError before storing anything when the actor cannot write
+    to a target project (or create the Unsorted project when one is needed).
+    """
+    plan = plan_dicom(session, actor, root, options, progress=progress)
+    group = _group(session, plan.group)
+    report = IngestReport(kind="dicom", group=group.id, dry_run=dry_run, files_seen=plan.files_seen)
+    report.skipped.extend(plan.skipped)
+    projects = _check_write_access(session, actor, group, [s.project for s in plan.studies])
+    if plan.needs_unsorted and UNSORTED_PROJECT not in projects:
+        unsorted = _ensure_unsorted(session, actor, group, create=not dry_run)
+        if unsorted is None:
+            report.notes.append(f"would create project {group.id}/{UNSORTED_PROJECT}")
+        else:
+            report.created_containers += 1
+            report.notes.append(f"created project {group.id}/{UNSORTED_PROJECT}")
+            require_role(session, actor, unsorted, RoleName.READ_WRITE, "ingesting")
+            projects[UNSORTED_PROJECT] = unsorted
+    if dry_run:
+        _describe_plan(session, plan, projects, report)
+        return report
+    _execute_plan(session, store, actor, plan, projects, options, report, progress)
+    report.skipped.sort(key=lambda s: s.path)
+    return report
+
+
+def _describe_plan(
+    session: Session, plan: DicomPlan, projects: dict[str, Container], report: IngestReport
+) -> None:
+    for study in plan.studies:
+        project = projects.get(study.project)
+        existing = (
+            find_by_natural_key(session, project.id, "session", study.natural_key)
+            if project is not None
+            else None
+        )
+        path = (
+            container_path(session, existing)
+            if existing is not None
+            else f"{plan.group}/{study.project}/{study.subject}/{study.session}"
+        )
+        report.sessions.append(
+            SessionOutcome(
+                path=path,
+                status="existing" if existing is not None else "new",
+                natural_key=study.natural_key,
+                unsorted_reason=study.unsorted_reason,
+                routing=study.routing,
+            )
+        )
+        for series in study.series:
+            acq = (
+                find_by_natural_key(session, project.id, "acquisition", series.natural_key)
+                if project is not None
+                else None
+            )
+            container = (
+                container_path(session, acq) if acq is not None else f"{path}/{series.label}"
+            )
+            report.files.append(
+                FileOutcome(
+                    container=container,
+                    name=series.file_name,
+                    status="planned",
+                    type="dicom",
+                    members=len(series.instances),
+                    modality=series.modality,
+                    classification=series.classification,
+                    sources=tuple(i.rel for i in series.instances),
+                )
+            )
+
+
+def _file_metadata(series: PlannedSeries, built: BuiltZip) -> dict[str, Any]:
+    hp: dict[str, Any] = {
+        "classifier_version": CLASSIFIER_VERSION,
+        "members_sha256": built.members_sha256,
+        "instances": built.members,
+    }
+    if built.deid is not None:
+        hp["deid"] = built.deid
+    return {
+        "type": "dicom",
+        "modality": series.modality,
+        "classification": series.classification,
+        "info": {**series.header, "hpcgear": hp},
+    }
+
+
+def _build(series: PlannedSeries, dest: Path, profile: DeidProfile | None) -> BuiltZip:
+    return build_series_zip(series.instances, dest, series.label, profile)
+
+
+def _execute_plan(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    plan: DicomPlan,
+    projects: dict[str, Container],
+    options: DicomIngestOptions,
+    report: IngestReport,
+    progress: ProgressCallback | None,
+) -> None:
+    work = [(study, series) for study in plan.studies for series in study.series]
+    total = sum(len(series.instances) for _st, series in work)
+    done = 0
+    seen_sessions: dict[str, SessionOutcome] = {}
+    store.ensure()
+    window = max(2, options.jobs * 2)
+    with (
+        tempfile.TemporaryDirectory(prefix="ingest-", dir=store.tmp) as tmp,
+        ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="dicom-zip") as pool,
+    ):
+        queue: deque[tuple[PlannedStudy, PlannedSeries, Future[BuiltZip]]] = deque()
+        items = iter(enumerate(work))
+
+        def submit_next() -> None:
+            nxt = next(items, None)
+            if nxt is not None:
+                i, (study, series) = nxt
+                dest = Path(tmp) / f"{i:07d}.zip"
+                queue.append((study, series, pool.submit(_build, series, dest, options.profile)))
+
+        for _ in range(window):
+            submit_next()
+        try:
+            while queue:
+                study, series, future = queue.popleft()
+                submit_next()
+                try:
+                    built = future.result()
+                except HpcgearError as exc:
+                    reason = DEID_FAILED if options.profile is not None else UNREADABLE
+                    _skip_series(report, series, reason, exc.message)
+                    continue
+                except Exception as exc:  # pydicom on a file that changed or is corrupt
+                    reason = DEID_FAILED if options.profile is not None else UNREADABLE
+                    _skip_series(report, series, reason, f"{type(exc).__name__}: {exc}")
+                    continue
+                try:
+                    outcome = _store_series(
+                        session,
+                        store,
+                        actor,
+                        projects[study.project],
+                        study,
+                        series,
+                        built,
+                        report,
+                        seen_sessions,
+                    )
+                finally:
+                    built.path.unlink(missing_ok=True)
+                report.files.append(outcome)
+                done += len(series.instances)
+                if progress is not None:
+                    progress(ProgressEvent("store", done, total))
+        except BaseException:
+            for _study, _series, future in queue:
+                future.cancel()
+            raise
+    report.sessions.extend(seen_sessions.values())
+
+
+def _skip_series(report: IngestReport, series: PlannedSeries, reason: str, detail: str) -> None:
+    logger.warning("series %s not stored: %s", series.label, detail)
+    for inst in series.instances:
+        report.skipped.append(
+            SkippedFile(inst.rel, reason, f"series {series.label!r} not stored: {detail}")
+        )
+
+
+def _store_series(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    project: Container,
+    study: PlannedStudy,
+    series: PlannedSeries,
+    built: BuiltZip,
+    report: IngestReport,
+    seen_sessions: dict[str, SessionOutcome],
+) -> FileOutcome:
+    """One series in one transaction (retried when a concurrent ingest raced us)."""
+    for attempt in range(1, MAX_RETRIES + 1):
+        try:
+            outcome, created = _store_series_once(
+                session, store, actor, project, study, series, built, seen_sessions
+            )
+            session.commit()
+            report.created_containers += created
+            return outcome
+        except IntegrityError:
+            session.rollback()
+            if attempt == MAX_RETRIES:
+                raise
+            logger.info("series %s: concurrent change, retrying (%d)", series.label, attempt)
+    raise AssertionError("unreachable")
+
+
+def _store_series_once(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    project: Container,
+    study: PlannedStudy,
+    series: PlannedSeries,
+    built: BuiltZip,
+    seen_sessions: dict[str, SessionOutcome],
+) -> tuple[FileOutcome, int]:
+    created = 0
+    project = session.get(Container, project.id) or project
+    sess = find_by_natural_key(session, project.id, "session", study.natural_key)
+    sess_status = "existing"
+    if sess is None:
+        subject, new_subject = _labelled_child(session, project, "subject", study.subject, actor)
+        created += new_subject
+        sess, new_session = _keyed_child(
+            session, subject, "session", study.session, study.natural_key, actor, study.info
+        )
+        created += new_session
+        sess_status = "new" if new_session else "existing"
+    if study.natural_key not in seen_sessions:
+        seen_sessions[study.natural_key] = SessionOutcome(
+            path=container_path(session, sess),
+            status=sess_status,
+            natural_key=study.natural_key,
+            unsorted_reason=study.unsorted_reason,
+            routing=study.routing,
+        )
+    acq, new_acq = _keyed_child(
+        session, sess, "acquisition", series.label, series.natural_key, actor, series.header
+    )
+    created += new_acq
+    acq_path = container_path(session, acq)
+    row = session.scalar(
+        select(File).where(File.container_id == acq.id, File.name == series.file_name)
+    )
+    if row is not None:
+        stored = ((row.info or {}).get("hpcgear") or {}).get("members_sha256")
+        current = _current_version(session, row)
+        if stored == built.members_sha256 and current is not None:
+            return (
+                FileOutcome(
+                    container=acq_path,
+                    name=row.name,
+                    status="unchanged",
+                    type=row.type,
+                    version=current.version,
+                    hash=current.hash,
+                    size=current.size,
+                    members=built.members,
+                    modality=row.modality,
+                    classification=dict(row.classification or {}),
+                ),
+                created,
+            )
+    obj = store.put_file(built.path)
+    result = add_file_version(
+        session,
+        acq,
+        series.file_name,
+        obj.hash,
+        obj.size,
+        actor,
+        origin_type="ingest",
+        origin_id=actor,
+        metadata=_file_metadata(series, built),
+    )
+    status = (
+        "unchanged" if not result.created else ("new" if result.version == 1 else "new_version")
+    )
+    return (
+        FileOutcome(
+            container=acq_path,
+            name=series.file_name,
+            status=status,
+            type="dicom",
+            version=result.version,
+            hash=result.hash,
+            size=result.size,
+            members=built.members,
+            modality=series.modality,
+            classification=series.classification,
+        ),
+        created,
+    )
+
+
+# -------------------------------------------------------------- NIfTI ingest
+
+
+@dataclass(frozen=True, slots=True)
+class _NiftiTarget:
+    image: NiftiImage
+    subject: str
+    session: str
+    acquisition: str
+
+
+def _nifti_target(image: NiftiImage, options: NiftiIngestOptions) -> _NiftiTarget | SkippedFile:
+    bids = image.bids
+    subject = options.subject or (bids.subject if bids else None)
+    if subject is None:
+        return SkippedFile(
+            image.rel, NO_SUBJECT, "not a BIDS name (sub-XX_..._suffix.nii[.gz]) and no --subject"
+        )
+    session_label = options.session or (bids.session if bids and bids.session else None)
+    if bids is not None:
+        acquisition = bids.datatype or bids.suffix
+    else:
+        acquisition = clean_label(image_stem(image.path.name)) or "nifti"
+    return _NiftiTarget(
+        image=image,
+        subject=subject,
+        session=session_label or NIFTI_DEFAULT_SESSION,
+        acquisition=acquisition,
+    )
+
+
+def _nifti_metadata(image: NiftiImage) -> dict[str, Any]:
+    info: dict[str, Any] = dict(image.sidecar_info)
+    info["nifti"] = image.facts
+    if image.bids is not None:
+        info["BIDS"] = {
+            "Filename": image.path.name,
+            "Folder": image.bids.datatype or "",
+            "Subject": image.bids.subject,
+            "Session": image.bids.session or "",
+            "Suffix": image.bids.suffix,
+            "Entities": dict(image.bids.entities),
+        }
+    info["hpcgear"] = {"ingest": "nifti"}
+    meta: dict[str, Any] = {"type": "nifti", "info": info}
+    if image.modality:
+        meta["modality"] = image.modality
+    classification = bids_classification(image.bids)
+    if classification:
+        meta["classification"] = classification
+    return meta
+
+
+def ingest_nifti(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    root: Path,
+    options: NiftiIngestOptions,
+    *,
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest NIfTI images (and their .json/.bval/.bvec sidecars) under ``root``.
+
+    Placement: ``--subject/--session`` when given, else the BIDS entities
+    (``sub-XX`` / ``ses-YY``, session ``default`` when the name has none); the
+    acquisition is the BIDS datatype folder (``anat``, ``func``...), else the
+    BIDS suffix, else the file stem. Header facts go to ``info.nifti`` and the
+    JSON sidecar's keys to the image's ``info``. Commits after each image.
+    """
+    _check_options(
+        options.group,
+        options.jobs,
+        {"project": options.project, "subject": options.subject, "session": options.session},
+    )
+    if not options.project:
+        raise InvalidInputError(
+            "NIfTI ingest needs --project", "NIfTI files carry no routing fields; name the project"
+        )
+    get_actor(session, actor)
+    group = _group(session, options.group)
+    project = find_project(session, group, options.project)
+    if project is None:
+        raise NotFoundError(
+            f"project {options.project!r} does not exist in group {group.id!r}",
+            f"a group admin creates it: `hpcgear project create {group.id}/{options.project}`",
+        )
+    require_role(session, actor, project, RoleName.READ_WRITE, "ingesting")
+    scan = scan_nifti(Path(root), jobs=options.jobs, progress=progress)
+    report = IngestReport(kind="nifti", group=group.id, dry_run=dry_run, files_seen=scan.files_seen)
+    report.skipped.extend(scan.skipped)
+    targets: list[_NiftiTarget] = []
+    seen: dict[tuple[str, str, str, str], str] = {}
+    for image in scan.images:
+        target = _nifti_target(image, options)
+        if isinstance(target, SkippedFile):
+            report.skipped.append(target)
+            continue
+        names = [image.path.name, *(p.name for p in image.sidecars)]
+        clash = next(
+            (
+                seen[(target.subject, target.session, target.acquisition, n)]
+                for n in names
+                if (target.subject, target.session, target.acquisition, n) in seen
+            ),
+            None,
+        )
+        if clash is not None:
+            report.skipped.append(
+                SkippedFile(image.rel, DUPLICATE, f"same name and place as {clash}")
+            )
+            continue
+        for n in names:
+            seen[(target.subject, target.session, target.acquisition, n)] = image.rel
+        targets.append(target)
+    base = f"{group.id}/{project.label}"
+    sessions: dict[str, SessionOutcome] = {}
+    total = sum(1 + len(t.image.sidecars) for t in targets)
+    done = 0
+    for t in targets:
+        sess_path = f"{base}/{t.subject}/{t.session}"
+        container = f"{sess_path}/{t.acquisition}"
+        if dry_run:
+            exists = _exists(session, project, [t.subject, t.session])
+            sessions.setdefault(
+                sess_path, SessionOutcome(sess_path, "existing" if exists else "new")
+            )
+            for p in (t.image.path, *t.image.sidecars):
+                report.files.append(
+                    FileOutcome(
+                        container=container,
+                        name=p.name,
+                        status="planned",
+                        type="nifti" if p == t.image.path else guess_file_type(p.name),
+                        sources=(t.image.rel,),
+                        modality=t.image.modality,
+                        classification=bids_classification(t.image.bids)
+                        if p == t.image.path
+                        else {},
+                    )
+                )
+            continue
+        outcomes = _store_nifti(session, store, actor, project, t, report, sessions, sess_path)
+        report.files.extend(outcomes)
+        done += len(outcomes)
+        if progress is not None:
+            progress(ProgressEvent("store", done, total))
+    report.sessions.extend(sessions.values())
+    report.skipped.sort(key=lambda s: s.path)
+    return report
+
+
+def _exists(session: Session, project: Container, labels: Sequence[str]) -> bool:
+    node: Container | None = project
+    for label in labels:
+        node = _child(session, node, label) if node is not None else None
+    return node is not None
+
+
+def _store_nifti(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    project: Container,
+    t: _NiftiTarget,
+    report: IngestReport,
+    sessions: dict[str, SessionOutcome],
+    sess_path: str,
+) -> list[FileOutcome]:
+    for attempt in range(1, MAX_RETRIES + 1):
+        try:
+            created = 0
+            proj = session.get(Container, project.id) or project
+            subject, c1 = _labelled_child(session, proj, "subject", t.subject, actor)
+            sess, c2 = _labelled_child(session, subject, "session", t.session, actor)
+            acq, c3 = _labelled_child(session, sess, "acquisition", t.acquisition, actor)
+            created = c1 + c2 + c3
+            sessions.setdefault(sess_path, SessionOutcome(sess_path, "new" if c2 else "existing"))
+            container = container_path(session, acq)
+            outcomes = []
+            for p in (t.image.path, *t.image.sidecars):
+                meta: dict[str, Any] = (
+                    _nifti_metadata(t.image)
+                    if p == t.image.path
+                    else {"modality": t.image.modality}
+                    if t.image.modality
+                    else {}
+                )
+                outcomes.append(_put_plain_file(session, store, actor, acq, container, p, meta))
+            session.commit()
+            report.created_containers += created
+            return outcomes
+        except IntegrityError:
+            session.rollback()
+            if attempt == MAX_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _put_plain_file(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    acq: Container,
+    container: str,
+    path: Path,
+    meta: dict[str, Any],
+) -> FileOutcome:
+    digest = sha256_file(path)
+    row = session.scalar(select(File).where(File.container_id == acq.id, File.name == path.name))
+    if row is not None:
+        current = _current_version(session, row)
+        if current is not None and current.hash == digest:
+            return FileOutcome(
+                container=container,
+                name=row.name,
+                status="unchanged",
+                type=row.type,
+                version=current.version,
+                hash=current.hash,
+                size=current.size,
+                modality=row.modality,
+                classification=dict(row.classification or {}),
+            )
+    obj = store.put_file(path, expected=digest)
+    result = add_file_version(
+        session,
+        acq,
+        path.name,
+        obj.hash,
+        obj.size,
+        actor,
+        origin_type="ingest",
+        origin_id=actor,
+        metadata=meta or None,
+    )
+    return FileOutcome(
+        container=container,
+        name=path.name,
+        status="new" if result.version == 1 else "new_version",
+        type=meta.get("type") or guess_file_type(path.name),
+        version=result.version,
+        hash=result.hash,
+        size=result.size,
+        modality=meta.get("modality"),
+        classification=dict(meta.get("classification") or {}),
+    )
+
+
+# -------------------------------------------------------------- reclassify
+
+
+@dataclass(frozen=True, slots=True)
+class ReclassifyOutcome:
+    path: str
+    old_version: str | None
+    old: dict[str, Any]
+    new: dict[str, list[str]]
+    changed: bool
+
+
+def reclassify(
+    session: Session,
+    actor: str,
+    path: str,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+) -> list[ReclassifyOutcome]:
+    """Re-run the header classifier on DICOM files under ``path``.
+
+    Files classified by an older ``CLASSIFIER_VERSION`` (or all, with ``force``)
+    get the new classification and version; the classifier reads the header
+    fields stored in file info at ingest. Needs read-write on the project.
+    """
+    target = resolve_container(session, path, min_depth=2)
+    require_role(
+        session,
+        actor,
+        target,
+        RoleName.READ_ONLY if dry_run else RoleName.READ_WRITE,
+        "re-classifying files",
+    )
+    level_column = {
+        "project": Container.project_id,
+        "subject": Container.subject_id,
+        "session": Container.session_id,
+        "acquisition": Container.acquisition_id,
+    }.get(target.type)
+    if level_column is None:
+        raise InvalidInputError(
+            f"cannot re-classify under a {target.type}",
+            f"give a path to one of {', '.join(LEVELS[1:])}",
+        )
+    rows = session.execute(
+        select(File, Container)
+        .join(Container, Container.id == File.container_id)
+        .where(level_column == target.id, File.type == "dicom")
+        .order_by(File.container_id, File.name)
+    ).all()
+    out: list[ReclassifyOutcome] = []
+    for row, container in rows:
+        info = dict(row.info or {})
+        hp = dict(info.get("hpcgear") or {})
+        old_version = hp.get("classifier_version")
+        if not force and old_version == CLASSIFIER_VERSION:
+            continue
+        new = classify(info)
+        changed = new != (row.classification or {}) or old_version != CLASSIFIER_VERSION
+        out.append(
+            ReclassifyOutcome(
+                path=f"{container_path(session, container)}/{row.name}",
+                old_version=old_version,
+                old=dict(row.classification or {}),
+                new=new,
+                changed=changed,
+            )
+        )
+        if changed and not dry_run:
+            hp["classifier_version"] = CLASSIFIER_VERSION
+            apply_file_metadata(
+                session, row, {"classification": new, "info": {"hpcgear": hp}}, actor
+            )
+    return out

@@ -1,0 +1,516 @@
+"""DICOM ingest through the service layer, on SQLite and PostgreSQL.
+
+Test data are copies of the DICOM files that ship inside pydicom
+(``pydicom/data/test_files``), rewritten with pydicom to carry the routing
+values, UIDs and identifiers each test needs. No network.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import MetaData, func, select
+
+from hpcgear.db.models import ChangeLog, Container, File, FileVersion
+from hpcgear.errors import NotFoundError, PermissionDeniedError
+from hpcgear.hierarchy.service import add_user, create_group, create_project, grant_role
+from hpcgear.ingest.classifier import CLASSIFIER_VERSION
+from hpcgear.ingest.deid import hash_uid, hash_value, load_profile
+from hpcgear.ingest.dicom import ProgressEvent
+from hpcgear.ingest.routing import RoutingRules
+from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom, reclassify
+from hpcgear.storage.objects import ObjectStore
+
+PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
+MR_SMALL = PYDICOM_DATA / "MR_small.dcm"
+DICOMDIR_STUDY = PYDICOM_DATA / "dicomdirtests" / "98892003"
+GROUP = "imaging"
+
+
+# ------------------------------------------------------------ test data
+
+
+def uid(*parts: object) -> str:
+    """A deterministic UID per test name, so reruns produce identical files."""
+    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
+
+
+def write_series(
+    folder: Path,
+    *,
+    study: str,
+    series: str,
+    number: int,
+    description: str,
+    count: int,
+    accession: str = "",
+    patient_id: str = "PAT-001",
+    patient_name: str = "Doe^Jane",
+    extra: dict[str, Any] | None = None,
+    prefix: str | None = None,
+) -> list[Path]:
+    """``count`` instances of one series, copied from pydicom's MR_small.dcm."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        ds = pydicom.dcmread(MR_SMALL)
+        ds.StudyInstanceUID = uid("study", study)
+        ds.SeriesInstanceUID = uid("series", study, series)
+        sop = uid("sop", study, series, i)
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SeriesNumber = number
+        ds.InstanceNumber = count - i  # reverse order on disk: the zip must sort
+        ds.SeriesDescription = description
+        ds.AccessionNumber = accession
+        ds.PatientID = patient_id
+        ds.PatientName = patient_name
+        ds.PatientBirthDate = "19800101"
+        ds.StudyDate = "20200315"
+        ds.StudyTime = "101500"
+        for key, value in (extra or {}).items():
+            setattr(ds, key, value)
+        path = folder / f"{prefix or series}-{i:03d}.dcm"
+        with warnings.catch_warnings():  # "demo/sub-01/ses-01" is longer than SH allows
+            warnings.simplefilter("ignore", UserWarning)
+            ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ObjectStore:
+    return ObjectStore(tmp_path / "storage")
+
+
+@pytest.fixture
+def hier(db: Any) -> Any:
+    """Site admin ``admin``; group imaging with project demo; users rw, ro, ga."""
+    with db.session() as s:
+        add_user(s, None, "admin", site_admin=True)
+        for login in ("rw", "ro", "ga"):
+            add_user(s, "admin", login)
+        create_group(s, "admin", GROUP)
+        create_project(s, "admin", f"{GROUP}/demo")
+        grant_role(s, "admin", "rw", f"{GROUP}/demo", "read-write")
+        grant_role(s, "admin", "ro", f"{GROUP}/demo", "read-only")
+        grant_role(s, "admin", "ga", GROUP, "admin")
+    return db
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """ONE folder holding three studies and five series plus junk files."""
+    d = tmp_path / "incoming"
+    # study A: routed by the AccessionNumber convention; two series
+    write_series(d, study="A", series="t1", number=3, description="t1_mprage_sag", count=3,
+                 accession="demo/sub-01/ses-01", prefix="x1")
+    write_series(d, study="A", series="loc", number=1, description="localizer", count=2,
+                 accession="demo/sub-01/ses-01", prefix="x2")
+    # study B: names a project that does not exist -> Unsorted
+    write_series(d, study="B", series="t2", number=5, description="t2_tse_tra", count=2,
+                 accession="nosuch/sub-02/ses-01", patient_id="PAT-002", prefix="x3")
+    # study C: a fw:// value in StudyComments; AccessionNumber is a hospital number
+    write_series(d, study="C", series="bold", number=7, description="ep2d_bold_rest", count=2,
+                 accession="A123456", patient_id="PAT-003", prefix="x4",
+                 extra={"StudyComments": f"fw://{GROUP}/demo/sub-03/ses-02"})
+    write_series(d, study="C", series="dwi", number=9, description="DTI_64dir", count=1,
+                 accession="A123456", patient_id="PAT-003", prefix="x5",
+                 extra={"StudyComments": f"fw://{GROUP}/demo/sub-03/ses-02"})
+    # junk: not DICOM, truncated, no SeriesInstanceUID
+    shutil.copy(PYDICOM_DATA / "README.txt", d / "README.txt")
+    shutil.copy(PYDICOM_DATA / "MR_truncated.dcm", d / "cut.dcm")
+    ds = pydicom.dcmread(MR_SMALL)
+    del ds.SeriesInstanceUID
+    ds.save_as(d / "nouid.dcm")
+    return d
+
+
+def options(**kw: Any) -> DicomIngestOptions:
+    routing = kw.pop("routing", RoutingRules())
+    return DicomIngestOptions(group=GROUP, routing=routing, jobs=kw.pop("jobs", 2), **kw)
+
+
+def containers(db: Any) -> dict[str, Container]:
+    """Every container by its label path (group/project/...)."""
+    with db.session() as s:
+        rows = {c.id: c for c in s.scalars(select(Container))}
+    out: dict[str, Container] = {}
+    for c in rows.values():
+        parts = []
+        node: Container | None = c
+        while node is not None:
+            parts.append(node.label if node.type != "group" else node.id)
+            node = rows.get(node.parent_id) if node.parent_id else None
+        out["/".join(reversed(parts))] = c
+    return out
+
+
+def files_of(db: Any, container: Container) -> dict[str, File]:
+    with db.session() as s:
+        return {f.name: f for f in s.scalars(select(File).where(File.container_id == container.id))}
+
+
+def counts(db: Any) -> dict[str, int]:
+    with db.session() as s:
+        return {
+            m.__tablename__: int(s.scalar(select(func.count()).select_from(m)) or 0)
+            for m in (Container, File, FileVersion, ChangeLog)
+        }
+
+
+def db_snapshot(db: Any) -> dict[str, list[tuple[str, ...]]]:
+    md = MetaData()
+    md.reflect(db.engine)
+    with db.engine.connect() as conn:
+        return {
+            name: sorted(tuple(map(repr, r)) for r in conn.execute(select(t)).all())
+            for name, t in sorted(md.tables.items())
+        }
+
+
+def store_listing(store: ObjectStore) -> list[str]:
+    if not store.root.exists():
+        return []
+    return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file())
+
+
+def read_zip(store: ObjectStore, db: Any, f: File) -> list[Any]:
+    with db.session() as s:
+        fv = s.scalar(
+            select(FileVersion).where(
+                FileVersion.file_id == f.id, FileVersion.version == f.current_version
+            )
+        )
+        assert fv is not None
+    with store.open(fv.hash) as fh:
+        data = fh.read()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [pydicom.dcmread(io.BytesIO(zf.read(n))) for n in zf.namelist()]
+
+
+def run(db: Any, store: ObjectStore, root: Path, actor: str = "admin", **kw: Any) -> Any:
+    dry = kw.pop("dry_run", False)
+    progress = kw.pop("progress", None)
+    with db.session() as s:
+        return ingest_dicom(
+            s, store, actor, root, options(**kw), dry_run=dry, progress=progress
+        )
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_routing_grouping_unsorted_and_skips(hier: Any, store: ObjectStore, mixed: Path) -> None:
+    report = run(hier, store, mixed)
+    c = containers(hier)
+    # study A by AccessionNumber, study C by fw:// in StudyComments
+    a = c[f"{GROUP}/demo/sub-01/ses-01"]
+    assert a.natural_key == uid("study", "A")
+    assert a.info["hpcgear"]["routing"] == {
+        "project": "pattern", "subject": "pattern", "session": "pattern"
+    }
+    assert "unsorted_reason" not in a.info["hpcgear"]
+    cc = c[f"{GROUP}/demo/sub-03/ses-02"]
+    assert cc.info["hpcgear"]["routing"]["project"] == "fw"
+    # mixed folder split by SeriesInstanceUID, not by folder
+    acqs = {p.rsplit("/", 1)[1] for p, x in c.items() if x.type == "acquisition"}
+    assert acqs == {"1 - localizer", "3 - t1_mprage_sag", "5 - t2_tse_tra",
+                    "7 - ep2d_bold_rest", "9 - DTI_64dir"}
+    t1 = c[f"{GROUP}/demo/sub-01/ses-01/3 - t1_mprage_sag"]
+    assert t1.natural_key == uid("series", "A", "t1")
+    f = files_of(hier, t1)["3 - t1_mprage_sag.dicom.zip"]
+    assert f.type == "dicom" and f.modality == "MR"
+    assert f.classification == {"Intent": ["Structural"], "Measurement": ["T1"],
+                                "Features": ["MPRAGE", "3D", "Derived"]}
+    assert f.info["hpcgear"]["classifier_version"] == CLASSIFIER_VERSION
+    assert f.info["hpcgear"]["instances"] == 3
+    assert f.info["SeriesDescription"] == "t1_mprage_sag" and f.info["EchoTime"] == 240.0
+    assert t1.info["Manufacturer"] == "TOSHIBA_MEC"
+    members = read_zip(store, hier, f)
+    assert [int(m.InstanceNumber) for m in members] == [1, 2, 3]
+    # study B: unknown project -> Unsorted, subject/session from the pattern, reason kept
+    b = c[f"{GROUP}/Unsorted/sub-02/ses-01"]
+    assert "'nosuch'" in b.info["hpcgear"]["unsorted_reason"]
+    assert "does not exist" in b.info["hpcgear"]["unsorted_reason"]
+    # junk reported with reason codes and skipped
+    assert {(s.path, s.reason) for s in report.skipped} == {
+        ("README.txt", "not_dicom"), ("cut.dcm", "unreadable"), ("nouid.dcm", "missing_uid")
+    }
+    sm = report.summary()
+    assert sm["new"] == 5 and sm["skipped"] == 3 and sm["unsorted_sessions"] == 1
+    assert any("created project imaging/Unsorted" in n for n in report.notes)
+
+
+def test_reingest_is_a_no_op_and_interrupted_run_resumes(
+    hier: Any, store: ObjectStore, mixed: Path
+) -> None:
+    calls = {"n": 0}
+
+    def stop_after_first_series(ev: ProgressEvent) -> None:
+        if ev.phase == "store":
+            calls["n"] += 1
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(hier, store, mixed, progress=stop_after_first_series)
+    assert calls["n"] == 1
+    assert counts(hier)["file_versions"] == 1  # the first series was committed
+    first = run(hier, store, mixed)
+    assert sorted(f.status for f in first.files) == ["new"] * 4 + ["unchanged"]
+    before, objects = counts(hier), store_listing(store)
+    again = run(hier, store, mixed, jobs=1)
+    assert [f.status for f in again.files] == ["unchanged"] * 5
+    assert all(s.status == "existing" for s in again.sessions)
+    assert counts(hier) == before  # no containers, versions or change-log rows
+    assert store_listing(store) == objects
+    first_hashes = {(f.container, f.name): f.hash for f in first.files}
+    assert {(f.container, f.name): f.hash for f in again.files} == first_hashes
+
+
+def test_changed_series_makes_a_new_version(hier: Any, store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    write_series(d, study="S", series="t1", number=2, description="T1w", count=2,
+                 accession="demo/sub-01/ses-01")
+    run(hier, store, d)
+    write_series(d, study="S", series="t1", number=2, description="T1w", count=3,
+                 accession="demo/sub-01/ses-01")  # a third instance arrived late
+    report = run(hier, store, d)
+    assert [(f.status, f.version, f.members) for f in report.files] == [("new_version", 2, 3)]
+
+
+def test_options_override_header_routing(hier: Any, store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    write_series(d, study="P", series="s", number=4, description="t2_flair_tra", count=1,
+                 accession="elsewhere/x/y")
+    rules = RoutingRules(project="demo", subject="sub-09")
+    report = run(hier, store, d, routing=rules)
+    assert report.sessions[0].path == f"{GROUP}/demo/sub-09/y"
+    assert report.sessions[0].routing == {"project": "option", "subject": "option",
+                                          "session": "pattern"}
+    with pytest.raises(NotFoundError, match="'missing' does not exist"):
+        run(hier, store, d, routing=RoutingRules(project="missing"))
+
+
+def test_fallback_labels_custom_field_and_pattern(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
+    d = tmp_path / "in"
+    write_series(d, study="F", series="s", number=1, description="T1w", count=1,
+                 patient_id="PAT-777", extra={"StudyComments": "proj=demo"})
+    rules = RoutingRules(field="StudyComments", pattern=r"^proj=(?P<project>\w+)$")
+    report = run(hier, store, d, routing=rules)
+    # no subject/session in the pattern: PatientID and StudyDate_StudyTime
+    assert report.sessions[0].path == f"{GROUP}/demo/PAT-777/20200315_101500"
+    assert report.sessions[0].unsorted_reason is None
+
+
+def test_permissions_checked_before_anything_is_stored(
+    hier: Any, store: ObjectStore, mixed: Path
+) -> None:
+    snap = db_snapshot(hier)
+    with pytest.raises(PermissionDeniedError, match="read-write"):
+        run(hier, store, mixed, actor="ro")
+    # rw may write demo but may not create Unsorted (needs group admin)
+    with pytest.raises(PermissionDeniedError, match="Unsorted"):
+        run(hier, store, mixed, actor="rw")
+    assert db_snapshot(hier) == snap and store_listing(store) == []
+    # a group admin creates Unsorted on first use
+    report = run(hier, store, mixed, actor="ga")
+    assert report.summary()["new"] == 5
+    # once it exists, read-write on the group's projects is enough
+    with hier.session() as s:
+        grant_role(s, "admin", "rw", f"{GROUP}/Unsorted", "read-write")
+    assert run(hier, store, mixed, actor="rw").summary()["unchanged"] == 5
+
+
+def test_dry_run_changes_nothing_and_matches_the_real_run(
+    hier: Any, store: ObjectStore, mixed: Path
+) -> None:
+    snap = db_snapshot(hier)
+    planned = run(hier, store, mixed, dry_run=True)
+    assert db_snapshot(hier) == snap
+    assert store_listing(store) == []
+    assert {f.status for f in planned.files} == {"planned"}
+    assert any("would create project imaging/Unsorted" in n for n in planned.notes)
+    assert {s.reason for s in planned.skipped} == {"not_dicom", "unreadable", "missing_uid"}
+    real = run(hier, store, mixed)
+    assert sorted(f"{f.container}/{f.name}" for f in planned.files) == sorted(
+        f"{f.container}/{f.name}" for f in real.files
+    )
+    # a dry run after the ingest sees the existing sessions
+    again = run(hier, store, mixed, dry_run=True)
+    assert {s.status for s in again.sessions} == {"existing"}
+
+
+def test_progress_callback(hier: Any, store: ObjectStore, mixed: Path) -> None:
+    events: list[ProgressEvent] = []
+    report = run(hier, store, mixed, progress=events.append)
+    scan = [e for e in events if e.phase == "scan"]
+    stored = [e for e in events if e.phase == "store"]
+    assert [e.done for e in scan] == list(range(1, report.files_seen + 1))
+    assert {e.total for e in scan} == {report.files_seen} == {13}
+    assert [e.done for e in stored] == sorted(e.done for e in stored)
+    assert stored[-1].done == stored[-1].total == 10  # instances stored
+
+
+def test_real_multi_study_folders_are_split_by_uid(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
+    """pydicom's 98892003 tree: folders MR1/MR2/MR700 mix three studies."""
+    d = tmp_path / "in"
+    shutil.copytree(DICOMDIR_STUDY, d)
+    report = run(hier, store, d)
+    assert len(report.sessions) == 3
+    assert {s.unsorted_reason for s in report.sessions} == {
+        "AccessionNumber does not match the routing pattern"
+    }
+    angio = next(f for f in report.files if f.name.startswith("700 - "))
+    assert angio.name == "700 - ANGIO Projected from C.dicom.zip" and angio.members == 7
+    assert angio.classification["Features"][:2] == ["Angio", "MIP"]
+    pilot = [f for f in report.files if f.name == "2 - T_S_C RF FAST PILOT.dicom.zip"]
+    assert sorted(f.members or 0 for f in pilot) == [3, 3]
+    assert {f.classification["Intent"][0] for f in pilot} == {"Localizer"}
+
+
+DEID_PROFILE = """\
+name: site-deid
+description: test profile
+dicom:
+  date-increment: -10
+  patient-age-from-birthdate: true
+  patient-age-units: Y
+  remove-private-tags: true
+  salt: pepper
+  fields:
+    - name: PatientName
+      remove: true
+    - name: PatientBirthDate
+      remove: true
+    - name: PatientID
+      hash: true
+    - name: InstitutionName
+      replace-with: ANONYMIZED
+    - name: StudyDate
+      increment-date: true
+    - name: AccessionNumber
+      remove: true
+    - name: StudyInstanceUID
+      hashuid: true
+    - name: SeriesInstanceUID
+      hashuid: true
+    - name: SOPInstanceUID
+      hashuid: true
+"""
+
+
+def test_deid_profile_applied_before_storing(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
+    d = tmp_path / "in"
+    write_series(d, study="D", series="s", number=2, description="t1_mprage", count=2,
+                 accession="demo/sub-01/ses-01", patient_id="MRN-424242",
+                 patient_name="Secret^Person",
+                 extra={"InstitutionName": "General Hospital"})
+    for p in d.iterdir():  # a private tag to strip
+        ds = pydicom.dcmread(p)
+        block = ds.private_block(0x0009, "ACME", create=True)
+        block.add_new(0x01, "LO", "private secret")
+        ds.save_as(p)
+    profile_path = tmp_path / "deid.yaml"
+    profile_path.write_text(DEID_PROFILE)
+    profile = load_profile(profile_path)
+    report = run(hier, store, d, profile=profile)
+    # routed by AccessionNumber although the profile removes it (read before de-id)
+    sess = containers(hier)[f"{GROUP}/demo/sub-01/ses-01"]
+    assert sess.natural_key == hash_uid("pepper", uid("study", "D"))
+    acq = containers(hier)[f"{GROUP}/demo/sub-01/ses-01/2 - t1_mprage"]
+    assert acq.natural_key == hash_uid("pepper", uid("series", "D", "s"))
+    f = files_of(hier, acq)["2 - t1_mprage.dicom.zip"]
+    members = read_zip(store, hier, f)
+    assert len(members) == 2
+    for m in members:
+        assert "PatientName" not in m and "PatientBirthDate" not in m
+        assert "AccessionNumber" not in m
+        assert m.PatientID == hash_value("pepper", "MRN-424242")
+        assert m.InstitutionName == "ANONYMIZED"
+        assert m.StudyDate == "20200305"  # shifted by -10 days
+        assert m.PatientAge == "040Y"
+        assert m.PatientIdentityRemoved == "YES"
+        assert m.StudyInstanceUID == sess.natural_key
+        assert m.SOPInstanceUID.startswith("2.25.")
+        assert m.file_meta.MediaStorageSOPInstanceUID == m.SOPInstanceUID
+        assert not any(e.tag.is_private for e in m.iterall())
+    originals = {uid("sop", "D", "s", i) for i in range(2)}
+    assert {hash_uid("pepper", o) for o in originals} == {m.SOPInstanceUID for m in members}
+    log = f.info["hpcgear"]["deid"]
+    assert log["profile"] == "site-deid" and log["profile_sha256"] == profile.sha256
+    assert log["removed"] == ["AccessionNumber", "PatientBirthDate", "PatientName"]
+    assert log["hashed"] == ["PatientID"] and log["replaced"] == ["InstitutionName"]
+    assert log["shifted"] == ["StudyDate"] and log["private_tags_removed"] == 4
+    assert log["hashuid"] == ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"]
+    # no original identifier anywhere in what the database holds
+    stored = json.dumps([f.info, acq.info, sess.info])
+    for secret in ("MRN-424242", "Secret", "General Hospital", "20200315", "pepper"):
+        assert secret not in stored
+    assert f.info["StudyDate"] == "20200305"
+    # de-identification is deterministic, so a rerun is a no-op too
+    assert [x.status for x in run(hier, store, d, profile=profile).files] == ["unchanged"]
+    assert report.files[0].status == "new"
+
+
+def test_default_deid_hashes_fallback_subject(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
+    from hpcgear.ingest.deid import default_profile
+
+    d = tmp_path / "in"
+    write_series(d, study="E", series="s", number=1, description="T1w", count=1,
+                 patient_id="MRN-1", extra={"StudyComments": f"fw://{GROUP}/demo"})
+    rules = RoutingRules()
+    report = run(hier, store, d, routing=rules, profile=default_profile())
+    # PatientID is removed, so the subject label is its salted hash, never the MRN
+    assert report.sessions[0].path == (
+        f"{GROUP}/demo/anon-{hash_value('', 'MRN-1')}/20200315_101500"
+    )
+    f = next(iter(files_of(hier, containers(hier)[
+        f"{report.sessions[0].path}/1 - T1w"]).values()))
+    m = read_zip(store, hier, f)[0]
+    assert "PatientName" not in m and "PatientID" not in m and "PatientBirthDate" not in m
+
+
+def test_reclassify_upgrades_old_versions(hier: Any, store: ObjectStore, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    write_series(d, study="R", series="s", number=6, description="gre_field_mapping", count=1,
+                 accession="demo/sub-01/ses-01")
+    run(hier, store, d)
+    acq = containers(hier)[f"{GROUP}/demo/sub-01/ses-01/6 - gre_field_mapping"]
+    row = next(iter(files_of(hier, acq).values()))
+    assert row.classification["Intent"] == ["Fieldmap"]
+    with hier.session() as s:  # pretend an older classifier stored something else
+        f = s.get(File, row.id)
+        assert f is not None
+        f.classification = {"Intent": ["Structural"]}
+        f.info = {**f.info, "hpcgear": {**f.info["hpcgear"], "classifier_version": "0.1"}}
+    with hier.session() as s:
+        outcomes = reclassify(s, "rw", f"{GROUP}/demo")
+        assert [(o.old_version, o.changed) for o in outcomes] == [("0.1", True)]
+    with hier.session() as s:
+        f = s.get(File, row.id)
+        assert f is not None
+        assert f.classification["Intent"] == ["Fieldmap"]
+        assert f.info["hpcgear"]["classifier_version"] == CLASSIFIER_VERSION
+    with hier.session() as s:
+        assert reclassify(s, "rw", f"{GROUP}/demo") == []  # up to date
+        assert len(reclassify(s, "rw", f"{GROUP}/demo", force=True, dry_run=True)) == 1
+    with hier.session() as s, pytest.raises(PermissionDeniedError):
+        reclassify(s, "ro", f"{GROUP}/demo")
