@@ -262,7 +262,8 @@ class SchedulerBackend(Protocol):
         ...
 
     def release(self, native_ids: Sequence[str]) -> None:
-        """Release held jobs (idempotent for jobs already released)."""
+        """Release held jobs. Idempotent: released, finished or unknown jobs are not
+        errors (unknown ones are logged; poll/accounting say what became of them)."""
         ...
 
     def poll(self, native_ids: Sequence[str]) -> dict[str, SchedulerStatus]:

@@ -384,7 +384,10 @@ class LocalBackend:
 
     def release(self, native_ids: Sequence[str]) -> None:
         for nid in dict.fromkeys(native_ids):
-            entry = self._require(nid)
+            entry = self._entry(nid)
+            if entry is None:
+                logger.warning("release: the local backend does not know job %s", nid)
+                continue
             (entry.dir / f"{entry.native_id}.release").touch()
 
     def cancel(self, native_ids: Sequence[str]) -> None:
@@ -414,13 +417,6 @@ class LocalBackend:
                     os.killpg(pgid, sig)
             if sig == signal.SIGTERM and pgids:
                 time.sleep(min(self.kill_wait_seconds, 5))
-
-    def _require(self, native_id: str) -> _Entry:
-        entry = self._entry(native_id)
-        if entry is None:
-            raise SchedulerError(f"local backend: no job {native_id}",
-                                 "the job id is not one this backend started")
-        return entry
 
     # -- state
 

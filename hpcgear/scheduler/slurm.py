@@ -823,8 +823,13 @@ class SlurmBackend:
         return parse_test_only(result.output)
 
     def release(self, native_ids: Sequence[str]) -> None:
-        """Release held jobs. Jobs that already finished are fine (nothing to release);
-        unknown ids raise, naming them, after the others were released."""
+        """Release held jobs; idempotent.
+
+        A job that already finished has nothing to release, and one SLURM no longer
+        knows (purged after MinJobAge, e.g. found again after a long controller
+        outage) is logged: ``poll``/``accounting`` tell what happened to it. Any
+        other refusal (e.g. permission denied) raises, naming the jobs.
+        """
         ids = _unique(native_ids)
         for chunk in _chunks(ids):
             result = self._run(self.commands.build_release(chunk), "scontrol release")
@@ -833,14 +838,21 @@ class SlurmBackend:
             per_job = parse_per_job_errors(result.output)
             if not per_job:
                 raise query_error(result, "scontrol release")
-            bad = {job: msg for job, msg in per_job.items()
-                   if "already finished" not in msg.lower()}
+            bad: dict[str, str] = {}
+            for job, msg in sorted(per_job.items()):
+                low = msg.lower()
+                if "already finished" in low:
+                    continue
+                if _INVALID_JOB_ID in low:
+                    logger.warning("release: SLURM no longer knows job %s (%s)", job, msg)
+                    continue
+                bad[job] = msg
             if bad:
-                listed = ", ".join(f"{job} ({msg})" for job, msg in sorted(bad.items()))
+                listed = ", ".join(f"{job} ({msg})" for job, msg in bad.items())
                 raise SchedulerError(
                     f"scontrol release failed for {listed}",
-                    "the job ids are not (or no longer) known to SLURM; poll them to see "
-                    "what happened", argv=result.argv, returncode=result.returncode,
+                    "see SLURM's message; the other jobs were released",
+                    argv=result.argv, returncode=result.returncode,
                     stdout=result.stdout, stderr=result.stderr)
 
     def cancel(self, native_ids: Sequence[str]) -> None:

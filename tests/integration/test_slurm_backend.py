@@ -8,6 +8,7 @@ Jobs are tiny (seconds) and named ``hpcgear-itest-<random>``.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,6 +89,7 @@ def jobs(dev_env: DevEnv, backend: SlurmBackend) -> Iterator[Jobs]:
     yield j
     if j.submitted:
         backend.cancel(j.submitted)
+    shutil.rmtree(j.dir, ignore_errors=True)
 
 
 def final_statuses(backend: SlurmBackend, job_id: str, count: int = 1,
