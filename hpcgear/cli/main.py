@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the controller daemon or one pass.",
     ),
     "site": ("hpcgear.cli.commands.site", "site_group", "Validate and inspect site configs."),
+    "rule": ("hpcgear.cli.commands.rules", "rule_group", "Add, apply, show, test gear rules."),
+    "rules": ("hpcgear.cli.commands.rules", "rules_group", "Evaluate gear rules (for cron)."),
+    "provenance": ("hpcgear.cli.commands.provenance", "provenance_group", "Show, export, trace."),
+    "scratch": ("hpcgear.cli.commands.scratch", "scratch_group", "Clean up scratch job dirs."),
 }
 
 

@@ -91,7 +91,12 @@ def _test_only(
                 fh.write(text)
                 path = fh.name
         else:
-            path = f"/tmp/hpcgear-preflight-{site.name}.sbatch"
+            import getpass
+            import posixpath
+
+            root = posixpath.join(site.render_scratch_root(getpass.getuser()), "hpcgear")
+            rt.transport.mkdir(root)
+            path = posixpath.join(root, "preflight.sbatch")
             rt.transport.write_text(path, text)
         res = rt.backend.preflight(path)
         if rt.local_files:

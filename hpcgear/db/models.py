@@ -191,6 +191,53 @@ class GearRule(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RuleMatch(Base):
+    """Edge memory of file rules: the file version that matched a rule when last evaluated.
+
+    A row exists while the file's current version satisfies the rule; it is
+    removed when a change makes the file stop matching. A rule fires only when
+    a file matches and no row records that same version (a new version, or a
+    metadata change that makes a non-matching file match). ``outcome`` is what
+    the engine did: ``queued`` (``job_id`` set), ``duplicate`` (an equal job of
+    the rule existed: ``job_id`` is that job), ``guarded`` (output of a failed
+    job, or of the rule's own job) or ``error`` (``note`` says why; re-tried on
+    the file's next change).
+    """
+
+    __tablename__ = "rule_matches"
+
+    rule_id: Mapped[int] = mapped_column(
+        ForeignKey("gear_rules.id", ondelete="CASCADE"), primary_key=True
+    )
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)  # the change_log row that made it match
+    outcome: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RuleCursor(Base):
+    """How far rule evaluation has read an append-only feed (``change_log``, ``job_events``).
+
+    ``gaps`` lists ids below ``position`` that were missing when the feed was
+    read (on PostgreSQL a transaction that took an id earlier may commit
+    later); they are looked up again until they appear or are an hour old.
+    """
+
+    __tablename__ = "rule_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    gaps: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    updated: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
 class Job(Base):
     """One attempt of a gear run. A retry is a new row linked by ``previous_id``."""
 

@@ -88,11 +88,15 @@ DEBOOTSTRAP_TIMEOUT = 1800.0
 APPTAINER_BUILD_TIMEOUT = 3600.0
 INSPECT_TIMEOUT = 300.0
 LOCK_TIMEOUT = 7200.0
+#: Images kept per gear in the build cache (the current recipe's and the previous ones).
+KEEP_SIFS = 3
 
 RECIPE_KEYS = {
     "base": "root filesystem to start from: " + ", ".join(
         ("debian-bookworm-minbase", "busybox-static")),
     "packages": "Debian packages installed into the root filesystem (debootstrap bases only)",
+    "remove": "packages a listed package depends on that the gear never uses: purged after "
+              "installation with every package only they needed",
     "files": "mapping of gear-directory files to absolute paths in the image",
     "vendor": "mapping of stdlib-only hpcgear modules (e.g. hpcgear.ingest.classifier) "
               "to absolute paths in the image",
@@ -196,6 +200,7 @@ class BuildRecipe:
     image_manifest: GearManifest
     base: Base
     packages: tuple[str, ...]
+    remove: tuple[str, ...]
     files: tuple[ImageFile, ...]
     environment: tuple[tuple[str, str], ...]
     runscript: str
@@ -307,6 +312,19 @@ def _parse_recipe(
         raise SchemaError(f"{where('packages')}: the busybox-static base takes no packages",
                           "use base: debian-bookworm-minbase to install packages")
     packages = tuple(sorted(set(packages_raw)))
+    remove_raw = raw.get("remove", [])
+    if (not isinstance(remove_raw, list)
+            or not all(isinstance(p, str) and _PACKAGE_RE.match(p) for p in remove_raw)):
+        raise SchemaError(f"{where('remove')}: remove must be a list of package names",
+                          "e.g. remove: [python3-scipy]")
+    if remove_raw and (base.kind != "debootstrap" or not packages):
+        raise SchemaError(f"{where('remove')}: remove needs packages on a debootstrap base",
+                          "drop 'remove' or list the packages that pull these in")
+    overlap = sorted(set(remove_raw) & set(packages))
+    if overlap:
+        raise SchemaError(f"{where('remove')}: {overlap[0]} is both installed and removed",
+                          "list it under packages or under remove, not both")
+    remove = tuple(sorted(set(remove_raw)))
 
     files: list[ImageFile] = []
     files_raw = _mapping(raw, "files", where)
@@ -366,6 +384,7 @@ def _parse_recipe(
         image_manifest=image_manifest,
         base=base,
         packages=packages,
+        remove=remove,
         files=tuple(sorted(files, key=lambda f: f.dest)),
         environment=environment,
         runscript=runscript_raw.strip(),
@@ -462,8 +481,10 @@ def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def rootfs_key(base: Base, packages: tuple[str, ...], mirror: str) -> str:
-    """The cache key (hex) of a root filesystem: base, suite, variant, packages, mirror."""
+def rootfs_key(base: Base, packages: tuple[str, ...], mirror: str,
+               remove: tuple[str, ...] = ()) -> str:
+    """The cache key (hex) of a root filesystem: base, suite, variant, packages, removals,
+    mirror."""
     donor = None
     if base.kind == "busybox":
         donor = rootfs_key(BASES["debian-bookworm-minbase"], ("busybox-static",), mirror)
@@ -474,6 +495,7 @@ def rootfs_key(base: Base, packages: tuple[str, ...], mirror: str) -> str:
         "suite": base.suite,
         "variant": base.variant,
         "packages": sorted(packages) if donor is None else [],
+        "remove": sorted(remove),
         "mirror": mirror.rstrip("/") if donor is None else None,
         "donor": donor,
         "trim": list(TRIM_GLOBS),
@@ -494,7 +516,7 @@ def recipe_hash(recipe: BuildRecipe, mirror: str) -> str:
         files.append([f.dest, f"{f.mode:o}", digest])
     doc = {
         "builder": BUILDER_VERSION,
-        "rootfs": rootfs_key(recipe.base, recipe.packages, mirror),
+        "rootfs": rootfs_key(recipe.base, recipe.packages, mirror, recipe.remove),
         "files": files,
         "environment": [list(p) for p in recipe.environment],
         "runscript": recipe.runscript,
@@ -550,16 +572,31 @@ def registry_definition(recipe: BuildRecipe) -> str:
     """
     base = recipe.base
     name = recipe.image_manifest.name
+    # (The comment avoids the words spython's parser takes for headers: b-ootstrap, from:.)
     head = [
         f"# Generated from {RECIPE_FILE} by `hpcgear gear build containers/{name} --write-def`;",
-        "# edit the recipe, not this file. It builds the image hpcgear's builder makes, from",
-        f"# the registry image {base.registry_image} instead of a local debootstrap. From this",
-        f"# directory: apptainer build {name}.sif {DEFINITION_FILE}",
+        "# edit the recipe, not this file. It makes the image hpcgear's builder makes, but",
+        f"# starts with the registry image {base.registry_image} instead of a local Debian root",
+        f"# filesystem. Build it in this directory: apptainer build {name}.sif {DEFINITION_FILE}",
     ]
     post = ["set -eu"]
     if base.kind == "debootstrap" and recipe.packages:
+        post.append("export DEBIAN_FRONTEND=noninteractive")
+        for package in recipe.remove:
+            # An empty stub satisfies the dependency, so apt never installs the package
+            # (nor what only it needs): the same set the builder's purge leaves.
+            stub = f"/tmp/hpcgear-stub/{package}"  # noqa: S108 - /tmp of the image build
+            post += [
+                f"mkdir -p {stub}/DEBIAN",
+                f"printf 'Package: {package}\\nVersion: 99:0\\nArchitecture: all\\n"
+                f"Maintainer: hpcgear\\nDescription: empty stub (recipe remove)\\n' "
+                f"> {stub}/DEBIAN/control",
+                f"dpkg-deb --build {stub} {stub}.deb",
+                f"dpkg -i {stub}.deb",
+            ]
+        if recipe.remove:
+            post.append("rm -rf /tmp/hpcgear-stub")
         post += [
-            "export DEBIAN_FRONTEND=noninteractive",
             "apt-get update",
             "apt-get install -y --no-install-recommends " + " ".join(recipe.packages),
             "apt-get clean",
@@ -683,6 +720,11 @@ class GearBuilder:
         Debian mirror for debootstrap (default: :func:`default_mirror`).
     progress
         Called with one line per long step (the CLI prints them on stderr).
+    debootstrap
+        The debootstrap executable.
+    check_root
+        Refuse early, with a hint, when debootstrap would run without root
+        (tests with a fake runner turn this off).
     """
 
     def __init__(
@@ -694,6 +736,7 @@ class GearBuilder:
         mirror: str | None = None,
         progress: ProgressFn | None = None,
         debootstrap: str = "debootstrap",
+        check_root: bool = True,
     ) -> None:
         self.cache_dir = Path(cache_dir).absolute()
         self.apptainer = apptainer
@@ -701,11 +744,13 @@ class GearBuilder:
         self.mirror = (mirror or default_mirror()).rstrip("/")
         self._progress = progress
         self.debootstrap = debootstrap
+        self.check_root = check_root
 
     # ----------------------------------------------------------------- paths
 
-    def rootfs_path(self, base: Base, packages: tuple[str, ...]) -> Path:
-        key = rootfs_key(base, packages, self.mirror)
+    def rootfs_path(self, base: Base, packages: tuple[str, ...],
+                    remove: tuple[str, ...] = ()) -> Path:
+        key = rootfs_key(base, packages, self.mirror, remove)
         return self.cache_dir / "rootfs" / f"{base.name}-{key[:16]}"
 
     def sif_path(self, recipe: BuildRecipe, digest: str) -> Path:
@@ -717,8 +762,8 @@ class GearBuilder:
     def plan(self, recipe: BuildRecipe) -> BuildPlan:
         """Describe the build without changing anything."""
         digest = recipe_hash(recipe, self.mirror)
-        key = rootfs_key(recipe.base, recipe.packages, self.mirror)
-        rootfs = self.rootfs_path(recipe.base, recipe.packages)
+        key = rootfs_key(recipe.base, recipe.packages, self.mirror, recipe.remove)
+        rootfs = self.rootfs_path(recipe.base, recipe.packages, recipe.remove)
         sif = self.sif_path(recipe, digest)
         sif_cached = self._sif_cached(sif, digest)
         rootfs_cached = _complete(rootfs)
@@ -736,7 +781,10 @@ class GearBuilder:
             else:
                 steps.append(f"debootstrap --variant={recipe.base.variant} --include="
                              f"{','.join(recipe.packages) or '-'} {recipe.base.suite} {rootfs} "
-                             f"{self.mirror}, then trim docs/man/locales")
+                             f"{self.mirror}"
+                             + (f", purge {', '.join(recipe.remove)} and what only they need"
+                                if recipe.remove else "")
+                             + ", then trim docs/man/locales")
             steps.append(f"copy {len(recipe.files)} files, apptainer build {sif}")
             steps.append(f"{self.apptainer} inspect {sif}")
         return BuildPlan(recipe, digest, key, rootfs, rootfs_cached, sif, sif_cached,
@@ -771,7 +819,8 @@ class GearBuilder:
                 return BuildResult(recipe, digest, sif, sif.stat().st_size, True, True,
                                    time.monotonic() - started)
             t0 = time.monotonic()
-            rootfs, rootfs_cached = self.ensure_rootfs(recipe.base, recipe.packages)
+            rootfs, rootfs_cached = self.ensure_rootfs(recipe.base, recipe.packages,
+                                                       recipe.remove)
             timings.append(("rootfs", time.monotonic() - t0))
             t0 = time.monotonic()
             self._build_sif(recipe, rootfs, digest, sif)
@@ -782,9 +831,11 @@ class GearBuilder:
         return BuildResult(recipe, digest, sif, size, False, rootfs_cached, seconds,
                            tuple(timings))
 
-    def ensure_rootfs(self, base: Base, packages: tuple[str, ...]) -> tuple[Path, bool]:
-        """The cached root filesystem for ``base`` + ``packages``; (path, was it cached)."""
-        path = self.rootfs_path(base, packages)
+    def ensure_rootfs(self, base: Base, packages: tuple[str, ...],
+                      remove: tuple[str, ...] = ()) -> tuple[Path, bool]:
+        """The cached root filesystem for ``base`` + ``packages`` - ``remove``;
+        (path, whether it was cached)."""
+        path = self.rootfs_path(base, packages, remove)
         if _complete(path):
             self._say(f"root filesystem {path.name}: cached")
             return path, True
@@ -805,9 +856,12 @@ class GearBuilder:
                 self._say(f"root filesystem {path.name}: debootstrap {base.suite} "
                           f"{base.variant} + {len(packages)} packages (1-3 minutes)")
                 self._debootstrap(base, packages, partial)
+                if remove:
+                    self._purge(partial, packages, remove)
                 _trim_rootfs(partial)
             recipe_text = _canonical({"base": base.name, "packages": list(packages),
-                                      "mirror": self.mirror, "builder": BUILDER_VERSION})
+                                      "remove": list(remove), "mirror": self.mirror,
+                                      "builder": BUILDER_VERSION})
             (partial / ".hpcgear-recipe").write_text(recipe_text + "\n", encoding="utf-8")
             (partial / ".hpcgear-complete").write_text(
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n", encoding="utf-8")
@@ -820,7 +874,7 @@ class GearBuilder:
     # ----------------------------------------------------------------- steps
 
     def _debootstrap(self, base: Base, packages: tuple[str, ...], target: Path) -> None:
-        if os.geteuid() != 0:
+        if self.check_root and os.geteuid() != 0:
             raise ImageError(
                 f"building the {base.name} root filesystem needs root (debootstrap)",
                 "run `hpcgear gear build` as root once to fill the cache, or build from "
@@ -842,6 +896,22 @@ class GearBuilder:
                 + "; check the mirror and package names",
                 transient=True,
             )
+
+    def _purge(self, root: Path, packages: tuple[str, ...], remove: tuple[str, ...]) -> None:
+        installed = dpkg_installed(root)
+        missing = [p for p in remove if p not in installed]
+        if missing:
+            raise ImageError(f"remove: {', '.join(missing)} did not get installed, so there is "
+                             "nothing to remove", "drop it from the recipe's remove list")
+        doomed = dpkg_orphans(installed, packages, remove)
+        self._say(f"root filesystem {root.name.removesuffix('.partial')}: purging "
+                  f"{len(doomed)} packages "
+                  f"({', '.join(remove)} and what only they need)")
+        result = self.runner.run(["chroot", str(root), "dpkg", "--purge", "--force-depends",
+                                  *doomed], timeout=600)
+        if not result.ok:
+            log = self._write_log(f"purge-{root.name}", result)
+            raise ImageError(command_failure_message(result, "dpkg --purge"), f"see {log}")
 
     def _make_busybox_rootfs(self, donor: Path, target: Path) -> None:
         busybox = donor / "usr" / "bin" / "busybox"
@@ -924,8 +994,25 @@ class GearBuilder:
                 "apptainer": self.apptainer,
             }
             _write_json(sif.with_suffix(".json"), meta)
+            self._prune_sifs(name, sif)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _prune_sifs(self, name: str, current: Path) -> None:
+        """Keep the newest KEEP_SIFS images of a gear; older recipes' SIFs go.
+
+        Installed gears do not need them: installing copies the SIF into the
+        object store.
+        """
+        pattern = re.compile(rf"^{re.escape(name)}-[0-9a-f]{{16}}\.sif$")
+        siblings = [p for p in (self.cache_dir / "sif").iterdir()
+                    if pattern.match(p.name) and p != current]
+        siblings.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in siblings[KEEP_SIFS - 1:]:
+            logger.info("build cache: removing superseded %s", old)
+            for path in (old, old.with_suffix(".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     # ----------------------------------------------------------------- helpers
 
@@ -977,6 +1064,69 @@ class GearBuilder:
         logger.info("%s", text)
         if self._progress is not None:
             self._progress(text)
+
+
+def dpkg_installed(root: Path) -> dict[str, dict[str, str]]:
+    """Installed packages of a root filesystem, from ``var/lib/dpkg/status``."""
+    text = (root / "var" / "lib" / "dpkg" / "status").read_text(encoding="utf-8",
+                                                                 errors="replace")
+    out: dict[str, dict[str, str]] = {}
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = ""
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t"):
+                if key:
+                    fields[key] += " " + line.strip()
+                continue
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
+            out[fields["Package"]] = fields
+    return out
+
+
+def dpkg_orphans(installed: Mapping[str, Mapping[str, str]], wanted: tuple[str, ...],
+                 remove: tuple[str, ...]) -> list[str]:
+    """Packages to purge: ``remove`` and everything nothing kept depends on any more.
+
+    Kept are the wanted packages, Essential ones and those of priority
+    required/important (the minbase system), plus the closure of their
+    Depends/Pre-Depends. A dependency on a removed package counts as satisfied
+    (that is the point of removing it); of alternatives ``a | b`` the first one
+    installed is followed; virtual packages resolve through Provides.
+    """
+    provides: dict[str, list[str]] = {}
+    for name, fields in installed.items():
+        for item in fields.get("Provides", "").split(","):
+            virtual = item.strip().split(" ")[0]
+            if virtual:
+                provides.setdefault(virtual, []).append(name)
+    removed = set(remove)
+    stack = [
+        name for name, fields in installed.items()
+        if name not in removed and (
+            name in wanted or fields.get("Essential") == "yes"
+            or fields.get("Priority") in ("required", "important"))
+    ]
+    keep: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        for field_name in ("Pre-Depends", "Depends"):
+            for dep in installed[name].get(field_name, "").split(","):
+                for alternative in dep.split("|"):
+                    target = alternative.strip().split(" ")[0].split(":")[0]
+                    if not target:
+                        continue
+                    candidates = [target] if target in installed else provides.get(target, [])
+                    candidates = [c for c in candidates if c not in removed]
+                    if candidates:
+                        stack.append(candidates[0])
+                        break
+    return sorted(set(installed) - keep)
 
 
 def _complete(rootfs: Path) -> bool:

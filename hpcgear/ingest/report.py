@@ -46,7 +46,7 @@ class FileOutcome:
     sources: tuple[str, ...] = ()  # input files (relative), for NIfTI and dry-run output
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": f"{self.container}/{self.name}",
             "container": self.container,
             "name": self.name,
@@ -59,6 +59,9 @@ class FileOutcome:
             "modality": self.modality,
             "classification": self.classification,
         }
+        if self.sources:
+            out["sources"] = list(self.sources)
+        return out
 
 
 @dataclass(slots=True)

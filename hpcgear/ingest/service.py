@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion
-from hpcgear.errors import HpcgearError, IngestError, InvalidInputError, NotFoundError
+from hpcgear.errors import IngestError, InvalidInputError, NotFoundError
 from hpcgear.hierarchy.paths import LEVELS, check_group_id
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
@@ -457,9 +457,32 @@ def ingest_dicom(
     return report
 
 
+def _preview_session_label(
+    session: Session,
+    project: Container | None,
+    study: PlannedStudy,
+    taken: dict[tuple[str, str, str], str],
+) -> str:
+    """The label :func:`_keyed_child` will give a new session (``-2``... on clashes)."""
+    subject = _child(session, project, study.subject) if project is not None else None
+    candidate = study.session
+    for n in range(2, 1000):
+        key = (study.project, study.subject, candidate)
+        clash = key in taken and taken[key] != study.natural_key
+        if not clash and subject is not None:
+            row = _child(session, subject, candidate)
+            clash = row is not None and row.natural_key not in (None, study.natural_key)
+        if not clash:
+            taken[key] = study.natural_key
+            return candidate
+        candidate = f"{study.session}-{n}"
+    return candidate
+
+
 def _describe_plan(
     session: Session, plan: DicomPlan, projects: dict[str, Container], report: IngestReport
 ) -> None:
+    taken: dict[tuple[str, str, str], str] = {}
     for study in plan.studies:
         project = projects.get(study.project)
         existing = (
@@ -467,11 +490,11 @@ def _describe_plan(
             if project is not None
             else None
         )
-        path = (
-            container_path(session, existing)
-            if existing is not None
-            else f"{plan.group}/{study.project}/{study.subject}/{study.session}"
-        )
+        if existing is not None:
+            path = container_path(session, existing)
+        else:
+            label = _preview_session_label(session, project, study, taken)
+            path = f"{plan.group}/{study.project}/{study.subject}/{label}"
         report.sessions.append(
             SessionOutcome(
                 path=path,
@@ -562,9 +585,8 @@ def _execute_plan(
                 submit_next()
                 try:
                     built = future.result()
-                except HpcgearError as exc:
-                    reason = DEID_FAILED if options.profile is not None else UNREADABLE
-                    _skip_series(report, series, reason, exc.message)
+                except IngestError as exc:  # a file changed or vanished since the scan
+                    _skip_series(report, series, UNREADABLE, exc.message)
                     continue
                 except Exception as exc:  # pydicom on a file that changed or is corrupt
                     reason = DEID_FAILED if options.profile is not None else UNREADABLE

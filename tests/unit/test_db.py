@@ -8,7 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from hpcgear.db.models import Base, ChangeLog, FileVersion
-from hpcgear.db.session import Database, check_schema, create_db_engine, current_revision
+from hpcgear.db.session import (
+    Database,
+    check_schema,
+    create_db_engine,
+    current_revision,
+    head_revision,
+)
 from hpcgear.errors import AlreadyExistsError, DatabaseError, PermissionDeniedError
 from hpcgear.hierarchy import service as svc
 from hpcgear.storage.objects import ObjectStore
@@ -23,7 +29,7 @@ def test_migrations_match_models(db: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     check_schema(db.engine)
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == head_revision() == "0002"
 
 
 def test_empty_database_is_refused(tmp_path: Path) -> None:

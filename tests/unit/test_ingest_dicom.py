@@ -22,9 +22,15 @@ from sqlalchemy import MetaData, func, select
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion
 from hpcgear.errors import NotFoundError, PermissionDeniedError
-from hpcgear.hierarchy.service import add_user, create_group, create_project, grant_role
+from hpcgear.hierarchy.service import (
+    add_user,
+    create_group,
+    create_project,
+    grant_role,
+    upload_files,
+)
 from hpcgear.ingest.classifier import CLASSIFIER_VERSION
-from hpcgear.ingest.deid import hash_uid, hash_value, load_profile
+from hpcgear.ingest.deid import default_profile, hash_uid, hash_value, load_profile
 from hpcgear.ingest.dicom import ProgressEvent
 from hpcgear.ingest.routing import RoutingRules
 from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom, reclassify
@@ -34,6 +40,8 @@ PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
 MR_SMALL = PYDICOM_DATA / "MR_small.dcm"
 DICOMDIR_STUDY = PYDICOM_DATA / "dicomdirtests" / "98892003"
 GROUP = "imaging"
+# Test accessions like "demo/sub-01/ses-01" exceed SH's 16 characters, as real ones do.
+pytestmark = pytest.mark.filterwarnings("ignore:The value length:UserWarning")
 
 
 # ------------------------------------------------------------ test data
@@ -63,26 +71,29 @@ def write_series(
     paths = []
     for i in range(count):
         ds = pydicom.dcmread(MR_SMALL)
-        ds.StudyInstanceUID = uid("study", study)
-        ds.SeriesInstanceUID = uid("series", study, series)
         sop = uid("sop", study, series, i)
-        ds.SOPInstanceUID = sop
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.SeriesNumber = number
-        ds.InstanceNumber = count - i  # reverse order on disk: the zip must sort
-        ds.SeriesDescription = description
-        ds.AccessionNumber = accession
-        ds.PatientID = patient_id
-        ds.PatientName = patient_name
-        ds.PatientBirthDate = "19800101"
-        ds.StudyDate = "20200315"
-        ds.StudyTime = "101500"
-        for key, value in (extra or {}).items():
-            setattr(ds, key, value)
-        path = folder / f"{prefix or series}-{i:03d}.dcm"
+        values = {
+            "StudyInstanceUID": uid("study", study),
+            "SeriesInstanceUID": uid("series", study, series),
+            "SOPInstanceUID": sop,
+            "SeriesNumber": number,
+            "InstanceNumber": count - i,  # reverse order on disk: the zip must sort
+            "SeriesDescription": description,
+            "AccessionNumber": accession,
+            "PatientID": patient_id,
+            "PatientName": patient_name,
+            "PatientBirthDate": "19800101",
+            "StudyDate": "20200315",
+            "StudyTime": "101500",
+            **(extra or {}),
+        }
         with warnings.catch_warnings():  # "demo/sub-01/ses-01" is longer than SH allows
             warnings.simplefilter("ignore", UserWarning)
-            ds.save_as(path)
+            for key, value in values.items():
+                setattr(ds, key, value)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        path = folder / f"{prefix or series}-{i:03d}.dcm"
+        ds.save_as(path)
         paths.append(path)
     return paths
 
@@ -210,8 +221,11 @@ def run(db: Any, store: ObjectStore, root: Path, actor: str = "admin", **kw: Any
 # ---------------------------------------------------------------- tests
 
 
-def test_routing_grouping_unsorted_and_skips(hier: Any, store: ObjectStore, mixed: Path) -> None:
-    report = run(hier, store, mixed)
+def test_routing_grouping_unsorted_skips_and_progress(
+    hier: Any, store: ObjectStore, mixed: Path
+) -> None:
+    events: list[ProgressEvent] = []
+    report = run(hier, store, mixed, progress=events.append)
     c = containers(hier)
     # study A by AccessionNumber, study C by fw:// in StudyComments
     a = c[f"{GROUP}/demo/sub-01/ses-01"]
@@ -249,9 +263,15 @@ def test_routing_grouping_unsorted_and_skips(hier: Any, store: ObjectStore, mixe
     sm = report.summary()
     assert sm["new"] == 5 and sm["skipped"] == 3 and sm["unsorted_sessions"] == 1
     assert any("created project imaging/Unsorted" in n for n in report.notes)
+    # progress: every file read, then every instance stored
+    scan = [e for e in events if e.phase == "scan"]
+    stored = [e for e in events if e.phase == "store"]
+    assert [e.done for e in scan] == list(range(1, 14)) and {e.total for e in scan} == {13}
+    assert [e.done for e in stored] == sorted(e.done for e in stored)
+    assert stored[-1].done == stored[-1].total == 10
 
 
-def test_reingest_is_a_no_op_and_interrupted_run_resumes(
+def test_rerun_is_a_no_op_interrupted_run_resumes_changes_version(
     hier: Any, store: ObjectStore, mixed: Path
 ) -> None:
     calls = {"n": 0}
@@ -275,46 +295,57 @@ def test_reingest_is_a_no_op_and_interrupted_run_resumes(
     assert store_listing(store) == objects
     first_hashes = {(f.container, f.name): f.hash for f in first.files}
     assert {(f.container, f.name): f.hash for f in again.files} == first_hashes
+    # a late instance changes the series: a new version of the same file
+    write_series(mixed, study="B", series="t2", number=5, description="t2_tse_tra", count=3,
+                 accession="nosuch/sub-02/ses-01", patient_id="PAT-002", prefix="x3")
+    changed = run(hier, store, mixed)
+    assert sorted((f.status, f.version, f.members) for f in changed.files) == [
+        ("new_version", 2, 3)] + [("unchanged", 1, n) for n in (1, 2, 2, 3)]
 
 
-def test_changed_series_makes_a_new_version(hier: Any, store: ObjectStore, tmp_path: Path) -> None:
-    d = tmp_path / "in"
-    write_series(d, study="S", series="t1", number=2, description="T1w", count=2,
-                 accession="demo/sub-01/ses-01")
-    run(hier, store, d)
-    write_series(d, study="S", series="t1", number=2, description="T1w", count=3,
-                 accession="demo/sub-01/ses-01")  # a third instance arrived late
-    report = run(hier, store, d)
-    assert [(f.status, f.version, f.members) for f in report.files] == [("new_version", 2, 3)]
-
-
-def test_options_override_header_routing(hier: Any, store: ObjectStore, tmp_path: Path) -> None:
+def test_routing_options_custom_field_and_fallback_labels(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
     d = tmp_path / "in"
     write_series(d, study="P", series="s", number=4, description="t2_flair_tra", count=1,
                  accession="elsewhere/x/y")
-    rules = RoutingRules(project="demo", subject="sub-09")
-    report = run(hier, store, d, routing=rules)
+    report = run(hier, store, d, routing=RoutingRules(project="demo", subject="sub-09"))
     assert report.sessions[0].path == f"{GROUP}/demo/sub-09/y"
     assert report.sessions[0].routing == {"project": "option", "subject": "option",
                                           "session": "pattern"}
     with pytest.raises(NotFoundError, match="'missing' does not exist"):
         run(hier, store, d, routing=RoutingRules(project="missing"))
-
-
-def test_fallback_labels_custom_field_and_pattern(
-    hier: Any, store: ObjectStore, tmp_path: Path
-) -> None:
-    d = tmp_path / "in"
-    write_series(d, study="F", series="s", number=1, description="T1w", count=1,
-                 patient_id="PAT-777", extra={"StudyComments": "proj=demo"})
+    # a custom field + pattern naming only the project: PatientID and StudyDate_StudyTime
+    e = tmp_path / "in2"
+    write_series(e, study="F", series="s", number=1, description="T1w", count=1,
+                 patient_id="PAT-777", extra={"StudyComments": "proj=DEMO"})
     rules = RoutingRules(field="StudyComments", pattern=r"^proj=(?P<project>\w+)$")
-    report = run(hier, store, d, routing=rules)
-    # no subject/session in the pattern: PatientID and StudyDate_StudyTime
+    report = run(hier, store, e, routing=rules)
+    # "DEMO" matches project demo case-insensitively (it is the only candidate)
     assert report.sessions[0].path == f"{GROUP}/demo/PAT-777/20200315_101500"
     assert report.sessions[0].unsorted_reason is None
+    # a session made by a plain upload is adopted; a second study forced onto the
+    # same label gets "-2", and the dry run predicts exactly that
+    with hier.session() as sess:
+        note = tmp_path / "notes.txt"
+        note.write_text("scan notes")
+        upload_files(sess, store, "admin", f"{GROUP}/demo/sub-x/visit", [note])
+    g = tmp_path / "in3"
+    for study in ("G1", "G2"):
+        write_series(g, study=study, series="s", number=1, description="T1w", count=1,
+                     prefix=study)
+    rules = RoutingRules(project="demo", subject="sub-x", session="visit")
+    planned = run(hier, store, g, routing=rules, dry_run=True)
+    real = run(hier, store, g, routing=rules)
+    expected = [f"{GROUP}/demo/sub-x/visit", f"{GROUP}/demo/sub-x/visit-2"]
+    assert [x.path for x in planned.sessions] == [x.path for x in real.sessions] == expected
+    assert [x.status for x in real.sessions] == ["existing", "new"]
+    c = containers(hier)
+    assert c[expected[0]].natural_key == uid("study", "G1")
+    assert "notes.txt" in files_of(hier, c[expected[0]])
 
 
-def test_permissions_checked_before_anything_is_stored(
+def test_dry_run_and_refusals_change_nothing(
     hier: Any, store: ObjectStore, mixed: Path
 ) -> None:
     snap = db_snapshot(hier)
@@ -323,54 +354,33 @@ def test_permissions_checked_before_anything_is_stored(
     # rw may write demo but may not create Unsorted (needs group admin)
     with pytest.raises(PermissionDeniedError, match="Unsorted"):
         run(hier, store, mixed, actor="rw")
+    planned = run(hier, store, mixed, dry_run=True)
     assert db_snapshot(hier) == snap and store_listing(store) == []
-    # a group admin creates Unsorted on first use
-    report = run(hier, store, mixed, actor="ga")
-    assert report.summary()["new"] == 5
+    assert {f.status for f in planned.files} == {"planned"}
+    assert any("would create project imaging/Unsorted" in n for n in planned.notes)
+    assert {s.reason for s in planned.skipped} == {"not_dicom", "unreadable", "missing_uid"}
+    # a group admin creates Unsorted on first use; the plan was what happened
+    real = run(hier, store, mixed, actor="ga")
+    assert real.summary()["new"] == 5
+    assert sorted(f"{f.container}/{f.name}" for f in planned.files) == sorted(
+        f"{f.container}/{f.name}" for f in real.files
+    )
     # once it exists, read-write on the group's projects is enough
     with hier.session() as s:
         grant_role(s, "admin", "rw", f"{GROUP}/Unsorted", "read-write")
     assert run(hier, store, mixed, actor="rw").summary()["unchanged"] == 5
-
-
-def test_dry_run_changes_nothing_and_matches_the_real_run(
-    hier: Any, store: ObjectStore, mixed: Path
-) -> None:
-    snap = db_snapshot(hier)
-    planned = run(hier, store, mixed, dry_run=True)
-    assert db_snapshot(hier) == snap
-    assert store_listing(store) == []
-    assert {f.status for f in planned.files} == {"planned"}
-    assert any("would create project imaging/Unsorted" in n for n in planned.notes)
-    assert {s.reason for s in planned.skipped} == {"not_dicom", "unreadable", "missing_uid"}
-    real = run(hier, store, mixed)
-    assert sorted(f"{f.container}/{f.name}" for f in planned.files) == sorted(
-        f"{f.container}/{f.name}" for f in real.files
-    )
-    # a dry run after the ingest sees the existing sessions
     again = run(hier, store, mixed, dry_run=True)
     assert {s.status for s in again.sessions} == {"existing"}
 
 
-def test_progress_callback(hier: Any, store: ObjectStore, mixed: Path) -> None:
-    events: list[ProgressEvent] = []
-    report = run(hier, store, mixed, progress=events.append)
-    scan = [e for e in events if e.phase == "scan"]
-    stored = [e for e in events if e.phase == "store"]
-    assert [e.done for e in scan] == list(range(1, report.files_seen + 1))
-    assert {e.total for e in scan} == {report.files_seen} == {13}
-    assert [e.done for e in stored] == sorted(e.done for e in stored)
-    assert stored[-1].done == stored[-1].total == 10  # instances stored
-
-
-def test_real_multi_study_folders_are_split_by_uid(
+def test_real_multi_study_folders_and_reclassify(
     hier: Any, store: ObjectStore, tmp_path: Path
 ) -> None:
     """pydicom's 98892003 tree: folders MR1/MR2/MR700 mix three studies."""
     d = tmp_path / "in"
     shutil.copytree(DICOMDIR_STUDY, d)
     report = run(hier, store, d)
-    assert len(report.sessions) == 3
+    assert len(report.sessions) == 3 and len(report.files) == 7
     assert {s.unsorted_reason for s in report.sessions} == {
         "AccessionNumber does not match the routing pattern"
     }
@@ -380,6 +390,24 @@ def test_real_multi_study_folders_are_split_by_uid(
     pilot = [f for f in report.files if f.name == "2 - T_S_C RF FAST PILOT.dicom.zip"]
     assert sorted(f.members or 0 for f in pilot) == [3, 3]
     assert {f.classification["Intent"][0] for f in pilot} == {"Localizer"}
+    # reclassify: files from an older classifier version get the current result
+    with hier.session() as s:
+        row = s.scalar(select(File).where(File.name == angio.name))
+        assert row is not None
+        row.classification = {"Intent": ["Structural"]}
+        row.info = {**row.info, "hpcgear": {**row.info["hpcgear"], "classifier_version": "0.1"}}
+        row_id = row.id
+    with hier.session() as s:
+        outcomes = reclassify(s, "admin", f"{GROUP}/Unsorted")
+        assert [(o.old_version, o.changed) for o in outcomes] == [("0.1", True)]
+    with hier.session() as s:
+        f = s.get(File, row_id)
+        assert f is not None and f.classification == angio.classification
+        assert f.info["hpcgear"]["classifier_version"] == CLASSIFIER_VERSION
+        assert reclassify(s, "admin", f"{GROUP}/Unsorted") == []  # up to date
+        assert len(reclassify(s, "admin", f"{GROUP}/Unsorted", force=True, dry_run=True)) == 7
+        with pytest.raises(PermissionDeniedError):
+            reclassify(s, "ro", f"{GROUP}/Unsorted")
 
 
 DEID_PROFILE = """\
@@ -413,7 +441,7 @@ dicom:
 """
 
 
-def test_deid_profile_applied_before_storing(
+def test_deid_profiles_applied_before_storing(
     hier: Any, store: ObjectStore, tmp_path: Path
 ) -> None:
     d = tmp_path / "in"
@@ -430,6 +458,7 @@ def test_deid_profile_applied_before_storing(
     profile_path.write_text(DEID_PROFILE)
     profile = load_profile(profile_path)
     report = run(hier, store, d, profile=profile)
+    assert report.files[0].status == "new"
     # routed by AccessionNumber although the profile removes it (read before de-id)
     sess = containers(hier)[f"{GROUP}/demo/sub-01/ses-01"]
     assert sess.natural_key == hash_uid("pepper", uid("study", "D"))
@@ -465,52 +494,15 @@ def test_deid_profile_applied_before_storing(
     assert f.info["StudyDate"] == "20200305"
     # de-identification is deterministic, so a rerun is a no-op too
     assert [x.status for x in run(hier, store, d, profile=profile).files] == ["unchanged"]
-    assert report.files[0].status == "new"
 
-
-def test_default_deid_hashes_fallback_subject(
-    hier: Any, store: ObjectStore, tmp_path: Path
-) -> None:
-    from hpcgear.ingest.deid import default_profile
-
-    d = tmp_path / "in"
-    write_series(d, study="E", series="s", number=1, description="T1w", count=1,
+    # --de-identify alone: PatientID is removed, so the fallback subject label is
+    # its (unsalted) hash, never the MRN
+    e = tmp_path / "in2"
+    write_series(e, study="E", series="s", number=1, description="T1w", count=1,
                  patient_id="MRN-1", extra={"StudyComments": f"fw://{GROUP}/demo"})
-    rules = RoutingRules()
-    report = run(hier, store, d, routing=rules, profile=default_profile())
-    # PatientID is removed, so the subject label is its salted hash, never the MRN
-    assert report.sessions[0].path == (
-        f"{GROUP}/demo/anon-{hash_value('', 'MRN-1')}/20200315_101500"
-    )
-    f = next(iter(files_of(hier, containers(hier)[
-        f"{report.sessions[0].path}/1 - T1w"]).values()))
+    report = run(hier, store, e, profile=default_profile())
+    path = f"{GROUP}/demo/anon-{hash_value('', 'MRN-1')}/20200315_101500"
+    assert report.sessions[0].path == path
+    f = next(iter(files_of(hier, containers(hier)[f"{path}/1 - T1w"]).values()))
     m = read_zip(store, hier, f)[0]
     assert "PatientName" not in m and "PatientID" not in m and "PatientBirthDate" not in m
-
-
-def test_reclassify_upgrades_old_versions(hier: Any, store: ObjectStore, tmp_path: Path) -> None:
-    d = tmp_path / "in"
-    write_series(d, study="R", series="s", number=6, description="gre_field_mapping", count=1,
-                 accession="demo/sub-01/ses-01")
-    run(hier, store, d)
-    acq = containers(hier)[f"{GROUP}/demo/sub-01/ses-01/6 - gre_field_mapping"]
-    row = next(iter(files_of(hier, acq).values()))
-    assert row.classification["Intent"] == ["Fieldmap"]
-    with hier.session() as s:  # pretend an older classifier stored something else
-        f = s.get(File, row.id)
-        assert f is not None
-        f.classification = {"Intent": ["Structural"]}
-        f.info = {**f.info, "hpcgear": {**f.info["hpcgear"], "classifier_version": "0.1"}}
-    with hier.session() as s:
-        outcomes = reclassify(s, "rw", f"{GROUP}/demo")
-        assert [(o.old_version, o.changed) for o in outcomes] == [("0.1", True)]
-    with hier.session() as s:
-        f = s.get(File, row.id)
-        assert f is not None
-        assert f.classification["Intent"] == ["Fieldmap"]
-        assert f.info["hpcgear"]["classifier_version"] == CLASSIFIER_VERSION
-    with hier.session() as s:
-        assert reclassify(s, "rw", f"{GROUP}/demo") == []  # up to date
-        assert len(reclassify(s, "rw", f"{GROUP}/demo", force=True, dry_run=True)) == 1
-    with hier.session() as s, pytest.raises(PermissionDeniedError):
-        reclassify(s, "ro", f"{GROUP}/demo")

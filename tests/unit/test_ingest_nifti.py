@@ -71,8 +71,15 @@ def run(db: Any, store: ObjectStore, root: Path, actor: str = "admin", **kw: Any
 def test_bids_placement_sidecars_and_header_facts(
     hier: Any, store: ObjectStore, bids: Path
 ) -> None:
+    snap = db_snapshot(hier)
+    planned = run(hier, store, bids, dry_run=True)
+    assert {f.status for f in planned.files} == {"planned"} and len(planned.files) == 7
+    assert db_snapshot(hier) == snap and store_listing(store) == []
     events: list[Any] = []
     report = run(hier, store, bids, progress=events.append)
+    assert sorted(f"{f.container}/{f.name}" for f in report.files) == sorted(
+        f"{f.container}/{f.name}" for f in planned.files
+    )
     c = containers(hier)
     anat = files_of(hier, c[f"{GROUP}/demo/sub-01/ses-01/anat"])
     assert sorted(anat) == ["sub-01_ses-01_T1w.json", "sub-01_ses-01_T1w.nii"]
@@ -114,34 +121,28 @@ def test_bids_placement_sidecars_and_header_facts(
     assert counts(hier) == before and store_listing(store) == objects
 
 
-def test_explicit_subject_session_and_non_bids_names(
+def test_explicit_subject_session_non_bids_names_and_refusals(
     hier: Any, store: ObjectStore, tmp_path: Path
 ) -> None:
     d = tmp_path / "plain"
     d.mkdir()
     shutil.copy(NIB_DATA / "anatomical.nii", d / "anatomical.nii")
+    snap = db_snapshot(hier)
+    with pytest.raises(PermissionDeniedError):
+        run(hier, store, d, actor="ro")
+    with pytest.raises(NotFoundError, match="'nope' does not exist"):
+        run(hier, store, d, project="nope")
+    with pytest.raises(InvalidInputError, match="needs --project"):
+        run(hier, store, d, project=None)
     skipped = run(hier, store, d)
     assert [(s.path, s.reason) for s in skipped.skipped] == [("anatomical.nii", "no_subject")]
-    report = run(hier, store, d, subject="P01", session="baseline")
+    assert db_snapshot(hier) == snap and store_listing(store) == []
+    report = run(hier, store, d, actor="rw", subject="P01", session="baseline")
     assert [f"{f.container}/{f.name}" for f in report.files] == [
         f"{GROUP}/demo/P01/baseline/anatomical/anatomical.nii"
     ]
     assert report.files[0].classification == {} and report.files[0].modality is None
     assert report.sessions[0].status == "new"
-
-
-def test_dry_run_and_refusals(hier: Any, store: ObjectStore, bids: Path) -> None:
-    snap = db_snapshot(hier)
-    planned = run(hier, store, bids, dry_run=True)
-    assert {f.status for f in planned.files} == {"planned"} and len(planned.files) == 7
-    assert db_snapshot(hier) == snap and store_listing(store) == []
-    with pytest.raises(PermissionDeniedError):
-        run(hier, store, bids, actor="ro")
-    with pytest.raises(NotFoundError, match="'nope' does not exist"):
-        run(hier, store, bids, project="nope")
-    with pytest.raises(InvalidInputError, match="needs --project"):
-        run(hier, store, bids, project=None)
-    assert db_snapshot(hier) == snap and store_listing(store) == []
 
 
 def test_bids_name_parsing(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,13 @@ class ProgressBars:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+def _quiet_pydicom_value_warnings() -> None:
+    """Scanner headers often break VR rules (an 18-character AccessionNumber in an
+    SH); pydicom warns once per value. The ingest reads them anyway, so keep the
+    terminal for the report; with -v pydicom's own log still says it."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
 
 
 def _progress_enabled(app: AppContext, flag: bool | None) -> bool:
@@ -169,6 +177,8 @@ def dicom_cmd(
     from hpcgear.ingest.deid import default_profile, load_profile
     from hpcgear.ingest.routing import RoutingRules
     from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom
+
+    _quiet_pydicom_value_warnings()
 
     profile = (
         load_profile(deid_profile)
@@ -323,19 +333,21 @@ def _emit(app: AppContext, report: IngestReport, as_json: bool) -> None:
             rest = len(report.skipped) - MAX_SKIPPED_LINES
             app.echo(f"  ... and {rest} more (use --json for all)")
     sm = report.summary()
-    verb = "would store" if report.dry_run else "stored"
+    tail = f"{sm['skipped']} skipped of {sm['files_seen']} seen"
+    if report.dry_run:
+        app.note(f"would store {sm['files']} file(s) in {sm['sessions']} session(s); {tail}")
+        return
     app.note(
-        f"{verb} {sm['files']} file(s) in {sm['sessions']} session(s): {sm['new']} new, "
-        f"{sm['new_version']} new version(s), {sm['unchanged']} unchanged, "
-        f"{sm['planned']} planned; {sm['skipped']} skipped of {sm['files_seen']} seen"
+        f"stored {sm['files']} file(s) in {sm['sessions']} session(s): {sm['new']} new, "
+        f"{sm['new_version']} new version(s), {sm['unchanged']} unchanged; {tail}"
     )
 
 
 def _file_line(f: Any) -> str:
     where = f.container.rsplit("/", 1)[-1]
+    name = f.name if f.name.startswith(where) else f"{where}/{f.name}"
     extra = f" {f.members} instance(s)" if f.members else ""
     cls = _class_text(f.classification)
     version = f" v{f.version}" if f.version else ""
-    return f"  {f.status:<11} {safe_text(where)}/{safe_text(f.name)}{version}{extra}" + (
-        f" [{cls}]" if cls else ""
-    )
+    line = f"  {f.status:<11} {safe_text(name)}{version}{extra}"
+    return line + (f" [{cls}]" if cls else "")

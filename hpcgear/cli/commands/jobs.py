@@ -187,7 +187,7 @@ def batch_cmd(
             priority=priority,
             dry_run=dry_run,
         )
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "destination": container_path(s, p.destination),
                 "id": p.job.id if p.job is not None else None,

@@ -1,0 +1,255 @@
+"""Stage-in: build one attempt's job directory on scratch.
+
+``stage_in`` creates every directory of :class:`~hpcgear.render.paths.JobPaths`
+(mode 0700: job directories are not world-readable), copies each file input
+from permanent storage to ``flywheel/v0/input/<input>/<file>``, and writes
+``config.json``, ``.hpcgear/gear.env`` (0600) and ``.hpcgear/job.sbatch``.
+
+Copies are verified end to end. Locally, :meth:`ObjectStore.copy_to` hashes
+the bytes while copying and renames into place. Through SSH the object is
+first copied to a verified local temporary file, sent by SFTP (temp name +
+rename on the far side) and then hashed *there* with ``sha256sum``; a
+mismatch is an error. Files are written fresh, never with the stored mtime,
+so a scratch purge clock starts when the job is staged.
+
+Idempotent: rerunning over a half-staged directory finishes it. Inputs that
+are already present with the right hash are kept; anything else in an input
+directory (a leftover temp file, a stale file) is removed, because gears
+often take "the one file in ``input/<name>/``". The run-state directories
+(``output``, ``work``, ``.hpcgear/{tmp,home,boot}``, ``.apptainer``) and a
+stale ``exit.json`` are emptied, as the gear spec says the output folder is
+emptied at launch. **Never call it for an attempt that may already have been
+submitted** (reconcile by name first): it resets the run state.
+
+Every failure raises :class:`~hpcgear.errors.StagingError` (the controller
+records failure kind ``input_staging``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcgear.errors import HpcgearError, StagingError
+from hpcgear.jobs.spec import InputSpec, JobSpec
+from hpcgear.render.paths import JobPaths
+from hpcgear.scheduler.transport import Transport
+from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
+from hpcgear.storage.objects import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+SCRIPT_MODE = 0o700
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """One input file as it lies in the job directory."""
+
+    input_name: str
+    file_name: str
+    path: str  # on the scheduler's side
+    sha256: str
+    size: int
+    copied: bool  # False when a previous run had already staged it
+
+
+@dataclass(frozen=True, slots=True)
+class StageInResult:
+    paths: JobPaths
+    inputs: tuple[StagedFile, ...]
+    config_sha256: str
+    env_sha256: str
+    script_sha256: str  # same form as RenderedScript.sha256
+
+    @property
+    def bytes_copied(self) -> int:
+        return sum(f.size for f in self.inputs if f.copied)
+
+
+def _text_sha256(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_inputs(spec: JobSpec) -> list[InputSpec]:
+    out: list[InputSpec] = []
+    for item in spec.inputs:
+        if item.base != "file":
+            continue
+        if not item.file_name or not item.sha256:
+            raise StagingError(
+                f"job {spec.job_id}: file input {item.name!r} has no file name or content hash",
+                "the job's input snapshot is incomplete; retry the job from the hierarchy",
+            )
+        out.append(item)
+    return out
+
+
+def _wrap(job_id: str, what: str, exc: HpcgearError) -> StagingError:
+    if isinstance(exc, StagingError):
+        return exc
+    return StagingError(f"job {job_id}: {what}: {exc.message}", exc.hint,
+                        transient=exc.transient)
+
+
+def stage_in(
+    transport: Transport,
+    store: ObjectStore,
+    spec: JobSpec,
+    paths: JobPaths,
+    *,
+    config_json: Mapping[str, object],
+    gear_env: str,
+    script_text: str,
+) -> StageInResult:
+    """Create (or finish) the job directory for ``spec`` at ``paths``.
+
+    Parameters
+    ----------
+    transport
+        Where the job directory lives (local file system or a login node).
+    store
+        Permanent storage holding each input's bytes under its hash.
+    config_json
+        The ``config.json`` document (``hpcgear.gears.configjson.build_config_json``).
+    gear_env
+        Env-file text (``hpcgear.runtimes.envfile.render_gear_env``).
+    script_text
+        The rendered sbatch script (``RenderedScript.text``).
+
+    Raises
+    ------
+    StagingError
+        A directory or file could not be written, an object is missing or
+        corrupt in storage, or a copy did not arrive intact.
+    """
+    inputs = _file_inputs(spec)
+    try:
+        config_text = json.dumps(config_json, indent=2, ensure_ascii=False,
+                                 allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise StagingError(f"job {spec.job_id}: config.json is not JSON data: {exc}",
+                           "config values must be JSON (no NaN, no objects)") from None
+    try:
+        fresh = not transport.exists(paths.root)
+        if not fresh:
+            _reset_run_state(transport, paths)
+        for d in paths.directories():
+            transport.mkdir(d, mode=DIR_MODE)
+        if not fresh:
+            _prune_inputs(transport, paths, {i.name: i.file_name or "" for i in inputs})
+        staged = _stage_inputs(transport, store, spec, inputs, paths)
+        transport.write_text(paths.config_json, config_text, mode=FILE_MODE)
+        transport.write_text(paths.env_file, gear_env, mode=FILE_MODE)
+        transport.write_text(paths.sbatch, script_text, mode=SCRIPT_MODE)
+    except HpcgearError as exc:
+        raise _wrap(spec.job_id, "stage-in", exc) from None
+    except OSError as exc:
+        raise StagingError(f"job {spec.job_id}: stage-in: {exc}",
+                           "check free space and permissions on scratch",
+                           transient=True) from None
+    logger.info("job %s a%s: staged %d input(s) in %s (%d copied)", spec.job_id, spec.attempt,
+                len(staged), paths.root, sum(1 for s in staged if s.copied))
+    return StageInResult(paths, tuple(staged), _text_sha256(config_text),
+                         _text_sha256(gear_env), _text_sha256(script_text))
+
+
+def _reset_run_state(transport: Transport, paths: JobPaths) -> None:
+    """Empty what a previous (unsubmitted) try may have left that the gear would see."""
+    for p in (paths.output_dir, paths.work_dir, paths.tmp_dir, paths.home_dir, paths.boot_dir,
+              paths.apptainer_dir, paths.exit_json):
+        if transport.exists(p):
+            transport.remove_tree(p)
+
+
+def _prune_inputs(transport: Transport, paths: JobPaths, wanted: Mapping[str, str]) -> None:
+    """Remove input directories and files that are not this job's inputs."""
+    if not transport.exists(paths.input_dir):
+        return
+    for name in transport.listdir(paths.input_dir):
+        target = posixpath.join(paths.input_dir, name)
+        if name not in wanted:
+            transport.remove_tree(target)
+            continue
+        st = transport.stat(target)
+        if not st.is_dir:
+            transport.remove_tree(target)
+            continue
+        for entry in transport.listdir(target):
+            if entry != wanted[name]:
+                logger.info("stage-in: removing stray %s", posixpath.join(target, entry))
+                transport.remove_tree(posixpath.join(target, entry))
+
+
+def _present(transport: Transport, items: list[tuple[InputSpec, str]]) -> dict[str, str]:
+    """Hashes of the input files already on scratch (missing ones left out)."""
+    if is_local(transport):
+        out: dict[str, str] = {}
+        for _item, path in items:
+            with contextlib.suppress(OSError, StagingError):
+                out[path] = sha256_local(path)[0]
+        return out
+    existing = [p for _i, p in items if transport.exists(p)]
+    total = sum(i.size or 0 for i, p in items if p in existing)
+    return remote_sha256(transport, existing, total_bytes=total) if existing else {}
+
+
+def _stage_inputs(transport: Transport, store: ObjectStore, spec: JobSpec,
+                  inputs: list[InputSpec], paths: JobPaths) -> list[StagedFile]:
+    items = [(i, paths.input_file(i.name, i.file_name or "")) for i in inputs]
+    for _i, path in items:
+        transport.mkdir(posixpath.dirname(path), mode=DIR_MODE)
+    have = _present(transport, items)
+    staged: list[StagedFile] = []
+    todo: list[tuple[InputSpec, str]] = []
+    for item, path in items:
+        digest = item.sha256 or ""
+        if have.get(path) == digest:
+            staged.append(StagedFile(item.name, item.file_name or "", path, digest,
+                                     item.size or 0, copied=False))
+        else:
+            if path in have:
+                logger.info("job %s: %s on scratch differs from %s; copying again",
+                            spec.job_id, path, digest)
+            todo.append((item, path))
+    if not todo:
+        return staged
+    if is_local(transport):
+        for item, path in todo:
+            store.copy_to(item.sha256 or "", Path(path))
+            os.chmod(path, FILE_MODE)
+            staged.append(StagedFile(item.name, item.file_name or "", path, item.sha256 or "",
+                                     item.size or 0, copied=True))
+        return staged
+    store.ensure()
+    # The verified local copy goes next to storage (room for large inputs), not /tmp.
+    with tempfile.TemporaryDirectory(prefix="stagein-", dir=store.tmp) as tmp:
+        for n, (item, path) in enumerate(todo):
+            local = Path(tmp) / f"in-{n}"
+            store.copy_to(item.sha256 or "", local)  # verified on the way out of storage
+            transport.put(local, path, mode=FILE_MODE)
+            local.unlink()
+    remote = remote_sha256(transport, [p for _i, p in todo],
+                           total_bytes=sum(i.size or 0 for i, _p in todo))
+    for item, path in todo:
+        got = remote.get(path)
+        if got != item.sha256:
+            raise StagingError(
+                f"job {spec.job_id}: input {path} arrived as {got or 'nothing'}, "
+                f"expected {item.sha256}",
+                "the copy was damaged or the scratch file system is failing; hpcgear retries",
+                transient=True,
+            )
+        staged.append(StagedFile(item.name, item.file_name or "", path, item.sha256 or "",
+                                 item.size or 0, copied=True))
+    return staged
