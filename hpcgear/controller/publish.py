@@ -107,21 +107,36 @@ def analysis_label(gear_name: str, when: dt.datetime) -> str:
 
 
 def find_analysis(session: Session, job_id: str) -> Container | None:
-    return session.scalar(select(Container).where(Container.type == "analysis",
-                                                  Container.job_id == job_id))
+    return session.scalar(
+        select(Container).where(Container.type == "analysis", Container.job_id == job_id)
+    )
 
 
 def _analysis_info(job: Job, gear: Gear) -> dict[str, Any]:
-    return {"hpcgear": {
-        "gear": {"name": gear.name, "version": gear.version, "category": gear.category,
-                 "image_digest": gear.image_digest, "manifest_sha256": gear.manifest_sha256},
-        "job": {"id": job.id, "attempt": job.attempt},
-        "config": job.config,
-        "inputs": [{"name": i.get("name"), "file_id": i.get("file_id"),
-                    "version": i.get("version"), "sha256": i.get("sha256"),
-                    "file_name": i.get("file_name")}
-                   for i in (job.inputs or []) if i.get("base") == "file"],
-    }}
+    return {
+        "hpcgear": {
+            "gear": {
+                "name": gear.name,
+                "version": gear.version,
+                "category": gear.category,
+                "image_digest": gear.image_digest,
+                "manifest_sha256": gear.manifest_sha256,
+            },
+            "job": {"id": job.id, "attempt": job.attempt},
+            "config": job.config,
+            "inputs": [
+                {
+                    "name": i.get("name"),
+                    "file_id": i.get("file_id"),
+                    "version": i.get("version"),
+                    "sha256": i.get("sha256"),
+                    "file_name": i.get("file_name"),
+                }
+                for i in (job.inputs or [])
+                if i.get("base") == "file"
+            ],
+        }
+    }
 
 
 def _chain(session: Session, dest: Container) -> dict[str, Container]:
@@ -144,10 +159,15 @@ class _FileTarget:
     existing: File | None  # set when it is a file already on the container
 
 
-def _resolve_plan(session: Session, plan: MetadataPlan, chain: Mapping[str, Container | None],
-                  target_type: str, output_names: set[str], analysis: bool,
-                  dest: Container) -> tuple[list[tuple[ContainerUpdate, Container | None]],
-                                            list[_FileTarget]]:
+def _resolve_plan(
+    session: Session,
+    plan: MetadataPlan,
+    chain: Mapping[str, Container | None],
+    target_type: str,
+    output_names: set[str],
+    analysis: bool,
+    dest: Container,
+) -> tuple[list[tuple[ContainerUpdate, Container | None]], list[_FileTarget]]:
     """Map every key and file of ``plan`` to rows, before anything is written.
 
     ``chain["analysis"]`` is None while the analysis does not exist yet; the
@@ -159,8 +179,10 @@ def _resolve_plan(session: Session, plan: MetadataPlan, chain: Mapping[str, Cont
     for upd in plan.updates:
         ctype = upd.container_type
         if ctype not in chain:
-            problems.append(f"{ctype}: this job's destination ({dest.type} {dest.label!r}) "
-                            f"has no {ctype}; valid here: {', '.join(sorted(chain))}")
+            problems.append(
+                f"{ctype}: this job's destination ({dest.type} {dest.label!r}) "
+                f"has no {ctype}; valid here: {', '.join(sorted(chain))}"
+            )
             continue
         container = chain[ctype]  # None only for a not-yet-created analysis
         containers.append((upd, None if ctype == target_type else container))
@@ -168,8 +190,9 @@ def _resolve_plan(session: Session, plan: MetadataPlan, chain: Mapping[str, Cont
             is_target = ctype == target_type
             existing = None
             if container is not None and not (is_target and fu.name in output_names):
-                existing = session.scalar(select(File).where(
-                    File.container_id == container.id, File.name == fu.name))
+                existing = session.scalar(
+                    select(File).where(File.container_id == container.id, File.name == fu.name)
+                )
             if is_target and fu.name in output_names:
                 files.append(_FileTarget(fu, ctype, fu.name, None))
             elif existing is not None:
@@ -177,11 +200,15 @@ def _resolve_plan(session: Session, plan: MetadataPlan, chain: Mapping[str, Cont
             elif analysis and ctype == dest.type and fu.name in output_names:
                 files.append(_FileTarget(fu, ctype, fu.name, None))
             else:
-                problems.append(f"{ctype}.files[{fu.name!r}]: no such file on the {ctype} "
-                                "and not an output of this job")
+                problems.append(
+                    f"{ctype}.files[{fu.name!r}]: no such file on the {ctype} "
+                    "and not an output of this job"
+                )
     if problems:
-        raise InvalidMetadataError(".metadata.json cannot be applied: " + "; ".join(problems[:5]),
-                                   "name only output files or files on the destination")
+        raise InvalidMetadataError(
+            ".metadata.json cannot be applied: " + "; ".join(problems[:5]),
+            "name only output files or files on the destination",
+        )
     return containers, files
 
 
@@ -222,18 +249,23 @@ def publish_outputs(
         raise ValueError("publish_outputs: log_size is required with log_digest")
     dest = session.get(Container, job.destination_id)
     if dest is None:
-        raise InvalidInputError(f"job {job.id}: destination {job.destination_id} no longer exists",
-                                "the outputs stay in storage; rerun the job on another container")
+        raise InvalidInputError(
+            f"job {job.id}: destination {job.destination_id} no longer exists",
+            "the outputs stay in storage; rerun the job on another container",
+        )
     names = [o.name for o in outputs]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidInputError(f"job {job.id}: two outputs named {', '.join(dupes)}",
-                                "stage-out gives every output a unique name; this is a bug")
+        raise InvalidInputError(
+            f"job {job.id}: two outputs named {', '.join(dupes)}",
+            "stage-out gives every output a unique name; this is a bug",
+        )
     analysis = gear.category == "analysis"
     if analysis and dest.type not in ANALYSIS_PARENTS:
         raise InvalidInputError(
             f"job {job.id}: an analysis cannot be attached to a {dest.type}",
-            "run analysis gears on a project, subject, session or acquisition")
+            "run analysis gears on a project, subject, session or acquisition",
+        )
     chain: dict[str, Container | None] = dict(_chain(session, dest))
     target_type = "analysis" if analysis else dest.type
     existing_analysis = find_analysis(session, job.id) if analysis else None
@@ -243,7 +275,8 @@ def publish_outputs(
     file_targets: list[_FileTarget] = []
     if plan is not None and not plan.empty:
         container_updates, file_targets = _resolve_plan(
-            session, plan, chain, target_type, set(names), analysis, dest)
+            session, plan, chain, target_type, set(names), analysis, dest
+        )
 
     # ---- writes start here
     analysis_created = False
@@ -251,17 +284,29 @@ def publish_outputs(
     if analysis:
         if existing_analysis is None:
             existing_analysis = _create_child(
-                session, dest, "analysis", analysis_label(gear.name, job.created or
-                                                          dt.datetime.now(dt.UTC)),
-                actor, info=_analysis_info(job, gear))
+                session,
+                dest,
+                "analysis",
+                analysis_label(gear.name, job.created or dt.datetime.now(dt.UTC)),
+                actor,
+                info=_analysis_info(job, gear),
+            )
             existing_analysis.job_id = job.id
             session.flush()
             analysis_created = True
         target = existing_analysis
     published: dict[str, PublishedFile] = {}
     for out in outputs:
-        res = add_file_version(session, target, out.name, out.sha256, out.size, actor,
-                               origin_type="job", origin_id=job.id)
+        res = add_file_version(
+            session,
+            target,
+            out.name,
+            out.sha256,
+            out.size,
+            actor,
+            origin_type="job",
+            origin_id=job.id,
+        )
         published[out.name] = _published(res, target, out.relpath)
 
     log_file: PublishedFile | None = None
@@ -270,11 +315,25 @@ def publish_outputs(
             name = f"{gear.name}.log"
             if name in published:
                 name = f"{gear.name}.job-{job.id}.log"
-            res = add_file_version(session, target, name, log_digest, log_size, actor,
-                                   origin_type="job", origin_id=job.id)
+            res = add_file_version(
+                session,
+                target,
+                name,
+                log_digest,
+                log_size,
+                actor,
+                origin_type="job",
+                origin_id=job.id,
+            )
             log_file = _published(res, target, "")
-        record_job_log(session, job, actor, sha256=log_digest, size=log_size,
-                       name=log_file.name if log_file else f"{gear.name}.log")
+        record_job_log(
+            session,
+            job,
+            actor,
+            sha256=log_digest,
+            size=log_size,
+            name=log_file.name if log_file else f"{gear.name}.log",
+        )
 
     applied: list[str] = []
     for upd, container in container_updates:
@@ -282,44 +341,80 @@ def publish_outputs(
         if _apply_container(session, row, upd, actor):
             applied.append(f"container {upd.container_type}")
     for ft in file_targets:
-        file_row = (session.get(File, published[ft.output_name].file_id)
-                    if ft.output_name is not None else ft.existing)
+        file_row = (
+            session.get(File, published[ft.output_name].file_id)
+            if ft.output_name is not None
+            else ft.existing
+        )
         if file_row is not None and _apply_file(session, file_row, ft.update, actor):
             applied.append(f"file {ft.container_type}/{ft.update.name}")
     session.flush()
     files = tuple(published[n] for n in names)
-    logger.info("job %s: published %d output(s) to %s %s (%d new versions)%s", job.id,
-                len(files), target.type, target.id, sum(1 for f in files if f.created),
-                f", metadata on {len(applied)}" if applied else "")
-    return PublishResult(target.id, target.type, target.id if analysis else None,
-                         analysis_created, files, log_file, log_digest, log_size, tuple(applied))
+    logger.info(
+        "job %s: published %d output(s) to %s %s (%d new versions)%s",
+        job.id,
+        len(files),
+        target.type,
+        target.id,
+        sum(1 for f in files if f.created),
+        f", metadata on {len(applied)}" if applied else "",
+    )
+    return PublishResult(
+        target.id,
+        target.type,
+        target.id if analysis else None,
+        analysis_created,
+        files,
+        log_file,
+        log_digest,
+        log_size,
+        tuple(applied),
+    )
 
 
 def _published(res: UploadResult, container: Container, relpath: str) -> PublishedFile:
-    return PublishedFile(res.name, res.file_id, res.version, res.hash, res.size, container.id,
-                         container.type, res.created, relpath)
+    return PublishedFile(
+        res.name,
+        res.file_id,
+        res.version,
+        res.hash,
+        res.size,
+        container.id,
+        container.type,
+        res.created,
+        relpath,
+    )
 
 
-def record_job_log(session: Session, job: Job, actor: str, *, sha256: str, size: int,
-                   name: str) -> bool:
+def record_job_log(
+    session: Session, job: Job, actor: str, *, sha256: str, size: int, name: str
+) -> bool:
     """Note that the job's log is in storage (event ``log.stored``), once per hash.
 
     Used by :func:`publish_outputs` and for failed or cancelled jobs, whose log
     is kept although nothing is published. Returns False if already noted.
     """
     digest = sha256
-    seen = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id,
-                                                  JobEvent.kind == LOG_EVENT)).all()
+    seen = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == LOG_EVENT)
+    ).all()
     if any((e.data or {}).get("sha256") == digest for e in seen):
         return False
-    record_event(session, job, LOG_EVENT, actor, f"job log stored ({size} bytes)",
-                 data={"sha256": digest, "size": size, "name": name})
+    record_event(
+        session,
+        job,
+        LOG_EVENT,
+        actor,
+        f"job log stored ({size} bytes)",
+        data={"sha256": digest, "size": size, "name": name},
+    )
     session.flush()
     return True
 
 
-def _merged_classification(old: Mapping[str, Any] | None,
-                           new: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+def _merged_classification(
+    old: Mapping[str, Any] | None, new: Mapping[str, tuple[str, ...]]
+) -> dict[str, Any]:
     out = dict(old or {})
     for k, v in new.items():
         out[k] = list(v)
@@ -351,8 +446,7 @@ def _apply_file(session: Session, row: File, update: FileUpdate, actor: str) -> 
     return True
 
 
-def _apply_container(session: Session, row: Container, update: ContainerUpdate,
-                     actor: str) -> bool:
+def _apply_container(session: Session, row: Container, update: ContainerUpdate, actor: str) -> bool:
     changed = False
     if update.info:
         info = {**(row.info or {}), **{k: v for k, v in update.info.items()}}

@@ -44,8 +44,10 @@ def record_provenance(session: Session, job: Job, facts: RunFacts) -> Provenance
     unique-key conflict returns the row that won.
     """
     if facts.job_id != job.id:
-        raise InvalidInputError(f"provenance facts are for job {facts.job_id}, not {job.id}",
-                                "build the facts from the same job row")
+        raise InvalidInputError(
+            f"provenance facts are for job {facts.job_id}, not {job.id}",
+            "build the facts from the same job row",
+        )
     existing = get_record(session, job.id)
     if existing is not None:
         return existing
@@ -103,24 +105,34 @@ def collect_run_facts(
     if gear is None:
         raise NotFoundError(f"job {job.id}: gear {job.gear_id} is gone", "reinstall the gear")
     manifest = gear.manifest or {}
-    events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job.id)
-                                  .order_by(JobEvent.id)))
+    events = list(
+        session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
+    )
     created = next((e for e in events if e.kind == "created"), None)
     sbatch = _event_data(events, "sbatch")
     log_event = _event_data(events, "log.stored")
     inputs = tuple(
-        ProvFile(file_id=str(i["file_id"]), version=int(i["version"]),
-                 sha256=str(i.get("sha256") or ""), size=int(i.get("size") or 0),
-                 name=str(i.get("file_name") or ""), container_type=i.get("container_type"),
-                 container_id=i.get("container_id"), role=str(i.get("name") or ""))
+        ProvFile(
+            file_id=str(i["file_id"]),
+            version=int(i["version"]),
+            sha256=str(i.get("sha256") or ""),
+            size=int(i.get("size") or 0),
+            name=str(i.get("file_name") or ""),
+            container_type=i.get("container_type"),
+            container_id=i.get("container_id"),
+            role=str(i.get("name") or ""),
+        )
         for i in (job.inputs or [])
         if i.get("base") == "file" and i.get("file_id") and i.get("version") is not None
     )
     outputs: tuple[ProvFile, ...] = ()
     if published is not None:
-        outputs = tuple(ProvFile(f.file_id, f.version, f.sha256, f.size, f.name,
-                                 f.container_type, f.container_id)
-                        for f in published.files)
+        outputs = tuple(
+            ProvFile(
+                f.file_id, f.version, f.sha256, f.size, f.name, f.container_type, f.container_id
+            )
+            for f in published.files
+        )
         if log_sha256 is None:
             log_sha256, log_size = published.log_sha256, published.log_size
     if log_sha256 is None and log_event.get("sha256"):
@@ -136,8 +148,11 @@ def collect_run_facts(
             array_job_id, array_task = base, task
     acct = accounting
     rec = exit_record
-    argv = tuple(apptainer_argv) if apptainer_argv is not None else tuple(
-        str(a) for a in sbatch.get("argv") or ())
+    argv = (
+        tuple(apptainer_argv)
+        if apptainer_argv is not None
+        else tuple(str(a) for a in sbatch.get("argv") or ())
+    )
     return RunFacts(
         job_id=job.id,
         attempt=job.attempt,
@@ -165,7 +180,8 @@ def collect_run_facts(
         destination_type=job.destination_type,
         destination_id=job.destination_id,
         analysis_id=published.analysis_id if published else None,
-        script_sha256=script_sha256 or sbatch.get("script_sha256")
+        script_sha256=script_sha256
+        or sbatch.get("script_sha256")
         or getattr(job, "script_sha256", None),
         apptainer_argv=argv,
         runtime=_runtime_name(rec.runtime_version if rec else None),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +36,7 @@ from hpcgear.config.settings import Settings
 from hpcgear.config.site import SiteConfig
 from hpcgear.db.models import Gear, Job, JobEvent
 from hpcgear.db.session import Database
-from hpcgear.errors import HpcgearError, InvalidInputError, StagingError
+from hpcgear.errors import HpcgearError, ImageError, InvalidInputError, StagingError
 from hpcgear.gears.configjson import build_config_json
 from hpcgear.gears.manifest import parse_manifest
 from hpcgear.gears.reserved import split_reserved
@@ -369,6 +369,12 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
             paths = job_paths(site, spec.user, job.id, job.attempt)
             config_json = config_json_for(s, job, spec)
         script = render_sbatch(spec, site, paths)
+    except ImageError as exc:
+        # The image could not be placed in the site's cache: infrastructure, retryable.
+        with _job_session(ctx, job_id) as (s, job):
+            _fail(s, job, ctx.actor, FailureKind.BOOT_FAILURE, f"image cache: {exc.message}")
+        report.failed += 1
+        return
     except HpcgearError as exc:
         with _job_session(ctx, job_id) as (s, job):
             _fail(s, job, ctx.actor, FailureKind.REJECTED, exc.message)
@@ -897,7 +903,7 @@ def keep_logs_of_failed(ctx: ControllerContext, rt: SiteRuntime) -> None:
 def run_cycle(ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int = 50) -> CycleReport:
     """One pass over a site: cancel, claim + submit, poll, stage out, retry."""
     report = CycleReport(site=rt.site.name)
-    steps = (
+    steps: tuple[tuple[str, Callable[[], None]], ...] = (
         ("cancel", lambda: cancel_requested(ctx, rt, report)),
         ("submit", lambda: _submit_all(ctx, rt, report, claim_limit)),
         ("poll", lambda: poll_jobs(ctx, rt, report)),

@@ -53,6 +53,8 @@ def init_cmd(app: AppContext, db_url: str | None, storage: str | None, scratch: 
         settings = replace(settings, database_url=db_url)
     if storage:
         settings = replace(settings, storage_root=Path(storage).expanduser().resolve())
+        if not settings.exists:  # a new instance keeps its image cache beside its storage
+            settings = replace(settings, image_cache=settings.storage_root.parent / "images")
     if scratch:
         settings = replace(settings, scratch_root=Path(scratch).expanduser().resolve())
     engine = create_db_engine(settings.database_url, create_dirs=True)
