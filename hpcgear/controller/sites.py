@@ -28,6 +28,7 @@ class SiteRuntime:
     transport: Transport
     backend: SchedulerBackend
     local_files: bool  # True when the site's file systems are this host's
+    max_array_size: int | None = None  # live MaxArraySize, read once per connection
     _images_checked: set[str] = field(default_factory=set)
 
     def close(self) -> None:

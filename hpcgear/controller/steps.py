@@ -22,9 +22,11 @@ once``) only call these steps.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import secrets
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,15 +289,31 @@ def _fail(s: Session, job: Job, actor: str, kind: FailureKind, message: str, **f
     )
 
 
+def _open_intents(s: Session, job_ids: Sequence[str]) -> set[str]:
+    """Jobs whose sbatch may have run: an ``sbatch`` event after the last abandonment.
+
+    Events are append-only, so an abandoned intent is cancelled by a later
+    ``sbatch_abandoned`` event, never by editing the ``sbatch`` one.
+    """
+    if not job_ids:
+        return set()
+    rows = s.execute(
+        select(JobEvent.job_id, JobEvent.kind, func.max(JobEvent.id))
+        .where(
+            JobEvent.job_id.in_(list(job_ids)),
+            JobEvent.kind.in_(("sbatch", "sbatch_abandoned")),
+        )
+        .group_by(JobEvent.job_id, JobEvent.kind)
+    ).all()
+    last: dict[str, dict[str, int]] = {}
+    for job_id, kind, max_id in rows:
+        last.setdefault(job_id, {})[kind] = max_id
+    return {j for j, k in last.items() if k.get("sbatch", 0) > k.get("sbatch_abandoned", 0)}
+
+
 def _sbatch_intent(s: Session, job: Job) -> bool:
     """Whether an sbatch for this attempt may have run (write-ahead intent recorded)."""
-    return bool(
-        s.scalar(
-            select(func.count())
-            .select_from(JobEvent)
-            .where(JobEvent.job_id == job.id, JobEvent.kind == "sbatch")
-        )
-    )
+    return job.id in _open_intents(s, [job.id])
 
 
 def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: CycleReport) -> None:
@@ -927,12 +945,53 @@ def _submit_all(
     claimed = claim_jobs(ctx, rt, limit=claim_limit)
     report.claimed += len(claimed)
     with ctx.db.session() as s:
-        submitting = s.scalars(
-            select(Job.id)
+        rows = s.scalars(
+            select(Job)
             .where(Job.site == rt.site.name, Job.state == JobState.SUBMITTING.value)
             .order_by(Job.created)
         ).all()
-    for job_id in submitting:
+        intents = _open_intents(s, [j.id for j in rows])
+    # Arrays whose sbatch may have run: adopt them together, by the array's name.
+    pending_arrays = sorted(
+        {j.array_id for j in rows if j.array_id and not j.native_id and j.id in intents}
+    )
+    for array_id in pending_arrays:
+        try:
+            adopt_or_reset_array(ctx, rt, array_id, report)
+        except HpcgearError as exc:
+            report.errors.append(f"array {array_id}: {exc.message}")
+    singles: list[str] = []
+    groups: dict[tuple[Any, ...], list[Job]] = {}
+    for job in rows:
+        if job.array_id and job.id in intents and not job.native_id:
+            continue  # handled above
+        if job.native_id or job.id in intents:
+            singles.append(job.id)
+            continue
+        key = (
+            job.gear_id,
+            _spec_user(job),
+            dumps({k: v for k, v in (job.resources or {}).items() if k != "explain"}),
+        )
+        groups.setdefault(key, []).append(job)
+    for group in groups.values():
+        if len(group) < 2 or rt.site.scheduler != "slurm":
+            singles.extend(j.id for j in group)
+            continue
+        size = _array_size_limit(rt)
+        for i in range(0, len(group), size):
+            chunk = [j.id for j in group[i : i + size]]
+            if len(chunk) == 1:
+                singles.extend(chunk)
+                continue
+            try:
+                submit_array(ctx, rt, chunk, report)
+            except StaleJobError:
+                continue
+            except HpcgearError as exc:
+                logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
+                report.errors.append(f"array: {exc.message}")
+    for job_id in singles:
         try:
             submit_job(ctx, rt, job_id, report)
         except StaleJobError:
@@ -940,6 +999,198 @@ def _submit_all(
         except HpcgearError as exc:
             logger.warning("job %s: submit step failed: %s", job_id, exc.message)
             report.errors.append(f"{job_id}: {exc.message}")
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def _array_size_limit(rt: SiteRuntime) -> int:
+    """Tasks per array: the site's max_size, capped by the live MaxArraySize."""
+    live = rt.max_array_size
+    if live is None:
+        try:
+            live = rt.backend.cluster_info().max_array_size
+        except HpcgearError:
+            live = 1001
+        rt.max_array_size = live
+    configured = rt.site.array.max_size
+    return max(1, min(configured, live) if configured else live)
+
+
+def submit_array(
+    ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], report: CycleReport
+) -> None:
+    """Stage in every job, then submit them as ONE job array (write-ahead, held)."""
+    from hpcgear.render import ArrayPaths, render_array
+    from hpcgear.staging.stagein import stage_in
+
+    site, backend = rt.site, rt.backend
+    with _job_session(ctx, job_ids[0]) as (s, job):
+        gear = s.get(Gear, job.gear_id)
+        assert gear is not None
+        digest = gear.image_digest
+    if not digest:
+        for jid in job_ids:
+            submit_job(ctx, rt, jid, report)  # fails each with the clear message
+        return
+    sif = rt.ensure_image(ctx.store, digest)
+    specs: list[JobSpec] = []
+    all_paths: list[JobPaths] = []
+    configs: list[dict[str, Any]] = []
+    for jid in job_ids:
+        with _job_session(ctx, jid) as (s, job):
+            spec = resolve_spec(s, job, site, sif)
+            specs.append(spec)
+            all_paths.append(job_paths(site, spec.user, job.id, job.attempt))
+            configs.append(config_json_for(s, job, spec))
+    array_id = f"a{secrets.token_hex(8)}"
+    apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
+    script = render_array(
+        specs,
+        site,
+        array_id=array_id,
+        paths=all_paths,
+        array_paths=apaths,
+        max_array_size=rt.max_array_size,
+    )
+    staged: list[int] = []
+    for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
+        try:
+            stage_in(
+                rt.transport,
+                ctx.store,
+                spec,
+                paths,
+                config_json=cfg,
+                gear_env=render_gear_env(spec),
+                script_text=script.text,
+            )
+            staged.append(i)
+        except StagingError as exc:
+            with _job_session(ctx, spec.job_id) as (s, job):
+                _fail(s, job, ctx.actor, FailureKind.INPUT_STAGING, exc.message)
+            report.failed += 1
+    if len(staged) < len(specs):
+        # Re-render without the jobs that could not be staged; the rest stay one array.
+        specs = [specs[i] for i in staged]
+        all_paths = [all_paths[i] for i in staged]
+        if not specs:
+            return
+        script = render_array(
+            specs,
+            site,
+            array_id=array_id,
+            paths=all_paths,
+            array_paths=apaths,
+            max_array_size=rt.max_array_size,
+        )
+    rt.transport.mkdir(apaths.root)
+    rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
+    for index, spec in enumerate(specs):  # write-ahead intent, per task
+        with _job_session(ctx, spec.job_id) as (s, job):
+            update_fields(
+                s,
+                job,
+                script_sha256=script.sha256,
+                array_id=array_id,
+                scheduler_info={**(job.scheduler_info or {}), "array_index": index},
+            )
+            record_event(
+                s,
+                job,
+                "sbatch",
+                ctx.actor,
+                f"submitting as task {index} of array {array_id} with --hold",
+                data={
+                    "array_id": array_id,
+                    "index": index,
+                    "script": apaths.sbatch,
+                    "script_sha256": script.sha256,
+                    "argv": build_runtime_argv(spec, site, all_paths[index]),
+                },
+            )
+    try:
+        base = backend.submit(apaths.sbatch, hold=True)
+    except SubmitRejectedError as exc:
+        for spec in specs:
+            with _job_session(ctx, spec.job_id) as (s, job):
+                _fail(s, job, ctx.actor, FailureKind.REJECTED, exc.slurm_message or exc.message)
+        report.failed += len(specs)
+        return
+    except SchedulerUnavailableError as exc:
+        report.errors.append(f"array {array_id}: {exc.message}")
+        return  # the next cycle looks the array up by name
+    _record_array(ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted")
+
+
+def _record_array(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    job_ids: Sequence[str],
+    base: str,
+    report: CycleReport,
+    *,
+    how: str,
+) -> None:
+    now = utcnow()
+    for jid in job_ids:
+        with _job_session(ctx, jid) as (s, job):
+            index = int((job.scheduler_info or {}).get("array_index", 0))
+            native = f"{base}_{index}"
+            update_fields(s, job, native_id=native, submitted=now, last_seen=now)
+            record_event(
+                s,
+                job,
+                how,
+                ctx.actor,
+                f"SLURM array task {native} (held)",
+                data={"native_id": native, "array_job_id": base},
+            )
+    rt.backend.release([base])
+    for jid in job_ids:
+        with _job_session(ctx, jid) as (s, job):
+            transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
+    if how == "adopted":
+        report.adopted += len(job_ids)
+    else:
+        report.submitted += len(job_ids)
+
+
+def adopt_or_reset_array(
+    ctx: ControllerContext, rt: SiteRuntime, array_id: str, report: CycleReport
+) -> None:
+    """An array whose sbatch may have run: adopt it by name, or submit its jobs again."""
+    from hpcgear.render import array_slurm_name
+
+    with ctx.db.session() as s:
+        job_ids = list(
+            s.scalars(
+                select(Job.id).where(
+                    Job.array_id == array_id, Job.state == JobState.SUBMITTING.value
+                )
+            ).all()
+        )
+    if not job_ids:
+        return
+    found = rt.backend.lookup_by_name(array_slurm_name(array_id))
+    if found:
+        if len(found) > 1:
+            rt.backend.cancel(found[1:])
+        _record_array(ctx, rt, job_ids, found[0], report, how="adopted")
+        return
+    # sbatch never created it: forget the intent so the jobs are submitted afresh.
+    for jid in job_ids:
+        with _job_session(ctx, jid) as (s, job):
+            update_fields(s, job, array_id=None)
+            record_event(
+                s,
+                job,
+                "sbatch_abandoned",
+                ctx.actor,
+                f"array {array_id} was never created in SLURM; resubmitting",
+                data={"array_id": array_id},
+            )
 
 
 __all__ = [

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion
 from hpcgear.errors import IngestError, InvalidInputError, NotFoundError
-from hpcgear.hierarchy.paths import LEVELS, check_group_id
+from hpcgear.hierarchy.paths import LEVELS, check_group_id, check_label
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
     _create_child,
@@ -71,6 +71,7 @@ from hpcgear.storage.objects import ObjectStore, sha256_file
 logger = logging.getLogger(__name__)
 
 UNSORTED_PROJECT = "Unsorted"
+UID_CONFLICT = "uid_conflict"
 NIFTI_DEFAULT_SESSION = "default"
 NO_SUBJECT = "no_subject"
 MAX_RETRIES = 3
@@ -78,6 +79,10 @@ STUDY_INFO_FIELDS = ("StudyDescription", "StudyDate", "StudyTime")
 
 
 # ------------------------------------------------------------------ options
+
+
+class SeriesConflictError(IngestError):
+    """A series' natural key (SeriesInstanceUID) already belongs to another study."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +126,8 @@ def _check_options(group: str, jobs: int, labels: dict[str, str | None]) -> None
     if jobs < 1:
         raise InvalidInputError(f"--jobs must be at least 1, not {jobs}", "e.g. --jobs 4")
     for level, value in labels.items():
-        if value is not None and clean_label(value) != value:
-            raise InvalidInputError(
-                f"--{level} {value!r} is not a valid label",
-                "labels are non-empty, without '/', control characters or edge spaces",
-            )
+        if value is not None:
+            check_label(value, what=f"--{level}")
 
 
 # ------------------------------------------------------------ hierarchy bits
@@ -539,7 +541,7 @@ def _file_metadata(series: PlannedSeries, built: BuiltZip) -> dict[str, Any]:
         "type": "dicom",
         "modality": series.modality,
         "classification": series.classification,
-        "info": {**series.header, "hpcgear": hp},
+        "info": {"header": {"dicom": dict(series.header)}, "hpcgear": hp},
     }
 
 
@@ -583,30 +585,20 @@ def _execute_plan(
             while queue:
                 study, series, future = queue.popleft()
                 submit_next()
-                try:
-                    built = future.result()
-                except IngestError as exc:  # a file changed or vanished since the scan
-                    _skip_series(report, series, UNREADABLE, exc.message)
-                    continue
-                except Exception as exc:  # pydicom on a file that changed or is corrupt
-                    reason = DEID_FAILED if options.profile is not None else UNREADABLE
-                    _skip_series(report, series, reason, f"{type(exc).__name__}: {exc}")
-                    continue
-                try:
-                    outcome = _store_series(
-                        session,
-                        store,
-                        actor,
-                        projects[study.project],
-                        study,
-                        series,
-                        built,
-                        report,
-                        seen_sessions,
-                    )
-                finally:
-                    built.path.unlink(missing_ok=True)
-                report.files.append(outcome)
+                outcome = _store_built_series(
+                    session,
+                    store,
+                    actor,
+                    projects[study.project],
+                    study,
+                    series,
+                    future,
+                    options.profile,
+                    report,
+                    seen_sessions,
+                )
+                if outcome is not None:
+                    report.files.append(outcome)
                 done += len(series.instances)
                 if progress is not None:
                     progress(ProgressEvent("store", done, total))
@@ -615,6 +607,40 @@ def _execute_plan(
                 future.cancel()
             raise
     report.sessions.extend(seen_sessions.values())
+
+
+def _store_built_series(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    project: Container,
+    study: PlannedStudy,
+    series: PlannedSeries,
+    future: Future[BuiltZip],
+    profile: DeidProfile | None,
+    report: IngestReport,
+    seen_sessions: dict[str, SessionOutcome],
+) -> FileOutcome | None:
+    """Wait for one series zip and store it; a series that cannot be built or
+    placed is reported as skipped (its files with a reason), the ingest goes on."""
+    try:
+        built = future.result()
+    except (IngestError, OSError) as exc:  # a file changed or vanished since the scan
+        _skip_series(report, series, UNREADABLE, getattr(exc, "message", None) or str(exc))
+        return None
+    except Exception as exc:  # pydicom failing on the full read or the profile
+        reason = DEID_FAILED if profile is not None else UNREADABLE
+        _skip_series(report, series, reason, f"{type(exc).__name__}: {exc}")
+        return None
+    try:
+        return _store_series(
+            session, store, actor, project, study, series, built, report, seen_sessions
+        )
+    except SeriesConflictError as exc:
+        _skip_series(report, series, UID_CONFLICT, exc.message)
+        return None
+    finally:
+        built.path.unlink(missing_ok=True)
 
 
 def _skip_series(report: IngestReport, series: PlannedSeries, reason: str, detail: str) -> None:
@@ -639,12 +665,16 @@ def _store_series(
     """One series in one transaction (retried when a concurrent ingest raced us)."""
     for attempt in range(1, MAX_RETRIES + 1):
         try:
-            outcome, created = _store_series_once(
-                session, store, actor, project, study, series, built, seen_sessions
+            outcome, created, placed = _store_series_once(
+                session, store, actor, project, study, series, built
             )
             session.commit()
             report.created_containers += created
+            seen_sessions.setdefault(study.natural_key, placed)
             return outcome
+        except SeriesConflictError:
+            session.rollback()
+            raise
         except IntegrityError:
             session.rollback()
             if attempt == MAX_RETRIES:
@@ -661,8 +691,7 @@ def _store_series_once(
     study: PlannedStudy,
     series: PlannedSeries,
     built: BuiltZip,
-    seen_sessions: dict[str, SessionOutcome],
-) -> tuple[FileOutcome, int]:
+) -> tuple[FileOutcome, int, SessionOutcome]:
     created = 0
     project = session.get(Container, project.id) or project
     sess = find_by_natural_key(session, project.id, "session", study.natural_key)
@@ -675,18 +704,29 @@ def _store_series_once(
         )
         created += new_session
         sess_status = "new" if new_session else "existing"
-    if study.natural_key not in seen_sessions:
-        seen_sessions[study.natural_key] = SessionOutcome(
-            path=container_path(session, sess),
-            status=sess_status,
-            natural_key=study.natural_key,
-            unsorted_reason=study.unsorted_reason,
-            routing=study.routing,
-        )
+    placed = SessionOutcome(
+        path=container_path(session, sess),
+        status=sess_status,
+        natural_key=study.natural_key,
+        unsorted_reason=study.unsorted_reason,
+        routing=study.routing,
+    )
     acq, new_acq = _keyed_child(
-        session, sess, "acquisition", series.label, series.natural_key, actor, series.header
+        session,
+        sess,
+        "acquisition",
+        series.label,
+        series.natural_key,
+        actor,
+        {"header": {"dicom": dict(series.header)}},
     )
     created += new_acq
+    if acq.session_id != sess.id:
+        raise SeriesConflictError(
+            f"the SeriesInstanceUID of series {series.label!r} already belongs to "
+            f"{container_path(session, acq)} (another study)",
+            "the files reuse a UID across studies; fix them, or de-identify with hashuid",
+        )
     acq_path = container_path(session, acq)
     row = session.scalar(
         select(File).where(File.container_id == acq.id, File.name == series.file_name)
@@ -709,6 +749,7 @@ def _store_series_once(
                     classification=dict(row.classification or {}),
                 ),
                 created,
+                placed,
             )
     obj = store.put_file(built.path)
     result = add_file_version(
@@ -1047,10 +1088,10 @@ def reclassify(
     for row, container in rows:
         info = dict(row.info or {})
         hp = dict(info.get("hpcgear") or {})
-        old_version = hp.get("classifier_version")
+        old_version = stored_classifier_version(info)
         if not force and old_version == CLASSIFIER_VERSION:
             continue
-        new = classify(info)
+        new = classify(stored_header(info))
         changed = new != (row.classification or {}) or old_version != CLASSIFIER_VERSION
         out.append(
             ReclassifyOutcome(
@@ -1063,7 +1104,29 @@ def reclassify(
         )
         if changed and not dry_run:
             hp["classifier_version"] = CLASSIFIER_VERSION
-            apply_file_metadata(
-                session, row, {"classification": new, "info": {"hpcgear": hp}}, actor
-            )
+            update: dict[str, Any] = {"hpcgear": hp}
+            if isinstance(info.get("classifier"), dict):  # written by the dicom-header gear
+                update["classifier"] = {**info["classifier"], "version": CLASSIFIER_VERSION}
+            apply_file_metadata(session, row, {"classification": new, "info": update}, actor)
     return out
+
+
+def stored_header(info: dict[str, Any]) -> dict[str, Any]:
+    """The DICOM header fields kept in a file's info (``info.header.dicom``).
+
+    Ingest and the dicom-header gear both store them there (Flywheel's shape);
+    older top-level fields are read as a fallback.
+    """
+    section = info.get("header")
+    header = section.get("dicom") if isinstance(section, dict) else None
+    return dict(header) if isinstance(header, dict) else dict(info)
+
+
+def stored_classifier_version(info: dict[str, Any]) -> str | None:
+    """``info.hpcgear.classifier_version`` (ingest) or ``info.classifier.version`` (gear)."""
+    for name, key in (("hpcgear", "classifier_version"), ("classifier", "version")):
+        section = info.get(name)
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str):
+            return value
+    return None

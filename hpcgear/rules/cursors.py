@@ -55,8 +55,8 @@ def read_cursor(session: Session, name: str, *, lock: bool = True) -> CursorStat
     row = session.get(RuleCursor, name, with_for_update=lock or None, populate_existing=True)
     if row is None:
         try:
-            with session.begin_nested():
-                session.add(RuleCursor(name=name, position=0, gaps=[]))
+            session.add(RuleCursor(name=name, position=0, gaps=[]))
+            session.flush()
         except IntegrityError:
             raise CursorMoved(
                 f"cursor {name} was created by another evaluator",

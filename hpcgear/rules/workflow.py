@@ -424,8 +424,9 @@ def session_inputs(
     """Each session input regex -> the one matching file (session + acquisitions, then project)."""
     if not rule.spec.session_inputs:
         return P.Explanation("inputs found", True, "the rule takes no session inputs"), []
-    session_files = list(
-        s.execute(
+    session_files: list[tuple[File, Container]] = [
+        (row[0], row[1])
+        for row in s.execute(
             select(File, Container)
             .join(Container, Container.id == File.container_id)
             .where(
@@ -433,8 +434,8 @@ def session_inputs(
                 Container.type.in_(("session", "acquisition")),
             )
             .order_by(Container.label, File.name)
-        ).tuples()
-    )
+        )
+    ]
     project_files: list[tuple[File, Container]] | None = None
     kids: list[P.Explanation] = []
     specs: list[InputSpec] = []

@@ -248,8 +248,10 @@ def test_routing_grouping_unsorted_skips_and_progress(
                                 "Features": ["MPRAGE", "3D", "Derived"]}
     assert f.info["hpcgear"]["classifier_version"] == CLASSIFIER_VERSION
     assert f.info["hpcgear"]["instances"] == 3
-    assert f.info["SeriesDescription"] == "t1_mprage_sag" and f.info["EchoTime"] == 240.0
-    assert t1.info["Manufacturer"] == "TOSHIBA_MEC"
+    header = f.info["header"]["dicom"]
+    assert header["SeriesDescription"] == "t1_mprage_sag" and header["EchoTime"] == 240.0
+    assert "PatientName" not in header and "PatientID" not in header
+    assert t1.info["header"]["dicom"]["Manufacturer"] == "TOSHIBA_MEC"
     members = read_zip(store, hier, f)
     assert [int(m.InstanceNumber) for m in members] == [1, 2, 3]
     # study B: unknown project -> Unsorted, subject/session from the pattern, reason kept
@@ -343,6 +345,17 @@ def test_routing_options_custom_field_and_fallback_labels(
     c = containers(hier)
     assert c[expected[0]].natural_key == uid("study", "G1")
     assert "notes.txt" in files_of(hier, c[expected[0]])
+    # a SeriesInstanceUID reused by another study is reported, never merged
+    h = tmp_path / "in4"
+    shared = {"SeriesInstanceUID": uid("series", "shared")}
+    write_series(h, study="H1", series="a", number=1, description="T1w", count=1,
+                 accession="demo/sub-h/one", extra=shared, prefix="h1")
+    write_series(h, study="H2", series="b", number=1, description="T1w", count=1,
+                 accession="demo/sub-h/two", extra=shared, prefix="h2")
+    report = run(hier, store, h)
+    assert [(x.path, x.reason) for x in report.skipped] == [("h2-000.dcm", "uid_conflict")]
+    assert [f.status for f in report.files] == ["new"]
+    assert f"{GROUP}/demo/sub-h/two" not in containers(hier)  # rolled back
 
 
 def test_dry_run_and_refusals_change_nothing(
@@ -491,7 +504,7 @@ def test_deid_profiles_applied_before_storing(
     stored = json.dumps([f.info, acq.info, sess.info])
     for secret in ("MRN-424242", "Secret", "General Hospital", "20200315", "pepper"):
         assert secret not in stored
-    assert f.info["StudyDate"] == "20200305"
+    assert f.info["header"]["dicom"]["StudyDate"] == "20200305"
     # de-identification is deterministic, so a rerun is a no-op too
     assert [x.status for x in run(hier, store, d, profile=profile).files] == ["unchanged"]
 
@@ -506,3 +519,19 @@ def test_deid_profiles_applied_before_storing(
     f = next(iter(files_of(hier, containers(hier)[f"{path}/1 - T1w"]).values()))
     m = read_zip(store, hier, f)[0]
     assert "PatientName" not in m and "PatientID" not in m and "PatientBirthDate" not in m
+
+
+def test_stored_header_and_version_shapes() -> None:
+    """Ingest and the dicom-header gear keep the header at info.header.dicom."""
+    from hpcgear.ingest.service import stored_classifier_version, stored_header
+
+    gear = {"header": {"dicom": {"SeriesDescription": "T1w"}},
+            "classifier": {"name": "hpcgear.ingest.classifier", "version": "0.9.0"}}
+    ingest = {"header": {"dicom": {"SeriesDescription": "T2w"}},
+              "hpcgear": {"classifier_version": "1.0.0"}}
+    legacy = {"SeriesDescription": "FLAIR"}
+    assert stored_header(gear) == {"SeriesDescription": "T1w"}
+    assert stored_header(legacy) == legacy
+    assert stored_classifier_version(gear) == "0.9.0"
+    assert stored_classifier_version(ingest) == "1.0.0"
+    assert stored_classifier_version(legacy) is None
