@@ -15,6 +15,13 @@ project is created on first use only when the acting user is an admin of the
 group (or a site admin); otherwise the ingest stops before storing anything and
 says who can create it. Writing into Unsorted needs read-write there like any
 project, so the fallback grants nobody extra access.
+
+Files that are not ingested are reported (never silently dropped) with a reason
+code: ``not_dicom``, ``missing_uid``, ``unreadable`` (truncated/corrupt or
+changed during the ingest), ``duplicate`` (same SOP Instance UID, or same NIfTI
+name and place, as an earlier file), ``deid_failed``, ``uid_conflict`` (a
+SeriesInstanceUID that already belongs to another study); for NIfTI also
+``not_nifti``, ``orphan_sidecar`` and ``no_subject``.
 """
 
 from __future__ import annotations
@@ -780,6 +787,7 @@ def _store_series_once(
             classification=series.classification,
         ),
         created,
+        placed,
     )
 
 

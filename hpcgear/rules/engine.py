@@ -36,15 +36,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Job, JobEvent, RuleMatch
 from hpcgear.db.session import Database
-from hpcgear.errors import HpcgearError, InvalidInputError, RuleError
+from hpcgear.errors import HpcgearError, InvalidInputError, PermissionDeniedError, RuleError
 from hpcgear.gears.service import get_gear
 from hpcgear.hierarchy.permissions import RoleName, require_role, require_site_admin
-from hpcgear.hierarchy.service import container_path, resolve_container, resolve_file
+from hpcgear.hierarchy.service import (
+    container_path,
+    file_version,
+    resolve_container,
+    resolve_file,
+)
 from hpcgear.jobs.service import _input_spec, prepare_job, store_job
 from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.rules import predicates as P
@@ -66,7 +71,13 @@ from hpcgear.rules.cursors import (
     read_cursor,
     save_cursor,
 )
-from hpcgear.rules.facts import current_versions, facts_for_file, load_containers
+from hpcgear.rules.facts import (
+    FactsBuilder,
+    current_versions,
+    facts_for_file,
+    file_facts_from_row,
+    load_containers,
+)
 from hpcgear.rules.service import LoadedRule, get_rule_row, load_rule
 from hpcgear.states import JobState
 
@@ -380,60 +391,107 @@ def _expand_container_changes(
 def _evaluate_files(
     ctx: EvalContext, s: Session, ids: list[str], file_seq: Mapping[str, int]
 ) -> None:
+    """Evaluate the file rules of each file's project on its current version.
+
+    Plain columns (not ORM objects) are loaded, with the current version joined
+    in, and container facts are built once per container: this loop runs once
+    per changed file, so it is the engine's hot path.
+    """
     projects = list(ctx.rules.file_rules)
     if not projects:
         return
-    files = list(s.scalars(select(File).where(File.id.in_(ids), File.project_id.in_(projects))))
-    if not files:
+    rows = s.execute(
+        select(
+            File.id,
+            File.container_id,
+            File.project_id,
+            File.name,
+            File.type,
+            File.modality,
+            File.classification,
+            File.tags,
+            File.info,
+            FileVersion.version,
+            FileVersion.origin_type,
+            FileVersion.origin_id,
+        )
+        .join(
+            FileVersion,
+            and_(FileVersion.file_id == File.id, FileVersion.version == File.current_version),
+        )
+        .where(File.id.in_(ids), File.project_id.in_(projects))
+    ).all()
+    if not rows:
         return
-    ctx.report.files_evaluated += len(files)
-    versions = current_versions(s, files)
-    containers = load_containers(s, {f.container_id for f in files})
+    ctx.report.files_evaluated += len(rows)
+    containers = load_containers(s, {r.container_id for r in rows})
+    builder = FactsBuilder(containers)
     memory = {
         (m.rule_id, m.file_id): m
-        for m in s.scalars(select(RuleMatch).where(RuleMatch.file_id.in_([f.id for f in files])))
+        for m in s.scalars(select(RuleMatch).where(RuleMatch.file_id.in_([r.id for r in rows])))
     }
-    origin_ids = {fv.origin_id for fv in versions.values() if fv.origin_type == "job"}
+    origin_ids = {r.origin_id for r in rows if r.origin_type == "job"}
     origin_jobs: dict[str, Job] = (
         {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(origin_ids)))}
         if origin_ids
         else {}
     )
-    for f in files:
-        fv = versions.get(f.id)
-        if fv is None or f.container_id not in containers:
+    for r in rows:
+        if r.container_id not in containers:
             continue
-        facts = facts_for_file(f, fv, containers)
-        seq = file_seq[f.id]
-        for rule in ctx.rules.file_rules.get(str(f.project_id), []):
+        facts = builder.for_file(
+            r.container_id,
+            file_facts_from_row(
+                name=r.name,
+                version=r.version,
+                type=r.type,
+                modality=r.modality,
+                origin=r.origin_type,
+                classification=r.classification,
+                tags=r.tags,
+                info=r.info,
+            ),
+        )
+        seq = file_seq[r.id]
+        for rule in ctx.rules.file_rules.get(str(r.project_id), []):
             if not ctx.backfill and seq <= rule.created_seq:
                 continue
             assert rule.spec.when is not None
-            passed = P.evaluate(rule.spec.when, facts).passed
-            mem = memory.get((rule.id, f.id))
-            if not passed:
+            key = (rule.id, r.id)
+            mem = memory.get(key)
+            if not P.matches(rule.spec.when, facts):
                 if mem is not None:
                     s.delete(mem)  # no longer matching: matching again later is a new edge
-                    memory.pop((rule.id, f.id))
+                    memory.pop(key)
                 continue
-            if mem is not None and mem.version == fv.version and mem.outcome != "error":
+            if mem is not None and mem.version == r.version and mem.outcome != "error":
                 continue  # this version already matched: not an edge
-            outcome, job_id, note = _fire(ctx, s, rule, f, fv, containers, origin_jobs, seq)
+            guard = origin_guard(r.origin_type, r.origin_id, origin_jobs.get(r.origin_id), rule.id)
+            if guard is not None:
+                ctx.report.guarded += 1
+                outcome, job_id, note = "guarded", None, guard
+            else:
+                f = s.get(File, r.id)
+                assert f is not None
+                fv = file_version(s, f, r.version)
+                outcome, job_id, note = _fire(ctx, s, rule, f, fv, containers, seq)
             if mem is None:
-                mem = RuleMatch(rule_id=rule.id, file_id=f.id)
+                mem = RuleMatch(rule_id=rule.id, file_id=r.id)
                 s.add(mem)
-                memory[(rule.id, f.id)] = mem
-            mem.version, mem.seq, mem.outcome = fv.version, seq, outcome
+                memory[key] = mem
+            mem.version, mem.seq, mem.outcome = r.version, seq, outcome
             mem.job_id, mem.note = job_id, note
     s.flush()
 
 
-def origin_guard(fv: FileVersion, origin_job: Job | None, rule_id: int) -> str | None:
-    """Why a version must not trigger the rule (None when it may)."""
-    if fv.origin_type != "job":
+def origin_guard(
+    origin_type: str, origin_id: str, origin_job: Job | None, rule_id: int
+) -> str | None:
+    """Why a file version must not trigger the rule (None when it may)."""
+    if origin_type != "job":
         return None
     if origin_job is None:
-        return f"made by job {fv.origin_id}, which no longer exists"
+        return f"made by job {origin_id}, which no longer exists"
     if origin_job.state != JobState.COMPLETE.value:
         return f"output of job {origin_job.id}, which is {origin_job.state}, not complete"
     if origin_job.rule_id == rule_id or (
@@ -466,17 +524,12 @@ def _fire(
     f: File,
     fv: FileVersion,
     containers: Mapping[str, Container],
-    origin_jobs: Mapping[str, Job],
     seq: int,
 ) -> tuple[str, str | None, str | None]:
-    """The file newly matches: queue the job unless a guard says no."""
+    """The file newly matches (and passed the origin guard): queue the job unless a duplicate."""
     report = ctx.report
     container = containers[f.container_id]
     where = f"{path_of(container, containers, f.name)} v{fv.version}"
-    guard = origin_guard(fv, origin_jobs.get(fv.origin_id), rule.id)
-    if guard is not None:
-        report.guarded += 1
-        return "guarded", None, guard
     try:
         gear = ctx.rules.gear(s, rule)
         dest = destination_of(rule, container, containers)
@@ -569,11 +622,13 @@ def test_rule(
     rule = load_rule(row)
     registry = sites() if callable(sites) else sites
     if rule.kind == "session":
-        target = resolve_container(session, path, min_depth=4, max_depth=4)
-        if target.type != "session":
+        try:
+            target = resolve_container(session, path, min_depth=4, max_depth=4)
+        except HpcgearError as exc:
             raise InvalidInputError(
-                f"{path!r} is not a session", "session rules are tested on a session path"
-            )
+                f"rule {rule.name} is a session rule; {exc.message}",
+                "test it on a session: group/project/subject/session",
+            ) from None
         if target.project_id != row.project_id:
             raise InvalidInputError(
                 f"{path} is not in the rule's project", "test a session of the rule's project"
@@ -584,8 +639,11 @@ def test_rule(
     try:
         container, f = resolve_file(session, actor, path, RoleName.READ_ONLY)
     except HpcgearError as exc:
+        if isinstance(exc, PermissionDeniedError):
+            raise
         raise InvalidInputError(
-            f"{exc.message}", "file rules are tested on a file: group/project/.../FILE"
+            f"rule {rule.name} is a file rule; {exc.message}",
+            "test it on a file: group/project/.../FILE",
         ) from None
     if f.project_id != row.project_id:
         raise InvalidInputError(
@@ -616,7 +674,7 @@ def explain_file_rule(s: Session, sites: SiteRegistry, rule: LoadedRule, f: File
         checks.append(P.Explanation("file has a current version", False, "it was deleted"))
         return P.Explanation(title, False, "would not fire", tuple(checks))
     origin = s.get(Job, fv.origin_id) if fv.origin_type == "job" else None
-    guard = origin_guard(fv, origin, rule.id)
+    guard = origin_guard(fv.origin_type, fv.origin_id, origin, rule.id)
     checks.append(
         P.Explanation(
             "not the output of a failed, unfinished or same-rule job",

@@ -95,3 +95,58 @@ def current_versions(session: Session, files: Iterable[File]) -> dict[str, FileV
         if want.get(fv.file_id) == fv.version:
             out[fv.file_id] = fv
     return out
+
+
+class FactsBuilder:
+    """Facts for many files of a batch, building each container's facts once."""
+
+    def __init__(self, containers: Mapping[str, Container]) -> None:
+        self.containers = containers
+        self._facts: dict[str, ContainerFacts] = {}
+        self._levels: dict[str, dict[str, ContainerFacts]] = {}
+
+    def container(self, cid: str) -> ContainerFacts:
+        cached = self._facts.get(cid)
+        if cached is None:
+            cached = self._facts[cid] = container_facts(self.containers[cid])
+        return cached
+
+    def levels(self, cid: str) -> dict[str, ContainerFacts]:
+        cached = self._levels.get(cid)
+        if cached is None:
+            c = self.containers[cid]
+            cached = {}
+            for level in LEVELS:
+                aid = getattr(c, f"{level}_id")
+                if aid and aid in self.containers:
+                    cached[level] = self.container(aid)
+            self._levels[cid] = cached
+        return cached
+
+    def for_file(self, container_id: str, file: FileFacts) -> Facts:
+        return Facts(
+            container=self.container(container_id), levels=self.levels(container_id), file=file
+        )
+
+
+def file_facts_from_row(
+    *,
+    name: str,
+    version: int,
+    type: str | None,
+    modality: str | None,
+    origin: str,
+    classification: Mapping[str, Any] | None,
+    tags: Iterable[str] | None,
+    info: Mapping[str, Any] | None,
+) -> FileFacts:
+    return FileFacts(
+        name=name,
+        version=version,
+        type=type,
+        modality=modality,
+        origin=origin,
+        classification=_classification(classification),
+        tags=tuple(tags or ()),
+        info=info or {},
+    )

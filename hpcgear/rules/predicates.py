@@ -394,6 +394,21 @@ def evaluate(cond: Condition, facts: Facts) -> Explanation:
     return Explanation(cond.describe(), passed, why)
 
 
+def matches(cond: Condition, facts: Facts) -> bool:
+    """Whether ``cond`` holds, short-circuiting and without building explanations.
+
+    Same leaf logic as :func:`evaluate` (the engine's hot path; ``rule test``
+    uses :func:`evaluate`), so the two cannot disagree.
+    """
+    if isinstance(cond, All):
+        return all(matches(c, facts) for c in cond.items)
+    if isinstance(cond, AnyOf):
+        return any(matches(c, facts) for c in cond.items)
+    if isinstance(cond, Not):
+        return not matches(cond.item, facts)
+    return _evaluate_leaf(cond, facts)[0]
+
+
 def _subject_value(ref: FieldRef, facts: Facts) -> tuple[Any, str | None]:
     """(value or _MISSING, reason when the subject itself is absent)."""
     if ref.subject == "file":

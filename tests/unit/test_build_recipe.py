@@ -216,10 +216,10 @@ def test_missing_pieces_are_not_found(tmp_path: Path) -> None:
         load_recipe(tmp_path / "nope")
     gear = copy_gear(tmp_path)
     (gear / "build.yaml").unlink()
-    with pytest.raises(NotFoundError, match="build.yaml does not exist"):
+    with pytest.raises(NotFoundError, match=r"build\.yaml does not exist"):
         load_recipe(gear)
     (gear / "build.yaml").write_text("image: ../elsewhere\n")
-    with pytest.raises(NotFoundError, match="has no build.yaml"):
+    with pytest.raises(NotFoundError, match=r"has no build\.yaml"):
         load_recipe(gear)
 
 

@@ -109,7 +109,7 @@ def test_image_apptainer_cannot_read_is_refused(tmp_path: Path) -> None:
     data = b"BAD" + IMAGE
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     cache = ImageCache(tmp_path, runner=FakeInspect())
-    with pytest.raises(ImageError, match="apptainer inspect failed .*format not recognized"):
+    with pytest.raises(ImageError, match=r"apptainer inspect failed .*format not recognized"):
         cache.ensure(digest, functools.partial(write_bytes, data))
     assert leftovers(tmp_path) == []
 
@@ -121,7 +121,7 @@ def test_fill_that_raises_leaves_nothing(tmp_path: Path) -> None:
         tmp.write_bytes(IMAGE[:100])
         raise StorageError("object sha256:x is missing from storage", "restore it")
 
-    with pytest.raises(ImageError, match="filling image .* missing from storage") as info:
+    with pytest.raises(ImageError, match=r"filling image .* missing from storage") as info:
         cache.ensure(DIGEST, fill)
     assert info.value.hint == "restore it"
     assert leftovers(tmp_path) == []

@@ -355,6 +355,7 @@ def test_routing_options_custom_field_and_fallback_labels(
     report = run(hier, store, h)
     assert [(x.path, x.reason) for x in report.skipped] == [("h2-000.dcm", "uid_conflict")]
     assert [f.status for f in report.files] == ["new"]
+    assert [x.path for x in report.sessions] == [f"{GROUP}/demo/sub-h/one"]
     assert f"{GROUP}/demo/sub-h/two" not in containers(hier)  # rolled back
 
 

@@ -88,3 +88,25 @@ def test_parse_fw_url() -> None:
 )
 def test_series_labels_are_safe(number: int | None, header: dict[str, str], label: str) -> None:
     assert series_label(number, header) == label
+
+
+def test_header_reads_of_real_oddities() -> None:
+    """Big-endian ACR-NEMA-style dates, JPEG 2000, a DICOMDIR (pydicom's test files)."""
+    from pathlib import Path
+
+    import pydicom
+
+    from hpcgear.ingest.dicom import DicomInstance, SkippedFile, read_instance
+
+    data = Path(pydicom.__file__).parent / "data" / "test_files"
+    fields = ("AccessionNumber",)
+    big = read_instance(data / "ExplVR_BigEnd.dcm", "b", route_fields=fields, profile=None)
+    assert isinstance(big, DicomInstance)
+    assert big.fallback_session == "19970424_140438"  # from 1997.04.24 / 14:04:38
+    jp2 = read_instance(data / "JPEG2000.dcm", "j", route_fields=fields, profile=None)
+    assert isinstance(jp2, DicomInstance) and jp2.compressed and not big.compressed
+    ddir = read_instance(data / "dicomdirtests" / "DICOMDIR", "d", route_fields=fields,
+                         profile=None)
+    assert isinstance(ddir, SkippedFile) and ddir.reason == "missing_uid"
+    cut = read_instance(data / "rtplan_truncated.dcm", "r", route_fields=fields, profile=None)
+    assert isinstance(cut, SkippedFile) and cut.reason == "unreadable"

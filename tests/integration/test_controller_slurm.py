@@ -1,0 +1,313 @@
+"""The controller against the real dev SLURM + Apptainer (``dev/cluster.sh up``).
+
+Covers the SLURM issue's "done when": single jobs and arrays complete; a job
+scancelled outside hpcgear is recorded as cancelled; a job past its time limit
+is a timeout; a node set DOWN gives node_failure and a retry; a controller
+killed between sbatch and recording the id adopts the SLURM job on restart
+(exactly one SLURM job); slurmctld stopped for a minute changes no state and
+everything reconciles after it restarts; the same through the SSH transport.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CliEnv
+from tests.integration.conftest import DevEnv
+
+pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.apptainer]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Instance:
+    cli: CliEnv
+    dev: DevEnv
+    site_name: str
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.cli.ok("job", "show", job_id, "--json").json()
+        return data
+
+    def run(self, *args: str) -> str:
+        out = self.cli.ok("run", "test-gear", "--dest", "lab/p/s1/ses1", "--tag", "hpc",
+                          *args, "--json").json()
+        return str(out["id"])
+
+    def controller(self, **kw: Any) -> Any:
+        from hpcgear.cli.context import AppContext
+        from hpcgear.controller.loop import Controller
+        from hpcgear.controller.steps import ControllerContext
+
+        app = AppContext(config_path=str(self.cli.config))
+        ctx = ControllerContext(db=app.db, store=app.store, settings=app.settings)
+        return Controller(settings_path=str(self.cli.config), ctx=ctx,
+                          site_names=[self.site_name], **kw)
+
+    def cycle_until(self, cond: Callable[[], bool], timeout: float, what: str,
+                    ctl: Any = None) -> None:
+        ctl = ctl or self.controller()
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                ctl.once()
+                if cond():
+                    return
+                time.sleep(1)
+        finally:
+            for rt in ctl.runtimes().values():
+                rt.close()
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+    def state(self, job_id: str) -> str:
+        return str(self.job(job_id)["state"])
+
+
+def _site_yaml(dev: DevEnv, tmp: Path, *, ssh: bool = False) -> Path:
+    text = dev.site.read_text()
+    name = "dev-ssh" if ssh else "dev-slurm"
+    if ssh:
+        text = text.replace("name: dev-slurm", f"name: {name}")
+        text = text.replace("transport:\n  kind: local\n", (
+            "transport:\n  kind: ssh\n"
+            f"  host: {dev.ssh_host}\n  port: {dev.ssh_port}\n  user: {dev.ssh_user}\n"
+            f"  key_file: {dev.ssh_key}\n  known_hosts: {dev.ssh_known_hosts}\n"))
+        text = text.replace("site_tags: [hpc, dev]", "site_tags: [hpc]")
+    # Tests decide retries themselves: timeouts are not retried here.
+    text += "\nretry:\n  timeout:\n    max_attempts: 1\n  node_failure:\n    max_attempts: 2\n"
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _make_instance(dev: DevEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   ssh: bool = False) -> Instance:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    cli = CliEnv(home=tmp_path, config=tmp_path / "cfg" / "config.yaml")
+    # Scratch and storage must be visible inside the Apptainer wrapper: use the dev root.
+    base = dev.root / "test-instances" / tmp_path.name
+    cli.ok("init", "--db", f"sqlite:///{tmp_path / 'hpcgear.db'}", "--storage",
+           str(base / "storage"), "--scratch", str(base / "scratch"))
+    site = _site_yaml(dev, tmp_path, ssh=ssh)
+    with cli.config.open("a") as fh:
+        fh.write(f"sites: [{site}]\n")
+    cli.ok("gear", "build", str(REPO / "containers" / "test-gear"))
+    cli.ok("group", "create", "lab")
+    cli.ok("project", "create", "lab/p")
+    f = tmp_path / "in.txt"
+    f.write_text("input data\n")
+    cli.ok("upload", "lab/p/s1/ses1", str(f))
+    return Instance(cli=cli, dev=dev, site_name="dev-ssh" if ssh else "dev-slurm")
+
+
+@pytest.fixture
+def inst(dev_env: DevEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Instance:
+    return _make_instance(dev_env, tmp_path, monkeypatch)
+
+
+def _squeue_names(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "--name", name, "-o", "%i", "-t", "all"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.split() if line]
+
+
+def _sacct_ids(name: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID",
+                          "-S", "now-1hour"], capture_output=True, text=True).stdout
+    return [line for line in out.split() if line]
+
+
+# ----------------------------------------------------------------- happy paths
+
+
+def test_single_job_and_array_complete(inst: Instance, tmp_path: Path) -> None:
+    # other resources than the batch, so it is not grouped into the batch's array
+    single = inst.run("--input", "input_file=lab/p/s1/ses1/in.txt", "--config", "num_files=2",
+                      "--tag", "cpu=2")
+    for sub in ("s2", "s3", "s4"):
+        f = tmp_path / f"{sub}.txt"
+        f.write_text(sub)
+        inst.cli.ok("upload", f"lab/p/{sub}/ses1", str(f))
+    batch = inst.cli.ok("batch", "test-gear", "--over", "lab/p/*/*", "--input",
+                        r"input_file=^s\d\.txt$", "--tag", "hpc", "--json").json()
+    ids = [j["id"] for j in batch["jobs"]]
+    assert len(ids) == 3
+    everything = [single, *ids]
+    inst.cycle_until(lambda: all(inst.state(j) == "complete" for j in everything), 180,
+                     "all jobs complete")
+    natives = [inst.job(j)["native_id"] for j in ids]
+    bases = {n.split("_")[0] for n in natives}
+    assert len(bases) == 1 and all("_" in n for n in natives), natives
+    assert "_" not in inst.job(single)["native_id"]
+    files = {e["name"] for e in inst.cli.ok("ls", "lab/p/s1/ses1", "--json").json()}
+    assert {"out-1.txt", "out-2.txt", "report.txt"} <= files
+    prov = inst.cli.ok("provenance", "show", single, "--json").json()
+    assert json.dumps(prov).count(inst.job(single)["native_id"]) >= 1
+
+
+# -------------------------------------------------------------- failures
+
+
+def test_scancel_outside_hpcgear_is_cancelled(inst: Instance) -> None:
+    jid = inst.run("--config", "sleep_seconds=120")
+    inst.cycle_until(lambda: inst.state(jid) == "running", 120, "job running")
+    native = inst.job(jid)["native_id"]
+    subprocess.run(["scancel", native], check=True)
+    inst.cycle_until(lambda: inst.state(jid) == "cancelled", 120, "job cancelled")
+    job = inst.job(jid)
+    assert job["failure_kind"] == "cancelled"
+    assert "outside hpcgear" in job["failure_message"]
+
+
+def test_cancel_from_hpcgear_scancels(inst: Instance) -> None:
+    jid = inst.run("--config", "sleep_seconds=120")
+    inst.cycle_until(lambda: inst.state(jid) == "running", 120, "job running")
+    native = inst.job(jid)["native_id"]
+    inst.cli.ok("job", "cancel", jid)
+    inst.cycle_until(lambda: not _squeue_running(native), 60, "SLURM job gone")
+    events = [e["kind"] for e in inst.job(jid)["events"]]
+    assert "scancel" in events
+
+
+def _squeue_running(native: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", native, "-o", "%T"], capture_output=True,
+                         text=True).stdout.strip()
+    return out in ("RUNNING", "PENDING", "COMPLETING")
+
+
+def test_time_limit_is_timeout(inst: Instance) -> None:
+    jid = inst.run("--config", "sleep_seconds=600", "--tag", "time=1m")
+    inst.cycle_until(lambda: inst.state(jid) in ("failed", "complete"), 240, "job ended")
+    job = inst.job(jid)
+    assert job["state"] == "failed" and job["failure_kind"] == "timeout", job
+
+
+def test_never_starting_request_is_refused_before_sbatch(inst: Instance) -> None:
+    res = inst.cli.run("run", "test-gear", "--dest", "lab/p/s1/ses1", "--tag", "hpc",
+                       "--tag", "partition=short", "--tag", "time=1h")
+    assert res.code != 0 and "short" in res.err and "Traceback" not in res.err
+
+
+def test_rejected_by_slurm(inst: Instance) -> None:
+    """A request SLURM queues but never starts is cancelled and failed as rejected."""
+    jid = inst.run("--tag", "ram=100G")
+    inst.cycle_until(lambda: inst.state(jid) == "failed", 120, "job failed")
+    job = inst.job(jid)
+    assert job["failure_kind"] == "rejected", job
+    assert not _squeue_running(job["native_id"] or "0") if job["native_id"] else True
+
+
+def test_node_down_gives_node_failure_and_retry(inst: Instance) -> None:
+    node = inst.dev.slurm_node
+    jid = inst.run("--config", "sleep_seconds=300")
+    inst.cycle_until(lambda: inst.state(jid) == "running", 120, "job running")
+    try:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                        "reason=hpcgear-test"], check=True)
+        inst.cycle_until(lambda: inst.state(jid) == "failed", 180, "job failed")
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+    job = inst.job(jid)
+    assert job["failure_kind"] == "node_failure", job
+    inst.cycle_until(lambda: any(j["previous_id"] == jid for j in
+                                 inst.cli.ok("jobs", "--json").json()), 60, "a retry")
+    retry = next(j for j in inst.cli.ok("jobs", "--json").json() if j["previous_id"] == jid)
+    assert retry["attempt"] == 2
+    inst.cli.ok("job", "cancel", retry["id"])
+    inst.cycle_until(lambda: True, 5, "cleanup")
+
+
+# ------------------------------------------------------------- crash safety
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL right after sbatch returned (nothing after it runs)."""
+
+
+def test_crash_between_sbatch_and_record_adopts(inst: Instance) -> None:
+    jid = inst.run("--config", "sleep_seconds=1")
+    ctl = inst.controller()
+    rt = ctl.runtimes()[inst.site_name]
+    real_submit = rt.backend.submit
+
+    def submit_then_die(path: Any, *, hold: bool = True) -> str:
+        real_submit(path, hold=hold)
+        raise _Killed
+
+    rt.backend.submit = submit_then_die  # the fault at the subprocess boundary
+    with pytest.raises(_Killed):
+        ctl.once()
+    rt.close()
+    assert inst.job(jid)["native_id"] is None, "the id was never recorded"
+    assert len(_squeue_names(f"hpcgear-{jid}")) == 1, "sbatch did create one (held) job"
+    # A fresh controller adopts it instead of submitting again.
+    inst.cycle_until(lambda: inst.state(jid) == "complete", 180, "job complete")
+    kinds = [e["kind"] for e in inst.job(jid)["events"]]
+    assert "adopted" in kinds and kinds.count("sbatch") == 1, kinds
+    assert len(_sacct_ids(f"hpcgear-{jid}")) == 1, "exactly one SLURM job"
+
+
+def _slurmctld_pid(dev: DevEnv) -> int:
+    pid = int((dev.root / "run" / "slurmctld.pid").read_text().split()[0])
+    assert "slurmctld" in os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    return pid
+
+
+@pytest.fixture
+def slurmctld_restarter(dev_env: DevEnv) -> Iterator[None]:
+    yield
+    subprocess.run(["bash", str(REPO / "dev" / "cluster.sh"), "up"], check=True,
+                   capture_output=True, timeout=300)
+
+
+def test_slurmctld_outage_changes_nothing(inst: Instance, slurmctld_restarter: None) -> None:
+    jid = inst.run("--config", "sleep_seconds=5")
+    inst.cycle_until(lambda: inst.state(jid) in ("queued", "running"), 120, "job submitted")
+    before = inst.job(jid)
+    pid = _slurmctld_pid(inst.dev)
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(300):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    ctl = inst.controller()
+    t_end = time.monotonic() + 60
+    while time.monotonic() < t_end:  # a minute of failed queries
+        reports = ctl.once()
+        assert all(r.errors for r in reports), "queries should fail while slurmctld is down"
+        time.sleep(5)
+    for rt in ctl.runtimes().values():
+        rt.close()
+    during = inst.job(jid)
+    assert during["state"] == before["state"], "a failed query must not change state"
+    assert [e["kind"] for e in during["events"]] == [e["kind"] for e in before["events"]]
+    subprocess.run(["bash", str(REPO / "dev" / "cluster.sh"), "up"], check=True,
+                   capture_output=True, timeout=300)
+    inst.cycle_until(lambda: inst.state(jid) == "complete", 240, "reconciled to complete")
+
+
+# ------------------------------------------------------------------- SSH
+
+
+@pytest.mark.ssh
+def test_controller_through_ssh(dev_env: DevEnv, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    inst = _make_instance(dev_env, tmp_path, monkeypatch, ssh=True)
+    jid = inst.run("--input", "input_file=lab/p/s1/ses1/in.txt")
+    inst.cycle_until(lambda: inst.state(jid) == "complete", 180, "job complete over SSH")
+    job = inst.job(jid)
+    assert job["site"] == "dev-ssh"
+    names = {e["name"] for e in inst.cli.ok("ls", "lab/p/s1/ses1", "--json").json()}
+    assert "report.txt" in names
