@@ -22,11 +22,12 @@ import os
 import re
 import struct
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hpcgear.errors import IngestError
 from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log
@@ -403,6 +404,26 @@ def _fallback_session(small: Any) -> str | None:
     return clean_label(_text(small, "StudyID"))
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@contextmanager
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T], jobs: int, name: str
+) -> Iterator[Iterator[R]]:
+    """``fn`` over ``items`` in ``jobs`` threads, results in input order.
+
+    Leaving the block early (an error, Ctrl-C) cancels the reads not yet
+    started instead of waiting for thousands of them.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=name)
+    try:
+        yield pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass(frozen=True, slots=True)
 class ScanResult:
     instances: list[DicomInstance]
@@ -433,8 +454,8 @@ def scan_dicom(
             p, relative(p, root), route_fields=route_fields, profile=profile, tags=tags
         )
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="dicom-scan") as pool:
-        for done, result in enumerate(pool.map(read, files), start=1):
+    with parallel_map(read, files, jobs, "dicom-scan") as results:
+        for done, result in enumerate(results, start=1):
             if isinstance(result, SkippedFile):
                 skipped.append(result)
             else:

@@ -20,7 +20,6 @@ import math
 import re
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from hpcgear.ingest.dicom import (
     ProgressEvent,
     SkippedFile,
     list_files,
+    parallel_map,
     relative,
 )
 
@@ -280,8 +280,7 @@ def scan_nifti(root: Path, *, jobs: int = 4, progress: ProgressCallback | None =
     done_base = others
     read: Callable[[Path], dict[str, Any] | str] = _read_or_reason
     out: list[NiftiImage] = []
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="nifti-scan") as pool:
-        results = pool.map(read, [p for _k, p in ordered])
+    with parallel_map(read, [p for _k, p in ordered], jobs, "nifti-scan") as results:
         for i, ((key, path), facts) in enumerate(zip(ordered, results, strict=True), start=1):
             rel = relative(path, root)
             if isinstance(facts, str):

@@ -84,6 +84,8 @@ class RuleSet:
         self.file_rules: dict[str, list[LoadedRule]] = {}
         self.session_rules: dict[str, list[LoadedRule]] = {}
         self.referenced: dict[int, frozenset[str]] = {}
+        #: The ``file.*`` attributes any enabled file rule looks at (the engine loads only these).
+        self.file_attrs: set[str] = set()
         self._gears: dict[int, int | HpcgearError] = {}
         self._fixed: dict[int, list[InputSpec] | HpcgearError] = {}
         rows = session.scalars(
@@ -99,6 +101,10 @@ class RuleSet:
             target.setdefault(rule.project_id, []).append(rule)
             when = rule.spec.when
             self.referenced[rule.id] = P.referenced(when) if when is not None else frozenset()
+            if when is not None and rule.kind == "file":
+                self.file_attrs |= {
+                    leaf.field.attr for leaf in P.leaves(when) if leaf.field.subject == "file"
+                }
 
     @property
     def empty(self) -> bool:

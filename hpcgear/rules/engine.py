@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Job, JobEvent, RuleMatch
@@ -400,6 +400,12 @@ def _evaluate_files(
     projects = list(ctx.rules.file_rules)
     if not projects:
         return
+    wanted = ctx.rules.file_attrs
+    # JSON columns no rule looks at are not loaded (decoding them dominates the cost).
+    optional = {
+        attr: (getattr(File, attr) if attr in wanted else literal(None)).label(attr)
+        for attr in ("modality", "classification", "tags", "info")
+    }
     rows = s.execute(
         select(
             File.id,
@@ -407,10 +413,7 @@ def _evaluate_files(
             File.project_id,
             File.name,
             File.type,
-            File.modality,
-            File.classification,
-            File.tags,
-            File.info,
+            *optional.values(),
             FileVersion.version,
             FileVersion.origin_type,
             FileVersion.origin_id,
@@ -466,7 +469,11 @@ def _evaluate_files(
                 continue
             if mem is not None and mem.version == r.version and mem.outcome != "error":
                 continue  # this version already matched: not an edge
-            guard = origin_guard(r.origin_type, r.origin_id, origin_jobs.get(r.origin_id), rule.id)
+            origin_id = str(r.origin_id)
+            guard = origin_guard(r.origin_type, origin_id, origin_jobs.get(origin_id), rule.id)
+            outcome: str
+            job_id: str | None
+            note: str | None
             if guard is not None:
                 ctx.report.guarded += 1
                 outcome, job_id, note = "guarded", None, guard

@@ -358,6 +358,15 @@ def referenced(cond: Condition) -> frozenset[str]:
     return frozenset({cond.field.subject})
 
 
+def leaves(cond: Condition) -> tuple[Leaf, ...]:
+    """Every leaf of a condition tree."""
+    if isinstance(cond, All | AnyOf):
+        return tuple(leaf for c in cond.items for leaf in leaves(c))
+    if isinstance(cond, Not):
+        return leaves(cond.item)
+    return (cond,)
+
+
 def render(cond: Condition) -> str:
     """A one-line form: ``all(file.type equals 'dicom', not(file.tags contains 'skip'))``."""
     if isinstance(cond, All | AnyOf):

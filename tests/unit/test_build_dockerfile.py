@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -250,3 +251,40 @@ def test_converted_definition_parses_with_spython(flywheel: Conversion, tmp_path
     assert recipe.fromHeader == "python:3.11-slim"
     assert "FLYWHEEL=/flywheel/v0" in recipe.environ
     assert "manifest.json /flywheel/v0/" in recipe.files
+
+
+def hpcgear(*args: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from hpcgear.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args), standalone=False)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_convert_dockerfile(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(FLYWHEEL_DOCKERFILE)
+    code, out, err = hpcgear("gear", "convert-dockerfile", str(dockerfile))
+    assert code == 0
+    assert out == convert_dockerfile(dockerfile).definition
+    assert f"{dockerfile}:20: dropped: USER: Apptainer runs the container" in err
+    assert f"{dockerfile}:23: dropped: HEALTHCHECK" in err
+
+    target = tmp_path / "Apptainer.def"
+    code, out, err = hpcgear("gear", "convert-dockerfile", str(dockerfile), "-o", str(target))
+    assert code == 0 and out == ""
+    assert target.read_text() == convert_dockerfile(dockerfile).definition
+    assert f"wrote {target} (10 notes, 6 instructions not converted)" in err
+
+    code, out, _ = hpcgear("gear", "convert-dockerfile", str(dockerfile), "--json")
+    doc = json.loads(out)
+    assert doc["stages"] == 1 and len(doc["issues"]) == 10
+    assert {"line": 7, "instruction": "ARG", "severity": "dropped",
+            "message": doc["issues"][1]["message"]} == doc["issues"][1]
+
+    code, _, err = hpcgear("gear", "convert-dockerfile", str(tmp_path / "missing"))
+    assert code == 3 and "does not exist" in err

@@ -437,3 +437,28 @@ def test_concurrent_builds_of_one_recipe_build_once(tmp_path: Path) -> None:
     commands = log.read_text().splitlines()
     assert commands.count("/usr/bin/apptainer build") == 1
     assert sum(c.startswith("debootstrap") for c in commands) == 1
+
+
+def test_cli_dry_run_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import io
+
+    from hpcgear.cli.main import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("HPCGEAR_DEBIAN_MIRROR", MIRROR)
+    cache = tmp_path / "cache"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["gear", "build", str(CONTAINERS / "test-gear"),
+                     str(CONTAINERS / "dcm2niix"), "--dry-run", "--json", "--cache", str(cache),
+                     "--apptainer", "/opt/apptainer/bin/apptainer"], standalone=False)
+    assert code == 0, err.getvalue()
+    plans = json.loads(out.getvalue())
+    assert [p["gear"] for p in plans] == ["test-gear@1.0.0", "dcm2niix@1.0.0_1.0.20220720"]
+    recipe = load_recipe(CONTAINERS / "dcm2niix")
+    assert plans[1]["recipe_sha256"] == recipe_hash(recipe, MIRROR)
+    assert not plans[1]["sif_cached"] and plans[1]["install"]
+    assert any("--include=dcm2niix,pigz,python3" in step for step in plans[1]["steps"])
+    assert any("/opt/apptainer/bin/apptainer inspect" in s for s in plans[0]["steps"])
+    assert not cache.exists()

@@ -276,6 +276,12 @@ def test_routing_grouping_unsorted_skips_and_progress(
 def test_rerun_is_a_no_op_interrupted_run_resumes_changes_version(
     hier: Any, store: ObjectStore, mixed: Path
 ) -> None:
+    def stop_while_reading(ev: ProgressEvent) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(hier, store, mixed, progress=stop_while_reading)
+    assert counts(hier)["file_versions"] == 0 and store_listing(store) == []
     calls = {"n": 0}
 
     def stop_after_first_series(ev: ProgressEvent) -> None:
