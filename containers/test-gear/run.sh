@@ -42,7 +42,10 @@ destination_type=$(cfg destination.type) || destination_type=acquisition
 
 case $label in '' | *[!A-Za-z0-9._-]*) die "config label must match ^[A-Za-z0-9._-]+\$" ;; esac
 case $file_format in txt | json) ;; *) die "config file_format must be txt or json" ;; esac
-case $sleep_seconds in '' | *[!0-9.]*) die "config sleep_seconds must be a number >= 0" ;; esac
+case $sleep_seconds in '' | *[!0-9.eE+-]*) die "config sleep_seconds must be a number >= 0" ;; esac
+# JSON may write 1e-05; sleep wants plain decimals.
+sleep_seconds=$(awk -v s="$sleep_seconds" 'BEGIN { if (s + 0 < 0) exit 1; printf "%.3f", s + 0 }') ||
+    die "config sleep_seconds must be a number >= 0"
 whole num_files "$num_files" 1000
 whole scratch_mb "$scratch_mb" 102400
 whole exit_code "$exit_code" 255
@@ -113,7 +116,7 @@ fi
 
 rm -f "$FLAT"
 
-if [ "$sleep_seconds" != 0 ]; then
+if [ "$sleep_seconds" != 0.000 ]; then
     trap 'say "SIGTERM during sleep"; exit 143' TERM
     say "sleeping $sleep_seconds s"
     sleep "$sleep_seconds" &

@@ -52,9 +52,9 @@ from hpcgear.db.models import ChangeLog, Container, File, Gear, Job, JobEvent
 from hpcgear.errors import InvalidInputError
 from hpcgear.hierarchy.service import (
     UploadResult,
-    _create_child,
     add_file_version,
     apply_file_metadata,
+    create_child,
 )
 from hpcgear.jobs.transitions import record_event
 from hpcgear.staging.metadata import (
@@ -283,7 +283,7 @@ def publish_outputs(
     target = dest
     if analysis:
         if existing_analysis is None:
-            existing_analysis = _create_child(
+            existing_analysis = create_child(
                 session,
                 dest,
                 "analysis",

@@ -146,7 +146,7 @@ def create_project(session: Session, actor: str, path: str) -> Container:
             f"project {path!r} already exists",
             "pick another label, or upload into the existing project",
         )
-    return _create_child(session, group, "project", label, actor)
+    return create_child(session, group, "project", label, actor)
 
 
 def _get_group(session: Session, group_id: str) -> Container:
@@ -169,7 +169,7 @@ def _child(session: Session, parent: Container, label: str) -> Container | None:
     )
 
 
-def _create_child(
+def create_child(
     session: Session,
     parent: Container,
     ctype: str,
@@ -235,7 +235,7 @@ def ensure_path(session: Session, actor: str, path: str) -> Container:
     for depth, label in enumerate(hp.parts[2:], start=2):
         child = _child(session, node, label)
         if child is None:
-            child = _create_child(session, node, LEVELS[depth], label, actor)
+            child = create_child(session, node, LEVELS[depth], label, actor)
         node = child
     return node
 

@@ -45,10 +45,10 @@ from hpcgear.errors import IngestError, InvalidInputError, NotFoundError
 from hpcgear.hierarchy.paths import LEVELS, check_group_id, check_label
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
-    _create_child,
     add_file_version,
     apply_file_metadata,
     container_path,
+    create_child,
     create_project,
     guess_file_type,
     resolve_container,
@@ -208,7 +208,7 @@ def _keyed_child(
         existing = _child(session, parent, candidate)
         if existing is None:
             return (
-                _create_child(session, parent, ctype, candidate, actor, natural_key=key, info=info),
+                create_child(session, parent, ctype, candidate, actor, natural_key=key, info=info),
                 True,
             )
         if existing.type == ctype and existing.natural_key is None:
@@ -234,7 +234,7 @@ def _labelled_child(
                 "choose another label",
             )
         return existing, False
-    return _create_child(session, parent, ctype, label, actor), True
+    return create_child(session, parent, ctype, label, actor), True
 
 
 def _ensure_unsorted(

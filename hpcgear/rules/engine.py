@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, literal, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Job, JobEvent, RuleMatch
@@ -406,71 +406,92 @@ def _evaluate_files(
         attr: (getattr(File, attr) if attr in wanted else literal(None)).label(attr)
         for attr in ("modality", "classification", "tags", "info")
     }
-    rows = s.execute(
-        select(
-            File.id,
-            File.container_id,
-            File.project_id,
-            File.name,
-            File.type,
-            *optional.values(),
-            FileVersion.version,
-            FileVersion.origin_type,
-            FileVersion.origin_id,
+    # Two index lookups, not a join: PostgreSQL hash-joins the whole file_versions table
+    # for a 500-id join, and filtering projects in SQL lets SQLite scan a whole project
+    # per batch; either makes a batch cost grow with the database instead of the batch.
+    with_rules = set(projects)
+    files = [
+        f
+        for f in s.execute(
+            select(
+                File.id,
+                File.container_id,
+                File.project_id,
+                File.name,
+                File.type,
+                File.current_version,
+                *optional.values(),
+            ).where(File.id.in_(ids))
         )
-        .join(
-            FileVersion,
-            and_(FileVersion.file_id == File.id, FileVersion.version == File.current_version),
+        if f.project_id in with_rules
+    ]
+    if not files:
+        return
+    current = {(f.id, f.current_version) for f in files}
+    versions = {
+        (v.file_id, v.version): v
+        for v in s.execute(
+            select(
+                FileVersion.file_id,
+                FileVersion.version,
+                FileVersion.origin_type,
+                FileVersion.origin_id,
+            ).where(FileVersion.file_id.in_([f.id for f in files]))
         )
-        .where(File.id.in_(ids), File.project_id.in_(projects))
-    ).all()
+        if (v.file_id, v.version) in current
+    }
+    rows = [
+        (f, versions[(f.id, f.current_version)])
+        for f in files
+        if (f.id, f.current_version) in versions
+    ]
     if not rows:
         return
     ctx.report.files_evaluated += len(rows)
-    containers = load_containers(s, {r.container_id for r in rows})
+    containers = load_containers(s, {f.container_id for f, _v in rows})
     builder = FactsBuilder(containers)
     memory = {
         (m.rule_id, m.file_id): m
-        for m in s.scalars(select(RuleMatch).where(RuleMatch.file_id.in_([r.id for r in rows])))
+        for m in s.scalars(select(RuleMatch).where(RuleMatch.file_id.in_([f.id for f, _v in rows])))
     }
-    origin_ids = {r.origin_id for r in rows if r.origin_type == "job"}
+    origin_ids = {str(v.origin_id) for _f, v in rows if v.origin_type == "job"}
     origin_jobs: dict[str, Job] = (
         {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(origin_ids)))}
         if origin_ids
         else {}
     )
-    for r in rows:
-        if r.container_id not in containers:
+    for f, v in rows:
+        if f.container_id not in containers:
             continue
         facts = builder.for_file(
-            r.container_id,
+            f.container_id,
             file_facts_from_row(
-                name=r.name,
-                version=r.version,
-                type=r.type,
-                modality=r.modality,
-                origin=r.origin_type,
-                classification=r.classification,
-                tags=r.tags,
-                info=r.info,
+                name=f.name,
+                version=v.version,
+                type=f.type,
+                modality=f.modality,
+                origin=v.origin_type,
+                classification=f.classification,
+                tags=f.tags,
+                info=f.info,
             ),
         )
-        seq = file_seq[r.id]
-        for rule in ctx.rules.file_rules.get(str(r.project_id), []):
+        seq = file_seq[f.id]
+        for rule in ctx.rules.file_rules.get(str(f.project_id), []):
             if not ctx.backfill and seq <= rule.created_seq:
                 continue
             assert rule.spec.when is not None
-            key = (rule.id, r.id)
+            key = (rule.id, f.id)
             mem = memory.get(key)
             if not P.matches(rule.spec.when, facts):
                 if mem is not None:
                     s.delete(mem)  # no longer matching: matching again later is a new edge
                     memory.pop(key)
                 continue
-            if mem is not None and mem.version == r.version and mem.outcome != "error":
+            if mem is not None and mem.version == v.version and mem.outcome != "error":
                 continue  # this version already matched: not an edge
-            origin_id = str(r.origin_id)
-            guard = origin_guard(r.origin_type, origin_id, origin_jobs.get(origin_id), rule.id)
+            origin_id = str(v.origin_id)
+            guard = origin_guard(v.origin_type, origin_id, origin_jobs.get(origin_id), rule.id)
             outcome: str
             job_id: str | None
             note: str | None
@@ -478,15 +499,15 @@ def _evaluate_files(
                 ctx.report.guarded += 1
                 outcome, job_id, note = "guarded", None, guard
             else:
-                f = s.get(File, r.id)
-                assert f is not None
-                fv = file_version(s, f, r.version)
-                outcome, job_id, note = _fire(ctx, s, rule, f, fv, containers, seq)
+                file_row = s.get(File, f.id)
+                assert file_row is not None
+                fv = file_version(s, file_row, v.version)
+                outcome, job_id, note = _fire(ctx, s, rule, file_row, fv, containers, seq)
             if mem is None:
-                mem = RuleMatch(rule_id=rule.id, file_id=r.id)
+                mem = RuleMatch(rule_id=rule.id, file_id=f.id)
                 s.add(mem)
                 memory[key] = mem
-            mem.version, mem.seq, mem.outcome = r.version, seq, outcome
+            mem.version, mem.seq, mem.outcome = v.version, seq, outcome
             mem.job_id, mem.note = job_id, note
     s.flush()
 

@@ -147,7 +147,7 @@ class World:
         """An analysis container a job made (what stage-out creates for analysis gears)."""
         with self.db.session() as s:
             parent = hs.resolve_container(s, parent_path)
-            row = hs._create_child(s, parent, "analysis", label, ADMIN)
+            row = hs.create_child(s, parent, "analysis", label, ADMIN)
             row.job_id = job_id
 
     def events(self, job_id: str) -> list[JobEvent]:
