@@ -29,7 +29,10 @@ How an image is made, and what is cached (under ``cache_dir``, see
    man pages, locales, apt lists; copyright files stay). Gears with the same
    package list share one root filesystem; downloaded .debs are kept in
    ``debs/`` for the next debootstrap. The ``busybox-static`` base is a root
-   filesystem holding only Debian's static busybox and its applet links.
+   filesystem holding only Debian's static busybox and its applet links: the
+   package comes from ``debootstrap --download-only`` (signature-checked like
+   every other package, and it fills ``debs/`` for the Debian gears) and the
+   binary is read straight out of the .deb.
 2. **SIF**, keyed by the *recipe hash*: the root filesystem key plus the bytes,
    modes and destinations of every file, the environment, runscript and
    labels. ``apptainer build`` runs on a generated definition
@@ -51,6 +54,7 @@ import ast
 import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -59,6 +63,7 @@ import shlex
 import shutil
 import stat
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -90,6 +95,8 @@ INSPECT_TIMEOUT = 300.0
 LOCK_TIMEOUT = 7200.0
 #: Images kept per gear in the build cache (the current recipe's and the previous ones).
 KEEP_SIFS = 3
+#: Root filesystems no cached image uses are removed after this long without use.
+ROOTFS_IDLE_SECONDS = 24 * 3600
 
 RECIPE_KEYS = {
     "base": "root filesystem to start from: " + ", ".join(
@@ -485,19 +492,16 @@ def rootfs_key(base: Base, packages: tuple[str, ...], mirror: str,
                remove: tuple[str, ...] = ()) -> str:
     """The cache key (hex) of a root filesystem: base, suite, variant, packages, removals,
     mirror."""
-    donor = None
-    if base.kind == "busybox":
-        donor = rootfs_key(BASES["debian-bookworm-minbase"], ("busybox-static",), mirror)
+    busybox = base.kind == "busybox"
     return _sha256_text(_canonical({
         "builder": BUILDER_VERSION,
         "base": base.name,
         "kind": base.kind,
         "suite": base.suite,
         "variant": base.variant,
-        "packages": sorted(packages) if donor is None else [],
+        "packages": ["busybox-static"] if busybox else sorted(packages),
         "remove": sorted(remove),
-        "mirror": mirror.rstrip("/") if donor is None else None,
-        "donor": donor,
+        "mirror": mirror.rstrip("/"),
         "trim": list(TRIM_GLOBS),
     }))
 
@@ -774,10 +778,9 @@ class GearBuilder:
             if rootfs_cached:
                 steps.append(f"reuse cached root filesystem {rootfs}")
             elif recipe.base.kind == "busybox":
-                donor = self.rootfs_path(BASES["debian-bookworm-minbase"], ("busybox-static",))
-                steps.append(f"debootstrap {BASES['debian-bookworm-minbase'].suite} with "
-                             f"busybox-static into {donor} (unless cached), then a root "
-                             f"filesystem of only busybox in {rootfs}")
+                steps.append(f"debootstrap --download-only {recipe.base.suite} busybox-static "
+                             f"from {self.mirror}, then a root filesystem of only its busybox "
+                             f"in {rootfs}")
             else:
                 steps.append(f"debootstrap --variant={recipe.base.variant} --include="
                              f"{','.join(recipe.packages) or '-'} {recipe.base.suite} {rootfs} "
@@ -838,6 +841,7 @@ class GearBuilder:
         path = self.rootfs_path(base, packages, remove)
         if _complete(path):
             self._say(f"root filesystem {path.name}: cached")
+            _touch(path / ".hpcgear-complete")  # last use, for pruning
             return path, True
         self._make_dirs()
         with exclusive_lock(self._lock_path(f"rootfs-{path.name}"), LOCK_TIMEOUT,
@@ -848,10 +852,8 @@ class GearBuilder:
             self._remove_tree(partial)
             started = time.monotonic()
             if base.kind == "busybox":
-                donor, _ = self.ensure_rootfs(BASES["debian-bookworm-minbase"],
-                                              ("busybox-static",))
-                self._say(f"root filesystem {path.name}: static busybox only")
-                self._make_busybox_rootfs(donor, partial)
+                self._say(f"root filesystem {path.name}: Debian's static busybox only")
+                self._make_busybox_rootfs(base, partial)
             else:
                 self._say(f"root filesystem {path.name}: debootstrap {base.suite} "
                           f"{base.variant} + {len(packages)} packages (1-3 minutes)")
@@ -873,7 +875,8 @@ class GearBuilder:
 
     # ----------------------------------------------------------------- steps
 
-    def _debootstrap(self, base: Base, packages: tuple[str, ...], target: Path) -> None:
+    def _debootstrap(self, base: Base, packages: tuple[str, ...], target: Path, *,
+                     download_only: bool = False) -> None:
         if self.check_root and os.geteuid() != 0:
             raise ImageError(
                 f"building the {base.name} root filesystem needs root (debootstrap)",
@@ -883,6 +886,8 @@ class GearBuilder:
         debs = self.cache_dir / "debs"
         debs.mkdir(parents=True, exist_ok=True)
         argv = [self.debootstrap, f"--variant={base.variant}", f"--cache-dir={debs}"]
+        if download_only:
+            argv.append("--download-only")
         if packages:
             argv.append(f"--include={','.join(packages)}")
         argv += [base.suite, str(target), self.mirror]
@@ -913,25 +918,32 @@ class GearBuilder:
             log = self._write_log(f"purge-{root.name}", result)
             raise ImageError(command_failure_message(result, "dpkg --purge"), f"see {log}")
 
-    def _make_busybox_rootfs(self, donor: Path, target: Path) -> None:
-        busybox = donor / "usr" / "bin" / "busybox"
-        if not busybox.is_file():
-            busybox = donor / "bin" / "busybox"
-        if not busybox.is_file():
-            raise ImageError(f"{donor} has no busybox binary",
-                             f"remove {donor} so it is rebuilt with busybox-static")
+    def _make_busybox_rootfs(self, base: Base, target: Path) -> None:
+        download = target.with_name(target.name + ".download")
+        self._remove_tree(download)
+        try:
+            self._debootstrap(base, ("busybox-static",), download, download_only=True)
+            debs = sorted((download / "var" / "cache" / "apt" / "archives").glob(
+                "busybox-static_*.deb"))
+            if not debs:
+                raise ImageError("debootstrap --download-only fetched no busybox-static package",
+                                 "check that the mirror carries busybox-static")
+            target.mkdir(parents=True)
+            (target / "bin").mkdir()
+            busybox = target / "bin" / "busybox"
+            extract_from_deb(debs[-1], ("usr/bin/busybox", "bin/busybox"), busybox)
+        finally:
+            self._remove_tree(download)
         result = self.runner.run([str(busybox), "--list"], timeout=60)
         applets = sorted({a.strip() for a in result.stdout.split() if a.strip()})
         if not result.ok or "sh" not in applets:
             raise ImageError(command_failure_message(result, f"{busybox} --list"),
                              "the busybox-static binary does not run on this host")
-        for sub in ("bin", "etc", "root", "home", "proc", "sys", "dev", "usr", "var"):
+        for sub in ("etc", "root", "home", "proc", "sys", "dev", "usr", "var"):
             (target / sub).mkdir(parents=True, exist_ok=True)
         # /tmp inside the image is world-writable and sticky, as on any system.
         (target / "tmp").mkdir(exist_ok=True)
         os.chmod(target / "tmp", 0o1777)  # noqa: S103
-        shutil.copy2(busybox, target / "bin" / "busybox")
-        os.chmod(target / "bin" / "busybox", 0o755)  # noqa: S103 - an executable
         for applet in applets:
             if applet != "busybox" and re.fullmatch(r"[A-Za-z0-9_.\[\]-]+", applet):
                 (target / "bin" / applet).symlink_to("busybox")
@@ -995,8 +1007,37 @@ class GearBuilder:
             }
             _write_json(sif.with_suffix(".json"), meta)
             self._prune_sifs(name, sif)
+            self._prune_rootfs(keep=rootfs)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _prune_rootfs(self, keep: Path) -> None:
+        """Drop root filesystems no cached image was built from and unused for a day.
+
+        Every use touches ``.hpcgear-complete``, so a root filesystem a build is
+        about to use (or a half-finished one younger than a day) is never taken.
+        """
+        referenced = {keep.name}
+        for meta in (self.cache_dir / "sif").glob("*.json"):
+            try:
+                referenced.add(str(json.loads(meta.read_text(encoding="utf-8"))["rootfs"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        cutoff = time.time() - ROOTFS_IDLE_SECONDS
+        for path in (self.cache_dir / "rootfs").iterdir():
+            if path.name in referenced or not path.is_dir():
+                continue
+            stamp = path / ".hpcgear-complete"
+            try:
+                used = (stamp if stamp.exists() else path).stat().st_mtime
+            except OSError:
+                continue
+            if used < cutoff:
+                logger.info("build cache: removing unused root filesystem %s", path)
+                try:
+                    self._remove_tree(path)
+                except (ImageError, OSError) as exc:
+                    logger.warning("build cache: cannot remove %s: %s", path, exc)
 
     def _prune_sifs(self, name: str, current: Path) -> None:
         """Keep the newest KEEP_SIFS images of a gear; older recipes' SIFs go.
@@ -1127,6 +1168,58 @@ def dpkg_orphans(installed: Mapping[str, Mapping[str, str]], wanted: tuple[str, 
                         stack.append(candidates[0])
                         break
     return sorted(set(installed) - keep)
+
+
+def extract_from_deb(deb: Path, members: tuple[str, ...], dest: Path) -> str:
+    """Write the first of ``members`` found in a .deb's data archive to ``dest`` (mode 0755).
+
+    A .deb is an ``ar`` archive holding ``data.tar.{xz,gz,bz2}``; both are read
+    with the standard library. Returns the member that was found.
+
+    Raises
+    ------
+    ImageError
+        The file is not a .deb, its data archive is compressed in a way the
+        standard library cannot read, or none of ``members`` is in it.
+    """
+    data = deb.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise ImageError(f"{deb} is not a Debian package", "delete it and build again")
+    pos = 8
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        body = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)
+        if not name.startswith("data.tar"):
+            continue
+        modes: dict[str, Literal["r:", "r:xz", "r:gz", "r:bz2"]] = {
+            "data.tar": "r:", "data.tar.xz": "r:xz", "data.tar.gz": "r:gz",
+            "data.tar.bz2": "r:bz2"}
+        mode = modes.get(name)
+        if mode is None:
+            raise ImageError(f"{deb}: {name} cannot be read with the standard library",
+                             "use a mirror whose packages use xz or gzip")
+        with tarfile.open(fileobj=io.BytesIO(body), mode=mode) as tar:
+            names = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+            for member in members:
+                if member in names:
+                    source = tar.extractfile(names[member])
+                    assert source is not None
+                    tmp = dest.with_name(dest.name + ".tmp")
+                    tmp.write_bytes(source.read())
+                    os.chmod(tmp, 0o755)  # noqa: S103 - an executable
+                    os.replace(tmp, dest)
+                    return member
+        raise ImageError(f"{deb} has none of {', '.join(members)}",
+                         "is this the right package?")
+    raise ImageError(f"{deb} has no data archive", "delete it and build again")
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _complete(rootfs: Path) -> bool:

@@ -37,11 +37,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, literal, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Job, JobEvent, RuleMatch
 from hpcgear.db.session import Database
-from hpcgear.errors import HpcgearError, InvalidInputError, PermissionDeniedError, RuleError
+from hpcgear.errors import (
+    DatabaseError,
+    HpcgearError,
+    InvalidInputError,
+    PermissionDeniedError,
+    RuleError,
+)
 from hpcgear.gears.service import get_gear
 from hpcgear.hierarchy.permissions import RoleName, require_role, require_site_admin
 from hpcgear.hierarchy.service import (
@@ -227,6 +234,15 @@ def _run_feeds(
             ctx.report.stopped = exc.message
             logger.info("rules: %s", exc.message)
             return
+        except OperationalError as exc:  # locked / unreachable: the current batch rolled back
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise DatabaseError(
+                f"rule evaluation stopped at {name} position "
+                f"{ctx.report.change_cursor if name == CHANGES else ctx.report.event_cursor}: "
+                f"{reason}",
+                "another writer holds the database; run again (committed batches are kept)",
+                transient=True,
+            ) from exc
 
 
 def _run_feed(

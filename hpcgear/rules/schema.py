@@ -41,6 +41,8 @@ A rule file is YAML. Unknown keys are errors that name the valid keys and the
         tags: [hpc]
         enabled: true
 
+A file may also be a bare YAML list of rules (each naming its ``project``).
+
 Keys of a rule
 --------------
 ``name`` (required), ``gear`` (required; ``NAME`` or ``NAME@VERSION``),

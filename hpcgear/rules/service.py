@@ -8,6 +8,11 @@ manifest and together cover its required inputs, that fixed input files exist
 (they are pinned to a version), that the config satisfies the manifest, and the
 job tags.
 
+Changing a rule does not re-run it on files it already matched (a bulk
+re-tag of a project would otherwise re-run every file): new versions and
+newly matching files get the new settings; run ``hpcgear batch`` to redo old
+data on purpose.
+
 Who rule jobs act as: the rule's *owner* (``gear_rules.created_by``), the
 project admin who last saved it. Its jobs are created with that login (it
 needs read-write on the destination when the job is created, or the job is
@@ -220,6 +225,11 @@ def save_rule(
     config = _check_config(manifest, spec, coerce_strings, where)
     tags = check_job_tags(list(spec.tags))
     for p in spec.after:
+        if p.gear == gear.name:
+            raise RuleError(
+                f"{where}: a session rule cannot wait for its own gear {p.gear!r}",
+                "list the gears that must finish before this one",
+            )
         known = session.scalar(select(Gear.id).where(Gear.name == p.gear).limit(1))
         if known is None:
             raise RuleError(

@@ -250,6 +250,27 @@ def test_dpkg_orphans_follow_dependencies_alternatives_and_provides() -> None:
 # ----------------------------------------------------------------- the builder
 
 
+def make_deb(path: Path, files: dict[str, bytes]) -> None:
+    """A minimal Debian package: an ar archive with debian-binary and data.tar.xz."""
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(content))
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", b""),
+               ("data.tar.xz", data.getvalue())]
+    out = bytearray(b"!<arch>\n")
+    for name, body in members:
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
+        out += body + (b"\n" if len(body) % 2 else b"")
+    path.write_bytes(bytes(out))
+
+
 class FakeBuildRunner:
     """Plays debootstrap, chroot dpkg, busybox --list and apptainer build/inspect."""
 
@@ -269,7 +290,12 @@ class FakeBuildRunner:
         tool = Path(argv[0]).name
         if self.fail and self.fail in argv:
             return CompletedCommand(argv, 1, "", f"E: {self.fail} failed badly", 0.1)
-        if tool == "debootstrap":
+        if tool == "debootstrap" and "--download-only" in argv:
+            archives = Path(argv[-2]) / "var" / "cache" / "apt" / "archives"
+            archives.mkdir(parents=True)
+            make_deb(archives / "busybox-static_1.35_amd64.deb",
+                     {"./bin/busybox": b"\x7fELF static busybox"})
+        elif tool == "debootstrap":
             target = Path(argv[-2])
             (target / "usr" / "bin").mkdir(parents=True)
             (target / "usr" / "share" / "doc" / "pkg").mkdir(parents=True)
@@ -367,9 +393,17 @@ def test_busybox_base_keeps_only_busybox(tmp_path: Path) -> None:
     recipe = load_recipe(CONTAINERS / "test-gear")
     result = b.build(recipe)
     rootfs = b.rootfs_path(recipe.base, ())
+    assert runner.calls[0][:4] == ("debootstrap", "--variant=minbase",
+                                   f"--cache-dir={tmp_path / 'cache' / 'debs'}",
+                                   "--download-only")
     assert "--include=busybox-static" in runner.calls[0]
+    assert runner.calls[1] == (str(rootfs) + ".partial/bin/busybox", "--list")
     assert sorted(p.name for p in (rootfs / "bin").iterdir()) == ["[", "awk", "busybox", "cat",
                                                                    "sh"]
+    assert (rootfs / "bin" / "busybox").read_bytes() == b"\x7fELF static busybox"
+    assert (rootfs / "bin" / "busybox").stat().st_mode & 0o777 == 0o755
+    # only the root filesystem stays; the download area is gone
+    assert sorted(p.name for p in (tmp_path / "cache" / "rootfs").iterdir()) == [rootfs.name]
     assert (rootfs / "bin" / "sh").readlink() == Path("busybox")
     assert (rootfs / "usr" / "bin").readlink() == Path("../bin")
     assert oct((rootfs / "tmp").stat().st_mode & 0o7777) == "0o1777"
@@ -462,3 +496,44 @@ def test_cli_dry_run_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert any("--include=dcm2niix,pigz,python3" in step for step in plans[1]["steps"])
     assert any("/opt/apptainer/bin/apptainer inspect" in s for s in plans[0]["steps"])
     assert not cache.exists()
+
+
+def test_extract_from_deb(tmp_path: Path) -> None:
+    from hpcgear.gears.build import extract_from_deb
+
+    deb = tmp_path / "x.deb"
+    make_deb(deb, {"./usr/bin/tool": b"tool", "./usr/share/doc/x/copyright": b"GPL"})
+    assert extract_from_deb(deb, ("bin/tool", "usr/bin/tool"), tmp_path / "tool") == "usr/bin/tool"
+    assert (tmp_path / "tool").read_bytes() == b"tool"
+    with pytest.raises(ImageError, match="has none of bin/other"):
+        extract_from_deb(deb, ("bin/other",), tmp_path / "other")
+    (tmp_path / "not.deb").write_bytes(b"PK\x03\x04")
+    with pytest.raises(ImageError, match="is not a Debian package"):
+        extract_from_deb(tmp_path / "not.deb", ("x",), tmp_path / "y")
+
+
+def test_unused_root_filesystems_are_pruned_after_a_day(tmp_path: Path) -> None:
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    b = builder(cache, FakeBuildRunner())
+    gear = copy_gear(tmp_path, "dcm2niix")
+    first = b.build(load_recipe(gear))
+    old_rootfs = b.rootfs_path(first.recipe.base, first.recipe.packages)
+    # the image is superseded three times with another package set: nothing refers to
+    # the old root filesystem any more
+    text = (gear / "build.yaml").read_text()
+    (gear / "build.yaml").write_text(text.replace("[dcm2niix, pigz, python3]",
+                                                  "[dcm2niix, python3]"))
+    for i in range(3):
+        (gear / "run.py").write_text(f"# {i}\n")
+        b.build(load_recipe(gear))
+    assert old_rootfs.is_dir()  # used less than a day ago: kept
+    stamp = old_rootfs / ".hpcgear-complete"
+    day_ago = time.time() - 25 * 3600
+    os.utime(stamp, (day_ago, day_ago))
+    (gear / "run.py").write_text("# last\n")
+    latest = b.build(load_recipe(gear))
+    assert not old_rootfs.exists()
+    assert b.rootfs_path(latest.recipe.base, latest.recipe.packages).is_dir()

@@ -126,6 +126,11 @@ def test_apply_is_idempotent_and_updates(env: CliEnv, tmp_path: Path) -> None:
     out = env.ok("rule", "apply", str(changed)).out
     assert "lab/p1/qc-on-cluster: updated" in out and "classify-dicom: unchanged" in out
     assert env.ok("rule", "show", "lab/p1/qc-on-cluster", "--json").json()["retries"] == 3
+    # `rule show` prints YAML that applies back unchanged, for every kind of rule.
+    for name in ("classify-dicom", "convert-structural", "qc-on-cluster"):
+        dump = tmp_path / f"{name}.yaml"
+        dump.write_text(env.ok("rule", "show", f"lab/p1/{name}").out)
+        assert env.ok("rule", "apply", str(dump)).out.strip() == f"lab/p1/{name}: unchanged"
 
 
 @pytest.mark.parametrize(

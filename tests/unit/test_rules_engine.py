@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
@@ -14,7 +15,7 @@ from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.rules import cursors
 from hpcgear.rules.engine import evaluate, evaluate_for_controller, parse_since, test_rule
 from hpcgear.states import JobState
-from tests.unit.rules_support import ADMIN, REPO, World, world_fixture  # noqa: F401
+from tests.unit.rules_support import ADMIN, GEARS, REPO, World, world_fixture  # noqa: F401
 
 DICOM_RULE = """
 project: lab/p1
@@ -440,6 +441,20 @@ def test_saving_checks_gear_inputs_and_config(world: World) -> None:
         (DICOM_RULE.replace("gear: dcm2niix", "gear: dcm2niix@9"), "not installed"),
         (DICOM_RULE.replace("gear: dcm2niix", "gear: nope"), "nope"),
         (DICOM_RULE.replace("tags: [hpc]", "tags: ['bad tag']"), "tag"),
+        (
+            "project: lab/p1\nrules:\n  - {name: self, gear: test-gear, after: [test-gear]}\n",
+            "cannot wait for its own gear",
+        ),
+        (
+            "project: lab/p1\nrules:\n  - {name: req, gear: dcm2niix, after: [dicom-header]}\n",
+            "required input(s) dicom of gear dcm2niix get no file",
+        ),
+        (
+            "project: lab/p1\nrules:\n"
+            "  - {name: fx, gear: test-gear, when: {file.type: x}, input: input_file,"
+            " fixed_inputs: {input_file: lab/p1/none.txt}}\n",
+            "both the trigger input and a fixed input",
+        ),
     ]
     for text, needle in cases:
         with pytest.raises(HpcgearError) as info:
@@ -458,3 +473,128 @@ def test_since_parsing() -> None:
     assert parse_since("2026-01-30T08:00", now) == dt.datetime(2026, 1, 30, 8, tzinfo=dt.UTC)
     with pytest.raises(Exception, match="neither a time nor a duration"):
         parse_since("yesterday", now)
+
+
+def install_two_input_gear(w: World, tmp: Path) -> None:
+    """test-gear's manifest with a second file input, ``template`` (a derived test gear)."""
+    import json
+
+    from hpcgear.gears.service import install_gear
+
+    manifest = json.loads((GEARS["test-gear"] / "manifest.json").read_text())
+    manifest["name"] = "two-inputs"
+    manifest["inputs"]["template"] = {"base": "file", "description": "A template."}
+    d = tmp / "two-inputs"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with w.db.session() as s:
+        install_gear(s, w.store, ADMIN, d)
+
+
+def test_fixed_inputs_stay_pinned(world: World, tmp_path: Path) -> None:
+    w = world
+    install_two_input_gear(w, tmp_path)
+    w.upload("lab/p1", "template.txt", "template v1")
+    w.apply(
+        """
+project: lab/p1
+rules:
+  - name: with-template
+    gear: two-inputs
+    when: {file.name: "*.bval"}
+    input: input_file
+    fixed_inputs: {template: lab/p1/template.txt}
+"""
+    )
+    w.upload("lab/p1", "template.txt", "template v2")  # the pin stays at v1
+    w.upload("lab/p1/s1/ses1/dwi", "dwi.bval", "0 1000")
+    w.evaluate()
+    (job,) = w.jobs()
+    assert sorted((i["name"], i["file_name"], i["version"]) for i in job.inputs) == [
+        ("input_file", "dwi.bval", 1),
+        ("template", "template.txt", 1),
+    ]
+    with w.db.session() as s:
+        from hpcgear.rules.service import get_rule_row, rule_to_dict
+
+        data = rule_to_dict(s, get_rule_row(s, ADMIN, "lab/p1/with-template")[1])
+    assert data["fixed_inputs"]["template"]["version"] == 1
+    # Re-applying the same file keeps the pin (idempotent), an explicit version moves it.
+    text = (
+        "project: lab/p1\nrules:\n  - {name: with-template, gear: two-inputs, "
+        "when: {file.name: '*.bval'}, input: input_file, fixed_inputs: {template: %s}}\n"
+    )
+    assert w.apply(text % "lab/p1/template.txt") == ["unchanged"]
+    assert w.apply(text % "{path: lab/p1/template.txt, version: 2}") == ["updated"]
+
+
+def test_auto_update_follows_new_gear_versions(world: World, tmp_path: Path) -> None:
+    import json
+
+    from hpcgear.gears.service import install_gear, set_disabled
+
+    w = world
+    w.apply(
+        """
+project: lab/p1
+rules:
+  - {name: latest, gear: test-gear, auto_update: true, when: {file.type: text}, input: input_file}
+  - {name: pinned, gear: test-gear, when: {file.type: text}, input: input_file}
+"""
+    )
+    manifest = json.loads((GEARS["test-gear"] / "manifest.json").read_text())
+    manifest["version"] = "1.1.0"
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    with w.db.session() as s:
+        install_gear(s, w.store, ADMIN, newer)
+    w.upload("lab/p1/s1/ses1/a", "a.txt", "a")
+    w.evaluate()
+    used = {j.rule_id: j.gear_id for j in w.jobs()}
+    with w.db.session() as s:
+        from hpcgear.db.models import Gear
+
+        versions = {rid: s.get(Gear, gid).version for rid, gid in used.items()}  # type: ignore[union-attr]
+    assert versions == {rule_id(w, "latest"): "1.1.0", rule_id(w, "pinned"): "1.0.0"}
+    # A disabled newest version is skipped: auto_update means the latest *enabled* one.
+    with w.db.session() as s:
+        set_disabled(s, ADMIN, "test-gear@1.1.0")
+    w.upload("lab/p1/s1/ses1/a", "a.txt", "a2")
+    rep = w.evaluate()
+    assert rep.jobs_created == 2  # both rules: a new input version
+    assert {j["gear"] for j in rep.jobs} == {"test-gear@1.0.0"}
+
+
+def test_a_locked_database_is_one_clear_transient_error(tmp_path: Path) -> None:
+    """SQLite held by another writer: the batch rolls back and the error says to rerun."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from hpcgear.db.session import Database, upgrade
+    from hpcgear.errors import DatabaseError
+    from tests.unit.rules_support import make_world
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    main = Database(create_engine(url))
+    upgrade(main.engine)
+    w = make_world(main, tmp_path)
+    w.apply(DICOM_RULE)
+    w.upload("lab/p1/s1/ses1/T1", "t1.dicom.zip", "v1", metadata=STRUCTURAL)
+    impatient = Database(create_engine(url, connect_args={"timeout": 0.2}))
+    holder = sqlite3.connect(tmp_path / "x.db")
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(DatabaseError) as info:
+            evaluate(impatient, w.sites)
+        assert info.value.transient and "database is locked" in info.value.message
+        assert "run again" in info.value.hint
+    finally:
+        holder.rollback()
+        holder.close()
+    assert w.jobs() == []
+    rep = evaluate(impatient, w.sites)
+    assert rep.jobs_created == 1
+    impatient.dispose()
+    main.dispose()
