@@ -1,51 +1,118 @@
 #!/usr/bin/env bash
 # The main job (README, first command):  bash dev/demo.sh
-# Sets up an embedded hpcgear instance (SQLite + local storage) in .dev/demo,
-# creates a hierarchy, uploads real DICOM and NIfTI files shipped inside
-# pydicom and nibabel, and lists what landed. Safe to run again.
+#
+# On a fresh Debian machine (root): installs hpcgear into .venv, brings the
+# single-node dev cluster up (SLURM + slurmdbd + Apptainer), builds the bundled
+# gears (cached by content hash), creates an embedded instance in .dev/demo
+# (SQLite + local storage) with two gear rules
+#     dicom -> dcm2niix      (tag hpc: runs on SLURM)
+#     dicom -> dicom-header  (runs on this host through the local backend)
+# ingests real DICOM series shipped inside pydicom, runs the controller until
+# idle, and prints the hierarchy with the NIfTI outputs, the job table with the
+# SLURM ids, and one provenance record. Exits non-zero naming what failed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+STEP="start"
+step() { STEP="$*"; printf '\n==> %s\n' "$*"; }
+trap 'echo "demo FAILED during: $STEP (see the error above)" >&2' ERR
+
+step "install hpcgear into .venv"
 BIN="$(bash dev/venv.sh | tail -n1)"
+hg() { "$BIN/hpcgear" "$@"; }
+
+step "bring the dev cluster up (SLURM, slurmdbd, Apptainer)"
+bash dev/cluster.sh up
+DEV_ROOT="${HPCGEAR_DEV_ROOT:-/var/lib/hpcgear-dev}"
+# shellcheck disable=SC1091
+source "$DEV_ROOT/env.sh"
+
 DEMO="${HPCGEAR_DEMO_DIR:-$ROOT/.dev/demo}"
 export HPCGEAR_CONFIG="$DEMO/config.yaml"
-hg() { "$BIN/hpcgear" "$@"; }
-step() { printf '\n==> %s\n' "$*"; }
-fail() { echo "demo FAILED at: $*" >&2; exit 1; }
-trap 'fail "line $LINENO (see the error above)"' ERR
-
-step "init an embedded instance in $DEMO"
+step "create a fresh embedded instance in $DEMO (SQLite + local storage)"
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
 hg init --db "sqlite:///$DEMO/hpcgear.db" --storage "$DEMO/storage" --scratch "$DEMO/scratch"
+printf 'sites: [%s]\n' "$HPCGEAR_DEV_SITE" >> "$HPCGEAR_CONFIG"
+hg site show
 
-step "create group 'imaging' and project 'imaging/demo'"
-hg ls imaging >/dev/null 2>&1 || hg group create imaging --label "Imaging Research Center"
-hg ls imaging/demo >/dev/null 2>&1 || hg project create imaging/demo
+step "build and install the bundled gears dcm2niix and dicom-header (cached)"
+hg gear build containers/dcm2niix
+hg gear build containers/dicom-header
+hg gear list
 
-DATA="$("$BIN/python" - <<'PY'
-import pathlib, pydicom, nibabel
-d = pathlib.Path(pydicom.__file__).parent / "data" / "test_files"
-n = pathlib.Path(nibabel.__file__).parent / "tests" / "data"
-print(d / "dicomdirtests" / "98892003" / "MR700")
-print(n / "anatomical.nii")
-print(n / "example4d.nii.gz")
+step "create imaging/demo and its gear rules"
+hg group create imaging --label "Imaging Research Center"
+hg project create imaging/demo
+hg rule add imaging/demo --name dicom-to-nifti --gear dcm2niix --when file.type=dicom \
+    --input dicom --tag hpc
+hg rule add imaging/demo --name dicom-header --gear dicom-header --when file.type=dicom \
+    --input dicom
+hg rule list imaging/demo
+
+step "ingest DICOM series shipped with pydicom"
+DATA="$DEMO/incoming"
+"$BIN/python" - "$DATA" <<'PY'
+import pathlib, shutil, sys
+import pydicom
+src = pathlib.Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
+dst = pathlib.Path(sys.argv[1])
+# one CT study (scout + a 5-slice series) and one MR study (localizers + angio MIPs)
+for rel in ("98892001/CT2N", "98892001/CT5N", "98892003/MR1", "98892003/MR2"):
+    shutil.copytree(src / rel, dst / rel)
+print(f"copied {sum(1 for p in dst.rglob('*') if p.is_file())} DICOM files to {dst}")
 PY
-)"
-DICOM_DIR="$(sed -n 1p <<<"$DATA")"
-ANAT="$(sed -n 2p <<<"$DATA")"
-FUNC="$(sed -n 3p <<<"$DATA")"
+hg ingest dicom "$DATA" --group imaging --project demo --subject demo-01
 
-step "upload a DICOM series shipped with pydicom ($(ls "$DICOM_DIR" | wc -l) files)"
-hg upload imaging/demo/sub-01/ses-01/MR700 "$DICOM_DIR"/*
-step "upload NIfTI images shipped with nibabel"
-hg upload imaging/demo/sub-01/ses-01/anat "$ANAT"
-hg upload imaging/demo/sub-01/ses-01/func "$FUNC"
-hg info set imaging/demo/sub-01/ses-01 scanner.model=demo-scanner
-hg tag add imaging/demo/sub-01/ses-01/anat/anatomical.nii hpc 2>/dev/null || true
+step "run the controller until every job is done (rules -> jobs -> SLURM/local -> publish)"
+hg controller run --until-idle --interval 2 --timeout 900
 
-step "the hierarchy"
-hg ls imaging/demo
-hg ls imaging/demo/sub-01/ses-01
-hg ls imaging/demo/sub-01/ses-01/anat
-hg ls imaging/demo/sub-01/ses-01/MR700
+step "the hierarchy: sessions, acquisitions and their files"
+"$BIN/python" - <<'PY'
+import json, subprocess, sys
+def ls(path):
+    out = subprocess.run([sys.executable.replace("python", "hpcgear"), "ls", path, "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+for ses in ls("imaging/demo/demo-01"):
+    print(f"session {ses['label']}")
+    for acq in ls(f"imaging/demo/demo-01/{ses['label']}"):
+        if acq["kind"] != "acquisition":
+            continue
+        print(f"  acquisition {acq['label']}")
+        for f in ls(f"imaging/demo/demo-01/{ses['label']}/{acq['label']}"):
+            if f["kind"] == "file":
+                cls = ",".join(f["classification"].get("Intent", []) +
+                               f["classification"].get("Measurement", []))
+                print(f"    {f['name']:<48} v{f['version']} {f['type'] or '':<11} "
+                      f"{f['hash'][:19]} {cls}")
+PY
 
-step "demo finished: instance config $HPCGEAR_CONFIG"
+step "the job table"
+hg jobs
+
+step "one provenance record (a dcm2niix job on SLURM)"
+JOB="$("$BIN/hpcgear" jobs --state complete --json | "$BIN/python" -c '
+import json, sys
+jobs = [j for j in json.load(sys.stdin) if j["gear"].startswith("dcm2niix")]
+print(jobs[0]["id"] if jobs else "")')"
+if [ -z "$JOB" ]; then STEP="finding a completed dcm2niix job"; false; fi
+hg provenance show "$JOB"
+
+step "check: every job completed"
+"$BIN/hpcgear" jobs --json > "$DEMO/jobs.json"
+"$BIN/python" - "$DEMO/jobs.json" <<'PY'
+import json, sys
+jobs = json.load(open(sys.argv[1]))
+bad = [j for j in jobs if j["state"] != "complete"]
+for j in bad:
+    why = " ".join(x for x in (j["failure_kind"], j["failure_message"]) if x)
+    print(f"job {j['id']} ({j['gear']} on {j['destination']}): {j['state']} {why}",
+          file=sys.stderr)
+    print(f"  see: hpcgear job show {j['id']}; hpcgear job logs {j['id']}", file=sys.stderr)
+n_slurm = sum(1 for j in jobs if j["site"] != "local")
+print(f"{len(jobs) - len(bad)} of {len(jobs)} jobs complete ({n_slurm} on SLURM)")
+sys.exit(1 if bad or not jobs else 0)
+PY
+
+step "demo finished (instance: $HPCGEAR_CONFIG; try: HPCGEAR_CONFIG=$HPCGEAR_CONFIG $BIN/hpcgear ls imaging/demo)"

@@ -148,17 +148,6 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
                 log_size=log.size if log else None,
                 actor=ctx.actor,
             )
-            facts = collect_run_facts(
-                s,
-                job,
-                published=result,
-                exit_record=rec,
-                accounting=acc,
-                metadata_sha256=plan.sha256 if plan is not None else None,
-                refused_outputs=[(r.relpath, r.reason) for r in scan.refused],
-                log_sha256=log.sha256 if log else None,
-                log_size=log.size if log else None,
-            )
             for r in scan.refused:
                 record_event(
                     s,
@@ -180,6 +169,17 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
                 finished=job.finished or utcnow(),
             )
             # The record is written in the same transaction, after the job is complete.
+            facts = collect_run_facts(
+                s,
+                job,
+                published=result,
+                exit_record=rec,
+                accounting=acc,
+                metadata_sha256=plan.sha256 if plan is not None else None,
+                refused_outputs=[(r.relpath, r.reason) for r in scan.refused],
+                log_sha256=log.sha256 if log else None,
+                log_size=log.size if log else None,
+            )
             record_provenance(s, job, facts)
     except InvalidMetadataError as exc:
         return _fail_staging(

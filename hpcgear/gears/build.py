@@ -8,6 +8,7 @@ README. The recipe::
     # containers/dcm2niix/build.yaml
     base: debian-bookworm-minbase        # one of BASES
     packages: [dcm2niix, pigz, python3]  # Debian packages (no recommends)
+    remove: []                           # hard dependencies the gear never uses (purged)
     files:                               # gear-dir relative source: path in the image
       run.py: /flywheel/v0/run.py
       manifest.json: /flywheel/v0/manifest.json
@@ -24,9 +25,11 @@ How an image is made, and what is cached (under ``cache_dir``, see
 :func:`default_cache_dir`):
 
 1. **Root filesystem**, keyed by the sha256 of (base, suite, variant, sorted
-   package list, mirror, builder version): ``debootstrap --variant=minbase
-   --include=<packages>`` into ``rootfs/<base>-<key>/``, then trimmed (docs,
-   man pages, locales, apt lists; copyright files stay). Gears with the same
+   package list, removals, mirror, builder version): ``debootstrap
+   --variant=minbase --include=<packages>`` into ``rootfs/<base>-<key>/``; then
+   ``remove:`` packages and every package only they needed are purged (``dpkg
+   --purge`` in a chroot; see :func:`dpkg_orphans`), and the tree is trimmed
+   (docs, man pages, locales, apt lists; copyright files stay). Gears with the same
    package list share one root filesystem; downloaded .debs are kept in
    ``debs/`` for the next debootstrap. The ``busybox-static`` base is a root
    filesystem holding only Debian's static busybox and its applet links: the
@@ -43,7 +46,9 @@ How an image is made, and what is cached (under ``cache_dir``, see
    rebuilds only the SIF.
 
 Each step holds an exclusive lock (``.locks/``) for its key, so concurrent
-builds of the same recipe wait for one another and then reuse the result.
+builds of the same recipe wait for one another and then reuse the result. The
+cache prunes itself: three SIFs per gear are kept, and root filesystems no
+cached SIF was built from go after a day without use.
 Building needs root (debootstrap) unless everything is cached; sites without
 root build from ``Apptainer.def`` instead.
 """
