@@ -42,6 +42,7 @@ from hpcgear.errors import HpcgearError, ImageError, InvalidInputError, StagingE
 from hpcgear.gears.configjson import build_config_json
 from hpcgear.gears.manifest import parse_manifest
 from hpcgear.gears.reserved import split_reserved
+from hpcgear.jobs.retry import retry_policy
 from hpcgear.jobs.service import input_spec_from_json
 from hpcgear.jobs.spec import GearRef, JobSpec, Resources
 from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
@@ -821,7 +822,13 @@ def schedule_retries(ctx: ControllerContext, rt: SiteRuntime, report: CycleRepor
         if job.id in retried or job.id in handled:
             continue
         kind = FailureKind(str(job.failure_kind))
-        policy = rt.site.retry_policy(kind)
+        with ctx.db.session() as s:
+            gear = s.get(Gear, job.gear_id)
+            manifest = dict(gear.manifest) if gear is not None else None
+        try:
+            policy = retry_policy(rt.site, kind, manifest)
+        except HpcgearError:
+            policy = rt.site.retry_policy(kind)
         with _job_session(ctx, job.id) as (s, row):
             if row.attempt >= policy.max_attempts:
                 record_event(

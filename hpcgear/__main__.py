@@ -1,0 +1,5 @@
+"""``python -m hpcgear`` runs the CLI."""
+
+from hpcgear.cli.main import main
+
+main()

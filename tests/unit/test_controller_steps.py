@@ -1,0 +1,282 @@
+"""Controller steps without a cluster: verdicts, claim caps, retries, leases, unknown state.
+
+Fakes sit at the subprocess boundary only: the real ``SlurmBackend`` runs on a
+runner that answers like a SLURM whose queue and accounting no longer know
+the job. Database tests run on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcgear.config.site import load_site_text
+from hpcgear.controller.loop import acquire_lease, release_lease
+from hpcgear.controller.sites import SiteRuntime
+from hpcgear.controller.steps import (
+    LOST_GRACE,
+    ControllerContext,
+    CycleReport,
+    claim_jobs,
+    classify_end,
+    poll_jobs,
+    schedule_retries,
+)
+from hpcgear.db.models import Job
+from hpcgear.db.session import Database
+from hpcgear.errors import ManifestError
+from hpcgear.render.exit_record import ExitRecord
+from hpcgear.scheduler.runner import CompletedCommand
+from hpcgear.scheduler.slurm import SlurmBackend
+from hpcgear.scheduler.transport import LocalTransport
+from hpcgear.states import FailureKind, JobState, SchedulerState
+from hpcgear.storage.objects import ObjectStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rec(**kw: Any) -> ExitRecord:
+    base: dict[str, Any] = dict(
+        complete=True, job_id="j", attempt=1, rc=0, signal=None, timed_out=False, started=True,
+        boot_failed=False, boot_attempts=1, error=None, host="n1", runtime_version="1.4",
+        slurm_job_id="1", slurm_array_task_id=None, start_time=None, end_time=None,
+        elapsed_s=1)
+    base.update(kw)
+    return ExitRecord(**base)
+
+
+@pytest.mark.parametrize(
+    ("state", "rec", "expect"),
+    [
+        (SchedulerState.COMPLETED, _rec(), (JobState.STAGING, None)),
+        (SchedulerState.COMPLETED, None, (JobState.FAILED, FailureKind.LOST)),
+        (SchedulerState.COMPLETED, _rec(rc=2), (JobState.FAILED, FailureKind.GEAR_ERROR)),
+        (SchedulerState.COMPLETED, _rec(rc=255, started=False, boot_failed=True),
+         (JobState.FAILED, FailureKind.BOOT_FAILURE)),
+        (SchedulerState.FAILED, _rec(rc=143, signal="TERM", timed_out=True),
+         (JobState.FAILED, FailureKind.TIMEOUT)),
+        (SchedulerState.FAILED, _rec(rc=1), (JobState.FAILED, FailureKind.GEAR_ERROR)),
+        (SchedulerState.FAILED, _rec(complete=True, started=False, error="input file missing"),
+         (JobState.FAILED, FailureKind.INPUT_STAGING)),
+        (SchedulerState.TIMEOUT, None, (JobState.FAILED, FailureKind.TIMEOUT)),
+        (SchedulerState.OUT_OF_MEMORY, _rec(rc=0), (JobState.FAILED, FailureKind.OOM)),
+        (SchedulerState.NODE_FAIL, None, (JobState.FAILED, FailureKind.NODE_FAILURE)),
+        (SchedulerState.PREEMPTED, None, (JobState.FAILED, FailureKind.PREEMPTED)),
+        (SchedulerState.BOOT_FAIL, None, (JobState.FAILED, FailureKind.BOOT_FAILURE)),
+        (SchedulerState.CANCELLED, None, (JobState.CANCELLED, FailureKind.CANCELLED)),
+    ],
+)
+def test_success_needs_two_proofs(state: SchedulerState, rec: ExitRecord | None,
+                                  expect: tuple[JobState, FailureKind | None]) -> None:
+    verdict, kind, message = classify_end(state, rec, cancelled_by_us=False)
+    assert (verdict, kind) == expect, message
+    assert message
+
+
+def test_oom_with_rc0_is_not_success() -> None:
+    """SLURM's word wins over a record written before the kernel killed the step."""
+    verdict, kind, _ = classify_end(SchedulerState.OUT_OF_MEMORY, _rec(), cancelled_by_us=False)
+    assert verdict == JobState.FAILED and kind == FailureKind.OOM
+
+
+# ----------------------------------------------------------------- fixtures
+
+SITE = """\
+name: t
+scheduler: slurm
+scratch_root: {scratch}/{{user}}
+storage_root: {storage}
+runtime:
+  image_cache: {images}
+partitions:
+  debug: {{max_time: 2h, default: true}}
+limits:
+  max_in_flight_per_user: 2
+  max_in_flight_per_project: 3
+  submit_rate_per_minute: 10
+"""
+
+
+class GoneRunner:
+    """A SLURM that forgot everything: empty squeue and sacct (the subprocess boundary)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, argv: Sequence[str], *, timeout: float,
+            input: str | None = None) -> CompletedCommand:
+        self.calls.append(tuple(argv))
+        return CompletedCommand(tuple(argv), 0, "", "", 0.0)
+
+
+@pytest.fixture
+def setup(db: Database, tmp_path: Path) -> tuple[ControllerContext, SiteRuntime]:
+    from hpcgear.config.settings import default_settings
+    from hpcgear.gears.service import install_gear
+    from hpcgear.hierarchy import service as svc
+
+    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
+                                      images=tmp_path / "img"))
+    store = ObjectStore(tmp_path / "store")
+    sif = tmp_path / "x.sif"
+    sif.write_bytes(b"sif")
+    with db.session() as s:
+        svc.add_user(s, None, "admin", site_admin=True)
+        for u in ("alice", "bob"):
+            svc.add_user(s, "admin", u)
+        svc.create_group(s, "admin", "g")
+        for p in ("p1", "p2"):
+            svc.create_project(s, "admin", f"g/{p}")
+            svc.ensure_path(s, "admin", f"g/{p}/s/ses")
+        install_gear(s, store, "admin", REPO / "containers" / "test-gear", image=str(sif))
+    ctx = ControllerContext(db=db, store=store, settings=default_settings(tmp_path / "c.yaml"),
+                            actor="test-controller")
+    rt = SiteRuntime(site=site, transport=LocalTransport(),
+                     backend=SlurmBackend(GoneRunner()), local_files=True)
+    return ctx, rt
+
+
+def _job(ctx: ControllerContext, *, user: str, project: str, state: str = "pending",
+         **kw: Any) -> str:
+    from sqlalchemy import select
+
+    from hpcgear.db.models import Container, Gear
+    from hpcgear.hierarchy.service import new_id
+
+    with ctx.db.session() as s:
+        gear = s.scalars(select(Gear)).first()
+        assert gear is not None
+        dest = s.scalars(select(Container).where(Container.type == "session")).all()
+        d = next(c for c in dest if c.project_id == project)
+        job = Job(id=new_id(), gear_id=gear.id, state=state, site="t", config={}, inputs=[],
+                  resources={"cpus": 1, "mem_mb": 100, "time_minutes": 10},
+                  destination_type="session", destination_id=d.id, project_id=project,
+                  tags=["hpc"], origin_type="user", origin_id=user, **kw)
+        s.add(job)
+        return job.id
+
+
+def _project_ids(ctx: ControllerContext) -> dict[str, str]:
+    from sqlalchemy import select
+
+    from hpcgear.db.models import Container
+
+    with ctx.db.session() as s:
+        return {c.label: c.id for c in s.scalars(select(Container).where(
+            Container.type == "project"))}
+
+
+def test_claim_respects_in_flight_caps_and_rate(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    ctx, rt = setup
+    pid = _project_ids(ctx)
+    alice = [_job(ctx, user="alice", project=pid["p1"]) for _ in range(4)]
+    bob = [_job(ctx, user="bob", project=pid["p1"]) for _ in range(2)]
+    bob2 = [_job(ctx, user="bob", project=pid["p2"]) for _ in range(2)]
+    claimed = claim_jobs(ctx, rt, limit=50)
+    # per user <= 2, project p1 <= 3 in flight
+    assert sum(j in claimed for j in alice) == 2
+    assert sum(j in claimed for j in bob + bob2) == 2
+    assert sum(j in claimed for j in alice + bob) <= 3
+    with ctx.db.session() as s:
+        states = {s.get(Job, j).state for j in claimed}  # type: ignore[union-attr]
+    assert states == {"submitting"}
+    # nothing more fits until something finishes
+    assert claim_jobs(ctx, rt, limit=50) == []
+
+
+def test_failed_query_changes_nothing_and_lost_after_grace(
+        setup: tuple[ControllerContext, SiteRuntime], tmp_path: Path) -> None:
+    ctx, rt = setup
+    pid = _project_ids(ctx)
+    now = dt.datetime.now(dt.UTC)
+    recent = _job(ctx, user="alice", project=pid["p1"], state="queued", native_id="101",
+                  last_seen=now)
+    old = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="102",
+               last_seen=now - LOST_GRACE - dt.timedelta(minutes=1))
+    report = CycleReport(site="t")
+    poll_jobs(ctx, rt, report)
+    with ctx.db.session() as s:
+        r, o = s.get(Job, recent), s.get(Job, old)
+        assert r is not None and o is not None
+        assert r.state == "queued" and r.scheduler_state == "UNKNOWN", "grace: not yet lost"
+        assert o.state == "failed" and o.failure_kind == "lost"
+    squeues = [c for c in rt.backend.runner.calls if c[0] == "squeue"]  # type: ignore[attr-defined]
+    assert len(squeues) == 1, "one squeue per cycle for every tracked job"
+    assert "101" in " ".join(squeues[0]) and "102" in " ".join(squeues[0])
+
+
+def test_retry_policy_site_and_gear(setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    ctx, rt = setup
+    pid = _project_ids(ctx)
+    oom = _job(ctx, user="alice", project=pid["p1"], state="failed", failure_kind="oom")
+    gear_err = _job(ctx, user="alice", project=pid["p1"], state="failed",
+                    failure_kind="gear_error")
+    report = CycleReport(site="t")
+    schedule_retries(ctx, rt, report)
+    schedule_retries(ctx, rt, report)  # idempotent: still one retry
+    from sqlalchemy import select
+
+    with ctx.db.session() as s:
+        retries = s.scalars(select(Job).where(Job.previous_id.in_([oom, gear_err]))).all()
+        assert [r.previous_id for r in retries] == [oom]
+        assert retries[0].resources["mem_mb"] == 200, "oom retries with doubled memory"
+        assert retries[0].attempt == 2
+    assert report.retried == 1
+
+
+def test_gear_retry_policy_is_validated() -> None:
+    from hpcgear.jobs.retry import gear_retry_policies
+
+    ok = gear_retry_policies({"custom": {"hpcgear": {"retry": {"oom": {"max_attempts": 4}}}}})
+    assert ok[FailureKind.OOM].max_attempts == 4
+    with pytest.raises(ManifestError, match="unknown failure kind"):
+        gear_retry_policies({"custom": {"hpcgear": {"retry": {"oops": {"max_attempts": 4}}}}})
+    with pytest.raises(ManifestError, match="max_attempts"):
+        gear_retry_policies({"custom": {"hpcgear": {"retry": {"oom": {"max_attempts": 99}}}}})
+
+
+def test_one_leader_per_site(setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    ctx, _rt = setup
+    assert acquire_lease(ctx, "t", "host-a:1", seconds=60)
+    assert not acquire_lease(ctx, "t", "host-b:2", seconds=60), "second controller waits"
+    assert acquire_lease(ctx, "t", "host-a:1", seconds=60), "the leader renews"
+    release_lease(ctx, "t", "host-a:1")
+    assert acquire_lease(ctx, "t", "host-b:2", seconds=1)
+    time.sleep(1.2)
+    assert acquire_lease(ctx, "t", "host-a:1", seconds=60), "an expired lease is taken over"
+
+
+def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "HPCGEAR_CONFIG": str(tmp_path / "c.yaml"),
+           "XDG_DATA_HOME": str(tmp_path / "d")}
+    hg = [sys.executable, "-m", "hpcgear"]
+    subprocess.run([*hg, "init", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--storage",
+                    str(tmp_path / "st"), "--scratch", str(tmp_path / "scr")], env=env,
+                   check=True, capture_output=True)
+    proc = subprocess.Popen([*hg, "controller", "run", "--interval", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        proc.send_signal(signal.SIGHUP)  # reload: keeps running
+        time.sleep(2)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0
+    out = subprocess.run([*hg, "db", "status", "--json"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(out)["revision"]
