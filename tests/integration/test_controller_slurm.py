@@ -311,3 +311,38 @@ def test_controller_through_ssh(dev_env: DevEnv, tmp_path: Path,
     assert job["site"] == "dev-ssh"
     names = {e["name"] for e in inst.cli.ok("ls", "lab/p/s1/ses1", "--json").json()}
     assert "report.txt" in names
+
+
+# -------------------------------------------------------- site preflight
+
+
+def _with_ghost_partition(inst: Instance) -> None:
+    """Add a partition SLURM does not have to the instance's site config."""
+    cfg = inst.cli.config.read_text()
+    site_path = Path(cfg.split("sites: [", 1)[1].split("]", 1)[0])
+    text = site_path.read_text().replace(
+        "partitions:\n", "partitions:\n  ghost:\n    description: not in slurm.conf\n"
+        "    max_time: 1h\n", 1)
+    site_path.write_text(text)
+
+
+def test_site_preflight_matches_live_cluster(inst: Instance) -> None:
+    res = inst.cli.ok("site", "preflight", "dev-slurm", "--json").json()
+    assert res["ok"] is True, res
+    names = {p["name"] for p in res["partitions"]}
+    assert {"debug", "short"} <= names
+    assert res["cluster"]["max_array_size"] >= 1
+    _with_ghost_partition(inst)
+    bad = inst.cli.run("site", "preflight", "dev-slurm")
+    assert bad.code != 0 and "ghost" in bad.out and "does not exist" in bad.out
+    assert bad.err.startswith("error: ")
+
+
+def test_definite_rejection_fails_as_rejected(inst: Instance) -> None:
+    _with_ghost_partition(inst)
+    jid = inst.run("--tag", "partition=ghost")
+    inst.cycle_until(lambda: inst.state(jid) == "failed", 120, "job failed")
+    job = inst.job(jid)
+    assert job["failure_kind"] == "rejected", job
+    assert "partition" in (job["failure_message"] or "").lower(), job
+    assert job["native_id"] is None, "SLURM created no job"
