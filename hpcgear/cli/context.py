@@ -104,3 +104,27 @@ class AppContext:
 def safe_text(text: str) -> str:
     """Render user text for a terminal: control characters escaped."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def parse_pairs(values: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    """Repeated ``NAME=VALUE`` options to a dict; one clear error for each mistake."""
+    from hpcgear.errors import InvalidInputError
+
+    out: dict[str, str] = {}
+    for v in values:
+        if "=" not in v:
+            raise InvalidInputError(f"{what} {v!r} is not NAME=VALUE", f"write {what} NAME=VALUE")
+        k, val = v.split("=", 1)
+        if not k:
+            raise InvalidInputError(f"{what} {v!r} has an empty name", f"write {what} NAME=VALUE")
+        if k in out:
+            raise InvalidInputError(f"{what} {k!r} given twice", "give each name once")
+        out[k] = val
+    return out
+
+
+def site_registry(app: AppContext) -> Any:
+    """The configured sites plus the embedded local one."""
+    from hpcgear.jobs.sites import SiteRegistry
+
+    return SiteRegistry.from_settings(app.settings)

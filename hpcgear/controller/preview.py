@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from hpcgear.controller.steps import job_paths, resolve_spec
 from hpcgear.db.models import Job
 from hpcgear.gears.images import digest_hex
-from hpcgear.jobs.service import PreparedJob, input_spec_to_json
+from hpcgear.jobs.service import PreparedJob, input_spec_to_json, resources_to_json
 from hpcgear.render import build_runtime_argv, render_sbatch
 
 DRY_RUN_ID = "dry-run"
@@ -27,27 +27,13 @@ class Preview:
 
 def preview_job(session: Session, prepared: PreparedJob, actor: str) -> Preview:
     """Render what the controller would submit for ``prepared`` (nothing is stored)."""
-    r = prepared.resources.resources
     job = Job(  # transient: never added to the session
         id=prepared.job.id if prepared.job is not None else DRY_RUN_ID,
         attempt=1,
         gear_id=prepared.gear.id,
         config=prepared.config,
         inputs=[input_spec_to_json(s) for s in prepared.inputs],
-        resources={
-            "cpus": r.cpus,
-            "mem_mb": r.mem_mb,
-            "time_minutes": r.time_minutes,
-            "gpus": r.gpus,
-            "gres": r.gres,
-            "nodes": r.nodes,
-            "ntasks": r.ntasks,
-            "partition": r.partition,
-            "qos": r.qos,
-            "account": r.account,
-            "writable": prepared.resources.writable,
-            "debug": prepared.resources.debug,
-        },
+        resources=resources_to_json(prepared.resources),
         destination_type=prepared.destination.type,
         destination_id=prepared.destination.id,
         tags=list(prepared.tags),

@@ -284,6 +284,26 @@ def prepare_job(
     )
 
 
+def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
+    """The job row's resources snapshot (what the controller renders from)."""
+    r = resolved.resources
+    return {
+        "cpus": r.cpus,
+        "mem_mb": r.mem_mb,
+        "time_minutes": r.time_minutes,
+        "gpus": r.gpus,
+        "gres": r.gres,
+        "nodes": r.nodes,
+        "ntasks": r.ntasks,
+        "partition": r.partition,
+        "qos": r.qos,
+        "account": r.account,
+        "writable": resolved.writable,
+        "debug": resolved.debug,
+        "explain": resolved.explain(),
+    }
+
+
 def store_job(
     session: Session,
     actor: str,
@@ -294,7 +314,6 @@ def store_job(
     previous: Job | None = None,
     reason: str | None = None,
 ) -> Job:
-    r = prepared.resources.resources
     job = Job(
         id=new_id(),
         attempt=(previous.attempt + 1) if previous else 1,
@@ -305,21 +324,7 @@ def store_job(
         site=prepared.site.name,
         config=prepared.config,
         inputs=[input_spec_to_json(s) for s in prepared.inputs],
-        resources={
-            "cpus": r.cpus,
-            "mem_mb": r.mem_mb,
-            "time_minutes": r.time_minutes,
-            "gpus": r.gpus,
-            "gres": r.gres,
-            "nodes": r.nodes,
-            "ntasks": r.ntasks,
-            "partition": r.partition,
-            "qos": r.qos,
-            "account": r.account,
-            "writable": prepared.resources.writable,
-            "debug": prepared.resources.debug,
-            "explain": prepared.resources.explain(),
-        },
+        resources=resources_to_json(prepared.resources),
         destination_type=prepared.destination.type,
         destination_id=prepared.destination.id,
         project_id=prepared.destination.project_id,

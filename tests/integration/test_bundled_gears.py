@@ -2,7 +2,7 @@
 
 Images come from the persistent build cache (``hpcgear.gears.build.default_cache_dir``:
 ``$HPCGEAR_BUILD_CACHE``, else the dev cluster's ``cache/gears``), so only the first run
-on a machine pays for debootstrap + ``apptainer build`` (about 4 minutes for all four
+on a machine pays for debootstrap + ``apptainer build`` (about 5 minutes for all four
 images); later runs reuse them unless a recipe or gear file changed.
 
 Each gear runs as a job would: ``config.json`` made by hpcgear's own

@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, parse_pairs, safe_text, site_registry
 
 pass_app = click.make_pass_decorator(AppContext)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
-    from hpcgear.errors import InvalidInputError
+def _job_options(dry_run_help: str) -> Callable[[F], F]:
+    """Options shared by ``run`` and ``batch``: config, tags, priority, dry run, json."""
 
-    out: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            raise InvalidInputError(f"{what} {v!r} is not NAME=VALUE", f"write {what} NAME=VALUE")
-        k, val = v.split("=", 1)
-        if not k:
-            raise InvalidInputError(f"{what} {v!r} has an empty name", f"write {what} NAME=VALUE")
-        if k in out:
-            raise InvalidInputError(f"{what} {k!r} given twice", "give each name once")
-        out[k] = val
-    return out
+    def wrap(fn: F) -> F:
+        for opt in reversed(
+            (
+                click.option(
+                    "--config",
+                    "config",
+                    multiple=True,
+                    metavar="KEY=VALUE",
+                    help="A config value, converted to the manifest's type (repeatable).",
+                ),
+                click.option(
+                    "--tag",
+                    "tags",
+                    multiple=True,
+                    metavar="TAG",
+                    help="Job tag: hpc routes to the cluster; cpu=4, ram=16G, time=2h, gpu ...",
+                ),
+                click.option(
+                    "--priority",
+                    type=click.Choice(["low", "medium", "high", "critical"]),
+                    default="medium",
+                    show_default=True,
+                ),
+                click.option("--dry-run", is_flag=True, help=dry_run_help),
+                click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+            )
+        ):
+            fn = opt(fn)
+        return fn
 
-
-def _sites(app: AppContext) -> Any:
-    from hpcgear.jobs.sites import SiteRegistry
-
-    return SiteRegistry.from_settings(app.settings)
+    return wrap
 
 
 @click.command("run")
@@ -43,32 +59,7 @@ def _sites(app: AppContext) -> Any:
     metavar="NAME=PATH/FILE",
     help="A file input (repeat for each input).",
 )
-@click.option(
-    "--config",
-    "config",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A config value, converted to the manifest's type (repeatable).",
-)
-@click.option(
-    "--tag",
-    "tags",
-    multiple=True,
-    metavar="TAG",
-    help="Job tag: hpc routes to the cluster; cpu=4, ram=16G, time=2h, gpu ...",
-)
-@click.option(
-    "--priority",
-    type=click.Choice(["low", "medium", "high", "critical"]),
-    default="medium",
-    show_default=True,
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    help="Print the resolved resources and the exact sbatch script; change nothing.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_job_options("Print the resolved resources and the exact sbatch script; change nothing.")
 @pass_app
 def run_cmd(
     app: AppContext,
@@ -86,7 +77,7 @@ def run_cmd(
     from hpcgear.jobs.service import run_gear
 
     actor = app.actor
-    sites = _sites(app)
+    sites = site_registry(app)
     with app.db.session() as s:
         prepared = run_gear(
             s,
@@ -94,8 +85,8 @@ def run_cmd(
             sites,
             gear_ref=gear,
             dest_path=dest,
-            inputs=_pairs(inputs, "--input"),
-            config=_pairs(config, "--config"),
+            inputs=parse_pairs(inputs, "--input"),
+            config=parse_pairs(config, "--config"),
             tags=list(tags),
             priority=priority,
             dry_run=dry_run,
@@ -146,16 +137,7 @@ def run_cmd(
     metavar="NAME=REGEX",
     help="Input NAME is the one file whose name matches REGEX (repeatable).",
 )
-@click.option("--config", "config", multiple=True, metavar="KEY=VALUE")
-@click.option("--tag", "tags", multiple=True, metavar="TAG")
-@click.option(
-    "--priority",
-    type=click.Choice(["low", "medium", "high", "critical"]),
-    default="medium",
-    show_default=True,
-)
-@click.option("--dry-run", is_flag=True, help="Show what would run; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_job_options("Show which containers would get a job; change nothing.")
 @pass_app
 def batch_cmd(
     app: AppContext,
@@ -173,7 +155,7 @@ def batch_cmd(
     from hpcgear.jobs.service import batch_run
 
     actor = app.actor
-    sites = _sites(app)
+    sites = site_registry(app)
     with app.db.session() as s:
         res = batch_run(
             s,
@@ -181,8 +163,8 @@ def batch_cmd(
             sites,
             gear_ref=gear,
             over=over,
-            inputs=_pairs(inputs, "--input"),
-            config=_pairs(config, "--config"),
+            inputs=parse_pairs(inputs, "--input"),
+            config=parse_pairs(config, "--config"),
             tags=list(tags),
             priority=priority,
             dry_run=dry_run,

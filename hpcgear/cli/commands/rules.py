@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, parse_pairs, safe_text, site_registry
 
 pass_app = click.make_pass_decorator(AppContext)
-
-
-def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
-    from hpcgear.errors import InvalidInputError
-
-    out: dict[str, str] = {}
-    for v in values:
-        if "=" not in v:
-            raise InvalidInputError(f"{what} {v!r} is not NAME=VALUE", f"write {what} NAME=VALUE")
-        k, val = v.split("=", 1)
-        if not k:
-            raise InvalidInputError(f"{what} {v!r} has an empty name", f"write {what} NAME=VALUE")
-        if k in out:
-            raise InvalidInputError(f"{what} {k!r} given twice", "give each name once")
-        out[k] = val
-    return out
-
-
-def _sites(app: AppContext) -> Any:
-    from hpcgear.jobs.sites import SiteRegistry
-
-    return SiteRegistry.from_settings(app.settings)
 
 
 @click.group("rule")
@@ -151,7 +128,7 @@ def rule_add(
         g, _, label = item.partition(":")
         split_gear(g, None)
         prereqs.append(Prerequisite(gear=g, analysis_label=label or None))
-    found = _pairs(session_inputs, "--session-input")
+    found = parse_pairs(session_inputs, "--session-input")
     for k, rx in found.items():
         check_regex(rx, f"--session-input {k}")
     spec = RuleSpec(
@@ -163,12 +140,14 @@ def rule_add(
         description=description,
         when=parse_cli_when(when),
         input=trigger,
-        fixed_inputs={k: FixedInput(path=v) for k, v in _pairs(fixed, "--fixed-input").items()},
+        fixed_inputs={
+            k: FixedInput(path=v) for k, v in parse_pairs(fixed, "--fixed-input").items()
+        },
         after=tuple(prereqs),
         require="any" if require == "any" else "all",
         session_inputs=found,
         retries=retries,
-        config=_pairs(config, "--config"),
+        config=parse_pairs(config, "--config"),
         tags=tags,
         priority=priority,
         destination=destination,
@@ -327,7 +306,7 @@ def rule_test(app: AppContext, ref: str, path: str, as_json: bool) -> None:
 
     actor = app.actor
     with app.db.session() as s:
-        result = test_rule(s, actor, lambda: _sites(app), ref, path)
+        result = test_rule(s, actor, lambda: site_registry(app), ref, path)
         s.rollback()
     if as_json:
         app.emit_json(result.as_dict())
@@ -366,7 +345,7 @@ def rules_evaluate(app: AppContext, since: str | None, dry_run: bool, as_json: b
     actor = app.actor
     with app.db.session() as s:
         check_evaluator(s, actor)
-    report = evaluate(app.db, lambda: _sites(app), since=when, dry_run=dry_run)
+    report = evaluate(app.db, lambda: site_registry(app), since=when, dry_run=dry_run)
     data = report.as_dict()
     if as_json:
         app.emit_json(data)
