@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,19 @@ class SiteRuntime:
                         "rebuild or reinstall the gear (hpcgear gear build / install --image)",
                     )
                 self.transport.mkdir(self.site.runtime.image_cache, mode=0o755)
-                tmp = f"{path}.tmp-upload"
+                # A unique temp name, verified on the remote side before the atomic
+                # rename: two controllers filling one image at once both end with
+                # the same verified bytes under the final name.
+                tmp = f"{path}.tmp-{secrets.token_hex(6)}"
                 self.transport.put(src, tmp, mode=0o444)
+                res = self.transport.run(["sha256sum", tmp], timeout=600)
+                got = res.stdout.split()[0] if res.ok and res.stdout.split() else ""
+                if f"sha256:{got}" != digest:
+                    self.transport.run(["rm", "-f", tmp], timeout=60)
+                    raise ImageError(
+                        f"image {digest[:19]} arrived corrupt at {tmp} (sha256 {got[:12]})",
+                        "check the site's image_cache file system; the next cycle retries",
+                    )
                 res = self.transport.run(["mv", "-f", tmp, path], timeout=120)
                 if res.returncode != 0:
                     raise ImageError(
