@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import posixpath
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
