@@ -34,6 +34,8 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO"
 hg init --db "sqlite:///$DEMO/hpcgear.db" --storage "$DEMO/storage" --scratch "$DEMO/scratch"
 printf 'sites: [%s]\n' "$HPCGEAR_DEV_SITE" >> "$HPCGEAR_CONFIG"
+# The local site's image cache lives in the dev root, which the Apptainer wrapper binds.
+sed -i "s|^image_cache:.*|image_cache: $DEV_ROOT/images|" "$HPCGEAR_CONFIG"
 hg site show
 
 step "build and install the bundled gears dcm2niix and dicom-header (cached)"

@@ -96,10 +96,10 @@ def _make_instance(dev: DevEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     cli = CliEnv(home=tmp_path, config=tmp_path / "cfg" / "config.yaml")
-    # Scratch and storage must be visible inside the Apptainer wrapper: use the dev root.
-    base = dev.root / "test-instances" / tmp_path.name
+    # Jobs of the dev-slurm site use the site's scratch and image cache (in the dev
+    # root); the instance's own storage and local scratch stay in the test's tmp dir.
     cli.ok("init", "--db", f"sqlite:///{tmp_path / 'hpcgear.db'}", "--storage",
-           str(base / "storage"), "--scratch", str(base / "scratch"))
+           str(tmp_path / "storage"), "--scratch", str(tmp_path / "scratch"))
     site = _site_yaml(dev, tmp_path, ssh=ssh)
     with cli.config.open("a") as fh:
         fh.write(f"sites: [{site}]\n")
