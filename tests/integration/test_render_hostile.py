@@ -265,6 +265,19 @@ def test_env_file_values_arrive_byte_exact_through_a_posix_shell(rig: Rig) -> No
     assert_no_canaries(rig)
 
 
+def test_cuda_visible_devices_reaches_the_env_file(rig: Rig) -> None:
+    """SLURM's GPU allocation survives --cleanenv; injected text is stripped, not run."""
+    spec = hostile_spec(rig)
+    paths = stage_in(spec, rig.site)
+    rig.plan("run:0")
+    res = run_script(rig, render_sbatch(spec, rig.site, paths).text,
+                     env={"CUDA_VISIBLE_DEVICES": "0,GPU-1a2b;$(touch x)'"})
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    lines = Path(paths.env_file).read_text().splitlines()
+    assert lines[-1] == "CUDA_VISIBLE_DEVICES='0,GPU-1a2btouchx'"
+    assert_no_canaries(rig)
+
+
 def test_gear_exit_code_is_recorded(rig: Rig) -> None:
     spec = hostile_spec(rig)
     paths = stage_in(spec, rig.site)
