@@ -108,6 +108,30 @@ def revoke_role(session: Session, actor: str, login: str, path: str) -> bool:
     return True
 
 
+def list_roles(session: Session, actor: str, path: str = "") -> list[dict[str, Any]]:
+    """Roles on a group/project (its admins may look), or all roles (site admins)."""
+    user = get_actor(session, actor)
+    q = select(Role, Container).join(Container, Container.id == Role.container_id)
+    if (path or "").strip().strip("/"):
+        target = resolve_container(session, path, max_depth=2)
+        require_role(session, actor, target, RoleName.ADMIN, "listing roles")
+        scope = [target.id] if target.type == "group" else [target.group_id, target.id]
+        q = q.where(Role.container_id.in_(scope))
+    elif not user.site_admin:
+        q = q.where(Role.user_login == actor)
+    rows = session.execute(q.order_by(Container.group_id, Container.label, Role.user_login))
+    return [
+        {
+            "user": r.user_login,
+            "role": r.role,
+            "path": container_path(session, c),
+            "level": c.type,
+            "granted_by": r.granted_by,
+        }
+        for r, c in rows
+    ]
+
+
 # ---------------------------------------------------------------- containers
 
 

@@ -193,6 +193,16 @@ def test_read_only_users_can_read(roles: CliEnv, tmp_path: Path) -> None:
     assert roles.run("--as", "nobody", "ls", "--json").json() == []
 
 
+def test_role_list(roles: CliEnv) -> None:
+    on_project = roles.ok("role", "list", "imaging/study1", "--json").json()
+    assert {(r["user"], r["role"]) for r in on_project} >= {
+        ("ga", "admin"), ("pa", "admin"), ("rw", "read-write"), ("ro", "read-only")}
+    mine = roles.ok("--as", "rw", "role", "list", "--json").json()
+    assert mine == [{"user": "rw", "role": "read-write", "path": "imaging/study1",
+                     "level": "project", "granted_by": mine[0]["granted_by"]}]
+    assert_one_clear_error(roles.run("--as", "rw", "role", "list", "imaging/study1"), "needs")
+
+
 def test_as_needs_site_admin(roles: CliEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     import getpass
 

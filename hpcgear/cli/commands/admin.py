@@ -215,6 +215,26 @@ def role_revoke(app: AppContext, user: str, path: str) -> None:
     )
 
 
+@role_group.command("list")
+@click.argument("path", required=False, default="")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def role_list(app: AppContext, path: str, as_json: bool) -> None:
+    """Roles on PATH (group or group/project; admins), or your own roles."""
+    from hpcgear.hierarchy.service import list_roles
+
+    actor = app.actor
+    with app.db.session() as s:
+        rows = list_roles(s, actor, path)
+    if as_json:
+        app.emit_json(rows)
+        return
+    app.table(
+        [[r["user"], r["role"], safe_text(r["path"]), r["granted_by"]] for r in rows],
+        ["USER", "ROLE", "ON", "GRANTED-BY"],
+    )
+
+
 @click.group("group")
 def group_group() -> None:
     """Groups: the top of the hierarchy."""
