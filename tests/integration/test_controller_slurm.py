@@ -256,7 +256,14 @@ def test_crash_between_sbatch_and_record_adopts(inst: Instance) -> None:
     inst.cycle_until(lambda: inst.state(jid) == "complete", 180, "job complete")
     kinds = [e["kind"] for e in inst.job(jid)["events"]]
     assert "adopted" in kinds and kinds.count("sbatch") == 1, kinds
-    assert len(_sacct_ids(f"hpcgear-{jid}")) == 1, "exactly one SLURM job"
+    # accounting lags a few seconds behind the queue: wait for the record to appear
+    ids: list[str] = []
+    for _ in range(60):
+        ids = _sacct_ids(f"hpcgear-{jid}")
+        if ids:
+            break
+        time.sleep(1)
+    assert len(ids) == 1, f"exactly one SLURM job, sacct shows {ids}"
 
 
 def _slurmctld_pid(dev: DevEnv) -> int:
