@@ -317,6 +317,46 @@ def _sbatch_intent(s: Session, job: Job) -> bool:
     return job.id in _open_intents(s, [job.id])
 
 
+def _attempt(
+    ctx: ControllerContext, rt: SiteRuntime, job_id: str, sif: str
+) -> tuple[JobSpec, JobPaths, dict[str, Any]]:
+    """The frozen spec, job directory and config.json of one attempt."""
+    with _job_session(ctx, job_id) as (s, job):
+        spec = resolve_spec(s, job, rt.site, sif)
+        paths = job_paths(rt.site, spec.user, job.id, job.attempt)
+        return spec, paths, config_json_for(s, job, spec)
+
+
+def _stage(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    spec: JobSpec,
+    paths: JobPaths,
+    config_json: dict[str, Any],
+    script_text: str,
+    report: CycleReport,
+) -> bool:
+    """Stage one attempt in; a staging failure fails the job (input_staging)."""
+    from hpcgear.staging.stagein import stage_in
+
+    try:
+        stage_in(
+            rt.transport,
+            ctx.store,
+            spec,
+            paths,
+            config_json=config_json,
+            gear_env=render_gear_env(spec),
+            script_text=script_text,
+        )
+    except StagingError as exc:
+        with _job_session(ctx, spec.job_id) as (s, job):
+            _fail(s, job, ctx.actor, FailureKind.INPUT_STAGING, exc.message)
+        report.failed += 1
+        return False
+    return True
+
+
 def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: CycleReport) -> None:
     """One ``submitting`` job: adopt it if SLURM has it, else stage in, render, submit."""
     site, backend = rt.site, rt.backend
@@ -383,10 +423,7 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
                 return
             digest = gear.image_digest
         sif = rt.ensure_image(ctx.store, digest)
-        with _job_session(ctx, job_id) as (s, job):
-            spec = resolve_spec(s, job, site, sif)
-            paths = job_paths(site, spec.user, job.id, job.attempt)
-            config_json = config_json_for(s, job, spec)
+        spec, paths, config_json = _attempt(ctx, rt, job_id, sif)
         script = render_sbatch(spec, site, paths)
     except ImageError as exc:
         # The image could not be placed in the site's cache: infrastructure, retryable.
@@ -399,22 +436,7 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
             _fail(s, job, ctx.actor, FailureKind.REJECTED, exc.message)
         report.failed += 1
         return
-    try:
-        from hpcgear.staging.stagein import stage_in
-
-        stage_in(
-            rt.transport,
-            ctx.store,
-            spec,
-            paths,
-            config_json=config_json,
-            gear_env=render_gear_env(spec),
-            script_text=script.text,
-        )
-    except StagingError as exc:
-        with _job_session(ctx, job_id) as (s, job):
-            _fail(s, job, ctx.actor, FailureKind.INPUT_STAGING, exc.message)
-        report.failed += 1
+    if not _stage(ctx, rt, spec, paths, config_json, script.text, report):
         return
     # Write-ahead: the intent is committed before sbatch runs.
     with _job_session(ctx, job_id) as (s, job):
@@ -1030,7 +1052,6 @@ def submit_array(
 ) -> None:
     """Stage in every job, then submit them as ONE job array (write-ahead, held)."""
     from hpcgear.render import ArrayPaths, render_array
-    from hpcgear.staging.stagein import stage_in
 
     site, backend = rt.site, rt.backend
     with _job_session(ctx, job_ids[0]) as (s, job):
@@ -1046,11 +1067,10 @@ def submit_array(
     all_paths: list[JobPaths] = []
     configs: list[dict[str, Any]] = []
     for jid in job_ids:
-        with _job_session(ctx, jid) as (s, job):
-            spec = resolve_spec(s, job, site, sif)
-            specs.append(spec)
-            all_paths.append(job_paths(site, spec.user, job.id, job.attempt))
-            configs.append(config_json_for(s, job, spec))
+        spec, paths, cfg = _attempt(ctx, rt, jid, sif)
+        specs.append(spec)
+        all_paths.append(paths)
+        configs.append(cfg)
     array_id = f"a{secrets.token_hex(8)}"
     apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
     script = render_array(
@@ -1061,23 +1081,11 @@ def submit_array(
         array_paths=apaths,
         max_array_size=rt.max_array_size,
     )
-    staged: list[int] = []
-    for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
-        try:
-            stage_in(
-                rt.transport,
-                ctx.store,
-                spec,
-                paths,
-                config_json=cfg,
-                gear_env=render_gear_env(spec),
-                script_text=script.text,
-            )
-            staged.append(i)
-        except StagingError as exc:
-            with _job_session(ctx, spec.job_id) as (s, job):
-                _fail(s, job, ctx.actor, FailureKind.INPUT_STAGING, exc.message)
-            report.failed += 1
+    staged = [
+        i
+        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True))
+        if _stage(ctx, rt, spec, paths, cfg, script.text, report)
+    ]
     if len(staged) < len(specs):
         # Re-render without the jobs that could not be staged; the rest stay one array.
         specs = [specs[i] for i in staged]
