@@ -268,9 +268,25 @@ node_hardware() {
         "$cpus" "${boards:-1}" "$spb" "$cps" "$tpc" "$real"
 }
 
+# first_job_id: job ids continue after the ones slurmdbd already recorded, so a wiped
+# state root never reuses an id that sacct still knows (ids would then be ambiguous).
+# Computed once per state root and kept there, so slurm.conf stays stable.
+first_job_id() {
+    local f=$ROOT/slurm/first_job_id n
+    if [[ ! -s $f ]]; then
+        n=$(mysql -h127.0.0.1 -uroot -N -B slurm_acct_db \
+            -e "SELECT COALESCE(MAX(id_job), 0) + 1 FROM \`${CLUSTER}_job_table\`" 2>/dev/null) || n=1
+        [[ $n =~ ^[0-9]+$ ]] || n=1
+        mkdir -p "$ROOT/slurm"
+        printf '%s\n' "$n" >"$f"
+    fi
+    head -n1 "$f"
+}
+
 write_slurm_conf() {
-    local hw
+    local hw first
     hw=$(node_hardware)
+    first=$(first_job_id)
     put_file "$SLURM_ETC/slurm.conf" 644 <<EOF
 # Written by hpcgear dev/cluster.sh; rewritten on every \`up\`. Edit the script instead.
 ClusterName=$CLUSTER
@@ -309,6 +325,7 @@ AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 
 ReturnToService=2
+FirstJobId=$first
 MaxArraySize=1001
 MaxJobCount=20000
 MinJobAge=120

@@ -26,6 +26,7 @@ from hpcgear.controller.steps import (
     _read_exit_record,
     _spec_user,
     job_paths,
+    ours,
     utcnow,
 )
 from hpcgear.db.models import Gear, Job, JobEvent
@@ -80,13 +81,13 @@ def _store_log(
         return None
 
 
-def _accounting(rt: SiteRuntime, native_id: str | None) -> Accounting | None:
-    if not native_id:
+def _accounting(rt: SiteRuntime, job: Job) -> Accounting | None:
+    if not job.native_id:
         return None
     try:
-        return rt.backend.accounting([native_id]).get(native_id)
+        return ours(rt.backend.accounting([job.native_id]), job.native_id, job.id, job.array_id)
     except HpcgearError as exc:
-        logger.info("accounting for %s unavailable: %s", native_id, exc.message)
+        logger.info("accounting for %s unavailable: %s", job.native_id, exc.message)
         return None
 
 
@@ -99,7 +100,7 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
         assert gear is not None
         gear_name, analysis = gear.name, gear.category == "analysis"
         paths = job_paths(rt.site, _spec_user(job), job.id, job.attempt)
-        dest_type, native_id = job.destination_type, job.native_id
+        dest_type = job.destination_type
     log = None
     try:
         scan = scan_outputs(rt.transport, paths)
@@ -131,7 +132,7 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
             ctx, rt, job_id, paths, FailureKind.OUTPUT_STAGING, exc.message, gear_name
         )
     rec = _read_exit_record(rt, paths)
-    acc = _accounting(rt, native_id)
+    acc = _accounting(rt, _snapshot(ctx, job_id))
     try:
         with _job_session(ctx, job_id) as (s, job):
             if job.state != JobState.STAGING.value:
@@ -232,7 +233,11 @@ def _fail_staging(
 
 
 def archive_failed_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> None:
-    """Keep a failed/cancelled attempt's log with the job; then remove its scratch dir."""
+    """Keep a failed/cancelled attempt's log with the job; then remove its scratch dir.
+
+    The caller has checked (with one queue query for all such jobs) that SLURM no
+    longer runs it.
+    """
     with _job_session(ctx, job_id) as (s, job):
         gear = s.get(Gear, job.gear_id)
         gear_name = gear.name if gear else "gear"
@@ -247,13 +252,6 @@ def archive_failed_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> 
             )
             if done is None and (job.finished is None):
                 return
-    try:
-        status = rt.backend.poll([snapshot_native]) if snapshot_native else {}
-    except HpcgearError:
-        return
-    st = status.get(snapshot_native or "")
-    if st is not None and not st.final:
-        return  # still running (a cancel in flight): try again next cycle
     job = _snapshot(ctx, job_id)
     log = _store_log(rt, ctx.store, paths, job, gear_name)
     with _job_session(ctx, job_id) as (s, row):

@@ -645,11 +645,35 @@ def _spec_user(job: Job) -> str:
     return job.origin_id if job.origin_type == "user" else "hpcgear"
 
 
+def slurm_name(job_id: str, array_id: str | None) -> str:
+    """The SLURM job name hpcgear gave this job (or its array)."""
+    from hpcgear.render import array_slurm_name
+
+    return array_slurm_name(array_id) if array_id else f"hpcgear-{job_id}"
+
+
+def ours(
+    acct: dict[str, Accounting], native_id: str, job_id: str, array_id: str | None
+) -> Accounting | None:
+    """The accounting record of ``native_id`` if it is this job's.
+
+    SLURM job ids repeat after a controller's state is reset while slurmdbd keeps
+    the old records; a record under another name belongs to an older job.
+    """
+    acc = acct.get(native_id)
+    if acc is not None and acc.name and acc.name != slurm_name(job_id, array_id):
+        logger.warning(
+            "job %s: sacct record %s is named %r, not ours; ignored", job_id, native_id, acc.name
+        )
+        return None
+    return acc
+
+
 def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> None:
     """One queue query for every tracked job of the site; resolve the ones that left."""
     with ctx.db.session() as s:
         tracked = s.execute(
-            select(Job.id, Job.native_id, Job.state, Job.last_seen).where(
+            select(Job.id, Job.native_id, Job.state, Job.last_seen, Job.array_id).where(
                 Job.site == rt.site.name,
                 Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
                 Job.native_id.is_not(None),
@@ -660,20 +684,37 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     statuses = rt.backend.poll([t.native_id for t in tracked])  # raises: nothing changes
     now = utcnow()
     gone: list[Any] = []
+    ended: list[tuple[Any, SchedulerStatus]] = []
     for t in tracked:
         st = statuses.get(t.native_id)
         if st is None:
             gone.append(t)
-            continue
+        elif st.final:
+            ended.append((t, st))
+        else:
+            try:
+                _apply_status(ctx, rt, t.id, st, now, report)
+            except StaleJobError:
+                continue
+    if not gone and not ended:
+        return
+    # One batched accounting query for every job that ended or left the queue.
+    try:
+        acct = rt.backend.accounting([t.native_id for t, _ in ended] + [t.native_id for t in gone])
+    except HpcgearError as exc:
+        if gone:
+            raise  # jobs that left the queue need accounting: decide nothing this cycle
+        logger.info("accounting not available yet: %s", exc.message)
+        acct = {}
+    for t, st in ended:
         try:
-            _apply_status(ctx, rt, t.id, st, now, report)
+            with _job_session(ctx, t.id) as (s, job):
+                update_fields(s, job, last_seen=now)
+            _finish(ctx, rt, t.id, st.state, ours(acct, t.native_id, t.id, t.array_id), report)
         except StaleJobError:
             continue
-    if not gone:
-        return
-    acct = rt.backend.accounting([t.native_id for t in gone])
     for t in gone:
-        acc = acct.get(t.native_id)
+        acc = ours(acct, t.native_id, t.id, t.array_id)
         try:
             if acc is not None and acc.category.final:
                 _finish(ctx, rt, t.id, acc.state, acc, report)
@@ -715,16 +756,7 @@ def _apply_status(
     now: dt.datetime,
     report: CycleReport,
 ) -> None:
-    if st.final:
-        with _job_session(ctx, job_id) as (s, job):
-            update_fields(s, job, last_seen=now)
-        acct = None
-        try:
-            acct = rt.backend.accounting([st.native_id]).get(st.native_id)
-        except HpcgearError as exc:
-            logger.info("accounting for %s not available yet: %s", st.native_id, exc)
-        _finish(ctx, rt, job_id, st.state, acct, report)
-        return
+    """A job still in the queue: record its SLURM state and pending reason."""
     with _job_session(ctx, job_id) as (s, job):
         fields: dict[str, Any] = {"last_seen": now}
         if job.scheduler_state != st.state.value:
@@ -939,9 +971,18 @@ def keep_logs_of_failed(ctx: ControllerContext, rt: SiteRuntime) -> None:
             if rows
             else set()
         )
-    for job_id in rows:
-        if job_id not in archived:
-            archive_failed_job(ctx, rt, job_id)
+    todo = [j for j in rows if j not in archived]
+    if not todo:
+        return
+    with ctx.db.session() as s:
+        natives = dict(s.execute(select(Job.id, Job.native_id).where(Job.id.in_(todo))).all())
+    # One queue query for all of them (raises: nothing changes this cycle).
+    statuses = rt.backend.poll([n for n in natives.values() if n])
+    for job_id in todo:
+        st = statuses.get(natives.get(job_id) or "")
+        if st is not None and not st.final:
+            continue  # still in the queue (a cancel in flight): next cycle
+        archive_failed_job(ctx, rt, job_id)
 
 
 # --------------------------------------------------------------------- cycle

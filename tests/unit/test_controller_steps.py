@@ -280,3 +280,18 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
     out = subprocess.run([*hg, "db", "status", "--json"], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out)["revision"]
+
+
+def test_accounting_of_a_reused_job_id_is_ignored() -> None:
+    """After a SLURM state reset, sacct may hold an older job under the same id."""
+    from hpcgear.controller.steps import ours
+    from hpcgear.scheduler.base import Accounting
+
+    mine = Accounting(native_id="91", state=SchedulerState.COMPLETED, name="hpcgear-abc")
+    old = Accounting(native_id="91", state=SchedulerState.FAILED, name="hpcgear-zzz")
+    task = Accounting(native_id="7_1", state=SchedulerState.COMPLETED,
+                      name="hpcgear-array-a1")
+    assert ours({"91": mine}, "91", "abc", None) is mine
+    assert ours({"91": old}, "91", "abc", None) is None
+    assert ours({"7_1": task}, "7_1", "job-x", "a1") is task
+    assert ours({}, "91", "abc", None) is None
