@@ -24,8 +24,7 @@ from hpcgear.controller.steps import (
     ControllerContext,
     _job_session,
     _read_exit_record,
-    _spec_user,
-    job_paths,
+    attempt_paths,
     ours,
     utcnow,
 )
@@ -99,7 +98,7 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
         gear = s.get(Gear, job.gear_id)
         assert gear is not None
         gear_name, analysis = gear.name, gear.category == "analysis"
-        paths = job_paths(rt.site, _spec_user(job), job.id, job.attempt)
+        paths = attempt_paths(rt.site, job)
         dest_type = job.destination_type
     log = None
     try:
@@ -241,7 +240,7 @@ def archive_failed_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> 
     with _job_session(ctx, job_id) as (s, job):
         gear = s.get(Gear, job.gear_id)
         gear_name = gear.name if gear else "gear"
-        paths = job_paths(rt.site, _spec_user(job), job.id, job.attempt)
+        paths = attempt_paths(rt.site, job)
         snapshot_native = job.native_id
         if job.state == JobState.CANCELLED.value and snapshot_native:
             # wait until our scancel went out and SLURM let go of the job
@@ -278,7 +277,7 @@ def job_log_text(session: Session, store: ObjectStore, settings: Settings, job: 
     site = SiteRegistry.from_settings(settings).get(job.site)
     rt = connect_site(site, settings)
     try:
-        paths = job_paths(site, _spec_user(job), job.id, job.attempt)
+        paths = attempt_paths(site, job)
         path = log_path(rt, paths, job.native_id)
         text = read_text_file(rt.transport, path) if path else None
     finally:

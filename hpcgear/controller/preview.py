@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from hpcgear.controller.steps import job_paths, resolve_spec
+from hpcgear.controller.steps import attempt_paths, resolve_spec
 from hpcgear.db.models import Job
 from hpcgear.gears.images import digest_hex
 from hpcgear.jobs.service import PreparedJob, input_spec_to_json, resources_to_json
@@ -45,7 +45,7 @@ def preview_job(session: Session, prepared: PreparedJob, actor: str) -> Preview:
     digest = prepared.gear.image_digest or "sha256:" + "0" * 64
     sif = posixpath.join(site.runtime.image_cache, f"sha256-{digest_hex(digest)}.sif")
     spec = resolve_spec(session, job, site, sif)
-    paths = job_paths(site, spec.user, job.id, job.attempt)
+    paths = attempt_paths(site, job)
     script = render_sbatch(spec, site, paths)
     return Preview(
         site=site.name,

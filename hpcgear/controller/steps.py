@@ -189,7 +189,7 @@ def resolve_spec(session: Session, job: Job, site: SiteConfig, sif_path: str) ->
         destination_id=job.destination_id,
         resources=resources,
         site=site.name,
-        user=job.origin_id if job.origin_type == "user" else "hpcgear",
+        user=_spec_user(job),
         tags=tuple(job.tags or ()),
         priority=job.priority,
         writable_tmpfs=r.get("writable"),
@@ -197,8 +197,9 @@ def resolve_spec(session: Session, job: Job, site: SiteConfig, sif_path: str) ->
     )
 
 
-def job_paths(site: SiteConfig, spec_user: str, job_id: str, attempt: int) -> JobPaths:
-    return JobPaths.for_job(site.render_scratch_root(spec_user), job_id, attempt)
+def attempt_paths(site: SiteConfig, job: Job) -> JobPaths:
+    """Where this job row's attempt lives on ``site``'s scratch."""
+    return JobPaths.for_job(site.render_scratch_root(_spec_user(job)), job.id, job.attempt)
 
 
 def config_json_for(session: Session, job: Job, spec: JobSpec) -> dict[str, Any]:
@@ -323,8 +324,7 @@ def _attempt(
     """The frozen spec, job directory and config.json of one attempt."""
     with _job_session(ctx, job_id) as (s, job):
         spec = resolve_spec(s, job, rt.site, sif)
-        paths = job_paths(rt.site, spec.user, job.id, job.attempt)
-        return spec, paths, config_json_for(s, job, spec)
+        return spec, attempt_paths(rt.site, job), config_json_for(s, job, spec)
 
 
 def _stage(
@@ -601,7 +601,7 @@ def _finish(
     with _job_session(ctx, job_id) as (s, job):
         if JobState(job.state).final or job.state == JobState.STAGING.value:
             return
-        paths = job_paths(rt.site, _spec_user(job), job.id, job.attempt)
+        paths = attempt_paths(rt.site, job)
     rec = _read_exit_record(rt, paths)
     with _job_session(ctx, job_id) as (s, job):
         if JobState(job.state).final or job.state == JobState.STAGING.value:
@@ -721,7 +721,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                 continue
             # No accounting (or not final yet): the job's own exit record decides.
             with _job_session(ctx, t.id) as (s, job):
-                paths = job_paths(rt.site, _spec_user(job), job.id, job.attempt)
+                paths = attempt_paths(rt.site, job)
             rec = _read_exit_record(rt, paths)
             if rec is not None and rec.complete:
                 state = SchedulerState.COMPLETED if rec.succeeded else SchedulerState.FAILED
@@ -1252,11 +1252,11 @@ def adopt_or_reset_array(
 __all__ = [
     "ControllerContext",
     "CycleReport",
+    "attempt_paths",
     "cancel_requested",
     "claim_jobs",
     "classify_end",
     "config_json_for",
-    "job_paths",
     "poll_jobs",
     "resolve_spec",
     "run_cycle",

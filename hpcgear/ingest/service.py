@@ -258,6 +258,24 @@ def _ensure_unsorted(
     return project
 
 
+def _unchanged(
+    container: str, row: File, current: FileVersion, members: int | None = None
+) -> FileOutcome:
+    """The outcome of a file whose current version already holds these bytes."""
+    return FileOutcome(
+        container=container,
+        name=row.name,
+        status="unchanged",
+        type=row.type,
+        version=current.version,
+        hash=current.hash,
+        size=current.size,
+        members=members,
+        modality=row.modality,
+        classification=dict(row.classification or {}),
+    )
+
+
 def _current_version(session: Session, row: File) -> FileVersion | None:
     return session.scalar(
         select(FileVersion).where(
@@ -743,18 +761,7 @@ def _store_series_once(
         current = _current_version(session, row)
         if stored == built.members_sha256 and current is not None:
             return (
-                FileOutcome(
-                    container=acq_path,
-                    name=row.name,
-                    status="unchanged",
-                    type=row.type,
-                    version=current.version,
-                    hash=current.hash,
-                    size=current.size,
-                    members=built.members,
-                    modality=row.modality,
-                    classification=dict(row.classification or {}),
-                ),
+                _unchanged(acq_path, row, current, members=built.members),
                 created,
                 placed,
             )
@@ -1005,17 +1012,7 @@ def _put_plain_file(
     if row is not None:
         current = _current_version(session, row)
         if current is not None and current.hash == digest:
-            return FileOutcome(
-                container=container,
-                name=row.name,
-                status="unchanged",
-                type=row.type,
-                version=current.version,
-                hash=current.hash,
-                size=current.size,
-                modality=row.modality,
-                classification=dict(row.classification or {}),
-            )
+            return _unchanged(container, row, current)
     obj = store.put_file(path, expected=digest)
     result = add_file_version(
         session,
