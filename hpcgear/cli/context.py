@@ -127,4 +127,7 @@ def site_registry(app: AppContext) -> Any:
     """The configured sites plus the embedded local one."""
     from hpcgear.jobs.sites import SiteRegistry
 
-    return SiteRegistry.from_settings(app.settings)
+    reg = SiteRegistry.from_settings(app.settings)
+    for line in reg.shared_tags_warnings():
+        app.note(f"warning: {line}")
+    return reg

@@ -96,6 +96,8 @@ def run_cmd(
             s.rollback()
         job_id = prepared.job.id if prepared.job is not None else None
         label = f"{prepared.gear.name}@{prepared.gear.version}"
+    for note in prepared.notes:
+        app.note(f"warning: {safe_text(note)}")
     if preview is not None:
         if as_json:
             app.emit_json(
@@ -180,6 +182,8 @@ def batch_cmd(
         ]
         if dry_run:
             s.rollback()
+    for note in dict.fromkeys(n for p in res.prepared for n in p.notes):
+        app.note(f"warning: {safe_text(note)}")
     skipped = [{"destination": d, "reason": r} for d, r in res.skipped]
     if as_json:
         app.emit_json({"dry_run": dry_run, "jobs": rows, "skipped": skipped})
