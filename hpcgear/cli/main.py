@@ -20,7 +20,7 @@ from hpcgear.cli.context import AppContext
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("hpcgear.cli.commands.admin", "init_cmd", "Create an instance: config, DB, storage."),
     "db": ("hpcgear.cli.commands.admin", "db_group", "Database migrations and status."),
-    "user": ("hpcgear.cli.commands.admin", "user_group", "Add and list users."),
+    "user": ("hpcgear.cli.commands.admin", "user_group", "Add, list, promote, disable users."),
     "role": ("hpcgear.cli.commands.admin", "role_group", "Grant and revoke roles."),
     "group": ("hpcgear.cli.commands.admin", "group_group", "Create groups."),
     "project": ("hpcgear.cli.commands.admin", "project_group", "Create projects."),

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -52,6 +54,8 @@ class User(Base):
 
     login: Mapped[str] = mapped_column(String(64), primary_key=True)
     site_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A disabled user is refused by every service call (get_actor); rows are kept.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -242,7 +246,11 @@ class Job(Base):
     """One attempt of a gear run. A retry is a new row linked by ``previous_id``."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_site", "state", "site"),)
+    __table_args__ = (
+        Index("ix_jobs_state_site", "state", "site"),
+        Index("ix_jobs_project_finished", "project_id", "finished"),
+        Index("ix_jobs_finished", "finished"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
@@ -272,6 +280,14 @@ class Job(Base):
     array_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
     scheduler_info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    # Usage from SLURM accounting, filled when the job ends (hpcgear.jobs.usage) so
+    # `hpcgear usage` sums columns instead of parsing JSON.
+    core_hours: Mapped[float | None] = mapped_column(Float)  # allocated CPUs x elapsed
+    gpu_hours: Mapped[float | None] = mapped_column(Float)
+    wall_seconds: Mapped[int | None] = mapped_column(Integer)  # elapsed (run) time
+    wait_seconds: Mapped[int | None] = mapped_column(Integer)  # submit -> start
+    cpu_used_seconds: Mapped[float | None] = mapped_column(Float)  # TotalCPU
+    max_rss_mb: Mapped[int | None] = mapped_column(Integer)
     submitted: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

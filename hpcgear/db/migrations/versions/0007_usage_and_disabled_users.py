@@ -1,0 +1,47 @@
+"""usage columns on jobs (from SLURM accounting) and disabled users
+
+Revision ID: 0007
+Revises: 0002
+Create Date: 2026-12-03 22:30:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+_JOB_COLUMNS = (
+    ("core_hours", sa.Float()),
+    ("gpu_hours", sa.Float()),
+    ("wall_seconds", sa.Integer()),
+    ("wait_seconds", sa.Integer()),
+    ("cpu_used_seconds", sa.Float()),
+    ("max_rss_mb", sa.Integer()),
+)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("users") as batch:
+        batch.add_column(
+            sa.Column("disabled", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+    with op.batch_alter_table("jobs") as batch:
+        for name, type_ in _JOB_COLUMNS:
+            batch.add_column(sa.Column(name, type_, nullable=True))
+    op.create_index("ix_jobs_project_finished", "jobs", ["project_id", "finished"])
+    op.create_index("ix_jobs_finished", "jobs", ["finished"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_jobs_finished", table_name="jobs")
+    op.drop_index("ix_jobs_project_finished", table_name="jobs")
+    with op.batch_alter_table("jobs") as batch:
+        for name, _type in reversed(_JOB_COLUMNS):
+            batch.drop_column(name)
+    with op.batch_alter_table("users") as batch:
+        batch.drop_column("disabled")
