@@ -27,6 +27,7 @@ class AppContext:
     config_path: str | None = None
     as_user: str | None = None
     traceback: bool = False
+    log_json: bool = False
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     _settings: Settings | None = None

@@ -77,11 +77,17 @@ class LazyGroup(click.Group):
 )
 @click.option("--as", "as_user", metavar="USER", help="Act as another user (site admins only).")
 @click.option("--traceback", is_flag=True, help="Show the full traceback on errors.")
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug, -vvv +Alembic).")
+@click.option("--log-json", is_flag=True, help="Log lines as JSON objects (for log shippers).")
 @click.version_option(__version__, prog_name="hpcgear")
 @click.pass_context
 def cli(
-    ctx: click.Context, config_path: str | None, as_user: str | None, traceback: bool, verbose: int
+    ctx: click.Context,
+    config_path: str | None,
+    as_user: str | None,
+    traceback: bool,
+    verbose: int,
+    log_json: bool,
 ) -> None:
     """hpcgear runs Flywheel-style gears on SLURM clusters.
 
@@ -93,13 +99,13 @@ def cli(
       hpcgear upload imaging/study1/sub-01/ses-01/T1w scan.nii.gz
       hpcgear ls imaging/study1/sub-01/ses-01/T1w
     """
-    if verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if verbose > 1 else logging.INFO,
-            format="%(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+    if verbose or log_json:
+        from hpcgear.cli.logsetup import configure_logging
+
+        level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+        configure_logging(level, as_json=log_json, verbose=verbose)
     app = AppContext(config_path=config_path, as_user=as_user, traceback=traceback)
+    app.log_json = log_json
     ctx.obj = app
     ctx.call_on_close(app.close)
 
@@ -116,7 +122,9 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status: int = ExitStatus.OK
     try:
-        cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            status = rv  # a command's own exit status (click.exceptions.Exit(1))
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         status = ExitStatus.INTERRUPTED

@@ -333,3 +333,22 @@ class ControllerLease(Base):
     holder: Mapped[str] = mapped_column(String(128))
     expires: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     heartbeat: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ControllerStatus(Base):
+    """What the last controller cycle of a site did; kept after the lease is released.
+
+    ``hpcgear controller status|health``, ``job show`` ("no controller has led this
+    site since ...") and the metrics read it. One row per site, replaced each cycle.
+    """
+
+    __tablename__ = "controller_status"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    last_cycle: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # The last cycle without errors: the scheduler answered every query in it.
+    last_clean_cycle: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    cycles: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_report: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    recent_errors: Mapped[list[Any]] = mapped_column(JsonType, default=list)

@@ -1,4 +1,4 @@
-"""usage columns on jobs (from SLURM accounting) and disabled users
+"""usage columns on jobs (from SLURM accounting), disabled users, controller status
 
 Revision ID: 0007
 Revises: 0002
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 revision = "0007"
 down_revision = "0002"
@@ -35,9 +38,21 @@ def upgrade() -> None:
             batch.add_column(sa.Column(name, type_, nullable=True))
     op.create_index("ix_jobs_project_finished", "jobs", ["project_id", "finished"])
     op.create_index("ix_jobs_finished", "jobs", ["finished"])
+    op.create_table(
+        "controller_status",
+        sa.Column("site", sa.String(length=64), nullable=False),
+        sa.Column("holder", sa.String(length=128), nullable=False),
+        sa.Column("last_cycle", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_clean_cycle", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cycles", sa.BigInteger(), nullable=False),
+        sa.Column("last_report", _JSON, nullable=False),
+        sa.Column("recent_errors", _JSON, nullable=False),
+        sa.PrimaryKeyConstraint("site", name=op.f("pk_controller_status")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("controller_status")
     op.drop_index("ix_jobs_finished", table_name="jobs")
     op.drop_index("ix_jobs_project_finished", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
