@@ -89,7 +89,7 @@ from hpcgear.rules.service import LoadedRule, get_rule_row, load_rule
 from hpcgear.states import JobState
 
 if TYPE_CHECKING:
-    from hpcgear.controller.steps import ControllerContext
+    from hpcgear.controller.context import ControllerContext
 
 logger = logging.getLogger(__name__)
 
