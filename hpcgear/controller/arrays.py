@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import HpcgearError
-from hpcgear.jobs.spec import JobSpec
 from hpcgear.jobs.transitions import record_event, transition, update_fields
 from hpcgear.render import JobPaths, build_runtime_argv
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
+from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
 
 from .context import ControllerContext, CycleReport, fail_job, job_session, utcnow

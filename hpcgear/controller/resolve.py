@@ -12,8 +12,8 @@ from hpcgear.gears.configjson import build_config_json
 from hpcgear.gears.manifest import parse_manifest
 from hpcgear.gears.reserved import split_reserved
 from hpcgear.jobs.service import input_spec_from_json
-from hpcgear.jobs.spec import GearRef, JobSpec, Resources
 from hpcgear.render import JobPaths
+from hpcgear.spec import GearRef, JobSpec, Resources
 from hpcgear.states import FailureKind
 
 from .context import ControllerContext, CycleReport, fail_job, job_session, spec_user

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hpcgear.errors import StagingError
-from hpcgear.jobs.spec import JobSpec
 from hpcgear.render import JobPaths
 from hpcgear.runtimes.envfile import render_gear_env
+from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind
 
 from .context import ControllerContext, CycleReport, fail_job, job_session

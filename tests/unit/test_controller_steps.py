@@ -231,7 +231,7 @@ def test_retry_policy_site_and_gear(setup: tuple[ControllerContext, SiteRuntime]
 
 
 def test_gear_retry_policy_is_validated() -> None:
-    from hpcgear.jobs.retry import gear_retry_policies
+    from hpcgear.gears.retry import gear_retry_policies
 
     ok = gear_retry_policies({"custom": {"hpcgear": {"retry": {"oom": {"max_attempts": 4}}}}})
     assert ok[FailureKind.OOM].max_attempts == 4
