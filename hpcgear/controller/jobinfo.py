@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from hpcgear.config.settings import Settings
-from hpcgear.controller.finish import job_log_text
+from hpcgear.controller.logs import job_log_text
 from hpcgear.controller.sites import connect_site
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError

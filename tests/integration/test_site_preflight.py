@@ -9,7 +9,7 @@ import pytest
 
 from hpcgear.config.settings import default_settings
 from hpcgear.config.site import load_site, load_site_text
-from hpcgear.controller.site_preflight import run_site_preflight
+from hpcgear.controller.preflight import run_site_preflight
 from tests.integration.conftest import DevEnv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]

@@ -17,9 +17,10 @@ pass_app = click.make_pass_decorator(AppContext)
 def _controller(
     app: AppContext, sites: tuple[str, ...], quiet: bool, as_json: bool, *, daemon: bool = False
 ) -> object:
-    from hpcgear.controller.loop import Controller, holder_id
+    from hpcgear.controller.context import ControllerContext, CycleReport
+    from hpcgear.controller.lease import holder_id
+    from hpcgear.controller.loop import Controller
     from hpcgear.controller.status import record_cycle
-    from hpcgear.controller.steps import ControllerContext, CycleReport
 
     holder = holder_id()
     cycle_log = logging.getLogger("hpcgear.controller.cycle")

@@ -522,7 +522,7 @@ def job_logs(app: AppContext, job_id: str, follow: bool, interval: float) -> Non
     """Print a job's log (stored with the job, or read from scratch while it runs)."""
     import time
 
-    from hpcgear.controller.finish import job_log_text
+    from hpcgear.controller.logs import job_log_text
     from hpcgear.jobs.service import get_job
 
     actor = app.actor

@@ -120,7 +120,7 @@ def site_preflight(app: AppContext, name: str, as_json: bool) -> None:
     allowed; sbatch --test-only accepts a job. For the site: the Apptainer
     executable runs, scratch and the image cache are writable. Exit 5 on problems.
     """
-    from hpcgear.controller.site_preflight import run_site_preflight
+    from hpcgear.controller.preflight import run_site_preflight
     from hpcgear.jobs.sites import SiteRegistry
 
     site = SiteRegistry.from_settings(app.settings).get(name)
