@@ -34,7 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("hpcgear.cli.commands.jobs", "run_cmd", "Run a gear once (--tag hpc: on SLURM)."),
     "batch": ("hpcgear.cli.commands.jobs", "batch_cmd", "Run a gear over many containers."),
     "jobs": ("hpcgear.cli.commands.jobs", "jobs_cmd", "List jobs."),
-    "job": ("hpcgear.cli.commands.jobs", "job_group", "Show, cancel, retry a job; its logs."),
+    "job": ("hpcgear.cli.commands.jobs", "job_group", "Show, cancel, retry, debug a job; logs."),
+    "usage": ("hpcgear.cli.commands.jobs", "usage_cmd", "Core-hours, success rate, wait, storage."),
     "controller": (
         "hpcgear.cli.commands.controller",
         "controller_group",

@@ -549,3 +549,137 @@ def job_logs(app: AppContext, job_id: str, follow: bool, interval: float) -> Non
             app.note(f"job {job_id} is {job.state}")
             return
         time.sleep(interval)
+
+
+@job_group.command("debug")
+@click.argument("job_id")
+@click.option("--shell", is_flag=True,
+              help="Open a shell in the same container setup instead of running the gear.")
+@click.option("--run", "run_it", is_flag=True, help="Run the gear command now (in the foreground).")
+@click.option("--image", metavar="SIF", help="Use this image instead of the job's (by digest).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def job_debug(
+    app: AppContext, job_id: str, shell: bool, run_it: bool, image: str | None, as_json: bool
+) -> None:
+    """Recreate an ended job's attempt in a fresh scratch dir and print its exact command.
+
+    \b
+    Same inputs (pinned versions, verified copies), same config.json, same gear
+    environment and the same image digest, in <scratch>/hpcgear-debug/<job>-.../.
+    Prints the Apptainer command (and the ssh command on an SSH site); --run runs
+    it, --shell opens a shell in the same container setup instead.
+    """
+    import subprocess
+
+    from hpcgear.controller.debug import prepare_debug
+    from hpcgear.jobs.service import get_job
+
+    actor = app.actor
+    with app.db.session() as s:
+        job = get_job(s, actor, job_id)
+        plan = prepare_debug(s, app.store, app.settings, job, image=image, shell=shell)
+    if as_json:
+        app.emit_json({"job": plan.job_id, "site": plan.site, "job_dir": plan.job_dir,
+                       "image": plan.image, "argv": list(plan.argv),
+                       "ssh_argv": list(plan.ssh_argv) if plan.ssh_argv else None})
+        if not (shell or run_it):
+            return
+    else:
+        app.echo(f"# job {plan.job_id} recreated on site {plan.site} in {plan.job_dir}")
+        app.echo(f"# image {plan.image}")
+        if plan.ssh_argv:
+            import shlex
+
+            app.echo(shlex.join(plan.ssh_argv))
+        else:
+            app.echo(plan.shell_line)
+    if not (shell or run_it):
+        return
+    argv = list(plan.ssh_argv) if plan.ssh_argv else list(plan.argv)
+    cwd = None if plan.ssh_argv else plan.job_dir
+    rc = subprocess.call(argv, cwd=cwd)  # argv built from the job; no shell
+    if rc:
+        raise click.exceptions.Exit(rc)
+
+
+@click.command("usage")
+@click.option("--project", metavar="GROUP/PROJECT", help="Only this project's jobs.")
+@click.option("--group", metavar="GROUP", help="Only the jobs of this group's projects.")
+@click.option("--user", metavar="USER", help="Only this user's jobs (yours, unless site admin).")
+@click.option("--since", metavar="T", help="Jobs ended since T: 30d, 2w, or a date (2026-01-01).")
+@click.option("--by", type=click.Choice(["user", "gear", "project", "month"]), default="project",
+              show_default=True, help="One row per user, gear, project or month.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+@pass_app
+def usage_cmd(
+    app: AppContext,
+    project: str | None,
+    group: str | None,
+    user: str | None,
+    since: str | None,
+    by: str,
+    fmt: str,
+) -> None:
+    """Jobs, success rate, core-hours, GPU-hours, wall time and queue wait; storage.
+
+    Figures come from SLURM accounting stored with each job when it ended.
+    Success rate is complete / (complete + failed); cancelled jobs are counted
+    but not in the rate.
+    """
+    from hpcgear.jobs.usage import parse_since, usage_report
+
+    actor = app.actor
+    when = parse_since(since) if since else None
+    with app.db.session() as s:
+        rep = usage_report(s, actor, project=project, group=group, user=user, since=when, by=by)
+    if fmt == "json":
+        app.emit_json(rep.as_dict())
+        return
+    cols = ["key", "jobs", "complete", "failed", "cancelled", "success_rate", "core_hours",
+            "gpu_hours", "wall_hours", "mean_wait_seconds"]
+    if by == "project":
+        cols.append("storage_bytes")
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(app.stdout)
+        w.writerow([by if c == "key" else c for c in cols])
+        for r in [*rep.rows, {**rep.total, "key": "TOTAL"}]:
+            w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+        return
+
+    def cell(r: dict[str, Any], c: str) -> str:
+        v = r.get(c)
+        if v is None:
+            return "-"
+        if c == "success_rate":
+            return f"{100 * v:.0f}%"
+        if c == "storage_bytes":
+            return _size(int(v))
+        if c == "mean_wait_seconds":
+            return f"{v:.0f}s"
+        return safe_text(str(v))
+
+    heads = {"key": by.upper(), "success_rate": "OK%", "core_hours": "CORE-H",
+             "gpu_hours": "GPU-H", "wall_hours": "WALL-H", "mean_wait_seconds": "WAIT",
+             "storage_bytes": "STORAGE", "cancelled": "CANCEL"}
+    headers = [heads.get(c, c.upper()) for c in cols]
+    rows = [[cell(r, c) for c in cols] for r in rep.rows]
+    rows.append([cell({**rep.total, "key": "TOTAL"}, c) for c in cols])
+    for line in _fit(rows, headers, width=100, flex=0):
+        app.echo(line)
+    if rep.storage and by != "project":
+        for st in rep.storage:
+            app.echo(f"storage {safe_text(st['project'])}: {_size(st['bytes'])} in "
+                     f"{st['versions']} file version(s)")
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{n}B"
