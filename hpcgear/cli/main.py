@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "jobs": ("hpcgear.cli.commands.jobs", "jobs_cmd", "List jobs."),
     "job": ("hpcgear.cli.commands.jobs", "job_group", "Show, cancel, retry, debug a job; logs."),
     "usage": ("hpcgear.cli.commands.jobs", "usage_cmd", "Core-hours, success rate, wait, storage."),
+    "report": ("hpcgear.cli.commands.jobs", "report_cmd", "A project's HTML report (charts)."),
     "controller": (
         "hpcgear.cli.commands.controller",
         "controller_group",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -683,3 +684,31 @@ def _size(n: int) -> str:
             return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1024
     return f"{n}B"
+
+
+@click.command("report")
+@click.argument("project", metavar="GROUP/PROJECT")
+@click.option("--html", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the self-contained HTML page here.")
+@click.option("--session", "session_path", metavar="G/P/SUBJECT/SESSION",
+              help="Session whose provenance graph is drawn (default: the one with most runs).")
+@pass_app
+def report_cmd(app: AppContext, project: str, out: Path, session_path: str | None) -> None:
+    """A project's report as one HTML file that needs no network.
+
+    Charts (inline SVG): jobs over time by state, core-hours by gear and by
+    user, queue wait against run time, failure kinds, and a session's
+    provenance graph (input files -> gear runs -> outputs).
+    """
+    from hpcgear.jobs.report import project_report
+    from hpcgear.jobs.report_html import render_report_html
+
+    actor = app.actor
+    with app.db.session() as s:
+        data = project_report(s, actor, project, session_path=session_path)
+    text = render_report_html(data)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    app.echo(f"wrote {out} ({data.totals.get('jobs', 0)} jobs"
+             + (f", provenance of {safe_text(data.session)}" if data.session else "") + ")")
