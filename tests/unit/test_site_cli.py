@@ -53,3 +53,22 @@ def test_site_validate_lists_every_problem(cli_env: CliEnv, tmp_path: Path) -> N
         "partitions:\n  quick: {max_time: 30m, default: true}\ndefaults: {time: 2h}\n")
     res = cli_env.run("site", "validate", str(defaults))
     assert "defaults.time 02:00:00 exceeds partition quick's max_time" in res.err
+
+
+def test_site_add_attaches_once_and_refuses_a_name_clash(cli_env: CliEnv, tmp_path: Path) -> None:
+    blanca = REPO / "site_configs/curc-blanca.yaml"
+    assert "curc-blanca attached" in cli_env.ok("site", "add", str(blanca)).out
+    cli_env.ok("site", "add", str(blanca))  # again: no duplicate entry
+    cfg = yaml.safe_load(cli_env.config.read_text())
+    assert cfg["sites"] == [str(blanca.resolve())]
+    clash = tmp_path / "other.yaml"
+    clash.write_text(blanca.read_text())
+    res = cli_env.run("site", "add", str(clash))
+    assert res.code == 6 and "already configured" in res.err
+    alpine = REPO / "site_configs/curc-alpine.yaml"
+    res = cli_env.ok("site", "add", str(alpine), "--default")
+    assert "tag 'hpc' routes to sites curc-blanca, curc-alpine" in res.err
+    assert yaml.safe_load(cli_env.config.read_text())["default_site"] == "curc-alpine"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nbogus: 1\n")
+    assert cli_env.run("site", "add", str(bad)).code == 5

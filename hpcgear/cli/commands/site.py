@@ -67,6 +67,40 @@ def site_validate(app: AppContext, files: tuple[Path, ...]) -> None:
         )
 
 
+@site_group.command("add")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--default", "make_default", is_flag=True,
+              help="Also make it default_site (untagged jobs go there).")
+@pass_app
+def site_add(app: AppContext, file: Path, make_default: bool) -> None:
+    """Attach a site: validate FILE and add it to `sites:` of the hpcgear config."""
+    from dataclasses import replace
+
+    from hpcgear.config.settings import load_settings, write_settings
+    from hpcgear.config.site import load_site
+    from hpcgear.errors import AlreadyExistsError
+    from hpcgear.jobs.sites import SiteRegistry
+
+    path = file.expanduser().resolve()
+    site = load_site(path, all_errors=True)
+    settings = load_settings(app.config_path)
+    known = [Path(p).resolve() for p in settings.sites]
+    reg = SiteRegistry.from_settings(settings)
+    if path not in known and site.name in reg.sites:
+        raise AlreadyExistsError(f"a site named {site.name!r} is already configured",
+                                 "rename the site or remove the other one from `sites:`")
+    sites = tuple(settings.sites) if path in known else (*settings.sites, path)
+    new = replace(settings, sites=sites)
+    if make_default:
+        new = replace(new, default_site=site.name)
+    write_settings(new)
+    for w in site.warnings():
+        app.note(f"warning: {w}")
+    app.echo(f"site {site.name} attached ({path})" + (" as default" if make_default else ""))
+    for line in SiteRegistry.from_settings(new).shared_tags_warnings():
+        app.note(f"warning: {line}")
+
+
 @site_group.command("schema")
 def site_schema() -> None:
     """Print the site config JSON Schema (for editors)."""
