@@ -183,6 +183,7 @@ _user_flag_command("enable", "Let a disabled user act again.", disabled=False)
 @pass_app
 def user_list(app: AppContext, as_json: bool) -> None:
     """List users."""
+    from hpcgear.cli.commands.jobs import zoned
     from hpcgear.hierarchy.service import list_users
 
     actor = app.actor
@@ -202,7 +203,7 @@ def user_list(app: AppContext, as_json: bool) -> None:
     app.table(
         [
             [r["login"], "yes" if r["site_admin"] else "", "yes" if r["disabled"] else "",
-             r["created"][:19]]
+             zoned(r["created"])]
             for r in rows
         ],
         ["USER", "SITE-ADMIN", "DISABLED", "CREATED"],

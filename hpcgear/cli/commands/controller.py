@@ -114,12 +114,14 @@ def controller_run(
 @controller_group.command("once")
 @click.option("--site", "sites", multiple=True, metavar="NAME", help="Only these sites.")
 @click.option("--json", "as_json", is_flag=True, help="Print each site's cycle report as JSON.")
+@click.option("--quiet", is_flag=True,
+              help="Print only cycles that changed something or had errors (cron mail).")
 @pass_app
-def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool) -> None:
+def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     """One pass over every site (for cron)."""
     from hpcgear.controller.loop import Controller
 
-    ctl = _controller(app, sites, False, as_json)
+    ctl = _controller(app, sites, quiet, as_json)
     assert isinstance(ctl, Controller)
     try:
         ctl.once()
