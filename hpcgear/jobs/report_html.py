@@ -134,7 +134,9 @@ def stacked_columns(buckets: Sequence[str], series: Mapping[str, Sequence[int]],
     return _svg(body, label=label)
 
 
-def horizontal_bars(items: Sequence[tuple[str, float]], label: str, unit: str) -> str:
+def horizontal_bars(
+    items: Sequence[tuple[str, float]], label: str, unit: str, *, whole: bool = False
+) -> str:
     """One bar per item, longest first (at most 12)."""
     items = sorted(items, key=lambda kv: -kv[1])[:12]
     if not items or not any(v > 0 for _, v in items):
@@ -151,7 +153,8 @@ def horizontal_bars(items: Sequence[tuple[str, float]], label: str, unit: str) -
                     f'<rect x="{left}" y="{y + 2:.1f}" width="{max(w, 1):.1f}" '
                     f'height="{row - 4:.1f}" fill="{BAR}"><title>{_e(name)}: {v:.2f} '
                     f"{_e(unit)}</title></rect>"
-                    f'<text x="{left + w + 6:.1f}" y="{y + row * 0.65:.1f}">{v:.1f}</text>')
+                    f'<text x="{left + w + 6:.1f}" y="{y + row * 0.65:.1f}">'
+                    f"{int(v) if whole else round(v, 1)}</text>")
     return _svg(body, label=label)
 
 
@@ -276,7 +279,7 @@ def render_report_html(data: ReportData) -> str:
         ("wait-vs-run", "Queue wait against run time", scatter(data.wait_run, "wait vs run")),
         ("failure-kinds", "Failure kinds",
          horizontal_bars([(k, float(n)) for k, n in data.failure_kinds], "failure kinds",
-                         "jobs")),
+                         "jobs", whole=True)),
     ]
     parts = [
         "<!DOCTYPE html>",
