@@ -52,3 +52,35 @@ def test_preflight_reports_every_mismatch_at_once(dev_env: DevEnv, tmp_path: Pat
     assert "image cache /proc/hpcgear-images is not writable" in problems
     assert "partition ghost: partition ghost does not exist" in problems
     assert "sbatch --test-only" not in problems or "refused" in problems
+
+
+def test_estimated_start_of_a_pending_job(dev_env: DevEnv, tmp_path: Path) -> None:
+    """`job show`'s estimate comes from the real `squeue --start` of a pending job."""
+    import datetime as dt
+    import subprocess
+
+    import yaml
+
+    from hpcgear.config.settings import load_settings
+    from hpcgear.controller.jobinfo import estimated_start
+    from hpcgear.db.models import Job
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "database_url": f"sqlite:///{tmp_path / 'x.db'}", "storage_root": str(tmp_path / "s"),
+        "scratch_root": str(tmp_path / "scratch"), "sites": [str(dev_env.site)]}))
+    settings = load_settings(str(cfg))
+    native = subprocess.run(
+        ["sbatch", "--parsable", "-p", dev_env.slurm_partition, "--begin=now+10minutes",
+         "-t", "1", "-J", "hpcgear-start-estimate", "--wrap", "true"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        job = Job(id="est", state="queued", site="dev-slurm", native_id=native)
+        when = estimated_start(settings, job)
+        assert when is not None
+        expected = dt.datetime.now() + dt.timedelta(minutes=10)
+        assert abs((when - expected).total_seconds()) < 120, when
+        job.state = "running"
+        assert estimated_start(settings, job) is None  # only queued jobs are asked about
+    finally:
+        subprocess.run(["scancel", native], check=False)
