@@ -12,10 +12,9 @@ Example (see ``site_configs/`` for complete, tested files)::
 
     name: alpine
     scheduler: slurm
-    scratch_root: /scratch/alpine/{user}
-    storage_root: /pl/active/mylab/hpcgear
+    scratch_root: /scratch/alpine/{user}      # {user}: the account jobs run as
     runtime: {kind: apptainer, executable: /usr/bin/apptainer, image_cache: /projects/x/sif}
-    modules: ["module load slurm/alpine"]
+    modules: ["module use /curc/sw/modules/slurm", "module load slurm/alpine"]
     partitions:
       amilan: {max_time: 1-00:00:00, max_mem: 240G, max_cpus: 64, default: true}
 """
@@ -534,7 +533,8 @@ class SiteConfig:
     transport: TransportConfig = setting("how scheduler commands are run",  # noqa: RUF009
                                          default_factory=TransportConfig)
     modules: tuple[str, ...] = setting(
-        "shell lines run before every scheduler command (e.g. module load slurm/alpine)",
+        "shell lines run before every scheduler command, in order (e.g. `module use "
+        "/curc/sw/modules/slurm` then `module load slurm/alpine`)",
         default=(), item_check=_check_line)
     partitions: Mapping[str, PartitionConfig] = setting(
         "partitions jobs may use, by SLURM name",
