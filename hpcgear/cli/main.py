@@ -40,9 +40,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "controller": (
         "hpcgear.cli.commands.controller",
         "controller_group",
-        "Run the controller daemon or one pass.",
+        "Run the controller; its status, health and metrics.",
     ),
-    "site": ("hpcgear.cli.commands.site", "site_group", "Validate and inspect site configs."),
+    "site": ("hpcgear.cli.commands.site", "site_group", "Attach, validate, check site configs."),
     "rule": ("hpcgear.cli.commands.rules", "rule_group", "Add, apply, show, test gear rules."),
     "rules": ("hpcgear.cli.commands.rules", "rules_group", "Evaluate gear rules (for cron)."),
     "provenance": ("hpcgear.cli.commands.provenance", "provenance_group", "Show, export, trace."),
