@@ -49,7 +49,10 @@ def test_table_fits_100_columns_and_wide_shows_everything(gear_env: CliEnv) -> N
     env = gear_env
     for sub in ("s1", "s2"):
         _run(env, sub)
-    narrow = env.ok("jobs").out.splitlines()
+    listing = env.ok("jobs")
+    assert "note: 2 listed job(s) wait on site local, which no controller has led since ever" \
+        in listing.err
+    narrow = listing.out.splitlines()
     assert narrow[0].split() == ["ID", "STATE", "GEAR", "SLURM", "AGE", "DESTINATION"]
     assert all(len(line) <= 100 for line in narrow), max(map(len, narrow))
     wide = env.ok("jobs", "--wide").out.splitlines()

@@ -249,6 +249,25 @@ def _fit(rows: list[list[str]], headers: list[str], width: int, flex: int) -> li
     return out
 
 
+def _unled_sites(
+    app: AppContext, session: Any, rows: list[dict[str, Any]]
+) -> dict[str, tuple[int, dt.datetime | None]]:
+    """Sites with unfinished listed jobs that no controller cycled recently."""
+    from hpcgear.controller.status import last_led, stale_after
+
+    waiting: dict[str, int] = {}
+    for r in rows:
+        if r["state"] not in ("complete", "failed", "cancelled"):
+            waiting[r["site"]] = waiting.get(r["site"], 0) + 1
+    now = dt.datetime.now(dt.UTC)
+    out = {}
+    for site, n in waiting.items():
+        led = last_led(session, site)
+        if led is None or now - led > stale_after(_poll_interval(app, site)):
+            out[site] = (n, led)
+    return out
+
+
 @click.command("jobs")
 @click.option("--state", help="Only jobs in this state.")
 @click.option("--mine", is_flag=True, help="Only jobs I started.")
@@ -282,12 +301,16 @@ def jobs_cmd(
                           limit=offset + limit + 1)
         more = len(found) > offset + limit
         rows = [job_to_dict(s, j) for j in found[offset: offset + limit]]
+        unled = _unled_sites(app, s, rows)
     for r in rows:
         for key in ("created", "modified"):
             r[key] = _iso_zoned(r.get(key))
     if more:
         app.note(f"note: showing jobs {offset + 1}-{offset + len(rows)}; more exist: "
                  f"add --offset {offset + limit} for the next page")
+    for site, (waiting, since) in unled.items():
+        app.note(f"note: {waiting} listed job(s) wait on site {site}, which no controller has "
+                 f"led since {zoned(since) if since else 'ever'} (`hpcgear controller status`)")
     if as_json:
         app.emit_json(rows)
         return
