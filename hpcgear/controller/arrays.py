@@ -16,7 +16,16 @@ from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedErro
 from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
 
-from .context import ControllerContext, CycleReport, fail_job, job_session, utcnow
+from .admit import fits_live_limits, release_held
+from .context import (
+    ControllerContext,
+    CycleReport,
+    fail_job,
+    fault_point,
+    heartbeat,
+    job_session,
+    utcnow,
+)
 from .resolve import image_digest_or_fail, prepare_attempt
 from .sites import SiteRuntime
 from .stagein import stage_attempt
@@ -56,9 +65,13 @@ def submit_array(
     configs: list[dict[str, Any]] = []
     for jid in job_ids:
         spec, paths, cfg = prepare_attempt(ctx, rt, jid, sif)
+        if not fits_live_limits(ctx, rt, spec, report):
+            continue
         specs.append(spec)
         all_paths.append(paths)
         configs.append(cfg)
+    if not specs:
+        return
     array_id = f"a{secrets.token_hex(8)}"
     apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
     script = render_array(
@@ -69,11 +82,11 @@ def submit_array(
         array_paths=apaths,
         max_array_size=rt.max_array_size,
     )
-    staged = [
-        i
-        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True))
-        if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report)
-    ]
+    staged = []
+    for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
+        heartbeat(ctx)  # stage-in of a large array can outlast the lease
+        if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
+            staged.append(i)
     if len(staged) < len(specs):
         # Re-render without the jobs that could not be staged; the rest stay one array.
         specs = [specs[i] for i in staged]
@@ -113,6 +126,7 @@ def submit_array(
                     "argv": build_runtime_argv(spec, site, all_paths[index]),
                 },
             )
+    fault_point("array.intent")
     try:
         base = backend.submit(apaths.sbatch, hold=True)
     except SubmitRejectedError as exc:
@@ -124,6 +138,7 @@ def submit_array(
     except SchedulerUnavailableError as exc:
         report.errors.append(f"array {array_id}: {exc.message}")
         return  # the next cycle looks the array up by name
+    fault_point("array.sbatch")
     record_array(ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted")
 
 
@@ -137,10 +152,11 @@ def record_array(
     how: str,
 ) -> None:
     now = utcnow()
+    natives: dict[str, str] = {}
     for jid in job_ids:
         with job_session(ctx, jid) as (s, job):
             index = int((job.scheduler_info or {}).get("array_index", 0))
-            native = f"{base}_{index}"
+            native = natives[jid] = f"{base}_{index}"
             update_fields(s, job, native_id=native, submitted=now, last_seen=now)
             record_event(
                 s,
@@ -150,14 +166,17 @@ def record_array(
                 f"SLURM array task {native} (held)",
                 data={"native_id": native, "array_job_id": base},
             )
-    rt.backend.release([base])
-    for jid in job_ids:
+    fault_point("array.recorded")
+    released = release_held(
+        ctx, rt, [(jid, natives[jid]) for jid in job_ids], report, release_id=base
+    )
+    for jid in released:
         with job_session(ctx, jid) as (s, job):
             transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
     if how == "adopted":
-        report.adopted += len(job_ids)
+        report.adopted += len(released)
     else:
-        report.submitted += len(job_ids)
+        report.submitted += len(released)
 
 
 def adopt_or_reset_array(

@@ -10,7 +10,7 @@ from hpcgear.db.models import Job
 from hpcgear.jobs.transitions import StaleJobError, transition
 from hpcgear.states import JobState
 
-from .context import ControllerContext, job_session, utcnow
+from .context import ControllerContext, fault_point, job_session, utcnow
 from .sites import SiteRuntime
 
 PRIORITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -73,6 +73,7 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int = 50) -> l
                 transition(s, row, JobState.SUBMITTING, ctx.actor, "claimed for submission")
         except StaleJobError:
             continue
+        fault_point("claim.after")
         per_user[job.origin_id] = per_user.get(job.origin_id, 0) + 1
         per_project[job.project_id] = per_project.get(job.project_id, 0) + 1
         claimed.append(job.id)

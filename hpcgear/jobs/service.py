@@ -634,6 +634,54 @@ def retry_job(
     dest = session.get(Container, old.destination_id)
     if dest is not None:
         require_role(session, actor, dest, RoleName.READ_WRITE, "retrying a job")
+    return _next_attempt(session, old, actor, reason=reason, resources=resources)
+
+
+def retry_on_behalf(
+    session: Session,
+    system_actor: str,
+    job_id: str,
+    *,
+    reason: str,
+    resources: Mapping[str, Any] | None = None,
+) -> Job:
+    """An automatic retry made by the system (the controller) for the job's requester.
+
+    The retry policy of the failure kind decided it, so no user's role is
+    checked; the new attempt keeps the original requester as its origin and
+    its ``created`` event names both: ``system_actor`` on behalf of the requester.
+    """
+    old = session.get(Job, job_id)
+    if old is None:
+        raise NotFoundError(f"job {job_id!r} does not exist", "it was deleted meanwhile")
+    if JobState(old.state) not in (JobState.FAILED, JobState.CANCELLED):
+        raise InvalidInputError(
+            f"job {job_id} is {old.state}", "only failed or cancelled jobs can be retried"
+        )
+    newer = session.scalar(select(Job).where(Job.previous_id == old.id))
+    if newer is not None:
+        raise InvalidInputError(
+            f"job {job_id} was already retried as {newer.id}", "nothing to do"
+        )
+    return _next_attempt(
+        session,
+        old,
+        system_actor,
+        reason=f"{reason} (by the system on behalf of {old.origin_type} {old.origin_id})",
+        resources=resources,
+        data={"on_behalf_of": {"type": old.origin_type, "id": old.origin_id}, "system": True},
+    )
+
+
+def _next_attempt(
+    session: Session,
+    old: Job,
+    actor: str,
+    *,
+    reason: str | None,
+    resources: Mapping[str, Any] | None,
+    data: dict[str, Any] | None = None,
+) -> Job:
     job = Job(
         id=new_id(),
         attempt=old.attempt + 1,
@@ -663,7 +711,7 @@ def retry_job(
         actor,
         reason or f"retry of {old.id}",
         new_state=JobState.PENDING.value,
-        data={"previous": old.id},
+        data={"previous": old.id, **(data or {})},
     )
     session.flush()
     return job

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,12 +196,22 @@ class ObjectStore:
             return False
         return True
 
-    def clean_tmp(self) -> int:
-        """Remove leftovers of interrupted puts."""
+    def clean_tmp(self, older_than_seconds: float = 0.0) -> int:
+        """Remove leftovers of interrupted puts older than ``older_than_seconds``.
+
+        Called by ``hpcgear scratch gc`` and the controller's housekeeping with an
+        age threshold, so a put still running in another process is left alone.
+        """
         if not self.tmp.exists():
             return 0
         n = 0
+        cutoff = time.time() - older_than_seconds
         for p in self.tmp.iterdir():
+            try:
+                if older_than_seconds and p.lstat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -91,15 +91,26 @@ def controller_run(
 @controller_group.command("once")
 @click.option("--site", "sites", multiple=True, metavar="NAME", help="Only these sites.")
 @click.option("--json", "as_json", is_flag=True, help="Print each site's cycle report as JSON.")
+@click.option("--wait", is_flag=True,
+              help="If another controller leads a site, wait for its lease instead of failing.")
 @pass_app
-def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool) -> None:
-    """One pass over every site (for cron)."""
+def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool, wait: bool) -> None:
+    """One pass over every site (for cron); releases the site leases when done.
+
+    Exits non-zero (6) when another live controller leads a site, unless --wait.
+    """
     from hpcgear.controller.loop import Controller
+    from hpcgear.errors import LeaderConflictError
 
     ctl = _controller(app, sites, False, as_json)
     assert isinstance(ctl, Controller)
     try:
-        ctl.once()
+        ctl.once(wait=wait)
     finally:
-        for rt in ctl.runtimes().values():
-            rt.close()
+        ctl.close()
+    if ctl.not_led:
+        led = "; ".join(f"{site} by {who}" for site, who in sorted(ctl.not_led.items()))
+        raise LeaderConflictError(
+            f"another controller leads {led}; nothing was done there",
+            "let it work (it handles those jobs), or run with --wait to wait for its lease",
+        )
