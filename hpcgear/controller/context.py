@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -169,9 +170,10 @@ def dumps(data: Any) -> str:
 # ------------------------------------------------------------ fault injection
 
 #: Every named point a controller passes in a job's life, in order. Tests set
-#: ``HPCGEAR_FAULT=<point>:<n>[:kill|raise]`` to die (SIGKILL, the default) or
-#: raise :class:`InjectedFault` the n-th time the point is reached, so each step
-#: of a job's life can be crashed on purpose (tests/chaos).
+#: ``HPCGEAR_FAULT=<point>:<n>[:kill|raise|sleep<seconds>]`` to die (SIGKILL, the
+#: default) or raise :class:`InjectedFault` the n-th time the point is reached, or
+#: to stall there from the n-th hit on, so each step of a job's life can be
+#: crashed or slowed on purpose (tests/chaos).
 FAULT_POINTS = (
     "claim.after",
     "submit.staged",
@@ -205,7 +207,12 @@ def fault_point(name: str) -> None:
         return
     count, _, how = rest.partition(":")
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] != (int(count) if count.isdigit() else 1):
+    nth = int(count) if count.isdigit() else 1
+    if how.startswith("sleep"):  # a slow step, from the n-th hit on (two-leader tests)
+        if _fault_hits[name] >= nth:
+            time.sleep(float(how[5:] or 5))
+        return
+    if _fault_hits[name] != nth:
         return
     logger.warning("fault injection: %s at %s (hit %d)", how or "kill", name, _fault_hits[name])
     if how == "raise":

@@ -63,11 +63,11 @@ class Controller:
     lease_seconds: int = LEASE_SECONDS
     #: Sites the last :meth:`once` could not lead, with who leads them.
     not_led: dict[str, str] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _reload: threading.Event = field(default_factory=threading.Event)
-    _runtimes: dict[str, SiteRuntime] = field(default_factory=dict)
-    _lease: SiteLease | None = None
-    _housekept: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _reload: threading.Event = field(default_factory=threading.Event, init=False)
+    _runtimes: dict[str, SiteRuntime] = field(default_factory=dict, init=False)
+    _lease: SiteLease | None = field(default=None, init=False)
+    _housekept: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self._lease = SiteLease(self.ctx.db, self.holder, self.lease_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -37,8 +38,16 @@ def _controller(app: AppContext, sites: tuple[str, ...], quiet: bool, as_json: b
         hook = evaluate_for_controller
     except ImportError:  # rules not installed in this build
         hook = None
+    from hpcgear.controller.lease import LEASE_SECONDS
+
+    lease = os.environ.get("HPCGEAR_CONTROLLER_LEASE_SECONDS", "")  # the chaos tier shortens it
     return Controller(
-        settings_path=app.config_path, ctx=ctx, site_names=sites, on_report=show, rules_hook=hook
+        settings_path=app.config_path,
+        ctx=ctx,
+        site_names=sites,
+        on_report=show,
+        rules_hook=hook,
+        lease_seconds=int(lease) if lease.isdigit() and int(lease) > 0 else LEASE_SECONDS,
     )
 
 
