@@ -68,6 +68,7 @@ class Controller:
     _runtimes: dict[str, SiteRuntime] = field(default_factory=dict, init=False)
     _lease: SiteLease | None = field(default=None, init=False)
     _housekept: float = field(default=0.0, init=False)
+    _announced: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._lease = SiteLease(self.ctx.db, self.holder, self.lease_seconds)
@@ -149,7 +150,12 @@ class Controller:
                 f"{who[0]} until {who[1]:%Y-%m-%d %H:%M:%S} UTC" if who else "another controller"
             )
             if not wait or self._stop.is_set():
-                logger.info("site %s is led by %s; waiting", name, self.not_led[name])
+                holder = who[0] if who else ""
+                if self._announced.get(name) != holder:  # say it once per holder, not per cycle
+                    self._announced[name] = holder
+                    logger.warning(
+                        "site %s is led by %s; this controller waits", name, self.not_led[name]
+                    )
                 return False
             self._stop.wait(2.0)
 
