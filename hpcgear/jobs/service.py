@@ -29,8 +29,8 @@ from hpcgear.hierarchy.service import (
     resolve_container,
     resolve_file,
 )
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.jobs.transitions import record_event, transition
+from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
 
 if TYPE_CHECKING:
