@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpcgear.config.site import SiteConfig
 from hpcgear.db.models import Gear, Job
+from hpcgear.errors import InvalidInputError
 from hpcgear.gears.configjson import build_config_json
-from hpcgear.gears.manifest import parse_manifest
+from hpcgear.gears.manifest import GearManifest, parse_manifest
 from hpcgear.gears.reserved import split_reserved
 from hpcgear.jobs.service import input_spec_from_json
 from hpcgear.render import JobPaths
@@ -20,11 +23,19 @@ from .context import ControllerContext, CycleReport, fail_job, job_session, spec
 from .sites import SiteRuntime
 
 
-def resolve_spec(session: Session, job: Job, site: SiteConfig, sif_path: str) -> JobSpec:
+def resolve_spec(
+    session: Session,
+    job: Job,
+    site: SiteConfig,
+    sif_path: str,
+    *,
+    manifest: GearManifest | None = None,
+) -> JobSpec:
     """Build the frozen JobSpec for one attempt from its row and its gear."""
     gear = session.get(Gear, job.gear_id)
     assert gear is not None
-    manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
+    if manifest is None:
+        manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
     r = job.resources or {}
     resources = Resources(
         cpus=int(r.get("cpus") or 1),
@@ -71,10 +82,13 @@ def attempt_paths(site: SiteConfig, job: Job) -> JobPaths:
     return JobPaths.for_job(site.render_scratch_root(spec_user(job)), job.id, job.attempt)
 
 
-def config_json_for(session: Session, job: Job, spec: JobSpec) -> dict[str, Any]:
-    gear = session.get(Gear, job.gear_id)
-    assert gear is not None
-    manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
+def config_json_for(
+    session: Session, job: Job, spec: JobSpec, *, manifest: GearManifest | None = None
+) -> dict[str, Any]:
+    if manifest is None:
+        gear = session.get(Gear, job.gear_id)
+        assert gear is not None
+        manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
     gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
     return build_config_json(
         gear_config,
@@ -93,6 +107,30 @@ def prepare_attempt(
     with job_session(ctx, job_id) as (s, job):
         spec = resolve_spec(s, job, rt.site, sif)
         return spec, attempt_paths(rt.site, job), config_json_for(s, job, spec)
+
+
+def prepare_attempts(
+    ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], sif: str
+) -> list[tuple[JobSpec, JobPaths, dict[str, Any]]]:
+    """``prepare_attempt`` for many jobs: one transaction, each gear's manifest parsed once."""
+    with ctx.db.session() as s:
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(job_ids))))}
+        manifests: dict[int, GearManifest] = {}
+        out = []
+        for jid in job_ids:
+            job = rows.get(jid)
+            if job is None:
+                raise InvalidInputError(f"job {jid} vanished", "it was deleted meanwhile")
+            if job.gear_id not in manifests:
+                gear = s.get(Gear, job.gear_id)
+                assert gear is not None
+                manifests[job.gear_id] = parse_manifest(
+                    gear.manifest, source=f"{gear.name}@{gear.version}"
+                )
+            spec = resolve_spec(s, job, rt.site, sif, manifest=manifests[job.gear_id])
+            cfg = config_json_for(s, job, spec, manifest=manifests[job.gear_id])
+            out.append((spec, attempt_paths(rt.site, job), cfg))
+    return out
 
 
 def image_digest_or_fail(ctx: ControllerContext, job_id: str, report: CycleReport) -> str | None:
