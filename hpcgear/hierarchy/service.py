@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Role, User
+from hpcgear.db.session import lock_for_update
 from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from hpcgear.hierarchy.paths import (
     LEVELS,
@@ -646,6 +647,8 @@ def set_info(session: Session, actor: str, path: str, pairs: Sequence[str]) -> d
         raise InvalidInputError("nothing to set", "give at least one key=value")
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "setting info")
+    # Read-modify-write of a JSON column: lock the row so concurrent setters merge.
+    lock_for_update(session, target.file if target.file is not None else target.container)
     if target.file is not None:
         target.file.info = _deep_merge(target.file.info or {}, values)
         session.add(
@@ -673,6 +676,7 @@ def change_tags(
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "changing tags")
     obj: Container | File = target.file if target.file is not None else target.container
+    lock_for_update(session, obj)  # concurrent tag changes must not overwrite each other
     current = list(obj.tags or [])
     missing = [t for t in remove if t not in current]
     if missing:

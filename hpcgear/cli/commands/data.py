@@ -85,8 +85,7 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     from hpcgear.hierarchy.service import upload_files
 
     actor = app.actor
-    with app.db.session() as s:
-        results = upload_files(s, app.store, actor, path, list(files))
+    results = app.db.write(lambda s: upload_files(s, app.store, actor, path, list(files)))
     if as_json:
         app.emit_json(
             [
@@ -145,8 +144,7 @@ def info_set(app: AppContext, path: str, pairs: tuple[str, ...], as_json: bool) 
     from hpcgear.hierarchy.service import set_info
 
     actor = app.actor
-    with app.db.session() as s:
-        info: dict[str, Any] = set_info(s, actor, path, list(pairs))
+    info: dict[str, Any] = app.db.write(lambda s: set_info(s, actor, path, list(pairs)))
     if as_json:
         app.emit_json(info)
     else:
@@ -167,8 +165,7 @@ def tag_add(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, add=list(tags))
+    now = app.db.write(lambda s: change_tags(s, actor, path, add=list(tags)))
     app.echo(f"tags on {safe_text(path)}: {', '.join(now)}")
 
 
@@ -181,6 +178,5 @@ def tag_rm(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, remove=list(tags))
+    now = app.db.write(lambda s: change_tags(s, actor, path, remove=list(tags)))
     app.echo(f"tags on {safe_text(path)}: {', '.join(now) or '(none)'}")
