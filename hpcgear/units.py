@@ -33,7 +33,7 @@ def parse_memory_mb(value: str | int | float, *, what: str = "memory") -> int:
     if isinstance(value, int | float):
         mb = float(value)
     else:
-        m = _MEM_RE.match(str(value))
+        m = _MEM_RE.fullmatch(str(value))
         if not m:
             raise ResourceError(
                 f"{what} {value!r} is not a size",
@@ -63,7 +63,7 @@ def parse_time_minutes(value: str | int | float, *, what: str = "time") -> int:
         minutes = float(value)
     else:
         text = str(value).strip()
-        m = _SLURM_TIME_RE.match(text)
+        m = _SLURM_TIME_RE.fullmatch(text)
         if m:
             minutes = _slurm_minutes(m)
         else:

@@ -39,6 +39,7 @@ from hpcgear.hierarchy.permissions import (
     require_site_admin,
 )
 from hpcgear.storage.objects import ObjectStore, StoredObject
+from hpcgear.text import check_identifier, check_storable
 
 logger = logging.getLogger(__name__)
 
@@ -463,6 +464,7 @@ def _apply_metadata_fields(row: File, metadata: Mapping[str, Any]) -> None:
     if "tags" in metadata:
         row.tags = sorted({check_tag(t) for t in metadata["tags"]})
     if "info" in metadata:
+        check_storable(metadata["info"], "file info")
         row.info = {**(row.info or {}), **dict(metadata["info"])}
 
 
@@ -508,7 +510,8 @@ def resolve_file(
     session: Session, actor: str, path: str, needed: RoleName
 ) -> tuple[Container, File]:
     """``group/project/.../NAME`` -> (container, file), checking ``needed`` on it."""
-    text = (path or "").strip().strip("/")
+    HierarchyPath.parse(path, max_depth=len(LEVELS) + 1)  # refuses surrounding whitespace
+    text = (path or "").strip("/")
     if "/" not in text:
         raise InvalidInputError(
             f"{path!r} is not a file path", "write group/project[/subject/session/acquisition]/FILE"
@@ -582,10 +585,12 @@ def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:
             raise InvalidInputError(
                 f"bad info key {key!r}", "keys are dot-separated names without spaces or '$'"
             )
+        check_identifier(key, "info key")
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
+        check_storable(value, f"info value of {key!r}")
         node = out
         for k in keys[:-1]:
             nxt = node.setdefault(k, {})

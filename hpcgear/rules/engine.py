@@ -188,7 +188,7 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``--since``: an ISO date/time (UTC unless it says) or a duration ago (30m, 2h, 7d, 1w)."""
     now = now or dt.datetime.now(dt.UTC)
     t = (text or "").strip()
-    m = _REL.match(t)
+    m = _REL.fullmatch(t)
     if m:
         n, unit = int(m[1]), m[2]
         minutes = {"m": 1, "h": 60, "d": 1440, "w": 10080}[unit] * n

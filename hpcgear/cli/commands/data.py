@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_join, safe_text
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -148,7 +148,7 @@ def info_set(app: AppContext, path: str, pairs: tuple[str, ...], as_json: bool) 
     if as_json:
         app.emit_json(info)
     else:
-        app.echo(f"updated info on {safe_text(path)}: {', '.join(sorted(info))}")
+        app.echo(f"updated info on {safe_text(path)}: {safe_join(sorted(info))}")
 
 
 @click.group("tag")
@@ -166,7 +166,7 @@ def tag_add(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
 
     actor = app.actor
     now = app.db.write(lambda s: change_tags(s, actor, path, add=list(tags)))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now)}")
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now)}")
 
 
 @tag_group.command("rm")
@@ -179,4 +179,4 @@ def tag_rm(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
 
     actor = app.actor
     now = app.db.write(lambda s: change_tags(s, actor, path, remove=list(tags)))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now) or '(none)'}")
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now) or '(none)'}")
