@@ -126,7 +126,7 @@ def download_cmd(app: AppContext, path: str, version: int | None, out: Path) -> 
     actor = app.actor
     with app.db.session() as s:
         dest, fv = download_file(s, app.store, actor, path, out, version=version)
-    app.echo(f"{dest} (v{fv.version}, {fv.hash[:19]})")
+    app.echo(f"{safe_text(str(dest))} (v{fv.version}, {fv.hash[:19]})")
 
 
 @click.group("info")
