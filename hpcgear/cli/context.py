@@ -100,6 +100,7 @@ class AppContext:
     def table(self, rows: list[list[str]], headers: list[str]) -> None:
         if not rows:
             return
+        rows = [[safe_text(str(c)) for c in row] for row in rows]  # user text is data
         widths = [len(h) for h in headers]
         for row in rows:
             for i, cell in enumerate(row):
@@ -112,8 +113,21 @@ class AppContext:
 
 
 def safe_text(text: str) -> str:
-    """Render user text for a terminal: control characters escaped."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    """Render user text for a terminal: the one place that makes it inert.
+
+    Control characters (ESC sequences, newlines, tabs), format characters (bidi
+    overrides, zero-width joiners), line/paragraph separators and unassigned or
+    surrogate code points are shown as escapes (``\\x1b``, ``\\u202e``); ordinary
+    text, including non-ASCII letters, is unchanged.
+    """
+    return "".join(
+        ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in str(text)
+    )
+
+
+def safe_join(items: Any, sep: str = ", ") -> str:
+    """``sep``-joined safe_text of each item (tags, info keys, site values)."""
+    return sep.join(safe_text(str(i)) for i in items)
 
 
 def parse_pairs(values: tuple[str, ...] | list[str], what: str) -> dict[str, str]:

@@ -142,12 +142,27 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     except Exception as exc:  # a bug: say so plainly, keep the traceback opt-in
         if _wants_traceback(args):
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
-        click.echo("hint: this is a bug in hpcgear; rerun with --traceback and report it", err=True)
-        status = ExitStatus.INTERNAL
+        if _is_busy_database(exc):  # SQLite's "database is locked" after the busy timeout
+            click.echo("error: the database was busy with other writers for too long", err=True)
+            click.echo("hint: run the command again; nothing was changed", err=True)
+            status = ExitStatus.UNAVAILABLE
+        else:
+            click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
+            click.echo(
+                "hint: this is a bug in hpcgear; rerun with --traceback and report it", err=True
+            )
+            status = ExitStatus.INTERNAL
     if standalone:
         sys.exit(status)
     return status
+
+
+def _is_busy_database(exc: BaseException) -> bool:
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig).lower()
 
 
 def _one_line(text: str) -> str:

@@ -125,6 +125,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"cannot read config file {path}: {exc.strerror}", "check the path and its permissions"
         ) from exc
+    from hpcgear.config.yamlload import unreadable_char
+
+    bad = unreadable_char(text)
+    if bad is not None:
+        raise SchemaError(
+            f"{path}:{bad[0]}: contains the control character {bad[1]} (not allowed in YAML)",
+            "remove it from the config file",
+        )
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

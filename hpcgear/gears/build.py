@@ -316,7 +316,7 @@ def _parse_recipe(
     if not isinstance(packages_raw, list) or not all(isinstance(p, str) for p in packages_raw):
         raise SchemaError(f"{where('packages')}: packages must be a list of package names",
                           "e.g. packages: [dcm2niix, pigz]")
-    bad = [p for p in packages_raw if not _PACKAGE_RE.match(p)]
+    bad = [p for p in packages_raw if not _PACKAGE_RE.fullmatch(p)]
     if bad:
         raise SchemaError(f"{where('packages')}: {bad[0]!r} is not a Debian package name",
                           "package names are lower-case letters, digits and + . -")
@@ -326,7 +326,7 @@ def _parse_recipe(
     packages = tuple(sorted(set(packages_raw)))
     remove_raw = raw.get("remove", [])
     if (not isinstance(remove_raw, list)
-            or not all(isinstance(p, str) and _PACKAGE_RE.match(p) for p in remove_raw)):
+            or not all(isinstance(p, str) and _PACKAGE_RE.fullmatch(p) for p in remove_raw)):
         raise SchemaError(f"{where('remove')}: remove must be a list of package names",
                           "e.g. remove: [python3-scipy]")
     if remove_raw and (base.kind != "debootstrap" or not packages):
@@ -362,7 +362,7 @@ def _parse_recipe(
         raise SchemaError(f"{where('files')}: {dupes[0]} is the destination of two files",
                           "give every file its own destination")
     for f in files:
-        if not _SAFE_PATH_RE.match(str(f.source)):
+        if not _SAFE_PATH_RE.fullmatch(str(f.source)):
             raise SchemaError(f"{where('files')}: the path {f.source} has characters a "
                               "definition file cannot carry", "rename it (letters, digits, ._-)")
 
@@ -370,7 +370,7 @@ def _parse_recipe(
         (k, v) for k, v in _mapping(raw, "environment", where, values="scalar").items()
     )
     for key, value in environment:
-        if not _ENV_RE.match(key) or "\n" in value or "\0" in value:
+        if not _ENV_RE.fullmatch(key) or "\n" in value or "\0" in value:
             raise SchemaError(f"{where('environment')}: {key}={value!r} cannot be set",
                               "names are shell identifiers; values are one line")
 
@@ -385,7 +385,7 @@ def _parse_recipe(
     if packages:
         labels.append(("org.hpcgear.packages", " ".join(packages)))
     for key, value in _mapping(raw, "labels", where, values="scalar").items():
-        if not _LABEL_KEY_RE.match(key) or "\n" in value:
+        if not _LABEL_KEY_RE.fullmatch(key) or "\n" in value:
             raise SchemaError(f"{where('labels')}: label {key!r} cannot be written",
                               "label keys are letters, digits and ._/-; values are one line")
         labels.append((key, value))
@@ -424,7 +424,7 @@ def _check_dest(dest: str, where: str) -> str:
     parts = dest.split("/")
     if (
         not dest.startswith("/")
-        or not _SAFE_PATH_RE.match(dest)
+        or not _SAFE_PATH_RE.fullmatch(dest)
         or any(p in ("", ".", "..") for p in parts[1:])
         or dest.startswith(("/.singularity.d", "/proc", "/sys", "/dev"))
     ):
@@ -439,7 +439,7 @@ def _mode_of(path: Path) -> int:
 
 def _vendored_module(module: str, recipe_dir: Path, where: str) -> Path:
     """The source file of a stdlib-only hpcgear module, preferring the source checkout."""
-    if not _MODULE_RE.match(module):
+    if not _MODULE_RE.fullmatch(module):
         raise SchemaError(f"{where}: {module!r} is not an hpcgear module name",
                           "e.g. hpcgear.ingest.classifier")
     rel = Path(*module.split(".")).with_suffix(".py")
@@ -970,7 +970,7 @@ class GearBuilder:
                 shutil.copyfile(f.source, copy)
                 os.chmod(copy, f.mode)
                 staged.append((copy, f.dest))
-            if not _SAFE_PATH_RE.match(str(work)) or not _SAFE_PATH_RE.match(str(rootfs)):
+            if not _SAFE_PATH_RE.fullmatch(str(work)) or not _SAFE_PATH_RE.fullmatch(str(rootfs)):
                 raise ImageError(f"the build cache path {self.cache_dir} has characters a "
                                  "definition file cannot carry",
                                  "use a cache directory of letters, digits and ._-/")

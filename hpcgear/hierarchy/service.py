@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Role, User
+from hpcgear.db.session import lock_for_update
 from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from hpcgear.hierarchy.paths import (
     LEVELS,
@@ -39,6 +40,7 @@ from hpcgear.hierarchy.permissions import (
     require_site_admin,
 )
 from hpcgear.storage.objects import ObjectStore
+from hpcgear.text import check_identifier, check_storable
 
 logger = logging.getLogger(__name__)
 
@@ -543,6 +545,7 @@ def _apply_metadata_fields(row: File, metadata: Mapping[str, Any]) -> None:
     if "tags" in metadata:
         row.tags = sorted({check_tag(t) for t in metadata["tags"]})
     if "info" in metadata:
+        check_storable(metadata["info"], "file info")
         row.info = {**(row.info or {}), **dict(metadata["info"])}
 
 
@@ -588,7 +591,8 @@ def resolve_file(
     session: Session, actor: str, path: str, needed: RoleName
 ) -> tuple[Container, File]:
     """``group/project/.../NAME`` -> (container, file), checking ``needed`` on it."""
-    text = (path or "").strip().strip("/")
+    HierarchyPath.parse(path, max_depth=len(LEVELS) + 1)  # refuses surrounding whitespace
+    text = (path or "").strip("/")
     if "/" not in text:
         raise InvalidInputError(
             f"{path!r} is not a file path", "write group/project[/subject/session/acquisition]/FILE"
@@ -662,10 +666,12 @@ def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:
             raise InvalidInputError(
                 f"bad info key {key!r}", "keys are dot-separated names without spaces or '$'"
             )
+        check_identifier(key, "info key")
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
+        check_storable(value, f"info value of {key!r}")
         node = out
         for k in keys[:-1]:
             nxt = node.setdefault(k, {})
@@ -727,6 +733,8 @@ def set_info(session: Session, actor: str, path: str, pairs: Sequence[str]) -> d
         raise InvalidInputError("nothing to set", "give at least one key=value")
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "setting info")
+    # Read-modify-write of a JSON column: lock the row so concurrent setters merge.
+    lock_for_update(session, target.file if target.file is not None else target.container)
     if target.file is not None:
         target.file.info = _deep_merge(target.file.info or {}, values)
         session.add(
@@ -754,6 +762,7 @@ def change_tags(
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "changing tags")
     obj: Container | File = target.file if target.file is not None else target.container
+    lock_for_update(session, obj)  # concurrent tag changes must not overwrite each other
     current = list(obj.tags or [])
     missing = [t for t in remove if t not in current]
     if missing:

@@ -211,7 +211,7 @@ def resolve_field_name(name: Any, where: str) -> tuple[int, str]:
     tag = tag_for_keyword(text)
     if tag is not None:
         return int(tag), text
-    m = _TAG_RE.match(text.removeprefix("0x").removeprefix("0X"))
+    m = _TAG_RE.fullmatch(text.removeprefix("0x").removeprefix("0X"))
     if m is None:
         raise ValueError(f"{where}.name {text!r} is not a DICOM keyword or tag")
     tag = int(m.group(1) + m.group(2), 16)

@@ -32,6 +32,7 @@ from hpcgear.hierarchy.service import (
 from hpcgear.jobs.transitions import record_event, transition
 from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
+from hpcgear.text import check_storable
 
 if TYPE_CHECKING:
     # Only for annotations: `hpcgear jobs` / `job show` run on login nodes and
@@ -221,7 +222,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=+\-]{1,64}$")
 
 
 def check_job_tags(tags: Sequence[str]) -> tuple[str, ...]:
-    bad = [t for t in tags if not _TAG_RE.match(t)]
+    bad = [t for t in tags if not _TAG_RE.fullmatch(t)]
     if bad:
         raise InvalidInputError(
             f"job tag(s) {', '.join(map(repr, bad))} not allowed",
@@ -265,6 +266,7 @@ def prepare_job(
     specs = [*inputs, *context_inputs(session, manifest, destination)]
     check_inputs(manifest, specs)
     full = resolve_config(manifest, rule_config or {}, config or {}, coerce_strings=coerce_strings)
+    check_storable(full, "gear config")  # before --dry-run returns, so both refuse alike
     declared = manifest.config_names
     _gear_config, _overrides = split_reserved(full, declared=declared)
     manifest_layer = {k: v for k, v in manifest.defaults().items() if k in RESERVED_KEY_SET}

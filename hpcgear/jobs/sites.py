@@ -2,7 +2,8 @@
 
 A job goes to the first configured site one of whose routing tags it carries
 (e.g. ``hpc``); otherwise to ``default_site`` if set, else to the embedded
-``local`` site, which runs the same job script on the controller host.
+``local`` site, which runs the same job script on the controller host. A job
+tagged ``hpc`` that no site routes is refused rather than run locally.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 from hpcgear.config.settings import Settings
 from hpcgear.config.site import SiteConfig, load_site, load_site_text
-from hpcgear.errors import ConfigError, NotFoundError
+from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError
 
 LOCAL_SITE = "local"
+#: The tag that asks for a cluster site (Flywheel's HPC convention).
+HPC_TAG = "hpc"
 
 
 def embedded_site(settings: Settings) -> SiteConfig:
@@ -82,9 +85,22 @@ class SiteRegistry:
             ) from None
 
     def route(self, tags: Sequence[str]) -> SiteConfig:
+        """The site for a job with ``tags``; a job asking for HPC never runs locally.
+
+        Raises
+        ------
+        InvalidInputError
+            The job is tagged ``hpc`` but no configured site routes that tag (it
+            would otherwise run on the controller host, silently).
+        """
         for site in self.sites.values():
             if site.name != LOCAL_SITE and site.routes_here(tags):
                 return site
-        if self.default_site:
-            return self.sites[self.default_site]
-        return self.sites[LOCAL_SITE]
+        chosen = self.sites[self.default_site or LOCAL_SITE]
+        if HPC_TAG in tags and chosen.name == LOCAL_SITE:
+            raise InvalidInputError(
+                f"the job is tagged {HPC_TAG!r} but no configured site routes {HPC_TAG!r}",
+                "add a site whose routing.site_tags lists hpc to `sites:` in the config "
+                "(see `hpcgear site show`), or drop the hpc tag to run on this host",
+            )
+        return chosen

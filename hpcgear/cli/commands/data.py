@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_join, safe_text
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -85,8 +85,7 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     from hpcgear.hierarchy.service import upload_files
 
     actor = app.actor
-    with app.db.session() as s:
-        results = upload_files(s, app.store, actor, path, list(files))
+    results = app.db.write(lambda s: upload_files(s, app.store, actor, path, list(files)))
     if as_json:
         app.emit_json(
             [
@@ -127,7 +126,7 @@ def download_cmd(app: AppContext, path: str, version: int | None, out: Path) -> 
     actor = app.actor
     with app.db.session() as s:
         dest, fv = download_file(s, app.store, actor, path, out, version=version)
-    app.echo(f"{dest} (v{fv.version}, {fv.hash[:19]})")
+    app.echo(f"{safe_text(str(dest))} (v{fv.version}, {fv.hash[:19]})")
 
 
 @click.group("info")
@@ -145,12 +144,11 @@ def info_set(app: AppContext, path: str, pairs: tuple[str, ...], as_json: bool) 
     from hpcgear.hierarchy.service import set_info
 
     actor = app.actor
-    with app.db.session() as s:
-        info: dict[str, Any] = set_info(s, actor, path, list(pairs))
+    info: dict[str, Any] = app.db.write(lambda s: set_info(s, actor, path, list(pairs)))
     if as_json:
         app.emit_json(info)
     else:
-        app.echo(f"updated info on {safe_text(path)}: {', '.join(sorted(info))}")
+        app.echo(f"updated info on {safe_text(path)}: {safe_join(sorted(info))}")
 
 
 @click.group("tag")
@@ -167,9 +165,8 @@ def tag_add(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, add=list(tags))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now)}")
+    now = app.db.write(lambda s: change_tags(s, actor, path, add=list(tags)))
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now)}")
 
 
 @tag_group.command("rm")
@@ -181,6 +178,5 @@ def tag_rm(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, remove=list(tags))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now) or '(none)'}")
+    now = app.db.write(lambda s: change_tags(s, actor, path, remove=list(tags)))
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now) or '(none)'}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_join, safe_text
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -27,7 +27,7 @@ def site_validate(app: AppContext, files: tuple[Path, ...]) -> None:
     for f in files:
         site = load_site(f)
         app.echo(
-            f"{f}: site {site.name} is valid ({site.scheduler}, "
+            f"{safe_text(str(f))}: site {safe_text(site.name)} is valid ({site.scheduler}, "
             f"{len(site.partitions)} partition(s))"
         )
 
@@ -57,16 +57,20 @@ def site_show(app: AppContext, name: str | None, as_json: bool) -> None:
         return
     for s in sites:
         app.echo(
-            f"{s.name}: scheduler={s.scheduler} transport={s.transport.kind} "
-            f"routes={','.join(s.routing.site_tags) or '-'}"
+            f"{safe_text(s.name)}: scheduler={s.scheduler} transport={s.transport.kind} "
+            f"routes={safe_join(s.routing.site_tags, ',') or '-'}"
         )
-        app.echo(f"  scratch: {safe_text(s.scratch_root)}  images: {s.runtime.image_cache}")
+        app.echo(
+            f"  scratch: {safe_text(s.scratch_root)}  images: {safe_text(s.runtime.image_cache)}"
+        )
         for pname, p in s.partitions.items():
             star = " (default)" if pname == s.default_partition else ""
             app.echo(
-                f"  partition {pname}{star}: {p.limits_text()}"
-                + (f" qos={p.qos}" if p.qos else "")
-                + (f" account={p.account}" if p.account else "")
+                safe_text(
+                    f"  partition {pname}{star}: {p.limits_text()}"
+                    + (f" qos={p.qos}" if p.qos else "")
+                    + (f" account={p.account}" if p.account else "")
+                )
             )
 
 
