@@ -490,3 +490,51 @@ def test_ls_json_of_an_analysis_path_on_parent_listing(data: Data) -> None:
     kinds = sorted(e["kind"] for e in listed)
     assert kinds == ["acquisition", "acquisition", "analysis"]
     assert data.analysis["job_id"] == data.job_id
+
+
+# ------------------------------------------------------- the fix-up story
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")
+def test_fixup_story_unsorted_move_analyse_download_view(data: Data, tmp_path: Path) -> None:
+    """Ingest mis-routed -> Unsorted, mv into the project, analyse, download, view as CSV.
+
+    The gear's run is the real publish + provenance code without the scheduler;
+    tests/integration/test_data_fixup.py runs the same story on SLURM + Apptainer.
+    """
+    from hpcgear.storage.objects import sha256_file
+    from tests.unit.test_ingest_dicom import write_series
+
+    env = data.env
+    dicom = tmp_path / "dicom"
+    write_series(dicom, study="fix", series="t1", number=2, description="t1_mprage_sag",
+                 count=2, accession="typo/sub-07/ses-01")
+    res = env.ok("ingest", "dicom", str(dicom), "--group", "imaging", "--json").json()
+    session = next(s for s in res["sessions"] if s["unsorted_reason"])
+    parts = session["path"].split("/")
+    assert parts[:2] == ["imaging", "Unsorted"]
+    subject_path = "/".join(parts[:3])
+    env.ok("mv", subject_path, "imaging/study1")
+    session_path = f"imaging/study1/{parts[2]}/{parts[3]}"
+    acq = next(e for e in env.ok("ls", session_path, "--json").json()
+               if e["kind"] == "acquisition")
+    acq_path = f"{session_path}/{acq['label']}"
+    zip_entry = env.ok("ls", acq_path, "--json").json()[0]
+    session_id = _container_id(env, f"imaging/study1/{parts[2]}", parts[3])
+    data.publish(session_id, zip_entry["id"], {"stats.csv": b"roi,vol\nhippo,4100\n"},
+                 gear="volumetry")
+    analysis = next(e for e in env.ok("ls", session_path, "--json").json()
+                    if e["kind"] == "analysis")
+    analysis_path = f"{session_path}/{analysis['label']}"
+    out = tmp_path / "results"
+    env.ok("download", analysis_path, "--out", str(out))
+    got = out / analysis_path / "stats.csv"
+    assert got.read_bytes() == b"roi,vol\nhippo,4100\n"
+    listed = env.ok("ls", analysis_path, "--json").json()
+    assert sha256_file(got) == next(e["hash"] for e in listed if e["name"] == "stats.csv")
+    table = env.ok("view", "imaging/study1", "--columns",
+                   "subject.label,session.label,acquisition.label,file.name,"
+                   "file.classification.Measurement", "--format", "csv").out
+    rows = [r for r in csv.DictReader(io.StringIO(table)) if r["subject.label"] == parts[2]]
+    assert [(r["acquisition.label"], r["file.name"], r["file.classification.Measurement"])
+            for r in rows] == [(acq["label"], zip_entry["name"], '["T1"]')]
