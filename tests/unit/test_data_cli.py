@@ -154,6 +154,12 @@ def test_analysis_file_as_gear_input(data: Data) -> None:
     inputs = shown.get("inputs") or shown.get("job", {}).get("inputs")
     text = json.dumps(inputs)
     assert "qc.json" in text and data.analysis["id"] in text
+    batch = env.ok("batch", "test-gear", "--over", "imaging/study1/*",
+                   "--input", f"input_file={data.apath}/qc.json", "--json").json()
+    assert len(batch["jobs"]) == 2
+    for j in batch["jobs"]:
+        shown_b = env.ok("job", "show", j["id"], "--json").json()
+        assert data.analysis["id"] in json.dumps(shown_b.get("inputs"))
     bad = env.run("run", "test-gear", "--dest", "imaging/study1/sub-01",
                   "--input", f"input_file={data.apath}/missing.json")
     assert bad.code == 5 and "missing.json" in bad.err
