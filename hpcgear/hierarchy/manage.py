@@ -4,8 +4,9 @@ Every function takes the session and the acting user's login, checks roles and
 raises before writing anything. Roles:
 
 * ``mv`` and ``rename``: read-write on the source and on the destination project.
-* ``rm`` of a file: read-write; of a subject, session, acquisition or analysis:
-  admin of its project (or group). Groups and projects are not deleted here.
+* ``rm`` of a file: read-write (in an analysis: admin); of a subject, session,
+  acquisition or analysis: admin of its project (or group). Groups and projects
+  are not deleted here.
 * ``trash list|restore|purge``: site admin.
 
 Deleting is soft: the rows of the file or the container subtree (containers,
@@ -171,6 +172,11 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
     if target.file is not None:
         f = target.file
         from_path = _file_path(session, target.container, f)
+        if dest.type == "analysis":
+            raise InvalidInputError(
+                f"{container_path(session, dest)} is an analysis: it holds one job's outputs",
+                "move the file into a project, subject, session or acquisition",
+            )
         if dest.id == f.container_id:
             raise InvalidInputError(f"{from_path} is already there", "name another container")
         if _file_name_taken(session, dest.id, f.name):
@@ -225,14 +231,28 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
                     f"(natural key {clash.natural_key})",
                     "the data is already there: delete one copy (`hpcgear rm`) instead of moving",
                 )
+    old_project = node.project_id
     node.parent_id = dest.id
     by_id = {c.id: c for c in rows}
     for row in rows:
         parent = dest if row.id == node.id else by_id[row.parent_id or ""]
         _set_ancestors(row, parent)
     ids = [c.id for c in rows]
+    new_project = dest.project_id != old_project
     for f in session.scalars(select(File).where(File.container_id.in_(ids))):
         f.project_id = by_id[f.container_id].project_id
+        if new_project:
+            # The destination project's gear rules see the files as if they had
+            # been routed there (a subject rescued from Unsorted gets converted).
+            session.add(
+                ChangeLog(
+                    kind="file.meta",
+                    container_id=f.container_id,
+                    file_id=f.id,
+                    file_version=f.current_version,
+                    actor=actor,
+                )
+            )
     session.flush()
     to_path = container_path(session, node)
     _record(session, "move", node.type, node.id, actor, from_path, to_path, containers=len(ids))
@@ -352,7 +372,14 @@ def remove(session: Session, actor: str, path: str, *, dry_run: bool = False) ->
     target = resolve_target(session, path)
     _movable(target, "deleted")
     if target.file is not None:
-        require_role(session, actor, target.container, RoleName.READ_WRITE, "deleting files")
+        in_analysis = target.container.type == "analysis"
+        require_role(
+            session,
+            actor,
+            target.container,
+            RoleName.ADMIN if in_analysis else RoleName.READ_WRITE,
+            "deleting an analysis' files" if in_analysis else "deleting files",
+        )
         containers: list[Container] = []
         files = [target.file]
         kind, item_id, label = "file", target.file.id, target.file.name

@@ -578,10 +578,10 @@ def delete_file_version(
     elif version == row.current_version:
         row.current_version = remaining[-1]
     session.flush()
-    still_used = session.scalar(
-        select(func.count()).select_from(FileVersion).where(FileVersion.hash == digest)
-    )
-    if not still_used:
+    from hpcgear.hierarchy.manage import hash_references
+
+    # Bytes stay while a version, a provenance record, a job or the trash names them.
+    if hash_references(session, digest) is None:
         # Deleting the object after the row: a crash in between leaves an orphan
         # object (harmless), never a row pointing at missing bytes.
         store.delete(digest)

@@ -439,6 +439,10 @@ ROLE_CASES: dict[str, tuple[list[str], set[str]]] = {
     "rm file": (["rm", f"{ACQ}/scan.json"], {"pa", "rw"}),
     "rm session": (["rm", SESSION], {"pa"}),
     "rm analysis": (["rm", "@ANALYSIS@"], {"pa"}),
+    "rm analysis file": (["rm", "@ANALYSIS@/qc.json"], {"pa"}),
+    "tag analysis": (["tag", "add", "@ANALYSIS@", "ok"], {"pa", "rw"}),
+    "versions": (["versions", f"{ACQ}/scan.json"], {"pa", "rw", "ro"}),
+    "find": (["find", "imaging/study1", "--label", "*"], {"pa", "rw", "ro"}),
     "info unset": (["info", "unset", ACQ, "k"], {"pa", "rw"}),
     "classification set": (["classification", "set", f"{ACQ}/scan.json", "Intent=x"],
                            {"pa", "rw"}),
@@ -466,7 +470,7 @@ def test_role_checks_denials_change_nothing(data: Data, case: str, tmp_path: Pat
     env.ok("role", "grant", "ro", "imaging/study1", "read-only")
     env.ok("info", "set", ACQ, "k=v")
     argv, allowed = ROLE_CASES[case]
-    argv = [data.apath if a == "@ANALYSIS@" else str(tmp_path / "o") if a == "@OUT@" else a
+    argv = [a.replace("@ANALYSIS@", data.apath).replace("@OUT@", str(tmp_path / "o"))
             for a in argv]
     for user in USERS:
         if user in allowed:
@@ -544,3 +548,25 @@ def test_fixup_story_unsorted_move_analyse_download_view(data: Data, tmp_path: P
     rows = [r for r in csv.DictReader(io.StringIO(table)) if r["subject.label"] == parts[2]]
     assert [(r["acquisition.label"], r["file.name"], r["file.classification.Measurement"])
             for r in rows] == [(acq["label"], zip_entry["name"], '["T1"]')]
+
+
+def test_moving_into_a_project_runs_its_rules(data: Data) -> None:
+    """A subject rescued into a project is treated as if it had been routed there."""
+    env = data.env
+    from tests.conftest import REPO
+
+    env.ok("gear", "install", str(REPO / "containers" / "test-gear"))
+    env.ok("rule", "add", "imaging/study2", "--name", "nifti-qc", "--gear", "test-gear",
+           "--when", "file.type=nifti")
+    assert env.ok("rules", "evaluate", "--json").json()["jobs_created"] == 0
+    env.ok("mv", "imaging/study1/sub-01", "imaging/study2")
+    out = env.ok("rules", "evaluate", "--json").json()
+    assert out["jobs_created"] == 2, out  # scan.nii.gz and bold.nii.gz
+    dests = {j["destination"] for j in env.ok("jobs", "--json").json()
+             if j["gear"].startswith("test-gear")}
+    assert dests == {"imaging/study2/sub-01/ses-01/T1w", "imaging/study2/sub-01/ses-01/rest"}
+    # files never move into an analysis (it holds one job's outputs)
+    assert_one_clear_error(
+        env.run("mv", "imaging/study1/sub-02/ses-01/T1w/notes.txt",
+                f"imaging/study2/sub-01/ses-01/{data.analysis['label']}"),
+        "is an analysis")
