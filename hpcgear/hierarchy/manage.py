@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import DateTime, Text, cast, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import (
@@ -80,6 +81,17 @@ class MoveResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "id": self.id, "from": self.from_path, "to": self.to_path}
+
+
+def _flush_or_conflict(session: Session, what: str) -> None:
+    """Flush; a unique-constraint race (someone took the name meanwhile) is a clear error."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise AlreadyExistsError(
+            f"{what}: the name or study was taken by another change at the same time",
+            "look again with `hpcgear ls` and retry",
+        ) from exc
 
 
 def _record(
@@ -186,7 +198,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
             )
         f.container_id = dest.id
         f.project_id = dest.project_id
-        session.flush()
+        _flush_or_conflict(session, f"moving {from_path}")
         to_path = _file_path(session, dest, f)
         _record(session, "move", "file", f.id, actor, from_path, to_path)
         session.add(
@@ -253,7 +265,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
                     actor=actor,
                 )
             )
-    session.flush()
+    _flush_or_conflict(session, f"moving {from_path}")
     to_path = container_path(session, node)
     _record(session, "move", node.type, node.id, actor, from_path, to_path, containers=len(ids))
     session.flush()
@@ -278,7 +290,7 @@ def rename(session: Session, actor: str, path: str, new_name: str) -> MoveResult
                 "pick another name, or delete that file first",
             )
         f.name = new_name
-        session.flush()
+        _flush_or_conflict(session, f"renaming {from_path}")
         to_path = _file_path(session, target.container, f)
         _record(session, "rename", "file", f.id, actor, from_path, to_path)
         session.add(
@@ -305,7 +317,7 @@ def rename(session: Session, actor: str, path: str, new_name: str) -> MoveResult
             )
         node.label_key = new_name
     node.label = new_name
-    session.flush()
+    _flush_or_conflict(session, f"renaming {from_path}")
     to_path = container_path(session, node)
     _record(session, "rename", node.type, node.id, actor, from_path, to_path)
     session.add(ChangeLog(kind="container.meta", container_id=node.id, actor=actor))

@@ -273,10 +273,18 @@ def ensure_path(session: Session, actor: str, path: str) -> Container:
         check_label(label)
     project = resolve_container(session, "/".join(hp.parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "uploading")
+    from hpcgear.hierarchy.analyses import find_analysis
+
     node = project
     for depth, label in enumerate(hp.parts[2:], start=2):
         child = _child(session, node, label)
         if child is None:
+            if find_analysis(session, node, label) is not None:
+                raise InvalidInputError(
+                    f"{'/'.join(hp.parts[: depth + 1])} is an analysis: it holds one job's "
+                    "outputs and takes no uploads",
+                    "upload into a project, subject, session or acquisition",
+                )
             child = create_child(session, node, LEVELS[depth], label, actor)
         node = child
     return node

@@ -134,12 +134,15 @@ def test_repeated_analysis_labels_need_the_id(data: Data) -> None:
     assert f"{SESSION}/@{other['id']}/other.txt" in {f["path"] for f in plan["files"]}
     for e in second:
         assert env.ok("ls", f"{SESSION}/@{e['id']}", "--json").json()
-    # an acquisition labelled like an analysis wins; the analysis stays reachable by id
+    # uploads never go into an analysis (nor silently create a look-alike acquisition)
     f = data.tmp / "x.txt"
     f.write_text("x")
-    env.ok("upload", f"{SESSION}/{a['label']}", str(f))
+    assert_one_clear_error(env.run("upload", f"{SESSION}/@{a['id']}", str(f)), "is an analysis")
+    # an acquisition labelled like an analysis wins; the analysis stays reachable by id
+    env.ok("rename", f"{SESSION}/rest", a["label"])
     names = {e["name"] for e in env.ok("ls", f"{SESSION}/{a['label']}", "--json").json()}
-    assert names == {"x.txt"}
+    assert names == {"bold.nii.gz"}
+    assert env.ok("ls", f"{SESSION}/@{a['id']}", "--json").json()
 
 
 def test_analysis_file_as_gear_input(data: Data) -> None:
