@@ -15,8 +15,9 @@ it can (``2``, ``true``), else it is text. On a list (tags, classification
 values) ``=`` means "contains". A row missing the column fails every filter
 except ``!=``. All filters must hold.
 
-At file level the rows are the files of acquisitions (and of analyses below
-them when an ``analysis.*`` column is asked for).
+At file level the rows are the files of acquisitions, plus the files of every
+analysis of the project when an ``analysis.*`` column is asked for (columns of
+levels an analysis is not below are empty).
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def run_view(session: Session, actor: str, project_path: str, spec: ViewSpec) ->
     if level == "file":
         holders = [c for c in rows if c.type == "acquisition"]
         if want_analyses:
-            holders += [c for c in rows if c.type == "analysis" and c.acquisition_id is not None]
+            holders += [c for c in rows if c.type == "analysis"]
         ids = [c.id for c in holders]
         for start in range(0, len(ids), 500):
             q = (

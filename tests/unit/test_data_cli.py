@@ -357,6 +357,20 @@ def test_recursive_download_resume_filter_and_tar(data: Data, tmp_path: Path) ->
     assert_one_clear_error(env.run("download", "imaging/study1", "-r"), "exactly one")
 
 
+def test_download_reports_progress(data: Data, tmp_path: Path) -> None:
+    from hpcgear.hierarchy.export import download_tree, plan_download
+
+    with data.db.session() as s:
+        items = plan_download(s, getpass.getuser(), "imaging/study1", recursive=True)
+    calls: list[tuple[int, int, int, int, str]] = []
+    report = download_tree(data.store, items, tmp_path / "p",
+                           progress=lambda *a: calls.append(a))
+    total = sum(i.size for i in items)
+    assert [c[0] for c in calls] == list(range(1, len(items) + 1))
+    assert calls[-1][1:4] == (len(items), total, total)
+    assert report.bytes_written == total
+
+
 # ------------------------------------------------------------------ views
 
 
@@ -390,6 +404,12 @@ def test_view_csv_tsv_json_filters_and_saved_views(data: Data) -> None:
     regex = env.ok("view", "imaging/study1", "--columns", "acquisition.label",
                    "--filter", "acquisition.label=~^T", "--json").json()
     assert {r["acquisition.label"] for r in regex} == {"T1w"}
+    outputs = env.ok("view", "imaging/study1", "--columns",
+                     "session.label,acquisition.label,analysis.label,file.name",
+                     "--filter", "analysis.label=~^mriqc", "--json").json()
+    assert sorted(r["file.name"] for r in outputs) == ["qc.json", "report.html"]
+    assert all(r["acquisition.label"] is None and r["session.label"] == "ses-01"
+               for r in outputs)
     env.ok("view", "save", "imaging/study1", "tr-table", "--columns", cols,
            "--filter", "file.type=nifti")
     assert env.ok("view", "run", "imaging/study1", "tr-table").out == res.out
