@@ -593,3 +593,23 @@ def test_moving_into_a_project_runs_its_rules(data: Data) -> None:
         env.run("mv", "imaging/study1/sub-02/ses-01/T1w/notes.txt",
                 f"imaging/study2/sub-01/ses-01/{data.analysis['label']}"),
         "is an analysis")
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")
+def test_moving_a_second_copy_of_a_study_is_refused(data: Data, tmp_path: Path) -> None:
+    from tests.unit.test_ingest_dicom import write_series
+
+    env = data.env
+    dicom = tmp_path / "dicom"
+    write_series(dicom, study="dup", series="t1", number=2, description="t1", count=1,
+                 accession="typo/sub-07/ses-01")
+    first = env.ok("ingest", "dicom", str(dicom), "--group", "imaging", "--json").json()
+    subject_path = "/".join(first["sessions"][0]["path"].split("/")[:3])
+    env.ok("mv", subject_path, "imaging/study1")
+    env.ok("ingest", "dicom", str(dicom), "--group", "imaging")  # Unsorted again: a copy
+    env.ok("rename", subject_path, "copy")
+    before = db_snapshot(env)
+    res = env.run("mv", "imaging/Unsorted/copy", "imaging/study1")
+    assert res.code == 6
+    assert_one_clear_error(res, "same study/series")
+    assert db_snapshot(env) == before
