@@ -181,6 +181,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
     dest = resolve_container(session, destination, min_depth=2)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "moving data")
     require_role(session, actor, dest, RoleName.READ_WRITE, "moving data into it")
+    session.refresh(target.file or target.container, with_for_update=True)
     if target.file is not None:
         f = target.file
         from_path = _file_path(session, target.container, f)
@@ -278,6 +279,7 @@ def rename(session: Session, actor: str, path: str, new_name: str) -> MoveResult
     target = resolve_target(session, path)
     _movable(target, "renamed")
     require_role(session, actor, target.container, RoleName.READ_WRITE, "renaming")
+    session.refresh(target.file or target.container, with_for_update=True)
     if target.file is not None:
         f = target.file
         check_file_name(new_name)

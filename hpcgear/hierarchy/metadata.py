@@ -23,6 +23,13 @@ from hpcgear.hierarchy.service import Target, resolve_target
 MAX_NOTE = 10_000
 
 
+def _locked(session: Session, obj: Container | File) -> Container | File:
+    """Re-read the row under a row lock (PostgreSQL), so a read-modify-write of its
+    JSON cannot lose a concurrent change; SQLite serialises writers itself."""
+    session.refresh(obj, with_for_update=True)
+    return obj
+
+
 def _log(session: Session, target: Target, actor: str) -> None:
     f = target.file
     session.add(
@@ -43,7 +50,7 @@ def unset_info(session: Session, actor: str, path: str, keys: Sequence[str]) -> 
         raise InvalidInputError("no info keys to unset", "give at least one KEY (dots nest)")
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "unsetting info")
-    obj: Container | File = target.file if target.file is not None else target.container
+    obj = _locked(session, target.file if target.file is not None else target.container)
     info = copy.deepcopy(obj.info or {})
     missing = []
     for key in keys:
@@ -103,6 +110,7 @@ def _file_target(session: Session, actor: str, path: str) -> tuple[Target, File]
             f"{path!r} is a container; classification is a file's", "give PATH/FILE"
         )
     require_role(session, actor, target.container, RoleName.READ_WRITE, "classifying files")
+    _locked(session, target.file)
     return target, target.file
 
 
@@ -170,6 +178,7 @@ def add_note(session: Session, actor: str, path: str, text: str) -> list[dict[st
         raise InvalidInputError("notes belong to containers, not files", "give a container path")
     require_role(session, actor, target.container, RoleName.READ_WRITE, "adding notes")
     c = target.container
+    _locked(session, c)
     notes = list(c.notes or [])
     notes.append({"text": text, "user": actor, "created": dt.datetime.now(dt.UTC).isoformat()})
     c.notes = notes

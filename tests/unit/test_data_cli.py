@@ -613,3 +613,70 @@ def test_moving_a_second_copy_of_a_study_is_refused(data: Data, tmp_path: Path) 
     assert res.code == 6
     assert_one_clear_error(res, "same study/series")
     assert db_snapshot(env) == before
+
+
+@pytest.mark.postgres
+def test_concurrent_classification_edits_both_land(tmp_path: Path) -> None:
+    """Two editors at once on PostgreSQL: the row lock serialises them, nothing is lost.
+
+    PostgreSQL only: SQLite admits one writer at a time, so the race cannot happen there.
+    """
+    from tests.conftest import _pg_create, _pg_drop
+
+    db_url, name = _pg_create()
+    try:
+        _race(db_url, tmp_path)
+    finally:
+        _pg_drop(name)
+
+
+def _race(db_url: str, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from hpcgear.db.session import Database, create_db_engine, upgrade
+    from hpcgear.hierarchy import metadata, service
+    from hpcgear.storage.objects import ObjectStore
+
+    engine = create_db_engine(db_url)
+    upgrade(engine)
+    db = Database(engine)
+    store = ObjectStore(tmp_path / "s")
+    store.ensure()
+    src = tmp_path / "f.nii.gz"
+    src.write_bytes(b"x")
+    with db.session() as s:
+        service.add_user(s, None, "admin", site_admin=True)
+        service.create_group(s, "admin", "g")
+        service.create_project(s, "admin", "g/p")
+        service.upload_files(s, store, "admin", "g/p/s/ses/a", [src])
+    path = "g/p/s/ses/a/f.nii.gz"
+    a_locked, errors = threading.Event(), []
+
+    def first() -> None:
+        try:
+            with db.session() as s:
+                metadata.add_classification(s, "admin", path, ["Features=A"])
+                a_locked.set()
+                time.sleep(1.0)  # hold the row lock while the other editor starts
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def second() -> None:
+        a_locked.wait(10)
+        try:
+            with db.session() as s:
+                metadata.add_classification(s, "admin", path, ["Features=B"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    with db.session() as s:
+        _c, f = service.resolve_file(s, "admin", path, service.RoleName.READ_ONLY)
+        assert sorted(f.classification["Features"]) == ["A", "B"]
+    db.dispose()
