@@ -159,6 +159,19 @@ def _subtree(session: Session, node: Container) -> list[Container]:
     return sorted(rows, key=lambda c: (DEPTH[c.type], c.id))
 
 
+def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """Bounded IN lists (SQLite and PostgreSQL cap bound parameters)."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _files_in(session: Session, container_ids: Sequence[str]) -> list[File]:
+    return [
+        f
+        for chunk in _chunks(container_ids)
+        for f in session.scalars(select(File).where(File.container_id.in_(chunk)))
+    ]
+
+
 def _set_ancestors(row: Container, parent: Container) -> None:
     row.group_id = parent.group_id
     for level in ("project", "subject", "session", "acquisition"):
@@ -252,7 +265,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
         _set_ancestors(row, parent)
     ids = [c.id for c in rows]
     new_project = dest.project_id != old_project
-    for f in session.scalars(select(File).where(File.container_id.in_(ids))):
+    for f in _files_in(session, ids):
         f.project_id = by_id[f.container_id].project_id
         if new_project:
             # The destination project's gear rules see the files as if they had
@@ -414,15 +427,17 @@ def remove(session: Session, actor: str, path: str, *, dry_run: bool = False) ->
                 f"({', '.join(busy)})",
                 "wait for them, or cancel them with `hpcgear job cancel ID`, then delete",
             )
-        files = list(session.scalars(select(File).where(File.container_id.in_(ids))))
+        files = _files_in(session, ids)
         kind, item_id, label = node.type, node.id, node.label
         where = container_path(session, node)
         parent_id = node.parent_id or ""
     file_ids = [f.id for f in files]
     versions = (
-        list(session.scalars(select(FileVersion).where(FileVersion.file_id.in_(file_ids))))
-        if file_ids
-        else []
+        [
+            v
+            for chunk in _chunks(file_ids)
+            for v in session.scalars(select(FileVersion).where(FileVersion.file_id.in_(chunk)))
+        ]
     )
     hashes = sorted({v.hash for v in versions})
     size = sum(v.size for v in versions if v.version == _current(files, v.file_id))
@@ -450,9 +465,10 @@ def remove(session: Session, actor: str, path: str, *, dry_run: bool = False) ->
         return _item(entry, dry_run=True)
     session.add(entry)
     if file_ids:
-        session.execute(delete(RuleMatch).where(RuleMatch.file_id.in_(file_ids)))
-        session.execute(delete(FileVersion).where(FileVersion.file_id.in_(file_ids)))
-        session.execute(delete(File).where(File.id.in_(file_ids)))
+        for chunk in _chunks(file_ids):
+            session.execute(delete(RuleMatch).where(RuleMatch.file_id.in_(chunk)))
+            session.execute(delete(FileVersion).where(FileVersion.file_id.in_(chunk)))
+            session.execute(delete(File).where(File.id.in_(chunk)))
     for c in sorted(containers, key=lambda c: -DEPTH[c.type]):
         session.execute(delete(Container).where(Container.id == c.id))
     for obj in [*versions, *files, *containers]:
