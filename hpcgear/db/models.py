@@ -117,6 +117,8 @@ class Container(Base):
     info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
     job_id: Mapped[str | None] = mapped_column(String(64))  # analyses: the job that made it
+    # Flywheel-style notes: [{"text", "user", "created"}]; None until the first note.
+    notes: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType, nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     modified: Mapped[dt.datetime] = mapped_column(
@@ -177,6 +179,67 @@ class ChangeLog(Base):
     file_id: Mapped[str | None] = mapped_column(String(64))
     file_version: Mapped[int | None] = mapped_column(Integer)
     actor: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrashEntry(Base):
+    """A deleted file or container subtree, kept until a site admin restores or purges it.
+
+    Deleting removes the rows from ``containers``/``files``/``file_versions`` (so
+    every reader sees the data gone without a filter) and keeps them here as
+    JSON (``rows``), with the content hashes they reference (``hashes``).
+    Restore re-inserts the same rows (same ids); purge drops the entry and
+    removes bytes nothing else references (file versions, provenance records,
+    job inputs, other trash entries).
+    """
+
+    __tablename__ = "trash"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # file | subject | session | ...
+    item_id: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(Text)  # where it was, as a hierarchy path
+    parent_id: Mapped[str] = mapped_column(String(64))
+    group_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    rows: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    hashes: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted_by: Mapped[str] = mapped_column(String(64))
+    deleted: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HierarchyEvent(Base):
+    """Append-only record of every move, rename, delete, restore and purge."""
+
+    __tablename__ = "hierarchy_events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    action: Mapped[str] = mapped_column(String(16))  # move | rename | delete | restore | purge
+    kind: Mapped[str] = mapped_column(String(16))
+    item_id: Mapped[str] = mapped_column(String(64), index=True)
+    from_path: Mapped[str | None] = mapped_column(Text)
+    to_path: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+
+
+class SavedView(Base):
+    """A named data view (columns, level, filters) of a project."""
+
+    __tablename__ = "saved_views"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("containers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_by: Mapped[str] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

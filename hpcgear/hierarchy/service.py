@@ -233,15 +233,33 @@ def create_child(
 def resolve_container(
     session: Session, path: str, *, min_depth: int = 1, max_depth: int = len(LEVELS)
 ) -> Container:
-    """Walk ``group/project/...`` by labels; NotFoundError names the missing level."""
-    hp = HierarchyPath.parse(path, min_depth=min_depth, max_depth=max_depth)
+    """Walk ``group/project/...`` by labels; NotFoundError names the missing level.
+
+    Below a project, a segment that names no subject/session/acquisition may
+    name an analysis (its label or ``@ID``, see ``hierarchy.analyses``); an
+    analysis is always the last container of a path.
+    """
+    from hpcgear.hierarchy.analyses import find_analysis
+
+    extra = 1 if max_depth >= len(LEVELS) else 0  # an analysis below an acquisition
+    hp = HierarchyPath.parse(path, min_depth=min_depth, max_depth=max_depth + extra)
     node = _get_group(session, hp.parts[0])
     for depth, label in enumerate(hp.parts[1:], start=1):
-        child = _child(session, node, label)
-        if child is None:
-            parent = "/".join(hp.parts[:depth])
+        parent = "/".join(hp.parts[:depth])
+        if node.type == "analysis":
             raise NotFoundError(
-                f"{LEVELS[depth]} {label!r} does not exist in {parent}",
+                f"{label!r} does not exist in {parent}: analysis {node.label!r} holds files only",
+                f"list its files with `hpcgear ls {parent}`",
+            )
+        child = _child(session, node, label) if depth < len(LEVELS) else None
+        if child is None and depth >= 2 and max_depth > 2:
+            child = find_analysis(session, node, label)
+        if child is None:
+            what = LEVELS[depth] if depth < len(LEVELS) else "analysis"
+            if 2 <= depth < len(LEVELS):
+                what += " or analysis"
+            raise NotFoundError(
+                f"{what} {label!r} does not exist in {parent}",
                 f"list what exists with `hpcgear ls {parent}`",
             )
         node = child
@@ -258,21 +276,34 @@ def ensure_path(session: Session, actor: str, path: str) -> Container:
         check_label(label)
     project = resolve_container(session, "/".join(hp.parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "uploading")
+    from hpcgear.hierarchy.analyses import find_analysis
+
     node = project
     for depth, label in enumerate(hp.parts[2:], start=2):
         child = _child(session, node, label)
         if child is None:
+            if find_analysis(session, node, label) is not None:
+                raise InvalidInputError(
+                    f"{'/'.join(hp.parts[: depth + 1])} is an analysis: it holds one job's "
+                    "outputs and takes no uploads",
+                    "upload into a project, subject, session or acquisition",
+                )
             child = create_child(session, node, LEVELS[depth], label, actor)
         node = child
     return node
 
 
 def container_path(session: Session, container: Container) -> str:
-    """Human path of a container (labels; group id first)."""
+    """Human path of a container (labels; group id first; analyses as ``analysis_segment``)."""
+    from hpcgear.hierarchy.analyses import analysis_segment
+
     parts: list[str] = []
     node: Container | None = container
     while node is not None:
-        parts.append(node.id if node.type == "group" else node.label)
+        if node.type == "analysis":
+            parts.append(analysis_segment(session, node))
+        else:
+            parts.append(node.id if node.type == "group" else node.label)
         node = session.get(Container, node.parent_id) if node.parent_id else None
     return "/".join(reversed(parts))
 
@@ -640,10 +671,10 @@ def delete_file_version(
     elif version == row.current_version:
         row.current_version = remaining[-1]
     session.flush()
-    still_used = session.scalar(
-        select(func.count()).select_from(FileVersion).where(FileVersion.hash == digest)
-    )
-    if not still_used:
+    from hpcgear.hierarchy.manage import hash_references
+
+    # Bytes stay while a version, a provenance record, a job or the trash names them.
+    if hash_references(session, digest) is None:
         # Deleting the object after the row: a crash in between leaves an orphan
         # object (harmless), never a row pointing at missing bytes.
         store.delete(digest)
@@ -707,8 +738,8 @@ class Target:
 
 def resolve_target(session: Session, path: str) -> Target:
     """A path to a container, or to a file when the last part names one."""
-    hp = HierarchyPath.parse(path, min_depth=1, max_depth=len(LEVELS) + 1)
-    if hp.depth <= len(LEVELS):
+    hp = HierarchyPath.parse(path, min_depth=1, max_depth=len(LEVELS) + 2)
+    if hp.depth <= len(LEVELS) + 1:
         try:
             return Target(resolve_container(session, path), path=path)
         except NotFoundError:

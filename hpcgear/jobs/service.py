@@ -427,7 +427,8 @@ def batch_run(
 
     Each input is a regex matched against the file names on the container
     (then on its ancestors up to the project); a container lacking a required
-    input is skipped with the reason.
+    input is skipped with the reason. An input value containing ``/`` is a
+    fixed ``PATH/FILE`` (e.g. an analysis output) given to every job.
     """
     import fnmatch
 
@@ -446,8 +447,15 @@ def batch_run(
             manifest.input(name)
         except KeyError as exc:
             raise InvalidInputError(str(exc.args[0]), "fix the --input names") from None
+    # A value with '/' is a fixed PATH/FILE (analysis outputs included) shared by
+    # every job; file names never contain '/', so it cannot be a name regex.
+    fixed = resolve_inputs_by_path(
+        session, actor, manifest, {n: v for n, v in inputs.items() if "/" in v}
+    )
     patterns = {}
     for name, rx in inputs.items():
+        if "/" in rx:
+            continue
         try:
             patterns[name] = re.compile(rx)
         except re.error as exc:
@@ -473,7 +481,7 @@ def batch_run(
     for dest in frontier:
         path = container_path(session, dest)
         try:
-            specs = _match_inputs(session, dest, manifest, patterns)
+            specs = [*_match_inputs(session, dest, manifest, patterns), *fixed]
             p = prepare_job(
                 session,
                 actor,

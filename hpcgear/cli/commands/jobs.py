@@ -134,8 +134,9 @@ def run_cmd(
     "--input",
     "inputs",
     multiple=True,
-    metavar="NAME=REGEX",
-    help="Input NAME is the one file whose name matches REGEX (repeatable).",
+    metavar="NAME=REGEX|PATH/FILE",
+    help="Input NAME is the one file whose name matches REGEX on each container, or a "
+    "fixed PATH/FILE (e.g. in an analysis) for every job (repeatable).",
 )
 @_job_options("Show which containers would get a job; change nothing.")
 @pass_app
