@@ -139,14 +139,21 @@ def _common(f: Any) -> Any:
     f"(repeatable; default {', '.join(DEFAULT_FW_FIELDS)}).",
 )
 @click.option(
+    "--route-require",
+    default="project,subject,session",
+    show_default=True,
+    help="Levels the routing field must name; a study naming fewer goes to Unsorted.",
+)
+@click.option(
     "--de-identify",
     is_flag=True,
-    help="Remove PatientName, PatientID and PatientBirthDate before storing.",
+    help="Apply the DICOM PS3.15 Annex E basic profile before storing.",
 )
 @click.option(
     "--deid-profile",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="De-identification profile (Flywheel deid YAML); implies --de-identify.",
+    help="De-identification profile (Flywheel deid YAML); implies --de-identify: "
+    "the PS3.15 basic profile applies to every attribute the profile does not name.",
 )
 @pass_app
 def dicom_cmd(
@@ -163,6 +170,7 @@ def dicom_cmd(
     route_field: str,
     route_pattern: str,
     fw_fields: tuple[str, ...],
+    route_require: str,
     de_identify: bool,
     deid_profile: Path | None,
 ) -> None:
@@ -174,14 +182,14 @@ def dicom_cmd(
     Files that are not DICOM, lack UIDs or are truncated are listed with a
     reason code (not_dicom, missing_uid, unreadable) and skipped.
     """
-    from hpcgear.ingest.deid import default_profile, load_profile
-    from hpcgear.ingest.routing import RoutingRules
+    from hpcgear.ingest.deid import default_profile, load_profile, with_baseline
+    from hpcgear.ingest.routing import RoutingRules, parse_required_levels
     from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom
 
     _quiet_pydicom_value_warnings()
 
     profile = (
-        load_profile(deid_profile)
+        with_baseline(load_profile(deid_profile))
         if deid_profile is not None
         else (default_profile() if de_identify else None)
     )
@@ -194,6 +202,7 @@ def dicom_cmd(
             project=project,
             subject=subject,
             session=session_label,
+            require=parse_required_levels(route_require),
         ),
         profile=profile,
         jobs=jobs,
