@@ -229,8 +229,7 @@ def _build(
             if fname in INSTANCE_UIDS and not ({"hashuid", "keep"} & set(item)):
                 raise SchemaError(
                     f"{source}: dicom.fields[{i}]: {fname} may only be hashuid or keep",
-                    "ingest groups instances and finds sessions by these UIDs; "
-                    "use `hashuid: true`",
+                    "ingest groups instances and finds sessions by these UIDs; use `hashuid: true`",
                 )
         config: dict[str, Any] = {"name": doc_name, "dicom": plain}
         if data.get("secret-key") is not None:
@@ -381,7 +380,8 @@ def _remove_private(fp: Any, ds: Any) -> int:
                 continue
             keep.add(int(block.get_tag(elem)))
             keep.update(
-                int(e.tag) for e in ds[(group << 16) | 0x10 : (group << 16) | 0x100]
+                int(e.tag)
+                for e in ds[(group << 16) | 0x10 : (group << 16) | 0x100]
                 if e.value == creator
             )
     removed = 0
@@ -502,12 +502,7 @@ def apply_profile(ds: Any, profile: DeidProfile) -> DeidLog:
 
 def profile_tags(profile: DeidProfile) -> set[int]:
     """Top-level tags a profile names (so a header scan reads them)."""
-    return {
-        tag
-        for fp in profile.dicom_profiles()
-        for _, tag in _field_tags(fp)
-        if tag is not None
-    }
+    return {tag for fp in profile.dicom_profiles() for _, tag in _field_tags(fp) if tag is not None}
 
 
 def _name_tag(name: Any) -> int | None:

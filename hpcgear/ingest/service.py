@@ -470,8 +470,7 @@ def _reread(
         )
         if isinstance(again, SkippedFile):
             raise IngestError(
-                f"{inst.rel} could not be de-identified with the project's profile: "
-                f"{again.detail}",
+                f"{inst.rel} could not be de-identified with the project's profile: {again.detail}",
                 "fix the profile attached to the project (`hpcgear deid show`)",
             )
         out.append(again)

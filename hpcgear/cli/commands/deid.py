@@ -64,8 +64,10 @@ def test_cmd(app: AppContext, profile: str, file: Path, as_json: bool) -> None:
             }
         )
         return
-    app.echo(f"profile {safe_text(prof.name)}: {len(rows)} changes, "
-             f"{log.private_tags_removed} private tags removed")
+    app.echo(
+        f"profile {safe_text(prof.name)}: {len(rows)} changes, "
+        f"{log.private_tags_removed} private tags removed"
+    )
     for r in rows:
         b = safe_text(str(r["before"]))[:60] if r["before"] is not None else "-"
         a = safe_text(str(r["after"]))[:60] if r["after"] is not None else "-"

@@ -137,6 +137,19 @@ def run_cmd(
     metavar="NAME=REGEX",
     help="Input NAME is the one file whose name matches REGEX (repeatable).",
 )
+@click.option(
+    "--per-file",
+    is_flag=True,
+    help="One job per matching file on each container (needs exactly one --input).",
+)
+@click.option(
+    "--type", "file_type", metavar="TYPE", help="Only files of this type (dicom, nifti...)."
+)
+@click.option(
+    "--skip-completed",
+    is_flag=True,
+    help="Skip (and name) containers where this gear version with this config already completed.",
+)
 @_job_options("Show which containers would get a job; change nothing.")
 @pass_app
 def batch_cmd(
@@ -144,6 +157,9 @@ def batch_cmd(
     gear: str,
     over: str,
     inputs: tuple[str, ...],
+    per_file: bool,
+    file_type: str | None,
+    skip_completed: bool,
     config: tuple[str, ...],
     tags: tuple[str, ...],
     priority: str,
@@ -168,6 +184,9 @@ def batch_cmd(
             tags=list(tags),
             priority=priority,
             dry_run=dry_run,
+            per_file=per_file,
+            file_type=file_type,
+            skip_completed=skip_completed,
         )
         rows: list[dict[str, Any]] = [
             {
