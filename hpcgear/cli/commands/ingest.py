@@ -261,6 +261,94 @@ def nifti_cmd(
     _emit(app, report, as_json)
 
 
+@ingest_group.command("bids")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_common
+@pass_app
+def bids_cmd(
+    app: AppContext,
+    directory: Path,
+    group: str,
+    project: str | None,
+    subject: str | None,
+    session_label: str | None,
+    dry_run: bool,
+    as_json: bool,
+    jobs: int,
+    progress: bool | None,
+) -> None:
+    """Ingest a BIDS dataset: images as `ingest nifti` places them, and every other file.
+
+    \b
+    dataset_description.json, participants.tsv, README and other top-level files
+    go on the project; *_sessions.tsv on the subject; *_scans.tsv on the
+    session; *_events.tsv and other files of a datatype folder beside its
+    images. Each keeps its BIDS place in info.BIDS, so `export bids` puts it
+    back. derivatives/, sourcedata/ and code/ are reported, not stored.
+    """
+    from hpcgear.errors import InvalidInputError
+    from hpcgear.ingest.bids import ingest_bids_extras
+    from hpcgear.ingest.service import NiftiIngestOptions, ingest_nifti
+
+    if not project:
+        raise InvalidInputError("ingest bids needs --project", "name the project: --project P")
+    options = NiftiIngestOptions(
+        group=group, project=project, subject=subject, session=session_label, jobs=jobs
+    )
+    actor = app.actor
+    bars = ProgressBars(app, _progress_enabled(app, progress))
+    try:
+        with app.db.session() as s:
+            report = ingest_nifti(
+                s, app.store, actor, directory, options, dry_run=dry_run, progress=bars
+            )
+            ingest_bids_extras(
+                s, app.store, actor, directory, f"{group}/{project}", report, dry_run=dry_run
+            )
+    finally:
+        bars.close()
+    _emit(app, report, as_json)
+
+
+@ingest_group.command("folder")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--group", "group", required=True, help="Group id to ingest into.")
+@click.option("--project", required=True, help="Project label.")
+@click.option(
+    "--template",
+    required=True,
+    help="Where files are, e.g. '{subject}/{session}/{acquisition}/*' (globs allowed).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the planned hierarchy; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@pass_app
+def folder_cmd(
+    app: AppContext,
+    directory: Path,
+    group: str,
+    project: str,
+    template: str,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Upload a folder by a path template, as the Flywheel CLI's template ingest does.
+
+    \b
+    Each file's path under DIRECTORY is matched segment by segment against
+    --template; {subject}, {session} and {acquisition} name the levels (a
+    segment may add text around them: 'sub-{subject}'), other segments are
+    globs. Files that do not match are reported as no_template_match.
+    """
+    from hpcgear.ingest.bids import ingest_folder
+
+    actor = app.actor
+    with app.db.session() as s:
+        report = ingest_folder(
+            s, app.store, actor, directory, f"{group}/{project}", template, dry_run=dry_run
+        )
+    _emit(app, report, as_json)
+
+
 @ingest_group.command("reclassify")
 @click.argument("path")
 @click.option("--force", is_flag=True, help="Re-classify even files at the current version.")
