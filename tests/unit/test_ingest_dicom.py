@@ -526,9 +526,11 @@ def test_deid_profiles_applied_before_storing(
         assert rows[0].entries[0]["PatientID"][0] == "MRN-424242"
     # de-identification is deterministic, so a rerun is a no-op too
     assert [x.status for x in run(hier, store, d, profile=profile).files] == ["unchanged"]
-    # the same data again without de-identification never adds an identifying version
+    # the same data again without de-identification: its UIDs are the originals, so it
+    # is another study to hpcgear; the de-identified file is never given a new version
     again = run(hier, store, d)
-    assert all(x.status != "new_version" for x in again.files)
+    assert [x.status for x in again.files] == ["new"]
+    assert again.files[0].container != f"{GROUP}/demo/sub-01/ses-01/2 - MR"
 
     # --de-identify alone: the subject label is opaque, never the MRN nor a hash of it
     e = tmp_path / "in2"
@@ -556,3 +558,26 @@ def test_stored_header_and_version_shapes() -> None:
     assert stored_classifier_version(gear) == "0.9.0"
     assert stored_classifier_version(ingest) == "1.0.0"
     assert stored_classifier_version(legacy) is None
+
+
+def test_no_identifying_version_over_a_deidentified_file(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
+    """A profile that keeps the UIDs: the same series again without de-identification
+    would be a new version of the de-identified file; it is skipped instead."""
+    from hpcgear.ingest.deid import parse_profile_text, with_baseline
+
+    keep = with_baseline(parse_profile_text(
+        "name: keep-uids\ndicom:\n  fields:\n"
+        "    - {name: StudyInstanceUID, keep: true}\n"
+        "    - {name: SeriesInstanceUID, keep: true}\n"
+        "    - {name: SOPInstanceUID, keep: true}\n"
+        "    - {name: SeriesDescription, keep: true}\n", "p"))
+    d = tmp_path / "in"
+    write_series(d, study="K", series="s", number=1, description="T1w", count=1,
+                 accession="demo/sub-01/ses-01", patient_name="Secret^Person")
+    assert [f.status for f in run(hier, store, d, profile=keep).files] == ["new"]
+    report = run(hier, store, d)
+    assert report.files == []
+    assert [s.reason for s in report.skipped] == ["would_reidentify"]
+    assert "--de-identify" in report.skipped[0].detail or "de-identified" in report.skipped[0].detail
