@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "find": ("hpcgear.cli.commands.views", "find_cmd", "Search by label, tag, type, info."),
     "tag": ("hpcgear.cli.commands.data", "tag_group", "Add or remove tags."),
     "ingest": ("hpcgear.cli.commands.ingest", "ingest_group", "Ingest DICOM/NIfTI folders."),
+    "export": ("hpcgear.cli.commands.export", "export_group", "Export a BIDS tree."),
+    "deid": ("hpcgear.cli.commands.deid", "deid_group", "De-identification profiles and maps."),
     "gear": ("hpcgear.cli.commands.gear", "gear_group", "Validate, install, build gears."),
     "run": ("hpcgear.cli.commands.jobs", "run_cmd", "Run a gear once (--tag hpc: on SLURM)."),
     "batch": ("hpcgear.cli.commands.jobs", "batch_cmd", "Run a gear over many containers."),

@@ -407,3 +407,36 @@ class ControllerLease(Base):
     holder: Mapped[str] = mapped_column(String(128))
     expires: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     heartbeat: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProjectDeidProfile(Base):
+    """A de-identification profile attached to a project: every ingest and upload
+    into the project is de-identified with it, whatever the command's flags."""
+
+    __tablename__ = "project_deid_profiles"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(80))
+    text: Mapped[str] = mapped_column(Text)  # the profile YAML as written
+    set_by: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeidMapEntry(Base):
+    """Re-identification map of one stored file (original -> new values per
+    instance); written only when the profile has ``deid-log``; admins only."""
+
+    __tablename__ = "deid_map_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    file_id: Mapped[str] = mapped_column(String(64))
+    file_version: Mapped[int] = mapped_column(Integer)
+    profile: Mapped[str] = mapped_column(String(128))
+    profile_sha256: Mapped[str] = mapped_column(String(80))
+    entries: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    actor: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

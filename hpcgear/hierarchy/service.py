@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,18 +360,41 @@ def upload_files(
             )
         names[name] = src
     target = ensure_path(session, actor, path)
-    objects = store.put_files(list(names.values()))
-    return add_file_versions(
+    # A project with a de-identification profile gets de-identified copies of
+    # DICOM files (made in a private temporary directory, never stored as is).
+    from hpcgear.ingest.deid_service import deidentify_for_upload, record_map
+
+    store.ensure()
+    with tempfile.TemporaryDirectory(prefix="upload-deid-", dir=store.tmp) as tmp:
+        names, deid_meta, profile, reid = deidentify_for_upload(
+            session, target.project_id, names, Path(tmp)
+        )
+        merged = {k: dict(v) for k, v in (metadata or {}).items()}
+        for name, extra in deid_meta.items():
+            info = dict(merged.get(name, {}).get("info") or {})
+            hp = dict(info.get("hpcgear") or {})
+            hp.update(extra["info"]["hpcgear"])
+            info["hpcgear"] = hp
+            merged.setdefault(name, {})["info"] = info
+        objects = store.put_files(list(names.values()))
+    results = add_file_versions(
         session,
         target,
         [
-            (name, obj.hash, obj.size, (metadata or {}).get(name))
+            (name, obj.hash, obj.size, merged.get(name))
             for name, obj in zip(names, objects, strict=True)
         ],
         actor,
         origin_type=origin_type,
         origin_id=origin_id or actor,
     )
+    if profile is not None and target.project_id is not None:
+        for r in results:
+            if r.created and r.name in reid:
+                record_map(
+                    session, target.project_id, r.file_id, r.version, profile, reid[r.name], actor
+                )
+    return results
 
 
 def _expand_directories(sources: Sequence[Path]) -> list[Path]:

@@ -422,6 +422,9 @@ def batch_run(
     tags: Sequence[str] = (),
     priority: str = "medium",
     dry_run: bool = False,
+    per_file: bool = False,
+    file_type: str | None = None,
+    skip_completed: bool = False,
 ) -> BatchResult:
     """``hpcgear batch``: one job per container matching ``over`` (``*`` per level).
 
@@ -429,6 +432,12 @@ def batch_run(
     (then on its ancestors up to the project); a container lacking a required
     input is skipped with the reason. An input value containing ``/`` is a
     fixed ``PATH/FILE`` (e.g. an analysis output) given to every job.
+    ``file_type`` keeps only files of that type (``dicom``, ``nifti``...).
+    ``per_file`` (the SDK tutorial's loop) makes one job per matching file on
+    each container, for the one regex ``--input`` given. ``skip_completed``
+    skips (and names) a container, or a file with ``per_file``, where a job of
+    the same gear version with the same config (and the same input file)
+    already completed.
     """
     import fnmatch
 
@@ -462,6 +471,11 @@ def batch_run(
             raise InvalidInputError(
                 f"--input {name}: bad regex {rx!r}: {exc}", "use a Python regular expression"
             ) from None
+    if per_file and len(patterns) != 1:
+        raise InvalidInputError(
+            f"--per-file needs exactly one --input NAME=REGEX, got {len(patterns)}",
+            "e.g. --per-file --input dicom='\\.dicom\\.zip$' --type dicom",
+        )
     project = resolve_container(session, "/".join(parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "running a batch")
     level_types = ("subject", "session", "acquisition")
@@ -481,26 +495,94 @@ def batch_run(
     for dest in frontier:
         path = container_path(session, dest)
         try:
-            specs = [*_match_inputs(session, dest, manifest, patterns), *fixed]
-            p = prepare_job(
-                session,
-                actor,
-                sites,
-                gear=gear,
-                destination=dest,
-                inputs=specs,
-                config=config,
-                tags=tags,
-                priority=priority,
-                coerce_strings=True,
-            )
+            if per_file:
+                [(in_name, in_rx)] = patterns.items()
+                files = [
+                    f
+                    for f in session.scalars(
+                        select(File).where(File.container_id == dest.id).order_by(File.name)
+                    ).all()
+                    if in_rx.search(f.name) and (file_type is None or f.type == file_type)
+                ]
+                if not files:
+                    raise InvalidInputError(
+                        f"no file matches {in_rx.pattern!r}"
+                        + (f" of type {file_type}" if file_type else "")
+                        + f" for input {in_name}",
+                        "upload the input or adjust the regex/--type",
+                    )
+                runs = [
+                    (
+                        f"{path}/{f.name}",
+                        [
+                            _input_spec(in_name, "file", dest, f, file_version(session, f)),
+                            *fixed,
+                        ],
+                    )
+                    for f in files
+                ]
+            else:
+                runs = [
+                    (path, [*_match_inputs(session, dest, manifest, patterns, file_type), *fixed])
+                ]
         except InvalidInputError as exc:
             skipped.append((path, exc.message))
             continue
-        if not dry_run:
-            p = _with_job(p, store_job(session, actor, p, reason=f"batch over {over}"))
-        prepared.append(p)
+        for where, specs in runs:
+            try:
+                p = prepare_job(
+                    session,
+                    actor,
+                    sites,
+                    gear=gear,
+                    destination=dest,
+                    inputs=specs,
+                    config=config,
+                    tags=tags,
+                    priority=priority,
+                    coerce_strings=True,
+                )
+            except InvalidInputError as exc:
+                skipped.append((where, exc.message))
+                continue
+            if skip_completed:
+                done = _completed_job(session, p, per_file)
+                if done is not None:
+                    skipped.append(
+                        (
+                            where,
+                            f"already completed by job {done} ({gear.name}@{gear.version}, "
+                            "same config)",
+                        )
+                    )
+                    continue
+            if not dry_run:
+                p = _with_job(p, store_job(session, actor, p, reason=f"batch over {over}"))
+            prepared.append(p)
     return BatchResult(tuple(prepared), tuple(skipped))
+
+
+def _completed_job(session: Session, p: PreparedJob, per_file: bool) -> str | None:
+    """A completed job of the same gear version, destination and config (and input files)."""
+    rows = session.scalars(
+        select(Job).where(
+            Job.gear_id == p.gear.id,
+            Job.destination_id == p.destination.id,
+            Job.state == JobState.COMPLETE.value,
+        )
+    ).all()
+    wanted = sorted((s.name, s.file_id) for s in p.inputs if s.base == "file")
+    for job in rows:
+        if job.config != p.config:
+            continue
+        if per_file:
+            had = sorted(
+                (i.get("name"), i.get("file_id")) for i in job.inputs if i.get("base") == "file"
+            )
+            if had != wanted:
+                continue
+        return job.id
+    return None
 
 
 def _match_inputs(
@@ -508,6 +590,7 @@ def _match_inputs(
     dest: Container,
     manifest: GearManifest,
     patterns: Mapping[str, re.Pattern[str]],
+    file_type: str | None = None,
 ) -> list[InputSpec]:
     chain: list[Container] = []
     node: Container | None = dest
@@ -521,7 +604,9 @@ def _match_inputs(
             files = session.scalars(
                 select(File).where(File.container_id == c.id).order_by(File.name)
             ).all()
-            matches = [f for f in files if rx.search(f.name)]
+            matches = [
+                f for f in files if rx.search(f.name) and (file_type is None or f.type == file_type)
+            ]
             if len(matches) > 1:
                 raise InvalidInputError(
                     f"input {name}: {len(matches)} files match {rx.pattern!r} on "

@@ -138,6 +138,19 @@ def run_cmd(
     help="Input NAME is the one file whose name matches REGEX on each container, or a "
     "fixed PATH/FILE (e.g. in an analysis) for every job (repeatable).",
 )
+@click.option(
+    "--per-file",
+    is_flag=True,
+    help="One job per matching file on each container (needs exactly one --input).",
+)
+@click.option(
+    "--type", "file_type", metavar="TYPE", help="Only files of this type (dicom, nifti...)."
+)
+@click.option(
+    "--skip-completed",
+    is_flag=True,
+    help="Skip (and name) containers where this gear version with this config already completed.",
+)
 @_job_options("Show which containers would get a job; change nothing.")
 @pass_app
 def batch_cmd(
@@ -145,6 +158,9 @@ def batch_cmd(
     gear: str,
     over: str,
     inputs: tuple[str, ...],
+    per_file: bool,
+    file_type: str | None,
+    skip_completed: bool,
     config: tuple[str, ...],
     tags: tuple[str, ...],
     priority: str,
@@ -169,6 +185,9 @@ def batch_cmd(
             tags=list(tags),
             priority=priority,
             dry_run=dry_run,
+            per_file=per_file,
+            file_type=file_type,
+            skip_completed=skip_completed,
         )
         rows: list[dict[str, Any]] = [
             {
