@@ -29,12 +29,14 @@ class AppContext:
         config_path: str | None = None,
         as_user: str | None = None,
         traceback: bool = False,
+        log_json: bool = False,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
     ) -> None:
         self.config_path = config_path
         self.as_user = as_user
         self.traceback = traceback
+        self.log_json = log_json
         self.stdout: TextIO = stdout if stdout is not None else sys.stdout
         self.stderr: TextIO = stderr if stderr is not None else sys.stderr
         self._settings: Settings | None = None
@@ -151,4 +153,7 @@ def site_registry(app: AppContext) -> Any:
     """The configured sites plus the embedded local one."""
     from hpcgear.jobs.sites import SiteRegistry
 
-    return SiteRegistry.from_settings(app.settings)
+    reg = SiteRegistry.from_settings(app.settings)
+    for line in reg.shared_tags_warnings():
+        app.note(f"warning: {line}")
+    return reg

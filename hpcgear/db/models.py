@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,6 +76,8 @@ class User(Base):
 
     login: Mapped[str] = mapped_column(String(64), primary_key=True)
     site_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A disabled user is refused by every service call (get_actor); rows are kept.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -332,6 +336,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_state_site", "state", "site"),
         Index("ix_jobs_created", "created"),
+        Index("ix_jobs_project_finished", "project_id", "finished"),
+        Index("ix_jobs_finished", "finished"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -362,6 +368,14 @@ class Job(Base):
     array_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
     scheduler_info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    # Usage from SLURM accounting, filled when the job ends (hpcgear.jobs.usage) so
+    # `hpcgear usage` sums columns instead of parsing JSON.
+    core_hours: Mapped[float | None] = mapped_column(Float)  # allocated CPUs x elapsed
+    gpu_hours: Mapped[float | None] = mapped_column(Float)
+    wall_seconds: Mapped[int | None] = mapped_column(Integer)  # elapsed (run) time
+    wait_seconds: Mapped[int | None] = mapped_column(Integer)  # submit -> start
+    cpu_used_seconds: Mapped[float | None] = mapped_column(Float)  # TotalCPU
+    max_rss_mb: Mapped[int | None] = mapped_column(Integer)
     submitted: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -440,3 +454,22 @@ class DeidMapEntry(Base):
     entries: Mapped[list[Any]] = mapped_column(JsonType, default=list)
     actor: Mapped[str] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ControllerStatus(Base):
+    """What the last controller cycle of a site did; kept after the lease is released.
+
+    ``hpcgear controller status|health``, ``job show`` ("no controller has led this
+    site since ...") and the metrics read it. One row per site, replaced each cycle.
+    """
+
+    __tablename__ = "controller_status"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    last_cycle: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # The last cycle without errors: the scheduler answered every query in it.
+    last_clean_cycle: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    cycles: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_report: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    recent_errors: Mapped[list[Any]] = mapped_column(JsonType, default=list)

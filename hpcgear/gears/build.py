@@ -241,8 +241,12 @@ def load_recipe(gear_dir: str | os.PathLike[str]) -> BuildRecipe:
     """
     gear = Path(gear_dir).resolve()
     if not gear.is_dir():
-        raise NotFoundError(f"gear directory {gear_dir} does not exist",
-                            "give a directory holding manifest.json and build.yaml")
+        raise NotFoundError(
+            f"gear directory {gear_dir} does not exist (relative to {Path.cwd()})",
+            "give a directory holding manifest.json and build.yaml; the bundled gears "
+            "(containers/<name>) are in hpcgear's source checkout: run it from there, or "
+            "give the full path",
+        )
     manifest = load_manifest(gear)
     raw, source = _read_recipe(gear)
     if "image" in raw:

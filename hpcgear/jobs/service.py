@@ -274,7 +274,8 @@ def prepare_job(
     job_layer = {k: v for k, v in (config or {}).items() if k in RESERVED_KEY_SET}
     if coerce_strings:
         job_layer = {k: full[k] for k in job_layer}
-    site = sites.route(job_tags)
+    choice = sites.choose(job_tags)
+    site = choice.site
     resolved = resolve_resources(
         site, manifest=manifest_layer, rule=rule_layer, job=job_layer, tags=job_tags
     )
@@ -289,6 +290,7 @@ def prepare_job(
         tags=job_tags,
         priority=priority,
         dedupe_key=dedupe_key(gear, destination, specs, full),
+        notes=(*choice.notes, *resolved.notes),
     )
 
 
@@ -309,6 +311,7 @@ def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
         "writable": resolved.writable,
         "debug": resolved.debug,
         "explain": resolved.explain(),
+        **({"notes": list(resolved.notes)} if resolved.notes else {}),
     }
 
 
@@ -354,6 +357,7 @@ def store_job(
         data={
             "gear": f"{prepared.gear.name}@{prepared.gear.version}",
             "image_digest": prepared.gear.image_digest,
+            **({"notes": list(prepared.notes)} if prepared.notes else {}),
         },
     )
     session.flush()
