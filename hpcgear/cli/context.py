@@ -6,7 +6,6 @@ Heavy things (SQLAlchemy, the object store) are built lazily so that
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,10 @@ if TYPE_CHECKING:
 
 
 def os_login() -> str:
-    return getpass.getuser()
+    """The OS account of this process (real uid -> passwd), never ``$USER``."""
+    from hpcgear.auth import identity
+
+    return identity.os_login()
 
 
 @dataclass
@@ -33,6 +35,9 @@ class AppContext:
     _db: Database | None = None
     _store: ObjectStore | None = None
     _actor_checked: bool = False
+    # Set by the HTTP API when it runs a command for a key's owner (see hpcgear/api/cli.py):
+    # the identity then comes from the key, not from the OS account of the server process.
+    key_login: str | None = None
 
     @property
     def settings(self) -> Settings:
@@ -60,8 +65,9 @@ class AppContext:
 
     @property
     def actor(self) -> str:
-        """The acting user: the OS login, or ``--as USER`` when a site admin asks."""
-        login = os_login()
+        """The acting user: the key's owner (server side) or the OS login of this process,
+        or ``--as USER`` when that user is a site admin."""
+        login = self.key_login or os_login()
         if not self.as_user or self.as_user == login:
             return login
         if not self._actor_checked:
@@ -71,6 +77,15 @@ class AppContext:
                 require_site_admin(s, login, f"acting as another user (--as {self.as_user})")
             self._actor_checked = True
         return self.as_user
+
+    def require_site_admin(self, action: str) -> str:
+        """The acting user, who must be a site admin for ``action``."""
+        from hpcgear.hierarchy.permissions import require_site_admin
+
+        actor = self.actor
+        with self.db.session() as s:
+            require_site_admin(s, actor, action)
+        return actor
 
     def close(self) -> None:
         if self._db is not None:

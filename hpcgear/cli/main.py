@@ -20,7 +20,11 @@ from hpcgear.cli.context import AppContext
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("hpcgear.cli.commands.admin", "init_cmd", "Create an instance: config, DB, storage."),
     "db": ("hpcgear.cli.commands.admin", "db_group", "Database migrations and status."),
-    "user": ("hpcgear.cli.commands.admin", "user_group", "Add and list users."),
+    "user": ("hpcgear.cli.commands.admin", "user_group", "Add and list users; API keys."),
+    "login": ("hpcgear.cli.commands.auth", "login_cmd", "Use an API key (client mode)."),
+    "logout": ("hpcgear.cli.commands.auth", "logout_cmd", "Forget the configured API key."),
+    "whoami": ("hpcgear.cli.commands.auth", "whoami_cmd", "Who you are, how, and where."),
+    "serve": ("hpcgear.cli.commands.serve", "serve_cmd", "Run the HTTP API server."),
     "role": ("hpcgear.cli.commands.admin", "role_group", "Grant and revoke roles."),
     "group": ("hpcgear.cli.commands.admin", "group_group", "Create groups."),
     "project": ("hpcgear.cli.commands.admin", "project_group", "Create projects."),
@@ -99,9 +103,25 @@ def cli(
             format="%(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    if isinstance(ctx.obj, AppContext):  # the HTTP API runs a command for a key's owner
+        ctx.obj.as_user = as_user
+        return
     app = AppContext(config_path=config_path, as_user=as_user, traceback=traceback)
     ctx.obj = app
     ctx.call_on_close(app.close)
+
+
+def _remote_key(argv: list[str]) -> str | None:
+    """The configured API key when this command should go through the API."""
+    import os
+
+    if not argv or os.environ.get("HPCGEAR_LOCAL") == "1":
+        return None
+    if any(a in ("-h", "--help", "--version") for a in argv):
+        return None
+    from hpcgear.cli.client import remote_key
+
+    return remote_key(argv)
 
 
 def _wants_traceback(argv: list[str]) -> bool:
@@ -116,7 +136,13 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status: int = ExitStatus.OK
     try:
-        cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+        key = _remote_key(args)
+        if key is not None:  # client mode: the command runs on the API server
+            from hpcgear.cli.client import run_remote
+
+            status = run_remote(args, key)
+        else:
+            cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         status = ExitStatus.INTERRUPTED

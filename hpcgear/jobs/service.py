@@ -709,3 +709,75 @@ def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str
             for e in job_events(session, job)
         ]
     return out
+
+
+# ------------------------------------------------------- by id (the HTTP API)
+
+
+def run_gear_by_ids(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear: Gear,
+    destination: Container,
+    inputs: Mapping[str, tuple[str, str]],
+    config: Mapping[str, Any],
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    analysis_label: str | None = None,
+) -> tuple[Job, Container | None]:
+    """A job from container/file ids (``POST /jobs/add``, ``POST /{type}s/{id}/analyses``).
+
+    ``inputs`` maps an input name to (container id, file name); each is read-checked.
+    For analysis gears an analysis container labelled ``analysis_label`` is made now
+    (linked by job id; stage-out publishes into it), so its id can be returned at once.
+    """
+    manifest = manifest_of(gear)
+    problems: list[str] = []
+    specs: list[InputSpec] = []
+    for name, (container_id, file_name) in inputs.items():
+        try:
+            decl = manifest.input(name)
+        except KeyError:
+            problems.append(f"gear {gear.name} has no input {name!r}")
+            continue
+        if decl.base != "file":
+            problems.append(f"input {name!r} is a {decl.base} input, not a file")
+            continue
+        container = session.get(Container, container_id)
+        if container is None:
+            problems.append(f"input {name}: container {container_id!r} does not exist")
+            continue
+        require_role(session, actor, container, RoleName.READ_ONLY, "reading an input")
+        f = session.scalar(
+            select(File).where(File.container_id == container.id, File.name == file_name)
+        )
+        if f is None:
+            problems.append(f"input {name}: no file {file_name!r} on {container.label!r}")
+            continue
+        specs.append(_input_spec(name, "file", container, f, file_version(session, f)))
+    if problems:
+        raise InvalidInputError("; ".join(problems), "fix the job's inputs")
+    prepared = prepare_job(
+        session,
+        actor,
+        sites,
+        gear=gear,
+        destination=destination,
+        inputs=specs,
+        config=config,
+        tags=tags,
+        priority=priority,
+    )
+    job = store_job(session, actor, prepared)
+    analysis: Container | None = None
+    if gear.category == "analysis":
+        from hpcgear.hierarchy.service import create_child
+
+        analysis = create_child(
+            session, destination, "analysis", analysis_label or f"{gear.name} {job.id}", actor
+        )
+        analysis.job_id = job.id
+        session.flush()
+    return job, analysis

@@ -82,6 +82,7 @@ def controller_run(
         )
     from hpcgear.controller.loop import Controller
 
+    app.require_site_admin("running the controller")
     ctl = _controller(app, sites, quiet, False)
     assert isinstance(ctl, Controller)
     ctl.install_signal_handlers()
@@ -96,6 +97,7 @@ def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool) -> N
     """One pass over every site (for cron)."""
     from hpcgear.controller.loop import Controller
 
+    app.require_site_admin("running the controller")
     ctl = _controller(app, sites, False, as_json)
     assert isinstance(ctl, Controller)
     try:
