@@ -8,11 +8,8 @@ current step and stop; SIGHUP reloads the site configs before the next cycle.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,52 +17,17 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from hpcgear.config.settings import Settings, load_settings
+from hpcgear.controller.context import ControllerContext, CycleReport
+from hpcgear.controller.cycle import run_cycle
+from hpcgear.controller.lease import acquire_lease, holder_id, release_lease
 from hpcgear.controller.sites import SiteRuntime, connect_site
-from hpcgear.controller.steps import ControllerContext, CycleReport, run_cycle
-from hpcgear.db.models import ControllerLease, Job
+from hpcgear.db.models import Job
 from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.states import JobState
 
 logger = logging.getLogger(__name__)
-
-LEASE_SECONDS = 90
-
-
-def holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def acquire_lease(
-    ctx: ControllerContext, site: str, holder: str, seconds: int = LEASE_SECONDS
-) -> bool:
-    """Take or renew the site's lease; False while another live controller holds it."""
-    now = dt.datetime.now(dt.UTC)
-    expires = now + dt.timedelta(seconds=seconds)
-    try:
-        with ctx.db.session() as s:
-            lease = s.get(ControllerLease, site, with_for_update=True)
-            if lease is None:
-                s.add(ControllerLease(site=site, holder=holder, expires=expires, heartbeat=now))
-                return True
-            current = (
-                lease.expires if lease.expires.tzinfo else lease.expires.replace(tzinfo=dt.UTC)
-            )
-            if lease.holder != holder and current > now:
-                return False
-            lease.holder, lease.expires, lease.heartbeat = holder, expires, now
-            return True
-    except IntegrityError:
-        return False  # another controller inserted the row first
-
-
-def release_lease(ctx: ControllerContext, site: str, holder: str) -> None:
-    with ctx.db.session() as s:
-        lease = s.get(ControllerLease, site)
-        if lease is not None and lease.holder == holder:
-            s.delete(lease)
 
 
 def site_is_idle(ctx: ControllerContext, site: str) -> bool:

@@ -36,8 +36,8 @@ from hpcgear.hierarchy.service import (
 )
 from hpcgear.jobs.resources import ResolvedResources, resolve_resources
 from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.jobs.transitions import record_event, transition
+from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
 
 logger = logging.getLogger(__name__)

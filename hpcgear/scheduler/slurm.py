@@ -55,6 +55,7 @@ from hpcgear.scheduler.slurm_tables import (
     parse_exit_code,
     parse_state,
 )
+from hpcgear.units import duration_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -184,41 +185,14 @@ def parse_duration(text: str | None) -> float | None:
     ``UNLIMITED``, ``NOT_SET``, ``INVALID``, ``N/A``, ``Partition_Limit`` and empty
     give ``None``. A bare number is minutes (as in ``--time`` and ``MaxTime``).
     """
-    if text is None:
+    if text is None or not text.strip()[:1].isdigit():
         return None
-    t = text.strip()
-    if not t or not (t[0].isdigit()):
-        return None
-    days = 0
-    if "-" in t:
-        d, t = t.split("-", 1)
-        if not d.isdigit():
-            return None
-        days = int(d)
-        if ":" not in t:  # "D-HH"
-            return days * 86400 + float(t) * 3600 if _is_number(t) else None
-    parts = t.split(":")
-    if not all(_is_number(p) for p in parts):
-        return None
-    nums = [float(p) for p in parts]
-    if len(parts) == 1:
-        seconds = nums[0] * 60  # bare minutes
-    elif len(parts) == 2:
-        seconds = nums[0] * 60 + nums[1]
-    elif len(parts) == 3:
-        seconds = nums[0] * 3600 + nums[1] * 60 + nums[2]
-    else:
-        return None
-    return days * 86400 + seconds
+    return duration_seconds(text)
 
 
 def parse_duration_int(text: str | None) -> int | None:
     value = parse_duration(text)
     return round(value) if value is not None else None
-
-
-def _is_number(text: str) -> bool:
-    return bool(re.fullmatch(r"\d+(\.\d+)?", text.strip()))
 
 
 def parse_timestamp(text: str | None) -> datetime | None:

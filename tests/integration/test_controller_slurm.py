@@ -47,8 +47,8 @@ class Instance:
 
     def controller(self, **kw: Any) -> Any:
         from hpcgear.cli.context import AppContext
+        from hpcgear.controller.context import ControllerContext
         from hpcgear.controller.loop import Controller
-        from hpcgear.controller.steps import ControllerContext
 
         app = AppContext(config_path=str(self.cli.config))
         ctx = ControllerContext(db=app.db, store=app.store, settings=app.settings)

@@ -13,8 +13,8 @@ pass_app = click.make_pass_decorator(AppContext)
 
 
 def _controller(app: AppContext, sites: tuple[str, ...], quiet: bool, as_json: bool) -> object:
+    from hpcgear.controller.context import ControllerContext, CycleReport
     from hpcgear.controller.loop import Controller
-    from hpcgear.controller.steps import ControllerContext, CycleReport
 
     def show(report: CycleReport) -> None:
         if as_json:

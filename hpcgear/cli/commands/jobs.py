@@ -337,7 +337,7 @@ def job_retry(app: AppContext, job_id: str) -> None:
 @pass_app
 def job_logs(app: AppContext, job_id: str) -> None:
     """Print a job's log (stored with the job, or read from scratch while it runs)."""
-    from hpcgear.controller.finish import job_log_text
+    from hpcgear.controller.logs import job_log_text
     from hpcgear.jobs.service import get_job
 
     actor = app.actor
