@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hpcgear.auth.keytext import format_key as format_key
 from hpcgear.db.models import ApiKey, Job, User
 from hpcgear.errors import (
     AuthenticationError,
@@ -149,6 +150,22 @@ def create_job_key(session: Session, job: Job, owner: str) -> str:
     )
     session.flush()
     return secret
+
+
+def job_key_owner(session: Session, job: Job) -> str:
+    """Who a job's key acts as: the requester (for rule jobs, the rule's author)."""
+    if job.origin_type == "user":
+        return job.origin_id
+    if job.rule_id is not None:
+        from hpcgear.db.models import GearRule
+
+        rule = session.get(GearRule, job.rule_id)
+        if rule is not None:
+            return rule.created_by
+    raise InvalidInputError(
+        f"job {job.id} has no requesting user to act for",
+        "run the gear with `hpcgear run` or from a rule",
+    )
 
 
 def list_keys(

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from hpcgear.config.site import SiteConfig
 from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent
-from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError, PermissionDeniedError
 from hpcgear.gears.gear_config import resolve_config
 from hpcgear.gears.manifest import GearManifest
 from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
@@ -267,6 +267,7 @@ def prepare_job(
     if coerce_strings:
         job_layer = {k: full[k] for k in job_layer}
     site = sites.route(job_tags)
+    require_api_url(manifest, site)
     resolved = resolve_resources(
         site, manifest=manifest_layer, rule=rule_layer, job=job_layer, tags=job_tags
     )
@@ -282,6 +283,19 @@ def prepare_job(
         priority=priority,
         dedupe_key=dedupe_key(gear, destination, specs, full),
     )
+
+
+def require_api_url(manifest: GearManifest, site: SiteConfig) -> None:
+    """A gear with an api-key input needs a site whose compute nodes can reach the API."""
+    names = [i.name for i in manifest.inputs if i.base == "api-key"]
+    if names and not site.api_url:
+        raise ConfigError(
+            f"gear {manifest.name} declares api-key input(s) {', '.join(map(repr, names))}, "
+            f"but site {site.name!r} has no api_url, so its jobs could not reach the hpcgear API",
+            "a site admin sets `api_url:` in the site YAML (the address of `hpcgear serve` "
+            "that compute nodes reach; for the embedded local site, `api_url` in the config "
+            "file), or route the job to a site that has one",
+        )
 
 
 def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
