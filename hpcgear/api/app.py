@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CliRunner = Callable[["Settings", "Database", "ObjectStore", str, list[str]], dict[str, Any]]
+
 
 @dataclass(frozen=True, slots=True)
 class ApiLimits:
@@ -38,6 +40,9 @@ class ApiState:
     db: Database
     store: ObjectStore
     limits: ApiLimits
+    # Runs one CLI command as a user (hpcgear.cli.remote.run_cli), injected by the CLI's
+    # `serve` so this package never imports the CLI layer above it.
+    cli_runner: CliRunner | None = None
     _sites: SiteRegistry | None = field(default=None)
 
     @property
@@ -99,6 +104,7 @@ def create_app(
     db: Database | None = None,
     store: ObjectStore | None = None,
     limits: ApiLimits | None = None,
+    cli_runner: CliRunner | None = None,
 ) -> FastAPI:
     """The API over an instance (its database and storage)."""
     if db is None:
@@ -117,7 +123,7 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.hpcgear = ApiState(settings, db, store, limits or ApiLimits())
+    app.state.hpcgear = ApiState(settings, db, store, limits or ApiLimits(), cli_runner)
 
     @app.exception_handler(errors.HpcgearError)
     async def _hpcgear_error(request: Request, exc: errors.HpcgearError) -> JSONResponse:

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from hpcgear.api.access import require_user_key
 from hpcgear.api.app import CallerDep, StateDep
-from hpcgear.errors import InvalidInputError, PermissionDeniedError
+from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 
 router = APIRouter()
 
@@ -102,9 +102,11 @@ def cli_endpoint(caller: CallerDep, st: StateDep,
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise InvalidInputError("argv must be a list of strings", 'send {"argv": ["ls"]}')
     check_remote(argv)
-    from hpcgear.cli.remote import run_cli
-
-    return run_cli(st.settings, st.db, st.store, caller.login, argv)
+    if st.cli_runner is None:
+        raise NotFoundError(
+            "this server does not run CLI commands", "start it with `hpcgear serve`"
+        )
+    return st.cli_runner(st.settings, st.db, st.store, caller.login, argv)
 
 
 @router.post("/upload")

@@ -51,8 +51,8 @@ class Served:
         return str(made.json()["key"])
 
 
-def start_server(cli: CliEnv, tmp_path: Path) -> Served:
-    port = free_port()
+def start_server(cli: CliEnv, tmp_path: Path, port: int | None = None) -> Served:
+    port = port or free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"),
            "XDG_CONFIG_HOME": str(tmp_path / "cfg")}

@@ -107,7 +107,10 @@ def api(db: Database, db_url: str, tmp_path: Path) -> Iterator[Api]:
         made = {u: keys.create_key(s, u)[1] for u in ("admin", *USERS)}
         revoked_row, made["revoked"] = keys.create_key(s, "rw")
         keys.revoke_key(s, "rw", revoked_row.id)
-    app = create_app(settings, db=db, store=store, limits=ApiLimits(max_body=4096))
+    from hpcgear.cli.remote import run_cli
+
+    app = create_app(settings, db=db, store=store, limits=ApiLimits(max_body=4096),
+                     cli_runner=run_cli)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, db, store, made, ids, db_url)
 

@@ -24,7 +24,11 @@ def whoami_cmd(app: AppContext, as_json: bool) -> None:
     from hpcgear.cli.context import os_login
 
     if app.key_login is not None:  # run by the API for a key's owner
-        data: dict[str, Any] = {"user": app.actor, "via": "key", "instance": "api"}
+        data: dict[str, Any] = {
+            "user": app.actor,
+            "via": "key",
+            "instance": app.settings.api_url or "the hpcgear API server",
+        }
     else:
         login = os_login()
         data = {"user": app.actor, "via": "local", "os_account": login}

@@ -55,12 +55,14 @@ def serve_cmd(
         )
     from hpcgear.api.app import ApiLimits, create_app
     from hpcgear.api.server import run_server
+    from hpcgear.cli.remote import run_cli
 
     api = create_app(
         app.settings,
         db=app.db,
         store=app.store,
         limits=ApiLimits(max_body=max_body_mb << 20, max_upload=max_upload_gb << 30),
+        cli_runner=run_cli,
     )
     app.note(f"hpcgear API on http://{host}:{port}/api (docs: http://{host}:{port}/docs)")
     run_server(api, host=host, port=port, threads=workers_threads)
