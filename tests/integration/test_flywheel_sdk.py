@@ -139,6 +139,8 @@ def test_flywheel_sdk_batch_tutorial(served: Served, tmp_path: Path) -> None:
     project = projects[0]
     sessions = project.sessions()
     assert [s.label for s in sessions] == ["ses1"]
+    assert [s.label for s in project.sessions.iter()] == ["ses1"], "the tutorial's loop"
+    assert fw.lookup("lab/p").id == project.id
     session = fw.get_session(sessions[0].id)
     assert session.subject.label == "s1"
     acqs = session.acquisitions()
