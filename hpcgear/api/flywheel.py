@@ -996,4 +996,114 @@ def list_jobs(
         return page(docs, filters, _check_limit(limit))
 
 
+# ------------------------------------------------------------ files by id
+
+
+def _file_by_id(
+    s: Session, caller: Caller, file_id: str, need: RoleName = RoleName.READ_ONLY
+) -> tuple[Container, File]:
+    f = s.get(File, file_id)
+    if f is None:
+        raise NotFoundError(f"file {file_id!r} does not exist", "check the file id")
+    return get_container(s, caller, f.container_id, need), f
+
+
+@router.get("/files/{file_id}")
+def get_file(file_id: str, caller: CallerDep, st: StateDep,
+             version: int | None = None) -> dict[str, Any]:
+    from hpcgear.hierarchy.service import file_version
+
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id)
+        return file_doc(c, f, file_version(s, f, version))
+
+
+@router.get("/files/{file_id}/info")
+def get_file_info(file_id: str, caller: CallerDep, st: StateDep) -> dict[str, Any]:
+    with st.session() as s:
+        _c, f = _file_by_id(s, caller, file_id)
+        return dict(f.info or {})
+
+
+@router.patch("/files/{file_id}/info")
+def patch_file_info(file_id: str, caller: CallerDep, st: StateDep,
+                    body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    from hpcgear.hierarchy.records import update_info
+
+    args = _info_update(body)
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id, RoleName.READ_WRITE)
+        update_info(s, caller.login, c, f, **args)
+    return {"modified": 1}
+
+
+@router.put("/files/{file_id}/info")
+def put_file_info(file_id: str, caller: CallerDep, st: StateDep,
+                  body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    from hpcgear.hierarchy.records import update_info
+
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id, RoleName.READ_WRITE)
+        return update_info(s, caller.login, c, f, replace=body)
+
+
+@router.get("/files/{file_id}/tags")
+def get_file_tags(file_id: str, caller: CallerDep, st: StateDep) -> list[str]:
+    with st.session() as s:
+        _c, f = _file_by_id(s, caller, file_id)
+        return list(f.tags or [])
+
+
+@router.patch("/files/{file_id}/tags")
+def add_file_tags(file_id: str, caller: CallerDep, st: StateDep,
+                  body: list[str] = Body(...)) -> list[str]:
+    from hpcgear.hierarchy.records import update_tags
+
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id, RoleName.READ_WRITE)
+        return update_tags(s, caller.login, c, f, add=body)
+
+
+@router.put("/files/{file_id}/tags")
+def set_file_tags(file_id: str, caller: CallerDep, st: StateDep,
+                  body: list[str] = Body(...)) -> dict[str, Any]:
+    from hpcgear.hierarchy.records import update_tags
+
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id, RoleName.READ_WRITE)
+        current = list(f.tags or [])
+        update_tags(s, caller.login, c, f, add=body,
+                    remove=[t for t in current if t not in body])
+    return {"modified": 1}
+
+
+@router.delete("/files/{file_id}/tags")
+def delete_file_tags(file_id: str, caller: CallerDep, st: StateDep,
+                     body: list[str] = Body(...)) -> None:
+    from hpcgear.hierarchy.records import update_tags
+
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id, RoleName.READ_WRITE)
+        update_tags(s, caller.login, c, f, remove=body)
+
+
+@router.put("/files/{file_id}/classification")
+def put_file_classification(file_id: str, caller: CallerDep, st: StateDep,
+                            body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    from hpcgear.hierarchy.records import update_file_fields
+
+    unknown = set(body) - {"add", "replace", "delete", "modality"}
+    if unknown:
+        raise InvalidInputError(f"unknown classification key(s) {sorted(unknown)}",
+                                "use add, replace, delete, modality")
+    with st.session() as s:
+        c, f = _file_by_id(s, caller, file_id, RoleName.READ_WRITE)
+        update_file_fields(
+            s, caller.login, c, f, modality=body.get("modality"),
+            classification_add=body.get("add"), classification_replace=body.get("replace"),
+            classification_delete=body.get("delete"),
+        )
+    return {"modified": 1}
+
+
 __all__ = ["JOB_STATES", "check_scope", "generic", "router"]

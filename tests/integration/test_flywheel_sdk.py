@@ -167,9 +167,19 @@ def test_flywheel_sdk_batch_tutorial(served: Served, tmp_path: Path) -> None:
     acq.add_tag("reviewed")
     mine = acq.get_file("mine.csv")
     mine.update_info({"rows": 1})
+    mine.add_tag("checked")
+    mine.update_classification({"Intent": ["Structural"]})
+    acq.update_info({"tmp": 1})
+    acq.delete_info("tmp")
     acq = acq.reload()
-    assert acq.info["qc"] == {"ok": True} and "reviewed" in acq.tags
-    assert acq.get_file("mine.csv").info == {"rows": 1}
+    assert acq.info["qc"] == {"ok": True} and "reviewed" in acq.tags and "tmp" not in acq.info
+    mine = acq.get_file("mine.csv")
+    assert mine.info == {"rows": 1} and mine.tags == ["checked"]
+    assert mine.classification["Intent"] == ["Structural"]
+    acq.replace_info({"only": "this"})
+    assert acq.reload().info == {"only": "this"}
+    acq.delete_tag("reviewed")
+    assert "reviewed" not in acq.reload().tags
     rows = served.cli.ok("ls", "lab/p/s1/ses1/acq1", "--json").json()
     assert {r["name"] for r in rows if r["kind"] == "file"} == {"in.txt", "mine.csv"}
 

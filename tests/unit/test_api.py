@@ -99,6 +99,8 @@ def api(db: Database, db_url: str, tmp_path: Path) -> Iterator[Api]:
         svc.upload_files(s, store, "admin", "lab/other/x/y/z", [f])
         install_gear(s, store, "admin", _gear_manifest(tmp_path, "plain", api_key=False))
         install_gear(s, store, "admin", _gear_manifest(tmp_path, "keyed", api_key=True))
+        install_gear(s, store, "admin",
+                     _gear_manifest(tmp_path, "ana", api_key=False, category="analysis"))
         ids = {
             c: svc.resolve_container(s, p).id
             for c, p in (("acq", "lab/p/s1/ses1/acq1"), ("ses", "lab/p/s1/ses1"),
@@ -107,12 +109,30 @@ def api(db: Database, db_url: str, tmp_path: Path) -> Iterator[Api]:
         made = {u: keys.create_key(s, u)[1] for u in ("admin", *USERS)}
         revoked_row, made["revoked"] = keys.create_key(s, "rw")
         keys.revoke_key(s, "rw", revoked_row.id)
+        made["expired-job"] = _finished_job_key(s, settings, ids)
+        svc.change_tags(s, "admin", "lab/p/s1/ses1/acq1", add=["keep"])
     from hpcgear.cli.remote import run_cli
 
     app = create_app(settings, db=db, store=store, limits=ApiLimits(max_body=4096),
                      cli_runner=run_cli)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, db, store, made, ids, db_url)
+
+
+def _finished_job_key(s: Any, settings: Any, ids: dict[str, str]) -> str:
+    """The key of a job that has reached a final state."""
+    from hpcgear.db.models import Container
+    from hpcgear.gears.service import get_gear
+    from hpcgear.jobs.service import run_gear_by_ids
+    from hpcgear.jobs.sites import SiteRegistry
+
+    dest = s.get(Container, ids["acq"])
+    job, _ = run_gear_by_ids(s, "rw", SiteRegistry.from_settings(settings),
+                             gear=get_gear(s, "keyed"), destination=dest, inputs={},
+                             config={})
+    secret = keys.create_job_key(s, job, "rw")
+    job.state = "failed"
+    return secret
 
 
 def test_errors_are_json_with_status_and_no_trace(api: Api) -> None:
@@ -178,6 +198,10 @@ def _mutations(api: Api) -> dict[str, tuple[str, str, dict[str, Any]]]:
         from hpcgear.db.models import Gear
 
         plain = s.scalar(select(Gear.id).where(Gear.name == "plain"))
+        ana = s.scalar(select(Gear.id).where(Gear.name == "ana"))
+        from hpcgear.db.models import File
+
+        fid = s.scalar(select(File.id).where(File.container_id == acq))
     job = {"gear_id": str(plain), "inputs": {"input_file": {"type": "acquisition", "id": acq,
                                                             "name": "in.txt"}},
            "destination": {"type": "acquisition", "id": acq}, "config": {}, "tags": ["x"]}
@@ -191,20 +215,38 @@ def _mutations(api: Api) -> dict[str, tuple[str, str, dict[str, Any]]]:
         "upload": ("POST", f"/api/acquisitions/{acq}/files",
                    {"files": {"file": ("new.txt", b"new bytes")}}),
         "job": ("POST", "/api/jobs/add", {"json": job}),
+        "tags patch": ("PATCH", f"/api/acquisitions/{acq}/tags", {"json": ["p1"]}),
+        "tag delete": ("DELETE", f"/api/acquisitions/{acq}/tags/keep", {}),
+        "file fields": ("PUT", f"/api/acquisitions/{acq}/files/in.txt",
+                        {"json": {"modality": "MR"}}),
+        "file tags": ("PATCH", f"/api/files/{fid}/tags", {"json": ["f1"]}),
+        "file info by id": ("PUT", f"/api/files/{fid}/info", {"json": {"k": 1}}),
+        "analysis": ("POST", f"/api/sessions/{api.ids['ses']}/analyses?job=true",
+                     {"json": {"label": "a", "job": {**job, "gear_id": str(ana)}}}),
+        "cli": ("POST", "/api/hpcgear/cli", {"json": {"argv": ["tag", "add", "lab/p/s1", "c"]}}),
     }
 
 
-@pytest.mark.parametrize("what", ["info", "file info", "classification", "tag", "upload", "job"])
+MUTATIONS = ["info", "file info", "classification", "tag", "upload", "job", "tags patch",
+             "tag delete", "file fields", "file tags", "file info by id", "analysis", "cli"]
+
+
+@pytest.mark.parametrize("what", MUTATIONS)
 def test_role_matrix_over_http(api: Api, what: str) -> None:
     method, url, kw = _mutations(api)[what]
-    for who, status in (("ro", 403), ("nobody", 403), ("revoked", 401)):
+    for who, status in (("ro", 403), ("nobody", 403), ("revoked", 401), ("expired-job", 401)):
         before = _rows(api.db)
         r = api.client.request(method, url, headers=api.h(who), **kw)
-        assert r.status_code == status, (who, r.text)
+        if what == "cli" and status == 403:  # the command ran and was denied: exit status 4
+            assert r.status_code == 200 and r.json()["code"] == 4, r.text
+        else:
+            assert r.status_code == status, (who, r.text)
         assert _rows(api.db) == before, f"denied {what} by {who} changed the database"
     for who in ("rw", "pa", "admin"):
         r = api.client.request(method, url, headers=api.h(who), **kw)
         assert r.status_code == 200, (who, r.text)
+        if what == "cli":  # the CLI endpoint answers 200 with the command's exit status
+            assert r.json()["code"] == 0, r.json()
     # reads of another project are refused to every project role
     for who in ("ro", "rw", "pa", "nobody"):
         r = api.client.get(f"/api/acquisitions/{api.ids['other']}", headers=api.h(who))
