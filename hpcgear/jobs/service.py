@@ -458,6 +458,7 @@ def batch_run(
             ) from None
     project = resolve_container(session, "/".join(parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "running a batch")
+    require_api_url(manifest, sites.route(check_job_tags(tags)))  # refuse before any container
     level_types = ("subject", "session", "acquisition")
     frontier = [project]
     for depth, pat in enumerate(parts[2:]):

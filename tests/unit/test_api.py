@@ -360,6 +360,11 @@ def test_api_key_gear_needs_a_site_with_api_url(api: Api, tmp_path: Path) -> Non
         run_gear(s, "rw", no_url, gear_ref="keyed", dest_path="lab/p/s1/ses1",
                  inputs={}, config={}, dry_run=True)
     assert "site YAML" in info.value.hint
+    from hpcgear.jobs.service import batch_run
+
+    with api.db.session() as s, pytest.raises(ConfigError, match="api_url"):
+        batch_run(s, "rw", no_url, gear_ref="keyed", over="lab/p/*", inputs={}, config={},
+                  dry_run=True)
     with api.db.session() as s:
         assert get_gear(s, "plain") is not None
         run_gear(s, "rw", no_url, gear_ref="plain", dest_path="lab/p/s1/ses1", inputs={},
