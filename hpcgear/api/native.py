@@ -170,3 +170,45 @@ def download_by_path(path: str, caller: CallerDep, st: StateDep,
         "Content-Length": str(size), "X-Hpcgear-Hash": digest, "X-Hpcgear-Version": str(ver),
         "X-Hpcgear-Name": name,
     })
+
+
+@router.get("/provenance/{job_id}")
+def provenance(job_id: str, caller: CallerDep, st: StateDep) -> dict[str, Any]:
+    """A job's immutable provenance record (as `hpcgear provenance show --json`)."""
+    from hpcgear.controller.record import get_record, verify_record
+    from hpcgear.jobs.service import get_job
+
+    require_user_key(caller, "reading provenance")
+    with st.session() as s:
+        job = get_job(s, caller.login, job_id)
+        row = get_record(s, job.id)
+        if row is None:
+            raise NotFoundError(
+                f"job {job_id} has no provenance record (state {job.state})",
+                "records are written when a job finishes",
+            )
+        return {"job_id": row.job_id, "sha256": row.sha256, "verified": verify_record(row),
+                "created": row.created.isoformat() if row.created else None,
+                "record": row.record}
+
+
+@router.get("/rules")
+def rules(caller: CallerDep, st: StateDep, project: str | None = None) -> list[dict[str, Any]]:
+    """Gear rules (of PROJECT as group/project, or every project the caller may read)."""
+    from hpcgear.rules.service import list_rules, rule_to_dict
+
+    require_user_key(caller, "listing rules")
+    with st.session() as s:
+        return [rule_to_dict(s, r) for r in list_rules(s, caller.login, project)]
+
+
+@router.get("/sites")
+def sites(caller: CallerDep, st: StateDep) -> list[dict[str, Any]]:
+    """The sites jobs can run on: name, scheduler, partitions, whether gears reach the API."""
+    require_user_key(caller, "listing sites")
+    out = []
+    for name, site in sorted(st.sites.sites.items()):
+        out.append({"name": name, "scheduler": site.scheduler,
+                    "partitions": sorted(site.partitions), "api_url": site.api_url,
+                    "default": name == st.sites.default_site})
+    return out

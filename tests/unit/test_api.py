@@ -369,3 +369,14 @@ def test_api_key_gear_needs_a_site_with_api_url(api: Api, tmp_path: Path) -> Non
         assert get_gear(s, "plain") is not None
         run_gear(s, "rw", no_url, gear_ref="plain", dest_path="lab/p/s1/ses1", inputs={},
                  config={}, dry_run=True)
+
+
+def test_hpcgear_endpoints_sites_rules_provenance(api: Api) -> None:
+    c = api.client
+    sites = c.get("/api/hpcgear/sites", headers=api.h("rw")).json()
+    assert [s["name"] for s in sites] == ["local"] and sites[0]["api_url"]
+    assert c.get("/api/hpcgear/rules?project=lab/p", headers=api.h("ro")).json() == []
+    r = c.get("/api/hpcgear/rules?project=lab/other", headers=api.h("ro"))
+    assert r.status_code == 403
+    r = c.get("/api/hpcgear/provenance/nope", headers=api.h("rw"))
+    assert r.status_code == 404 and r.json()["hint"]
