@@ -162,7 +162,10 @@ def create_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         st: ApiState = request.app.state.hpcgear
-        is_upload = request.method == "POST" and request.url.path.endswith("/files")
+        path = request.url.path
+        is_upload = request.method == "POST" and (
+            path.endswith("/files") or path == "/api/hpcgear/upload"
+        )
         cap = st.limits.max_upload if is_upload else st.limits.max_body
         length = request.headers.get("content-length")
         if length is not None:

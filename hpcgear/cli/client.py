@@ -195,6 +195,15 @@ def run_remote(argv: list[str], key: str) -> int:
         return _upload(client, rest[1:])
     if cmd == "download":
         return _download(client, rest[1:])
+    if cmd == "whoami" and not forward:
+        me = client.get_json("/api/users/self")
+        data = {"user": me.get("_id"), "via": "key", "instance": client.key.base_url,
+                "site_admin": bool(me.get("root"))}
+        if "--json" in rest:
+            print(json.dumps(data, indent=2))
+        else:
+            print(f"{data['user']} (via API key) on {data['instance']}")
+        return 0
     res = client.post_json("/api/hpcgear/cli", {"argv": [*forward, *rest]})
     sys.stdout.write(str(res.get("stdout", "")))
     sys.stderr.write(str(res.get("stderr", "")))

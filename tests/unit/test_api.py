@@ -380,3 +380,17 @@ def test_hpcgear_endpoints_sites_rules_provenance(api: Api) -> None:
     assert r.status_code == 403
     r = c.get("/api/hpcgear/provenance/nope", headers=api.h("rw"))
     assert r.status_code == 404 and r.json()["hint"]
+
+
+def test_uploads_are_bounded_by_the_upload_cap_not_the_body_cap(api: Api) -> None:
+    """The app's JSON body cap is 4 KiB here; a 1 MiB file still uploads (streamed)."""
+    big = b"x" * (1 << 20)
+    r = api.client.post(f"/api/acquisitions/{api.ids['acq']}/files", headers=api.h("rw"),
+                        files={"file": ("big.bin", big)})
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["size"] == len(big)
+    r = api.client.post("/api/hpcgear/upload?path=lab/p/s2", headers=api.h("rw"),
+                        files={"file": ("big.bin", big)})
+    assert r.status_code == 200 and r.json()[0]["version"] == 1
+    r = api.client.get(f"/api/acquisitions/{api.ids['acq']}/files/big.bin", headers=api.h("ro"))
+    assert r.content == big

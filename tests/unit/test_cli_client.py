@@ -61,6 +61,7 @@ def test_commands_go_through_the_api(
     assert stat.S_IMODE(client.config.stat().st_mode) == 0o600
     who = client.ok("whoami", "--json").json()
     assert who["user"] == "alice" and who["via"] == "key"
+    assert who["instance"].startswith("http://127.0.0.1:")
     assert [g["id"] for g in client.ok("ls", "--json").json()] == ["lab"]
     f = tmp_path / "scan.txt"
     f.write_text("bytes from a login node\n")
