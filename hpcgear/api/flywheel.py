@@ -167,6 +167,15 @@ def container_doc(session: Session, c: Container, *, files: bool = True) -> dict
             ]
     if files:
         d["files"] = files_of(session, c)
+        if c.type in ("project", "subject", "session", "acquisition"):
+            d["analyses"] = [
+                container_doc(session, a, files=False)
+                for a in session.scalars(
+                    select(Container)
+                    .where(Container.parent_id == c.id, Container.type == "analysis")
+                    .order_by(Container.id)
+                )
+            ]
     return d
 
 

@@ -141,6 +141,10 @@ def test_flywheel_sdk_batch_tutorial(served: Served, tmp_path: Path) -> None:
     assert [s.label for s in sessions] == ["ses1"]
     assert [s.label for s in project.sessions.iter()] == ["ses1"], "the tutorial's loop"
     assert fw.lookup("lab/p").id == project.id
+    assert [g.id for g in fw.get_all_groups()] == ["lab"]
+    subjects = project.subjects()
+    assert [x.label for x in subjects] == ["s1"]
+    assert [x.label for x in subjects[0].sessions()] == ["ses1"]
     session = fw.get_session(sessions[0].id)
     assert session.subject.label == "s1"
     acqs = session.acquisitions()
@@ -202,6 +206,8 @@ def test_flywheel_sdk_batch_tutorial(served: Served, tmp_path: Path) -> None:
     assert job.inputs["input_file"].name == "in.txt"
     listed = fw.get_all_jobs(filter="state=pending")
     assert job_id in [j.id for j in listed]
+    row = next(j for j in listed if j.id == job_id)
+    assert [i.name for i in row.inputs] == ["in.txt"], "GET /jobs lists inputs"
 
     def tick() -> None:
         served.cli.ok("controller", "once")
@@ -215,6 +221,8 @@ def test_flywheel_sdk_batch_tutorial(served: Served, tmp_path: Path) -> None:
     assert fw.get_job(ajob_id).state == "complete"
     analysis = fw.get_analysis(analysis_id)
     assert analysis.label == "qc run"
+    assert [a.id for a in fw.get_session(session.id).analyses] == [analysis_id]
+    assert [a.id for a in fw.get_session_analyses(session.id)] == [analysis_id]
     names = [f.name for f in analysis.files]
     assert names, "the analysis has outputs"
     out = tmp_path / "out"
