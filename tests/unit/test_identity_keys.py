@@ -113,6 +113,15 @@ def test_key_cli_create_list_revoke(other_user: CliEnv, monkeypatch: pytest.Monk
     assert res.code != 0 and "hint:" in res.err and "--url" in res.err
     env.ok("user", "key", "revoke", made["id"])
     assert env.ok("user", "key", "list", "--json").json()[0]["revoked"]
+    # the site admin (the real OS account) sees and manages everyone's keys
+    from hpcgear.auth import identity
+
+    monkeypatch.setattr(identity, "os_login", lambda: pwd.getpwuid(os.getuid()).pw_name)
+    env.ok("user", "key", "create", "--user", "ga", "--url", "https://fw.example")
+    everyone = env.ok("user", "key", "list", "--all", "--json").json()
+    assert sorted(k["owner"] for k in everyone) == ["ga", "rw"]
+    ga_key = next(k for k in everyone if k["owner"] == "ga")
+    env.ok("user", "key", "revoke", ga_key["id"])
 
 
 def test_login_writes_key_mode_600(cli_env: CliEnv) -> None:
