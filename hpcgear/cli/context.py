@@ -6,6 +6,7 @@ Heavy things (SQLAlchemy, the object store) are built lazily so that
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
 
 
 def os_login() -> str:
-    import getpass
+    """The OS account of this process (real uid -> passwd), never ``$USER``."""
+    from hpcgear.auth import identity
 
-    return getpass.getuser()
+    return identity.os_login()
 
 
 class AppContext:
@@ -32,6 +34,7 @@ class AppContext:
         log_json: bool = False,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
+        key_login: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.as_user = as_user
@@ -43,6 +46,9 @@ class AppContext:
         self._db: Database | None = None
         self._store: ObjectStore | None = None
         self._actor_checked = False
+        # Set by the HTTP API when it runs a command for a key's owner (hpcgear/api/cli.py):
+        # the identity then comes from the key, not from the OS account of the server.
+        self.key_login = key_login
 
     @property
     def settings(self) -> Settings:
@@ -70,8 +76,9 @@ class AppContext:
 
     @property
     def actor(self) -> str:
-        """The acting user: the OS login, or ``--as USER`` when a site admin asks."""
-        login = os_login()
+        """The acting user: the key's owner (server side) or the OS login of this process,
+        or ``--as USER`` when that user is a site admin."""
+        login = self.key_login or os_login()
         if not self.as_user or self.as_user == login:
             return login
         if not self._actor_checked:
@@ -81,6 +88,15 @@ class AppContext:
                 require_site_admin(s, login, f"acting as another user (--as {self.as_user})")
             self._actor_checked = True
         return self.as_user
+
+    def require_site_admin(self, action: str) -> str:
+        """The acting user, who must be a site admin for ``action``."""
+        from hpcgear.hierarchy.permissions import require_site_admin
+
+        actor = self.actor
+        with self.db.session() as s:
+            require_site_admin(s, actor, action)
+        return actor
 
     def close(self) -> None:
         if self._db is not None:
@@ -94,7 +110,6 @@ class AppContext:
         print(text, file=self.stderr)
 
     def emit_json(self, data: Any) -> None:
-        import json
 
         json.dump(data, self.stdout, indent=2, sort_keys=False, default=str)
         self.stdout.write("\n")

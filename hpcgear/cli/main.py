@@ -20,7 +20,11 @@ from hpcgear.cli.context import AppContext
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("hpcgear.cli.commands.admin", "init_cmd", "Create an instance: config, DB, storage."),
     "db": ("hpcgear.cli.commands.admin", "db_group", "Database migrations and status."),
-    "user": ("hpcgear.cli.commands.admin", "user_group", "Add, list, promote, disable users."),
+    "user": ("hpcgear.cli.commands.admin", "user_group", "Users (add, promote, disable); keys."),
+    "login": ("hpcgear.cli.commands.auth", "login_cmd", "Use an API key (client mode)."),
+    "logout": ("hpcgear.cli.commands.auth", "logout_cmd", "Forget the configured API key."),
+    "whoami": ("hpcgear.cli.commands.auth", "whoami_cmd", "Who you are, how, and where."),
+    "serve": ("hpcgear.cli.commands.serve", "serve_cmd", "Run the HTTP API server."),
     "role": ("hpcgear.cli.commands.admin", "role_group", "Grant and revoke roles."),
     "group": ("hpcgear.cli.commands.admin", "group_group", "Create groups."),
     "project": ("hpcgear.cli.commands.admin", "project_group", "Create projects."),
@@ -122,10 +126,26 @@ def cli(
 
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
         configure_logging(level, as_json=log_json, verbose=verbose)
+    if isinstance(ctx.obj, AppContext):  # the HTTP API runs a command for a key's owner
+        ctx.obj.as_user = as_user
+        return
     app = AppContext(config_path=config_path, as_user=as_user, traceback=traceback)
     app.log_json = log_json
     ctx.obj = app
     ctx.call_on_close(app.close)
+
+
+def _remote_key(argv: list[str]) -> str | None:
+    """The configured API key when this command should go through the API."""
+    import os
+
+    if not argv or os.environ.get("HPCGEAR_LOCAL") == "1":
+        return None
+    if any(a in ("-h", "--help", "--version") for a in argv):
+        return None
+    from hpcgear.cli.client import remote_key
+
+    return remote_key(argv)
 
 
 def _wants_traceback(argv: list[str]) -> bool:
@@ -140,9 +160,15 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status: int = ExitStatus.OK
     try:
-        rv = cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
-        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
-            status = rv  # a command's own exit status (click.exceptions.Exit(1))
+        key = _remote_key(args)
+        if key is not None:  # client mode: the command runs on the API server
+            from hpcgear.cli.client import run_remote
+
+            status = run_remote(args, key)
+        else:
+            rv = cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+            if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+                status = rv  # a command's own exit status (click.exceptions.Exit(1))
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         status = ExitStatus.INTERRUPTED

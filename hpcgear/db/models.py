@@ -473,3 +473,25 @@ class ControllerStatus(Base):
     cycles: Mapped[int] = mapped_column(BigInteger, default=0)
     last_report: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     recent_errors: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of its secret is stored.
+
+    ``kind`` is ``user`` (made by ``hpcgear user key create``) or ``job`` (made
+    for one job whose gear declares an ``api-key`` input; valid only while that
+    job is live, and only for its inputs, destination and their parents).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("users.login", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8), default="user")  # user | job
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -19,8 +19,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from hpcgear.config.site import SiteConfig
 from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent, Role
-from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.gears.gear_config import resolve_config
+from hpcgear.gears.manifest import GearManifest
+from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
+from hpcgear.gears.service import get_gear, manifest_of
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
     container_path,
@@ -246,8 +251,6 @@ def prepare_job(
     coerce_strings: bool = False,
 ) -> PreparedJob:
     """Validate everything about a job without storing it (``--dry-run`` stops here)."""
-    from hpcgear.gears.gear_config import resolve_config
-    from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
     from hpcgear.gears.service import manifest_of
     from hpcgear.jobs.resources import resolve_resources
 
@@ -276,6 +279,7 @@ def prepare_job(
         job_layer = {k: full[k] for k in job_layer}
     choice = sites.choose(job_tags)
     site = choice.site
+    require_api_url(manifest, site)
     resolved = resolve_resources(
         site, manifest=manifest_layer, rule=rule_layer, job=job_layer, tags=job_tags
     )
@@ -292,6 +296,19 @@ def prepare_job(
         dedupe_key=dedupe_key(gear, destination, specs, full),
         notes=(*choice.notes, *resolved.notes),
     )
+
+
+def require_api_url(manifest: GearManifest, site: SiteConfig) -> None:
+    """A gear with an api-key input needs a site whose compute nodes can reach the API."""
+    names = [i.name for i in manifest.inputs if i.base == "api-key"]
+    if names and not site.api_url:
+        raise ConfigError(
+            f"gear {manifest.name} declares api-key input(s) {', '.join(map(repr, names))}, "
+            f"but site {site.name!r} has no api_url, so its jobs could not reach the hpcgear API",
+            "a site admin sets `api_url:` in the site YAML (the address of `hpcgear serve` "
+            "that compute nodes reach; for the embedded local site, `api_url` in the config "
+            "file), or route the job to a site that has one",
+        )
 
 
 def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
@@ -378,7 +395,7 @@ def run_gear(
     dry_run: bool = False,
 ) -> PreparedJob:
     """``hpcgear run``: one job on one destination (strings from the CLI are coerced)."""
-    from hpcgear.gears.service import get_gear, manifest_of
+    from hpcgear.gears.service import manifest_of
 
     gear = get_gear(session, gear_ref)
     destination = resolve_container(session, dest_path, min_depth=2)
@@ -445,7 +462,7 @@ def batch_run(
     """
     import fnmatch
 
-    from hpcgear.gears.service import get_gear, manifest_of
+    from hpcgear.gears.service import manifest_of
 
     gear = get_gear(session, gear_ref)
     manifest = manifest_of(gear)
@@ -482,6 +499,7 @@ def batch_run(
         )
     project = resolve_container(session, "/".join(parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "running a batch")
+    require_api_url(manifest, sites.route(check_job_tags(tags)))  # refuse before any container
     level_types = ("subject", "session", "acquisition")
     frontier = [project]
     for depth, pat in enumerate(parts[2:]):
@@ -921,3 +939,75 @@ def container_paths(session: Session, ids: set[str]) -> dict[str, str]:
         if parts:
             out[cid] = "/".join(reversed(parts))
     return out
+
+
+# ------------------------------------------------------- by id (the HTTP API)
+
+
+def run_gear_by_ids(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear: Gear,
+    destination: Container,
+    inputs: Mapping[str, tuple[str, str]],
+    config: Mapping[str, Any],
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    analysis_label: str | None = None,
+) -> tuple[Job, Container | None]:
+    """A job from container/file ids (``POST /jobs/add``, ``POST /{type}s/{id}/analyses``).
+
+    ``inputs`` maps an input name to (container id, file name); each is read-checked.
+    For analysis gears an analysis container labelled ``analysis_label`` is made now
+    (linked by job id; stage-out publishes into it), so its id can be returned at once.
+    """
+    manifest = manifest_of(gear)
+    problems: list[str] = []
+    specs: list[InputSpec] = []
+    for name, (container_id, file_name) in inputs.items():
+        try:
+            decl = manifest.input(name)
+        except KeyError:
+            problems.append(f"gear {gear.name} has no input {name!r}")
+            continue
+        if decl.base != "file":
+            problems.append(f"input {name!r} is a {decl.base} input, not a file")
+            continue
+        container = session.get(Container, container_id)
+        if container is None:
+            problems.append(f"input {name}: container {container_id!r} does not exist")
+            continue
+        require_role(session, actor, container, RoleName.READ_ONLY, "reading an input")
+        f = session.scalar(
+            select(File).where(File.container_id == container.id, File.name == file_name)
+        )
+        if f is None:
+            problems.append(f"input {name}: no file {file_name!r} on {container.label!r}")
+            continue
+        specs.append(_input_spec(name, "file", container, f, file_version(session, f)))
+    if problems:
+        raise InvalidInputError("; ".join(problems), "fix the job's inputs")
+    prepared = prepare_job(
+        session,
+        actor,
+        sites,
+        gear=gear,
+        destination=destination,
+        inputs=specs,
+        config=config,
+        tags=tags,
+        priority=priority,
+    )
+    job = store_job(session, actor, prepared)
+    analysis: Container | None = None
+    if gear.category == "analysis":
+        from hpcgear.hierarchy.service import create_child
+
+        analysis = create_child(
+            session, destination, "analysis", analysis_label or f"{gear.name} {job.id}", actor
+        )
+        analysis.job_id = job.id
+        session.flush()
+    return job, analysis

@@ -62,10 +62,12 @@ def embedded_site(settings: Settings) -> SiteConfig:
         storage_root=str(settings.storage_root),
         image_cache=str(settings.image_cache),
     )
-    if exe:
-        import dataclasses
+    import dataclasses
 
+    if exe:
         site = dataclasses.replace(site, runtime=dataclasses.replace(site.runtime, executable=exe))
+    if settings.api_url:  # the local site runs jobs on this host: the API is where it is
+        site = dataclasses.replace(site, api_url=settings.api_url)
     return site
 
 

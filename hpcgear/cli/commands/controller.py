@@ -110,6 +110,7 @@ def controller_run(
         logging.getLogger("hpcgear.controller.cycle").setLevel(logging.INFO)
     from hpcgear.controller.loop import Controller
 
+    app.require_site_admin("running the controller")
     ctl = _controller(app, sites, quiet, False, daemon=True)
     assert isinstance(ctl, Controller)
     ctl.install_signal_handlers()
@@ -134,6 +135,7 @@ def controller_once(
     from hpcgear.controller.loop import Controller
     from hpcgear.errors import LeaderConflictError
 
+    app.require_site_admin("running the controller")
     ctl = _controller(app, sites, quiet, as_json)
     assert isinstance(ctl, Controller)
     try:
