@@ -204,6 +204,18 @@ def _parse_abs_path(what: str) -> Any:
     return parse
 
 
+def _parse_api_url(raw: Any) -> str:
+    from urllib.parse import urlsplit
+
+    if not isinstance(raw, str) or not raw.strip():
+        raise SchemaError("api_url must be a URL", "e.g. api_url: http://hpcgear.example:8080")
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or ":" in parts.hostname:
+        raise SchemaError(f"api_url {raw!r} is not an http(s) URL with a host name",
+                          "e.g. api_url: http://hpcgear.example:8080")
+    return raw.strip().rstrip("/")
+
+
 def _parse_executable(raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise SchemaError(f"runtime executable {raw!r} is not valid",
@@ -554,6 +566,10 @@ class SiteConfig:
     retry: Mapping[str, RetryPolicy] = setting(
         "retry policy per failure kind (replaces the built-in policy of that kind)",
         default_factory=lambda: types.MappingProxyType({}))
+    api_url: str | None = setting(
+        "URL of `hpcgear serve` as compute nodes reach it (http[s]://host:port); jobs of "
+        "gears with an api-key input get a job-scoped key for it", default=None,
+        parse=_parse_api_url)
     scratch_gc_age_minutes: int = setting(
         "job directories older than this are removed from scratch (e.g. 7d)",
         key="scratch_gc_age", default=7 * 1440, parse=_parse_minutes("scratch_gc_age"),

@@ -19,7 +19,7 @@ from hpcgear.states import JobState
 from .arrays import adopt_or_reset_array, array_size_limit, submit_array
 from .cancel import cancel_requested
 from .claim import claim_jobs
-from .context import ControllerContext, CycleReport, dumps, spec_user
+from .context import ControllerContext, CycleReport, LeaseLostError, dumps, spec_user
 from .finish import stage_out_jobs
 from .logs import keep_logs_of_failed
 from .poll import poll_jobs
@@ -30,7 +30,9 @@ from .submit import open_intents, submit_job
 logger = logging.getLogger(__name__)
 
 
-def run_cycle(ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int = 50) -> CycleReport:
+def run_cycle(
+    ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int | None = None
+) -> CycleReport:
     """One pass over a site: cancel, claim + submit, poll, stage out, retry."""
     report = CycleReport(site=rt.site.name)
     steps: tuple[tuple[str, Callable[[], None]], ...] = (
@@ -44,6 +46,11 @@ def run_cycle(ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int = 50)
     for name, step in steps:
         try:
             step()
+        except LeaseLostError as exc:
+            # Another controller took the site over: stop here, it carries on.
+            logger.warning("site %s: %s step stopped: %s", rt.site.name, name, exc.message)
+            report.errors.append(f"{name}: {exc.message}")
+            break
         except HpcgearError as exc:
             # A failed query or an unreachable cluster changes no job's state.
             logger.warning("site %s: %s step failed: %s", rt.site.name, name, exc.message)
@@ -52,8 +59,10 @@ def run_cycle(ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int = 50)
 
 
 def submit_pending(
-    ctx: ControllerContext, rt: SiteRuntime, report: CycleReport, claim_limit: int
+    ctx: ControllerContext, rt: SiteRuntime, report: CycleReport, claim_limit: int | None
 ) -> None:
+    if rt.site.scheduler == "slurm":
+        array_size_limit(rt)  # reads MaxArraySize and MaxJobCount once per connection
     claimed = claim_jobs(ctx, rt, limit=claim_limit)
     report.claimed += len(claimed)
     with ctx.db.session() as s:
@@ -70,6 +79,8 @@ def submit_pending(
     for array_id in pending_arrays:
         try:
             adopt_or_reset_array(ctx, rt, array_id, report)
+        except LeaseLostError:
+            raise
         except HpcgearError as exc:
             report.errors.append(f"array {array_id}: {exc.message}")
     singles: list[str] = []
@@ -100,6 +111,8 @@ def submit_pending(
                 submit_array(ctx, rt, chunk, report)
             except StaleJobError:
                 continue
+            except LeaseLostError:
+                raise
             except HpcgearError as exc:
                 logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
                 report.errors.append(f"array: {exc.message}")
@@ -108,6 +121,8 @@ def submit_pending(
             submit_job(ctx, rt, job_id, report)
         except StaleJobError:
             continue
+        except LeaseLostError:
+            raise
         except HpcgearError as exc:
             logger.warning("job %s: submit step failed: %s", job_id, exc.message)
             report.errors.append(f"{job_id}: {exc.message}")

@@ -11,6 +11,8 @@ Precedence, first match wins:
    registry is built, for every tag two sites claim);
 4. ``default_site`` if set, else the embedded ``local`` site, which runs the
    same job script on the controller host.
+
+A job tagged ``hpc`` that no site routes is refused rather than run locally.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 
 from hpcgear.config.settings import Settings
 from hpcgear.config.site import SiteConfig, load_site, load_site_text
-from hpcgear.errors import ConfigError, NotFoundError
+from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError
 
 LOCAL_SITE = "local"
+#: The tag that asks for a cluster site (Flywheel's HPC convention).
+HPC_TAG = "hpc"
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +62,12 @@ def embedded_site(settings: Settings) -> SiteConfig:
         storage_root=str(settings.storage_root),
         image_cache=str(settings.image_cache),
     )
-    if exe:
-        import dataclasses
+    import dataclasses
 
+    if exe:
         site = dataclasses.replace(site, runtime=dataclasses.replace(site.runtime, executable=exe))
+    if settings.api_url:  # the local site runs jobs on this host: the API is where it is
+        site = dataclasses.replace(site, api_url=settings.api_url)
     return site
 
 
@@ -119,7 +125,14 @@ class SiteRegistry:
             ) from None
 
     def route(self, tags: Sequence[str]) -> SiteConfig:
-        """The site for a job with ``tags`` (see the module docstring for precedence)."""
+        """The site for a job with ``tags`` (see the module docstring for precedence).
+
+        Raises
+        ------
+        InvalidInputError
+            The job is tagged ``hpc`` but no configured site routes that tag (it
+            would otherwise run on the controller host, silently).
+        """
         return self.choose(tags).site
 
     def choose(self, tags: Sequence[str]) -> SiteChoice:
@@ -155,6 +168,13 @@ class SiteRegistry:
                     f"(e.g. --tag {best.name}) to choose",
                 )
             return SiteChoice(best, reason, notes)
+        chosen = self.sites[self.default_site or LOCAL_SITE]
+        if HPC_TAG in wanted and chosen.name == LOCAL_SITE:
+            raise InvalidInputError(
+                f"the job is tagged {HPC_TAG!r} but no configured site routes {HPC_TAG!r}",
+                "add a site whose routing.site_tags lists hpc to `sites:` in the config "
+                "(see `hpcgear site show`), or drop the hpc tag to run on this host",
+            )
         if self.default_site:
-            return SiteChoice(self.sites[self.default_site], "default_site")
-        return SiteChoice(self.sites[LOCAL_SITE], "no routing tag (embedded local site)")
+            return SiteChoice(chosen, "default_site")
+        return SiteChoice(chosen, "no routing tag (embedded local site)")

@@ -97,10 +97,15 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @pass_app
 def db_upgrade(app: AppContext) -> None:
-    """Apply pending migrations (safe to repeat)."""
-    from hpcgear.db.session import create_db_engine, upgrade
+    """Apply pending migrations (safe to repeat; site admins only)."""
+    from sqlalchemy import inspect
+
+    from hpcgear.db.session import check_connection, create_db_engine, upgrade
 
     engine = create_db_engine(app.settings.database_url)
+    check_connection(engine)
+    if inspect(engine).has_table("users"):  # an empty database has no admins yet
+        app.require_site_admin("upgrading the database schema")
     before, after = upgrade(engine)
     engine.dispose()
     if before == after:
@@ -315,3 +320,12 @@ __all__ = [
     "role_group",
     "user_group",
 ]
+
+
+def _attach_key_group() -> None:
+    from hpcgear.cli.commands.auth import key_group
+
+    user_group.add_command(key_group)
+
+
+_attach_key_group()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def _controller(
         hook = evaluate_for_controller
     except ImportError:  # rules not installed in this build
         hook = None
+    from hpcgear.controller.lease import LEASE_SECONDS
+
+    lease = os.environ.get("HPCGEAR_CONTROLLER_LEASE_SECONDS", "")  # the chaos tier shortens it
     return Controller(
         settings_path=app.config_path,
         ctx=ctx,
@@ -63,6 +67,7 @@ def _controller(
         holder=holder,
         on_report=show,
         rules_hook=hook,
+        lease_seconds=int(lease) if lease.isdigit() and int(lease) > 0 else LEASE_SECONDS,
     )
 
 
@@ -105,6 +110,7 @@ def controller_run(
         logging.getLogger("hpcgear.controller.cycle").setLevel(logging.INFO)
     from hpcgear.controller.loop import Controller
 
+    app.require_site_admin("running the controller")
     ctl = _controller(app, sites, quiet, False, daemon=True)
     assert isinstance(ctl, Controller)
     ctl.install_signal_handlers()
@@ -114,20 +120,35 @@ def controller_run(
 @controller_group.command("once")
 @click.option("--site", "sites", multiple=True, metavar="NAME", help="Only these sites.")
 @click.option("--json", "as_json", is_flag=True, help="Print each site's cycle report as JSON.")
+@click.option("--wait", is_flag=True,
+              help="If another controller leads a site, wait for its lease instead of failing.")
 @click.option("--quiet", is_flag=True,
               help="Print only cycles that changed something or had errors (cron mail).")
 @pass_app
-def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool, quiet: bool) -> None:
-    """One pass over every site (for cron)."""
-    from hpcgear.controller.loop import Controller
+def controller_once(
+    app: AppContext, sites: tuple[str, ...], as_json: bool, wait: bool, quiet: bool
+) -> None:
+    """One pass over every site (for cron); releases the site leases when done.
 
+    Exits non-zero (6) when another live controller leads a site, unless --wait.
+    """
+    from hpcgear.controller.loop import Controller
+    from hpcgear.errors import LeaderConflictError
+
+    app.require_site_admin("running the controller")
     ctl = _controller(app, sites, quiet, as_json)
     assert isinstance(ctl, Controller)
     try:
-        ctl.once()
+        ctl.once(wait=wait)
     finally:
-        for rt in ctl.runtimes().values():
-            rt.close()
+        ctl.close()
+    if ctl.not_led:
+        led = "; ".join(f"{site} by {who}" for site, who in sorted(ctl.not_led.items()))
+        raise LeaderConflictError(
+            f"another controller leads {led}; nothing was done there",
+            "let it work (it handles those jobs), or run with --wait to wait for its lease",
+        )
+
 
 
 def _statuses(app: AppContext, sites: tuple[str, ...]) -> list[Any]:

@@ -138,8 +138,22 @@ def run_cmd(
     "--input",
     "inputs",
     multiple=True,
-    metavar="NAME=REGEX",
-    help="Input NAME is the one file whose name matches REGEX (repeatable).",
+    metavar="NAME=REGEX|PATH/FILE",
+    help="Input NAME is the one file whose name matches REGEX on each container, or a "
+    "fixed PATH/FILE (e.g. in an analysis) for every job (repeatable).",
+)
+@click.option(
+    "--per-file",
+    is_flag=True,
+    help="One job per matching file on each container (needs exactly one --input).",
+)
+@click.option(
+    "--type", "file_type", metavar="TYPE", help="Only files of this type (dicom, nifti...)."
+)
+@click.option(
+    "--skip-completed",
+    is_flag=True,
+    help="Skip (and name) containers where this gear version with this config already completed.",
 )
 @_job_options("Show which containers would get a job; change nothing.")
 @pass_app
@@ -148,6 +162,9 @@ def batch_cmd(
     gear: str,
     over: str,
     inputs: tuple[str, ...],
+    per_file: bool,
+    file_type: str | None,
+    skip_completed: bool,
     config: tuple[str, ...],
     tags: tuple[str, ...],
     priority: str,
@@ -172,6 +189,9 @@ def batch_cmd(
             tags=list(tags),
             priority=priority,
             dry_run=dry_run,
+            per_file=per_file,
+            file_type=file_type,
+            skip_completed=skip_completed,
         )
         rows: list[dict[str, Any]] = [
             {
@@ -293,14 +313,14 @@ def jobs_cmd(
 
     A listing cut by --limit says so on stderr with the --offset of the next page.
     """
-    from hpcgear.jobs.service import job_to_dict, list_jobs
+    from hpcgear.jobs.service import jobs_to_dicts, list_jobs
 
     actor = app.actor
     with app.db.session() as s:
         found = list_jobs(s, actor, state=state, mine=mine, project=project,
                           limit=offset + limit + 1)
         more = len(found) > offset + limit
-        rows = [job_to_dict(s, j) for j in found[offset: offset + limit]]
+        rows = jobs_to_dicts(s, found[offset : offset + limit])
         unled = _unled_sites(app, s, rows)
     for r in rows:
         for key in ("created", "modified"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_join, safe_text
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -50,7 +50,7 @@ def site_validate(app: AppContext, files: tuple[Path, ...]) -> None:
         for w in site.warnings():
             app.note(f"warning: {w}")
         app.echo(
-            f"{f}: site {site.name} is valid ({site.scheduler}, "
+            f"{safe_text(str(f))}: site {safe_text(site.name)} is valid ({site.scheduler}, "
             f"{len(site.partitions)} partition(s))"
         )
     if len(good) > 1:
@@ -127,17 +127,22 @@ def site_show(app: AppContext, name: str | None, as_json: bool) -> None:
         app.note(f"warning: {line}")
     for s in sites:
         app.echo(
-            f"{s.name}: scheduler={s.scheduler} transport={s.transport.kind} "
-            f"routes={','.join(s.routing.site_tags) or '-'}"
+            f"{safe_text(s.name)}: scheduler={s.scheduler} transport={s.transport.kind} "
+            f"routes={safe_join(s.routing.site_tags, ',') or '-'}"
+        )
+        app.echo(
+            f"  scratch: {safe_text(s.scratch_root)}  images: {safe_text(s.runtime.image_cache)}"
         )
         app.echo(f"  scratch: {safe_text(s.scratch_root)} ({{user}} = {s.scratch_user}: "
                  f"{s.scratch_user_for('OWNER')})  images: {s.runtime.image_cache}")
         for pname, p in s.partitions.items():
             star = " (default)" if pname == s.default_partition else ""
             app.echo(
-                f"  partition {pname}{star}: {p.limits_text()}"
-                + (f" qos={p.qos}" if p.qos else "")
-                + (f" account={p.account}" if p.account else "")
+                safe_text(
+                    f"  partition {pname}{star}: {p.limits_text()}"
+                    + (f" qos={p.qos}" if p.qos else "")
+                    + (f" account={p.account}" if p.account else "")
+                )
             )
 
 

@@ -1,7 +1,7 @@
 """usage columns on jobs (from SLURM accounting), disabled users, controller status
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0006
 Create Date: 2026-12-03 22:30:00
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 _JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 revision = "0007"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
