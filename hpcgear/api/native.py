@@ -37,7 +37,9 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "rule": frozenset({"add", "list", "show", "enable", "disable", "rm", "test"}),
     "rules": frozenset({"evaluate"}),
     "provenance": frozenset({"show", "trace"}),
-    "user": frozenset({"add", "list", "key"}),
+    "user": frozenset({"add", "list", "key", "promote", "demote", "disable", "enable"}),
+    "usage": None,
+    "report": None,  # only `--html -` is useful remotely; the client rewrites --html OUT
     "role": frozenset({"grant", "revoke", "list"}),
     "group": frozenset({"create"}),
     "project": frozenset({"create"}),

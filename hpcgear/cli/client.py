@@ -204,10 +204,35 @@ def run_remote(argv: list[str], key: str) -> int:
         else:
             print(f"{data['user']} (via API key) on {data['instance']}")
         return 0
+    if cmd == "report":
+        return _report(client, forward, rest)
     res = client.post_json("/api/hpcgear/cli", {"argv": [*forward, *rest]})
     sys.stdout.write(str(res.get("stdout", "")))
     sys.stderr.write(str(res.get("stderr", "")))
     return int(res.get("code", 1))
+
+
+def _report(client: ApiClient, forward: list[str], rest: list[str]) -> int:
+    """``report P --html OUT``: the server renders the page, the caller's file gets it."""
+    args = list(rest)
+    out: str | None = None
+    for i, a in enumerate(args):
+        if a == "--html" and i + 1 < len(args):
+            out, args[i + 1] = args[i + 1], "-"
+        elif a.startswith("--html="):
+            out, args[i] = a.split("=", 1)[1], "--html=-"
+    res = client.post_json("/api/hpcgear/cli", {"argv": [*forward, *args]})
+    code = int(res.get("code", 1))
+    sys.stderr.write(str(res.get("stderr", "")))
+    if code != 0 or out is None or out == "-":
+        sys.stdout.write(str(res.get("stdout", "")))
+        return code
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(str(res.get("stdout", "")), encoding="utf-8")
+    tmp.replace(target)
+    print(f"wrote {target}")
+    return 0
 
 
 def _upload(client: ApiClient, args: list[str]) -> int:

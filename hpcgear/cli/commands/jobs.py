@@ -731,8 +731,8 @@ def _size(n: int) -> str:
 
 @click.command("report")
 @click.argument("project", metavar="GROUP/PROJECT")
-@click.option("--html", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the self-contained HTML page here.")
+@click.option("--html", "out", required=True, type=click.Path(path_type=Path, dir_okay=False,
+              allow_dash=True), help="Write the self-contained HTML page here ('-': stdout).")
 @click.option("--session", "session_path", metavar="G/P/SUBJECT/SESSION",
               help="Session whose provenance graph is drawn (default: the one with most runs).")
 @pass_app
@@ -746,10 +746,20 @@ def report_cmd(app: AppContext, project: str, out: Path, session_path: str | Non
     from hpcgear.jobs.report import project_report
     from hpcgear.jobs.report_html import render_report_html
 
+    if app.key_login is not None and str(out) != "-":
+        from hpcgear.errors import PermissionDeniedError
+
+        raise PermissionDeniedError(
+            "through the API the report can only go to stdout (--html -)",
+            "run `hpcgear report` with an API key configured: the client saves the file",
+        )
     actor = app.actor
     with app.db.session() as s:
         data = project_report(s, actor, project, session_path=session_path)
     text = render_report_html(data)
+    if str(out) == "-":  # stdout (the API client writes it to the caller's file)
+        app.stdout.write(text)
+        return
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
