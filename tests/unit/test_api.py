@@ -331,6 +331,8 @@ def test_cli_endpoint_runs_commands_as_the_key_owner(api: Api) -> None:
     c = api.client
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["whoami", "--json"]})
     assert r.status_code == 200 and json.loads(r.json()["stdout"])["user"] == "rw"
+    r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["find", "--json"]})
+    assert r.status_code == 200, r.text
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["ls", "lab/p", "--json"]})
     assert r.json()["code"] == 0 and json.loads(r.json()["stdout"])[0]["label"] == "s1"
     # --as needs a site admin, whatever the OS account of the server is
@@ -343,7 +345,9 @@ def test_cli_endpoint_runs_commands_as_the_key_owner(api: Api) -> None:
     assert _rows(api.db) == before
     for argv in (["controller", "once"], ["gear", "install", "/etc"],
                  ["upload", "a", "/etc/passwd"], ["--config", "/x", "ls"],
-                 ["ingest", "dicom", "/"]):
+                 ["ingest", "dicom", "/"], ["job", "debug", "x"],
+                 ["view", "run", "v", "--out", "/etc/x"], ["report", "lab/p", "--html=/x"],
+                 ["provenance", "export", "j", "-o", "/etc/x"]):
         r = c.post("/api/hpcgear/cli", headers=api.h("admin"), json={"argv": argv})
         assert r.status_code in (403, 422), (argv, r.text)
 
