@@ -488,6 +488,11 @@ def list_children(
     ``/{type}s/{id}/analyses``, ``/{type}s/{id}/files``."""
     ctype = collection_type(collection)
     with st.session() as s:
+        group = s.get(Container, cid)
+        if group is not None and group.type == "group" and children == "projects":
+            _group(s, caller, cid)  # visible through a role on the group or one project
+            return list_containers(s, caller, "project", parent_id=cid, filter_text=filter,
+                                   limit=limit, after_id=after_id)
         c = get_container(s, caller, cid)
         if ctype is not None and c.type != ctype:
             raise NotFoundError(f"{ctype} {cid!r} does not exist", "check the id")

@@ -163,6 +163,13 @@ def test_openapi_docs_and_flywheel_shapes(api: Api) -> None:
     assert c.get("/docs").status_code == 200
     spec = c.get("/openapi.json").json()
     assert "/api/lookup" in spec["paths"] and "/api/jobs/add" in spec["paths"]
+    # a project role shows the group and only that project in it
+    groups = c.get("/api/groups", headers=api.h("ro")).json()
+    assert [g["_id"] for g in groups] == ["lab"]
+    assert c.get("/api/groups/lab", headers=api.h("ro")).status_code == 200
+    assert c.get("/api/groups/lab", headers=api.h("nobody")).status_code == 403
+    in_group = c.get("/api/groups/lab/projects", headers=api.h("ro")).json()
+    assert [p["label"] for p in in_group] == ["p"]
     projects = c.get("/api/projects", headers=api.h("rw")).json()
     assert isinstance(projects, list) and [p["label"] for p in projects] == ["p"]
     assert projects[0]["container_type"] == "project"
