@@ -346,7 +346,11 @@ def list_containers(
         q = q.where(Container.parent_id == parent_id)
     if after_id:
         q = q.where(Container.id > after_id)
-    if not admin:
+    if caller.job_id is not None:  # a job key lists only what its job may read
+        from hpcgear.api.access import job_scope
+
+        q = q.where(Container.id.in_(job_scope(session, caller.job_id)[0]))
+    elif not admin:
         if ctype == "group":
             projects = select(Container.group_id).where(Container.id.in_(ids))
             q = q.where(or_(Container.id.in_(ids), Container.id.in_(projects)))

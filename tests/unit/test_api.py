@@ -291,6 +291,8 @@ def test_job_key_scope_and_expiry(api: Api) -> None:
     jk = {"Authorization": f"scitran-user {key_text}"}
     # reads: destination, its parents, the input's container; nothing else
     assert c.get(f"/api/sessions/{api.ids['ses']}", headers=jk).status_code == 200
+    listed = c.get("/api/acquisitions", headers=jk).json()
+    assert [a["_id"] for a in listed] == [api.ids["acq"]], "only the input's acquisition"
     assert c.get(f"/api/projects/{api.ids['proj']}", headers=jk).status_code == 200
     assert c.get(f"/api/acquisitions/{api.ids['acq']}/files/in.txt", headers=jk).status_code == 200
     before = _rows(api.db)
