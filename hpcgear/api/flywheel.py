@@ -346,7 +346,11 @@ def list_containers(
         q = q.where(Container.parent_id == parent_id)
     if after_id:
         q = q.where(Container.id > after_id)
-    if not admin:
+    if caller.job_id is not None:  # a job key lists only what its job may read
+        from hpcgear.api.access import job_scope
+
+        q = q.where(Container.id.in_(job_scope(session, caller.job_id)[0]))
+    elif not admin:
         if ctype == "group":
             projects = select(Container.group_id).where(Container.id.in_(ids))
             q = q.where(or_(Container.id.in_(ids), Container.id.in_(projects)))
@@ -488,6 +492,11 @@ def list_children(
     ``/{type}s/{id}/analyses``, ``/{type}s/{id}/files``."""
     ctype = collection_type(collection)
     with st.session() as s:
+        group = s.get(Container, cid)
+        if group is not None and group.type == "group" and children == "projects":
+            _group(s, caller, cid)  # visible through a role on the group or one project
+            return list_containers(s, caller, "project", parent_id=cid, filter_text=filter,
+                                   limit=limit, after_id=after_id)
         c = get_container(s, caller, cid)
         if ctype is not None and c.type != ctype:
             raise NotFoundError(f"{ctype} {cid!r} does not exist", "check the id")

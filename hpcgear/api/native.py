@@ -28,15 +28,26 @@ router = APIRouter()
 REMOTE: dict[str, frozenset[str] | None] = {
     "whoami": None,
     "ls": None,
-    "info": frozenset({"set"}),
+    "info": frozenset({"set", "unset"}),
     "tag": frozenset({"add", "rm"}),
+    "mv": None,
+    "rename": None,
+    "rm": None,
+    "trash": frozenset({"list", "restore", "purge"}),
+    "history": None,
+    "versions": None,
+    "classification": None,
+    "note": frozenset({"add", "list"}),
+    "view": frozenset({"save", "list", "run", "rm", "show"}),
+    "find": None,
     "jobs": None,
     "job": frozenset({"show", "cancel", "retry", "logs"}),
+    "usage": None,
     "run": None,
     "batch": None,
     "rule": frozenset({"add", "list", "show", "enable", "disable", "rm", "test"}),
     "rules": frozenset({"evaluate"}),
-    "provenance": frozenset({"show", "trace"}),
+    "provenance": frozenset({"show", "trace", "export"}),
     "user": frozenset({"add", "list", "key", "promote", "demote", "disable", "enable"}),
     "usage": None,
     "report": None,  # only `--html -` is useful remotely; the client rewrites --html OUT
@@ -46,6 +57,8 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "gear": frozenset({"list", "show", "disable", "enable"}),
     "site": frozenset({"show", "schema"}),
 }
+# Options that name a file on the machine the command runs on: never on the server.
+_PATH_OPTIONS = ("--out", "--output", "-o", "--html", "--config")
 _GLOBAL_WITH_VALUE = ("--as",)
 _GLOBAL_FLAGS = ("--traceback",)
 
@@ -91,8 +104,14 @@ def check_remote(argv: list[str]) -> None:
                 f"`hpcgear {cmd} {sub or ''}` cannot run through the API",
                 f"remote subcommands of {cmd}: {', '.join(sorted(subs))}",
             )
-    if any(a in ("--config", "-h", "--help") or a.startswith("--config=") for a in argv):
-        raise InvalidInputError("--config and --help are local options", "drop them")
+    for a in argv:
+        if a in ("-h", "--help") or a in _PATH_OPTIONS or any(
+            a.startswith(o + "=") for o in _PATH_OPTIONS if o.startswith("--")
+        ):
+            raise InvalidInputError(
+                f"{a.split('=')[0]} names a file or help on the server and is not run remotely",
+                "drop it; print to stdout and redirect on your side",
+            )
 
 
 @router.post("/cli")

@@ -8,18 +8,11 @@ One endpoint runs the same click command on the server (``POST /api/hpcgear/cli`
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import secrets
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from hpcgear.auth.keytext import parse_key
 from hpcgear.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -31,12 +24,20 @@ from hpcgear.errors import (
     StorageError,
 )
 
+if TYPE_CHECKING:
+    import urllib.error
+
+# (urllib, hashlib and the key parser are imported when a request is made: every
+# local command line passes through `remote_key`, which must stay cheap.)
+
 LOCAL_COMMANDS = frozenset({"login", "logout", "init", "serve", "controller", "db"})
 _GLOBAL_WITH_VALUE = ("--config", "--as")
 
 
 class ApiClient:
     def __init__(self, key: str, timeout: float = 300.0) -> None:
+        from hpcgear.auth.keytext import parse_key
+
         self.key = parse_key(key)
         self.timeout = timeout
 
@@ -44,6 +45,9 @@ class ApiClient:
         self, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str]
         | None = None,
     ) -> Any:
+        import urllib.error
+        import urllib.request
+
         req = urllib.request.Request(  # noqa: S310 - the URL comes from the user's own key
             self.key.base_url + path, data=body, method=method,
             headers={"Authorization": f"scitran-user {self.key.secret}", **(headers or {})},
@@ -71,6 +75,11 @@ class ApiClient:
 
     def upload(self, dest_path: str, files: list[Path]) -> Any:
         """Multipart upload, streamed from disk by a generator (no whole-file buffering)."""
+        import secrets
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
         boundary = "hpcgear-" + secrets.token_hex(12)
         parts: list[tuple[bytes, Path | None]] = []
         for f in files:
@@ -107,6 +116,10 @@ class ApiClient:
             raise _error_from(exc) from None
 
     def download(self, path: str, out_dir: Path, version: int | None) -> tuple[Path, str]:
+        import hashlib
+        import os
+        import urllib.parse
+
         q = {"path": path, **({"version": str(version)} if version is not None else {})}
         with self._request("GET", "/api/hpcgear/download?" + urllib.parse.urlencode(q)) as r:
             name = r.headers.get("X-Hpcgear-Name") or path.rsplit("/", 1)[-1]
@@ -177,6 +190,10 @@ def remote_key(argv: list[str]) -> str | None:
     if not rest or rest[0] in LOCAL_COMMANDS or any(a in ("-h", "--help", "--version")
                                                     for a in argv):
         return None
+    import os
+
+    if os.environ.get("HPCGEAR_API_KEY"):
+        return os.environ["HPCGEAR_API_KEY"].strip()
     from hpcgear.config.settings import load_settings
 
     try:

@@ -163,6 +163,13 @@ def test_openapi_docs_and_flywheel_shapes(api: Api) -> None:
     assert c.get("/docs").status_code == 200
     spec = c.get("/openapi.json").json()
     assert "/api/lookup" in spec["paths"] and "/api/jobs/add" in spec["paths"]
+    # a project role shows the group and only that project in it
+    groups = c.get("/api/groups", headers=api.h("ro")).json()
+    assert [g["_id"] for g in groups] == ["lab"]
+    assert c.get("/api/groups/lab", headers=api.h("ro")).status_code == 200
+    assert c.get("/api/groups/lab", headers=api.h("nobody")).status_code == 403
+    in_group = c.get("/api/groups/lab/projects", headers=api.h("ro")).json()
+    assert [p["label"] for p in in_group] == ["p"]
     projects = c.get("/api/projects", headers=api.h("rw")).json()
     assert isinstance(projects, list) and [p["label"] for p in projects] == ["p"]
     assert projects[0]["container_type"] == "project"
@@ -284,6 +291,8 @@ def test_job_key_scope_and_expiry(api: Api) -> None:
     jk = {"Authorization": f"scitran-user {key_text}"}
     # reads: destination, its parents, the input's container; nothing else
     assert c.get(f"/api/sessions/{api.ids['ses']}", headers=jk).status_code == 200
+    listed = c.get("/api/acquisitions", headers=jk).json()
+    assert [a["_id"] for a in listed] == [api.ids["acq"]], "only the input's acquisition"
     assert c.get(f"/api/projects/{api.ids['proj']}", headers=jk).status_code == 200
     assert c.get(f"/api/acquisitions/{api.ids['acq']}/files/in.txt", headers=jk).status_code == 200
     before = _rows(api.db)
@@ -331,6 +340,8 @@ def test_cli_endpoint_runs_commands_as_the_key_owner(api: Api) -> None:
     c = api.client
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["whoami", "--json"]})
     assert r.status_code == 200 and json.loads(r.json()["stdout"])["user"] == "rw"
+    r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["find", "--json"]})
+    assert r.status_code == 200, r.text
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["ls", "lab/p", "--json"]})
     assert r.json()["code"] == 0 and json.loads(r.json()["stdout"])[0]["label"] == "s1"
     # --as needs a site admin, whatever the OS account of the server is
@@ -343,7 +354,9 @@ def test_cli_endpoint_runs_commands_as_the_key_owner(api: Api) -> None:
     assert _rows(api.db) == before
     for argv in (["controller", "once"], ["gear", "install", "/etc"],
                  ["upload", "a", "/etc/passwd"], ["--config", "/x", "ls"],
-                 ["ingest", "dicom", "/"]):
+                 ["ingest", "dicom", "/"], ["job", "debug", "x"],
+                 ["view", "run", "v", "--out", "/etc/x"], ["report", "lab/p", "--html=/x"],
+                 ["provenance", "export", "j", "-o", "/etc/x"]):
         r = c.post("/api/hpcgear/cli", headers=api.h("admin"), json={"argv": argv})
         assert r.status_code in (403, 422), (argv, r.text)
 
