@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliEnv
 from tests.unit.test_api import Api, api  # noqa: F401  (fixture)
 from tests.unit.test_cli_client import server_and_client  # noqa: F401  (fixture)
@@ -52,3 +54,34 @@ def test_report_through_a_real_server_lands_in_the_callers_file(
     assert page.startswith("<!DOCTYPE html>") and 'id="provenance"' in page
     usage = client.ok("usage", "--format", "json").json()
     assert usage["scope"] == {"user": "alice"}
+
+
+def test_controller_status_and_health_through_a_key(
+    server_and_client: tuple[CliEnv, CliEnv, str], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import datetime as dt
+
+    from hpcgear.cli.client import remote_key
+    from hpcgear.cli.context import AppContext
+    from hpcgear.controller.status import record_cycle
+
+    server, client, _key = server_and_client
+    server.ok("controller", "once")
+    # a researcher's key (alice is no site admin) reads the status the server stored
+    status = {s["site"]: s for s in client.ok("controller", "status", "--json").json()}
+    assert status["local"]["led"] is True and status["local"]["cycles"] == 1
+    assert "site local: led" in client.ok("controller", "status").out
+    assert client.ok("controller", "health").out.strip() == "ok"
+    # health's exit status 1 comes through the API too
+    app = AppContext(config_path=str(server.config))
+    record_cycle(app.db, {"site": "local", "errors": ["squeue timed out"]}, "h:1",
+                 now=dt.datetime.now(dt.UTC))
+    app.close()
+    res = client.run("controller", "health")
+    assert res.code == 1 and "squeue timed out" in res.out, (res.out, res.err)
+    # running or exporting stays with the admins on the server: never sent with a key
+    monkeypatch.setenv("HPCGEAR_API_KEY", "h:1:secret")
+    for sub in ("run", "once", "metrics"):
+        assert remote_key(["controller", sub]) is None
+    assert remote_key(["controller", "status", "--json"]) == "h:1:secret"
+    assert remote_key(["--config", "x", "controller", "health"]) == "h:1:secret"
