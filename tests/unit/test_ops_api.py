@@ -85,3 +85,33 @@ def test_controller_status_and_health_through_a_key(
         assert remote_key(["controller", sub]) is None
     assert remote_key(["controller", "status", "--json"]) == "h:1:secret"
     assert remote_key(["--config", "x", "controller", "health"]) == "h:1:secret"
+
+
+def test_metrics_endpoint_for_site_admins_and_localhost(api: Api) -> None:  # noqa: F811
+    import datetime as dt
+
+    from starlette.testclient import TestClient
+
+    from hpcgear.controller.status import record_cycle
+
+    record_cycle(api.db, {"site": "local", "claimed": 2, "errors": []}, "h:1",
+                 now=dt.datetime.now(dt.UTC))
+    # a site admin's key, from any host
+    r = api.client.get("/metrics", headers=api.h("admin"))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'hpcgear_controller_up{site="local"} 1' in r.text
+    assert 'hpcgear_controller_cycles_total{site="local"} 1' in r.text
+    assert "# TYPE hpcgear_jobs gauge" in r.text
+    # other users' keys and job keys: refused; no key from another host: refused
+    assert api.client.get("/metrics", headers=api.h("rw")).status_code == 403
+    assert api.client.get("/metrics", headers=api.h("revoked")).status_code == 401
+    far = api.client.get("/metrics")  # the test client's host is "testclient", not loopback
+    assert far.status_code == 401 and "site admin" in far.json()["message"]
+    # no key from the server itself (a Prometheus on the same host): allowed
+    for host in ("127.0.0.1", "::1"):
+        with TestClient(api.client.app, client=(host, 40000)) as local:
+            r = local.get("/metrics")
+            assert r.status_code == 200 and 'hpcgear_controller_up{site="local"} 1' in r.text
+            assert local.get("/metrics", headers={"Authorization": "scitran-user nope"}
+                             ).status_code == 401  # a bad key is never waved through
