@@ -105,7 +105,10 @@ def check_remote(argv: list[str]) -> None:
                 f"`hpcgear {cmd} {sub or ''}` cannot run through the API",
                 f"remote subcommands of {cmd}: {', '.join(sorted(subs))}",
             )
-    for a in argv:
+    for i, a in enumerate(argv):
+        to_stdout = argv[i + 1:i + 2] == ["-"] if a in _PATH_OPTIONS else a.endswith("=-")
+        if to_stdout and a.split("=")[0] == "--html":
+            continue  # `report --html -`: the page comes back as stdout, no server file
         if a in ("-h", "--help") or a in _PATH_OPTIONS or any(
             a.startswith(o + "=") for o in _PATH_OPTIONS if o.startswith("--")
         ):

@@ -26,8 +26,12 @@ def test_usage_and_report_through_the_api(api: Api) -> None:  # noqa: F811
     page = _cli(api, "ro", "report", "lab/p", "--html", "-")
     assert page["code"] == 0 and str(page["stdout"]).startswith("<!DOCTYPE html>")
     # the server never writes a file for a caller
-    res = _cli(api, "admin", "report", "lab/p", "--html", "/tmp/hpcgear-api-report.html")
-    assert res["code"] == 4 and "stdout" in str(res["stderr"])
+    for bad in (["--html", "/tmp/hpcgear-api-report.html"], ["--html=/tmp/x.html"]):
+        r = api.client.post("/api/hpcgear/cli", headers=api.h("admin"),
+                            json={"argv": ["report", "lab/p", *bad]})
+        assert r.status_code == 422 and "--html" in r.json()["message"], r.text
+    page = _cli(api, "ro", "report", "lab/p", "--html=-")
+    assert page["code"] == 0 and str(page["stdout"]).startswith("<!DOCTYPE html>")
     # job debug would run containers on the server: not allowed remotely
     r = api.client.post("/api/hpcgear/cli", headers=api.h("admin"),
                         json={"argv": ["job", "debug", "x"]})
