@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 from tests.conftest import CliEnv
 from tests.unit.test_jobs_service import gear_env  # noqa: F401  (fixture)
 
@@ -19,7 +24,15 @@ def test_pending_jobs_of_a_disabled_user_fail_as_rejected(gear_env: CliEnv) -> N
     hers = _run(env, "--as", "alice")
     mine = _run(env)
     env.ok("user", "disable", "alice")
-    env.ok("controller", "once")
+    # as cron runs it: the refusal is a warning, timestamped like the cycle lines
+    hpcgear = Path(sys.executable).with_name("hpcgear")
+    res = subprocess.run([str(hpcgear), "--config", str(env.config), "controller", "once"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert any("WARNING" in ln and "disabled user(s) alice" in ln for ln in lines), lines
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?[+-]\d\d:\d\d ")
+    assert all(stamp.match(ln) for ln in lines), lines
     job = env.ok("job", "show", hers, "--json").json()
     assert job["state"] == "failed" and job["failure_kind"] == "rejected", job
     why = " ".join(str(e["message"]) for e in job["events"])

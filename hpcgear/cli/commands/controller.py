@@ -137,6 +137,10 @@ def controller_once(
     from hpcgear.controller.loop import Controller
     from hpcgear.errors import LeaderConflictError
 
+    if not logging.getLogger().handlers:  # warnings too get a timestamp (cron mail)
+        from hpcgear.cli.logsetup import configure_logging
+
+        configure_logging(logging.WARNING, as_json=app.log_json)
     app.require_site_admin("running the controller")
     ctl = _controller(app, sites, quiet, as_json)
     assert isinstance(ctl, Controller)
