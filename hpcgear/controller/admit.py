@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hpcgear.jobs.transitions import record_event
+from sqlalchemy import select
+
+from hpcgear.db.models import Job
+from hpcgear.jobs.transitions import StaleJobError, record_event
 from hpcgear.scheduler.base import ReleaseRefusedError, base_native_id
 from hpcgear.scheduler.limits import request_misfit
 from hpcgear.scheduler.slurm_tables import describe_reason
@@ -63,22 +66,33 @@ def release_held(
     """Release held SLURM jobs ``(job id, SLURM id)``; returns the job ids released.
 
     ``release_id`` releases them together (an array's base id). Jobs no longer
-    ``submitting`` (cancelled during sbatch) are scancelled instead.
+    ``submitting`` (cancelled during sbatch) are scancelled instead. The states
+    are re-checked in ONE fenced transaction, however many jobs an array holds.
     """
     live: list[tuple[str, str]] = []
-    for job_id, native in jobs:
-        with job_session(ctx, job_id) as (s, job):
-            if job.state == JobState.SUBMITTING.value:
+    stray: list[str] = []
+    if ctx.fence is not None:
+        ctx.fence.keep()
+    with ctx.db.session() as s:
+        if ctx.fence is not None:
+            ctx.fence.check(s, rt.site.name)
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([j for j, _ in jobs])))}
+        for job_id, native in jobs:
+            job = rows.get(job_id)
+            if job is not None and job.state == JobState.SUBMITTING.value:
                 live.append((job_id, native))
                 continue
-            rt.backend.cancel([native])
-            record_event(
-                s,
-                job,
-                "scancel",
-                ctx.actor,
-                f"scancel {native}: the job became {job.state} while it was being submitted",
-            )
+            stray.append(native)
+            if job is not None:
+                record_event(
+                    s,
+                    job,
+                    "scancel",
+                    ctx.actor,
+                    f"scancel {native}: the job became {job.state} while it was being submitted",
+                )
+    if stray:
+        rt.backend.cancel(stray)
     if not live:
         return []
     targets = [release_id] if release_id else [n for _, n in live]
@@ -93,11 +107,21 @@ def release_held(
         if not refused:
             raise
         rt.backend.cancel(sorted({release_id or n for _, n, _ in refused}))
-        for job_id, native, msg in refused:
-            logger.warning("job %s: SLURM refused to release %s: %s", job_id, native, msg)
-            with job_session(ctx, job_id) as (s, job):
-                fail_job(s, job, ctx.actor, FailureKind.REJECTED, plain_refusal(msg))
-            report.failed += 1
+        with ctx.db.session() as s:
+            rows = {
+                j.id: j
+                for j in s.scalars(select(Job).where(Job.id.in_([j for j, _, _ in refused])))
+            }
+            for job_id, native, msg in refused:
+                logger.warning("job %s: SLURM refused to release %s: %s", job_id, native, msg)
+                job = rows.get(job_id)
+                if job is None:
+                    continue
+                try:
+                    fail_job(s, job, ctx.actor, FailureKind.REJECTED, plain_refusal(msg))
+                except StaleJobError:
+                    continue
+                report.failed += 1
         gone = {j for j, _, _ in refused}
         return [j for j, _ in live if j not in gone]
     return [j for j, _ in live]

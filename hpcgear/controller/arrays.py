@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Gear, Job
-from hpcgear.errors import HpcgearError
-from hpcgear.jobs.transitions import record_event, transition, update_fields
+from hpcgear.errors import HpcgearError, InvalidInputError
+from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
 from hpcgear.render import JobPaths, build_runtime_argv
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
+from hpcgear.scheduler.transport import batch_sync
 from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
 
@@ -26,7 +28,7 @@ from .context import (
     job_session,
     utcnow,
 )
-from .resolve import image_digest_or_fail, prepare_attempt
+from .resolve import image_digest_or_fail, prepare_attempts
 from .sites import SiteRuntime
 from .stagein import stage_attempt
 
@@ -36,7 +38,8 @@ def array_size_limit(rt: SiteRuntime) -> int:
     live = rt.max_array_size
     if live is None:
         try:
-            live = rt.backend.cluster_info().max_array_size
+            info = rt.backend.cluster_info()
+            live, rt.max_job_count = info.max_array_size, info.max_job_count
         except HpcgearError:
             live = 1001
         rt.max_array_size = live
@@ -63,8 +66,7 @@ def submit_array(
     specs: list[JobSpec] = []
     all_paths: list[JobPaths] = []
     configs: list[dict[str, Any]] = []
-    for jid in job_ids:
-        spec, paths, cfg = prepare_attempt(ctx, rt, jid, sif)
+    for spec, paths, cfg in prepare_attempts(ctx, rt, job_ids, sif):
         if not fits_live_limits(ctx, rt, spec, report):
             continue
         specs.append(spec)
@@ -83,10 +85,11 @@ def submit_array(
         max_array_size=rt.max_array_size,
     )
     staged = []
-    for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
-        heartbeat(ctx)  # stage-in of a large array can outlast the lease
-        if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
-            staged.append(i)
+    with batch_sync(rt.transport):  # one filesystem sync for the array, not 3 per task
+        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
+            heartbeat(ctx)  # stage-in of a large array can outlast the lease
+            if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
+                staged.append(i)
     if len(staged) < len(specs):
         # Re-render without the jobs that could not be staged; the rest stay one array.
         specs = [specs[i] for i in staged]
@@ -103,8 +106,12 @@ def submit_array(
         )
     rt.transport.mkdir(apaths.root)
     rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
-    for index, spec in enumerate(specs):  # write-ahead intent, per task
-        with job_session(ctx, spec.job_id) as (s, job):
+    # Write-ahead intent, per task, all in ONE transaction committed before sbatch:
+    # a job another process changed meanwhile aborts the whole array (retried next cycle).
+    with ctx.db.session() as s:
+        rows = _rows(s, [sp.job_id for sp in specs])
+        for index, spec in enumerate(specs):
+            job = rows[spec.job_id]
             update_fields(
                 s,
                 job,
@@ -152,12 +159,29 @@ def record_array(
     how: str,
 ) -> None:
     now = utcnow()
+    recorded: list[str] = []
     natives: dict[str, str] = {}
-    for jid in job_ids:
-        with job_session(ctx, jid) as (s, job):
+    strays: list[str] = []
+    if ctx.fence is not None:
+        ctx.fence.keep()
+    # The SLURM ids of every task in ONE fenced transaction, committed before the release.
+    with ctx.db.session() as s:
+        if ctx.fence is not None:
+            ctx.fence.check(s, rt.site.name)
+        rows = _rows(s, job_ids)
+        for jid in job_ids:
+            job = rows[jid]
             index = int((job.scheduler_info or {}).get("array_index", 0))
-            native = natives[jid] = f"{base}_{index}"
-            update_fields(s, job, native_id=native, submitted=now, last_seen=now)
+            native = f"{base}_{index}"
+            if job.state != JobState.SUBMITTING.value:
+                strays.append(native)  # cancelled meanwhile: its task must not run
+                continue
+            try:
+                update_fields(s, job, native_id=native, submitted=now, last_seen=now)
+            except StaleJobError:
+                strays.append(native)
+                continue
+            natives[jid] = native
             record_event(
                 s,
                 job,
@@ -166,17 +190,49 @@ def record_array(
                 f"SLURM array task {native} (held)",
                 data={"native_id": native, "array_job_id": base},
             )
+            recorded.append(jid)
     fault_point("array.recorded")
+    if strays:
+        rt.backend.cancel(strays)
+    # Re-checks every task's state (a cancel during sbatch scancels it) and turns a
+    # refused release into a `rejected` failure.
     released = release_held(
-        ctx, rt, [(jid, natives[jid]) for jid in job_ids], report, release_id=base
+        ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
     )
-    for jid in released:
-        with job_session(ctx, jid) as (s, job):
-            transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
+    queued = 0
+    late: list[str] = []
+    with ctx.db.session() as s:
+        rows = _rows(s, released)
+        for jid in released:
+            job = rows[jid]
+            try:
+                transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
+            except StaleJobError:
+                late.append(jid)  # moved by someone else meanwhile
+                continue
+            queued += 1
+    if late:
+        # A cancel that landed between the release and this write: its task must not run.
+        with ctx.db.session() as s:
+            gone = s.scalars(
+                select(Job.native_id).where(
+                    Job.id.in_(late), Job.state == JobState.CANCELLED.value
+                )
+            ).all()
+        if gone:
+            rt.backend.cancel([n for n in gone if n])
     if how == "adopted":
-        report.adopted += len(released)
+        report.adopted += queued
     else:
-        report.submitted += len(released)
+        report.submitted += queued
+
+
+def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+    rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(job_ids))))}
+    missing = [j for j in job_ids if j not in rows]
+    if missing:
+        raise InvalidInputError(f"job {missing[0]} vanished", "it was deleted meanwhile")
+    return rows
 
 
 def adopt_or_reset_array(

@@ -30,7 +30,9 @@ from .submit import open_intents, submit_job
 logger = logging.getLogger(__name__)
 
 
-def run_cycle(ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int = 50) -> CycleReport:
+def run_cycle(
+    ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int | None = None
+) -> CycleReport:
     """One pass over a site: cancel, claim + submit, poll, stage out, retry."""
     report = CycleReport(site=rt.site.name)
     steps: tuple[tuple[str, Callable[[], None]], ...] = (
@@ -57,8 +59,10 @@ def run_cycle(ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int = 50)
 
 
 def submit_pending(
-    ctx: ControllerContext, rt: SiteRuntime, report: CycleReport, claim_limit: int
+    ctx: ControllerContext, rt: SiteRuntime, report: CycleReport, claim_limit: int | None
 ) -> None:
+    if rt.site.scheduler == "slurm":
+        array_size_limit(rt)  # reads MaxArraySize and MaxJobCount once per connection
     claimed = claim_jobs(ctx, rt, limit=claim_limit)
     report.claimed += len(claimed)
     with ctx.db.session() as s:

@@ -11,6 +11,7 @@ everything once) or everything published (rerun finds the job complete).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select
 
@@ -33,25 +34,34 @@ from .sites import SiteRuntime
 logger = logging.getLogger(__name__)
 
 
-def _accounting(rt: SiteRuntime, job: Job) -> Accounting | None:
-    if not job.native_id:
-        return None
-    try:
-        return ours(rt.backend.accounting([job.native_id]), job.native_id, job.id, job.array_id)
-    except HpcgearError as exc:
-        logger.info("accounting for %s unavailable: %s", job.native_id, exc.message)
-        return None
+def _accounting(rt: SiteRuntime, jobs: Sequence[Job]) -> dict[str, Accounting]:
+    """Accounting of the jobs to finish: what this cycle's poll fetched, plus ONE
+    batched query for the rest (jobs left in ``staging`` by an earlier cycle)."""
+    have = rt.recent_accounting
+    missing = [j.native_id for j in jobs if j.native_id and j.native_id not in have]
+    fetched: dict[str, Accounting] = {}
+    if missing:
+        try:
+            fetched = rt.backend.accounting(missing)
+        except HpcgearError as exc:
+            logger.info("accounting for %d jobs unavailable: %s", len(missing), exc.message)
+    return {**have, **fetched}
 
 
 def stage_out_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> None:
     """Publish outputs of jobs in ``staging``, record provenance, then clean scratch."""
     with ctx.db.session() as s:
-        ids = s.scalars(
-            select(Job.id).where(Job.site == rt.site.name, Job.state == JobState.STAGING.value)
+        jobs = s.scalars(
+            select(Job).where(Job.site == rt.site.name, Job.state == JobState.STAGING.value)
         ).all()
+        ids = [j.id for j in jobs]
+        acct = _accounting(rt, jobs) if jobs else {}
+        accounting = {
+            j.id: ours(acct, j.native_id, j.id, j.array_id) if j.native_id else None for j in jobs
+        }
     for job_id in ids:
         try:
-            ok = finish_job(ctx, rt, job_id)
+            ok = finish_job(ctx, rt, job_id, accounting.get(job_id))
         except StaleJobError:
             continue
         if ok:
@@ -60,7 +70,9 @@ def stage_out_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport)
             report.failed += 1
 
 
-def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
+def finish_job(
+    ctx: ControllerContext, rt: SiteRuntime, job_id: str, acc: Accounting | None = None
+) -> bool:
     """Publish one ``staging`` job. True when it completed, False when it failed."""
     with job_session(ctx, job_id) as (s, job):
         if job.state != JobState.STAGING.value:
@@ -102,7 +114,6 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
         )
     fault_point("finish.fetched")
     rec = read_exit_record(rt, paths)
-    acc = _accounting(rt, snapshot(ctx, job_id))
     try:
         with job_session(ctx, job_id) as (s, job):
             if job.state != JobState.STAGING.value:

@@ -10,6 +10,7 @@ cycle (a broken file is logged and the running configuration kept).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hpcgear.config.settings import Settings, load_settings
 from hpcgear.controller.context import ControllerContext, CycleReport
@@ -32,7 +33,7 @@ from hpcgear.controller.lease import (
     release_lease,
 )
 from hpcgear.controller.sites import SiteRuntime, connect_site
-from hpcgear.db.models import Job
+from hpcgear.db.models import ChangeLog, Job
 from hpcgear.errors import HpcgearError
 from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.states import JobState
@@ -40,6 +41,12 @@ from hpcgear.states import JobState
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 3600
+#: Seconds between the daemon's checks for new work while it waits for the next cycle.
+WAKE_TICK = 0.5
+#: Most running jobs whose exit records the daemon watches between cycles.
+EXIT_WATCH_MAX = 2000
+#: Seconds before an exit record already seen triggers another cycle.
+EXIT_RECHECK = 2.0
 
 
 def site_is_idle(ctx: ControllerContext, site: str) -> bool:
@@ -69,6 +76,7 @@ class Controller:
     _lease: SiteLease | None = field(default=None, init=False)
     _housekept: float = field(default=0.0, init=False)
     _announced: dict[str, str] = field(default_factory=dict, init=False)
+    _exit_seen: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._lease = SiteLease(self.ctx.db, self.holder, self.lease_seconds)
@@ -208,11 +216,21 @@ class Controller:
         timeout: float | None = None,
         interval: float | None = None,
     ) -> list[CycleReport]:
-        """Cycle until stopped (or until every site is idle, or ``timeout``)."""
+        """Cycle until stopped (or until every site is idle, or ``timeout``).
+
+        Between cycles the daemon does not simply sleep the poll interval: it
+        starts the next cycle at once while a backlog is left (jobs still
+        pending or submitting), and otherwise checks every :data:`WAKE_TICK`
+        seconds, with cheap database queries and no scheduler query, whether
+        new work arrived (a pending job, an upload rules may match) or a
+        tracked job wrote its exit record. The scheduler is polled on new work,
+        on an exit record, and at least every poll interval.
+        """
         start = time.monotonic()
         last: list[CycleReport] = []
         try:
             while not self._stop.is_set():
+                marks = self._work_marks()
                 last = self.once()
                 if until_idle and all(site_is_idle(self.ctx, n) for n in self.runtimes()):
                     break
@@ -227,7 +245,95 @@ class Controller:
                         default=10,
                     )
                 )
-                self._stop.wait(1.0 if busy and until_idle else float(wait))
+                if until_idle and busy:
+                    wait = min(float(wait), 1.0)
+                progressed = any(r.claimed or r.submitted or r.adopted for r in last)
+                if progressed and self._backlog():
+                    continue  # claimed work is left: no sleeping through a backlog
+                self._sleep(float(wait), marks[0], self._work_marks()[1])
         finally:
             self.close()
         return last
+
+    # ----------------------------------------------------------- waking up
+    def _work_marks(self) -> tuple[int, int]:
+        """(newest change-log entry, pending jobs) before a cycle, to spot new work."""
+        names = list(self._runtimes) or list(self.site_names)
+        with self.ctx.db.session() as s:
+            seq = s.scalar(select(func.max(ChangeLog.seq))) or 0
+            pending = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.site.in_(names), Job.state == JobState.PENDING.value)
+                )
+                or 0
+            )
+        return int(seq), int(pending)
+
+    def _backlog(self) -> bool:
+        """Whether jobs are still waiting to be submitted (more than one cycle claims)."""
+        with self.ctx.db.session() as s:
+            left = s.scalar(
+                select(Job.id)
+                .where(
+                    Job.site.in_(list(self._runtimes)),
+                    Job.state.in_((JobState.PENDING.value, JobState.SUBMITTING.value)),
+                )
+                .limit(1)
+            )
+        return left is not None
+
+    def _sleep(self, seconds: float, seq0: int, pending0: int) -> None:
+        """Wait up to ``seconds``; return early on new work or a finished job.
+
+        New work is a change-log entry newer than ``seq0`` (rules may match it)
+        or more pending jobs than the ``pending0`` a cap left waiting.
+        """
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._stop.wait(min(WAKE_TICK, left)):
+                return
+            try:
+                seq, pending = self._work_marks()
+                if pending > pending0 or (self.rules_hook is not None and seq > seq0):
+                    return
+                if self._exit_records_written():
+                    return
+            except Exception:  # a failed check only means waiting for the interval
+                logger.debug("wake-up check failed", exc_info=True)
+
+    def _exit_records_written(self) -> bool:
+        """Whether a queued/running job of a site on this host's file system wrote exit.json.
+
+        A stat per tracked job, no scheduler query; skipped for remote sites and
+        beyond :data:`EXIT_WATCH_MAX` tracked jobs (the poll interval covers those).
+        """
+        from hpcgear.controller.resolve import attempt_paths
+
+        local = {n: rt for n, rt in self._runtimes.items() if rt.local_files}
+        if not local:
+            return False
+        with self.ctx.db.session() as s:
+            running = s.scalars(
+                select(Job)
+                .where(
+                    Job.site.in_(list(local)),
+                    Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
+                )
+                .limit(EXIT_WATCH_MAX + 1)
+            ).all()
+        if not running or len(running) > EXIT_WATCH_MAX:
+            return False
+        now = time.monotonic()
+        for job in running:
+            path = attempt_paths(local[job.site].site, job).exit_json
+            if os.path.exists(path) and self._exit_seen.get(job.id, 0.0) < now - EXIT_RECHECK:
+                # SLURM may report the job running for a moment after the record is
+                # written: look again at most every EXIT_RECHECK seconds.
+                self._exit_seen[job.id] = now
+                return True
+        return False

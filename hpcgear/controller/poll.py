@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: How long a job may be missing from the queue, the accounting and its exit record
 #: before it counts as lost (squeue drops jobs after MinJobAge; sacct can lag).
 LOST_GRACE = dt.timedelta(minutes=10)
+#: An unchanged job's ``last_seen`` is rewritten only when older than this.
+LAST_SEEN_REFRESH = dt.timedelta(minutes=1)
 
 
 def classify_end(
@@ -142,29 +144,54 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     """One queue query for every tracked job of the site; resolve the ones that left."""
     with ctx.db.session() as s:
         tracked = s.execute(
-            select(Job.id, Job.native_id, Job.state, Job.last_seen, Job.array_id).where(
+            select(
+                Job.id,
+                Job.native_id,
+                Job.state,
+                Job.last_seen,
+                Job.array_id,
+                Job.scheduler_state,
+                Job.pending_reason,
+            ).where(
                 Job.site == rt.site.name,
                 Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
                 Job.native_id.is_not(None),
             )
         ).all()
+    rt.recent_accounting = {}
     if not tracked:
         return
     statuses = rt.backend.poll([t.native_id for t in tracked])  # raises: nothing changes
     now = utcnow()
     gone: list[Any] = []
     ended: list[tuple[Any, SchedulerStatus]] = []
+    unchanged: list[str] = []
     for t in tracked:
         st = statuses.get(t.native_id)
         if st is None:
             gone.append(t)
         elif st.final:
             ended.append((t, st))
+        elif _unchanged(t, st):
+            last = aware(t.last_seen)
+            if last is None or now - last > LAST_SEEN_REFRESH:
+                unchanged.append(t.id)
         else:
             try:
                 apply_status(ctx, rt, t.id, st, now, report)
             except StaleJobError:
                 continue
+    if unchanged:
+        # Nothing to tell about these jobs: one UPDATE keeps their last_seen
+        # fresh (it only feeds the lost-job grace), not a transaction per job.
+        with ctx.db.session() as s:
+            for start in range(0, len(unchanged), 5000):
+                s.execute(
+                    update(Job)
+                    .where(Job.id.in_(unchanged[start : start + 5000]))
+                    .values(last_seen=now)
+                    .execution_options(synchronize_session=False)
+                )
     if not gone and not ended:
         return
     # One batched accounting query for every job that ended or left the queue.
@@ -176,6 +203,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
         logger.info("accounting not available yet: %s", exc.message)
         acct = {}
     fault_point("poll.ended")
+    rt.recent_accounting = dict(acct)
     for t, st in ended:
         try:
             with job_session(ctx, t.id) as (s, job):
@@ -216,6 +244,16 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                         update_fields(s, job, scheduler_state="UNKNOWN")
         except StaleJobError:
             continue
+
+
+def _unchanged(t: Any, st: SchedulerStatus) -> bool:
+    """A queued/running job whose SLURM state and reason are what the row already says."""
+    if st.never_starts or t.scheduler_state != st.state.value:
+        return False
+    if st.category == StateCategory.RUNNING and t.state == JobState.QUEUED.value:
+        return False
+    reason = st.reason if st.category == StateCategory.WAITING else None
+    return bool(reason == t.pending_reason)
 
 
 def apply_status(

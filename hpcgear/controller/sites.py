@@ -13,7 +13,7 @@ from hpcgear.config.settings import Settings
 from hpcgear.config.site import SiteConfig
 from hpcgear.errors import HpcgearError, ImageError
 from hpcgear.gears.images import ImageCache, digest_hex
-from hpcgear.scheduler.base import PartitionInfo, SchedulerBackend
+from hpcgear.scheduler.base import Accounting, PartitionInfo, SchedulerBackend
 from hpcgear.scheduler.local import LocalBackend
 from hpcgear.scheduler.slurm import SlurmBackend
 from hpcgear.scheduler.transport import LocalTransport, SSHTransport, Transport
@@ -34,6 +34,10 @@ class SiteRuntime:
     backend: SchedulerBackend
     local_files: bool  # True when the site's file systems are this host's
     max_array_size: int | None = None  # live MaxArraySize, read once per connection
+    max_job_count: int | None = None  # live MaxJobCount (array tasks count one each)
+    # The accounting poll fetched this cycle (native id -> record): stage-out uses
+    # it instead of asking sacct again for every job it finishes.
+    recent_accounting: dict[str, Accounting] = field(default_factory=dict)
     _images_checked: set[str] = field(default_factory=set)
     _partitions: tuple[float, list[PartitionInfo]] | None = None
 
