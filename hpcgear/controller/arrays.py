@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import HpcgearError, InvalidInputError
-from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
+from hpcgear.jobs.transitions import (
+    StaleJobError,
+    cas_update_many,
+    record_event,
+    record_events_many,
+    transition_many,
+    update_fields,
+)
 from hpcgear.render import JobPaths, build_runtime_argv
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
 from hpcgear.scheduler.transport import batch_sync
@@ -97,29 +104,45 @@ def submit_array(
     # a job another process changed meanwhile aborts the whole array (retried next cycle).
     with ctx.db.session() as s:
         rows = _rows(s, [sp.job_id for sp in specs])
-        for index, spec in enumerate(specs):
-            job = rows[spec.job_id]
-            update_fields(
-                s,
-                job,
-                script_sha256=script.sha256,
-                array_id=array_id,
-                scheduler_info={**(job.scheduler_info or {}), "array_index": index},
-            )
-            record_event(
-                s,
-                job,
-                "sbatch",
-                ctx.actor,
-                f"submitting as task {index} of array {array_id} with --hold",
-                data={
-                    "array_id": array_id,
-                    "index": index,
-                    "script": apaths.sbatch,
+        changes = [
+            (
+                rows[spec.job_id],
+                {
                     "script_sha256": script.sha256,
-                    "argv": build_runtime_argv(spec, site, all_paths[index]),
+                    "array_id": array_id,
+                    "scheduler_info": {
+                        **(rows[spec.job_id].scheduler_info or {}),
+                        "array_index": index,
+                    },
                 },
             )
+            for index, spec in enumerate(specs)
+        ]
+        if not cas_update_many(s, changes):
+            raise StaleJobError(
+                f"a job of array {array_id} changed while it was being submitted",
+                "the jobs are submitted on the next cycle",
+                transient=True,
+            )
+        record_events_many(
+            s,
+            [
+                {
+                    "job_id": spec.job_id,
+                    "actor": ctx.actor,
+                    "kind": "sbatch",
+                    "message": f"submitting as task {index} of array {array_id} with --hold",
+                    "data": {
+                        "array_id": array_id,
+                        "index": index,
+                        "script": apaths.sbatch,
+                        "script_sha256": script.sha256,
+                        "argv": build_runtime_argv(spec, site, all_paths[index]),
+                    },
+                }
+                for index, spec in enumerate(specs)
+            ],
+        )
     try:
         base = backend.submit(apaths.sbatch, hold=True)
     except SubmitRejectedError as exc:
@@ -147,42 +170,52 @@ def record_array(
     recorded: list[str] = []
     strays: list[str] = []
     # The SLURM ids of every task in ONE transaction, committed before the release.
+    natives: dict[str, str] = {}
     with ctx.db.session() as s:
         rows = _rows(s, job_ids)
+        todo = []
         for jid in job_ids:
             job = rows[jid]
-            index = int((job.scheduler_info or {}).get("array_index", 0))
-            native = f"{base}_{index}"
+            natives[jid] = f"{base}_{int((job.scheduler_info or {}).get('array_index', 0))}"
             if job.state != JobState.SUBMITTING.value:
-                strays.append(native)  # cancelled meanwhile: its task must not run
+                strays.append(natives[jid])  # cancelled meanwhile: its task must not run
                 continue
-            try:
-                update_fields(s, job, native_id=native, submitted=now, last_seen=now)
-            except StaleJobError:
-                strays.append(native)
-                continue
-            record_event(
-                s,
-                job,
-                how,
-                ctx.actor,
-                f"SLURM array task {native} (held)",
-                data={"native_id": native, "array_job_id": base},
-            )
-            recorded.append(jid)
+            todo.append(job)
+        fields = {"submitted": now, "last_seen": now}
+        if cas_update_many(s, [(j, {"native_id": natives[j.id], **fields}) for j in todo]):
+            recorded = [j.id for j in todo]
+        else:  # someone changed a job meanwhile: job by job, each in a savepoint
+            for job in todo:
+                try:
+                    with s.begin_nested():
+                        update_fields(s, job, native_id=natives[job.id], **fields)
+                except StaleJobError:
+                    strays.append(natives[job.id])
+                    continue
+                recorded.append(job.id)
+        record_events_many(
+            s,
+            [
+                {
+                    "job_id": jid,
+                    "actor": ctx.actor,
+                    "kind": how,
+                    "message": f"SLURM array task {natives[jid]} (held)",
+                    "data": {"native_id": natives[jid], "array_job_id": base},
+                }
+                for jid in recorded
+            ],
+        )
     if strays:
         rt.backend.cancel(strays)
     rt.backend.release([base])
-    queued = 0
     with ctx.db.session() as s:
         rows = _rows(s, recorded)
-        for jid in recorded:
-            job = rows[jid]
-            try:
-                transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
-            except StaleJobError:
-                continue  # moved by someone else; the next cycle's poll sees it
-            queued += 1
+        moved = transition_many(
+            s, [(rows[j], f"queued as {natives[j]}", {}) for j in recorded], JobState.QUEUED,
+            ctx.actor,
+        )  # fmt: skip
+    queued = len(moved)  # a job moved by someone else meanwhile: the next poll sees it
     if how == "adopted":
         report.adopted += queued
     else:
