@@ -25,7 +25,16 @@ from hpcgear.scheduler.transport import batch_sync
 from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
 
-from .context import ControllerContext, CycleReport, fail_job, job_session, utcnow
+from .admit import fits_live_limits, release_held
+from .context import (
+    ControllerContext,
+    CycleReport,
+    fail_job,
+    fault_point,
+    heartbeat,
+    job_session,
+    utcnow,
+)
 from .resolve import image_digest_or_fail, prepare_attempts
 from .sites import SiteRuntime
 from .stagein import stage_attempt
@@ -65,9 +74,13 @@ def submit_array(
     all_paths: list[JobPaths] = []
     configs: list[dict[str, Any]] = []
     for spec, paths, cfg in prepare_attempts(ctx, rt, job_ids, sif):
+        if not fits_live_limits(ctx, rt, spec, report):
+            continue
         specs.append(spec)
         all_paths.append(paths)
         configs.append(cfg)
+    if not specs:
+        return
     array_id = f"a{secrets.token_hex(8)}"
     apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
     script = render_array(
@@ -78,12 +91,12 @@ def submit_array(
         array_paths=apaths,
         max_array_size=rt.max_array_size,
     )
+    staged = []
     with batch_sync(rt.transport):  # one filesystem sync for the array, not 3 per task
-        staged = [
-            i
-            for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True))
-            if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report)
-        ]
+        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
+            heartbeat(ctx)  # stage-in of a large array can outlast the lease
+            if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
+                staged.append(i)
     if len(staged) < len(specs):
         # Re-render without the jobs that could not be staged; the rest stay one array.
         specs = [specs[i] for i in staged]
@@ -143,6 +156,7 @@ def submit_array(
                 for index, spec in enumerate(specs)
             ],
         )
+    fault_point("array.intent")
     try:
         base = backend.submit(apaths.sbatch, hold=True)
     except SubmitRejectedError as exc:
@@ -154,6 +168,7 @@ def submit_array(
     except SchedulerUnavailableError as exc:
         report.errors.append(f"array {array_id}: {exc.message}")
         return  # the next cycle looks the array up by name
+    fault_point("array.sbatch")
     record_array(ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted")
 
 
@@ -168,10 +183,14 @@ def record_array(
 ) -> None:
     now = utcnow()
     recorded: list[str] = []
-    strays: list[str] = []
-    # The SLURM ids of every task in ONE transaction, committed before the release.
     natives: dict[str, str] = {}
+    strays: list[str] = []
+    if ctx.fence is not None:
+        ctx.fence.keep()
+    # The SLURM ids of every task in ONE fenced transaction, committed before the release.
     with ctx.db.session() as s:
+        if ctx.fence is not None:
+            ctx.fence.check(s, rt.site.name)
         rows = _rows(s, job_ids)
         todo = []
         for jid in job_ids:
@@ -206,16 +225,35 @@ def record_array(
                 for jid in recorded
             ],
         )
+    fault_point("array.recorded")
     if strays:
         rt.backend.cancel(strays)
-    rt.backend.release([base])
+    # Re-checks every task's state (a cancel during sbatch scancels it) and turns a
+    # refused release into a `rejected` failure.
+    released = release_held(
+        ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
+    )
     with ctx.db.session() as s:
-        rows = _rows(s, recorded)
-        moved = transition_many(
-            s, [(rows[j], f"queued as {natives[j]}", {}) for j in recorded], JobState.QUEUED,
-            ctx.actor,
-        )  # fmt: skip
-    queued = len(moved)  # a job moved by someone else meanwhile: the next poll sees it
+        rows = _rows(s, released)
+        moved = {
+            j.id
+            for j in transition_many(
+                s, [(rows[j], f"queued as {natives[j]}", {}) for j in released], JobState.QUEUED,
+                ctx.actor,
+            )
+        }
+    queued = len(moved)
+    late = [jid for jid in released if jid not in moved]  # moved by someone else meanwhile
+    if late:
+        # A cancel that landed between the release and this write: its task must not run.
+        with ctx.db.session() as s:
+            gone = s.scalars(
+                select(Job.native_id).where(
+                    Job.id.in_(late), Job.state == JobState.CANCELLED.value
+                )
+            ).all()
+        if gone:
+            rt.backend.cancel([n for n in gone if n])
     if how == "adopted":
         report.adopted += queued
     else:

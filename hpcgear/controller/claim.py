@@ -10,7 +10,7 @@ from hpcgear.db.models import Job
 from hpcgear.jobs.transitions import transition_many
 from hpcgear.states import JobState
 
-from .context import ControllerContext, utcnow
+from .context import ControllerContext, fault_point, utcnow
 from .sites import SiteRuntime
 
 PRIORITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -34,6 +34,8 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
     site = rt.site
     limit = CLAIM_BATCH if limit is None else limit
     claimed: list[str] = []
+    if ctx.fence is not None:
+        ctx.fence.keep()
     with ctx.db.session() as s:
         pending = s.scalars(
             select(Job)
@@ -93,4 +95,9 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
             s, [(j, "claimed for submission", {}) for j in chosen], JobState.SUBMITTING, ctx.actor
         )
         claimed = [j.id for j in moved]
+        if claimed and ctx.fence is not None:
+            # Inside the same transaction: a takeover cannot slip in before the commit.
+            ctx.fence.check(s, site.name)
+    if claimed:
+        fault_point("claim.after")
     return claimed

@@ -14,18 +14,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from hpcgear.config.settings import Settings
 from hpcgear.db.models import Job
 from hpcgear.db.session import Database
-from hpcgear.errors import InvalidInputError
+from hpcgear.errors import InvalidInputError, LeaderConflictError
 from hpcgear.jobs.transitions import transition
 from hpcgear.states import FailureKind, JobState
 from hpcgear.storage.objects import ObjectStore
@@ -44,14 +47,37 @@ def aware(t: dt.datetime | None) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+class LeaseLostError(LeaderConflictError):
+    """This controller no longer leads the job's site: its write is refused."""
+
+
+class Fence(Protocol):
+    """Guards every job write a step makes (see :mod:`hpcgear.controller.lease`)."""
+
+    def keep(self) -> None:
+        """Renew the leases this controller holds when they are due (own transaction)."""
+
+    def check(self, session: Session, site: str) -> None:
+        """Raise :class:`LeaseLostError` unless this controller leads ``site``.
+
+        Called inside the job's own transaction, so a takeover cannot slip in
+        between the check and the write.
+        """
+
+
 @dataclass
 class ControllerContext:
-    """What every step needs: the database, storage, settings and who acts."""
+    """What every step needs: the database, storage, settings and who acts.
+
+    ``fence`` is set by the controller loop; without it (tools, tests) job
+    writes are guarded only by each job's compare-and-set.
+    """
 
     db: Database
     store: ObjectStore
     settings: Settings
     actor: str = field(default_factory=lambda: f"controller@{socket.gethostname()}")
+    fence: Fence | None = None
 
 
 @dataclass
@@ -105,12 +131,22 @@ class CycleReport:
 
 @contextmanager
 def job_session(ctx: ControllerContext, job_id: str) -> Iterator[tuple[Session, Job]]:
-    """One transaction around one job row (committed on exit)."""
+    """One transaction around one job row (committed on exit), fenced by the site lease."""
+    if ctx.fence is not None:
+        ctx.fence.keep()
     with ctx.db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise InvalidInputError(f"job {job_id} vanished", "it was deleted meanwhile")
+        if ctx.fence is not None:
+            ctx.fence.check(s, job.site)
         yield s, job
+
+
+def heartbeat(ctx: ControllerContext) -> None:
+    """Renew the site leases if due; call it inside long loops that write nothing."""
+    if ctx.fence is not None:
+        ctx.fence.keep()
 
 
 def fail_job(
@@ -129,3 +165,56 @@ def spec_user(job: Job) -> str:
 
 def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------ fault injection
+
+#: Every named point a controller passes in a job's life, in order. Tests set
+#: ``HPCGEAR_FAULT=<point>:<n>[:kill|raise|sleep<seconds>]`` to die (SIGKILL, the
+#: default) or raise :class:`InjectedFault` the n-th time the point is reached, or
+#: to stall there from the n-th hit on, so each step of a job's life can be
+#: crashed or slowed on purpose (tests/chaos).
+FAULT_POINTS = (
+    "claim.after",
+    "submit.staged",
+    "submit.intent",
+    "submit.sbatch",
+    "submit.recorded",
+    "submit.released",
+    "array.intent",
+    "array.sbatch",
+    "array.recorded",
+    "poll.ended",
+    "finish.fetched",
+    "finish.published",
+    "logs.stored",
+    "retry.before",
+)
+_fault_hits: dict[str, int] = {}
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault point named by ``HPCGEAR_FAULT`` (tests only)."""
+
+
+def fault_point(name: str) -> None:
+    """Die or raise here if ``HPCGEAR_FAULT`` names this point (a no-op otherwise)."""
+    spec = os.environ.get("HPCGEAR_FAULT")
+    if not spec:
+        return
+    point, _, rest = spec.partition(":")
+    if point != name:
+        return
+    count, _, how = rest.partition(":")
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    nth = int(count) if count.isdigit() else 1
+    if how.startswith("sleep"):  # a slow step, from the n-th hit on (two-leader tests)
+        if _fault_hits[name] >= nth:
+            time.sleep(float(how[5:] or 5))
+        return
+    if _fault_hits[name] != nth:
+        return
+    logger.warning("fault injection: %s at %s (hit %d)", how or "kill", name, _fault_hits[name])
+    if how == "raise":
+        raise InjectedFault(f"injected fault at {name}")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -19,7 +19,7 @@ from hpcgear.states import JobState
 from .arrays import adopt_or_reset_array, array_size_limit, submit_array
 from .cancel import cancel_requested
 from .claim import claim_jobs
-from .context import ControllerContext, CycleReport, dumps, spec_user
+from .context import ControllerContext, CycleReport, LeaseLostError, dumps, spec_user
 from .finish import stage_out_jobs
 from .logs import keep_logs_of_failed
 from .poll import poll_jobs
@@ -46,6 +46,11 @@ def run_cycle(
     for name, step in steps:
         try:
             step()
+        except LeaseLostError as exc:
+            # Another controller took the site over: stop here, it carries on.
+            logger.warning("site %s: %s step stopped: %s", rt.site.name, name, exc.message)
+            report.errors.append(f"{name}: {exc.message}")
+            break
         except HpcgearError as exc:
             # A failed query or an unreachable cluster changes no job's state.
             logger.warning("site %s: %s step failed: %s", rt.site.name, name, exc.message)
@@ -74,6 +79,8 @@ def submit_pending(
     for array_id in pending_arrays:
         try:
             adopt_or_reset_array(ctx, rt, array_id, report)
+        except LeaseLostError:
+            raise
         except HpcgearError as exc:
             report.errors.append(f"array {array_id}: {exc.message}")
     singles: list[str] = []
@@ -104,6 +111,8 @@ def submit_pending(
                 submit_array(ctx, rt, chunk, report)
             except StaleJobError:
                 continue
+            except LeaseLostError:
+                raise
             except HpcgearError as exc:
                 logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
                 report.errors.append(f"array: {exc.message}")
@@ -112,6 +121,8 @@ def submit_pending(
             submit_job(ctx, rt, job_id, report)
         except StaleJobError:
             continue
+        except LeaseLostError:
+            raise
         except HpcgearError as exc:
             logger.warning("job %s: submit step failed: %s", job_id, exc.message)
             report.errors.append(f"{job_id}: {exc.message}")

@@ -24,7 +24,7 @@ from hpcgear.staging.metadata import InvalidMetadataError, parse_metadata
 from hpcgear.staging.stageout import fetch_outputs, read_metadata, scan_outputs
 from hpcgear.states import FailureKind, JobState
 
-from .context import ControllerContext, CycleReport, job_session, utcnow
+from .context import ControllerContext, CycleReport, fault_point, job_session, utcnow
 from .facts import ours, read_exit_record, remove_scratch, snapshot, store_log
 from .publish import publish_outputs, record_job_log
 from .record import collect_run_facts, record_provenance
@@ -112,6 +112,7 @@ def finish_job(
         return _fail_staging(
             ctx, rt, job_id, paths, FailureKind.OUTPUT_STAGING, exc.message, gear_name
         )
+    fault_point("finish.fetched")
     rec = read_exit_record(rt, paths)
     try:
         with job_session(ctx, job_id) as (s, job):
@@ -172,6 +173,7 @@ def finish_job(
             f"invalid .metadata.json: {exc.message}",
             gear_name,
         )
+    fault_point("finish.published")
     # Only now, after the commit, may scratch go.
     remove_scratch(rt, paths, job_id)
     return True

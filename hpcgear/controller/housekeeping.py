@@ -1,4 +1,8 @@
-"""Housekeeping: orphan job directories on the sites' scratch (``hpcgear scratch gc``).
+"""Housekeeping: what crashes and failures leave on disk (``hpcgear scratch gc``).
+
+* orphan job directories and array directories on the sites' scratch;
+* partial temp files of interrupted puts in permanent storage (older than
+  :data:`STORAGE_TMP_AGE_SECONDS`), also swept by the controller once an hour.
 
 A service function: it takes the acting user and checks the role; the CLI (and
 the HTTP API) only present its result.
@@ -21,10 +25,20 @@ from hpcgear.db.session import Database
 from hpcgear.errors import HpcgearError, InvalidInputError
 from hpcgear.hierarchy.permissions import require_site_admin
 from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.staging.gc import list_scratch, plan_gc, remove_scratch
+from hpcgear.staging.gc import (
+    list_array_dirs,
+    list_scratch,
+    plan_array_gc,
+    plan_gc,
+    remove_scratch,
+)
 from hpcgear.states import JobState
+from hpcgear.storage.objects import ObjectStore
 
 from .sites import connect_site
+
+#: A temp file in storage this old belongs to no running put.
+STORAGE_TMP_AGE_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +54,7 @@ class ScratchEntry:
     def as_dict(self, dry_run: bool) -> dict[str, Any]:
         return {
             "site": self.site,
+            "kind": "array" if self.attempt == 0 else "job",
             "job_id": self.job_id,
             "attempt": self.attempt,
             "path": self.path,
@@ -55,6 +70,7 @@ class ScratchGcResult:
     dry_run: bool
     directories: list[ScratchEntry] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # one per unreachable site
+    storage_tmp_removed: int = 0
 
     @property
     def removed(self) -> int:
@@ -82,6 +98,23 @@ def scratch_roots(session: Session, site: SiteConfig, fallback_user: str) -> lis
     return roots
 
 
+def _live_arrays(db: Database, array_ids: Sequence[str]) -> set[str]:
+    final = [s.value for s in JobState if s.final]
+    live: set[str] = set()
+    with db.session() as s:
+        for i in range(0, len(array_ids), 500):
+            chunk = list(array_ids[i : i + 500])
+            live |= {
+                str(a)
+                for a in s.scalars(
+                    select(Job.array_id)
+                    .where(Job.array_id.in_(chunk), Job.state.not_in(final))
+                    .distinct()
+                ).all()
+            }
+    return live
+
+
 def _live_and_known(db: Database, ids: Sequence[str]) -> tuple[set[str], set[str]]:
     final = [s.value for s in JobState if s.final]
     known: set[str] = set()
@@ -107,6 +140,7 @@ def collect_scratch(
     older_than_minutes: int | None = None,
     dry_run: bool = False,
     fallback_user: str = "hpcgear",
+    store: ObjectStore | None = None,
 ) -> ScratchGcResult:
     """Remove orphan job directories under ``<scratch>/hpcgear/`` of every (or one) site.
 
@@ -114,7 +148,9 @@ def collect_scratch(
     changed for longer than the age limit (``older_than_minutes``, else the
     site's ``scratch_gc_age``). A live job's directory is never touched. One
     unreachable site is reported in ``errors`` and does not stop the others.
-    Site admins only.
+    An array directory goes when no live job belongs to the array (same age
+    limit). With ``store``, temp files of interrupted puts older than an hour
+    are removed too. Site admins only.
     """
     with db.session() as s:
         require_site_admin(s, actor, "cleaning scratch")
@@ -135,6 +171,15 @@ def collect_scratch(
                 dirs,
                 live_job_ids=live,
                 known_job_ids=known,
+                now=time.time(),
+                older_than_seconds=limit_min * 60,
+            )
+            arrays = []
+            for root in roots:
+                arrays += list_array_dirs(rt.transport, root)
+            decisions += plan_array_gc(
+                arrays,
+                live_array_ids=_live_arrays(db, sorted({a.job_id for a in arrays})),
                 now=time.time(),
                 older_than_seconds=limit_min * 60,
             )
@@ -160,4 +205,6 @@ def collect_scratch(
                     reason=d.reason,
                 )
             )
+    if store is not None and not dry_run:
+        result.storage_tmp_removed = store.clean_tmp(older_than_seconds=STORAGE_TMP_AGE_SECONDS)
     return result

@@ -17,7 +17,7 @@ from hpcgear.staging.stageout import read_text_file
 from hpcgear.states import JobState
 from hpcgear.storage.objects import ObjectStore
 
-from .context import ControllerContext, job_session
+from .context import ControllerContext, fault_point, job_session
 from .facts import log_path, remove_scratch, snapshot, store_log
 from .publish import record_job_log
 from .resolve import attempt_paths
@@ -85,6 +85,7 @@ def archive_failed_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> 
         if log is not None:
             record_job_log(s, row, ctx.actor, sha256=log.sha256, size=log.size, name=log.name)
         record_event(s, row, "log_archived", ctx.actor, "log kept" if log else "no log was written")
+    fault_point("logs.stored")
     remove_scratch(rt, paths, job_id)
 
 

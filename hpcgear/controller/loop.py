@@ -1,9 +1,10 @@
 """The controller loop: leader lease per site, cycles, signals.
 
-One controller leads each site at a time: it holds a row in
-``controller_leases`` that it renews every cycle; a second controller sees an
-unexpired lease held by someone else and waits. SIGTERM/SIGINT finish the
-current step and stop; SIGHUP reloads the site configs before the next cycle.
+One controller leads each site at a time (:mod:`hpcgear.controller.lease`): a
+second controller sees a live lease held by someone else and waits, or, run
+once from cron, says so and fails unless told to wait. SIGTERM/SIGINT finish
+the current step and stop; SIGHUP reloads the site configs before the next
+cycle (a broken file is logged and the running configuration kept).
 """
 
 from __future__ import annotations
@@ -22,14 +23,24 @@ from sqlalchemy import func, select
 from hpcgear.config.settings import Settings, load_settings
 from hpcgear.controller.context import ControllerContext, CycleReport
 from hpcgear.controller.cycle import run_cycle
-from hpcgear.controller.lease import acquire_lease, holder_id, release_lease
+from hpcgear.controller.housekeeping import STORAGE_TMP_AGE_SECONDS
+from hpcgear.controller.lease import (
+    LEASE_SECONDS,
+    SiteLease,
+    acquire_lease,
+    holder_id,
+    lease_holder,
+    release_lease,
+)
 from hpcgear.controller.sites import SiteRuntime, connect_site
 from hpcgear.db.models import ChangeLog, Job
+from hpcgear.errors import HpcgearError
 from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.states import JobState
 
 logger = logging.getLogger(__name__)
 
+HOUSEKEEPING_SECONDS = 3600
 #: Seconds between the daemon's checks for new work while it waits for the next cycle.
 WAKE_TICK = 0.5
 #: Most running jobs whose exit records the daemon watches between cycles.
@@ -56,10 +67,20 @@ class Controller:
     holder: str = field(default_factory=holder_id)
     on_report: Callable[[CycleReport], None] | None = None
     rules_hook: Callable[[ControllerContext], int] | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _reload: threading.Event = field(default_factory=threading.Event)
-    _runtimes: dict[str, SiteRuntime] = field(default_factory=dict)
-    _exit_seen: dict[str, float] = field(default_factory=dict)
+    lease_seconds: int = LEASE_SECONDS
+    #: Sites the last :meth:`once` could not lead, with who leads them.
+    not_led: dict[str, str] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _reload: threading.Event = field(default_factory=threading.Event, init=False)
+    _runtimes: dict[str, SiteRuntime] = field(default_factory=dict, init=False)
+    _lease: SiteLease | None = field(default=None, init=False)
+    _housekept: float = field(default=0.0, init=False)
+    _announced: dict[str, str] = field(default_factory=dict, init=False)
+    _exit_seen: dict[str, float] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._lease = SiteLease(self.ctx.db, self.holder, self.lease_seconds)
+        self.ctx.fence = self._lease
 
     # ----------------------------------------------------------- signals
     def install_signal_handlers(self) -> None:
@@ -79,29 +100,92 @@ class Controller:
         self._stop.set()
 
     # ----------------------------------------------------------- sites
-    def _load(self) -> None:
-        for rt in self._runtimes.values():
-            rt.close()
-        self._runtimes.clear()
+    def _load(self) -> dict[str, SiteRuntime]:
         settings: Settings = (
             load_settings(self.settings_path) if self.settings_path else self.ctx.settings
         )
-        self.ctx.settings = settings
         registry = SiteRegistry.from_settings(settings)
         names = list(self.site_names) or list(registry.sites)
-        for name in names:
-            self._runtimes[name] = connect_site(registry.get(name), settings)
+        sites = [registry.get(name) for name in names]  # every file parses before any swap
+        fresh: dict[str, SiteRuntime] = {}
+        try:
+            for site in sites:
+                fresh[site.name] = connect_site(site, settings)
+        except BaseException:
+            for rt in fresh.values():
+                rt.close()
+            raise
+        self.ctx.settings = settings
+        return fresh
 
     def runtimes(self) -> dict[str, SiteRuntime]:
-        if not self._runtimes or self._reload.is_set():
+        if not self._runtimes:
             self._reload.clear()
-            self._load()
+            self._runtimes = self._load()
+        elif self._reload.is_set():
+            self._reload.clear()
+            try:
+                fresh = self._load()
+            except HpcgearError as exc:
+                logger.error(
+                    "SIGHUP: the new configuration is not used, the running one is kept: %s%s",
+                    exc.message,
+                    f" (hint: {exc.hint})" if exc.hint else "",
+                )
+                return self._runtimes
+            old, self._runtimes = self._runtimes, fresh
+            for name, rt in old.items():
+                rt.close()
+                if name not in fresh:
+                    self._release(name)
         return self._runtimes
 
+    def _release(self, name: str) -> None:
+        release_lease(self.ctx, name, self.holder)
+        if self._lease is not None:
+            self._lease.dropped(name)
+
+    def _lead(self, name: str, *, wait: bool) -> bool:
+        """Take ``name``'s lease; with ``wait``, until it is free (or the controller stops)."""
+        while True:
+            if acquire_lease(self.ctx, name, self.holder, self.lease_seconds):
+                if self._lease is not None:
+                    self._lease.taken(name)
+                self.not_led.pop(name, None)
+                return True
+            who = lease_holder(self.ctx, name)
+            self.not_led[name] = (
+                f"{who[0]} until {who[1]:%Y-%m-%d %H:%M:%S} UTC" if who else "another controller"
+            )
+            if not wait or self._stop.is_set():
+                holder = who[0] if who else ""
+                if self._announced.get(name) != holder:  # say it once per holder, not per cycle
+                    self._announced[name] = holder
+                    logger.warning(
+                        "site %s is led by %s; this controller waits", name, self.not_led[name]
+                    )
+                return False
+            self._stop.wait(2.0)
+
     # ----------------------------------------------------------- cycles
-    def once(self) -> list[CycleReport]:
-        """One pass over every site this controller leads."""
+    def housekeeping(self) -> None:
+        """Hourly: temp files of interrupted puts in storage (older than an hour) go."""
+        now = time.monotonic()
+        if self._housekept and now - self._housekept < HOUSEKEEPING_SECONDS:
+            return
+        self._housekept = now
+        try:
+            n = self.ctx.store.clean_tmp(older_than_seconds=STORAGE_TMP_AGE_SECONDS)
+        except OSError as exc:
+            logger.warning("storage temp cleanup failed: %s", exc)
+            return
+        if n:
+            logger.info("removed %d stale temp file(s) from storage", n)
+
+    def once(self, *, wait: bool = False) -> list[CycleReport]:
+        """One pass over every site this controller leads (``wait``: for its lease)."""
         reports = []
+        self.housekeeping()
         if self.rules_hook is not None:
             try:
                 self.rules_hook(self.ctx)
@@ -110,14 +194,20 @@ class Controller:
         for name, rt in self.runtimes().items():
             if self._stop.is_set():
                 break
-            if not acquire_lease(self.ctx, name, self.holder):
-                logger.info("site %s is led by another controller; waiting", name)
+            if not self._lead(name, wait=wait):
                 continue
             report = run_cycle(self.ctx, rt)
             if self.on_report is not None:
                 self.on_report(report)
             reports.append(report)
         return reports
+
+    def close(self) -> None:
+        """Release every lease this controller holds and close the site connections."""
+        for name in list(self._runtimes):
+            self._release(name)
+            self._runtimes[name].close()
+        self._runtimes.clear()
 
     def run(
         self,
@@ -162,10 +252,7 @@ class Controller:
                     continue  # claimed work is left: no sleeping through a backlog
                 self._sleep(float(wait), marks[0], self._work_marks()[1])
         finally:
-            for name in list(self._runtimes):
-                release_lease(self.ctx, name, self.holder)
-                self._runtimes[name].close()
-            self._runtimes.clear()
+            self.close()
         return last
 
     # ----------------------------------------------------------- waking up

@@ -21,7 +21,15 @@ from hpcgear.scheduler.base import Accounting, SchedulerStatus
 from hpcgear.scheduler.slurm_tables import StateCategory, describe_reason
 from hpcgear.states import FailureKind, JobState, SchedulerState
 
-from .context import ControllerContext, CycleReport, aware, fail_job, job_session, utcnow
+from .context import (
+    ControllerContext,
+    CycleReport,
+    aware,
+    fail_job,
+    fault_point,
+    job_session,
+    utcnow,
+)
 from .facts import acct_dict, exit_dict, ours, read_exit_record
 from .resolve import attempt_paths
 from .sites import SiteRuntime
@@ -210,6 +218,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
             raise  # jobs that left the queue need accounting: decide nothing this cycle
         logger.info("accounting not available yet: %s", exc.message)
         acct = {}
+    fault_point("poll.ended")
     rt.recent_accounting = dict(acct)
     for t, st in ended:
         try:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Gear, Job, JobEvent
-from hpcgear.errors import HpcgearError, InvalidInputError
+from hpcgear.errors import HpcgearError
 from hpcgear.jobs.retry import retry_policy
-from hpcgear.jobs.service import retry_job
+from hpcgear.jobs.service import retry_on_behalf
 from hpcgear.jobs.transitions import record_event
 from hpcgear.states import FailureKind, JobState
 
-from .context import ControllerContext, CycleReport, job_session
+from .context import ControllerContext, CycleReport, fault_point, job_session
 from .sites import SiteRuntime
 
 
@@ -74,9 +73,10 @@ def schedule_retries(ctx: ControllerContext, rt: SiteRuntime, report: CycleRepor
                 changes["mem_mb"] = int(res["mem_mb"] * policy.mem_factor)
             if policy.time_factor > 1 and res.get("time_minutes"):
                 changes["time_minutes"] = int(res["time_minutes"] * policy.time_factor)
-            new = retry_job(
+            fault_point("retry.before")
+            new = retry_on_behalf(
                 s,
-                site_admin_actor(s),
+                ctx.actor,
                 row.id,
                 reason=f"automatic retry after {kind.value}",
                 resources=changes,
@@ -90,12 +90,3 @@ def schedule_retries(ctx: ControllerContext, rt: SiteRuntime, report: CycleRepor
                 data={"retry": new.id, "changes": changes},
             )
         report.retried += 1
-
-
-def site_admin_actor(s: Session) -> str:
-    from hpcgear.db.models import User
-
-    login = s.scalar(select(User.login).where(User.site_admin.is_(True)).order_by(User.created))
-    if login is None:
-        raise InvalidInputError("no site admin exists", "run `hpcgear init`")
-    return str(login)

@@ -21,7 +21,8 @@ from hpcgear.render import build_runtime_argv, render_sbatch
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
 from hpcgear.states import FailureKind, JobState
 
-from .context import ControllerContext, CycleReport, fail_job, job_session, utcnow
+from .admit import fits_live_limits, release_held
+from .context import ControllerContext, CycleReport, fail_job, fault_point, job_session, utcnow
 from .resolve import image_digest_or_fail, prepare_attempt
 from .sites import SiteRuntime
 from .stagein import stage_attempt
@@ -65,7 +66,8 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
         native_id, intent = job.native_id, sbatch_intent(s, job)
     # 1. A recorded SLURM id: only the release may be missing.
     if native_id:
-        backend.release([native_id])
+        if not release_held(ctx, rt, [(job_id, native_id)], report):
+            return
         with job_session(ctx, job_id) as (s, job):
             transition(
                 s,
@@ -100,7 +102,8 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
                     found[1:],
                 )
                 backend.cancel(found[1:])
-            backend.release([adopted])
+            if not release_held(ctx, rt, [(job_id, adopted)], report):
+                return
             with job_session(ctx, job_id) as (s, job):
                 transition(s, job, JobState.QUEUED, ctx.actor, f"adopted {adopted}")
             report.adopted += 1
@@ -124,10 +127,16 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
             fail_job(s, job, ctx.actor, FailureKind.REJECTED, exc.message)
         report.failed += 1
         return
+    if not fits_live_limits(ctx, rt, spec, report):
+        return
     if not stage_attempt(ctx, rt, spec, paths, config_json, script.text, report):
         return
-    # Write-ahead: the intent is committed before sbatch runs.
+    fault_point("submit.staged")
+    # Write-ahead: the intent is committed before sbatch runs (if the job is still ours).
     with job_session(ctx, job_id) as (s, job):
+        if job.state != JobState.SUBMITTING.value:
+            logger.info("job %s: %s before sbatch; not submitted", job_id, job.state)
+            return
         update_fields(s, job, script_sha256=script.sha256)
         record_event(
             s,
@@ -141,6 +150,7 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
                 "argv": build_runtime_argv(spec, site, paths),
             },
         )
+    fault_point("submit.intent")
     try:
         native = backend.submit(paths.sbatch, hold=True)
     except SubmitRejectedError as exc:
@@ -156,12 +166,16 @@ def submit_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str, report: Cyc
             )
         report.errors.append(f"{job_id}: {exc.message}")
         return
+    fault_point("submit.sbatch")
     with job_session(ctx, job_id) as (s, job):
         update_fields(s, job, native_id=native, submitted=utcnow(), last_seen=utcnow())
         record_event(
             s, job, "submitted", ctx.actor, f"SLURM job {native} (held)", data={"native_id": native}
         )
-    backend.release([native])
+    fault_point("submit.recorded")
+    if not release_held(ctx, rt, [(job_id, native)], report):
+        return
+    fault_point("submit.released")
     with job_session(ctx, job_id) as (s, job):
         transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {native}")
     report.submitted += 1

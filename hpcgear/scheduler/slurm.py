@@ -43,6 +43,7 @@ from hpcgear.scheduler.base import (
     ClusterInfo,
     PartitionInfo,
     PreflightResult,
+    ReleaseRefusedError,
     SchedulerStatus,
     SchedulerUnavailableError,
     SubmitRejectedError,
@@ -644,13 +645,15 @@ _ALREADY_DONE = ("already completing or completed", "job has already finished",
 
 
 _PER_JOB_RE = re.compile(r"^(?P<msg>.+?) for job (?P<id>\d+(?:_\d+)?)\s*$")
+#: An array's refusal names its tasks: ``59_0-1: Requested partition configuration ...``.
+_PER_ARRAY_RE = re.compile(r"^(?P<id>\d+)_[0-9,\-\[\]%]+: (?P<msg>.+?)\s*$")
 
 
 def parse_per_job_errors(output: str) -> dict[str, str]:
     """``scontrol`` per-job messages (``Job has already finished for job 98``) -> {id: msg}."""
     errors: dict[str, str] = {}
     for line in output.splitlines():
-        m = _PER_JOB_RE.match(line.strip())
+        m = _PER_JOB_RE.match(line.strip()) or _PER_ARRAY_RE.match(line.strip())
         if m:
             errors[m.group("id")] = m.group("msg")
     return errors
@@ -823,10 +826,10 @@ class SlurmBackend:
                 bad[job] = msg
             if bad:
                 listed = ", ".join(f"{job} ({msg})" for job, msg in bad.items())
-                raise SchedulerError(
+                raise ReleaseRefusedError(
                     f"scontrol release failed for {listed}",
                     "see SLURM's message; the other jobs were released",
-                    argv=result.argv, returncode=result.returncode,
+                    refused=bad, argv=result.argv, returncode=result.returncode,
                     stdout=result.stdout, stderr=result.stderr)
 
     def cancel(self, native_ids: Sequence[str]) -> None:

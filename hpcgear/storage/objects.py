@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ class ObjectStore:
             ) from exc
 
     def path_for(self, digest: str) -> Path:
-        if not _HASH_RE.match(digest):
+        if not _HASH_RE.fullmatch(digest):
             raise StorageError(f"not a content hash: {digest!r}", "expected sha256:<64 hex>")
         hexd = digest.split(":", 1)[1]
         return self.objects / hexd[:2] / hexd[2:4] / hexd
@@ -287,12 +288,22 @@ class ObjectStore:
             return False
         return True
 
-    def clean_tmp(self) -> int:
-        """Remove leftovers of interrupted puts."""
+    def clean_tmp(self, older_than_seconds: float = 0.0) -> int:
+        """Remove leftovers of interrupted puts older than ``older_than_seconds``.
+
+        Called by ``hpcgear scratch gc`` and the controller's housekeeping with an
+        age threshold, so a put still running in another process is left alone.
+        """
         if not self.tmp.exists():
             return 0
         n = 0
+        cutoff = time.time() - older_than_seconds
         for p in self.tmp.iterdir():
+            try:
+                if older_than_seconds and p.lstat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

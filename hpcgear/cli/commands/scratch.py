@@ -24,11 +24,12 @@ def scratch_group() -> None:
 @pass_app
 def scratch_gc(app: AppContext, site_name: str | None, older_than: str | None, dry_run: bool,
                as_json: bool) -> None:
-    """Remove orphan job directories under <scratch>/hpcgear/ (site admins).
+    """Remove orphan job and array directories under <scratch>/hpcgear/ (site admins).
 
     A directory is removed when its job is finished or unknown and nothing in
     it changed for longer than the age limit. A live job's directory is never
-    touched.
+    touched; an array directory goes when no live job belongs to the array.
+    Temp files of interrupted uploads in storage older than an hour go too.
     """
     from hpcgear.cli.context import os_login
     from hpcgear.controller.housekeeping import collect_scratch
@@ -38,11 +39,12 @@ def scratch_gc(app: AppContext, site_name: str | None, older_than: str | None, d
     limit = parse_time_minutes(older_than, what="--older-than") if older_than else None
     result = collect_scratch(app.db, app.settings, app.actor, site_name=site_name,
                              older_than_minutes=limit, dry_run=dry_run,
-                             fallback_user=os_login())
+                             fallback_user=os_login(), store=app.store)
     report = [d.as_dict(dry_run) for d in result.directories]
     errors = result.errors
     if as_json:
-        app.emit_json({"dry_run": dry_run, "directories": report, "errors": errors})
+        app.emit_json({"dry_run": dry_run, "directories": report, "errors": errors,
+                       "storage_tmp_removed": result.storage_tmp_removed})
     else:
         verb = "would remove" if dry_run else "removed"
         for r in report:
@@ -50,6 +52,8 @@ def scratch_gc(app: AppContext, site_name: str | None, older_than: str | None, d
             app.echo(f"{r['site']}: {action} {safe_text(r['path'])} ({safe_text(r['reason'])})")
         n = sum(1 for r in report if r["action"] == "remove")
         app.note(f"{verb} {n} of {len(report)} job director{'y' if len(report) == 1 else 'ies'}")
+        if result.storage_tmp_removed:
+            app.note(f"removed {result.storage_tmp_removed} stale temp file(s) in storage")
     for e in errors:
         app.note(f"error: {safe_text(e)}")
     if errors:
