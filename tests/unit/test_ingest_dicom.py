@@ -582,3 +582,27 @@ def test_no_identifying_version_over_a_deidentified_file(
     assert [s.reason for s in report.skipped] == ["would_reidentify"]
     detail = report.skipped[0].detail
     assert "--de-identify" in detail or "de-identified" in detail
+
+
+def test_header_scan_in_processes_matches_one_process(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--jobs N reads headers in N processes (no GIL); the result is the sequential one."""
+    from hpcgear.ingest import dicom
+
+    fields = ("AccessionNumber", "StudyComments")
+    profile = default_profile()
+    one = dicom.scan_dicom(mixed, route_fields=fields, profile=profile, jobs=1)
+    monkeypatch.setattr(dicom, "PROCESS_MIN_FILES", 1)
+    used: list[bool] = []
+    real = dicom.parallel_map
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        used.append(bool(kw.get("processes")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(dicom, "parallel_map", spy)
+    many = dicom.scan_dicom(mixed, route_fields=fields, profile=profile, jobs=2)
+    assert used == [True]
+    assert many == one
+    assert len(one.instances) == 10 and len(one.skipped) == 3
