@@ -357,6 +357,19 @@ def test_recursive_download_resume_filter_and_tar(data: Data, tmp_path: Path) ->
     assert_one_clear_error(env.run("download", "imaging/study1", "-r"), "exactly one")
 
 
+def test_ls_recursive(data: Data) -> None:
+    env = data.env
+    tree = env.ok("ls", "imaging/study1/sub-01", "-r", "--json").json()
+    paths = [e["path"] for e in tree]
+    assert paths == sorted(paths)
+    assert {SESSION, ACQ, f"{ACQ}/scan.nii.gz", data.apath, f"{data.apath}/qc.json"} <= set(paths)
+    kinds = {e["path"]: e["kind"] for e in tree}
+    assert kinds[data.apath] == "analysis" and kinds[f"{ACQ}/scan.json"] == "file"
+    text = env.ok("ls", "imaging/study1/sub-01", "--recursive").out
+    assert f"analysis    {data.apath}\n" in text
+    assert_one_clear_error(env.run("ls", "-r", f"{ACQ}/scan.json"), "is a file")
+
+
 def test_download_reports_progress(data: Data, tmp_path: Path) -> None:
     from hpcgear.hierarchy.export import download_tree, plan_download
 
