@@ -269,6 +269,19 @@ def test_rm_into_trash_restore_purge_keeps_provenance(data: Data) -> None:
     assert_one_clear_error(env.run("trash", "purge"), "nothing to purge")
 
 
+def test_restore_follows_a_parent_that_moved(data: Data) -> None:
+    env = data.env
+    gone = env.ok("rm", SESSION, "--json").json()[0]
+    env.ok("mv", "imaging/study1/sub-01", "imaging/study2")
+    env.ok("trash", "restore", gone["trash_id"])
+    rows = env.ok("view", "imaging/study2", "--columns", "session.label,file.name",
+                  "--json").json()
+    assert {"session.label": "ses-01", "file.name": "scan.nii.gz"} in rows
+    assert env.ok("ls", f"imaging/study2/sub-01/ses-01/{data.analysis['label']}",
+                  "--json").json()
+    assert env.ok("find", "imaging/study2", "--label", "scan.json", "--json").json()
+
+
 def test_rm_file_then_versions(data: Data) -> None:
     env = data.env
     f = data.tmp / "src" / "scan.json"
