@@ -667,10 +667,15 @@ def delete_objects(store: ObjectStore, digests: Iterable[str]) -> int:
     return sum(1 for d in digests if store.delete(d))
 
 
-def history(session: Session, actor: str, path: str | None = None) -> list[dict[str, Any]]:
-    """Move/rename/delete/restore/purge events (site admins: all; else of one item)."""
+def history(
+    session: Session, actor: str, path: str | None = None, *, item_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Move/rename/delete/restore/purge events (of one item; all or by id: site admins)."""
     q = select(HierarchyEvent).order_by(HierarchyEvent.seq)
-    if path:
+    if item_id:
+        require_site_admin(session, actor, "reading the history of an item by id")
+        q = q.where(HierarchyEvent.item_id == item_id)
+    elif path:
         target = resolve_target(session, path)
         require_role(session, actor, target.container, RoleName.READ_ONLY, "reading history")
         item = target.file.id if target.file is not None else target.container.id

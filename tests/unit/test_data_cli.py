@@ -265,6 +265,8 @@ def test_rm_into_trash_restore_purge_keeps_provenance(data: Data) -> None:
     assert env.ok("trash", "list", "--json").json() == []
     actions = [h["action"] for h in env.ok("history", "--json").json()]
     assert actions == ["delete", "delete", "restore", "delete", "purge", "purge"]
+    sub = env.ok("history", "--id", deleted_item_id(env, gone), "--json")
+    assert [h["action"] for h in sub.json()] == ["delete", "restore", "delete", "purge"]
     assert_one_clear_error(env.run("trash", "restore", "ffffffffff"), "no trash entry")
     assert_one_clear_error(env.run("trash", "purge"), "nothing to purge")
 
@@ -280,6 +282,12 @@ def test_restore_follows_a_parent_that_moved(data: Data) -> None:
     assert env.ok("ls", f"imaging/study2/sub-01/ses-01/{data.analysis['label']}",
                   "--json").json()
     assert env.ok("find", "imaging/study2", "--label", "scan.json", "--json").json()
+
+
+def deleted_item_id(env: CliEnv, gone: dict[str, Any]) -> str:
+    """The id of the subject deleted first (its history outlives it)."""
+    rows = env.ok("history", "--json").json()
+    return str(next(h["id"] for h in rows if h["detail"].get("trash_id") == gone["trash_id"]))
 
 
 def test_rm_file_then_versions(data: Data) -> None:
