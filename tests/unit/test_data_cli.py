@@ -244,6 +244,12 @@ def test_rm_into_trash_restore_purge_keeps_provenance(data: Data) -> None:
     env.ok("rm", "imaging/study1/sub-01")
     trash = env.ok("trash", "list", "--json").json()
     newer = next(t for t in trash if t["trash_id"] != gone["trash_id"])
+    env.ok("user", "add", "pa")
+    env.ok("role", "grant", "pa", "imaging", "admin")  # group admins do not restore
+    before = db_snapshot(env)
+    denied = env.run("--as", "pa", "trash", "restore", gone["trash_id"])
+    assert denied.code == 4 and "site-admin" in denied.err
+    assert db_snapshot(env) == before
     env.ok("trash", "restore", gone["trash_id"][:10])
     out = data.tmp / "back"
     env.ok("download", scan, "--out", str(out))
@@ -509,6 +515,7 @@ ROLE_CASES: dict[str, tuple[list[str], set[str]]] = {
     "trash list": (["trash", "list"], set()),
     "trash purge": (["trash", "purge", "--older-than", "0"], set()),
     "history all": (["history"], set()),
+    "history by id": (["history", "--id", "0" * 24], set()),
     "download": (["download", "imaging/study1", "-r", "--out", "@OUT@"], {"pa", "rw", "ro"}),
     "view": (["view", "imaging/study1", "--columns", "file.name"], {"pa", "rw", "ro"}),
 }
