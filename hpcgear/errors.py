@@ -52,6 +52,10 @@ class PermissionDeniedError(HpcgearError):
     """The acting user lacks the role an action needs."""
 
 
+class AuthenticationError(PermissionDeniedError):
+    """No valid credential: an unknown, revoked or expired API key (HTTP 401)."""
+
+
 class StorageError(HpcgearError):
     """Permanent storage failed (I/O error, hash mismatch)."""
 
@@ -95,6 +99,10 @@ class SchedulerError(CommandError):
 
 class TransportError(CommandError):
     """The transport (local subprocess, SSH) failed to run a command or move a file."""
+
+
+class LeaderConflictError(HpcgearError):
+    """Another controller leads the site (or took it over from this one)."""
 
 
 class StateTransitionError(HpcgearError):

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,9 +25,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -36,7 +39,28 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class _JsonB(TypeDecorator[Any]):
+    """JSON, stored as JSONB on PostgreSQL.
+
+    The PostgreSQL type is imported only when a PostgreSQL dialect asks for
+    it: ``sqlalchemy.dialects.postgresql`` pulls in asyncio and every driver
+    module, which every SQLite CLI call would otherwise pay for at start-up.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+JsonType = _JsonB()
 
 
 def utcnow() -> dt.datetime:
@@ -52,6 +76,8 @@ class User(Base):
 
     login: Mapped[str] = mapped_column(String(64), primary_key=True)
     site_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A disabled user is refused by every service call (get_actor); rows are kept.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -305,7 +331,14 @@ class Job(Base):
     """One attempt of a gear run. A retry is a new row linked by ``previous_id``."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_site", "state", "site"),)
+    # ix_jobs_created: `hpcgear jobs` lists newest first; without it a listing
+    # sorts the whole table (100k jobs: a full scan on every call).
+    __table_args__ = (
+        Index("ix_jobs_state_site", "state", "site"),
+        Index("ix_jobs_created", "created"),
+        Index("ix_jobs_project_finished", "project_id", "finished"),
+        Index("ix_jobs_finished", "finished"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
@@ -335,6 +368,14 @@ class Job(Base):
     array_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
     scheduler_info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    # Usage from SLURM accounting, filled when the job ends (hpcgear.jobs.usage) so
+    # `hpcgear usage` sums columns instead of parsing JSON.
+    core_hours: Mapped[float | None] = mapped_column(Float)  # allocated CPUs x elapsed
+    gpu_hours: Mapped[float | None] = mapped_column(Float)
+    wall_seconds: Mapped[int | None] = mapped_column(Integer)  # elapsed (run) time
+    wait_seconds: Mapped[int | None] = mapped_column(Integer)  # submit -> start
+    cpu_used_seconds: Mapped[float | None] = mapped_column(Float)  # TotalCPU
+    max_rss_mb: Mapped[int | None] = mapped_column(Integer)
     submitted: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -380,3 +421,77 @@ class ControllerLease(Base):
     holder: Mapped[str] = mapped_column(String(128))
     expires: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     heartbeat: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProjectDeidProfile(Base):
+    """A de-identification profile attached to a project: every ingest and upload
+    into the project is de-identified with it, whatever the command's flags."""
+
+    __tablename__ = "project_deid_profiles"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(80))
+    text: Mapped[str] = mapped_column(Text)  # the profile YAML as written
+    set_by: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeidMapEntry(Base):
+    """Re-identification map of one stored file (original -> new values per
+    instance); written only when the profile has ``deid-log``; admins only."""
+
+    __tablename__ = "deid_map_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    file_id: Mapped[str] = mapped_column(String(64))
+    file_version: Mapped[int] = mapped_column(Integer)
+    profile: Mapped[str] = mapped_column(String(128))
+    profile_sha256: Mapped[str] = mapped_column(String(80))
+    entries: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    actor: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ControllerStatus(Base):
+    """What the last controller cycle of a site did; kept after the lease is released.
+
+    ``hpcgear controller status|health``, ``job show`` ("no controller has led this
+    site since ...") and the metrics read it. One row per site, replaced each cycle.
+    """
+
+    __tablename__ = "controller_status"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    last_cycle: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # The last cycle without errors: the scheduler answered every query in it.
+    last_clean_cycle: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    cycles: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_report: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    recent_errors: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of its secret is stored.
+
+    ``kind`` is ``user`` (made by ``hpcgear user key create``) or ``job`` (made
+    for one job whose gear declares an ``api-key`` input; valid only while that
+    job is live, and only for its inputs, destination and their parents).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("users.login", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8), default="user")  # user | job
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hpcgear.errors import IngestError
-from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log
+from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log, profile_tags
 from hpcgear.ingest.routing import clean_label
 
 logger = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ def header_tags(route_fields: Sequence[str], profile: DeidProfile | None) -> lis
         if tag is not None:
             tags.add(int(tag))
     if profile is not None:
-        tags.update(fa.tag for fa in profile.fields)
+        tags.update(profile_tags(profile))
     return sorted(tags)
 
 
@@ -348,7 +348,6 @@ def read_instance(
     if missing:
         return SkippedFile(rel, MISSING_UID, f"no {', '.join(missing)}")
     routing = {name: _text(ds, name) for name in route_fields}
-    original_patient_id = _text(ds, "PatientID")
     if profile is not None:
         try:
             apply_profile(ds, profile)  # only the header_tags() elements are here
@@ -376,23 +375,18 @@ def read_instance(
         compressed=bool(getattr(transfer, "is_compressed", False)),
         routing=routing,
         header=header,
-        fallback_subject=_fallback_subject(ds, original_patient_id, profile),
+        fallback_subject=_fallback_subject(ds, profile),
         fallback_session=_fallback_session(ds),
     )
 
 
-def _fallback_subject(
-    small: Any, original_patient_id: str | None, profile: DeidProfile | None
-) -> str | None:
-    # The label comes from the de-identified PatientID, so de-identification is
-    # not undone by the hierarchy; a removed PatientID becomes a salted hash so
-    # one patient still maps to one subject.
-    value = clean_label(_text(small, "PatientID"))
-    if value is not None:
-        return value
-    if profile is not None and original_patient_id:
-        return f"anon-{profile.hash_value(original_patient_id)}"
-    return None
+def _fallback_subject(small: Any, profile: DeidProfile | None) -> str | None:
+    # Without de-identification the PatientID is the usual subject label. With
+    # it, no header value is used (a profile may keep or dummy the PatientID);
+    # the ingest service gives an opaque label instead.
+    if profile is not None:
+        return None
+    return clean_label(_text(small, "PatientID"))
 
 
 def _fallback_session(small: Any) -> str | None:
@@ -522,6 +516,8 @@ class BuiltZip:
     members: int
     members_sha256: str  # sha256 over member names and member hashes
     deid: dict[str, Any] | None
+    #: original -> new values per instance (only when the profile has deid-log)
+    reid: tuple[dict[str, Any], ...] = ()
 
 
 def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
@@ -579,4 +575,5 @@ def build_series_zip(
         members=len(ordered),
         members_sha256=f"sha256:{digest_lines.hexdigest()}",
         deid=log.to_info() if log is not None else None,
+        reid=tuple(log.reid) if log is not None else (),
     )

@@ -42,6 +42,9 @@ class RoutingRules:
     project: str | None = None
     subject: str | None = None
     session: str | None = None
+    #: levels a pattern route must name (the seeds' convention: all three);
+    #: a study whose routing field names fewer goes to Unsorted with the reason.
+    require: tuple[str, ...] = LEVELS
 
     def compiled(self) -> re.Pattern[str]:
         return compile_pattern(self.pattern)
@@ -50,6 +53,18 @@ class RoutingRules:
     def header_fields(self) -> tuple[str, ...]:
         """Fields whose original (pre-de-identification) values routing reads."""
         return tuple(dict.fromkeys((self.field, *self.fw_fields)))
+
+
+def parse_required_levels(text: str) -> tuple[str, ...]:
+    """``project,subject,session`` -> the levels a pattern route must name."""
+    levels = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in levels if p not in LEVELS]
+    if bad or "project" not in levels:
+        raise InvalidInputError(
+            f"--route-require {text!r} must list project and optionally subject, session",
+            "e.g. --route-require project,subject,session (the default) or project,subject",
+        )
+    return tuple(level for level in LEVELS if level in levels)
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -78,6 +93,7 @@ class Route:
     session: str | None = None
     sources: dict[str, str] = field(default_factory=dict)  # level -> option|fw|pattern
     problems: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # required levels a pattern route did not name
 
 
 def clean_label(value: str | None) -> str | None:
@@ -107,6 +123,7 @@ def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRule
     found: dict[str, str] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
+    invalid: list[str] = []  # levels named by a value that is not a label ('..', '/')
 
     def take(level: str, value: str | None, source: str, what: str) -> None:
         if level in found or value is None:
@@ -115,6 +132,7 @@ def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRule
         if label is None:
             if str(value).strip():
                 problems.append(f"the {level} label from {what} is not a valid label")
+                invalid.append(level)
             return
         found[level] = label
         sources[level] = source
@@ -150,10 +168,26 @@ def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRule
     elif not raw and "project" not in found:
         problems.append(f"{rules.field} is empty and no fw:// value was found")
 
+    missing: tuple[str, ...] = ()
+    if "pattern" in sources.values():
+        named_groups = set(rules.compiled().groupindex)
+        missing = tuple(
+            level for level in rules.require if level in named_groups and level not in found
+        )
+        if missing:
+            named = [level for level in LEVELS if sources.get(level) == "pattern"]
+            problems.append(
+                f"{rules.field} names {'/'.join(named) or 'nothing'} but no "
+                f"{' or '.join(missing)} (routing needs {'/'.join(rules.require)})"
+            )
+
     return Route(
-        project=found.get("project"),
+        # A named but invalid level is never skipped: the study goes to Unsorted
+        # with the problem as its reason instead of landing one level up.
+        project=None if invalid else found.get("project"),
         subject=found.get("subject"),
         session=found.get("session"),
         sources=sources,
         problems=tuple(problems),
+        missing=missing,
     )

@@ -55,6 +55,7 @@ from hpcgear.hierarchy.service import (
 )
 from hpcgear.ingest.classifier import CLASSIFIER_VERSION, classify
 from hpcgear.ingest.deid import DeidProfile
+from hpcgear.ingest.deid_service import project_profile, record_map
 from hpcgear.ingest.dicom import (
     DEID_FAILED,
     DUPLICATE,
@@ -67,6 +68,8 @@ from hpcgear.ingest.dicom import (
     SkippedFile,
     build_series_zip,
     group_instances,
+    header_tags,
+    read_instance,
     scan_dicom,
     series_label,
 )
@@ -90,6 +93,13 @@ STUDY_INFO_FIELDS = ("StudyDescription", "StudyDate", "StudyTime")
 
 class SeriesConflictError(IngestError):
     """A series' natural key (SeriesInstanceUID) already belongs to another study."""
+
+
+class ReidentifyingVersionError(IngestError):
+    """A new version without de-identification of a file stored de-identified."""
+
+
+WOULD_REIDENTIFY = "would_reidentify"
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +324,7 @@ class PlannedStudy:
     routing: dict[str, str]
     info: dict[str, Any]
     series: tuple[PlannedSeries, ...]
+    profile: DeidProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,13 +369,16 @@ def plan_dicom(
             f"project {rules.project!r} does not exist in group {group.id!r}",
             f"a group admin creates it: `hpcgear project create {group.id}/{rules.project}`",
         )
+    scan_profile = options.profile
     scan = scan_dicom(
         Path(root),
         route_fields=rules.header_fields,
-        profile=options.profile,
+        profile=scan_profile,
         jobs=options.jobs,
         progress=progress,
     )
+    projects_by_label: dict[str, Container | None] = {}
+    opaque_taken: dict[str, int] = {}
     studies: list[PlannedStudy] = []
     for study_uid, series_map in group_instances(scan.instances).items():
         ordered = sorted(series_map.items(), key=_series_order)
@@ -374,6 +388,8 @@ def plan_dicom(
         project_label = UNSORTED_PROJECT
         if route.project is None:
             reason = "; ".join(route.problems) or "no project was named for this study"
+        elif route.missing:
+            reason = "; ".join(route.problems)
         else:
             project = find_project(session, group, route.project)
             if project is None:
@@ -383,7 +399,27 @@ def plan_dicom(
                 )
             else:
                 project_label = project.label
-        subject = route.subject or first.fallback_subject or "unknown"
+        target = projects_by_label.get(project_label)
+        if target is None and project_label != UNSORTED_PROJECT:
+            target = find_project(session, group, project_label)
+            projects_by_label[project_label] = target
+        if target is None and project_label == UNSORTED_PROJECT:
+            target = _child(session, group, UNSORTED_PROJECT)
+        profile = project_profile(session, target.id if target is not None else None)
+        profile = profile or options.profile
+        if profile is not scan_profile and (
+            profile is None or scan_profile is None or profile.sha256 != scan_profile.sha256
+        ):
+            # The target project has its own profile: read these headers again with it.
+            ordered = [(uid_, _reread(members, rules, profile)) for uid_, members in ordered]
+            first = ordered[0][1][0]
+        subject = route.subject if reason is None or route.subject else None
+        if subject is None:
+            subject = first.fallback_subject if reason is None else None
+        if subject is None:
+            subject = _opaque_subject(
+                session, target, project_label, first.study_key, profile, opaque_taken
+            )
         session_label = route.session or first.fallback_session or f"study-{first.study_key[-12:]}"
         planned_series = []
         for series_uid, members in ordered:
@@ -416,10 +452,58 @@ def plan_dicom(
                 routing=dict(route.sources),
                 info=info,
                 series=tuple(planned_series),
+                profile=profile,
             )
         )
     studies.sort(key=lambda s: (s.project, s.subject, s.session, s.study_uid))
     return DicomPlan(group.id, tuple(studies), tuple(scan.skipped), scan.files_seen)
+
+
+def _reread(
+    members: Sequence[DicomInstance], rules: RoutingRules, profile: DeidProfile | None
+) -> list[DicomInstance]:
+    tags = header_tags(rules.header_fields, profile)
+    out: list[DicomInstance] = []
+    for inst in members:
+        again = read_instance(
+            inst.path, inst.rel, route_fields=rules.header_fields, profile=profile, tags=tags
+        )
+        if isinstance(again, SkippedFile):
+            raise IngestError(
+                f"{inst.rel} could not be de-identified with the project's profile: {again.detail}",
+                "fix the profile attached to the project (`hpcgear deid show`)",
+            )
+        out.append(again)
+    return out
+
+
+def _opaque_subject(
+    session: Session,
+    project: Container | None,
+    project_label: str,
+    study_key: str,
+    profile: DeidProfile | None,
+    taken: dict[str, int],
+) -> str:
+    """A subject label that is never a patient identifier (nor a hash of one).
+
+    A study seen before keeps its subject (found by its session's natural key);
+    a new one gets the next free ``unsorted-NNNN`` (Unsorted) or ``anon-NNNN``.
+    """
+    if project is not None:
+        sess = find_by_natural_key(session, project.id, "session", study_key)
+        if sess is not None and sess.subject_id is not None:
+            subject = session.get(Container, sess.subject_id)
+            if subject is not None:
+                return subject.label
+    prefix = "unsorted" if project_label == UNSORTED_PROJECT else "anon"
+    n = taken.get(project_label, 0)
+    while True:
+        n += 1
+        label = f"{prefix}-{n:04d}"
+        if project is None or _child(session, project, label) is None:
+            taken[project_label] = n
+            return label
 
 
 def _check_write_access(
@@ -602,7 +686,7 @@ def _execute_plan(
             if nxt is not None:
                 i, (study, series) = nxt
                 dest = Path(tmp) / f"{i:07d}.zip"
-                queue.append((study, series, pool.submit(_build, series, dest, options.profile)))
+                queue.append((study, series, pool.submit(_build, series, dest, study.profile)))
 
         for _ in range(window):
             submit_next()
@@ -618,7 +702,7 @@ def _execute_plan(
                     study,
                     series,
                     future,
-                    options.profile,
+                    study.profile,
                     report,
                     seen_sessions,
                 )
@@ -664,6 +748,9 @@ def _store_built_series(
     except SeriesConflictError as exc:
         _skip_series(report, series, UID_CONFLICT, exc.message)
         return None
+    except ReidentifyingVersionError as exc:
+        _skip_series(report, series, WOULD_REIDENTIFY, exc.message)
+        return None
     finally:
         built.path.unlink(missing_ok=True)
 
@@ -697,7 +784,7 @@ def _store_series(
             report.created_containers += created
             seen_sessions.setdefault(study.natural_key, placed)
             return outcome
-        except SeriesConflictError:
+        except (SeriesConflictError, ReidentifyingVersionError):
             session.rollback()
             raise
         except IntegrityError:
@@ -765,6 +852,11 @@ def _store_series_once(
                 created,
                 placed,
             )
+        if ((row.info or {}).get("hpcgear") or {}).get("deid") and built.deid is None:
+            raise ReidentifyingVersionError(
+                f"{acq_path}/{series.file_name} is stored de-identified; this ingest is not",
+                "ingest with --de-identify or the same --deid-profile",
+            )
     obj = store.put_file(built.path)
     result = add_file_version(
         session,
@@ -777,6 +869,16 @@ def _store_series_once(
         origin_id=actor,
         metadata=_file_metadata(series, built),
     )
+    if result.created and study.profile is not None and built.reid:
+        record_map(
+            session,
+            project.id,
+            result.file_id,
+            result.version,
+            study.profile,
+            list(built.reid),
+            actor,
+        )
     status = (
         "unchanged" if not result.created else ("new" if result.version == 1 else "new_version")
     )

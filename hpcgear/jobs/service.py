@@ -14,14 +14,14 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from hpcgear.config.site import SiteConfig
-from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent
-from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent, Role
+from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError, PermissionDeniedError
 from hpcgear.gears.gear_config import resolve_config
 from hpcgear.gears.manifest import GearManifest
 from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
@@ -34,11 +34,18 @@ from hpcgear.hierarchy.service import (
     resolve_container,
     resolve_file,
 )
-from hpcgear.jobs.resources import ResolvedResources, resolve_resources
-from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.jobs.transitions import record_event, transition
+from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
+from hpcgear.text import check_storable
+
+if TYPE_CHECKING:
+    # Only for annotations: `hpcgear jobs` / `job show` run on login nodes and
+    # should not pay for importing the site schema, manifests and resources.
+    from hpcgear.config.site import SiteConfig
+    from hpcgear.gears.manifest import GearManifest
+    from hpcgear.jobs.resources import ResolvedResources
+    from hpcgear.jobs.sites import SiteRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +227,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=+\-]{1,64}$")
 
 
 def check_job_tags(tags: Sequence[str]) -> tuple[str, ...]:
-    bad = [t for t in tags if not _TAG_RE.match(t)]
+    bad = [t for t in tags if not _TAG_RE.fullmatch(t)]
     if bad:
         raise InvalidInputError(
             f"job tag(s) {', '.join(map(repr, bad))} not allowed",
@@ -244,6 +251,9 @@ def prepare_job(
     coerce_strings: bool = False,
 ) -> PreparedJob:
     """Validate everything about a job without storing it (``--dry-run`` stops here)."""
+    from hpcgear.gears.service import manifest_of
+    from hpcgear.jobs.resources import resolve_resources
+
     require_role(session, actor, destination, RoleName.READ_WRITE, "running a gear")
     if gear.disabled:
         raise InvalidInputError(
@@ -259,6 +269,7 @@ def prepare_job(
     specs = [*inputs, *context_inputs(session, manifest, destination)]
     check_inputs(manifest, specs)
     full = resolve_config(manifest, rule_config or {}, config or {}, coerce_strings=coerce_strings)
+    check_storable(full, "gear config")  # before --dry-run returns, so both refuse alike
     declared = manifest.config_names
     _gear_config, _overrides = split_reserved(full, declared=declared)
     manifest_layer = {k: v for k, v in manifest.defaults().items() if k in RESERVED_KEY_SET}
@@ -266,7 +277,9 @@ def prepare_job(
     job_layer = {k: v for k, v in (config or {}).items() if k in RESERVED_KEY_SET}
     if coerce_strings:
         job_layer = {k: full[k] for k in job_layer}
-    site = sites.route(job_tags)
+    choice = sites.choose(job_tags)
+    site = choice.site
+    require_api_url(manifest, site)
     resolved = resolve_resources(
         site, manifest=manifest_layer, rule=rule_layer, job=job_layer, tags=job_tags
     )
@@ -281,7 +294,21 @@ def prepare_job(
         tags=job_tags,
         priority=priority,
         dedupe_key=dedupe_key(gear, destination, specs, full),
+        notes=(*choice.notes, *resolved.notes),
     )
+
+
+def require_api_url(manifest: GearManifest, site: SiteConfig) -> None:
+    """A gear with an api-key input needs a site whose compute nodes can reach the API."""
+    names = [i.name for i in manifest.inputs if i.base == "api-key"]
+    if names and not site.api_url:
+        raise ConfigError(
+            f"gear {manifest.name} declares api-key input(s) {', '.join(map(repr, names))}, "
+            f"but site {site.name!r} has no api_url, so its jobs could not reach the hpcgear API",
+            "a site admin sets `api_url:` in the site YAML (the address of `hpcgear serve` "
+            "that compute nodes reach; for the embedded local site, `api_url` in the config "
+            "file), or route the job to a site that has one",
+        )
 
 
 def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
@@ -301,6 +328,7 @@ def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
         "writable": resolved.writable,
         "debug": resolved.debug,
         "explain": resolved.explain(),
+        **({"notes": list(resolved.notes)} if resolved.notes else {}),
     }
 
 
@@ -346,6 +374,7 @@ def store_job(
         data={
             "gear": f"{prepared.gear.name}@{prepared.gear.version}",
             "image_digest": prepared.gear.image_digest,
+            **({"notes": list(prepared.notes)} if prepared.notes else {}),
         },
     )
     session.flush()
@@ -366,6 +395,8 @@ def run_gear(
     dry_run: bool = False,
 ) -> PreparedJob:
     """``hpcgear run``: one job on one destination (strings from the CLI are coerced)."""
+    from hpcgear.gears.service import manifest_of
+
     gear = get_gear(session, gear_ref)
     destination = resolve_container(session, dest_path, min_depth=2)
     manifest = manifest_of(gear)
@@ -412,6 +443,9 @@ def batch_run(
     tags: Sequence[str] = (),
     priority: str = "medium",
     dry_run: bool = False,
+    per_file: bool = False,
+    file_type: str | None = None,
+    skip_completed: bool = False,
 ) -> BatchResult:
     """``hpcgear batch``: one job per container matching ``over`` (``*`` per level).
 
@@ -419,8 +453,16 @@ def batch_run(
     (then on its ancestors up to the project); a container lacking a required
     input is skipped with the reason. An input value containing ``/`` is a
     fixed ``PATH/FILE`` (e.g. an analysis output) given to every job.
+    ``file_type`` keeps only files of that type (``dicom``, ``nifti``...).
+    ``per_file`` (the SDK tutorial's loop) makes one job per matching file on
+    each container, for the one regex ``--input`` given. ``skip_completed``
+    skips (and names) a container, or a file with ``per_file``, where a job of
+    the same gear version with the same config (and the same input file)
+    already completed.
     """
     import fnmatch
+
+    from hpcgear.gears.service import manifest_of
 
     gear = get_gear(session, gear_ref)
     manifest = manifest_of(gear)
@@ -450,8 +492,14 @@ def batch_run(
             raise InvalidInputError(
                 f"--input {name}: bad regex {rx!r}: {exc}", "use a Python regular expression"
             ) from None
+    if per_file and len(patterns) != 1:
+        raise InvalidInputError(
+            f"--per-file needs exactly one --input NAME=REGEX, got {len(patterns)}",
+            "e.g. --per-file --input dicom='\\.dicom\\.zip$' --type dicom",
+        )
     project = resolve_container(session, "/".join(parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "running a batch")
+    require_api_url(manifest, sites.route(check_job_tags(tags)))  # refuse before any container
     level_types = ("subject", "session", "acquisition")
     frontier = [project]
     for depth, pat in enumerate(parts[2:]):
@@ -469,26 +517,94 @@ def batch_run(
     for dest in frontier:
         path = container_path(session, dest)
         try:
-            specs = [*_match_inputs(session, dest, manifest, patterns), *fixed]
-            p = prepare_job(
-                session,
-                actor,
-                sites,
-                gear=gear,
-                destination=dest,
-                inputs=specs,
-                config=config,
-                tags=tags,
-                priority=priority,
-                coerce_strings=True,
-            )
+            if per_file:
+                [(in_name, in_rx)] = patterns.items()
+                files = [
+                    f
+                    for f in session.scalars(
+                        select(File).where(File.container_id == dest.id).order_by(File.name)
+                    ).all()
+                    if in_rx.search(f.name) and (file_type is None or f.type == file_type)
+                ]
+                if not files:
+                    raise InvalidInputError(
+                        f"no file matches {in_rx.pattern!r}"
+                        + (f" of type {file_type}" if file_type else "")
+                        + f" for input {in_name}",
+                        "upload the input or adjust the regex/--type",
+                    )
+                runs = [
+                    (
+                        f"{path}/{f.name}",
+                        [
+                            _input_spec(in_name, "file", dest, f, file_version(session, f)),
+                            *fixed,
+                        ],
+                    )
+                    for f in files
+                ]
+            else:
+                runs = [
+                    (path, [*_match_inputs(session, dest, manifest, patterns, file_type), *fixed])
+                ]
         except InvalidInputError as exc:
             skipped.append((path, exc.message))
             continue
-        if not dry_run:
-            p = _with_job(p, store_job(session, actor, p, reason=f"batch over {over}"))
-        prepared.append(p)
+        for where, specs in runs:
+            try:
+                p = prepare_job(
+                    session,
+                    actor,
+                    sites,
+                    gear=gear,
+                    destination=dest,
+                    inputs=specs,
+                    config=config,
+                    tags=tags,
+                    priority=priority,
+                    coerce_strings=True,
+                )
+            except InvalidInputError as exc:
+                skipped.append((where, exc.message))
+                continue
+            if skip_completed:
+                done = _completed_job(session, p, per_file)
+                if done is not None:
+                    skipped.append(
+                        (
+                            where,
+                            f"already completed by job {done} ({gear.name}@{gear.version}, "
+                            "same config)",
+                        )
+                    )
+                    continue
+            if not dry_run:
+                p = _with_job(p, store_job(session, actor, p, reason=f"batch over {over}"))
+            prepared.append(p)
     return BatchResult(tuple(prepared), tuple(skipped))
+
+
+def _completed_job(session: Session, p: PreparedJob, per_file: bool) -> str | None:
+    """A completed job of the same gear version, destination and config (and input files)."""
+    rows = session.scalars(
+        select(Job).where(
+            Job.gear_id == p.gear.id,
+            Job.destination_id == p.destination.id,
+            Job.state == JobState.COMPLETE.value,
+        )
+    ).all()
+    wanted = sorted((s.name, s.file_id) for s in p.inputs if s.base == "file")
+    for job in rows:
+        if job.config != p.config:
+            continue
+        if per_file:
+            had = sorted(
+                (i.get("name"), i.get("file_id")) for i in job.inputs if i.get("base") == "file"
+            )
+            if had != wanted:
+                continue
+        return job.id
+    return None
 
 
 def _match_inputs(
@@ -496,6 +612,7 @@ def _match_inputs(
     dest: Container,
     manifest: GearManifest,
     patterns: Mapping[str, re.Pattern[str]],
+    file_type: str | None = None,
 ) -> list[InputSpec]:
     chain: list[Container] = []
     node: Container | None = dest
@@ -509,7 +626,9 @@ def _match_inputs(
             files = session.scalars(
                 select(File).where(File.container_id == c.id).order_by(File.name)
             ).all()
-            matches = [f for f in files if rx.search(f.name)]
+            matches = [
+                f for f in files if rx.search(f.name) and (file_type is None or f.type == file_type)
+            ]
             if len(matches) > 1:
                 raise InvalidInputError(
                     f"input {name}: {len(matches)} files match {rx.pattern!r} on "
@@ -552,8 +671,14 @@ def list_jobs(
     project: str | None = None,
     limit: int = 200,
 ) -> list[Job]:
+    """The newest ``limit`` jobs the actor may see, filtered in SQL.
+
+    Visibility (own jobs, or a role on the destination's project or group) is a
+    WHERE clause, so the limit counts visible jobs and the newest-first order
+    walks the ``ix_jobs_created`` index instead of sorting the table.
+    """
     user = get_actor(session, actor)
-    q = select(Job).order_by(Job.created.desc()).limit(limit)
+    q = select(Job).order_by(Job.created.desc(), Job.id.desc()).limit(limit)
     if state:
         try:
             JobState(state)
@@ -568,21 +693,23 @@ def list_jobs(
         p = resolve_container(session, project, min_depth=2, max_depth=2)
         require_role(session, actor, p, RoleName.READ_ONLY, "listing jobs")
         q = q.where(Job.project_id == p.id)
-    jobs = list(session.scalars(q))
-    if user.site_admin or project:
-        return jobs
-    visible = []
-    for j in jobs:  # keep what the user may read
-        dest = session.get(Container, j.destination_id)
-        if j.origin_id == actor:
-            visible.append(j)
-        elif dest is not None:
-            try:
-                require_role(session, actor, dest, RoleName.READ_ONLY, "viewing")
-                visible.append(j)
-            except PermissionDeniedError:
-                pass
-    return visible
+    elif not user.site_admin:
+        q = q.where(_visible_to(actor))
+    return list(session.scalars(q))
+
+
+def _visible_to(actor: str) -> Any:
+    """Jobs ``actor`` started, or on a project/group where ``actor`` holds any role."""
+    scopes = select(Role.container_id).where(Role.user_login == actor)
+    projects_of_groups = select(Container.id).where(
+        Container.type == "project", Container.group_id.in_(scopes)
+    )
+    return or_(
+        Job.origin_id == actor,
+        Job.project_id.in_(scopes),
+        Job.project_id.in_(projects_of_groups),
+        Job.destination_id.in_(scopes),  # a job whose destination is a group
+    )
 
 
 def job_events(session: Session, job: Job) -> list[JobEvent]:
@@ -642,6 +769,54 @@ def retry_job(
     dest = session.get(Container, old.destination_id)
     if dest is not None:
         require_role(session, actor, dest, RoleName.READ_WRITE, "retrying a job")
+    return _next_attempt(session, old, actor, reason=reason, resources=resources)
+
+
+def retry_on_behalf(
+    session: Session,
+    system_actor: str,
+    job_id: str,
+    *,
+    reason: str,
+    resources: Mapping[str, Any] | None = None,
+) -> Job:
+    """An automatic retry made by the system (the controller) for the job's requester.
+
+    The retry policy of the failure kind decided it, so no user's role is
+    checked; the new attempt keeps the original requester as its origin and
+    its ``created`` event names both: ``system_actor`` on behalf of the requester.
+    """
+    old = session.get(Job, job_id)
+    if old is None:
+        raise NotFoundError(f"job {job_id!r} does not exist", "it was deleted meanwhile")
+    if JobState(old.state) not in (JobState.FAILED, JobState.CANCELLED):
+        raise InvalidInputError(
+            f"job {job_id} is {old.state}", "only failed or cancelled jobs can be retried"
+        )
+    newer = session.scalar(select(Job).where(Job.previous_id == old.id))
+    if newer is not None:
+        raise InvalidInputError(
+            f"job {job_id} was already retried as {newer.id}", "nothing to do"
+        )
+    return _next_attempt(
+        session,
+        old,
+        system_actor,
+        reason=f"{reason} (by the system on behalf of {old.origin_type} {old.origin_id})",
+        resources=resources,
+        data={"on_behalf_of": {"type": old.origin_type, "id": old.origin_id}, "system": True},
+    )
+
+
+def _next_attempt(
+    session: Session,
+    old: Job,
+    actor: str,
+    *,
+    reason: str | None,
+    resources: Mapping[str, Any] | None,
+    data: dict[str, Any] | None = None,
+) -> Job:
     job = Job(
         id=new_id(),
         attempt=old.attempt + 1,
@@ -671,38 +846,14 @@ def retry_job(
         actor,
         reason or f"retry of {old.id}",
         new_state=JobState.PENDING.value,
-        data={"previous": old.id},
+        data={"previous": old.id, **(data or {})},
     )
     session.flush()
     return job
 
 
 def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str, Any]:
-    gear = session.get(Gear, job.gear_id)
-    dest = session.get(Container, job.destination_id)
-    out: dict[str, Any] = {
-        "id": job.id,
-        "attempt": job.attempt,
-        "previous_id": job.previous_id,
-        "gear": f"{gear.name}@{gear.version}" if gear else None,
-        "state": job.state,
-        "failure_kind": job.failure_kind,
-        "failure_message": job.failure_message,
-        "site": job.site,
-        "native_id": job.native_id,
-        "scheduler_state": job.scheduler_state,
-        "pending_reason": job.pending_reason,
-        "destination": container_path(session, dest) if dest else job.destination_id,
-        "destination_type": job.destination_type,
-        "tags": job.tags,
-        "priority": job.priority,
-        "origin": {"type": job.origin_type, "id": job.origin_id},
-        "config": job.config,
-        "inputs": job.inputs,
-        "resources": job.resources,
-        "created": job.created.isoformat() if job.created else None,
-        "modified": job.modified.isoformat() if job.modified else None,
-    }
+    out = jobs_to_dicts(session, [job])[0]
     if events:
         out["events"] = [
             {
@@ -717,3 +868,146 @@ def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str
             for e in job_events(session, job)
         ]
     return out
+
+
+def jobs_to_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """``job_to_dict`` for many jobs: gears, destinations and their paths in 3 queries."""
+    gear_ids = {j.gear_id for j in jobs}
+    gears = {
+        g.id: f"{g.name}@{g.version}"
+        for g in (session.scalars(select(Gear).where(Gear.id.in_(gear_ids))) if gear_ids else [])
+    }
+    paths = container_paths(session, {j.destination_id for j in jobs})
+    return [
+        {
+            "id": job.id,
+            "attempt": job.attempt,
+            "previous_id": job.previous_id,
+            "gear": gears.get(job.gear_id),
+            "state": job.state,
+            "failure_kind": job.failure_kind,
+            "failure_message": job.failure_message,
+            "site": job.site,
+            "native_id": job.native_id,
+            "scheduler_state": job.scheduler_state,
+            "pending_reason": job.pending_reason,
+            "destination": paths.get(job.destination_id, job.destination_id),
+            "destination_type": job.destination_type,
+            "tags": job.tags,
+            "priority": job.priority,
+            "origin": {"type": job.origin_type, "id": job.origin_id},
+            "config": job.config,
+            "inputs": job.inputs,
+            "resources": job.resources,
+            "created": job.created.isoformat() if job.created else None,
+            "modified": job.modified.isoformat() if job.modified else None,
+        }
+        for job in jobs
+    ]
+
+
+def container_paths(session: Session, ids: set[str]) -> dict[str, str]:
+    """Human paths of many containers: the containers, then all their ancestors, at once."""
+    if not ids:
+        return {}
+    found = {c.id: c for c in session.scalars(select(Container).where(Container.id.in_(ids)))}
+    ancestors = {
+        a
+        for c in found.values()
+        for a in (c.group_id, c.project_id, c.subject_id, c.session_id, c.acquisition_id,
+                  c.parent_id)
+        if a and a not in found
+    }  # fmt: skip
+    if ancestors:
+        found.update(
+            (c.id, c) for c in session.scalars(select(Container).where(Container.id.in_(ancestors)))
+        )
+    out = {}
+    for cid in ids:
+        parts: list[str] = []
+        node = found.get(cid)
+        while node is not None:
+            parts.append(node.id if node.type == "group" else node.label)
+            if not node.parent_id:
+                break
+            parent = found.get(node.parent_id)
+            if parent is None:  # an ancestor the id columns do not name (analyses)
+                parent = session.get(Container, node.parent_id)
+                if parent is not None:
+                    found[parent.id] = parent
+            node = parent
+        if parts:
+            out[cid] = "/".join(reversed(parts))
+    return out
+
+
+# ------------------------------------------------------- by id (the HTTP API)
+
+
+def run_gear_by_ids(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear: Gear,
+    destination: Container,
+    inputs: Mapping[str, tuple[str, str]],
+    config: Mapping[str, Any],
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    analysis_label: str | None = None,
+) -> tuple[Job, Container | None]:
+    """A job from container/file ids (``POST /jobs/add``, ``POST /{type}s/{id}/analyses``).
+
+    ``inputs`` maps an input name to (container id, file name); each is read-checked.
+    For analysis gears an analysis container labelled ``analysis_label`` is made now
+    (linked by job id; stage-out publishes into it), so its id can be returned at once.
+    """
+    manifest = manifest_of(gear)
+    problems: list[str] = []
+    specs: list[InputSpec] = []
+    for name, (container_id, file_name) in inputs.items():
+        try:
+            decl = manifest.input(name)
+        except KeyError:
+            problems.append(f"gear {gear.name} has no input {name!r}")
+            continue
+        if decl.base != "file":
+            problems.append(f"input {name!r} is a {decl.base} input, not a file")
+            continue
+        container = session.get(Container, container_id)
+        if container is None:
+            problems.append(f"input {name}: container {container_id!r} does not exist")
+            continue
+        require_role(session, actor, container, RoleName.READ_ONLY, "reading an input")
+        f = session.scalar(
+            select(File).where(File.container_id == container.id, File.name == file_name)
+        )
+        if f is None:
+            problems.append(f"input {name}: no file {file_name!r} on {container.label!r}")
+            continue
+        specs.append(_input_spec(name, "file", container, f, file_version(session, f)))
+    if problems:
+        raise InvalidInputError("; ".join(problems), "fix the job's inputs")
+    prepared = prepare_job(
+        session,
+        actor,
+        sites,
+        gear=gear,
+        destination=destination,
+        inputs=specs,
+        config=config,
+        tags=tags,
+        priority=priority,
+    )
+    job = store_job(session, actor, prepared)
+    analysis: Container | None = None
+    if gear.category == "analysis":
+        from hpcgear.hierarchy.service import create_child
+
+        analysis = create_child(
+            session, destination, "analysis", analysis_label or f"{gear.name} {job.id}", actor
+        )
+        analysis.job_id = job.id
+        session.flush()
+    return job, analysis

@@ -13,13 +13,13 @@ The first shell proves the container booted (the *start marker*, written into a
 bound host directory) and then replaces itself with ``/bin/sh -c COMMAND``,
 exactly as Flywheel runs a manifest ``command``; ``COMMAND`` travels as a
 positional parameter, so it is data to this outer shell. Without a manifest
-command the image's runscript is exec'ed the same way. The job script retries
+command ``/flywheel/v0/run`` is exec'ed, as Flywheel does (never the image's
+runscript, which may be anything: a shell, a no-op). The job script retries
 the container only when the marker is missing (the runtime failed to start).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -38,6 +38,8 @@ STARTED_MARKER_NAME = "started"
 MARKER_FAILED_RC = 254
 #: ``$0`` of the in-container shells (shows up in ``ps`` and error messages).
 SHELL_NAME = "hpcgear-gear"
+#: What a gear whose manifest has no ``command`` runs (the Flywheel gear spec's default).
+DEFAULT_GEAR_COMMAND = f"{CONTAINER_FLYWHEEL}/run"
 
 
 def start_script(command: str | None) -> str:
@@ -45,7 +47,7 @@ def start_script(command: str | None) -> str:
     marker = f"{CONTAINER_MARKER_DIR}/{STARTED_MARKER_NAME}"
     touch = f": > {marker} || exit {MARKER_FAILED_RC}; "
     if command is None:
-        return touch + 'exec /.singularity.d/runscript "$@"'
+        return touch + f"exec {DEFAULT_GEAR_COMMAND}"
     return touch + 'exec /bin/sh -c "$1"'
 
 
@@ -74,7 +76,7 @@ class ContainerInvocation:
     """Everything a runtime needs to run one gear container.
 
     Paths are host paths on the compute node. ``command`` is the manifest
-    command (run through ``/bin/sh -c``); ``None`` runs the image's runscript.
+    command (run through ``/bin/sh -c``); ``None`` runs ``/flywheel/v0/run``.
     """
 
     image: str
@@ -128,18 +130,3 @@ def check_flags(flags: Sequence[str]) -> tuple[str, ...]:
             raise ConfigError(f"runtime flag {flag!r} contains a line break or NUL",
                               "fix runtime.extra_flags in the site config")
     return tuple(flags)
-
-
-_GRES_GPU_RE = re.compile(r"^gpu(?::[A-Za-z0-9_.\-]*[A-Za-z_.\-][A-Za-z0-9_.\-]*)?(?::(\d+))?$")
-
-
-def gpus_in_gres(gres: str | None) -> int:
-    """How many GPUs a GRES string asks for (``gpu`` items; a missing count is 1)."""
-    if not gres:
-        return 0
-    total = 0
-    for item in gres.split(","):
-        m = _GRES_GPU_RE.fullmatch(item.strip())
-        if m:
-            total += int(m.group(1) or 1)
-    return total

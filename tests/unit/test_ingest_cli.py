@@ -103,12 +103,14 @@ def test_errors_deidentify_and_nifti(env: CliEnv, tmp_path: Path) -> None:
     # --de-identify with explicit project/subject
     out = env.ok("ingest", "dicom", str(tmp_path / "dicom"), "--group", GROUP,
                  "--project", "demo", "--subject", "s1", "--de-identify", "--json").json()
-    assert {s["path"] for s in out["sessions"]} == {f"{GROUP}/demo/s1/ses-01",
-                                                     f"{GROUP}/demo/s1/20200315_101500"}
-    f = env.ok("ls", f"{GROUP}/demo/s1/ses-01/3 - t1_mprage_sag", "--json").json()[0]
+    paths = {s["path"] for s in out["sessions"]}
+    # PS3.15 empties StudyDate/StudyTime, so the unnamed session is study-<UID tail>
+    assert f"{GROUP}/demo/s1/ses-01" in paths and len(paths) == 2
+    assert all("20200315" not in p for p in paths)
+    f = env.ok("ls", f"{GROUP}/demo/s1/ses-01/3 - MR", "--json").json()[0]
     deid = f["info"]["hpcgear"]["deid"]
-    assert deid["profile"] == "hpcgear-default"
-    assert deid["removed"] == ["PatientBirthDate", "PatientID", "PatientName"]
+    assert deid["profile"] == "ps3.15-basic"
+    assert {"PatientID", "PatientName", "AccessionNumber"} <= set(deid["changed"])
     # NIfTI
     anat = tmp_path / "bids" / "sub-07" / "anat"
     anat.mkdir(parents=True)

@@ -30,7 +30,7 @@ from hpcgear.hierarchy.service import (
     upload_files,
 )
 from hpcgear.ingest.classifier import CLASSIFIER_VERSION
-from hpcgear.ingest.deid import default_profile, hash_uid, hash_value, load_profile
+from hpcgear.ingest.deid import default_profile, load_profile
 from hpcgear.ingest.dicom import ProgressEvent
 from hpcgear.ingest.routing import RoutingRules
 from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom, reclassify
@@ -433,6 +433,7 @@ def test_real_multi_study_folders_and_reclassify(
 DEID_PROFILE = """\
 name: site-deid
 description: test profile
+deid-log: /nonexistent/deid/site-deid.csv
 dicom:
   date-increment: -10
   patient-age-from-birthdate: true
@@ -464,11 +465,16 @@ dicom:
 def test_deid_profiles_applied_before_storing(
     hier: Any, store: ObjectStore, tmp_path: Path
 ) -> None:
+    from hpcgear.db.models import DeidMapEntry
+    from hpcgear.ingest.deid import with_baseline
+
     d = tmp_path / "in"
     write_series(d, study="D", series="s", number=2, description="t1_mprage", count=2,
                  accession="demo/sub-01/ses-01", patient_id="MRN-424242",
                  patient_name="Secret^Person",
-                 extra={"InstitutionName": "General Hospital"})
+                 extra={"InstitutionName": "General Hospital",
+                        "OtherPatientIDs": "OTHER-77", "ReferringPhysicianName": "Dr^Who",
+                        "PatientAddress": "1 Main St"})
     for p in d.iterdir():  # a private tag to strip
         ds = pydicom.dcmread(p)
         block = ds.private_block(0x0009, "ACME", create=True)
@@ -476,56 +482,66 @@ def test_deid_profiles_applied_before_storing(
         ds.save_as(p)
     profile_path = tmp_path / "deid.yaml"
     profile_path.write_text(DEID_PROFILE)
-    profile = load_profile(profile_path)
+    profile = with_baseline(load_profile(profile_path))  # as --deid-profile does
+    assert profile.reid_map
     report = run(hier, store, d, profile=profile)
     assert report.files[0].status == "new"
+    assert not Path("/nonexistent/deid").exists()  # the map goes to the DB, not that path
     # routed by AccessionNumber although the profile removes it (read before de-id)
     sess = containers(hier)[f"{GROUP}/demo/sub-01/ses-01"]
-    assert sess.natural_key == hash_uid("pepper", uid("study", "D"))
-    acq = containers(hier)[f"{GROUP}/demo/sub-01/ses-01/2 - t1_mprage"]
-    assert acq.natural_key == hash_uid("pepper", uid("series", "D", "s"))
-    f = files_of(hier, acq)["2 - t1_mprage.dicom.zip"]
+    # PS3.15 removes SeriesDescription (free text), so the label falls back to the modality
+    acq = containers(hier)[f"{GROUP}/demo/sub-01/ses-01/2 - MR"]
+    f = files_of(hier, acq)["2 - MR.dicom.zip"]
     members = read_zip(store, hier, f)
     assert len(members) == 2
+    originals = {uid("sop", "D", "s", i) for i in range(2)}
     for m in members:
-        assert "PatientName" not in m and "PatientBirthDate" not in m
-        assert "AccessionNumber" not in m
-        assert m.PatientID == hash_value("pepper", "MRN-424242")
+        for gone in ("PatientName", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
+                     "PatientAddress"):
+            assert gone not in m or not m.get(gone), gone
+        assert m.PatientID != "MRN-424242" and len(m.PatientID) == 16
         assert m.InstitutionName == "ANONYMIZED"
+        assert m.ReferringPhysicianName == ""  # PS3.15 Z (the profile does not name it)
         assert m.StudyDate == "20200305"  # shifted by -10 days
         assert m.PatientAge == "040Y"
         assert m.PatientIdentityRemoved == "YES"
-        assert m.StudyInstanceUID == sess.natural_key
-        assert m.SOPInstanceUID.startswith("2.25.")
+        assert m.StudyInstanceUID == sess.natural_key != uid("study", "D")
+        assert m.SOPInstanceUID not in originals
         assert m.file_meta.MediaStorageSOPInstanceUID == m.SOPInstanceUID
         assert not any(e.tag.is_private for e in m.iterall())
-    originals = {uid("sop", "D", "s", i) for i in range(2)}
-    assert {hash_uid("pepper", o) for o in originals} == {m.SOPInstanceUID for m in members}
+    assert acq.natural_key == members[0].SeriesInstanceUID
     log = f.info["hpcgear"]["deid"]
     assert log["profile"] == "site-deid" and log["profile_sha256"] == profile.sha256
-    assert log["removed"] == ["AccessionNumber", "PatientBirthDate", "PatientName"]
-    assert log["hashed"] == ["PatientID"] and log["replaced"] == ["InstitutionName"]
-    assert log["shifted"] == ["StudyDate"] and log["private_tags_removed"] == 4
-    assert log["hashuid"] == ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"]
-    # no original identifier anywhere in what the database holds
+    assert {"AccessionNumber", "PatientBirthDate", "PatientName"} <= set(log["removed"])
+    assert {"PatientID", "InstitutionName", "StudyDate", "SOPInstanceUID"} <= set(log["changed"])
+    assert log["private_tags_removed"] == 4 and log["reid_map"] is True
+    # no original identifier anywhere in what the file/container rows hold
     stored = json.dumps([f.info, acq.info, sess.info])
-    for secret in ("MRN-424242", "Secret", "General Hospital", "20200315", "pepper"):
+    for secret in ("MRN-424242", "Secret", "General Hospital", "20200315", "pepper", "OTHER-77"):
         assert secret not in stored
-    assert f.info["header"]["dicom"]["StudyDate"] == "20200305"
+    # ... but the re-identification map (asked for by deid-log) has them
+    with hier.session() as s:
+        rows = s.query(DeidMapEntry).all()
+        assert len(rows) == 1 and len(rows[0].entries) == 2
+        assert rows[0].entries[0]["PatientID"][0] == "MRN-424242"
     # de-identification is deterministic, so a rerun is a no-op too
     assert [x.status for x in run(hier, store, d, profile=profile).files] == ["unchanged"]
+    # the same data again without de-identification: its UIDs are the originals, so it
+    # is another study to hpcgear; the de-identified file is never given a new version
+    again = run(hier, store, d)
+    assert [x.status for x in again.files] == ["new"]
+    assert again.files[0].container != f"{GROUP}/demo/sub-01/ses-01/2 - MR"
 
-    # --de-identify alone: PatientID is removed, so the fallback subject label is
-    # its (unsalted) hash, never the MRN
+    # --de-identify alone: the subject label is opaque, never the MRN nor a hash of it
     e = tmp_path / "in2"
     write_series(e, study="E", series="s", number=1, description="T1w", count=1,
                  patient_id="MRN-1", extra={"StudyComments": f"fw://{GROUP}/demo"})
     report = run(hier, store, e, profile=default_profile())
-    path = f"{GROUP}/demo/anon-{hash_value('', 'MRN-1')}/20200315_101500"
-    assert report.sessions[0].path == path
-    f = next(iter(files_of(hier, containers(hier)[f"{path}/1 - T1w"]).values()))
+    assert report.sessions[0].path.startswith(f"{GROUP}/demo/anon-0001/")
+    assert "MRN" not in report.sessions[0].path
+    f = next(iter(files_of(hier, containers(hier)[f"{report.sessions[0].path}/1 - MR"]).values()))
     m = read_zip(store, hier, f)[0]
-    assert "PatientName" not in m and "PatientID" not in m and "PatientBirthDate" not in m
+    assert m.PatientName == "" and m.PatientID == "" and m.get("PatientBirthDate", "") == ""
 
 
 def test_stored_header_and_version_shapes() -> None:
@@ -542,3 +558,27 @@ def test_stored_header_and_version_shapes() -> None:
     assert stored_classifier_version(gear) == "0.9.0"
     assert stored_classifier_version(ingest) == "1.0.0"
     assert stored_classifier_version(legacy) is None
+
+
+def test_no_identifying_version_over_a_deidentified_file(
+    hier: Any, store: ObjectStore, tmp_path: Path
+) -> None:
+    """A profile that keeps the UIDs: the same series again without de-identification
+    would be a new version of the de-identified file; it is skipped instead."""
+    from hpcgear.ingest.deid import parse_profile_text, with_baseline
+
+    keep = with_baseline(parse_profile_text(
+        "name: keep-uids\ndicom:\n  fields:\n"
+        "    - {name: StudyInstanceUID, keep: true}\n"
+        "    - {name: SeriesInstanceUID, keep: true}\n"
+        "    - {name: SOPInstanceUID, keep: true}\n"
+        "    - {name: SeriesDescription, keep: true}\n", "p"))
+    d = tmp_path / "in"
+    write_series(d, study="K", series="s", number=1, description="T1w", count=1,
+                 accession="demo/sub-01/ses-01", patient_name="Secret^Person")
+    assert [f.status for f in run(hier, store, d, profile=keep).files] == ["new"]
+    report = run(hier, store, d)
+    assert report.files == []
+    assert [s.reason for s in report.skipped] == ["would_reidentify"]
+    detail = report.skipped[0].detail
+    assert "--de-identify" in detail or "de-identified" in detail

@@ -172,3 +172,77 @@ def test_gear_install_versions(gear_env: CliEnv, tmp_path: Path) -> None:
     assert versions == ["1.0.0", "1.0.1"]
     env.ok("user", "add", "bob")
     assert env.run("--as", "bob", "gear", "install", str(TEST_GEAR)).code == 4
+
+
+def test_jobs_listing_shows_only_visible_jobs_newest_first(gear_env: CliEnv) -> None:
+    """Visibility is filtered in SQL, so --limit counts the jobs a user may see."""
+    env = gear_env
+    env.ok("group", "create", "other")
+    env.ok("project", "create", "other/q")
+    env.ok("upload", "other/q/s/ses", str(Path(__file__)))
+    mine = [env.ok("run", "test-gear", "--dest", f"lab/p1/{s}/ses1", "--json").json()["id"]
+            for s in ("s1", "s2")]  # fmt: skip
+    hidden = env.ok("run", "test-gear", "--dest", "other/q/s/ses", "--json").json()["id"]
+    listed = [j["id"] for j in env.ok("jobs", "--json").json()]
+    assert listed == [hidden, *reversed(mine)], "site admin sees all, newest first"
+    env.ok("user", "add", "reader")
+    env.ok("role", "grant", "reader", "lab", "read-only")
+    seen = env.ok("--as", "reader", "jobs", "--json").json()
+    assert [j["id"] for j in seen] == list(reversed(mine))
+    assert seen[0]["destination"] == "lab/p1/s2/ses1" and seen[0]["gear"] == "test-gear@1.0.0"
+    one = env.ok("--as", "reader", "jobs", "--limit", "1", "--json").json()
+    assert [j["id"] for j in one] == [mine[1]], "the limit counts visible jobs"
+    env.ok("role", "grant", "reader", "other/q", "read-only")
+    assert len(env.ok("--as", "reader", "jobs", "--json").json()) == 3
+
+
+def _complete(env: CliEnv, job_id: str) -> None:
+    """What the controller does when a job finishes (its steps are tested elsewhere)."""
+    from sqlalchemy import update
+
+    from hpcgear.config.settings import load_settings
+    from hpcgear.db.models import Job
+    from hpcgear.db.session import create_db_engine
+
+    engine = create_db_engine(load_settings(env.config).database_url)
+    with engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == job_id).values(state="complete"))
+    engine.dispose()
+
+
+def test_batch_per_file_type_filter_and_skip_completed(gear_env: CliEnv, tmp_path: Path) -> None:
+    env = gear_env
+    extra = tmp_path / "s1b.nii.gz"
+    extra.write_bytes(b"second image")
+    env.ok("upload", "lab/p1/s1/ses1", str(extra))
+    argv = ["batch", "test-gear", "--over", "lab/p1/*/*", "--input", "input_file=.*",
+            "--type", "nifti", "--per-file"]
+    dry = env.ok(*argv, "--dry-run", "--json").json()
+    got = sorted((j["destination"], j["inputs"]["input_file"]) for j in dry["jobs"])
+    assert got == [("lab/p1/s1/ses1", "s1.nii.gz"), ("lab/p1/s1/ses1", "s1b.nii.gz"),
+                   ("lab/p1/s2/ses1", "s2.nii.gz")]
+    # s3 has only a text file: the type filter leaves nothing, and it is named
+    assert [s["destination"] for s in dry["skipped"]] == ["lab/p1/s3/ses1"]
+    assert "of type nifti" in dry["skipped"][0]["reason"]
+    real = env.ok(*argv, "--json").json()
+    first = next(j for j in real["jobs"] if j["inputs"]["input_file"] == "s1.nii.gz")
+    _complete(env, first["id"])
+    again = env.ok(*argv, "--skip-completed", "--json").json()
+    assert len(again["jobs"]) == 2
+    [done] = [s for s in again["skipped"] if "already completed" in s["reason"]]
+    assert done["destination"] == "lab/p1/s1/ses1/s1.nii.gz"
+    assert first["id"] in done["reason"]
+    # another config is not the same run: nothing is skipped for completion
+    other = env.ok(*argv, "--skip-completed", "--config", "num_files=3", "--dry-run",
+                   "--json").json()
+    assert len(other["jobs"]) == 3
+    # per container (no --per-file): the container with a completed job is skipped
+    single = ["batch", "test-gear", "--over", "lab/p1/s2/*", "--input",
+              r"input_file=^s2\.nii\.gz$"]
+    jid = env.ok(*single, "--json").json()["jobs"][0]["id"]
+    _complete(env, jid)
+    res = env.ok(*single, "--skip-completed")
+    assert "created 0 job(s), skipped 1 container(s)" in res.out
+    assert f"skipped lab/p1/s2/ses1: already completed by job {jid}" in res.out
+    res = env.run("batch", "test-gear", "--over", "lab/p1/*/*", "--per-file")
+    assert_one_clear_error(res, "--per-file needs exactly one --input")

@@ -19,14 +19,20 @@ import pytest
 
 from hpcgear.config.site import SiteConfig, load_site, load_site_text
 from hpcgear.jobs.resources import resolve_resources
-from hpcgear.jobs.spec import GearRef, InputSpec, JobSpec
 from hpcgear.render import JobPaths, render_array, render_sbatch
 from hpcgear.runtimes import render_gear_env
+from hpcgear.spec import GearRef, InputSpec, JobSpec
 from tests.unit.test_site import render_dev_template
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("HPCGEAR_REGEN_GOLDEN") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _service_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sites whose jobs run as the controller's login fill {user} with it: fix it."""
+    monkeypatch.setenv("LOGNAME", "hpcgear-svc")
 
 
 def site_named(name: str) -> SiteConfig:

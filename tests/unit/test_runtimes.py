@@ -8,7 +8,6 @@ import pytest
 
 from hpcgear.config.site import RuntimeConfig
 from hpcgear.errors import ConfigError, ImageError, InvalidInputError
-from hpcgear.jobs.spec import GearRef, JobSpec, Resources
 from hpcgear.runtimes import (
     ApptainerRuntime,
     ContainerInvocation,
@@ -21,7 +20,8 @@ from hpcgear.runtimes import (
     runtime_for,
     start_script,
 )
-from hpcgear.runtimes.base import gpus_in_gres
+from hpcgear.spec import GearRef, JobSpec, Resources
+from hpcgear.units import gpus_in_gres
 
 JD = "/scratch/u/hpcgear/j1/a1"
 
@@ -67,10 +67,13 @@ def test_command_travels_as_data_not_code() -> None:
     assert hostile not in argv[-3]  # the outer sh program never contains the command
 
 
-def test_no_command_runs_the_runscript_behind_the_marker() -> None:
+def test_no_command_runs_flywheel_v0_run_behind_the_marker() -> None:
+    """Flywheel runs /flywheel/v0/run when a manifest has no command (issue 11): the
+    image's runscript (a busybox shell, say) must never stand in for the gear."""
     argv = ApptainerRuntime().build_argv(invocation(command=None))
     assert argv[-4:] == ["/bin/sh", "-c", start_script(None), "hpcgear-gear"]
-    assert "/.singularity.d/runscript" in start_script(None)
+    assert start_script(None).endswith("exec /flywheel/v0/run")
+    assert "runscript" not in start_script(None)
     assert start_script(None).startswith(": > /.hpcgear/started")
 
 

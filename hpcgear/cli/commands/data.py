@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_join, safe_text
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -104,8 +104,7 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     from hpcgear.hierarchy.service import upload_files
 
     actor = app.actor
-    with app.db.session() as s:
-        results = upload_files(s, app.store, actor, path, list(files))
+    results = app.db.write(lambda s: upload_files(s, app.store, actor, path, list(files)))
     if as_json:
         app.emit_json(
             [
@@ -194,7 +193,7 @@ def download_cmd(
             if as_json:
                 app.emit_json({"path": str(dest), "version": fv.version, "hash": fv.hash})
             else:
-                app.echo(f"{dest} (v{fv.version}, {fv.hash[:19]})")
+                app.echo(f"{safe_text(str(dest))} (v{fv.version}, {fv.hash[:19]})")
             return
         if version is not None:
             raise InvalidInputError("--version applies to one file", "drop --version")
@@ -268,12 +267,11 @@ def info_set(app: AppContext, path: str, pairs: tuple[str, ...], as_json: bool) 
     from hpcgear.hierarchy.service import set_info
 
     actor = app.actor
-    with app.db.session() as s:
-        info: dict[str, Any] = set_info(s, actor, path, list(pairs))
+    info: dict[str, Any] = app.db.write(lambda s: set_info(s, actor, path, list(pairs)))
     if as_json:
         app.emit_json(info)
     else:
-        app.echo(f"updated info on {safe_text(path)}: {', '.join(sorted(info))}")
+        app.echo(f"updated info on {safe_text(path)}: {safe_join(sorted(info))}")
 
 
 @info_group.command("unset")
@@ -308,9 +306,8 @@ def tag_add(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, add=list(tags))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now)}")
+    now = app.db.write(lambda s: change_tags(s, actor, path, add=list(tags)))
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now)}")
 
 
 @tag_group.command("rm")
@@ -322,6 +319,5 @@ def tag_rm(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, remove=list(tags))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now) or '(none)'}")
+    now = app.db.write(lambda s: change_tags(s, actor, path, remove=list(tags)))
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now) or '(none)'}")

@@ -139,14 +139,21 @@ def _common(f: Any) -> Any:
     f"(repeatable; default {', '.join(DEFAULT_FW_FIELDS)}).",
 )
 @click.option(
+    "--route-require",
+    default="project,subject,session",
+    show_default=True,
+    help="Levels the routing field must name; a study naming fewer goes to Unsorted.",
+)
+@click.option(
     "--de-identify",
     is_flag=True,
-    help="Remove PatientName, PatientID and PatientBirthDate before storing.",
+    help="Apply the DICOM PS3.15 Annex E basic profile before storing.",
 )
 @click.option(
     "--deid-profile",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="De-identification profile (Flywheel deid YAML); implies --de-identify.",
+    help="De-identification profile (Flywheel deid YAML); implies --de-identify: "
+    "the PS3.15 basic profile applies to every attribute the profile does not name.",
 )
 @pass_app
 def dicom_cmd(
@@ -163,6 +170,7 @@ def dicom_cmd(
     route_field: str,
     route_pattern: str,
     fw_fields: tuple[str, ...],
+    route_require: str,
     de_identify: bool,
     deid_profile: Path | None,
 ) -> None:
@@ -174,14 +182,14 @@ def dicom_cmd(
     Files that are not DICOM, lack UIDs or are truncated are listed with a
     reason code (not_dicom, missing_uid, unreadable) and skipped.
     """
-    from hpcgear.ingest.deid import default_profile, load_profile
-    from hpcgear.ingest.routing import RoutingRules
+    from hpcgear.ingest.deid import default_profile, load_profile, with_baseline
+    from hpcgear.ingest.routing import RoutingRules, parse_required_levels
     from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom
 
     _quiet_pydicom_value_warnings()
 
     profile = (
-        load_profile(deid_profile)
+        with_baseline(load_profile(deid_profile))
         if deid_profile is not None
         else (default_profile() if de_identify else None)
     )
@@ -194,6 +202,7 @@ def dicom_cmd(
             project=project,
             subject=subject,
             session=session_label,
+            require=parse_required_levels(route_require),
         ),
         profile=profile,
         jobs=jobs,
@@ -249,6 +258,94 @@ def nifti_cmd(
             )
     finally:
         bars.close()
+    _emit(app, report, as_json)
+
+
+@ingest_group.command("bids")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_common
+@pass_app
+def bids_cmd(
+    app: AppContext,
+    directory: Path,
+    group: str,
+    project: str | None,
+    subject: str | None,
+    session_label: str | None,
+    dry_run: bool,
+    as_json: bool,
+    jobs: int,
+    progress: bool | None,
+) -> None:
+    """Ingest a BIDS dataset: images as `ingest nifti` places them, and every other file.
+
+    \b
+    dataset_description.json, participants.tsv, README and other top-level files
+    go on the project; *_sessions.tsv on the subject; *_scans.tsv on the
+    session; *_events.tsv and other files of a datatype folder beside its
+    images. Each keeps its BIDS place in info.BIDS, so `export bids` puts it
+    back. derivatives/, sourcedata/ and code/ are reported, not stored.
+    """
+    from hpcgear.errors import InvalidInputError
+    from hpcgear.ingest.bids import ingest_bids_extras
+    from hpcgear.ingest.service import NiftiIngestOptions, ingest_nifti
+
+    if not project:
+        raise InvalidInputError("ingest bids needs --project", "name the project: --project P")
+    options = NiftiIngestOptions(
+        group=group, project=project, subject=subject, session=session_label, jobs=jobs
+    )
+    actor = app.actor
+    bars = ProgressBars(app, _progress_enabled(app, progress))
+    try:
+        with app.db.session() as s:
+            report = ingest_nifti(
+                s, app.store, actor, directory, options, dry_run=dry_run, progress=bars
+            )
+            ingest_bids_extras(
+                s, app.store, actor, directory, f"{group}/{project}", report, dry_run=dry_run
+            )
+    finally:
+        bars.close()
+    _emit(app, report, as_json)
+
+
+@ingest_group.command("folder")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--group", "group", required=True, help="Group id to ingest into.")
+@click.option("--project", required=True, help="Project label.")
+@click.option(
+    "--template",
+    required=True,
+    help="Where files are, e.g. '{subject}/{session}/{acquisition}/*' (globs allowed).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the planned hierarchy; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@pass_app
+def folder_cmd(
+    app: AppContext,
+    directory: Path,
+    group: str,
+    project: str,
+    template: str,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Upload a folder by a path template, as the Flywheel CLI's template ingest does.
+
+    \b
+    Each file's path under DIRECTORY is matched segment by segment against
+    --template; {subject}, {session} and {acquisition} name the levels (a
+    segment may add text around them: 'sub-{subject}'), other segments are
+    globs. Files that do not match are reported as no_template_match.
+    """
+    from hpcgear.ingest.bids import ingest_folder
+
+    actor = app.actor
+    with app.db.session() as s:
+        report = ingest_folder(
+            s, app.store, actor, directory, f"{group}/{project}", template, dry_run=dry_run
+        )
     _emit(app, report, as_json)
 
 

@@ -1,0 +1,38 @@
+"""`hpcgear export bids`: a BIDS tree of a project, subject or session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hpcgear.cli.context import AppContext, safe_text
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group("export")
+def export_group() -> None:
+    """Export data in community layouts (BIDS)."""
+
+
+@export_group.command("bids")
+@click.argument("path", metavar="GROUP/PROJECT[/SUBJECT[/SESSION]]")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def bids_cmd(app: AppContext, path: str, out: Path, as_json: bool) -> None:
+    """Write a BIDS tree (names from info.BIDS or classification, JSON sidecars,
+    dataset_description.json, participants.tsv) under --out."""
+    from hpcgear.ingest.bids import export_bids
+
+    with app.db.session() as s:
+        res = export_bids(s, app.store, app.actor, path, out)
+    if as_json:
+        app.emit_json(res.to_json())
+        return
+    for rel in res.written:
+        app.echo(safe_text(rel))
+    for where, reason in res.skipped:
+        app.echo(f"skipped {safe_text(where)}: {safe_text(reason)}")
+    app.note(f"wrote {len(res.written)} file(s) to {out}; skipped {len(res.skipped)}")

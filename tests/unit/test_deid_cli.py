@@ -1,0 +1,139 @@
+"""``hpcgear deid`` and project-attached profiles through the real CLI (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import CliEnv
+from tests.unit.test_deid import SEEDS_PROFILE
+from tests.unit.test_ingest_cli import one_clear_error
+from tests.unit.test_ingest_dicom import GROUP, write_series
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The value length:UserWarning", "ignore::DeprecationWarning", "ignore::UserWarning"
+)
+
+
+@pytest.fixture
+def env(cli_env: CliEnv) -> CliEnv:
+    cli_env.ok("group", "create", GROUP)
+    cli_env.ok("project", "create", f"{GROUP}/demo")
+    cli_env.ok("user", "add", "reader")
+    cli_env.ok("role", "grant", "reader", f"{GROUP}/demo", "read-write")
+    return cli_env
+
+
+def _stored_dicoms(env: CliEnv, path: str, tmp_path: Path) -> list[pydicom.Dataset]:
+    out = tmp_path / "dl"
+    env.ok("download", path, "--out", str(out))
+    got = next(out.iterdir())
+    if got.suffix == ".zip":
+        with zipfile.ZipFile(got) as zf:
+            import io
+
+            return [pydicom.dcmread(io.BytesIO(zf.read(n))) for n in zf.namelist()]
+    return [pydicom.dcmread(got)]
+
+
+def test_deid_test_shows_changes(env: CliEnv, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    [f, *_] = write_series(d, study="T", series="s", number=1, description="T1w", count=1,
+                           patient_name="Secret^Person", patient_id="MRN-9")
+    res = env.ok("deid", "test", "ps3.15-basic", str(f))
+    assert "profile ps3.15-basic:" in res.out
+    assert "change PatientName: Secret^Person -> " in res.out
+    out = env.ok("deid", "test", "ps3.15-basic", str(f), "--json").json()
+    rows = {r["attribute"]: r for r in out["changes"]}
+    assert rows["PatientID"]["before"] == "MRN-9" and rows["PatientID"]["after"] == ""
+    assert rows["PatientIdentityRemoved"]["action"] == "add"
+    assert pydicom.dcmread(f).PatientName == "Secret^Person"  # nothing written
+    p = tmp_path / "seeds.yaml"
+    p.write_text(SEEDS_PROFILE)
+    out = env.ok("deid", "test", str(p), str(f), "--json").json()
+    assert {r["attribute"]: r["after"] for r in out["changes"]}["PatientName"] == "SEEDS"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nlog: y\n")
+    one_clear_error(env.run("deid", "test", str(bad), str(f)), "unknown key 'log'")
+    one_clear_error(env.run("deid", "test", str(p), str(p)), "not a readable DICOM file")
+
+
+def test_project_profile_applies_to_ingest_and_upload(env: CliEnv, tmp_path: Path) -> None:
+    p = tmp_path / "seeds.yaml"
+    p.write_text(SEEDS_PROFILE)
+    # only project admins attach; the read-write user cannot
+    one_clear_error(env.run("--as", "reader", "deid", "attach", f"{GROUP}/demo", str(p)),
+                    "admin")
+    out = env.ok("deid", "attach", f"{GROUP}/demo", str(p), "--json").json()
+    assert out["name"] == "seeds-deid" and out["reid_map"] is True
+    shown = env.ok("deid", "show", f"{GROUP}/demo", "--json").json()
+    assert shown["sha256"] == out["sha256"]
+    # an ingest WITHOUT any de-identification flag is de-identified by the project
+    d = tmp_path / "in"
+    write_series(d, study="P", series="s", number=2, description="T1w", count=1,
+                 accession="demo/sub-01/ses-01", patient_name="Secret^Person",
+                 patient_id="MRN-55", extra={"InstitutionName": "General Hospital"})
+    res = env.ok("ingest", "dicom", str(d), "--group", GROUP, "--json").json()
+    [fpath] = [f["path"] for f in res["files"]]
+    [m] = _stored_dicoms(env, fpath, tmp_path / "a")
+    assert m.PatientName == "SEEDS" and m.PatientID != "MRN-55"
+    assert m.InstitutionName != "General Hospital" and m.PatientIdentityRemoved == "YES"
+    # an upload of a DICOM file into the project is de-identified too
+    up = tmp_path / "up"
+    [single] = write_series(up, study="U", series="s", number=1, description="x", count=1,
+                            patient_name="Other^Secret", patient_id="MRN-66")
+    env.ok("upload", f"{GROUP}/demo/sub-01/ses-01/extra", str(single))
+    [u] = _stored_dicoms(env, f"{GROUP}/demo/sub-01/ses-01/extra/{single.name}", tmp_path / "b")
+    assert u.PatientName == "SEEDS" and u.PatientID != "MRN-66"
+    # non-DICOM files pass unchanged
+    note = tmp_path / "notes.txt"
+    note.write_text("plain")
+    env.ok("upload", f"{GROUP}/demo/sub-01/ses-01/extra", str(note))
+    # the re-identification map: admins only
+    one_clear_error(env.run("--as", "reader", "deid", "map", f"{GROUP}/demo"), "admin")
+    rows = env.ok("deid", "map", f"{GROUP}/demo", "--json").json()
+    originals = json.dumps(rows)
+    assert "MRN-55" in originals and "MRN-66" in originals
+    text = env.ok("deid", "map", f"{GROUP}/demo").out
+    assert "PatientID: MRN-55 -> " in text
+    env.ok("deid", "detach", f"{GROUP}/demo")
+    assert env.ok("deid", "show", f"{GROUP}/demo", "--json").json() is None
+    one_clear_error(env.run("deid", "detach", f"{GROUP}/demo"), "has no de-identification")
+
+
+def test_route_missing_level_goes_to_unsorted_with_opaque_subject(
+    env: CliEnv, tmp_path: Path
+) -> None:
+    d = tmp_path / "in"
+    write_series(d / "m", study="M", series="s", number=1, description="T1w", count=1,
+                 accession="demo/102", patient_id="MRN-777")
+    write_series(d / "n", study="N", series="s", number=1, description="T1w", count=1,
+                 accession="", patient_id="MRN-888")
+    out = env.ok("ingest", "dicom", str(d), "--group", GROUP, "--json").json()
+    assert len(out["sessions"]) == 2, out["sessions"]
+    for s in out["sessions"]:
+        assert s["path"].startswith(f"{GROUP}/Unsorted/")
+        assert "MRN" not in s["path"]
+    two_part = next(s for s in out["sessions"] if "no session" in (s["unsorted_reason"] or ""))
+    assert "AccessionNumber names project/subject but no session" in two_part["unsorted_reason"]
+    assert two_part["path"].split("/")[2] == "102"  # the subject the route named
+    other = next(s for s in out["sessions"] if s is not two_part)
+    assert other["path"].split("/")[2] == "unsorted-0001"
+    # a rerun finds the same subject (not a new opaque label)
+    again = env.ok("ingest", "dicom", str(d), "--group", GROUP, "--json").json()
+    assert sorted(s["path"] for s in again["sessions"]) == sorted(
+        s["path"] for s in out["sessions"]
+    )
+    # relaxed: project/subject is enough
+    e = tmp_path / "in2"
+    write_series(e, study="Q", series="s", number=1, description="T1w", count=1,
+                 accession="demo/103")
+    out = env.ok("ingest", "dicom", str(e), "--group", GROUP, "--route-require",
+                 "project,subject", "--json").json()
+    assert out["sessions"][0]["path"].startswith(f"{GROUP}/demo/103/")
+    one_clear_error(env.run("ingest", "dicom", str(e), "--group", GROUP, "--route-require",
+                            "subject"), "--route-require")
