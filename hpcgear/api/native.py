@@ -98,6 +98,8 @@ def check_remote(argv: list[str]) -> None:
     subs = REMOTE[cmd]
     if subs is not None:
         sub = next((a for a in rest[1:] if not a.startswith("-")), None)
+        if cmd == "view" and sub is not None and "/" in sub:
+            sub = "show"  # `view GROUP/PROJECT --columns ...` is the ad-hoc view
         if sub not in subs:
             raise PermissionDeniedError(
                 f"`hpcgear {cmd} {sub or ''}` cannot run through the API",

@@ -344,6 +344,10 @@ def test_cli_endpoint_runs_commands_as_the_key_owner(api: Api) -> None:
     assert r.status_code == 200, r.text
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["ls", "lab/p", "--json"]})
     assert r.json()["code"] == 0 and json.loads(r.json()["stdout"])[0]["label"] == "s1"
+    r = c.post("/api/hpcgear/cli", headers=api.h("rw"),
+               json={"argv": ["view", "lab/p", "--columns", "subject.label", "--json"]})
+    assert r.json()["code"] == 0, r.text  # the ad-hoc view runs remotely
+    assert {"subject.label": "s1"} in json.loads(r.json()["stdout"])
     # --as needs a site admin, whatever the OS account of the server is
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["--as", "admin", "ls"]})
     assert r.json()["code"] == 4 and "site-admin" in r.json()["stderr"]
