@@ -1,18 +1,30 @@
-"""hpcgear benchmarks: ratios against baselines measured in the same run.
+"""hpcgear benchmarks: every target of issue 10, against its baseline, in one run.
 
-    .venv/bin/python bench/run.py [--quick] [--json]
+    source /var/lib/hpcgear-dev/env.sh      # the dev cluster (bash dev/cluster.sh up)
+    .venv/bin/pip install -e '.[bench]'    # comparators (submitit)
+    .venv/bin/python bench/run.py [--quick] [--only NAME ...] [--no-cluster]
 
-Each benchmark times hpcgear and a baseline doing the same work on this
-machine, now, and reports the ratio (hpcgear / baseline). Absolute seconds
-depend on the machine; the ratios are what to compare between commits.
+Scenarios (full size; ``--quick`` is a small smoke run whose "met" is not judged):
 
-- cli-startup: ``hpcgear --help`` vs ``python -c pass`` (the interpreter floor).
-  A login-node command should stay well under 200 ms.
-- store-put: storing a 256 MiB file in the object store (hash, fsync, verify,
-  rename) vs ``cp`` + ``sha256sum`` of the same file (the physical floor: one
-  read + one write + one hash).
-- upload-many: ``hpcgear upload`` of 500 small files vs ``cp`` of the same
-  files (per-file database and fsync overhead).
+- submit: N=10,000 pending jobs of a trivial gear until all are queued in SLURM,
+  vs a per-job ``sbatch`` loop, submitit ``map_array`` and bare ``sbatch --array``
+  (the floor). Jobs are held (``--begin`` a day ahead) and cancelled afterwards,
+  only the bench's own; the bench waits for SLURM to forget them between runs.
+- poll: scheduler queries per controller cycle and the cycle's time and RSS with
+  the N jobs queued; and with a handful of finished jobs.
+- latency: an upload a rule matches -> sbatch; SLURM end -> ``complete``; the
+  daemon runs with default settings.
+- cli: ``--help``; ``jobs`` and ``job show`` with 100,000 jobs on SQLite and
+  PostgreSQL; ``upload`` of one small file; ``upload DIR`` files/s.
+- ingest: ``hpcgear ingest dicom`` vs a bare ``pydicom.dcmread(stop_before_pixels=True)``
+  loop, with ``--jobs 1`` and ``--jobs <cores>``.
+- store: object-store put vs ``cp`` + ``sha256sum``.
+- rules: 1,000 new files against 100,000 files x 50 rules (and 1/10 the base, to
+  show the cost follows the new files only).
+
+Prints a table and writes bench/results/latest.json: per scenario its figures
+(median, min, max of the repetitions), the target, ``"met": true|false`` (null in
+``--quick``) and, for a missed target, a profile naming where the time goes.
 """
 
 from __future__ import annotations
@@ -20,106 +32,171 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
-import subprocess
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import local
+from common import REPO
+
+SCENARIOS = ("cli", "ingest", "store", "rules", "submit", "latency")
+CLUSTER = {"submit", "latency"}
 
 
-def timeit(fn: Callable[[], object], repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
+def sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {
+            "reps": 3,
+            "jobs_db": 2000,
+            "upload_dir": 50,
+            "dicoms": 100,
+            "store_mb": 16,
+            "rules_base": 2000,
+            "rules_new": 100,
+            "rules_n": 5,
+            "submit": 50,
+            "submit_reps": 1,
+            "latency_reps": 1,
+            "submit_timeout": 180,
+        }
+    return {
+        "reps": 7,
+        "jobs_db": 100_000,
+        "upload_dir": 1000,
+        "dicoms": 2000,
+        "store_mb": 256,
+        "rules_base": 100_000,
+        "rules_new": 1000,
+        "rules_n": 50,
+        "submit": 10_000,
+        "submit_reps": 2,
+        "latency_reps": 3,
+        "submit_timeout": 600,
+    }
+
+
+def run_scenarios(names: list[str], quick: bool, tmp: Path) -> dict[str, Any]:
+    sz = sizes(quick)
+    out: dict[str, Any] = {}
+    pg = os.environ.get("HPCGEAR_PG_URL")
+
+    def step(name: str, fn: Any) -> None:
         t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        print(f"... {name}", file=sys.stderr, flush=True)
+        try:
+            out.update(fn())
+        except Exception as exc:  # one broken scenario must not hide the others
+            out[f"{name}.error"] = {
+                "figures": {},
+                "headline": f"{type(exc).__name__}: {exc}"[:300],
+                "target": "runs",
+                "met": False,
+            }
+        print(f"    {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+
+    if "cli" in names:
+        step("cli.help", lambda: {"cli.help": local.bench_help(tmp, sz["reps"])})
+        step(
+            "cli.jobs",
+            lambda: local.bench_jobs_listing(tmp / "jobs", sz["jobs_db"], sz["reps"], pg),
+        )
+        step("cli.upload", lambda: local.bench_upload(tmp / "up", sz["reps"], sz["upload_dir"]))
+    if "ingest" in names:
+        step("ingest", lambda: local.bench_ingest(tmp / "ingest", sz["dicoms"], sz["reps"] // 2))
+    if "store" in names:
+        step("store", lambda: local.bench_store(tmp / "store", sz["store_mb"], 3))
+    if "rules" in names:
+        step(
+            "rules",
+            lambda: local.bench_rules(
+                tmp / "rules", sz["rules_base"], sz["rules_new"], sz["rules_n"]
+            ),
+        )
+    if "submit" in names:
+        import cluster
+
+        step(
+            "submit",
+            lambda: cluster.bench_submission(
+                tmp / "submit", sz["submit"], sz["submit_reps"], sz["submit_timeout"]
+            ),
+        )
+    if "latency" in names:
+        import cluster
+
+        step("latency", lambda: cluster.bench_latency(tmp / "latency", sz["latency_reps"], 180))
+    if quick:
+        for entry in out.values():
+            entry["met_at_full_size"] = entry.get("met")
+            entry["met"] = None
+    return out
 
 
-def run(argv: list[str], **kw: object) -> None:
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
-
-
-def bench_cli_startup(repeat: int) -> dict[str, float]:
-    hg = str(BIN / "hpcgear")
-    ours = timeit(lambda: run([hg, "--help"]), repeat)
-    base = timeit(lambda: run([sys.executable, "-c", "pass"]), repeat)
-    return {"hpcgear_s": ours, "baseline_s": base, "ratio": ours / base}
-
-
-def bench_store_put(tmp: Path, size_mb: int, repeat: int) -> dict[str, float]:
-    from hpcgear.storage.objects import ObjectStore
-
-    src = tmp / "big.bin"
-    with src.open("wb") as fh:
-        for _ in range(size_mb):
-            fh.write(os.urandom(1024 * 1024))
-
-    def ours() -> None:
-        root = tmp / "store"
-        shutil.rmtree(root, ignore_errors=True)
-        ObjectStore(root).put_file(src)
-
-    def base() -> None:
-        dst = tmp / "copy.bin"
-        dst.unlink(missing_ok=True)
-        run(["cp", str(src), str(dst)])
-        run(["sha256sum", str(dst)])
-
-    o, b = timeit(ours, repeat), timeit(base, repeat)
-    return {"hpcgear_s": o, "baseline_s": b, "ratio": o / b, "mb": size_mb,
-            "hpcgear_mb_s": size_mb / o}
-
-
-def bench_upload_many(tmp: Path, n: int) -> dict[str, float]:
-    files = tmp / "many"
-    files.mkdir()
-    for i in range(n):
-        (files / f"f{i:05d}.txt").write_text(f"file {i}\n" * 20)
-    env = {**os.environ, "HPCGEAR_CONFIG": str(tmp / "cfg.yaml")}
-    hg = str(BIN / "hpcgear")
-    run([hg, "init", "--db", f"sqlite:///{tmp / 'db.sqlite'}", "--storage", str(tmp / "st"),
-         "--scratch", str(tmp / "scr")], env=env)
-    run([hg, "group", "create", "bench"], env=env)
-    run([hg, "project", "create", "bench/p"], env=env)
-    names = sorted(str(p) for p in files.iterdir())
-    t0 = time.perf_counter()
-    run([hg, "upload", "bench/p/s/ses/acq", *names], env=env)
-    ours = time.perf_counter() - t0
-    out = tmp / "cpdest"
-    out.mkdir()
-    t0 = time.perf_counter()
-    run(["cp", *names, str(out)])
-    base = time.perf_counter() - t0
-    return {"hpcgear_s": ours, "baseline_s": base, "ratio": ours / base, "files": n}
+def table(results: dict[str, Any]) -> str:
+    rows = [("scenario", "result", "target", "met")]
+    for name, r in results.items():
+        met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
+        rows.append((name, r.get("headline", ""), r.get("target", ""), met))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(3)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append(
+            f"| {r[0]:<{widths[0]}} | {r[1]:<{widths[1]}} | {r[2]:<{widths[2]}} | {r[3]} |"
+        )
+        if i == 0:
+            lines.append(
+                f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|{'-' * (widths[2] + 2)}|-----|"
+            )
+    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    ap.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    ap.add_argument("--no-cluster", action="store_true", help="skip the SLURM scenarios")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "results" / "latest.json",
+        help="where to write the results (default bench/results/latest.json)",
+    )
     args = ap.parse_args()
-    repeat = 3 if args.quick else 7
-    results: dict[str, dict[str, float]] = {}
+    names = list(args.only or SCENARIOS)
+    if args.no_cluster:
+        names = [n for n in names if n not in CLUSTER]
+    if any(n in CLUSTER for n in names) and not os.environ.get("HPCGEAR_DEV_ROOT"):
+        print("error: the SLURM scenarios need the dev cluster", file=sys.stderr)
+        print("hint: source /var/lib/hpcgear-dev/env.sh, or pass --no-cluster", file=sys.stderr)
+        return 2
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="hpcgear-bench-") as d:
-        tmp = Path(d)
-        results["cli-startup"] = bench_cli_startup(repeat)
-        results["store-put"] = bench_store_put(tmp, 32 if args.quick else 256, 3)
-        results["upload-many"] = bench_upload_many(tmp, 100 if args.quick else 500)
-    if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        print()
-        return 0
-    print(f"{'benchmark':14} {'hpcgear':>10} {'baseline':>10} {'ratio':>7}")
+        results = run_scenarios(names, args.quick, Path(d))
+    doc = {
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+        "scenarios": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(table(results))
     for name, r in results.items():
-        print(f"{name:14} {r['hpcgear_s']*1000:9.1f}ms {r['baseline_s']*1000:9.1f}ms "
-              f"{r['ratio']:6.2f}x")
+        if r.get("profile"):
+            print(f"\n{name}: where the time goes (cProfile, cumulative)")
+            for line in r["profile"][:12]:
+                print(f"  {line}")
+    print(f"\nwritten to {args.out}")
     return 0
 
 

@@ -97,6 +97,10 @@ class TransportError(CommandError):
     """The transport (local subprocess, SSH) failed to run a command or move a file."""
 
 
+class LeaderConflictError(HpcgearError):
+    """Another controller leads the site (or took it over from this one)."""
+
+
 class StateTransitionError(HpcgearError):
     """A job state change is not allowed by the transition table."""
 

@@ -15,9 +15,11 @@ from hpcgear.errors import ResourceError
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 _MEM_FACTOR_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024**2, "p": 1024**3}
 
-_SLURM_TIME_RE = re.compile(r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
-_HUMAN_TIME_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
-_HUMAN_FACTOR_MIN = {"d": 1440.0, "h": 60.0, "m": 1.0, "s": 1 / 60}
+_SLURM_TIME_RE = re.compile(
+    r"(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+(?:\.\d+)?))?(?::(?P<c>\d+(?:\.\d+)?))?"
+)
+_HUMAN_TIME_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms])", re.IGNORECASE)
+_HUMAN_FACTOR_S = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 MAX_MEM_MB = 64 * 1024**2  # 64 TiB: anything above is a typo, not a request
 MAX_TIME_MINUTES = 365 * 1440
@@ -48,11 +50,30 @@ def parse_memory_mb(value: str | int | float, *, what: str = "memory") -> int:
     return mb_int
 
 
+def duration_seconds(text: str) -> float | None:
+    """Seconds for a SLURM or human duration spelling; None when it is neither.
+
+    The one duration parser of hpcgear (resource requests, SLURM's own output,
+    ``--since`` and ``--older-than`` all go through it).
+
+    SLURM forms: ``M``, ``M:S(.mmm)``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``
+    (a bare number is minutes, as in ``--time`` and ``MaxTime``).
+    Human forms: ``90m``, ``2h``, ``1d12h``, ``1h30m``, ``45s``, ``1w``.
+    """
+    t = text.strip()
+    m = _SLURM_TIME_RE.fullmatch(t)
+    if m:
+        return _slurm_seconds(m)
+    parts = _HUMAN_TIME_RE.findall(t)
+    if not parts or _HUMAN_TIME_RE.sub("", t).strip():
+        return None
+    return sum(float(n) * _HUMAN_FACTOR_S[u.lower()] for n, u in parts)
+
+
 def parse_time_minutes(value: str | int | float, *, what: str = "time") -> int:
     """Return whole minutes (rounded up) for a SLURM or human time spelling.
 
-    SLURM forms: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``.
-    Human forms: ``90m``, ``2h``, ``1d12h``, ``1h30m``, ``45s``.
+    See :func:`duration_seconds` for the spellings; numbers are minutes.
     """
     if isinstance(value, bool):
         raise ResourceError(
@@ -62,18 +83,13 @@ def parse_time_minutes(value: str | int | float, *, what: str = "time") -> int:
     if isinstance(value, int | float):
         minutes = float(value)
     else:
-        text = str(value).strip()
-        m = _SLURM_TIME_RE.match(text)
-        if m:
-            minutes = _slurm_minutes(m)
-        else:
-            parts = _HUMAN_TIME_RE.findall(text)
-            if not parts or _HUMAN_TIME_RE.sub("", text).strip():
-                raise ResourceError(
-                    f"{what} {value!r} is not a duration",
-                    "write durations like 2h, 90m, 1d12h or SLURM's 1-12:00:00",
-                )
-            minutes = sum(float(n) * _HUMAN_FACTOR_MIN[u.lower()] for n, u in parts)
+        seconds = duration_seconds(str(value))
+        if seconds is None:
+            raise ResourceError(
+                f"{what} {value!r} is not a duration",
+                "write durations like 2h, 90m, 1d12h or SLURM's 1-12:00:00",
+            )
+        minutes = seconds / 60
     result = math.ceil(minutes)
     if result <= 0:
         raise ResourceError(f"{what} must be positive, got {value!r}", "ask for at least 1m")
@@ -82,19 +98,19 @@ def parse_time_minutes(value: str | int | float, *, what: str = "time") -> int:
     return result
 
 
-def _slurm_minutes(m: re.Match[str]) -> float:
+def _slurm_seconds(m: re.Match[str]) -> float:
     days = int(m.group("days") or 0)
     a, b, c = m.group("a"), m.group("b"), m.group("c")
     if m.group("days") is not None:
         # D-H, D-H:M, D-H:M:S
-        hours, mins, secs = int(a), int(b or 0), int(c or 0)
+        hours, mins, secs = int(a), float(b or 0), float(c or 0)
     elif c is not None:
-        hours, mins, secs = int(a), int(b), int(c)  # H:M:S
+        hours, mins, secs = int(a), float(b or 0), float(c)  # H:M:S
     elif b is not None:
-        hours, mins, secs = 0, int(a), int(b)  # M:S
+        hours, mins, secs = 0, float(a), float(b)  # M:S
     else:
-        hours, mins, secs = 0, int(a), 0  # M
-    return days * 1440 + hours * 60 + mins + secs / 60
+        hours, mins, secs = 0, float(a), 0.0  # M
+    return days * 86400 + hours * 3600 + mins * 60 + secs
 
 
 def parse_count(value: str | int, *, what: str, maximum: int = 100_000) -> int:
@@ -124,3 +140,18 @@ def format_memory(mb: int) -> str:
     if mb % 1024 == 0:
         return f"{mb // 1024}G"
     return f"{mb}M"
+
+
+_GRES_GPU_RE = re.compile(r"^gpu(?::[A-Za-z0-9_.\-]*[A-Za-z_.\-][A-Za-z0-9_.\-]*)?(?::(\d+))?$")
+
+
+def gpus_in_gres(gres: str | None) -> int:
+    """How many GPUs a GRES string asks for (``gpu`` items; a missing count is 1)."""
+    if not gres:
+        return 0
+    total = 0
+    for item in gres.split(","):
+        m = _GRES_GPU_RE.fullmatch(item.strip())
+        if m:
+            total += int(m.group(1) or 1)
+    return total

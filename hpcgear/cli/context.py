@@ -6,10 +6,7 @@ Heavy things (SQLAlchemy, the object store) are built lazily so that
 
 from __future__ import annotations
 
-import getpass
-import json
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -19,20 +16,31 @@ if TYPE_CHECKING:
 
 
 def os_login() -> str:
+    import getpass
+
     return getpass.getuser()
 
 
-@dataclass
 class AppContext:
-    config_path: str | None = None
-    as_user: str | None = None
-    traceback: bool = False
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    stderr: TextIO = field(default_factory=lambda: sys.stderr)
-    _settings: Settings | None = None
-    _db: Database | None = None
-    _store: ObjectStore | None = None
-    _actor_checked: bool = False
+    # A plain class, not a dataclass: importing dataclasses (and inspect) costs
+    # every CLI call, `hpcgear --help` included, a noticeable part of its start-up.
+    def __init__(
+        self,
+        config_path: str | None = None,
+        as_user: str | None = None,
+        traceback: bool = False,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.as_user = as_user
+        self.traceback = traceback
+        self.stdout: TextIO = stdout if stdout is not None else sys.stdout
+        self.stderr: TextIO = stderr if stderr is not None else sys.stderr
+        self._settings: Settings | None = None
+        self._db: Database | None = None
+        self._store: ObjectStore | None = None
+        self._actor_checked = False
 
     @property
     def settings(self) -> Settings:
@@ -84,6 +92,8 @@ class AppContext:
         print(text, file=self.stderr)
 
     def emit_json(self, data: Any) -> None:
+        import json
+
         json.dump(data, self.stdout, indent=2, sort_keys=False, default=str)
         self.stdout.write("\n")
 

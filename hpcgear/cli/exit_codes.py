@@ -24,6 +24,7 @@ _MAP: tuple[tuple[type[errors.HpcgearError], ExitStatus], ...] = (
     (errors.NotFoundError, ExitStatus.NOT_FOUND),
     (errors.PermissionDeniedError, ExitStatus.PERMISSION),
     (errors.AlreadyExistsError, ExitStatus.CONFLICT),
+    (errors.LeaderConflictError, ExitStatus.CONFLICT),
     (errors.DatabaseError, ExitStatus.UNAVAILABLE),
     (errors.TransportError, ExitStatus.UNAVAILABLE),
     (errors.SchedulerError, ExitStatus.UNAVAILABLE),

@@ -11,88 +11,70 @@ everything once) or everything published (rerun finds the job complete).
 from __future__ import annotations
 
 import logging
-import posixpath
+from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from hpcgear.config.settings import Settings
-from hpcgear.controller.publish import publish_outputs, record_job_log
-from hpcgear.controller.record import collect_run_facts, record_provenance
-from hpcgear.controller.sites import SiteRuntime, connect_site
-from hpcgear.controller.steps import (
-    ControllerContext,
-    _job_session,
-    _read_exit_record,
-    attempt_paths,
-    ours,
-    utcnow,
-)
-from hpcgear.db.models import Gear, Job, JobEvent
+from hpcgear.db.models import Gear, Job
 from hpcgear.errors import HpcgearError, StagingError
-from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.jobs.transitions import record_event, transition
+from hpcgear.jobs.transitions import StaleJobError, record_event, transition
 from hpcgear.render import JobPaths
 from hpcgear.scheduler.base import Accounting
 from hpcgear.staging.metadata import InvalidMetadataError, parse_metadata
-from hpcgear.staging.stageout import (
-    StoredOutput,
-    fetch_file,
-    fetch_outputs,
-    read_metadata,
-    read_text_file,
-    remove_job_dir,
-    scan_outputs,
-)
+from hpcgear.staging.stageout import fetch_outputs, read_metadata, scan_outputs
 from hpcgear.states import FailureKind, JobState
-from hpcgear.storage.objects import ObjectStore
+
+from .context import ControllerContext, CycleReport, fault_point, job_session, utcnow
+from .facts import ours, read_exit_record, remove_scratch, snapshot, store_log
+from .publish import publish_outputs, record_job_log
+from .record import collect_run_facts, record_provenance
+from .resolve import attempt_paths
+from .sites import SiteRuntime
 
 logger = logging.getLogger(__name__)
 
 
-def log_path(rt: SiteRuntime, paths: JobPaths, native_id: str | None) -> str | None:
-    """The job's SLURM output file (``slurm-<id>.out``) on scratch, if any."""
-    if native_id:
-        candidate = paths.log_file(native_id)
-        if rt.transport.exists(candidate):
-            return candidate
-    try:
-        names = sorted(
-            n
-            for n in rt.transport.listdir(paths.meta_dir)
-            if n.startswith("slurm-") and n.endswith(".out")
-        )
-    except (HpcgearError, OSError):
-        return None
-    return posixpath.join(paths.meta_dir, names[-1]) if names else None
+def _accounting(rt: SiteRuntime, jobs: Sequence[Job]) -> dict[str, Accounting]:
+    """Accounting of the jobs to finish: what this cycle's poll fetched, plus ONE
+    batched query for the rest (jobs left in ``staging`` by an earlier cycle)."""
+    have = rt.recent_accounting
+    missing = [j.native_id for j in jobs if j.native_id and j.native_id not in have]
+    fetched: dict[str, Accounting] = {}
+    if missing:
+        try:
+            fetched = rt.backend.accounting(missing)
+        except HpcgearError as exc:
+            logger.info("accounting for %d jobs unavailable: %s", len(missing), exc.message)
+    return {**have, **fetched}
 
 
-def _store_log(
-    rt: SiteRuntime, store: ObjectStore, paths: JobPaths, job: Job, gear_name: str
-) -> StoredOutput | None:
-    path = log_path(rt, paths, job.native_id)
-    if path is None:
-        return None
-    try:
-        return fetch_file(rt.transport, store, path, name=f"{gear_name}.log")
-    except StagingError as exc:
-        logger.warning("job %s: could not keep the log %s: %s", job.id, path, exc.message)
-        return None
+def stage_out_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> None:
+    """Publish outputs of jobs in ``staging``, record provenance, then clean scratch."""
+    with ctx.db.session() as s:
+        jobs = s.scalars(
+            select(Job).where(Job.site == rt.site.name, Job.state == JobState.STAGING.value)
+        ).all()
+        ids = [j.id for j in jobs]
+        acct = _accounting(rt, jobs) if jobs else {}
+        accounting = {
+            j.id: ours(acct, j.native_id, j.id, j.array_id) if j.native_id else None for j in jobs
+        }
+    for job_id in ids:
+        try:
+            ok = finish_job(ctx, rt, job_id, accounting.get(job_id))
+        except StaleJobError:
+            continue
+        if ok:
+            report.completed += 1
+        else:
+            report.failed += 1
 
 
-def _accounting(rt: SiteRuntime, job: Job) -> Accounting | None:
-    if not job.native_id:
-        return None
-    try:
-        return ours(rt.backend.accounting([job.native_id]), job.native_id, job.id, job.array_id)
-    except HpcgearError as exc:
-        logger.info("accounting for %s unavailable: %s", job.native_id, exc.message)
-        return None
-
-
-def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
+def finish_job(
+    ctx: ControllerContext, rt: SiteRuntime, job_id: str, acc: Accounting | None = None
+) -> bool:
     """Publish one ``staging`` job. True when it completed, False when it failed."""
-    with _job_session(ctx, job_id) as (s, job):
+    with job_session(ctx, job_id) as (s, job):
         if job.state != JobState.STAGING.value:
             return job.state == JobState.COMPLETE.value
         gear = s.get(Gear, job.gear_id)
@@ -115,7 +97,7 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
             else None
         )
         outputs = fetch_outputs(rt.transport, ctx.store, scan)
-        log = _store_log(rt, ctx.store, paths, _snapshot(ctx, job_id), gear_name)
+        log = store_log(rt, ctx.store, paths, snapshot(ctx, job_id), gear_name)
     except InvalidMetadataError as exc:
         return _fail_staging(
             ctx,
@@ -130,10 +112,10 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
         return _fail_staging(
             ctx, rt, job_id, paths, FailureKind.OUTPUT_STAGING, exc.message, gear_name
         )
-    rec = _read_exit_record(rt, paths)
-    acc = _accounting(rt, _snapshot(ctx, job_id))
+    fault_point("finish.fetched")
+    rec = read_exit_record(rt, paths)
     try:
-        with _job_session(ctx, job_id) as (s, job):
+        with job_session(ctx, job_id) as (s, job):
             if job.state != JobState.STAGING.value:
                 return job.state == JobState.COMPLETE.value
             gear = s.get(Gear, job.gear_id)
@@ -191,23 +173,10 @@ def finish_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> bool:
             f"invalid .metadata.json: {exc.message}",
             gear_name,
         )
+    fault_point("finish.published")
     # Only now, after the commit, may scratch go.
-    _remove(rt, paths, job_id)
+    remove_scratch(rt, paths, job_id)
     return True
-
-
-def _snapshot(ctx: ControllerContext, job_id: str) -> Job:
-    with _job_session(ctx, job_id) as (_s, job):
-        return job
-
-
-def _remove(rt: SiteRuntime, paths: JobPaths, job_id: str) -> None:
-    try:
-        remove_job_dir(rt.transport, paths)
-    except (HpcgearError, OSError) as exc:
-        logger.warning(
-            "job %s: scratch %s not removed (scratch gc will): %s", job_id, paths.root, exc
-        )
 
 
 def _fail_staging(
@@ -219,9 +188,9 @@ def _fail_staging(
     message: str,
     gear_name: str,
 ) -> bool:
-    job = _snapshot(ctx, job_id)
-    log = _store_log(rt, ctx.store, paths, job, gear_name)
-    with _job_session(ctx, job_id) as (s, row):
+    job = snapshot(ctx, job_id)
+    log = store_log(rt, ctx.store, paths, job, gear_name)
+    with job_session(ctx, job_id) as (s, row):
         if row.state != JobState.STAGING.value:
             return False
         if log is not None:
@@ -229,59 +198,3 @@ def _fail_staging(
         transition(s, row, JobState.FAILED, ctx.actor, message, failure_kind=kind)
         record_event(s, row, "log_archived", ctx.actor, "log kept; nothing published")
     return False
-
-
-def archive_failed_job(ctx: ControllerContext, rt: SiteRuntime, job_id: str) -> None:
-    """Keep a failed/cancelled attempt's log with the job; then remove its scratch dir.
-
-    The caller has checked (with one queue query for all such jobs) that SLURM no
-    longer runs it.
-    """
-    with _job_session(ctx, job_id) as (s, job):
-        gear = s.get(Gear, job.gear_id)
-        gear_name = gear.name if gear else "gear"
-        paths = attempt_paths(rt.site, job)
-        snapshot_native = job.native_id
-        if job.state == JobState.CANCELLED.value and snapshot_native:
-            # wait until our scancel went out and SLURM let go of the job
-            done = s.scalar(
-                select(JobEvent.id)
-                .where(JobEvent.job_id == job.id, JobEvent.kind == "scancel")
-                .limit(1)
-            )
-            if done is None and (job.finished is None):
-                return
-    job = _snapshot(ctx, job_id)
-    log = _store_log(rt, ctx.store, paths, job, gear_name)
-    with _job_session(ctx, job_id) as (s, row):
-        if log is not None:
-            record_job_log(s, row, ctx.actor, sha256=log.sha256, size=log.size, name=log.name)
-        record_event(s, row, "log_archived", ctx.actor, "log kept" if log else "no log was written")
-    _remove(rt, paths, job_id)
-
-
-def job_log_text(session: Session, store: ObjectStore, settings: Settings, job: Job) -> str:
-    """The job's log: from storage once kept, else live from scratch through the transport."""
-    stored = session.scalars(
-        select(JobEvent)
-        .where(JobEvent.job_id == job.id, JobEvent.kind == "log.stored")
-        .order_by(JobEvent.id)
-    ).all()
-    if stored:
-        digest = (stored[-1].data or {}).get("sha256")
-        if digest:
-            with store.open(str(digest)) as fh:
-                return fh.read().decode("utf-8", "replace")
-    if not job.native_id:
-        return f"(job {job.id} has not started; state {job.state})\n"
-    site = SiteRegistry.from_settings(settings).get(job.site)
-    rt = connect_site(site, settings)
-    try:
-        paths = attempt_paths(site, job)
-        path = log_path(rt, paths, job.native_id)
-        text = read_text_file(rt.transport, path) if path else None
-    finally:
-        rt.close()
-    if text is None:
-        return f"(no log yet for job {job.id}; SLURM {job.native_id})\n"
-    return text

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from hpcgear.controller.steps import attempt_paths, resolve_spec
+from hpcgear.controller.resolve import attempt_paths, resolve_spec
 from hpcgear.db.models import Job
 from hpcgear.gears.images import digest_hex
 from hpcgear.jobs.service import PreparedJob, input_spec_to_json, resources_to_json

@@ -5,20 +5,24 @@ from __future__ import annotations
 import logging
 import posixpath
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcgear.config.settings import Settings
 from hpcgear.config.site import SiteConfig
-from hpcgear.errors import ImageError
+from hpcgear.errors import HpcgearError, ImageError
 from hpcgear.gears.images import ImageCache, digest_hex
-from hpcgear.scheduler.base import SchedulerBackend
+from hpcgear.scheduler.base import Accounting, PartitionInfo, SchedulerBackend
 from hpcgear.scheduler.local import LocalBackend
 from hpcgear.scheduler.slurm import SlurmBackend
 from hpcgear.scheduler.transport import LocalTransport, SSHTransport, Transport
 from hpcgear.storage.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
+
+#: How long the live partition limits are trusted before ``scontrol show partition`` again.
+PARTITION_CACHE_SECONDS = 300.0
 
 
 @dataclass
@@ -30,7 +34,28 @@ class SiteRuntime:
     backend: SchedulerBackend
     local_files: bool  # True when the site's file systems are this host's
     max_array_size: int | None = None  # live MaxArraySize, read once per connection
+    max_job_count: int | None = None  # live MaxJobCount (array tasks count one each)
+    # The accounting poll fetched this cycle (native id -> record): stage-out uses
+    # it instead of asking sacct again for every job it finishes.
+    recent_accounting: dict[str, Accounting] = field(default_factory=dict)
     _images_checked: set[str] = field(default_factory=set)
+    _partitions: tuple[float, list[PartitionInfo]] | None = None
+
+    def live_partitions(self, max_age: float = PARTITION_CACHE_SECONDS) -> list[PartitionInfo]:
+        """The cluster's partitions and their limits, asked at most every ``max_age`` s.
+
+        An unanswered query gives an empty list (nothing is refused on a guess).
+        """
+        now = time.monotonic()
+        if self._partitions is not None and now - self._partitions[0] < max_age:
+            return self._partitions[1]
+        try:
+            parts = self.backend.partitions()
+        except HpcgearError as exc:
+            logger.info("site %s: partition limits unavailable: %s", self.site.name, exc.message)
+            return []
+        self._partitions = (now, parts)
+        return parts
 
     def close(self) -> None:
         self.transport.close()

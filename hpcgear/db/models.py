@@ -25,8 +25,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -36,7 +37,28 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class _JsonB(TypeDecorator[Any]):
+    """JSON, stored as JSONB on PostgreSQL.
+
+    The PostgreSQL type is imported only when a PostgreSQL dialect asks for
+    it: ``sqlalchemy.dialects.postgresql`` pulls in asyncio and every driver
+    module, which every SQLite CLI call would otherwise pay for at start-up.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+JsonType = _JsonB()
 
 
 def utcnow() -> dt.datetime:
@@ -242,7 +264,12 @@ class Job(Base):
     """One attempt of a gear run. A retry is a new row linked by ``previous_id``."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_site", "state", "site"),)
+    # ix_jobs_created: `hpcgear jobs` lists newest first; without it a listing
+    # sorts the whole table (100k jobs: a full scan on every call).
+    __table_args__ = (
+        Index("ix_jobs_state_site", "state", "site"),
+        Index("ix_jobs_created", "created"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)

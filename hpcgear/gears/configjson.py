@@ -38,7 +38,7 @@ from typing import Any
 
 from hpcgear.errors import InvalidInputError
 from hpcgear.gears.manifest import GearManifest, path_component_problem
-from hpcgear.jobs.spec import InputSpec
+from hpcgear.spec import InputSpec
 
 GEAR_ROOT = "/flywheel/v0"
 INPUT_ROOT = f"{GEAR_ROOT}/input"

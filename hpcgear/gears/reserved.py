@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcgear.errors import GearConfigError, ResourceError
-from hpcgear.jobs.spec import Resources
+from hpcgear.spec import Resources
 from hpcgear.units import parse_count, parse_memory_mb, parse_time_minutes
 
 CPU_KEYS = ("slurm-cpu", "scheduler_cpu")
@@ -84,7 +84,7 @@ MAX_NTASKS = 100_000
 class ResourceOverrides:
     """Resource values taken from reserved config keys, normalised; None = not given.
 
-    ``mem_mb`` is per node, as :class:`hpcgear.jobs.spec.Resources` wants it:
+    ``mem_mb`` is per node, as :class:`hpcgear.spec.Resources` wants it:
     ``mem_per_cpu_mb`` times ``cpus`` (1 when no CPU key was given).
     """
 

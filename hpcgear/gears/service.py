@@ -55,7 +55,7 @@ def install_gear(
     """Install a gear from a manifest file or a directory holding ``manifest.json``."""
     require_site_admin(session, actor, "installing a gear")
     manifest = load_manifest(source)
-    from hpcgear.jobs.retry import gear_retry_policies
+    from hpcgear.gears.retry import gear_retry_policies
 
     gear_retry_policies(manifest.raw, source=str(source))  # refuse a bad retry policy now
     digest: str | None = None

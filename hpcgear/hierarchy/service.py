@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,21 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Role, User
-from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from hpcgear.db.models import (
+    ChangeLog,
+    Container,
+    File,
+    FileVersion,
+    ProjectDeidProfile,
+    Role,
+    User,
+)
+from hpcgear.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from hpcgear.hierarchy.paths import (
     LEVELS,
     HierarchyPath,
@@ -38,7 +51,7 @@ from hpcgear.hierarchy.permissions import (
     require_role,
     require_site_admin,
 )
-from hpcgear.storage.objects import ObjectStore, StoredObject
+from hpcgear.storage.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +311,7 @@ def upload_files(
     origin_type: str = "user",
     origin_id: str | None = None,
     metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    deidentified: bool = False,
 ) -> list[UploadResult]:
     """Upload local files to a container, creating missing levels below the project.
 
@@ -307,7 +321,7 @@ def upload_files(
     Re-uploading identical bytes under the same name is a no-op; different
     bytes make a new version.
     """
-    sources = [Path(f) for f in files]
+    sources = expand_directories([Path(f) for f in files])
     if not sources:
         raise InvalidInputError("no files to upload", "name at least one file")
     names: dict[str, Path] = {}
@@ -316,54 +330,89 @@ def upload_files(
             raise NotFoundError(f"file {src} does not exist", "check the path and try again")
         if not src.is_file():
             raise InvalidInputError(
-                f"{src} is not a regular file", "upload the files inside a directory one by one"
+                f"{src} is not a regular file", "upload regular files or directories of them"
             )
         name = check_file_name(src.name)
         if name in names:
             raise InvalidInputError(
-                f"two files named {name!r} in one upload",
+                f"two files named {name!r} in one upload ({names[name]} and {src})",
                 "rename one of them or upload them to different places",
             )
         names[name] = src
     target = ensure_path(session, actor, path)
-    # A project with a de-identification profile gets de-identified copies of
-    # DICOM files (made in a private temporary directory, never stored as is).
-    from hpcgear.ingest.deid_service import deidentify_for_upload, record_map
+    if not deidentified:
+        _refuse_identifying_upload(session, target, names)
+    objects = store.put_files(list(names.values()))
+    return add_file_versions(
+        session,
+        target,
+        [
+            (name, obj.hash, obj.size, (metadata or {}).get(name))
+            for name, obj in zip(names, objects, strict=True)
+        ],
+        actor,
+        origin_type=origin_type,
+        origin_id=origin_id or actor,
+    )
 
-    store.ensure()
-    with tempfile.TemporaryDirectory(prefix="upload-deid-", dir=store.tmp) as tmp:
-        names, deid_meta, profile, reid = deidentify_for_upload(
-            session, target.project_id, names, Path(tmp)
+
+def _looks_like_dicom(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            if fh.read(4) == b"DICM":
+                return True
+        return path.name.lower().endswith(".zip") and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _refuse_identifying_upload(
+    session: Session, target: Container, names: Mapping[str, Path]
+) -> None:
+    """A project with a de-identification profile takes DICOM only de-identified.
+
+    The de-identifying upload is ``hpcgear.ingest.upload.upload_deidentified``
+    (what ``hpcgear upload`` calls); this guard keeps any other caller from
+    storing identifying DICOM there.
+    """
+    if target.project_id is None or session.get(ProjectDeidProfile, target.project_id) is None:
+        return
+    dicom = sorted(n for n, p in names.items() if _looks_like_dicom(p))
+    if dicom:
+        raise PermissionDeniedError(
+            f"project has a de-identification profile; {', '.join(dicom)} would be stored "
+            "without it",
+            "upload with `hpcgear upload` (it de-identifies), not through this call",
         )
-        merged = {k: dict(v) for k, v in (metadata or {}).items()}
-        for name, extra in deid_meta.items():
-            info = dict(merged.get(name, {}).get("info") or {})
-            hp = dict(info.get("hpcgear") or {})
-            hp.update(extra["info"]["hpcgear"])
-            info["hpcgear"] = hp
-            merged.setdefault(name, {})["info"] = info
-        stored: list[tuple[str, StoredObject]] = [(n, store.put_file(p)) for n, p in names.items()]
-    results = [
-        add_file_version(
-            session,
-            target,
-            name,
-            obj.hash,
-            obj.size,
-            actor,
-            origin_type=origin_type,
-            origin_id=origin_id or actor,
-            metadata=merged.get(name),
-        )
-        for name, obj in stored
-    ]
-    if profile is not None and target.project_id is not None:
-        for r in results:
-            if r.created and r.name in reid:
-                record_map(
-                    session, target.project_id, r.file_id, r.version, profile, reid[r.name], actor
-                )
-    return results
+
+
+def expand_directories(sources: Sequence[Path]) -> list[Path]:
+    """Directories become the regular files below them (recursively, sorted).
+
+    Symlinks inside a directory are skipped (their target may lie anywhere);
+    a file named on the command line is taken as given.
+    """
+    out: list[Path] = []
+    for src in sources:
+        if not src.is_dir():
+            out.append(src)
+            continue
+        found: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            found.extend(
+                p for p in (Path(dirpath) / f for f in filenames)
+                if not p.is_symlink() and p.is_file()
+            )  # fmt: skip
+        if not found:
+            raise InvalidInputError(
+                f"directory {src} holds no files", "name a directory with files"
+            )
+        out.extend(sorted(found))
+    return out
 
 
 def add_file_version(
@@ -379,57 +428,114 @@ def add_file_version(
     metadata: Mapping[str, Any] | None = None,
 ) -> UploadResult:
     """Attach stored bytes to ``container`` as file ``name`` (a new version if changed)."""
-    check_file_name(name)
-    row = session.scalar(select(File).where(File.container_id == container.id, File.name == name))
-    if row is not None:
-        current = session.scalar(
-            select(FileVersion).where(
-                FileVersion.file_id == row.id, FileVersion.version == row.current_version
+    return add_file_versions(
+        session,
+        container,
+        [(name, digest, size, metadata)],
+        actor,
+        origin_type=origin_type,
+        origin_id=origin_id,
+    )[0]
+
+
+def add_file_versions(
+    session: Session,
+    container: Container,
+    items: Sequence[tuple[str, str, int, Mapping[str, Any] | None]],
+    actor: str,
+    *,
+    origin_type: str,
+    origin_id: str,
+) -> list[UploadResult]:
+    """``add_file_version`` for many ``(name, digest, size, metadata)`` at once.
+
+    The container's existing files and their current versions are read in a
+    few queries and everything is written in one flush, so an upload of a
+    thousand files costs a handful of statements rather than four per file.
+    """
+    for name, *_ in items:
+        check_file_name(name)
+    names = [name for name, *_ in items]
+    rows: dict[str, File] = {}
+    for start in range(0, len(names), 500):
+        rows.update(
+            (f.name, f)
+            for f in session.scalars(
+                select(File).where(
+                    File.container_id == container.id, File.name.in_(names[start : start + 500])
+                )
             )
         )
-        if current is not None and current.hash == digest:
-            if metadata:
-                apply_file_metadata(session, row, metadata, actor)
-            return UploadResult(name, row.id, row.current_version, digest, size, created=False)
-        row.current_version += 1
-    else:
-        row = File(
-            id=new_id(),
-            container_id=container.id,
-            project_id=container.project_id,
-            name=name,
-            current_version=1,
-            classification={},
-            tags=[],
-            info={},
-            type=guess_file_type(name),
+    current_hash: dict[str, str] = {}
+    files = list(rows.values())
+    for start in range(0, len(files), 500):
+        chunk_ids = [f.id for f in files[start : start + 500]]
+        current_hash.update(
+            session.execute(
+                select(FileVersion.file_id, FileVersion.hash)
+                .join(
+                    File,
+                    (File.id == FileVersion.file_id)
+                    & (File.current_version == FileVersion.version),
+                )
+                .where(File.id.in_(chunk_ids))
+            ).all()
         )
-        session.add(row)
-    if metadata:
-        _apply_metadata_fields(row, metadata)
+    results: list[UploadResult] = []
+    changed = False
+    for name, digest, size, metadata in items:
+        row = rows.get(name)
+        if row is not None:
+            if current_hash.get(row.id) == digest:
+                if metadata:
+                    apply_file_metadata(session, row, metadata, actor)
+                results.append(
+                    UploadResult(name, row.id, row.current_version, digest, size, created=False)
+                )
+                continue
+            row.current_version += 1
+        else:
+            row = File(
+                id=new_id(),
+                container_id=container.id,
+                project_id=container.project_id,
+                name=name,
+                current_version=1,
+                classification={},
+                tags=[],
+                info={},
+                type=guess_file_type(name),
+            )
+            session.add(row)
+            rows[name] = row
+        current_hash[row.id] = digest
+        if metadata:
+            _apply_metadata_fields(row, metadata)
+        session.add(
+            FileVersion(
+                file_id=row.id,
+                version=row.current_version,
+                hash=digest,
+                size=size,
+                origin_type=origin_type,
+                origin_id=origin_id,
+            )
+        )
+        session.add(
+            ChangeLog(
+                kind="file.version",
+                container_id=container.id,
+                file_id=row.id,
+                file_version=row.current_version,
+                actor=actor,
+            )
+        )
+        changed = True
+        results.append(UploadResult(name, row.id, row.current_version, digest, size, created=True))
+    if changed:
+        container.modified = dt.datetime.now(dt.UTC)
     session.flush()
-    session.add(
-        FileVersion(
-            file_id=row.id,
-            version=row.current_version,
-            hash=digest,
-            size=size,
-            origin_type=origin_type,
-            origin_id=origin_id,
-        )
-    )
-    session.add(
-        ChangeLog(
-            kind="file.version",
-            container_id=container.id,
-            file_id=row.id,
-            file_version=row.current_version,
-            actor=actor,
-        )
-    )
-    container.modified = dt.datetime.now(dt.UTC)
-    session.flush()
-    return UploadResult(name, row.id, row.current_version, digest, size, created=True)
+    return results
 
 
 _FILE_TYPES: tuple[tuple[str, str], ...] = (

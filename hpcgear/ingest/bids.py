@@ -250,7 +250,7 @@ def ingest_folder(
     ``{acquisition}`` they stay on the session. Uploads go through the same
     path as ``hpcgear upload`` (a project's de-identification profile applies).
     """
-    from hpcgear.hierarchy.service import upload_files
+    from hpcgear.ingest.upload import upload_deidentified
 
     tpl = parse_template(template)
     project = resolve_container(session, project_path, min_depth=2, max_depth=2)
@@ -288,7 +288,7 @@ def ingest_folder(
                 )
             )
             continue
-        [r] = upload_files(session, store, actor, path, [p], origin_type="ingest")
+        [r] = upload_deidentified(session, store, actor, path, [p], origin_type="ingest")
         session.commit()
         report.files.append(
             FileOutcome(

@@ -28,11 +28,11 @@ from typing import Any
 from hpcgear.config.site import SLURM_NAME_RE, PartitionConfig, SiteConfig
 from hpcgear.errors import ResourceError
 from hpcgear.gears.reserved import ResourceOverrides, parse_reserved
-from hpcgear.jobs.spec import Resources
-from hpcgear.runtimes.base import gpus_in_gres
+from hpcgear.spec import Resources
 from hpcgear.units import (
     format_memory,
     format_slurm_time,
+    gpus_in_gres,
     parse_count,
     parse_memory_mb,
     parse_time_minutes,

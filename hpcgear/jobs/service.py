@@ -14,18 +14,13 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from hpcgear.config.site import SiteConfig
-from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent
+from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent, Role
 from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
-from hpcgear.gears.gear_config import resolve_config
-from hpcgear.gears.manifest import GearManifest
-from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
-from hpcgear.gears.service import get_gear, manifest_of
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
     container_path,
@@ -34,11 +29,17 @@ from hpcgear.hierarchy.service import (
     resolve_container,
     resolve_file,
 )
-from hpcgear.jobs.resources import ResolvedResources, resolve_resources
-from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.jobs.transitions import record_event, transition
+from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
+
+if TYPE_CHECKING:
+    # Only for annotations: `hpcgear jobs` / `job show` run on login nodes and
+    # should not pay for importing the site schema, manifests and resources.
+    from hpcgear.config.site import SiteConfig
+    from hpcgear.gears.manifest import GearManifest
+    from hpcgear.jobs.resources import ResolvedResources
+    from hpcgear.jobs.sites import SiteRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,11 @@ def prepare_job(
     coerce_strings: bool = False,
 ) -> PreparedJob:
     """Validate everything about a job without storing it (``--dry-run`` stops here)."""
+    from hpcgear.gears.gear_config import resolve_config
+    from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
+    from hpcgear.gears.service import manifest_of
+    from hpcgear.jobs.resources import resolve_resources
+
     require_role(session, actor, destination, RoleName.READ_WRITE, "running a gear")
     if gear.disabled:
         raise InvalidInputError(
@@ -366,6 +372,8 @@ def run_gear(
     dry_run: bool = False,
 ) -> PreparedJob:
     """``hpcgear run``: one job on one destination (strings from the CLI are coerced)."""
+    from hpcgear.gears.service import get_gear, manifest_of
+
     gear = get_gear(session, gear_ref)
     destination = resolve_container(session, dest_path, min_depth=2)
     manifest = manifest_of(gear)
@@ -428,6 +436,8 @@ def batch_run(
     (and the same input file) already completed.
     """
     import fnmatch
+
+    from hpcgear.gears.service import get_gear, manifest_of
 
     gear = get_gear(session, gear_ref)
     manifest = manifest_of(gear)
@@ -623,8 +633,14 @@ def list_jobs(
     project: str | None = None,
     limit: int = 200,
 ) -> list[Job]:
+    """The newest ``limit`` jobs the actor may see, filtered in SQL.
+
+    Visibility (own jobs, or a role on the destination's project or group) is a
+    WHERE clause, so the limit counts visible jobs and the newest-first order
+    walks the ``ix_jobs_created`` index instead of sorting the table.
+    """
     user = get_actor(session, actor)
-    q = select(Job).order_by(Job.created.desc()).limit(limit)
+    q = select(Job).order_by(Job.created.desc(), Job.id.desc()).limit(limit)
     if state:
         try:
             JobState(state)
@@ -639,21 +655,23 @@ def list_jobs(
         p = resolve_container(session, project, min_depth=2, max_depth=2)
         require_role(session, actor, p, RoleName.READ_ONLY, "listing jobs")
         q = q.where(Job.project_id == p.id)
-    jobs = list(session.scalars(q))
-    if user.site_admin or project:
-        return jobs
-    visible = []
-    for j in jobs:  # keep what the user may read
-        dest = session.get(Container, j.destination_id)
-        if j.origin_id == actor:
-            visible.append(j)
-        elif dest is not None:
-            try:
-                require_role(session, actor, dest, RoleName.READ_ONLY, "viewing")
-                visible.append(j)
-            except PermissionDeniedError:
-                pass
-    return visible
+    elif not user.site_admin:
+        q = q.where(_visible_to(actor))
+    return list(session.scalars(q))
+
+
+def _visible_to(actor: str) -> Any:
+    """Jobs ``actor`` started, or on a project/group where ``actor`` holds any role."""
+    scopes = select(Role.container_id).where(Role.user_login == actor)
+    projects_of_groups = select(Container.id).where(
+        Container.type == "project", Container.group_id.in_(scopes)
+    )
+    return or_(
+        Job.origin_id == actor,
+        Job.project_id.in_(scopes),
+        Job.project_id.in_(projects_of_groups),
+        Job.destination_id.in_(scopes),  # a job whose destination is a group
+    )
 
 
 def job_events(session: Session, job: Job) -> list[JobEvent]:
@@ -713,6 +731,54 @@ def retry_job(
     dest = session.get(Container, old.destination_id)
     if dest is not None:
         require_role(session, actor, dest, RoleName.READ_WRITE, "retrying a job")
+    return _next_attempt(session, old, actor, reason=reason, resources=resources)
+
+
+def retry_on_behalf(
+    session: Session,
+    system_actor: str,
+    job_id: str,
+    *,
+    reason: str,
+    resources: Mapping[str, Any] | None = None,
+) -> Job:
+    """An automatic retry made by the system (the controller) for the job's requester.
+
+    The retry policy of the failure kind decided it, so no user's role is
+    checked; the new attempt keeps the original requester as its origin and
+    its ``created`` event names both: ``system_actor`` on behalf of the requester.
+    """
+    old = session.get(Job, job_id)
+    if old is None:
+        raise NotFoundError(f"job {job_id!r} does not exist", "it was deleted meanwhile")
+    if JobState(old.state) not in (JobState.FAILED, JobState.CANCELLED):
+        raise InvalidInputError(
+            f"job {job_id} is {old.state}", "only failed or cancelled jobs can be retried"
+        )
+    newer = session.scalar(select(Job).where(Job.previous_id == old.id))
+    if newer is not None:
+        raise InvalidInputError(
+            f"job {job_id} was already retried as {newer.id}", "nothing to do"
+        )
+    return _next_attempt(
+        session,
+        old,
+        system_actor,
+        reason=f"{reason} (by the system on behalf of {old.origin_type} {old.origin_id})",
+        resources=resources,
+        data={"on_behalf_of": {"type": old.origin_type, "id": old.origin_id}, "system": True},
+    )
+
+
+def _next_attempt(
+    session: Session,
+    old: Job,
+    actor: str,
+    *,
+    reason: str | None,
+    resources: Mapping[str, Any] | None,
+    data: dict[str, Any] | None = None,
+) -> Job:
     job = Job(
         id=new_id(),
         attempt=old.attempt + 1,
@@ -742,38 +808,14 @@ def retry_job(
         actor,
         reason or f"retry of {old.id}",
         new_state=JobState.PENDING.value,
-        data={"previous": old.id},
+        data={"previous": old.id, **(data or {})},
     )
     session.flush()
     return job
 
 
 def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str, Any]:
-    gear = session.get(Gear, job.gear_id)
-    dest = session.get(Container, job.destination_id)
-    out: dict[str, Any] = {
-        "id": job.id,
-        "attempt": job.attempt,
-        "previous_id": job.previous_id,
-        "gear": f"{gear.name}@{gear.version}" if gear else None,
-        "state": job.state,
-        "failure_kind": job.failure_kind,
-        "failure_message": job.failure_message,
-        "site": job.site,
-        "native_id": job.native_id,
-        "scheduler_state": job.scheduler_state,
-        "pending_reason": job.pending_reason,
-        "destination": container_path(session, dest) if dest else job.destination_id,
-        "destination_type": job.destination_type,
-        "tags": job.tags,
-        "priority": job.priority,
-        "origin": {"type": job.origin_type, "id": job.origin_id},
-        "config": job.config,
-        "inputs": job.inputs,
-        "resources": job.resources,
-        "created": job.created.isoformat() if job.created else None,
-        "modified": job.modified.isoformat() if job.modified else None,
-    }
+    out = jobs_to_dicts(session, [job])[0]
     if events:
         out["events"] = [
             {
@@ -787,4 +829,75 @@ def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str
             }
             for e in job_events(session, job)
         ]
+    return out
+
+
+def jobs_to_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """``job_to_dict`` for many jobs: gears, destinations and their paths in 3 queries."""
+    gear_ids = {j.gear_id for j in jobs}
+    gears = {
+        g.id: f"{g.name}@{g.version}"
+        for g in (session.scalars(select(Gear).where(Gear.id.in_(gear_ids))) if gear_ids else [])
+    }
+    paths = container_paths(session, {j.destination_id for j in jobs})
+    return [
+        {
+            "id": job.id,
+            "attempt": job.attempt,
+            "previous_id": job.previous_id,
+            "gear": gears.get(job.gear_id),
+            "state": job.state,
+            "failure_kind": job.failure_kind,
+            "failure_message": job.failure_message,
+            "site": job.site,
+            "native_id": job.native_id,
+            "scheduler_state": job.scheduler_state,
+            "pending_reason": job.pending_reason,
+            "destination": paths.get(job.destination_id, job.destination_id),
+            "destination_type": job.destination_type,
+            "tags": job.tags,
+            "priority": job.priority,
+            "origin": {"type": job.origin_type, "id": job.origin_id},
+            "config": job.config,
+            "inputs": job.inputs,
+            "resources": job.resources,
+            "created": job.created.isoformat() if job.created else None,
+            "modified": job.modified.isoformat() if job.modified else None,
+        }
+        for job in jobs
+    ]
+
+
+def container_paths(session: Session, ids: set[str]) -> dict[str, str]:
+    """Human paths of many containers: the containers, then all their ancestors, at once."""
+    if not ids:
+        return {}
+    found = {c.id: c for c in session.scalars(select(Container).where(Container.id.in_(ids)))}
+    ancestors = {
+        a
+        for c in found.values()
+        for a in (c.group_id, c.project_id, c.subject_id, c.session_id, c.acquisition_id,
+                  c.parent_id)
+        if a and a not in found
+    }  # fmt: skip
+    if ancestors:
+        found.update(
+            (c.id, c) for c in session.scalars(select(Container).where(Container.id.in_(ancestors)))
+        )
+    out = {}
+    for cid in ids:
+        parts: list[str] = []
+        node = found.get(cid)
+        while node is not None:
+            parts.append(node.id if node.type == "group" else node.label)
+            if not node.parent_id:
+                break
+            parent = found.get(node.parent_id)
+            if parent is None:  # an ancestor the id columns do not name (analyses)
+                parent = session.get(Container, node.parent_id)
+                if parent is not None:
+                    found[parent.id] = parent
+            node = parent
+        if parts:
+            out[cid] = "/".join(reversed(parts))
     return out

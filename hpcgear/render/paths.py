@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from hpcgear.config.site import SiteConfig
 from hpcgear.errors import InvalidInputError
-from hpcgear.jobs.spec import JobSpec
+from hpcgear.spec import JobSpec
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 MAX_NAME_BYTES = 255

@@ -24,7 +24,6 @@ from typing import Any
 
 from hpcgear.config.site import SiteConfig
 from hpcgear.errors import InvalidInputError
-from hpcgear.jobs.spec import JobSpec, Resources
 from hpcgear.render.environment import check_sbatch_line, template_environment
 from hpcgear.render.paths import ArrayPaths, JobPaths, check_job_id
 from hpcgear.runtimes import (
@@ -33,8 +32,8 @@ from hpcgear.runtimes import (
     ContainerMount,
     runtime_for,
 )
-from hpcgear.runtimes.base import gpus_in_gres
-from hpcgear.units import format_memory, format_slurm_time
+from hpcgear.spec import JobSpec, Resources
+from hpcgear.units import format_memory, format_slurm_time, gpus_in_gres
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from hpcgear.gears.service import get_gear
 from hpcgear.hierarchy.service import file_version
 from hpcgear.jobs.service import _input_spec
 from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.rules import predicates as P
 from hpcgear.rules.service import LoadedRule, load_rule
+from hpcgear.spec import InputSpec
 
 logger = logging.getLogger(__name__)
 

@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, literal, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from hpcgear.config.settings import Settings
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Job, JobEvent, RuleMatch
 from hpcgear.db.session import Database
 from hpcgear.errors import (
@@ -87,9 +87,15 @@ from hpcgear.rules.facts import (
 )
 from hpcgear.rules.service import LoadedRule, get_rule_row, load_rule
 from hpcgear.states import JobState
+from hpcgear.units import duration_seconds
 
-if TYPE_CHECKING:
-    from hpcgear.controller.steps import ControllerContext
+
+class ControllerHandles(Protocol):
+    """What rule evaluation needs of the controller's context (no import of it)."""
+
+    db: Database
+    settings: Settings
+
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +156,7 @@ def evaluate(
     return report
 
 
-def evaluate_for_controller(ctx: ControllerContext) -> int:
+def evaluate_for_controller(ctx: ControllerHandles) -> int:
     """The controller's rules hook: evaluate new changes; returns the jobs created."""
     from hpcgear.jobs.sites import SiteRegistry
 
@@ -181,18 +187,13 @@ def check_evaluator(session: Session, actor: str) -> None:
     require_site_admin(session, actor, "evaluating gear rules")
 
 
-_REL = re.compile(r"^(\d+)\s*([mhdw])$")
-
-
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``--since``: an ISO date/time (UTC unless it says) or a duration ago (30m, 2h, 7d, 1w)."""
     now = now or dt.datetime.now(dt.UTC)
     t = (text or "").strip()
-    m = _REL.match(t)
-    if m:
-        n, unit = int(m[1]), m[2]
-        minutes = {"m": 1, "h": 60, "d": 1440, "w": 10080}[unit] * n
-        return now - dt.timedelta(minutes=minutes)
+    ago = duration_seconds(t) if t[-1:].isalpha() else None
+    if ago is not None:
+        return now - dt.timedelta(seconds=ago)
     try:
         when = dt.datetime.fromisoformat(t)
     except ValueError:

@@ -47,12 +47,12 @@ from hpcgear.gears.service import get_gear
 from hpcgear.hierarchy.service import file_version
 from hpcgear.jobs.service import PreparedJob, _input_spec, prepare_job, store_job
 from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.jobs.transitions import record_event
 from hpcgear.rules import predicates as P
 from hpcgear.rules.context import EvalContext, fixed_input_specs, path_of
 from hpcgear.rules.facts import facts_for_container, load_containers
 from hpcgear.rules.service import LoadedRule
+from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ the container only when the marker is missing (the runtime failed to start).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -128,18 +127,3 @@ def check_flags(flags: Sequence[str]) -> tuple[str, ...]:
             raise ConfigError(f"runtime flag {flag!r} contains a line break or NUL",
                               "fix runtime.extra_flags in the site config")
     return tuple(flags)
-
-
-_GRES_GPU_RE = re.compile(r"^gpu(?::[A-Za-z0-9_.\-]*[A-Za-z_.\-][A-Za-z0-9_.\-]*)?(?::(\d+))?$")
-
-
-def gpus_in_gres(gres: str | None) -> int:
-    """How many GPUs a GRES string asks for (``gpu`` items; a missing count is 1)."""
-    if not gres:
-        return 0
-    total = 0
-    for item in gres.split(","):
-        m = _GRES_GPU_RE.fullmatch(item.strip())
-        if m:
-            total += int(m.group(1) or 1)
-    return total

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Iterable
 
 from hpcgear.errors import InvalidInputError
-from hpcgear.jobs.spec import JobSpec
+from hpcgear.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 

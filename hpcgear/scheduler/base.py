@@ -55,6 +55,21 @@ class SubmitRejectedError(SchedulerError):
         self.slurm_message = slurm_message
 
 
+class ReleaseRefusedError(SchedulerError):
+    """``scontrol release`` definitely refused some held jobs (they would never start).
+
+    ``refused`` maps each refused SLURM id to the scheduler's own words, e.g.
+    ``Requested partition configuration not available now``.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *,
+                 refused: dict[str, str] | None = None, argv: Sequence[str] = (),
+                 returncode: int | None = None, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message, hint, argv=tuple(argv), returncode=returncode, stdout=stdout,
+                         stderr=stderr, transient=False)
+        self.refused = dict(refused or {})
+
+
 class SchedulerUnavailableError(SchedulerError):
     """The scheduler could not be asked or did not answer in time (transient).
 

@@ -43,6 +43,7 @@ from hpcgear.scheduler.base import (
     ClusterInfo,
     PartitionInfo,
     PreflightResult,
+    ReleaseRefusedError,
     SchedulerStatus,
     SchedulerUnavailableError,
     SubmitRejectedError,
@@ -55,6 +56,7 @@ from hpcgear.scheduler.slurm_tables import (
     parse_exit_code,
     parse_state,
 )
+from hpcgear.units import duration_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -184,41 +186,14 @@ def parse_duration(text: str | None) -> float | None:
     ``UNLIMITED``, ``NOT_SET``, ``INVALID``, ``N/A``, ``Partition_Limit`` and empty
     give ``None``. A bare number is minutes (as in ``--time`` and ``MaxTime``).
     """
-    if text is None:
+    if text is None or not text.strip()[:1].isdigit():
         return None
-    t = text.strip()
-    if not t or not (t[0].isdigit()):
-        return None
-    days = 0
-    if "-" in t:
-        d, t = t.split("-", 1)
-        if not d.isdigit():
-            return None
-        days = int(d)
-        if ":" not in t:  # "D-HH"
-            return days * 86400 + float(t) * 3600 if _is_number(t) else None
-    parts = t.split(":")
-    if not all(_is_number(p) for p in parts):
-        return None
-    nums = [float(p) for p in parts]
-    if len(parts) == 1:
-        seconds = nums[0] * 60  # bare minutes
-    elif len(parts) == 2:
-        seconds = nums[0] * 60 + nums[1]
-    elif len(parts) == 3:
-        seconds = nums[0] * 3600 + nums[1] * 60 + nums[2]
-    else:
-        return None
-    return days * 86400 + seconds
+    return duration_seconds(text)
 
 
 def parse_duration_int(text: str | None) -> int | None:
     value = parse_duration(text)
     return round(value) if value is not None else None
-
-
-def _is_number(text: str) -> bool:
-    return bool(re.fullmatch(r"\d+(\.\d+)?", text.strip()))
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
@@ -670,13 +645,15 @@ _ALREADY_DONE = ("already completing or completed", "job has already finished",
 
 
 _PER_JOB_RE = re.compile(r"^(?P<msg>.+?) for job (?P<id>\d+(?:_\d+)?)\s*$")
+#: An array's refusal names its tasks: ``59_0-1: Requested partition configuration ...``.
+_PER_ARRAY_RE = re.compile(r"^(?P<id>\d+)_[0-9,\-\[\]%]+: (?P<msg>.+?)\s*$")
 
 
 def parse_per_job_errors(output: str) -> dict[str, str]:
     """``scontrol`` per-job messages (``Job has already finished for job 98``) -> {id: msg}."""
     errors: dict[str, str] = {}
     for line in output.splitlines():
-        m = _PER_JOB_RE.match(line.strip())
+        m = _PER_JOB_RE.match(line.strip()) or _PER_ARRAY_RE.match(line.strip())
         if m:
             errors[m.group("id")] = m.group("msg")
     return errors
@@ -849,10 +826,10 @@ class SlurmBackend:
                 bad[job] = msg
             if bad:
                 listed = ", ".join(f"{job} ({msg})" for job, msg in bad.items())
-                raise SchedulerError(
+                raise ReleaseRefusedError(
                     f"scontrol release failed for {listed}",
                     "see SLURM's message; the other jobs were released",
-                    argv=result.argv, returncode=result.returncode,
+                    refused=bad, argv=result.argv, returncode=result.returncode,
                     stdout=result.stdout, stderr=result.stderr)
 
     def cancel(self, native_ids: Sequence[str]) -> None:

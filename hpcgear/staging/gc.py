@@ -12,7 +12,10 @@ The rules, in :func:`plan_gc` (pure, so they are tested without a cluster):
 * otherwise an attempt directory ``<job-id>/a<n>`` is removed when its
   *activity time* - the newest mtime of the directory, its ``.hpcgear`` files
   (log, exit record) and its ``flywheel/v0`` entries - is older than the limit;
-* names that are not hpcgear job directories, and ``arrays/``, are left alone.
+* names that are not hpcgear job directories are left alone;
+* an array directory ``arrays/<array-id>`` (the array's script and SLURM's
+  per-task logs) is removed when no live job belongs to that array and it is
+  older than the limit (:func:`plan_array_gc`).
 
 :func:`list_scratch` gathers what the rules need with one ``find`` through the
 transport (local or SSH), :func:`remove_scratch` removes the chosen directories.
@@ -152,3 +155,62 @@ def remove_scratch(transport: Transport, decisions: Sequence[GcDecision]) -> lis
         except HpcgearError:
             pass
     return done
+
+
+def parse_array_listing(arrays_root: str, stdout: str) -> list[ScratchDir]:
+    """``find <scratch>/hpcgear/arrays -mindepth 1 -maxdepth 2 -printf '%T@\\0%P\\0'``.
+
+    Returns one entry per ``<array-id>`` directory (``attempt`` 0), with the
+    newest mtime seen in it.
+    """
+    fields = stdout.split("\0")
+    if fields and fields[-1] == "":
+        fields.pop()
+    newest: dict[str, float] = {}
+    for i in range(0, len(fields) - 1, 2):
+        try:
+            mtime = float(fields[i])
+        except ValueError:
+            continue
+        name = fields[i + 1].split("/")[0]
+        if not JOB_ID_RE.fullmatch(name):
+            continue
+        newest[name] = max(newest.get(name, 0.0), mtime)
+    return [ScratchDir(a, 0, posixpath.join(arrays_root, a), t) for a, t in sorted(newest.items())]
+
+
+def list_array_dirs(transport: Transport, scratch_root: str) -> list[ScratchDir]:
+    """Array directories under ``<scratch_root>/hpcgear/arrays`` (empty if none)."""
+    root = posixpath.join(scratch_root, "hpcgear", "arrays")
+    try:
+        if not transport.exists(root):
+            return []
+        result = transport.run(["find", "-P", root, "-mindepth", "1", "-maxdepth", "2",
+                                "-printf", "%T@\\0%P\\0"], timeout=600)
+    except HpcgearError as exc:
+        raise StagingError(f"cannot list {root}: {exc.message}", exc.hint,
+                           transient=exc.transient) from None
+    if result.returncode not in (0, 1):
+        raise StagingError(f"listing {root} failed (exit {result.returncode}): "
+                           f"{result.output[:200]}", "check the scratch file system",
+                           transient=True)
+    return parse_array_listing(root, result.stdout)
+
+
+def plan_array_gc(dirs: Sequence[ScratchDir], *, live_array_ids: Collection[str], now: float,
+                  older_than_seconds: float) -> list[GcDecision]:
+    """Decide for each array directory: kept while a live job uses it or it is recent."""
+    live = set(live_array_ids)
+    out: list[GcDecision] = []
+    for d in dirs:
+        age = max(0.0, now - d.activity)
+        if d.job_id in live:
+            out.append(GcDecision(d.job_id, 0, d.path, age, "keep", "a live job uses the array"))
+        elif age < older_than_seconds:
+            out.append(GcDecision(d.job_id, 0, d.path, age, "keep",
+                                  f"array active {_age(age)} ago "
+                                  f"(limit {_age(older_than_seconds)})"))
+        else:
+            out.append(GcDecision(d.job_id, 0, d.path, age, "remove",
+                                  f"array no live job uses, idle for {_age(age)}"))
+    return out

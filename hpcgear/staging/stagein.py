@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcgear.errors import HpcgearError, StagingError
-from hpcgear.jobs.spec import InputSpec, JobSpec
 from hpcgear.render.paths import JobPaths
 from hpcgear.scheduler.transport import Transport
+from hpcgear.spec import InputSpec, JobSpec
 from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
 from hpcgear.storage.objects import ObjectStore
 

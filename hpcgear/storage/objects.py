@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,34 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: From this many files on, ``put_files`` syncs the filesystem once instead of each file.
+BULK_SYNC_MIN = 8
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(path: Path) -> bool:
+    """``syncfs(2)`` on the filesystem holding ``path``; False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return bool(syncfs(fd) == 0)
     finally:
         os.close(fd)
 
@@ -98,13 +127,56 @@ class ObjectStore:
                 f"cannot read {source}: permission denied", "check the file's permissions"
             ) from exc
 
-    def put_bytes(self, data: bytes, *, expected: str | None = None) -> StoredObject:
-        import io
+    def put_files(self, sources: list[Path]) -> list[StoredObject]:
+        """Store many files with the same guarantees as ``put_file``, syncing in bulk.
 
-        return self.put_stream(io.BytesIO(data), expected=expected)
-
-    def put_stream(self, stream: BinaryIO, *, expected: str | None = None) -> StoredObject:
+        Per-file ``fsync`` of the data and of each object directory costs two
+        disk flushes per file (about 5 ms each on a virtual disk: 100 small
+        files/s at best). For a batch, all temp files are written, then one
+        ``syncfs`` makes them durable, and one more after the renames makes the
+        directory entries durable: the same guarantee, two flushes in all.
+        Where ``syncfs`` is unavailable it falls back to fsync per file/dir.
+        """
         self.ensure()
+        staged: list[tuple[Path, str, int]] = []
+        try:
+            for source in sources:
+                try:
+                    with Path(source).open("rb") as fh:
+                        staged.append(self._write_temp(fh, sync=False))
+                except FileNotFoundError as exc:
+                    raise NotFoundError(f"file {source} does not exist", "check the path") from exc
+                except PermissionError as exc:
+                    raise StorageError(
+                        f"cannot read {source}: permission denied", "check the file's permissions"
+                    ) from exc
+            bulk = len(staged) >= BULK_SYNC_MIN and _syncfs(self.tmp)
+            if not bulk:
+                for tmp, _digest, _size in staged:
+                    _fsync_path(tmp)
+            out = []
+            dirs: set[Path] = set()
+            for tmp, digest, size in staged:
+                obj = self._publish(tmp, digest, size, sync_dir=False)
+                if not obj.existed:
+                    dirs.add(obj.path.parent)
+                out.append(obj)
+            if not (bulk and _syncfs(self.objects)):
+                for d in sorted(dirs):
+                    _fsync_dir(d)
+            return out
+        except OSError as exc:
+            raise StorageError(
+                f"writing to storage {self.root} failed: {exc.strerror or exc}",
+                "check free space and permissions of the storage root",
+            ) from exc
+        finally:
+            for tmp, _digest, _size in staged:
+                if tmp.exists():
+                    tmp.unlink()
+
+    def _write_temp(self, stream: BinaryIO, *, sync: bool) -> tuple[Path, str, int]:
+        """Stream into a temp file while hashing; returns (temp path, digest, size)."""
         h = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(prefix="put-", dir=self.tmp)
@@ -116,35 +188,56 @@ class ObjectStore:
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
-                os.fsync(out.fileno())
-            digest = f"sha256:{h.hexdigest()}"
+                if sync:
+                    os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, f"sha256:{h.hexdigest()}", size
+
+    def _publish(self, tmp: Path, digest: str, size: int, *, sync_dir: bool) -> StoredObject:
+        """Verify a synced temp file and rename it into place (or drop it if stored)."""
+        final = self.path_for(digest)
+        if final.is_file() and final.stat().st_size == size:
+            tmp.unlink()
+            return StoredObject(digest, size, final, existed=True)
+        # Verify what reached the disk before publishing it under its name.
+        if sha256_file(tmp) != digest:
+            raise StorageError(
+                f"verification failed for {digest}: bytes on disk differ from bytes read",
+                "check the storage filesystem for errors",
+            )
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+        if sync_dir:
+            _fsync_dir(final.parent)
+        logger.debug("stored object %s (%d bytes)", digest, size)
+        return StoredObject(digest, size, final, existed=False)
+
+    def put_bytes(self, data: bytes, *, expected: str | None = None) -> StoredObject:
+        import io
+
+        return self.put_stream(io.BytesIO(data), expected=expected)
+
+    def put_stream(self, stream: BinaryIO, *, expected: str | None = None) -> StoredObject:
+        self.ensure()
+        tmp: Path | None = None
+        try:
+            tmp, digest, size = self._write_temp(stream, sync=True)
             if expected is not None and expected != digest:
                 raise StorageError(
                     f"content hash mismatch: expected {expected}, got {digest}",
                     "the source changed or was corrupted in transit; retry the copy",
                 )
-            final = self.path_for(digest)
-            if final.is_file() and final.stat().st_size == size:
-                return StoredObject(digest, size, final, existed=True)
-            # Verify what reached the disk before publishing it under its name.
-            if sha256_file(tmp) != digest:
-                raise StorageError(
-                    f"verification failed for {digest}: bytes on disk differ from bytes read",
-                    "check the storage filesystem for errors",
-                )
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-            logger.debug("stored object %s (%d bytes)", digest, size)
-            return StoredObject(digest, size, final, existed=False)
+            return self._publish(tmp, digest, size, sync_dir=True)
         except OSError as exc:
             raise StorageError(
                 f"writing to storage {self.root} failed: {exc.strerror or exc}",
                 "check free space and permissions of the storage root",
             ) from exc
         finally:
-            if tmp.exists():
+            if tmp is not None and tmp.exists():
                 tmp.unlink()
 
     @contextmanager
@@ -195,12 +288,22 @@ class ObjectStore:
             return False
         return True
 
-    def clean_tmp(self) -> int:
-        """Remove leftovers of interrupted puts."""
+    def clean_tmp(self, older_than_seconds: float = 0.0) -> int:
+        """Remove leftovers of interrupted puts older than ``older_than_seconds``.
+
+        Called by ``hpcgear scratch gc`` and the controller's housekeeping with an
+        age threshold, so a put still running in another process is left alone.
+        """
         if not self.tmp.exists():
             return 0
         n = 0
+        cutoff = time.time() - older_than_seconds
         for p in self.tmp.iterdir():
+            try:
+                if older_than_seconds and p.lstat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -33,9 +33,9 @@ from hpcgear.gears.build import BuildResult, GearBuilder, default_cache_dir, loa
 from hpcgear.gears.configjson import build_config_json, dump_config_json
 from hpcgear.gears.gear_config import resolve_config
 from hpcgear.gears.manifest import load_manifest
-from hpcgear.jobs.spec import InputSpec
 from hpcgear.runtimes import ApptainerRuntime, ContainerInvocation, ContainerMount
 from hpcgear.runtimes.envfile import render_env_file
+from hpcgear.spec import InputSpec
 
 if TYPE_CHECKING:
     from tests.conftest import CliEnv

@@ -47,8 +47,8 @@ class Instance:
 
     def controller(self, **kw: Any) -> Any:
         from hpcgear.cli.context import AppContext
+        from hpcgear.controller.context import ControllerContext
         from hpcgear.controller.loop import Controller
-        from hpcgear.controller.steps import ControllerContext
 
         app = AppContext(config_path=str(self.cli.config))
         ctx = ControllerContext(db=app.db, store=app.store, settings=app.settings)
@@ -207,6 +207,22 @@ def test_rejected_by_slurm(inst: Instance) -> None:
     job = inst.job(jid)
     assert job["failure_kind"] == "rejected", job
     assert not _squeue_running(job["native_id"] or "0") if job["native_id"] else True
+
+
+def test_never_starting_cpus_fail_as_rejected_and_until_idle_ends(inst: Instance) -> None:
+    """Issue 11: `--tag cpu=1000` hung in `submitting` (every release refused) forever."""
+    jid = inst.run("--tag", "cpu=1000")
+    t0 = time.monotonic()
+    res = inst.cli.run("controller", "run", "--site", inst.site_name, "--until-idle",
+                       "--timeout", "300", "--interval", "1", "--quiet")
+    assert res.code == 0, res.err
+    assert time.monotonic() - t0 < 240, "--until-idle ends once the job is refused"
+    job = inst.job(jid)
+    assert job["state"] == "failed" and job["failure_kind"] == "rejected", job
+    assert "1000 CPUs per node" in job["failure_message"], job
+    assert job["native_id"] is None, "refused before sbatch: SLURM never saw it"
+    shown = inst.cli.ok("job", "show", jid).out
+    assert "rejected" in shown and "1000 CPUs" in shown, shown
 
 
 def test_node_down_gives_node_failure_and_retry(inst: Instance) -> None:

@@ -27,7 +27,6 @@ import pytest
 
 from hpcgear.config.site import SiteConfig, load_site_text
 from hpcgear.errors import InvalidInputError
-from hpcgear.jobs.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.render import (
     JobPaths,
     build_runtime_argv,
@@ -36,6 +35,7 @@ from hpcgear.render import (
     render_sbatch,
 )
 from hpcgear.runtimes import render_gear_env
+from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hpcgear.errors import StagingError
-from hpcgear.jobs.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.render.paths import JobPaths
 from hpcgear.scheduler.transport import SSHTransport
+from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.staging.metadata import parse_metadata
 from hpcgear.staging.stagein import stage_in
 from hpcgear.staging.stageout import (

@@ -256,6 +256,32 @@ def test_upload_with_one_missing_file_stores_nothing(populated: CliEnv, tmp_path
     assert db_snapshot(populated) == before
 
 
+def test_upload_directory_recursively(populated: CliEnv, tmp_path: Path) -> None:
+    d = tmp_path / "dir"
+    (d / "a" / "deep").mkdir(parents=True)
+    (d / "top.txt").write_text("top")
+    (d / "a" / "one.txt").write_text("one")
+    (d / "a" / "deep" / "two.txt").write_text("two")
+    (d / "link.txt").symlink_to(tmp_path / "outside.txt")
+    (tmp_path / "outside.txt").write_text("not inside the directory")
+    out = populated.ok("upload", "imaging/study1/sub-02/ses-01/dir", str(d), "--json").json()
+    assert sorted(r["name"] for r in out) == ["one.txt", "top.txt", "two.txt"]
+    assert all(r["created"] and r["version"] == 1 for r in out)
+    again = populated.ok("upload", "imaging/study1/sub-02/ses-01/dir", str(d), "--json").json()
+    assert not any(r["created"] for r in again), "identical bytes change nothing"
+    (d / "a" / "one.txt").write_text("one, changed")
+    third = populated.ok("upload", "imaging/study1/sub-02/ses-01/dir", str(d), "--json").json()
+    assert {r["name"]: r["version"] for r in third} == {"one.txt": 2, "top.txt": 1, "two.txt": 1}
+    (d / "a" / "top.txt").write_text("a second top.txt")
+    before = db_snapshot(populated)
+    res = populated.run("upload", "imaging/study1/sub-02/ses-01/dir", str(d))
+    assert_one_clear_error(res, "two files named 'top.txt'")
+    assert db_snapshot(populated) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_clear_error(populated.run("upload", "imaging/study1/x", str(empty)), "no files")
+
+
 def test_db_url_that_does_not_connect(tmp_path: Path) -> None:
     env = CliEnv(home=tmp_path, config=tmp_path / "c.yaml")
     res = env.run("init", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")

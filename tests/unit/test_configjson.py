@@ -16,7 +16,7 @@ from hpcgear.gears.configjson import (
     input_container_path,
 )
 from hpcgear.gears.manifest import GearManifest, parse_manifest
-from hpcgear.jobs.spec import InputSpec
+from hpcgear.spec import InputSpec
 
 FILE_OBJECT = {
     "type": "dicom",

@@ -21,17 +21,12 @@ from typing import Any
 import pytest
 
 from hpcgear.config.site import load_site_text
-from hpcgear.controller.loop import acquire_lease, release_lease
+from hpcgear.controller.claim import claim_jobs
+from hpcgear.controller.context import ControllerContext, CycleReport
+from hpcgear.controller.lease import acquire_lease, release_lease
+from hpcgear.controller.poll import LOST_GRACE, classify_end, poll_jobs
+from hpcgear.controller.retry import schedule_retries
 from hpcgear.controller.sites import SiteRuntime
-from hpcgear.controller.steps import (
-    LOST_GRACE,
-    ControllerContext,
-    CycleReport,
-    claim_jobs,
-    classify_end,
-    poll_jobs,
-    schedule_retries,
-)
 from hpcgear.db.models import Job
 from hpcgear.db.session import Database
 from hpcgear.errors import ManifestError
@@ -236,7 +231,7 @@ def test_retry_policy_site_and_gear(setup: tuple[ControllerContext, SiteRuntime]
 
 
 def test_gear_retry_policy_is_validated() -> None:
-    from hpcgear.jobs.retry import gear_retry_policies
+    from hpcgear.gears.retry import gear_retry_policies
 
     ok = gear_retry_policies({"custom": {"hpcgear": {"retry": {"oom": {"max_attempts": 4}}}}})
     assert ok[FailureKind.OOM].max_attempts == 4
@@ -257,6 +252,20 @@ def test_one_leader_per_site(setup: tuple[ControllerContext, SiteRuntime]) -> No
     assert acquire_lease(ctx, "t", "host-a:1", seconds=60), "an expired lease is taken over"
 
 
+def _wait_for_lease(db_file: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Block until the daemon leads a site (its signal handlers are installed by then)."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with sqlite3.connect(db_file) as con:
+            if con.execute("select count(*) from controller_leases").fetchone()[0]:
+                return
+        time.sleep(0.2)
+    raise AssertionError("the daemon took no site lease within the timeout")
+
+
 def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "HPCGEAR_CONFIG": str(tmp_path / "c.yaml"),
            "XDG_DATA_HOME": str(tmp_path / "d")}
@@ -267,7 +276,7 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen([*hg, "controller", "run", "--interval", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)
+        _wait_for_lease(tmp_path / "x.db", proc)
         proc.send_signal(signal.SIGHUP)  # reload: keeps running
         time.sleep(2)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -284,7 +293,7 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
 
 def test_accounting_of_a_reused_job_id_is_ignored() -> None:
     """After a SLURM state reset, sacct may hold an older job under the same id."""
-    from hpcgear.controller.steps import ours
+    from hpcgear.controller.facts import ours
     from hpcgear.scheduler.base import Accounting
 
     mine = Accounting(native_id="91", state=SchedulerState.COMPLETED, name="hpcgear-abc")

@@ -137,3 +137,24 @@ def test_route_missing_level_goes_to_unsorted_with_opaque_subject(
     assert out["sessions"][0]["path"].startswith(f"{GROUP}/demo/103/")
     one_clear_error(env.run("ingest", "dicom", str(e), "--group", GROUP, "--route-require",
                             "subject"), "--route-require")
+
+
+def test_plain_upload_service_refuses_identifying_dicom(env: CliEnv, tmp_path: Path) -> None:
+    """Any caller of hierarchy.upload_files (not the de-identifying wrapper) is refused."""
+    from hpcgear.config.settings import load_settings
+    from hpcgear.db.session import Database
+    from hpcgear.errors import PermissionDeniedError
+    from hpcgear.hierarchy.service import upload_files
+    from hpcgear.storage.objects import ObjectStore
+
+    env.ok("deid", "attach", f"{GROUP}/demo", "ps3.15-basic")
+    [dcm] = write_series(tmp_path / "x", study="R", series="s", number=1, description="x",
+                         count=1)
+    import getpass
+
+    settings = load_settings(env.config)
+    db = Database.open(settings.database_url)
+    with db.session() as s, pytest.raises(PermissionDeniedError, match="de-identification"):
+        upload_files(s, ObjectStore(settings.storage_root), getpass.getuser(),
+                     f"{GROUP}/demo/a/b", [dcm])
+    db.engine.dispose()

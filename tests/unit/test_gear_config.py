@@ -16,7 +16,7 @@ from hpcgear.gears.reserved import (
     parse_reserved,
     split_reserved,
 )
-from hpcgear.jobs.spec import Resources
+from hpcgear.spec import Resources
 
 
 def manifest_with(config: dict[str, Any]) -> GearManifest:

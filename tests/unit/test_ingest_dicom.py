@@ -580,4 +580,4 @@ def test_no_identifying_version_over_a_deidentified_file(
     report = run(hier, store, d)
     assert report.files == []
     assert [s.reason for s in report.skipped] == ["would_reidentify"]
-    assert "--de-identify" in report.skipped[0].detail or "de-identified" in report.skipped[0].detail
+    assert "stored de-identified" in report.skipped[0].detail

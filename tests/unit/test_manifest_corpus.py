@@ -20,7 +20,7 @@ from hpcgear.gears.configjson import build_config_json, dump_config_json
 from hpcgear.gears.gear_config import resolve_config
 from hpcgear.gears.manifest import ConfigOption, GearManifest, load_manifest
 from hpcgear.gears.reserved import RESERVED_KEYS, split_reserved
-from hpcgear.jobs.spec import InputSpec
+from hpcgear.spec import InputSpec
 
 CORPUS = Path(__file__).parents[2].parent / "shared" / "corpus" / "gear-manifests"
 SOURCES = CORPUS / "SOURCES.tsv"

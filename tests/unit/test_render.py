@@ -13,7 +13,6 @@ import pytest
 from hpcgear.config.data import shipped_dir
 from hpcgear.config.site import SiteConfig, load_site_text
 from hpcgear.errors import ConfigError, ImageError, InvalidInputError
-from hpcgear.jobs.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.render import (
     ArrayPaths,
     JobPaths,
@@ -26,6 +25,7 @@ from hpcgear.render import (
     render_sbatch,
 )
 from hpcgear.render.environment import num
+from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 
 SITE_YAML = """\
 name: testsite

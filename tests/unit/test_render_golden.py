@@ -19,9 +19,9 @@ import pytest
 
 from hpcgear.config.site import SiteConfig, load_site, load_site_text
 from hpcgear.jobs.resources import resolve_resources
-from hpcgear.jobs.spec import GearRef, InputSpec, JobSpec
 from hpcgear.render import JobPaths, render_array, render_sbatch
 from hpcgear.runtimes import render_gear_env
+from hpcgear.spec import GearRef, InputSpec, JobSpec
 from tests.unit.test_site import render_dev_template
 
 REPO = Path(__file__).resolve().parents[2]

@@ -386,7 +386,7 @@ def test_gap_bookkeeping() -> None:
 
 def test_controller_hook_creates_jobs(world: World, db_url: str) -> None:
     from hpcgear.config.settings import Settings
-    from hpcgear.controller.steps import ControllerContext
+    from hpcgear.controller.context import ControllerContext
 
     w = world
     w.apply(DICOM_RULE)

@@ -8,7 +8,6 @@ import pytest
 
 from hpcgear.config.site import RuntimeConfig
 from hpcgear.errors import ConfigError, ImageError, InvalidInputError
-from hpcgear.jobs.spec import GearRef, JobSpec, Resources
 from hpcgear.runtimes import (
     ApptainerRuntime,
     ContainerInvocation,
@@ -21,7 +20,8 @@ from hpcgear.runtimes import (
     runtime_for,
     start_script,
 )
-from hpcgear.runtimes.base import gpus_in_gres
+from hpcgear.spec import GearRef, JobSpec, Resources
+from hpcgear.units import gpus_in_gres
 
 JD = "/scratch/u/hpcgear/j1/a1"
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from hpcgear.errors import StagingError
-from hpcgear.jobs.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.render.paths import JobPaths
 from hpcgear.scheduler.runner import CompletedCommand
 from hpcgear.scheduler.transport import FileStat, LocalTransport, PathLike, Transport
+from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.staging.checksums import parse_sha256sum
 from hpcgear.staging.gc import GcDecision, ScratchDir, list_scratch, plan_gc, remove_scratch
 from hpcgear.staging.metadata import InvalidMetadataError

@@ -63,3 +63,29 @@ def test_delete_and_clean_tmp(tmp_path: Path) -> None:
     assert store.delete(obj.hash) is False
     (store.tmp / "put-leftover").write_bytes(b"partial")
     assert store.clean_tmp() == 1
+
+
+def test_put_files_matches_put_file_and_cleans_up(tmp_path: Path) -> None:
+    """The bulk put (one filesystem sync per phase) stores what single puts store."""
+    from hpcgear.storage.objects import BULK_SYNC_MIN
+
+    src = tmp_path / "src"
+    src.mkdir()
+    paths = []
+    for i in range(BULK_SYNC_MIN + 3):
+        p = src / f"f{i}"
+        p.write_bytes(f"content {i % (BULK_SYNC_MIN + 1)}".encode())  # two share bytes
+        paths.append(p)
+    store = ObjectStore(tmp_path / "store")
+    single = ObjectStore(tmp_path / "single")
+    objs = store.put_files(paths)
+    assert [o.hash for o in objs] == [single.put_file(p).hash for p in paths]
+    assert [o.hash for o in objs] == [sha256_file(p) for p in paths]
+    assert all(store.exists(o.hash) for o in objs)
+    assert sum(not o.existed for o in objs) == len({o.hash for o in objs})
+    assert list(store.tmp.iterdir()) == []
+    again = store.put_files(paths[:2])
+    assert all(o.existed for o in again) and list(store.tmp.iterdir()) == []
+    with pytest.raises(NotFoundError):
+        store.put_files([paths[0], src / "missing"])
+    assert list(store.tmp.iterdir()) == [], "a failed batch leaves no temp files"

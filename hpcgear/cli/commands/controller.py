@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -13,8 +14,8 @@ pass_app = click.make_pass_decorator(AppContext)
 
 
 def _controller(app: AppContext, sites: tuple[str, ...], quiet: bool, as_json: bool) -> object:
+    from hpcgear.controller.context import ControllerContext, CycleReport
     from hpcgear.controller.loop import Controller
-    from hpcgear.controller.steps import ControllerContext, CycleReport
 
     def show(report: CycleReport) -> None:
         if as_json:
@@ -37,8 +38,16 @@ def _controller(app: AppContext, sites: tuple[str, ...], quiet: bool, as_json: b
         hook = evaluate_for_controller
     except ImportError:  # rules not installed in this build
         hook = None
+    from hpcgear.controller.lease import LEASE_SECONDS
+
+    lease = os.environ.get("HPCGEAR_CONTROLLER_LEASE_SECONDS", "")  # the chaos tier shortens it
     return Controller(
-        settings_path=app.config_path, ctx=ctx, site_names=sites, on_report=show, rules_hook=hook
+        settings_path=app.config_path,
+        ctx=ctx,
+        site_names=sites,
+        on_report=show,
+        rules_hook=hook,
+        lease_seconds=int(lease) if lease.isdigit() and int(lease) > 0 else LEASE_SECONDS,
     )
 
 
@@ -91,15 +100,26 @@ def controller_run(
 @controller_group.command("once")
 @click.option("--site", "sites", multiple=True, metavar="NAME", help="Only these sites.")
 @click.option("--json", "as_json", is_flag=True, help="Print each site's cycle report as JSON.")
+@click.option("--wait", is_flag=True,
+              help="If another controller leads a site, wait for its lease instead of failing.")
 @pass_app
-def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool) -> None:
-    """One pass over every site (for cron)."""
+def controller_once(app: AppContext, sites: tuple[str, ...], as_json: bool, wait: bool) -> None:
+    """One pass over every site (for cron); releases the site leases when done.
+
+    Exits non-zero (6) when another live controller leads a site, unless --wait.
+    """
     from hpcgear.controller.loop import Controller
+    from hpcgear.errors import LeaderConflictError
 
     ctl = _controller(app, sites, False, as_json)
     assert isinstance(ctl, Controller)
     try:
-        ctl.once()
+        ctl.once(wait=wait)
     finally:
-        for rt in ctl.runtimes().values():
-            rt.close()
+        ctl.close()
+    if ctl.not_led:
+        led = "; ".join(f"{site} by {who}" for site, who in sorted(ctl.not_led.items()))
+        raise LeaderConflictError(
+            f"another controller leads {led}; nothing was done there",
+            "let it work (it handles those jobs), or run with --wait to wait for its lease",
+        )

@@ -223,14 +223,13 @@ def jobs_cmd(
     app: AppContext, state: str | None, mine: bool, project: str | None, limit: int, as_json: bool
 ) -> None:
     """List jobs (newest first) with state, failure kind, SLURM id and pending reason."""
-    from hpcgear.jobs.service import job_to_dict, list_jobs
+    from hpcgear.jobs.service import jobs_to_dicts, list_jobs
 
     actor = app.actor
     with app.db.session() as s:
-        rows = [
-            job_to_dict(s, j)
-            for j in list_jobs(s, actor, state=state, mine=mine, project=project, limit=limit)
-        ]
+        rows = jobs_to_dicts(
+            s, list_jobs(s, actor, state=state, mine=mine, project=project, limit=limit)
+        )
     if as_json:
         app.emit_json(rows)
         return
@@ -356,7 +355,7 @@ def job_retry(app: AppContext, job_id: str) -> None:
 @pass_app
 def job_logs(app: AppContext, job_id: str) -> None:
     """Print a job's log (stored with the job, or read from scratch while it runs)."""
-    from hpcgear.controller.finish import job_log_text
+    from hpcgear.controller.logs import job_log_text
     from hpcgear.jobs.service import get_job
 
     actor = app.actor

@@ -1,0 +1,127 @@
+"""Admission around sbatch: live limits before it, the job's state before release.
+
+* :func:`fits_live_limits`: a request SLURM would never start is failed as
+  ``rejected`` before ``sbatch`` (live partition limits, cached per site).
+* :func:`release_held`: right before ``scontrol release`` the job's state is
+  read again; a job cancelled meanwhile is scancelled instead of released, and
+  a release SLURM refuses (it would never start) scancels the held job and
+  fails it as ``rejected`` with SLURM's reason in plain words.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from hpcgear.db.models import Job
+from hpcgear.jobs.transitions import StaleJobError, record_event
+from hpcgear.scheduler.base import ReleaseRefusedError, base_native_id
+from hpcgear.scheduler.limits import request_misfit
+from hpcgear.scheduler.slurm_tables import describe_reason
+from hpcgear.spec import JobSpec
+from hpcgear.states import FailureKind, JobState
+
+from .context import ControllerContext, CycleReport, fail_job, job_session
+from .sites import SiteRuntime
+
+logger = logging.getLogger(__name__)
+
+
+def fits_live_limits(
+    ctx: ControllerContext, rt: SiteRuntime, spec: JobSpec, report: CycleReport
+) -> bool:
+    """False (and the job failed as rejected) when no partition could ever run it."""
+    if rt.site.scheduler != "slurm":
+        return True
+    why = request_misfit(spec.resources, rt.live_partitions())
+    if why is None:
+        return True
+    with job_session(ctx, spec.job_id) as (s, job):
+        fail_job(s, job, ctx.actor, FailureKind.REJECTED, f"SLURM would never start it: {why}")
+    report.failed += 1
+    return False
+
+
+def plain_refusal(slurm_message: str) -> str:
+    """SLURM's refusal of a release, with what it means."""
+    low = slurm_message.lower()
+    if "partition configuration" in low:
+        return (
+            f"SLURM will never start it: {slurm_message} "
+            f"({describe_reason('PartitionConfig').sentence})"
+        )
+    return f"SLURM refused to start it: {slurm_message}"
+
+
+def release_held(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    jobs: Sequence[tuple[str, str]],
+    report: CycleReport,
+    *,
+    release_id: str | None = None,
+) -> list[str]:
+    """Release held SLURM jobs ``(job id, SLURM id)``; returns the job ids released.
+
+    ``release_id`` releases them together (an array's base id). Jobs no longer
+    ``submitting`` (cancelled during sbatch) are scancelled instead. The states
+    are re-checked in ONE fenced transaction, however many jobs an array holds.
+    """
+    live: list[tuple[str, str]] = []
+    stray: list[str] = []
+    if ctx.fence is not None:
+        ctx.fence.keep()
+    with ctx.db.session() as s:
+        if ctx.fence is not None:
+            ctx.fence.check(s, rt.site.name)
+        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([j for j, _ in jobs])))}
+        for job_id, native in jobs:
+            job = rows.get(job_id)
+            if job is not None and job.state == JobState.SUBMITTING.value:
+                live.append((job_id, native))
+                continue
+            stray.append(native)
+            if job is not None:
+                record_event(
+                    s,
+                    job,
+                    "scancel",
+                    ctx.actor,
+                    f"scancel {native}: the job became {job.state} while it was being submitted",
+                )
+    if stray:
+        rt.backend.cancel(stray)
+    if not live:
+        return []
+    targets = [release_id] if release_id else [n for _, n in live]
+    try:
+        rt.backend.release(targets)
+    except ReleaseRefusedError as exc:
+        refused: list[tuple[str, str, str]] = []
+        for job_id, native in live:
+            msg = exc.refused.get(native) or exc.refused.get(base_native_id(native))
+            if msg is not None:
+                refused.append((job_id, native, msg))
+        if not refused:
+            raise
+        rt.backend.cancel(sorted({release_id or n for _, n, _ in refused}))
+        with ctx.db.session() as s:
+            rows = {
+                j.id: j
+                for j in s.scalars(select(Job).where(Job.id.in_([j for j, _, _ in refused])))
+            }
+            for job_id, native, msg in refused:
+                logger.warning("job %s: SLURM refused to release %s: %s", job_id, native, msg)
+                job = rows.get(job_id)
+                if job is None:
+                    continue
+                try:
+                    fail_job(s, job, ctx.actor, FailureKind.REJECTED, plain_refusal(msg))
+                except StaleJobError:
+                    continue
+                report.failed += 1
+        gone = {j for j, _, _ in refused}
+        return [j for j, _ in live if j not in gone]
+    return [j for j, _ in live]

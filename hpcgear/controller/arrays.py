@@ -1,0 +1,271 @@
+"""arrays: similar submitting jobs go out as ONE held job array (write-ahead, adopted by name)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import Gear, Job
+from hpcgear.errors import HpcgearError, InvalidInputError
+from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
+from hpcgear.render import JobPaths, build_runtime_argv
+from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
+from hpcgear.scheduler.transport import batch_sync
+from hpcgear.spec import JobSpec
+from hpcgear.states import FailureKind, JobState
+
+from .admit import fits_live_limits, release_held
+from .context import (
+    ControllerContext,
+    CycleReport,
+    fail_job,
+    fault_point,
+    heartbeat,
+    job_session,
+    utcnow,
+)
+from .resolve import image_digest_or_fail, prepare_attempts
+from .sites import SiteRuntime
+from .stagein import stage_attempt
+
+
+def array_size_limit(rt: SiteRuntime) -> int:
+    """Tasks per array: the site's max_size, capped by the live MaxArraySize."""
+    live = rt.max_array_size
+    if live is None:
+        try:
+            info = rt.backend.cluster_info()
+            live, rt.max_job_count = info.max_array_size, info.max_job_count
+        except HpcgearError:
+            live = 1001
+        rt.max_array_size = live
+    configured = rt.site.array.max_size
+    return max(1, min(configured, live) if configured else live)
+
+
+def submit_array(
+    ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], report: CycleReport
+) -> None:
+    """Stage in every job, then submit them as ONE job array (write-ahead, held)."""
+    from hpcgear.render import ArrayPaths, render_array
+
+    site, backend = rt.site, rt.backend
+    with job_session(ctx, job_ids[0]) as (s, job):
+        gear = s.get(Gear, job.gear_id)
+        assert gear is not None
+        digest = gear.image_digest
+    if not digest:
+        for jid in job_ids:
+            image_digest_or_fail(ctx, jid, report)  # fails each with the clear message
+        return
+    sif = rt.ensure_image(ctx.store, digest)
+    specs: list[JobSpec] = []
+    all_paths: list[JobPaths] = []
+    configs: list[dict[str, Any]] = []
+    for spec, paths, cfg in prepare_attempts(ctx, rt, job_ids, sif):
+        if not fits_live_limits(ctx, rt, spec, report):
+            continue
+        specs.append(spec)
+        all_paths.append(paths)
+        configs.append(cfg)
+    if not specs:
+        return
+    array_id = f"a{secrets.token_hex(8)}"
+    apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
+    script = render_array(
+        specs,
+        site,
+        array_id=array_id,
+        paths=all_paths,
+        array_paths=apaths,
+        max_array_size=rt.max_array_size,
+    )
+    staged = []
+    with batch_sync(rt.transport):  # one filesystem sync for the array, not 3 per task
+        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
+            heartbeat(ctx)  # stage-in of a large array can outlast the lease
+            if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
+                staged.append(i)
+    if len(staged) < len(specs):
+        # Re-render without the jobs that could not be staged; the rest stay one array.
+        specs = [specs[i] for i in staged]
+        all_paths = [all_paths[i] for i in staged]
+        if not specs:
+            return
+        script = render_array(
+            specs,
+            site,
+            array_id=array_id,
+            paths=all_paths,
+            array_paths=apaths,
+            max_array_size=rt.max_array_size,
+        )
+    rt.transport.mkdir(apaths.root)
+    rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
+    # Write-ahead intent, per task, all in ONE transaction committed before sbatch:
+    # a job another process changed meanwhile aborts the whole array (retried next cycle).
+    with ctx.db.session() as s:
+        rows = _rows(s, [sp.job_id for sp in specs])
+        for index, spec in enumerate(specs):
+            job = rows[spec.job_id]
+            update_fields(
+                s,
+                job,
+                script_sha256=script.sha256,
+                array_id=array_id,
+                scheduler_info={**(job.scheduler_info or {}), "array_index": index},
+            )
+            record_event(
+                s,
+                job,
+                "sbatch",
+                ctx.actor,
+                f"submitting as task {index} of array {array_id} with --hold",
+                data={
+                    "array_id": array_id,
+                    "index": index,
+                    "script": apaths.sbatch,
+                    "script_sha256": script.sha256,
+                    "argv": build_runtime_argv(spec, site, all_paths[index]),
+                },
+            )
+    fault_point("array.intent")
+    try:
+        base = backend.submit(apaths.sbatch, hold=True)
+    except SubmitRejectedError as exc:
+        for spec in specs:
+            with job_session(ctx, spec.job_id) as (s, job):
+                fail_job(s, job, ctx.actor, FailureKind.REJECTED, exc.slurm_message or exc.message)
+        report.failed += len(specs)
+        return
+    except SchedulerUnavailableError as exc:
+        report.errors.append(f"array {array_id}: {exc.message}")
+        return  # the next cycle looks the array up by name
+    fault_point("array.sbatch")
+    record_array(ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted")
+
+
+def record_array(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    job_ids: Sequence[str],
+    base: str,
+    report: CycleReport,
+    *,
+    how: str,
+) -> None:
+    now = utcnow()
+    recorded: list[str] = []
+    natives: dict[str, str] = {}
+    strays: list[str] = []
+    if ctx.fence is not None:
+        ctx.fence.keep()
+    # The SLURM ids of every task in ONE fenced transaction, committed before the release.
+    with ctx.db.session() as s:
+        if ctx.fence is not None:
+            ctx.fence.check(s, rt.site.name)
+        rows = _rows(s, job_ids)
+        for jid in job_ids:
+            job = rows[jid]
+            index = int((job.scheduler_info or {}).get("array_index", 0))
+            native = f"{base}_{index}"
+            if job.state != JobState.SUBMITTING.value:
+                strays.append(native)  # cancelled meanwhile: its task must not run
+                continue
+            try:
+                update_fields(s, job, native_id=native, submitted=now, last_seen=now)
+            except StaleJobError:
+                strays.append(native)
+                continue
+            natives[jid] = native
+            record_event(
+                s,
+                job,
+                how,
+                ctx.actor,
+                f"SLURM array task {native} (held)",
+                data={"native_id": native, "array_job_id": base},
+            )
+            recorded.append(jid)
+    fault_point("array.recorded")
+    if strays:
+        rt.backend.cancel(strays)
+    # Re-checks every task's state (a cancel during sbatch scancels it) and turns a
+    # refused release into a `rejected` failure.
+    released = release_held(
+        ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
+    )
+    queued = 0
+    late: list[str] = []
+    with ctx.db.session() as s:
+        rows = _rows(s, released)
+        for jid in released:
+            job = rows[jid]
+            try:
+                transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
+            except StaleJobError:
+                late.append(jid)  # moved by someone else meanwhile
+                continue
+            queued += 1
+    if late:
+        # A cancel that landed between the release and this write: its task must not run.
+        with ctx.db.session() as s:
+            gone = s.scalars(
+                select(Job.native_id).where(
+                    Job.id.in_(late), Job.state == JobState.CANCELLED.value
+                )
+            ).all()
+        if gone:
+            rt.backend.cancel([n for n in gone if n])
+    if how == "adopted":
+        report.adopted += queued
+    else:
+        report.submitted += queued
+
+
+def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Job]:
+    rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(job_ids))))}
+    missing = [j for j in job_ids if j not in rows]
+    if missing:
+        raise InvalidInputError(f"job {missing[0]} vanished", "it was deleted meanwhile")
+    return rows
+
+
+def adopt_or_reset_array(
+    ctx: ControllerContext, rt: SiteRuntime, array_id: str, report: CycleReport
+) -> None:
+    """An array whose sbatch may have run: adopt it by name, or submit its jobs again."""
+    from hpcgear.render import array_slurm_name
+
+    with ctx.db.session() as s:
+        job_ids = list(
+            s.scalars(
+                select(Job.id).where(
+                    Job.array_id == array_id, Job.state == JobState.SUBMITTING.value
+                )
+            ).all()
+        )
+    if not job_ids:
+        return
+    found = rt.backend.lookup_by_name(array_slurm_name(array_id))
+    if found:
+        if len(found) > 1:
+            rt.backend.cancel(found[1:])
+        record_array(ctx, rt, job_ids, found[0], report, how="adopted")
+        return
+    # sbatch never created it: forget the intent so the jobs are submitted afresh.
+    for jid in job_ids:
+        with job_session(ctx, jid) as (s, job):
+            update_fields(s, job, array_id=None)
+            record_event(
+                s,
+                job,
+                "sbatch_abandoned",
+                ctx.actor,
+                f"array {array_id} was never created in SLURM; resubmitting",
+                data={"array_id": array_id},
+            )

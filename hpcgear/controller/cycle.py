@@ -1,0 +1,128 @@
+"""One pass over a site: cancel, claim + submit, poll, stage out, keep logs, retry.
+
+The daemon and cron call :func:`run_cycle`; it only calls the step modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from hpcgear.db.models import Job
+from hpcgear.errors import HpcgearError
+from hpcgear.jobs.transitions import StaleJobError
+from hpcgear.states import JobState
+
+from .arrays import adopt_or_reset_array, array_size_limit, submit_array
+from .cancel import cancel_requested
+from .claim import claim_jobs
+from .context import ControllerContext, CycleReport, LeaseLostError, dumps, spec_user
+from .finish import stage_out_jobs
+from .logs import keep_logs_of_failed
+from .poll import poll_jobs
+from .retry import schedule_retries
+from .sites import SiteRuntime
+from .submit import open_intents, submit_job
+
+logger = logging.getLogger(__name__)
+
+
+def run_cycle(
+    ctx: ControllerContext, rt: SiteRuntime, *, claim_limit: int | None = None
+) -> CycleReport:
+    """One pass over a site: cancel, claim + submit, poll, stage out, retry."""
+    report = CycleReport(site=rt.site.name)
+    steps: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("cancel", lambda: cancel_requested(ctx, rt, report)),
+        ("submit", lambda: submit_pending(ctx, rt, report, claim_limit)),
+        ("poll", lambda: poll_jobs(ctx, rt, report)),
+        ("stage-out", lambda: stage_out_jobs(ctx, rt, report)),
+        ("logs", lambda: keep_logs_of_failed(ctx, rt)),
+        ("retry", lambda: schedule_retries(ctx, rt, report)),
+    )
+    for name, step in steps:
+        try:
+            step()
+        except LeaseLostError as exc:
+            # Another controller took the site over: stop here, it carries on.
+            logger.warning("site %s: %s step stopped: %s", rt.site.name, name, exc.message)
+            report.errors.append(f"{name}: {exc.message}")
+            break
+        except HpcgearError as exc:
+            # A failed query or an unreachable cluster changes no job's state.
+            logger.warning("site %s: %s step failed: %s", rt.site.name, name, exc.message)
+            report.errors.append(f"{name}: {exc.message}")
+    return report
+
+
+def submit_pending(
+    ctx: ControllerContext, rt: SiteRuntime, report: CycleReport, claim_limit: int | None
+) -> None:
+    if rt.site.scheduler == "slurm":
+        array_size_limit(rt)  # reads MaxArraySize and MaxJobCount once per connection
+    claimed = claim_jobs(ctx, rt, limit=claim_limit)
+    report.claimed += len(claimed)
+    with ctx.db.session() as s:
+        rows = s.scalars(
+            select(Job)
+            .where(Job.site == rt.site.name, Job.state == JobState.SUBMITTING.value)
+            .order_by(Job.created)
+        ).all()
+        intents = open_intents(s, [j.id for j in rows])
+    # Arrays whose sbatch may have run: adopt them together, by the array's name.
+    pending_arrays = sorted(
+        {j.array_id for j in rows if j.array_id and not j.native_id and j.id in intents}
+    )
+    for array_id in pending_arrays:
+        try:
+            adopt_or_reset_array(ctx, rt, array_id, report)
+        except LeaseLostError:
+            raise
+        except HpcgearError as exc:
+            report.errors.append(f"array {array_id}: {exc.message}")
+    singles: list[str] = []
+    groups: dict[tuple[Any, ...], list[Job]] = {}
+    for job in rows:
+        if job.array_id and job.id in intents and not job.native_id:
+            continue  # handled above
+        if job.native_id or job.id in intents:
+            singles.append(job.id)
+            continue
+        key = (
+            job.gear_id,
+            spec_user(job),
+            dumps({k: v for k, v in (job.resources or {}).items() if k != "explain"}),
+        )
+        groups.setdefault(key, []).append(job)
+    for group in groups.values():
+        if len(group) < 2 or rt.site.scheduler != "slurm":
+            singles.extend(j.id for j in group)
+            continue
+        size = array_size_limit(rt)
+        for i in range(0, len(group), size):
+            chunk = [j.id for j in group[i : i + size]]
+            if len(chunk) == 1:
+                singles.extend(chunk)
+                continue
+            try:
+                submit_array(ctx, rt, chunk, report)
+            except StaleJobError:
+                continue
+            except LeaseLostError:
+                raise
+            except HpcgearError as exc:
+                logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
+                report.errors.append(f"array: {exc.message}")
+    for job_id in singles:
+        try:
+            submit_job(ctx, rt, job_id, report)
+        except StaleJobError:
+            continue
+        except LeaseLostError:
+            raise
+        except HpcgearError as exc:
+            logger.warning("job %s: submit step failed: %s", job_id, exc.message)
+            report.errors.append(f"{job_id}: {exc.message}")

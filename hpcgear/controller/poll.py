@@ -1,0 +1,311 @@
+"""poll: one queue query per cycle for every tracked job; verdicts for the ones that ended.
+
+A failed query changes no job's state. Jobs that left the queue are resolved
+with one batched accounting query, then the job's own exit record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import select, update
+
+from hpcgear.db.models import Job
+from hpcgear.errors import HpcgearError
+from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
+from hpcgear.render.exit_record import ExitRecord
+from hpcgear.scheduler.base import Accounting, SchedulerStatus
+from hpcgear.scheduler.slurm_tables import StateCategory, describe_reason
+from hpcgear.states import FailureKind, JobState, SchedulerState
+
+from .context import (
+    ControllerContext,
+    CycleReport,
+    aware,
+    fail_job,
+    fault_point,
+    job_session,
+    utcnow,
+)
+from .facts import acct_dict, exit_dict, ours, read_exit_record
+from .resolve import attempt_paths
+from .sites import SiteRuntime
+
+logger = logging.getLogger(__name__)
+
+#: How long a job may be missing from the queue, the accounting and its exit record
+#: before it counts as lost (squeue drops jobs after MinJobAge; sacct can lag).
+LOST_GRACE = dt.timedelta(minutes=10)
+#: An unchanged job's ``last_seen`` is rewritten only when older than this.
+LAST_SEEN_REFRESH = dt.timedelta(minutes=1)
+
+
+def classify_end(
+    state: SchedulerState, rec: ExitRecord | None, cancelled_by_us: bool
+) -> tuple[JobState, FailureKind | None, str]:
+    """hpcgear's verdict for a job SLURM reports as ended.
+
+    Success needs both proofs: SLURM COMPLETED *and* an exit record with rc 0.
+    """
+    if rec is not None and rec.error and not rec.started:
+        return JobState.FAILED, FailureKind.INPUT_STAGING, f"job script: {rec.error}"
+    if state == SchedulerState.COMPLETED:
+        if rec is None:
+            return (
+                JobState.FAILED,
+                FailureKind.LOST,
+                "SLURM says COMPLETED but the job wrote no exit record",
+            )
+        if rec.succeeded:
+            return JobState.STAGING, None, "gear exited 0"
+        if rec.boot_failed:
+            return JobState.FAILED, FailureKind.BOOT_FAILURE, "the container did not start"
+        if rec.timed_out:
+            return JobState.FAILED, FailureKind.TIMEOUT, "stopped at the time limit"
+        return JobState.FAILED, FailureKind.GEAR_ERROR, f"gear exited {rec.rc}"
+    if state == SchedulerState.FAILED and rec is not None:
+        if rec.timed_out:
+            return JobState.FAILED, FailureKind.TIMEOUT, "stopped at the time limit"
+        if rec.boot_failed:
+            return JobState.FAILED, FailureKind.BOOT_FAILURE, "the container did not start"
+        if rec.complete and rec.rc not in (None, 0):
+            return JobState.FAILED, FailureKind.GEAR_ERROR, f"gear exited {rec.rc}"
+    if state == SchedulerState.CANCELLED:
+        who = "hpcgear" if cancelled_by_us else "scancel outside hpcgear"
+        return JobState.CANCELLED, FailureKind.CANCELLED, f"cancelled ({who})"
+    kind = {
+        SchedulerState.TIMEOUT: FailureKind.TIMEOUT,
+        SchedulerState.DEADLINE: FailureKind.TIMEOUT,
+        SchedulerState.OUT_OF_MEMORY: FailureKind.OOM,
+        SchedulerState.NODE_FAIL: FailureKind.NODE_FAILURE,
+        SchedulerState.PREEMPTED: FailureKind.PREEMPTED,
+        SchedulerState.BOOT_FAIL: FailureKind.BOOT_FAILURE,
+        SchedulerState.REVOKED: FailureKind.LOST,
+    }.get(state, FailureKind.GEAR_ERROR if rec and rec.complete else FailureKind.LOST)
+    from hpcgear.scheduler.slurm_tables import describe_state
+
+    return JobState.FAILED, kind, f"SLURM {state.value}: {describe_state(state).sentence}"
+
+
+def record_end(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    job_id: str,
+    state: SchedulerState,
+    acc: Accounting | None,
+    report: CycleReport,
+) -> None:
+    with job_session(ctx, job_id) as (s, job):
+        if JobState(job.state).final or job.state == JobState.STAGING.value:
+            return
+        paths = attempt_paths(rt.site, job)
+    rec = read_exit_record(rt, paths)
+    with job_session(ctx, job_id) as (s, job):
+        if JobState(job.state).final or job.state == JobState.STAGING.value:
+            return
+        verdict, kind, message = classify_end(state, rec, cancelled_by_us=False)
+        info = dict(job.scheduler_info or {})
+        info["accounting"] = acct_dict(acc)
+        info["exit_record"] = exit_dict(rec)
+        info["final_state"] = state.value
+        fields: dict[str, Any] = {
+            "scheduler_state": state.value,
+            "scheduler_info": info,
+            "finished": utcnow(),
+            "pending_reason": None,
+        }
+        if acc is not None and acc.start_time and not job.started:
+            fields["started"] = acc.start_time
+        if verdict == JobState.STAGING:
+            if job.state == JobState.QUEUED.value:
+                transition(s, job, JobState.RUNNING, ctx.actor, "ran (seen after it ended)")
+            transition(s, job, JobState.STAGING, ctx.actor, message, **fields)
+        elif verdict == JobState.CANCELLED:
+            transition(
+                s,
+                job,
+                JobState.CANCELLED,
+                ctx.actor,
+                message,
+                failure_kind=FailureKind.CANCELLED,
+                **fields,
+            )
+            report.cancelled += 1
+        else:
+            assert kind is not None
+            transition(s, job, JobState.FAILED, ctx.actor, message, failure_kind=kind, **fields)
+            report.failed += 1
+    report.finished += 1
+
+
+def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> None:
+    """One queue query for every tracked job of the site; resolve the ones that left."""
+    with ctx.db.session() as s:
+        tracked = s.execute(
+            select(
+                Job.id,
+                Job.native_id,
+                Job.state,
+                Job.last_seen,
+                Job.array_id,
+                Job.scheduler_state,
+                Job.pending_reason,
+            ).where(
+                Job.site == rt.site.name,
+                Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
+                Job.native_id.is_not(None),
+            )
+        ).all()
+    rt.recent_accounting = {}
+    if not tracked:
+        return
+    statuses = rt.backend.poll([t.native_id for t in tracked])  # raises: nothing changes
+    now = utcnow()
+    gone: list[Any] = []
+    ended: list[tuple[Any, SchedulerStatus]] = []
+    unchanged: list[str] = []
+    for t in tracked:
+        st = statuses.get(t.native_id)
+        if st is None:
+            gone.append(t)
+        elif st.final:
+            ended.append((t, st))
+        elif _unchanged(t, st):
+            last = aware(t.last_seen)
+            if last is None or now - last > LAST_SEEN_REFRESH:
+                unchanged.append(t.id)
+        else:
+            try:
+                apply_status(ctx, rt, t.id, st, now, report)
+            except StaleJobError:
+                continue
+    if unchanged:
+        # Nothing to tell about these jobs: one UPDATE keeps their last_seen
+        # fresh (it only feeds the lost-job grace), not a transaction per job.
+        with ctx.db.session() as s:
+            for start in range(0, len(unchanged), 5000):
+                s.execute(
+                    update(Job)
+                    .where(Job.id.in_(unchanged[start : start + 5000]))
+                    .values(last_seen=now)
+                    .execution_options(synchronize_session=False)
+                )
+    if not gone and not ended:
+        return
+    # One batched accounting query for every job that ended or left the queue.
+    try:
+        acct = rt.backend.accounting([t.native_id for t, _ in ended] + [t.native_id for t in gone])
+    except HpcgearError as exc:
+        if gone:
+            raise  # jobs that left the queue need accounting: decide nothing this cycle
+        logger.info("accounting not available yet: %s", exc.message)
+        acct = {}
+    fault_point("poll.ended")
+    rt.recent_accounting = dict(acct)
+    for t, st in ended:
+        try:
+            with job_session(ctx, t.id) as (s, job):
+                update_fields(s, job, last_seen=now)
+            record_end(ctx, rt, t.id, st.state, ours(acct, t.native_id, t.id, t.array_id), report)
+        except StaleJobError:
+            continue
+    for t in gone:
+        acc = ours(acct, t.native_id, t.id, t.array_id)
+        try:
+            if acc is not None and acc.category.final:
+                record_end(ctx, rt, t.id, acc.state, acc, report)
+                continue
+            # No accounting (or not final yet): the job's own exit record decides.
+            with job_session(ctx, t.id) as (s, job):
+                paths = attempt_paths(rt.site, job)
+            rec = read_exit_record(rt, paths)
+            if rec is not None and rec.complete:
+                state = SchedulerState.COMPLETED if rec.succeeded else SchedulerState.FAILED
+                record_end(ctx, rt, t.id, state, acc, report)
+                continue
+            last = aware(t.last_seen) or now
+            if now - last > LOST_GRACE:
+                with job_session(ctx, t.id) as (s, job):
+                    fail_job(
+                        s,
+                        job,
+                        ctx.actor,
+                        FailureKind.LOST,
+                        f"SLURM job {t.native_id} vanished: not in squeue, sacct or its "
+                        "exit record for "
+                        f"{int((now - last).total_seconds() // 60)} min",
+                    )
+                report.failed += 1
+            else:
+                with job_session(ctx, t.id) as (s, job):
+                    if job.scheduler_state != "UNKNOWN":
+                        update_fields(s, job, scheduler_state="UNKNOWN")
+        except StaleJobError:
+            continue
+
+
+def _unchanged(t: Any, st: SchedulerStatus) -> bool:
+    """A queued/running job whose SLURM state and reason are what the row already says."""
+    if st.never_starts or t.scheduler_state != st.state.value:
+        return False
+    if st.category == StateCategory.RUNNING and t.state == JobState.QUEUED.value:
+        return False
+    reason = st.reason if st.category == StateCategory.WAITING else None
+    return bool(reason == t.pending_reason)
+
+
+def apply_status(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    job_id: str,
+    st: SchedulerStatus,
+    now: dt.datetime,
+    report: CycleReport,
+) -> None:
+    """A job still in the queue: record its SLURM state and pending reason."""
+    with job_session(ctx, job_id) as (s, job):
+        fields: dict[str, Any] = {"last_seen": now}
+        if job.scheduler_state != st.state.value:
+            fields["scheduler_state"] = st.state.value
+        reason = st.reason if st.category == StateCategory.WAITING else None
+        if reason != job.pending_reason:
+            fields["pending_reason"] = reason
+            if reason:
+                record_event(
+                    s,
+                    job,
+                    "pending_reason",
+                    ctx.actor,
+                    describe_reason(reason).sentence,
+                    data={"reason": reason},
+                )
+        if st.never_starts:
+            update_fields(s, job, **fields)
+            report.errors.append(f"{job_id}: never starts ({reason})")
+            info = describe_reason(reason)
+            rt.backend.cancel([st.native_id])
+            fail_job(
+                s,
+                job,
+                ctx.actor,
+                FailureKind.REJECTED,
+                f"SLURM would never start it: {reason}: {info.sentence}",
+            )
+            report.failed += 1
+            return
+        if st.category == StateCategory.RUNNING and job.state == JobState.QUEUED.value:
+            fields["started"] = st.start_time or now
+            transition(
+                s,
+                job,
+                JobState.RUNNING,
+                ctx.actor,
+                f"running on {st.nodes or '?'}",
+                data={"nodes": st.nodes},
+                **fields,
+            )
+            report.started += 1
+        else:
+            update_fields(s, job, **fields)

@@ -1,0 +1,448 @@
+"""Issue 11's controller defects, each pinned: leases (cron, dead holders, fencing),
+submit re-checks around sbatch, never-starting requests, SIGHUP, disk leaks,
+system retries and the fault-injection hook.
+
+Fakes sit at the subprocess boundary only (a runner answering like SLURM);
+database tests run on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from hpcgear.controller.context import (
+    ControllerContext,
+    CycleReport,
+    InjectedFault,
+    LeaseLostError,
+    fault_point,
+    job_session,
+)
+from hpcgear.controller.lease import SiteLease, acquire_lease, holder_is_gone
+from hpcgear.controller.sites import SiteRuntime
+from hpcgear.controller.submit import submit_job
+from hpcgear.db.models import ControllerLease, Job, JobEvent
+from hpcgear.jobs.transitions import update_fields
+from hpcgear.scheduler.runner import CompletedCommand
+from hpcgear.scheduler.slurm import SlurmBackend
+from hpcgear.scheduler.testing import load_recording
+from tests.conftest import CliEnv
+from tests.unit.test_controller_steps import _job, _project_ids, setup  # noqa: F401
+
+FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
+
+
+class FakeSlurm:
+    """Answers sbatch/scontrol/scancel/squeue/sacct like the dev cluster (recorded text)."""
+
+    def __init__(self, *, refuse_release: str | None = None,
+                 on_sbatch: Callable[[], None] | None = None) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.refuse_release = refuse_release
+        self.on_sbatch = on_sbatch
+        self.partitions = load_recording(FIXTURES / "scontrol_show_partition.json").stdout
+        self.nodes = load_recording(FIXTURES / "sinfo_nodes.json").stdout
+
+    def run(self, argv: Sequence[str], *, timeout: float,
+            input: str | None = None) -> CompletedCommand:
+        a = tuple(argv)
+        self.calls.append(a)
+
+        def ok(out: str = "", rc: int = 0, err: str = "") -> CompletedCommand:
+            return CompletedCommand(a, rc, out, err, 0.0)
+
+        if a[0] == "sbatch":
+            if self.on_sbatch is not None:
+                self.on_sbatch()
+            return ok("555\n")
+        if a[0] == "scontrol" and "release" in a:
+            if self.refuse_release:
+                return ok(rc=1, err=f"{self.refuse_release} for job 555\n")
+            return ok()
+        if a[0] == "scontrol" and "partition" in a:
+            return ok(self.partitions)
+        if a[0] == "sinfo":
+            return ok(self.nodes)
+        return ok()
+
+    def named(self, command: str) -> list[tuple[str, ...]]:
+        return [c for c in self.calls if command in " ".join(c[:3])]
+
+
+def _rt(rt: SiteRuntime, runner: FakeSlurm, ctx: ControllerContext | None = None
+        ) -> SiteRuntime:
+    """The setup's site on ``runner``; the gear image counts as cached (no apptainer here)."""
+    from sqlalchemy import select
+
+    from hpcgear.db.models import Gear
+
+    fresh = SiteRuntime(site=rt.site, transport=rt.transport, backend=SlurmBackend(runner),
+                        local_files=True)
+    assert ctx is not None
+    with ctx.db.session() as s:
+        fresh._images_checked.update(d for d in s.scalars(select(Gear.image_digest)) if d)
+    return fresh
+
+
+def _submitting(ctx: ControllerContext, pid: str, **resources: int) -> str:
+    jid = _job(ctx, user="alice", project=pid, state="submitting")
+    if resources:
+        with job_session(ctx, jid) as (s, job):
+            update_fields(s, job, resources={**job.resources, **resources})
+    return jid
+
+
+def _row(ctx: ControllerContext, jid: str) -> Job:
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None
+        return job
+
+
+def _events(ctx: ControllerContext, jid: str) -> list[JobEvent]:
+    from sqlalchemy import select
+
+    with ctx.db.session() as s:
+        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == jid)
+                              .order_by(JobEvent.id)).all())
+
+
+# ------------------------------------------------------------------- leases
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_gone_holder_on_this_host_does_not_block(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    ctx, _ = setup
+    host = socket.gethostname()
+    dead = f"{host}:{_dead_pid()}"
+    assert holder_is_gone(dead)
+    assert acquire_lease(ctx, "t", dead, seconds=600)
+    assert acquire_lease(ctx, "t", f"{host}:{os.getpid()}", seconds=60), \
+        "a SIGKILLed controller's lease must not block its successor"
+    alive = f"{host}:{os.getppid()}"
+    assert not holder_is_gone(alive)
+    assert acquire_lease(ctx, "u", alive, seconds=600)
+    assert not acquire_lease(ctx, "u", f"{host}:{os.getpid()}", seconds=60), \
+        "a live holder keeps its lease"
+    assert not acquire_lease(ctx, "u", "other-host:1", seconds=60)
+
+
+def test_a_stale_leader_write_is_refused_and_the_lease_is_renewed(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from hpcgear.controller.claim import claim_jobs
+    from hpcgear.controller.cycle import run_cycle
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)["p1"]
+    jid = _job(ctx, user="alice", project=pid)
+    lease = SiteLease(ctx.db, "host-a:1", seconds=3)
+    ctx.fence = lease
+    assert acquire_lease(ctx, "t", "host-a:1", seconds=3)
+    lease.taken("t")
+    # Renewal during a pass: once a third of the lease has passed, a job write renews it.
+    time.sleep(1.2)
+    with ctx.db.session() as s:
+        before = s.get(ControllerLease, "t").expires  # type: ignore[union-attr]
+    with job_session(ctx, jid) as (_s, _job_row):
+        pass
+    with ctx.db.session() as s:
+        after = s.get(ControllerLease, "t").expires  # type: ignore[union-attr]
+    assert after > before, "the lease is renewed during the pass, not only once per pass"
+    # Another controller takes over (our lease expired while we were stuck).
+    with ctx.db.session() as s:
+        row = s.get(ControllerLease, "t")
+        assert row is not None
+        row.expires = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    assert acquire_lease(ctx, "t", "host-b:2", seconds=60)
+    with pytest.raises(LeaseLostError, match="no longer leads site t"):
+        claim_jobs(ctx, rt)
+    assert _row(ctx, jid).state == "pending", "the stale leader's write was refused"
+    report = run_cycle(ctx, rt)
+    assert any("no longer leads" in e for e in report.errors)
+    assert _row(ctx, jid).state == "pending"
+
+
+def test_controller_once_releases_and_refuses_to_run_silently(cli_env: CliEnv) -> None:
+    from hpcgear.config.settings import load_settings
+    from hpcgear.db.session import Database
+
+    cli_env.ok("controller", "once")
+    cli_env.ok("controller", "once")  # a second run right after is not a silent no-op
+    db = Database.open(load_settings(str(cli_env.config)).database_url)
+    with db.session() as s:
+        assert s.query(ControllerLease).count() == 0, "once releases its lease on exit"
+        s.add(ControllerLease(site="local", holder="elsewhere:1",
+                              expires=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3),
+                              heartbeat=dt.datetime.now(dt.UTC)))
+    res = cli_env.run("controller", "once")
+    assert res.code == 6, res.err
+    assert "another controller leads local by elsewhere:1" in res.err
+    assert "--wait" in res.err and "Traceback" not in res.err
+    t0 = time.monotonic()
+    cli_env.ok("controller", "once", "--wait")
+    assert time.monotonic() - t0 >= 1, "it waited for the lease to expire"
+    db.dispose()
+
+
+# ------------------------------------------------------------ around sbatch
+
+
+def test_cancel_during_sbatch_scancels_instead_of_releasing(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from hpcgear.jobs.service import cancel_job
+
+    ctx, rt = setup
+    jid = _submitting(ctx, _project_ids(ctx)["p1"])
+
+    def user_cancels() -> None:
+        with ctx.db.session() as s:
+            cancel_job(s, "alice", jid)
+
+    runner = FakeSlurm(on_sbatch=user_cancels)
+    submit_job(ctx, _rt(rt, runner, ctx), jid, CycleReport(site="t"))
+    job = _row(ctx, jid)
+    assert job.state == "cancelled"
+    assert not runner.named("scontrol release"), "a cancelled job is never released"
+    assert [c for c in runner.calls if c[0] == "scancel" and "555" in c], runner.calls
+    assert any(e.kind == "scancel" for e in _events(ctx, jid))
+
+
+def test_cancel_before_sbatch_submits_nothing(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from hpcgear.jobs.service import cancel_job
+
+    ctx, rt = setup
+    jid = _submitting(ctx, _project_ids(ctx)["p1"])
+    runner = FakeSlurm()
+    real_stage = rt.transport.write_text
+
+    def cancel_while_staging(path: str, text: str, **kw: object) -> None:
+        real_stage(path, text, **kw)  # type: ignore[arg-type]
+        if path.endswith("job.sbatch"):
+            with ctx.db.session() as s:
+                cancel_job(s, "alice", jid)
+
+    rt.transport.write_text = cancel_while_staging  # type: ignore[method-assign]
+    submit_job(ctx, _rt(rt, runner, ctx), jid, CycleReport(site="t"))
+    assert _row(ctx, jid).state == "cancelled"
+    assert not [c for c in runner.calls if c[0] == "sbatch"], "no sbatch for a cancelled job"
+
+
+def test_a_release_slurm_refuses_fails_as_rejected(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    ctx, rt = setup
+    jid = _submitting(ctx, _project_ids(ctx)["p1"])
+    runner = FakeSlurm(refuse_release="Requested partition configuration not available now")
+    report = CycleReport(site="t")
+    submit_job(ctx, _rt(rt, runner, ctx), jid, report)
+    job = _row(ctx, jid)
+    assert job.state == "failed" and job.failure_kind == "rejected", job.failure_message
+    assert "Requested partition configuration not available now" in job.failure_message
+    assert "limit of the partition" in job.failure_message, "plain words, not only SLURM's"
+    assert [c for c in runner.calls if c[0] == "scancel" and "555" in c], "the held job goes"
+    assert report.failed == 1
+    # The next cycle does not retry it: nothing is left in `submitting`.
+    runner.calls.clear()
+    submit_job(ctx, _rt(rt, runner, ctx), jid, report)
+    assert not runner.calls
+
+
+@pytest.mark.parametrize(("resources", "words"), [
+    ({"cpus": 1000}, "1000 CPUs per node"),
+    ({"mem_mb": 10_000_000}, "memory per node"),
+    ({"time_minutes": 100_000}, "time limit"),
+])
+def test_live_partition_limits_refuse_before_sbatch(
+        setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
+        resources: dict[str, int], words: str) -> None:
+    ctx, rt = setup
+    jid = _submitting(ctx, _project_ids(ctx)["p1"], **resources)
+    runner = FakeSlurm()
+    frt = _rt(rt, runner, ctx)
+    submit_job(ctx, frt, jid, CycleReport(site="t"))
+    job = _row(ctx, jid)
+    assert job.state == "failed" and job.failure_kind == "rejected"
+    assert words in (job.failure_message or ""), job.failure_message
+    assert not [c for c in runner.calls if c[0] == "sbatch"]
+    # The limits are cached per site: a second job asks SLURM no second time.
+    jid2 = _submitting(ctx, _project_ids(ctx)["p1"], **resources)
+    submit_job(ctx, frt, jid2, CycleReport(site="t"))
+    assert len(runner.named("scontrol --oneliner show")) == 1
+
+
+def test_a_fitting_request_is_submitted_and_released(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    ctx, rt = setup
+    jid = _submitting(ctx, _project_ids(ctx)["p1"])
+    runner = FakeSlurm()
+    submit_job(ctx, _rt(rt, runner, ctx), jid, CycleReport(site="t"))
+    job = _row(ctx, jid)
+    assert job.state == "queued" and job.native_id == "555", (job.failure_kind, job.failure_message)
+    assert runner.named("scontrol release")
+
+
+# --------------------------------------------------------------------- retries
+
+
+def test_automatic_retry_is_made_by_the_system_for_the_requester(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from hpcgear.controller.retry import schedule_retries
+
+    ctx, rt = setup
+    jid = _job(ctx, user="alice", project=_project_ids(ctx)["p1"], state="failed",
+               failure_kind="node_failure")
+    report = CycleReport(site="t")
+    schedule_retries(ctx, rt, report)
+    assert report.retried == 1
+    from sqlalchemy import select
+
+    with ctx.db.session() as s:
+        new = s.scalars(select(Job).where(Job.previous_id == jid)).one()
+        created = s.scalars(select(JobEvent).where(JobEvent.job_id == new.id,
+                                                   JobEvent.kind == "created")).one()
+        assert new.origin_id == "alice"
+        assert created.actor == ctx.actor, "made by the system, not by a site admin"
+        assert "on behalf of user alice" in (created.message or "")
+        assert created.data["on_behalf_of"] == {"type": "user", "id": "alice"}
+
+
+# ------------------------------------------------------------------- disk leaks
+
+
+def test_scratch_gc_removes_unused_array_dirs_and_stale_storage_temp(cli_env: CliEnv) -> None:
+    from hpcgear.config.settings import load_settings
+
+    settings = load_settings(str(cli_env.config))
+    root = Path(settings.scratch_root)
+    arrays = [root / "hpcgear" / "arrays" / name for name in ("a00000000000000aa",
+                                                             "a00000000000000bb")]
+    old = time.time() - 10 * 86400
+    for a in arrays:
+        a.mkdir(parents=True)
+        (a / "array.sbatch").write_text("#!/bin/bash\n")
+        os.utime(a / "array.sbatch", (old, old))
+        os.utime(a, (old, old))
+    tmp = Path(settings.storage_root) / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    stale, fresh = tmp / "put-stale", tmp / "put-fresh"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(stale, (old, old))
+    res = cli_env.ok("scratch", "gc", "--json").json()
+    removed = {d["path"] for d in res["directories"] if d["action"] == "remove"}
+    assert removed == {str(a) for a in arrays}, res
+    assert all(d["kind"] == "array" for d in res["directories"])
+    assert not any(a.exists() for a in arrays)
+    assert res["storage_tmp_removed"] == 1
+    assert not stale.exists() and fresh.exists(), "a put still running is left alone"
+
+
+def test_array_dir_of_a_live_job_is_kept() -> None:
+    from hpcgear.staging.gc import ScratchDir, plan_array_gc
+
+    dirs = [ScratchDir("a1", 0, "/s/hpcgear/arrays/a1", 0.0),
+            ScratchDir("a2", 0, "/s/hpcgear/arrays/a2", 0.0),
+            ScratchDir("a3", 0, "/s/hpcgear/arrays/a3", 990.0)]
+    plan = {d.job_id: d.action for d in plan_array_gc(dirs, live_array_ids={"a1"}, now=1000.0,
+                                                       older_than_seconds=100)}
+    assert plan == {"a1": "keep", "a2": "remove", "a3": "keep"}
+
+
+# ---------------------------------------------------------------------- SIGHUP
+
+
+def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_sighup_with_a_broken_site_file_keeps_running(tmp_path: Path) -> None:
+    import sqlite3
+
+    env = {**os.environ, "HPCGEAR_CONFIG": str(tmp_path / "c.yaml"),
+           "XDG_DATA_HOME": str(tmp_path / "d")}
+    env.pop("HPCGEAR_FAULT", None)
+    hg = [sys.executable, "-m", "hpcgear"]
+    subprocess.run([*hg, "init", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--storage",
+                    str(tmp_path / "st"), "--scratch", str(tmp_path / "scr")], env=env,
+                   check=True, capture_output=True)
+    site = tmp_path / "extra.yaml"
+    site.write_text(f"name: extra\nscheduler: local\nscratch_root: {tmp_path}/x/{{user}}\n"
+                    f"storage_root: {tmp_path}/st\nruntime:\n  image_cache: {tmp_path}/img\n"
+                    "routing:\n  site_tags: [extra]\n")
+    with open(tmp_path / "c.yaml", "a") as fh:
+        fh.write(f"sites: [{site}]\n")
+    proc = subprocess.Popen([*hg, "controller", "run", "--interval", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def leases() -> set[str]:
+        with sqlite3.connect(tmp_path / "x.db") as con:
+            return {r[0] for r in con.execute("select site from controller_leases")}
+
+    try:
+        _wait_for(lambda: "extra" in leases(), proc, 120)
+        site.write_text(site.read_text() + "shedulr: typo\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(4)
+        assert proc.poll() is None, "a typo in a site file must not kill the daemon"
+        assert "extra" in leases(), "the running configuration is kept"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, err
+    assert "running one is kept" in err and "shedulr" in err, err
+
+
+# ------------------------------------------------------------- fault injection
+
+
+def test_fault_points_raise_or_kill_on_the_nth_hit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcgear.controller import context
+
+    monkeypatch.setattr(context, "_fault_hits", {})
+    monkeypatch.setenv("HPCGEAR_FAULT", "submit.sbatch:2:raise")
+    fault_point("submit.sbatch")  # first hit passes
+    fault_point("poll.ended")  # another point is untouched
+    with pytest.raises(InjectedFault, match=r"submit\.sbatch"):
+        fault_point("submit.sbatch")
+    code = ("import os; os.environ['HPCGEAR_FAULT']='claim.after:1'\n"
+            "from hpcgear.controller.context import fault_point\n"
+            "fault_point('claim.after'); print('survived')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == -signal.SIGKILL and "survived" not in res.stdout
+
+
+def test_every_fault_point_is_in_the_code() -> None:
+    from hpcgear.controller.context import FAULT_POINTS
+
+    src = "".join(p.read_text() for p in (Path(__file__).parents[2] / "hpcgear" /
+                                          "controller").glob("*.py"))
+    for point in FAULT_POINTS:
+        assert f'fault_point("{point}")' in src, point
+    assert json.dumps(FAULT_POINTS)
