@@ -87,6 +87,38 @@ DICOM_KEYS = (
     "remove-undefined",
     "recurse-sequence",
 )
+#: flywheel-migration's field actions (one per field) and their options.
+FIELD_ACTIONS = (
+    "remove",
+    "replace-with",
+    "increment-date",
+    "increment-datetime",
+    "hash",
+    "hashuid",
+    "jitter",
+    "keep",
+    "regex-sub",
+    "encrypt",
+    "decrypt",
+)
+FIELD_KEYS = (
+    "name",
+    "regex",
+    *FIELD_ACTIONS,
+    "replace-with-insert",
+    "date-format",
+    "datetime-format",
+    "date-increment-override",
+    "datetime-min",
+    "datetime-max",
+    "jitter-date",
+    "jitter-min",
+    "jitter-max",
+    "jitter-range",
+    "jitter-type",
+    "jitter-unit",
+    "force-nonce",
+)
 #: Ingest groups instances and finds sessions/acquisitions by these UIDs, so a
 #: profile may only keep them or map them deterministically.
 INSTANCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -223,6 +255,28 @@ def _build(
             )
         _check_keys(dicom, DICOM_KEYS, "dicom", source)
         salted = salted or bool(dicom.get("salt")) or bool(data.get("secret-key"))
+        fields_node = dicom.get("fields") or []
+        if not isinstance(fields_node, list):
+            raise SchemaError(
+                f"{source}{_line(dicom, 'fields')}: dicom.fields must be a list",
+                "write each field as `- name: PatientName` followed by its action",
+            )
+        for i, item in enumerate(fields_node):
+            where = f"dicom.fields[{i}]"
+            if not isinstance(item, Mapping):
+                raise SchemaError(
+                    f"{source}: {where} must be a mapping like {{name: PatientName, remove: true}}",
+                    f"valid keys: {', '.join(FIELD_KEYS)}",
+                )
+            _check_keys(item, FIELD_KEYS, where, source)
+            actions = [k for k in FIELD_ACTIONS if k in item]
+            if len(actions) != 1:
+                raise SchemaError(
+                    f"{source}{_line(item, actions[1] if len(actions) > 1 else 'name')}: {where} "
+                    f"({item.get('name') or item.get('regex')}) needs exactly one action, "
+                    f"has {len(actions)}",
+                    f"actions: {', '.join(FIELD_ACTIONS)}",
+                )
         plain = _plain(dicom)
         for i, item in enumerate(plain.get("fields") or []):
             fname = item.get("name") if isinstance(item, Mapping) else None

@@ -222,6 +222,11 @@ def test_same_result_as_flywheel_migration_process_files(tmp_path: Path) -> None
         ("name: x\ndicom:\n  fields:\n    - name: StudyInstanceUID\n      remove: true\n",
          "may only be hashuid or keep"),
         ("name: x\ndicom:\n  alter_pixels: {}\n", "pixel scrubbing"),
+        ("name: x\ndicom:\n  fields:\n    - name: PatientName\n      remoev: true\n",
+         r"p.yaml:5: unknown key 'remoev' in dicom.fields\[0\]"),
+        ("name: x\ndicom:\n  fields:\n    - name: PatientName\n", "needs exactly one action"),
+        ("name: x\ndicom:\n  fields:\n    - name: PatientName\n      remove: true\n"
+         "      hash: true\n", "needs exactly one action, has 2"),
     ],
 )
 def test_bad_profiles_name_the_problem(text: str, message: str) -> None:
