@@ -510,10 +510,29 @@ def _apply_pass(fp: Any, ds: Any, log: DeidLog) -> None:
     # flywheel-migration (unless it inserts), so it is skipped unasked: with the
     # ~650 PS3.15 fields each recursive lookup would walk the whole dataset.
     present = {int(e.tag) for e in ds.iterall()}
+    nested = _nested_tags(ds)
     for fld, tag in _field_tags(fp):
         if tag is not None and tag not in present and not _inserts(fp, fld):
             continue
+        if tag is not None and fld.recurse_sequence and tag not in nested:
+            # Only at the top level: the recursive lookup (a walk of the whole
+            # dataset per field) would find just this one, so skip the walk.
+            fld.recurse_sequence = False
+            try:
+                fld.deidentify(fp, state, ds)
+            finally:
+                fld.recurse_sequence = True
+            continue
         fld.deidentify(fp, state, ds)
+
+
+def _nested_tags(ds: Any) -> set[int]:
+    out: set[int] = set()
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                out.update(int(e.tag) for e in item.iterall())
+    return out
 
 
 def apply_profile(ds: Any, profile: DeidProfile) -> DeidLog:

@@ -232,3 +232,42 @@ def test_same_result_as_flywheel_migration_process_files(tmp_path: Path) -> None
 def test_bad_profiles_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(SchemaError, match=message):
         parse_profile_text(text, "p.yaml")
+
+
+def test_ps315_passes_equal_flywheel_migration_process_files(tmp_path: Path) -> None:
+    """The built-in two-pass profile (recursive pass included) run by hpcgear in memory
+    equals flywheel-migration's own process_files run pass after pass."""
+    import yaml
+    from flywheel_migration.deidentify import load_profile as fw_load
+    from fs.osfs import OSFS
+
+    profile = default_profile()
+    stages = [tmp_path / "s0", tmp_path / "s1", tmp_path / "s2"]
+    for d in stages:
+        d.mkdir()
+    names = []
+    for name in REAL_FILES[:3]:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        item = Dataset()
+        item.PatientName = "Nested^Secret"
+        item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
+        ds.ReferencedImageSequence = Sequence([item])
+        out = f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(stages[0] / out)
+        names.append(out)
+    current = names
+    for i, config in enumerate(profile.passes):
+        (tmp_path / f"p{i}.yaml").write_text(yaml.safe_dump(dict(config)))
+        fw = fw_load(str(tmp_path / f"p{i}.yaml")).get_file_profile("dicom")
+        fw.filenames = [{"output": "{SOPInstanceUID}.dcm"}]
+        for name in current:
+            fw.process_files(OSFS(str(stages[i])), OSFS(str(stages[i + 1])), [name])
+        current = sorted(p.name for p in stages[i + 1].iterdir())
+    theirs = {pydicom.dcmread(stages[2] / n).SOPInstanceUID: stages[2] / n for n in current}
+    for name in names:
+        mine = pydicom.dcmread(stages[0] / name)
+        apply_profile(mine, profile)
+        other = pydicom.dcmread(theirs[mine.SOPInstanceUID])
+        assert [e.tag for e in mine] == [e.tag for e in other], name
+        for elem in other:
+            assert mine[elem.tag].value == elem.value, (name, elem.keyword)
