@@ -433,7 +433,7 @@ def plan_dicom(
                     file_name=f"{label}{ZIP_SUFFIX}",
                     instances=tuple(members),
                     header=dict(head.header),
-                    classification=classify(head.header),
+                    classification=head.classification or classify(head.header),
                 )
             )
         info: dict[str, Any] = {k: first.header[k] for k in STUDY_INFO_FIELDS if k in first.header}
@@ -1164,7 +1164,9 @@ def reclassify(
 
     Files classified by an older ``CLASSIFIER_VERSION`` (or all, with ``force``)
     get the new classification and version; the classifier reads the header
-    fields stored in file info at ingest. Needs read-write on the project.
+    fields stored in file info at ingest. De-identified files are left alone
+    (they were classified before de-identification removed the descriptions).
+    Needs read-write on the project.
     """
     target = resolve_container(session, path, min_depth=2)
     require_role(
@@ -1197,6 +1199,10 @@ def reclassify(
         hp = dict(info.get("hpcgear") or {})
         old_version = stored_classifier_version(info)
         if not force and old_version == CLASSIFIER_VERSION:
+            continue
+        if hp.get("deid"):
+            # Classified from the header before de-identification; the stored,
+            # de-identified header (no SeriesDescription...) would classify worse.
             continue
         new = classify(stored_header(info))
         changed = new != (row.classification or {}) or old_version != CLASSIFIER_VERSION
