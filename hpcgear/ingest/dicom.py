@@ -360,7 +360,10 @@ def read_instance(
         try:
             apply_profile(ds, profile)  # only the header_tags() elements are here
         except Exception as exc:
-            return SkippedFile(rel, DEID_FAILED, f"{type(exc).__name__}: {exc}")
+            # The exception text may quote a header value: name only its type.
+            return SkippedFile(
+                rel, DEID_FAILED, f"the profile could not be applied ({type(exc).__name__})"
+            )
     header: dict[str, Any] = {}
     for kw in HEADER_FIELDS:
         value = json_value(_get(ds, kw))

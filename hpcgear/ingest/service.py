@@ -738,8 +738,15 @@ def _store_built_series(
         _skip_series(report, series, UNREADABLE, getattr(exc, "message", None) or str(exc))
         return None
     except Exception as exc:  # pydicom failing on the full read or the profile
-        reason = DEID_FAILED if profile is not None else UNREADABLE
-        _skip_series(report, series, reason, f"{type(exc).__name__}: {exc}")
+        if profile is not None:  # the text may quote an identifying header value
+            _skip_series(
+                report,
+                series,
+                DEID_FAILED,
+                f"the profile could not be applied ({type(exc).__name__})",
+            )
+        else:
+            _skip_series(report, series, UNREADABLE, f"{type(exc).__name__}: {exc}")
         return None
     try:
         return _store_series(

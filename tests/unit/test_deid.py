@@ -271,3 +271,25 @@ def test_ps315_passes_equal_flywheel_migration_process_files(tmp_path: Path) -> 
         assert [e.tag for e in mine] == [e.tag for e in other], name
         for elem in other:
             assert mine[elem.tag].value == elem.value, (name, elem.keyword)
+
+
+def test_a_profile_that_cannot_apply_is_an_error_never_an_exit(tmp_path: Path) -> None:
+    """flywheel-migration calls sys.exit on a replace-with of an unknown private VR;
+    hpcgear turns it into an IngestError, and ingest skips the file as deid_failed
+    with a detail that quotes no header value."""
+    from hpcgear.errors import IngestError
+    from hpcgear.ingest.dicom import DEID_FAILED, read_instance
+
+    text = ('name: bad\ndicom:\n  fields:\n    - name: (0019, "NO SUCH CREATOR", 01)\n'
+            "      replace-with: x\n")
+    profile = parse_profile_text(text, "bad.yaml")
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    with pytest.raises(IngestError, match="VR is unknown"):
+        apply_profile(ds, profile)
+    f = tmp_path / "a.dcm"
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PatientName = "Secret^Person"
+    ds.save_as(f)
+    got = read_instance(f, "a.dcm", route_fields=("AccessionNumber",), profile=profile)
+    assert getattr(got, "reason", None) == DEID_FAILED
+    assert "Secret" not in got.detail and "IngestError" in got.detail  # type: ignore[union-attr]
