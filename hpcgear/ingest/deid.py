@@ -46,6 +46,7 @@ import hashlib
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -157,7 +158,16 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _import_flywheel_migration() -> None:
+    # Its `fs` dependency warns about pkg_resources at import; that is no user's concern.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+        warnings.filterwarnings("ignore", message=".*declare_namespace.*")
+        import flywheel_migration.deidentify  # noqa: F401
+
+
 def _fw_dicom_profile(config: Mapping[str, Any], name: str) -> tuple[Any, list[str]]:
+    _import_flywheel_migration()
     from flywheel_migration.deidentify.deid_profile import DeIdProfile
 
     profile = DeIdProfile()
