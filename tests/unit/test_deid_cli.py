@@ -66,8 +66,9 @@ def test_project_profile_applies_to_ingest_and_upload(env: CliEnv, tmp_path: Pat
     p = tmp_path / "seeds.yaml"
     p.write_text(SEEDS_PROFILE)
     # only project admins attach; the read-write user cannot
-    one_clear_error(env.run("--as", "reader", "deid", "attach", f"{GROUP}/demo", str(p)),
-                    "admin")
+    denied = env.run("--as", "reader", "deid", "attach", f"{GROUP}/demo", str(p))
+    one_clear_error(denied, "admin")
+    assert denied.code == 4  # permission denied
     out = env.ok("deid", "attach", f"{GROUP}/demo", str(p), "--json").json()
     assert out["name"] == "seeds-deid" and out["reid_map"] is True
     shown = env.ok("deid", "show", f"{GROUP}/demo", "--json").json()
@@ -102,7 +103,9 @@ def test_project_profile_applies_to_ingest_and_upload(env: CliEnv, tmp_path: Pat
     assert "PatientID: MRN-55 -> " in text
     env.ok("deid", "detach", f"{GROUP}/demo")
     assert env.ok("deid", "show", f"{GROUP}/demo", "--json").json() is None
-    one_clear_error(env.run("deid", "detach", f"{GROUP}/demo"), "has no de-identification")
+    missing = env.run("deid", "detach", f"{GROUP}/demo")
+    one_clear_error(missing, "has no de-identification")
+    assert missing.code == 3  # not found
 
 
 def test_route_missing_level_goes_to_unsorted_with_opaque_subject(
