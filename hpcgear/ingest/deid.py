@@ -42,6 +42,7 @@ value, the salt nor a date offset).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -140,10 +141,14 @@ class DeidProfile:
     def dicom_profiles(self) -> list[Any]:
         """flywheel-migration DicomFileProfile objects, one per pass (cached per thread)."""
         cache: dict[str, list[Any]] = _local.__dict__.setdefault("profiles", {})
-        found = cache.get(self.sha256 + str(self.salted))
+        # Keyed by everything in the passes, salts included (sha256 leaves them out).
+        key = hashlib.sha256(
+            json.dumps(self.passes, sort_keys=True, default=repr).encode()
+        ).hexdigest()
+        found = cache.get(key)
         if found is None:
             found = [_fw_dicom_profile(p, self.name)[0] for p in self.passes]
-            cache[self.sha256 + str(self.salted)] = found
+            cache[key] = found
         return found
 
 
@@ -357,6 +362,7 @@ def load_profile(path: Path) -> DeidProfile:
     return parse_profile_text(text, str(path), default_name=path.stem)
 
 
+@functools.lru_cache(maxsize=1)
 def default_profile() -> DeidProfile:
     """What ``--de-identify`` alone applies: the PS3.15 Annex E basic profile."""
     text = (
@@ -605,6 +611,9 @@ def _name_tag(name: Any) -> int | None:
     return None
 
 
+_BASELINED: dict[tuple[Any, ...], DeidProfile] = {}
+
+
 def with_baseline(profile: DeidProfile) -> DeidProfile:
     """``profile`` followed by the PS3.15 basic profile for every attribute it does not name.
 
@@ -614,6 +623,10 @@ def with_baseline(profile: DeidProfile) -> DeidProfile:
     """
     if profile.name == BUILTIN_PROFILE:
         return profile
+    key = (profile.sha256, profile.name, profile.salted, profile.reid_map, profile.text)
+    done = _BASELINED.get(key)
+    if done is not None and done.passes[: len(profile.passes)] == profile.passes:
+        return done
     named: set[int] = set()
     for config in profile.passes:
         if (config.get("dicom") or {}).get("patient-age-from-birthdate"):
@@ -631,7 +644,7 @@ def with_baseline(profile: DeidProfile) -> DeidProfile:
         ]
         rest.append({"name": f"{profile.name}+{BUILTIN_PROFILE}", "dicom": dicom})
     passes = (*profile.passes, *rest)
-    return DeidProfile(
+    done = _BASELINED[key] = DeidProfile(
         name=profile.name,
         description=profile.description,
         passes=passes,
@@ -640,3 +653,4 @@ def with_baseline(profile: DeidProfile) -> DeidProfile:
         text=profile.text,
         sha256=_canonical_hash(passes),
     )
+    return done

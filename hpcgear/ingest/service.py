@@ -378,6 +378,7 @@ def plan_dicom(
         progress=progress,
     )
     projects_by_label: dict[str, Container | None] = {}
+    profiles_by_project: dict[str | None, DeidProfile | None] = {}
     opaque_taken: dict[str, int] = {}
     studies: list[PlannedStudy] = []
     for study_uid, series_map in group_instances(scan.instances).items():
@@ -405,8 +406,10 @@ def plan_dicom(
             projects_by_label[project_label] = target
         if target is None and project_label == UNSORTED_PROJECT:
             target = _child(session, group, UNSORTED_PROJECT)
-        profile = project_profile(session, target.id if target is not None else None)
-        profile = profile or options.profile
+        target_id = target.id if target is not None else None
+        if target_id not in profiles_by_project:
+            profiles_by_project[target_id] = project_profile(session, target_id)
+        profile = profiles_by_project[target_id] or options.profile
         if profile is not scan_profile and (
             profile is None or scan_profile is None or profile.sha256 != scan_profile.sha256
         ):

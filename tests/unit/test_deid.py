@@ -293,3 +293,19 @@ def test_a_profile_that_cannot_apply_is_an_error_never_an_exit(tmp_path: Path) -
     got = read_instance(f, "a.dcm", route_fields=("AccessionNumber",), profile=profile)
     assert getattr(got, "reason", None) == DEID_FAILED
     assert "Secret" not in got.detail and "IngestError" in got.detail  # type: ignore[union-attr]
+
+
+def test_same_fields_other_salt_hash_differently() -> None:
+    a = parse_profile_text(
+        "name: a\ndicom:\n  salt: one\n  fields:\n    - {name: PatientID, hash: true}\n", "a")
+    b = parse_profile_text(
+        "name: a\ndicom:\n  salt: two\n  fields:\n    - {name: PatientID, hash: true}\n", "b")
+    assert a.sha256 == b.sha256  # the recorded hash leaves the salt out
+    ids = []
+    for p in (a, b, a):
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        apply_profile(ds, p)
+        ids.append(ds.PatientID)
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert with_baseline(a) is with_baseline(a)
+    assert with_baseline(a).passes[0] != with_baseline(b).passes[0]
