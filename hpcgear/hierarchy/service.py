@@ -364,8 +364,15 @@ def _looks_like_dicom(path: Path) -> bool:
             fh.seek(128)
             if fh.read(4) == b"DICM":
                 return True
-        return path.name.lower().endswith(".zip") and zipfile.is_zipfile(path)
-    except OSError:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as member:
+                    if member.read(132)[128:132] == b"DICM":
+                        return True
+        return False
+    except (OSError, zipfile.BadZipFile):
         return False
 
 

@@ -36,7 +36,8 @@ def _stored_dicoms(env: CliEnv, path: str, tmp_path: Path) -> list[pydicom.Datas
         with zipfile.ZipFile(got) as zf:
             import io
 
-            return [pydicom.dcmread(io.BytesIO(zf.read(n))) for n in zf.namelist()]
+            members = [zf.read(n) for n in zf.namelist()]
+            return [pydicom.dcmread(io.BytesIO(m)) for m in members if m[128:132] == b"DICM"]
     return [pydicom.dcmread(got)]
 
 
@@ -161,3 +162,22 @@ def test_plain_upload_service_refuses_identifying_dicom(env: CliEnv, tmp_path: P
         upload_files(s, ObjectStore(settings.storage_root), getpass.getuser(),
                      f"{GROUP}/demo/a/b", [dcm])
     db.engine.dispose()
+
+
+def test_upload_zip_of_dicom_is_deidentified(env: CliEnv, tmp_path: Path) -> None:
+    env.ok("deid", "attach", f"{GROUP}/demo", "ps3.15-basic")
+    [dcm] = write_series(tmp_path / "x", study="Z", series="s", number=1, description="x",
+                         count=1, patient_name="Zip^Secret")
+    z = tmp_path / "series.dicom.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(dcm, "s/a.dcm")
+        zf.writestr("s/notes.txt", "hello")
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("readme.txt", "no dicom here")
+    env.ok("upload", f"{GROUP}/demo/a/b/c", str(z), str(plain))
+    [m] = _stored_dicoms(env, f"{GROUP}/demo/a/b/c/series.dicom.zip", tmp_path / "d")
+    assert m.PatientName == "" and m.PatientIdentityRemoved == "YES"
+    out = tmp_path / "p"
+    env.ok("download", f"{GROUP}/demo/a/b/c/plain.zip", "--out", str(out))
+    assert (out / "plain.zip").read_bytes() == plain.read_bytes()
