@@ -12,6 +12,7 @@ BIN="$(bash dev/venv.sh | tail -n1)"
 if [ "${HPCGEAR_SKIP_CLUSTER:-0}" != "1" ]; then
   bash dev/cluster.sh up
 fi
+bash dev/chromium.sh  # headless browser for the HTML report test
 DEV_ROOT="${HPCGEAR_DEV_ROOT:-/var/lib/hpcgear-dev}"
 if [ -f "$DEV_ROOT/env.sh" ]; then
   # shellcheck disable=SC1091

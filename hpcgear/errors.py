@@ -52,6 +52,10 @@ class PermissionDeniedError(HpcgearError):
     """The acting user lacks the role an action needs."""
 
 
+class AuthenticationError(PermissionDeniedError):
+    """No valid credential: an unknown, revoked or expired API key (HTTP 401)."""
+
+
 class StorageError(HpcgearError):
     """Permanent storage failed (I/O error, hash mismatch)."""
 

@@ -56,7 +56,7 @@ class GearRef:
     image_ref: str  # e.g. sif path or reference string as installed
     image_digest: str  # "sha256:<hex>" of the SIF
     sif_path: str  # path of the cached SIF the job runs
-    command: str | None  # manifest "command" (None: image runscript)
+    command: str | None  # manifest "command" (None: /flywheel/v0/run, as Flywheel)
     environment: tuple[tuple[str, str], ...] = ()
     category: str = "utility"
 

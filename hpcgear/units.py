@@ -35,7 +35,7 @@ def parse_memory_mb(value: str | int | float, *, what: str = "memory") -> int:
     if isinstance(value, int | float):
         mb = float(value)
     else:
-        m = _MEM_RE.match(str(value))
+        m = _MEM_RE.fullmatch(str(value))
         if not m:
             raise ResourceError(
                 f"{what} {value!r} is not a size",

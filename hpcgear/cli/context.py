@@ -6,6 +6,7 @@ Heavy things (SQLAlchemy, the object store) are built lazily so that
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
 
 
 def os_login() -> str:
-    import getpass
+    """The OS account of this process (real uid -> passwd), never ``$USER``."""
+    from hpcgear.auth import identity
 
-    return getpass.getuser()
+    return identity.os_login()
 
 
 class AppContext:
@@ -29,18 +31,24 @@ class AppContext:
         config_path: str | None = None,
         as_user: str | None = None,
         traceback: bool = False,
+        log_json: bool = False,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
+        key_login: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.as_user = as_user
         self.traceback = traceback
+        self.log_json = log_json
         self.stdout: TextIO = stdout if stdout is not None else sys.stdout
         self.stderr: TextIO = stderr if stderr is not None else sys.stderr
         self._settings: Settings | None = None
         self._db: Database | None = None
         self._store: ObjectStore | None = None
         self._actor_checked = False
+        # Set by the HTTP API when it runs a command for a key's owner (hpcgear/api/cli.py):
+        # the identity then comes from the key, not from the OS account of the server.
+        self.key_login = key_login
 
     @property
     def settings(self) -> Settings:
@@ -68,8 +76,9 @@ class AppContext:
 
     @property
     def actor(self) -> str:
-        """The acting user: the OS login, or ``--as USER`` when a site admin asks."""
-        login = os_login()
+        """The acting user: the key's owner (server side) or the OS login of this process,
+        or ``--as USER`` when that user is a site admin."""
+        login = self.key_login or os_login()
         if not self.as_user or self.as_user == login:
             return login
         if not self._actor_checked:
@@ -79,6 +88,15 @@ class AppContext:
                 require_site_admin(s, login, f"acting as another user (--as {self.as_user})")
             self._actor_checked = True
         return self.as_user
+
+    def require_site_admin(self, action: str) -> str:
+        """The acting user, who must be a site admin for ``action``."""
+        from hpcgear.hierarchy.permissions import require_site_admin
+
+        actor = self.actor
+        with self.db.session() as s:
+            require_site_admin(s, actor, action)
+        return actor
 
     def close(self) -> None:
         if self._db is not None:
@@ -92,7 +110,6 @@ class AppContext:
         print(text, file=self.stderr)
 
     def emit_json(self, data: Any) -> None:
-        import json
 
         json.dump(data, self.stdout, indent=2, sort_keys=False, default=str)
         self.stdout.write("\n")
@@ -100,6 +117,7 @@ class AppContext:
     def table(self, rows: list[list[str]], headers: list[str]) -> None:
         if not rows:
             return
+        rows = [[safe_text(str(c)) for c in row] for row in rows]  # user text is data
         widths = [len(h) for h in headers]
         for row in rows:
             for i, cell in enumerate(row):
@@ -112,8 +130,21 @@ class AppContext:
 
 
 def safe_text(text: str) -> str:
-    """Render user text for a terminal: control characters escaped."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    """Render user text for a terminal: the one place that makes it inert.
+
+    Control characters (ESC sequences, newlines, tabs), format characters (bidi
+    overrides, zero-width joiners), line/paragraph separators and unassigned or
+    surrogate code points are shown as escapes (``\\x1b``, ``\\u202e``); ordinary
+    text, including non-ASCII letters, is unchanged.
+    """
+    return "".join(
+        ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in str(text)
+    )
+
+
+def safe_join(items: Any, sep: str = ", ") -> str:
+    """``sep``-joined safe_text of each item (tags, info keys, site values)."""
+    return sep.join(safe_text(str(i)) for i in items)
 
 
 def parse_pairs(values: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
@@ -137,4 +168,7 @@ def site_registry(app: AppContext) -> Any:
     """The configured sites plus the embedded local one."""
     from hpcgear.jobs.sites import SiteRegistry
 
-    return SiteRegistry.from_settings(app.settings)
+    reg = SiteRegistry.from_settings(app.settings)
+    for line in reg.shared_tags_warnings():
+        app.note(f"warning: {line}")
+    return reg

@@ -20,14 +20,32 @@ from hpcgear.cli.context import AppContext
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("hpcgear.cli.commands.admin", "init_cmd", "Create an instance: config, DB, storage."),
     "db": ("hpcgear.cli.commands.admin", "db_group", "Database migrations and status."),
-    "user": ("hpcgear.cli.commands.admin", "user_group", "Add and list users."),
+    "user": ("hpcgear.cli.commands.admin", "user_group", "Users (add, promote, disable); keys."),
+    "login": ("hpcgear.cli.commands.auth", "login_cmd", "Use an API key (client mode)."),
+    "logout": ("hpcgear.cli.commands.auth", "logout_cmd", "Forget the configured API key."),
+    "whoami": ("hpcgear.cli.commands.auth", "whoami_cmd", "Who you are, how, and where."),
+    "serve": ("hpcgear.cli.commands.serve", "serve_cmd", "Run the HTTP API server."),
     "role": ("hpcgear.cli.commands.admin", "role_group", "Grant and revoke roles."),
     "group": ("hpcgear.cli.commands.admin", "group_group", "Create groups."),
     "project": ("hpcgear.cli.commands.admin", "project_group", "Create projects."),
     "ls": ("hpcgear.cli.commands.data", "ls_cmd", "List groups, containers and files."),
     "upload": ("hpcgear.cli.commands.data", "upload_cmd", "Upload files into the hierarchy."),
-    "download": ("hpcgear.cli.commands.data", "download_cmd", "Download a file version."),
-    "info": ("hpcgear.cli.commands.data", "info_group", "Set info metadata."),
+    "download": ("hpcgear.cli.commands.data", "download_cmd", "Download a file or a tree."),
+    "info": ("hpcgear.cli.commands.data", "info_group", "Set or unset info metadata."),
+    "mv": ("hpcgear.cli.commands.manage", "mv_cmd", "Move files, containers, analyses."),
+    "rename": ("hpcgear.cli.commands.manage", "rename_cmd", "Rename a file or container."),
+    "rm": ("hpcgear.cli.commands.manage", "rm_cmd", "Delete into the trash."),
+    "trash": ("hpcgear.cli.commands.manage", "trash_group", "List, restore, purge deleted data."),
+    "history": ("hpcgear.cli.commands.manage", "history_cmd", "Moves and deletes, recorded."),
+    "versions": ("hpcgear.cli.commands.manage", "versions_cmd", "List a file's versions."),
+    "classification": (
+        "hpcgear.cli.commands.manage",
+        "classification_group",
+        "Edit a file's classification.",
+    ),
+    "note": ("hpcgear.cli.commands.manage", "note_group", "Notes on containers."),
+    "view": ("hpcgear.cli.commands.views", "view_group", "Metadata tables; saved views."),
+    "find": ("hpcgear.cli.commands.views", "find_cmd", "Search by label, tag, type, info."),
     "tag": ("hpcgear.cli.commands.data", "tag_group", "Add or remove tags."),
     "ingest": ("hpcgear.cli.commands.ingest", "ingest_group", "Ingest DICOM/NIfTI folders."),
     "export": ("hpcgear.cli.commands.export", "export_group", "Export a BIDS tree."),
@@ -36,13 +54,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("hpcgear.cli.commands.jobs", "run_cmd", "Run a gear once (--tag hpc: on SLURM)."),
     "batch": ("hpcgear.cli.commands.jobs", "batch_cmd", "Run a gear over many containers."),
     "jobs": ("hpcgear.cli.commands.jobs", "jobs_cmd", "List jobs."),
-    "job": ("hpcgear.cli.commands.jobs", "job_group", "Show, cancel, retry a job; its logs."),
+    "job": ("hpcgear.cli.commands.jobs", "job_group", "Show, cancel, retry, debug a job; logs."),
+    "usage": ("hpcgear.cli.commands.jobs", "usage_cmd", "Core-hours, success rate, wait, storage."),
+    "report": ("hpcgear.cli.commands.jobs", "report_cmd", "A project's HTML report (charts)."),
     "controller": (
         "hpcgear.cli.commands.controller",
         "controller_group",
-        "Run the controller daemon or one pass.",
+        "Run the controller; its status, health and metrics.",
     ),
-    "site": ("hpcgear.cli.commands.site", "site_group", "Validate and inspect site configs."),
+    "site": ("hpcgear.cli.commands.site", "site_group", "Attach, validate, check site configs."),
     "rule": ("hpcgear.cli.commands.rules", "rule_group", "Add, apply, show, test gear rules."),
     "rules": ("hpcgear.cli.commands.rules", "rules_group", "Evaluate gear rules (for cron)."),
     "provenance": ("hpcgear.cli.commands.provenance", "provenance_group", "Show, export, trace."),
@@ -79,11 +99,17 @@ class LazyGroup(click.Group):
 )
 @click.option("--as", "as_user", metavar="USER", help="Act as another user (site admins only).")
 @click.option("--traceback", is_flag=True, help="Show the full traceback on errors.")
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug, -vvv +Alembic).")
+@click.option("--log-json", is_flag=True, help="Log lines as JSON objects (for log shippers).")
 @click.version_option(__version__, prog_name="hpcgear")
 @click.pass_context
 def cli(
-    ctx: click.Context, config_path: str | None, as_user: str | None, traceback: bool, verbose: int
+    ctx: click.Context,
+    config_path: str | None,
+    as_user: str | None,
+    traceback: bool,
+    verbose: int,
+    log_json: bool,
 ) -> None:
     """hpcgear runs Flywheel-style gears on SLURM clusters.
 
@@ -95,15 +121,31 @@ def cli(
       hpcgear upload imaging/study1/sub-01/ses-01/T1w scan.nii.gz
       hpcgear ls imaging/study1/sub-01/ses-01/T1w
     """
-    if verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if verbose > 1 else logging.INFO,
-            format="%(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+    if verbose or log_json:
+        from hpcgear.cli.logsetup import configure_logging
+
+        level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+        configure_logging(level, as_json=log_json, verbose=verbose)
+    if isinstance(ctx.obj, AppContext):  # the HTTP API runs a command for a key's owner
+        ctx.obj.as_user = as_user
+        return
     app = AppContext(config_path=config_path, as_user=as_user, traceback=traceback)
+    app.log_json = log_json
     ctx.obj = app
     ctx.call_on_close(app.close)
+
+
+def _remote_key(argv: list[str]) -> str | None:
+    """The configured API key when this command should go through the API."""
+    import os
+
+    if not argv or os.environ.get("HPCGEAR_LOCAL") == "1":
+        return None
+    if any(a in ("-h", "--help", "--version") for a in argv):
+        return None
+    from hpcgear.cli.client import remote_key
+
+    return remote_key(argv)
 
 
 def _wants_traceback(argv: list[str]) -> bool:
@@ -118,7 +160,15 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status: int = ExitStatus.OK
     try:
-        cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+        key = _remote_key(args)
+        if key is not None:  # client mode: the command runs on the API server
+            from hpcgear.cli.client import run_remote
+
+            status = run_remote(args, key)
+        else:
+            rv = cli.main(args=args, prog_name="hpcgear", standalone_mode=False)
+            if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+                status = rv  # a command's own exit status (click.exceptions.Exit(1))
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         status = ExitStatus.INTERRUPTED
@@ -144,12 +194,27 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     except Exception as exc:  # a bug: say so plainly, keep the traceback opt-in
         if _wants_traceback(args):
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
-        click.echo("hint: this is a bug in hpcgear; rerun with --traceback and report it", err=True)
-        status = ExitStatus.INTERNAL
+        if _is_busy_database(exc):  # SQLite's "database is locked" after the busy timeout
+            click.echo("error: the database was busy with other writers for too long", err=True)
+            click.echo("hint: run the command again; nothing was changed", err=True)
+            status = ExitStatus.UNAVAILABLE
+        else:
+            click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
+            click.echo(
+                "hint: this is a bug in hpcgear; rerun with --traceback and report it", err=True
+            )
+            status = ExitStatus.INTERNAL
     if standalone:
         sys.exit(status)
     return status
+
+
+def _is_busy_database(exc: BaseException) -> bool:
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig).lower()
 
 
 def _one_line(text: str) -> str:

@@ -16,7 +16,9 @@ checks that span fields; they are reported at the line of the key they name.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -137,10 +139,66 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def build(cls: type[T], raw: Any, where: Where) -> T:
-    """Build dataclass ``cls`` from a YAML tree, or raise SchemaError at file:line."""
-    value = _convert(cls, raw, where, None)
+class SchemaErrors(SchemaError):
+    """Several schema problems at once; ``errors`` holds each, in document order."""
+
+    def __init__(self, errors: list[SchemaError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        more = len(self.errors) - 1
+        message = first.message + (f" (and {more} more problem(s))" if more else "")
+        super().__init__(message, first.hint)
+
+
+class _Reported(SchemaError):
+    """Raised upwards in collecting mode: the problems below were already recorded."""
+
+
+# The list problems are collected into while ``build(..., collect_all=True)`` runs.
+_BUCKET: contextvars.ContextVar[list[SchemaError] | None] = contextvars.ContextVar(
+    "hpcgear_schema_bucket", default=None)
+
+
+def _report(err: SchemaError) -> None:
+    """Raise ``err``, or record it and carry on when collecting every problem."""
+    bucket = _BUCKET.get()
+    if bucket is None:
+        raise err
+    bucket.append(err)
+
+
+def build(cls: type[T], raw: Any, where: Where, *, collect_all: bool = False) -> T:
+    """Build dataclass ``cls`` from a YAML tree, or raise SchemaError at file:line.
+
+    With ``collect_all`` every problem found is reported at once as
+    :class:`SchemaErrors` (a field that fails is skipped, its siblings still checked).
+    """
+    if not collect_all:
+        return typing.cast(T, _convert(cls, raw, where, None))
+    bucket: list[SchemaError] = []
+    token = _BUCKET.set(bucket)
+    try:
+        value = _convert(cls, raw, where, None)
+    except _Reported:
+        value = None
+    except SchemaError as exc:
+        bucket.append(exc)
+    finally:
+        _BUCKET.reset(token)
+    if bucket:
+        raise SchemaErrors(bucket)
     return typing.cast(T, value)
+
+
+def _guarded(convert: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run one conversion; (False, None) if it failed and the failure was recorded."""
+    try:
+        return True, convert()
+    except _Reported:
+        return False, None
+    except SchemaError as exc:
+        _report(exc)
+        return False, None
 
 
 def _build_dataclass(cls: type, raw: Any, where: Where) -> Any:
@@ -156,25 +214,33 @@ def _build_dataclass(cls: type, raw: Any, where: Where) -> Any:
         if k not in by_key:
             line = key_lines.get(k, where.line)
             valid = ", ".join(sorted(by_key))
-            raise where.key(k, line).error(
+            _report(where.key(k, line).error(
                 f"unknown key {k!r}; valid keys here: {valid}",
                 "fix the spelling or remove the key",
-            )
+            ))
     kwargs: dict[str, Any] = {}
+    failed = False
     for k, (f, tp) in by_key.items():
         if k in raw:
             sub = where.key(k, key_lines.get(k))
-            kwargs[f.name] = _convert(tp, raw[k], sub, _meta(f))
+            ok, value = _guarded(functools.partial(_convert, tp, raw[k], sub, _meta(f)))
+            if ok:
+                kwargs[f.name] = value
+            failed = failed or not ok
         elif f.default is MISSING and f.default_factory is MISSING:
-            raise where.error(f"missing required key {k!r}", f"add `{k}:` ({_meta(f).doc})")
+            _report(where.error(f"missing required key {k!r}", f"add `{k}:` ({_meta(f).doc})"))
+            failed = True
+    if failed:
+        raise _Reported("")
     try:
         obj = cls(**kwargs)
     except HpcgearError as exc:
-        raise where.error(exc.message, exc.hint) from None
+        _report(where.error(exc.message, exc.hint))
+        raise _Reported("") from None
     check = getattr(obj, "schema_problems", None)
     if check is not None:
         for problem in typing.cast(Iterable[Problem], check()):
-            raise _locate(raw, where, problem.path).error(problem.message, problem.hint)
+            _report(_locate(raw, where, problem.path).error(problem.message, problem.hint))
     return obj
 
 
@@ -229,15 +295,20 @@ def _convert(tp: Any, raw: Any, where: Where, meta: FieldMeta | None) -> Any:
                               "write a YAML list, one `- item` per line")
         lines = raw.item_lines if isinstance(raw, LineSeq) else []
         items = []
+        bad = False
         for i, item in enumerate(raw):
             sub = where.item(i, lines[i] if i < len(lines) else None)
-            value = _convert(item_tp, item, sub, None)
-            if meta is not None and meta.item_check is not None:
+            ok, value = _guarded(functools.partial(_convert, item_tp, item, sub, None))
+            if ok and meta is not None and meta.item_check is not None:
                 try:
                     meta.item_check(value)
                 except HpcgearError as exc:
-                    raise sub.error(exc.message, exc.hint) from None
+                    _report(sub.error(exc.message, exc.hint))
+                    ok = False
+            bad = bad or not ok
             items.append(value)
+        if bad:
+            raise _Reported("")
         return tuple(items)
     if origin is Mapping or origin is dict:
         _key_tp, value_tp = get_args(tp)
@@ -247,11 +318,19 @@ def _convert(tp: Any, raw: Any, where: Where, meta: FieldMeta | None) -> Any:
             raise where.error(f"expected a mapping, got {_type_name(raw)}")
         key_lines = raw.key_lines if isinstance(raw, LineMap) else {}
         out: dict[str, Any] = {}
+        bad = False
         for k, v in raw.items():
             sub = where.key(k, key_lines.get(k))
             if not isinstance(k, str):
-                raise sub.error(f"key {k!r} must be a string", "quote the key")
-            out[k] = _convert(value_tp, v, sub, None)
+                _report(sub.error(f"key {k!r} must be a string", "quote the key"))
+                bad = True
+                continue
+            ok, value = _guarded(functools.partial(_convert, value_tp, v, sub, None))
+            if ok:
+                out[k] = value
+            bad = bad or not ok
+        if bad:
+            raise _Reported("")
         return types.MappingProxyType(out)
     return _convert_scalar(tp, raw, where)
 

@@ -26,6 +26,8 @@ SETTINGS_KEYS: dict[str, str] = {
     "scratch_root": "scratch directory for jobs run by the embedded local site",
     "image_cache": "SIF cache directory of the embedded local site",
     "apptainer": "apptainer/singularity executable of the embedded local site (default: PATH)",
+    "api_url": "address of this instance's HTTP API (`hpcgear serve`), e.g. http://host:8080",
+    "api_key": "your API key (`hpcgear login KEY`); when set, commands go through the API",
 }
 
 
@@ -51,6 +53,8 @@ class Settings:
     apptainer: str | None = None
     sites: tuple[Path, ...] = ()
     default_site: str | None = None
+    api_url: str | None = None
+    api_key: str | None = None
     exists: bool = False  # whether the config file was found
     sources: Mapping[str, str] = field(default_factory=dict)  # key -> where it came from
 
@@ -63,6 +67,8 @@ class Settings:
             "apptainer": self.apptainer,
             "sites": [str(p) for p in self.sites],
             "default_site": self.default_site,
+            "api_url": self.api_url,
+            "api_key": self.api_key,
         }
 
 
@@ -115,6 +121,10 @@ def load_settings(
     if env_storage:
         settings = replace(settings, storage_root=Path(env_storage).expanduser())
         sources["storage_root"] = "HPCGEAR_STORAGE_ROOT"
+    env_key = os.environ.get("HPCGEAR_API_KEY")
+    if env_key:
+        settings = replace(settings, api_key=env_key.strip())
+        sources["api_key"] = "HPCGEAR_API_KEY"
     return replace(settings, sources=sources)
 
 
@@ -125,6 +135,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"cannot read config file {path}: {exc.strerror}", "check the path and its permissions"
         ) from exc
+    from hpcgear.config.yamlload import unreadable_char
+
+    bad = unreadable_char(text)
+    if bad is not None:
+        raise SchemaError(
+            f"{path}:{bad[0]}: contains the control character {bad[1]} (not allowed in YAML)",
+            "remove it from the config file",
+        )
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -190,6 +208,13 @@ def _apply(settings: Settings, raw: Mapping[str, Any], path: Path) -> Settings:
         if raw["default_site"] is not None and not isinstance(raw["default_site"], str):
             raise SchemaError(f"{path}: default_site must be a site name", "e.g. alpine")
         out = replace(out, default_site=raw["default_site"])
+    for key in ("api_url", "api_key"):
+        if key in raw:
+            val = raw[key]
+            if val is not None and (not isinstance(val, str) or not val.strip()):
+                raise SchemaError(f"{path}: {key} must be a non-empty string", SETTINGS_KEYS[key])
+            text = val.strip() if isinstance(val, str) else None
+            out = replace(out, api_url=text) if key == "api_url" else replace(out, api_key=text)
     return out
 
 
@@ -200,7 +225,7 @@ def write_settings(settings: Settings) -> None:
     data = settings.to_dict()
     if not data["sites"]:
         del data["sites"]
-    for key in ("default_site", "apptainer"):
+    for key in ("default_site", "apptainer", "api_url", "api_key"):
         if data[key] is None:
             del data[key]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -209,4 +234,25 @@ def write_settings(settings: Settings) -> None:
         yaml.safe_dump(data, fh, sort_keys=False)
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_setting(config_path: Path, key: str, value: str | None) -> None:
+    """Set (or with None remove) one key of the config file, keeping the others (mode 600)."""
+    if key not in SETTINGS_KEYS:
+        raise ConfigError(f"unknown setting {key!r}", f"valid keys: {', '.join(SETTINGS_KEYS)}")
+    path = Path(config_path)
+    raw = _read_yaml(path) if path.exists() else {}
+    if value is None:
+        raw.pop(key, None)
+    else:
+        raw[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(raw, fh, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)

@@ -12,10 +12,9 @@ Example (see ``site_configs/`` for complete, tested files)::
 
     name: alpine
     scheduler: slurm
-    scratch_root: /scratch/alpine/{user}
-    storage_root: /pl/active/mylab/hpcgear
+    scratch_root: /scratch/alpine/{user}      # {user}: the account jobs run as
     runtime: {kind: apptainer, executable: /usr/bin/apptainer, image_cache: /projects/x/sif}
-    modules: ["module load slurm/alpine"]
+    modules: ["module use /curc/sw/modules/slurm", "module load slurm/alpine"]
     partitions:
       amilan: {max_time: 1-00:00:00, max_mem: 240G, max_cpus: 64, default: true}
 """
@@ -52,6 +51,7 @@ __all__ = [
     "check_user_name",
     "load_site",
     "load_site_text",
+    "site_as_dict",
     "site_schema_json",
 ]
 
@@ -202,6 +202,18 @@ def _parse_abs_path(what: str) -> Any:
         return _check_path(raw, placeholders=False, what=what)
 
     return parse
+
+
+def _parse_api_url(raw: Any) -> str:
+    from urllib.parse import urlsplit
+
+    if not isinstance(raw, str) or not raw.strip():
+        raise SchemaError("api_url must be a URL", "e.g. api_url: http://hpcgear.example:8080")
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or ":" in parts.hostname:
+        raise SchemaError(f"api_url {raw!r} is not an http(s) URL with a host name",
+                          "e.g. api_url: http://hpcgear.example:8080")
+    return raw.strip().rstrip("/")
 
 
 def _parse_executable(raw: Any) -> str:
@@ -518,15 +530,23 @@ class SiteConfig:
     scratch_root: str = setting(
         "per-user scratch directory on the compute nodes; placeholders {user} and {site}",
         parse=_parse_scratch_template)
-    storage_root: str = setting("permanent storage root outputs are published to",
-                                parse=_parse_abs_path("storage_root"))
     runtime: RuntimeConfig = setting("container runtime on the compute nodes")  # noqa: RUF009
+    storage_root: str | None = setting(
+        "ignored (deprecated): outputs are published to the instance's object store, "
+        "`storage_root` of the hpcgear config file; `site validate` warns when it is set",
+        default=None, parse=_parse_abs_path("storage_root"))
+    scratch_user: Literal["service", "owner"] = setting(
+        "whose name fills {user} in scratch_root. service (default): the account jobs run as "
+        "(transport.user over SSH, else the controller's login), so a service account never "
+        "writes into a researcher's scratch; owner: the hpcgear user who owns the job (only "
+        "where that user's scratch is writable by the service account)", default="service")
     scheduler: Literal["slurm", "local"] = setting(
         "slurm: submit with sbatch; local: run the same script on this host", default="slurm")
     transport: TransportConfig = setting("how scheduler commands are run",  # noqa: RUF009
                                          default_factory=TransportConfig)
     modules: tuple[str, ...] = setting(
-        "shell lines run before every scheduler command (e.g. module load slurm/alpine)",
+        "shell lines run before every scheduler command, in order (e.g. `module use "
+        "/curc/sw/modules/slurm` then `module load slurm/alpine`)",
         default=(), item_check=_check_line)
     partitions: Mapping[str, PartitionConfig] = setting(
         "partitions jobs may use, by SLURM name",
@@ -546,6 +566,10 @@ class SiteConfig:
     retry: Mapping[str, RetryPolicy] = setting(
         "retry policy per failure kind (replaces the built-in policy of that kind)",
         default_factory=lambda: types.MappingProxyType({}))
+    api_url: str | None = setting(
+        "URL of `hpcgear serve` as compute nodes reach it (http[s]://host:port); jobs of "
+        "gears with an api-key input get a job-scoped key for it", default=None,
+        parse=_parse_api_url)
     scratch_gc_age_minutes: int = setting(
         "job directories older than this are removed from scratch (e.g. 7d)",
         key="scratch_gc_age", default=7 * 1440, parse=_parse_minutes("scratch_gc_age"),
@@ -582,9 +606,47 @@ class SiteConfig:
         if (self.array.max_size is not None and self.array.throttle is not None
                 and self.array.throttle > self.array.max_size):
             yield Problem(("array", "throttle"), "array throttle is larger than array max_size")
+        yield from self._defaults_problems()
         if self.scratch_gc_age_minutes < 60:
             yield Problem(("scratch_gc_age",), "scratch_gc_age must be at least 1h",
                           "running jobs keep their directories; give them time")
+
+    def _defaults_problems(self) -> Iterator[Problem]:
+        """Site defaults every partition must allow (a job asking for nothing gets them)."""
+        d = self.defaults
+        for pname, p in self.partitions.items():
+            checks = (
+                ("time", p.max_time_minutes, d.time_minutes, format_slurm_time, "max_time"),
+                ("mem", p.max_mem_mb, d.mem_mb, format_memory, "max_mem"),
+                ("cpus", p.max_cpus, d.cpus, str, "max_cpus"),
+            )
+            for key, limit, value, fmt, limit_key in checks:
+                if limit is not None and value > limit:
+                    yield Problem(
+                        ("defaults", key),
+                        f"defaults.{key} {fmt(value)} exceeds partition {pname}'s "
+                        f"{limit_key} {fmt(limit)}; every job sent there without its own "
+                        f"{key} would be refused",
+                        f"lower defaults.{key} to at most {fmt(limit)} or raise "
+                        f"partitions.{pname}.{limit_key}",
+                    )
+
+    def warnings(self) -> list[str]:
+        """Things that are allowed but probably not what the admin meant."""
+        out = []
+        if self.storage_root is not None:
+            out.append(
+                f"site {self.name}: storage_root is ignored; outputs are published to the "
+                "object store named by storage_root in the hpcgear config file (remove it "
+                "from the site)"
+            )
+        if self.scratch_user == "owner" and self.transport.kind == "ssh":
+            out.append(
+                f"site {self.name}: scratch_user: owner puts jobs run by the SSH account "
+                f"{self.service_user} into each researcher's scratch; make sure that is "
+                "writable by that account and meant"
+            )
+        return out
 
     # -- queries -----------------------------------------------------------------------
 
@@ -609,10 +671,31 @@ class SiteConfig:
                 f"partitions on {self.name}: {known}",
             ) from None
 
+    @property
+    def service_user(self) -> str:
+        """The account jobs run as: the SSH login, else the controller's own login.
+
+        hpcgear never switches users: every job runs under the account that runs
+        the scheduler commands.
+        """
+        if self.transport.kind == "ssh" and self.transport.user:
+            return self.transport.user
+        import getpass
+
+        return getpass.getuser()
+
+    def scratch_user_for(self, owner: str) -> str:
+        """Whose name fills ``{user}`` for a job owned by hpcgear user ``owner``."""
+        return owner if self.scratch_user == "owner" else self.service_user
+
     def render_scratch_root(self, user: str) -> str:
-        """The scratch root for ``user`` (placeholders filled, user name checked)."""
-        check_user_name(user)
-        return self.scratch_root.replace("{user}", user).replace("{site}", self.name)
+        """The scratch root of a job owned by hpcgear user ``user``.
+
+        ``{user}`` is the job owner only with ``scratch_user: owner``; by default it
+        is :attr:`service_user`, the account the job runs as (name checked).
+        """
+        name = check_user_name(self.scratch_user_for(check_user_name(user)))
+        return self.scratch_root.replace("{user}", name).replace("{site}", self.name)
 
     def retry_policy(self, kind: FailureKind | str) -> RetryPolicy:
         """The retry policy for a failure kind (site entry, else the built-in default)."""
@@ -639,9 +722,8 @@ class SiteConfig:
         try:
             if scratch_root is not None:
                 out = dataclasses.replace(out, scratch_root=_parse_scratch_template(scratch_root))
-            if storage_root is not None:
-                out = dataclasses.replace(
-                    out, storage_root=_parse_abs_path("storage_root")(storage_root))
+            if storage_root is not None:  # kept for callers; sites no longer use it
+                _parse_abs_path("storage_root")(storage_root)
             if image_cache is not None:
                 runtime = dataclasses.replace(
                     out.runtime, image_cache=_parse_abs_path("image_cache")(image_cache))
@@ -656,16 +738,20 @@ class SiteConfig:
 # ---------------------------------------------------------------------------------------
 
 
-def load_site_text(text: str, source: str = "<site>") -> SiteConfig:
-    """Parse and validate site YAML ``text``; ``source`` names it in error messages."""
+def load_site_text(text: str, source: str = "<site>", *, all_errors: bool = False) -> SiteConfig:
+    """Parse and validate site YAML ``text``; ``source`` names it in error messages.
+
+    With ``all_errors`` every problem is reported at once (``SchemaErrors``).
+    """
     raw = load_yaml_with_lines(text, source)
     if raw is None:
         raise SchemaError(f"{source}:1: the site config is empty", "start with `name: mysite`")
-    return build(SiteConfig, raw, Where(source, "", getattr(raw, "line", 1)))
+    return build(SiteConfig, raw, Where(source, "", getattr(raw, "line", 1)),
+                 collect_all=all_errors)
 
 
-def load_site(path: str | Path) -> SiteConfig:
-    """Load a site YAML file.
+def load_site(path: str | Path, *, all_errors: bool = False) -> SiteConfig:
+    """Load a site YAML file (``all_errors``: report every problem at once).
 
     Raises
     ------
@@ -682,7 +768,26 @@ def load_site(path: str | Path) -> SiteConfig:
             f"cannot read site config {p}: {exc.strerror or exc}",
             "check the path in `sites:` of your hpcgear config",
         ) from None
-    return load_site_text(text, str(p))
+    return load_site_text(text, str(p), all_errors=all_errors)
+
+
+def site_as_dict(site: SiteConfig) -> dict[str, Any]:
+    """The site as plain JSON-able data (mappings as dicts, tuples as lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    out = plain(site)
+    assert isinstance(out, dict)
+    out["default_partition"] = site.default_partition
+    out["service_user"] = site.service_user
+    return out
 
 
 def site_schema_json() -> dict[str, Any]:

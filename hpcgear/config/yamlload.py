@@ -122,6 +122,21 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+def unreadable_char(text: str) -> tuple[int, str] | None:
+    """The first character PyYAML's reader refuses (NUL, ESC, ...) as (line, escape)."""
+    m = _NON_PRINTABLE.search(text)
+    if m is None:
+        return None
+    ch = m.group()
+    return text.count("\n", 0, m.start()) + 1, repr(ch)[1:-1] if ord(ch) < 0x10000 else repr(ch)
+
+
+# The characters yaml.reader.Reader.check_printable refuses.
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010ffff]"
+)
+
+
 def load_yaml_with_lines(text: str, source: str) -> Any:
     """Parse one YAML document; mappings and lists come back as LineMap / LineSeq.
 
@@ -130,6 +145,12 @@ def load_yaml_with_lines(text: str, source: str) -> Any:
     SchemaError
         On a YAML syntax error or a duplicate key, naming ``source:line``.
     """
+    bad = unreadable_char(text)
+    if bad is not None:
+        raise SchemaError(
+            f"{source}:{bad[0]}: contains the control character {bad[1]} (not allowed in YAML)",
+            "remove it; write special characters as escapes inside double quotes",
+        )
     loader = _LineLoader(text, source)
     try:
         return loader.get_single_data()

@@ -83,13 +83,25 @@ def attempt_paths(site: SiteConfig, job: Job) -> JobPaths:
 
 
 def config_json_for(
-    session: Session, job: Job, spec: JobSpec, *, manifest: GearManifest | None = None
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    *,
+    manifest: GearManifest | None = None,
+    api_url: str | None = None,
 ) -> dict[str, Any]:
+    """The job's config.json; a gear with an api-key input gets a job-scoped key for
+    ``api_url`` (the site's), written only into this private document."""
     if manifest is None:
         gear = session.get(Gear, job.gear_id)
         assert gear is not None
         manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
     gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
+    api_key = None
+    if api_url and any(i.base == "api-key" for i in manifest.inputs):
+        from hpcgear.auth.keys import create_job_key, format_key, job_key_owner
+
+        api_key = format_key(api_url, create_job_key(session, job, job_key_owner(session, job)))
     return build_config_json(
         gear_config,
         spec.inputs,
@@ -97,6 +109,7 @@ def config_json_for(
         spec.destination_id,
         manifest=manifest,
         job_id=job.id,
+        api_key=api_key,
     )
 
 
@@ -106,7 +119,8 @@ def prepare_attempt(
     """The frozen spec, job directory and config.json of one attempt."""
     with job_session(ctx, job_id) as (s, job):
         spec = resolve_spec(s, job, rt.site, sif)
-        return spec, attempt_paths(rt.site, job), config_json_for(s, job, spec)
+        cfg = config_json_for(s, job, spec, api_url=rt.site.api_url)
+        return spec, attempt_paths(rt.site, job), cfg
 
 
 def prepare_attempts(
@@ -128,7 +142,9 @@ def prepare_attempts(
                     gear.manifest, source=f"{gear.name}@{gear.version}"
                 )
             spec = resolve_spec(s, job, rt.site, sif, manifest=manifests[job.gear_id])
-            cfg = config_json_for(s, job, spec, manifest=manifests[job.gear_id])
+            cfg = config_json_for(
+                s, job, spec, manifest=manifests[job.gear_id], api_url=rt.site.api_url
+            )
             out.append((spec, attempt_paths(rt.site, job), cfg))
     return out
 

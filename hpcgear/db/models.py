@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,6 +76,8 @@ class User(Base):
 
     login: Mapped[str] = mapped_column(String(64), primary_key=True)
     site_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A disabled user is refused by every service call (get_actor); rows are kept.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -117,6 +121,8 @@ class Container(Base):
     info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
     job_id: Mapped[str | None] = mapped_column(String(64))  # analyses: the job that made it
+    # Flywheel-style notes: [{"text", "user", "created"}]; None until the first note.
+    notes: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType, nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     modified: Mapped[dt.datetime] = mapped_column(
@@ -177,6 +183,67 @@ class ChangeLog(Base):
     file_id: Mapped[str | None] = mapped_column(String(64))
     file_version: Mapped[int | None] = mapped_column(Integer)
     actor: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrashEntry(Base):
+    """A deleted file or container subtree, kept until a site admin restores or purges it.
+
+    Deleting removes the rows from ``containers``/``files``/``file_versions`` (so
+    every reader sees the data gone without a filter) and keeps them here as
+    JSON (``rows``), with the content hashes they reference (``hashes``).
+    Restore re-inserts the same rows (same ids); purge drops the entry and
+    removes bytes nothing else references (file versions, provenance records,
+    job inputs, other trash entries).
+    """
+
+    __tablename__ = "trash"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # file | subject | session | ...
+    item_id: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(Text)  # where it was, as a hierarchy path
+    parent_id: Mapped[str] = mapped_column(String(64))
+    group_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    rows: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    hashes: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted_by: Mapped[str] = mapped_column(String(64))
+    deleted: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HierarchyEvent(Base):
+    """Append-only record of every move, rename, delete, restore and purge."""
+
+    __tablename__ = "hierarchy_events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    action: Mapped[str] = mapped_column(String(16))  # move | rename | delete | restore | purge
+    kind: Mapped[str] = mapped_column(String(16))
+    item_id: Mapped[str] = mapped_column(String(64), index=True)
+    from_path: Mapped[str | None] = mapped_column(Text)
+    to_path: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+
+
+class SavedView(Base):
+    """A named data view (columns, level, filters) of a project."""
+
+    __tablename__ = "saved_views"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("containers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_by: Mapped[str] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -269,6 +336,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_state_site", "state", "site"),
         Index("ix_jobs_created", "created"),
+        Index("ix_jobs_project_finished", "project_id", "finished"),
+        Index("ix_jobs_finished", "finished"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -299,6 +368,14 @@ class Job(Base):
     array_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
     scheduler_info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    # Usage from SLURM accounting, filled when the job ends (hpcgear.jobs.usage) so
+    # `hpcgear usage` sums columns instead of parsing JSON.
+    core_hours: Mapped[float | None] = mapped_column(Float)  # allocated CPUs x elapsed
+    gpu_hours: Mapped[float | None] = mapped_column(Float)
+    wall_seconds: Mapped[int | None] = mapped_column(Integer)  # elapsed (run) time
+    wait_seconds: Mapped[int | None] = mapped_column(Integer)  # submit -> start
+    cpu_used_seconds: Mapped[float | None] = mapped_column(Float)  # TotalCPU
+    max_rss_mb: Mapped[int | None] = mapped_column(Integer)
     submitted: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -377,3 +454,44 @@ class DeidMapEntry(Base):
     entries: Mapped[list[Any]] = mapped_column(JsonType, default=list)
     actor: Mapped[str] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ControllerStatus(Base):
+    """What the last controller cycle of a site did; kept after the lease is released.
+
+    ``hpcgear controller status|health``, ``job show`` ("no controller has led this
+    site since ...") and the metrics read it. One row per site, replaced each cycle.
+    """
+
+    __tablename__ = "controller_status"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    last_cycle: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # The last cycle without errors: the scheduler answered every query in it.
+    last_clean_cycle: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    cycles: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_report: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    recent_errors: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of its secret is stored.
+
+    ``kind`` is ``user`` (made by ``hpcgear user key create``) or ``job`` (made
+    for one job whose gear declares an ``api-key`` input; valid only while that
+    job is live, and only for its inputs, destination and their parents).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("users.login", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8), default="user")  # user | job
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

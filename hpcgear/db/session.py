@@ -11,15 +11,24 @@ from __future__ import annotations
 import ast
 import functools
 import logging
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from hpcgear.errors import DatabaseError
@@ -27,6 +36,8 @@ from hpcgear.errors import DatabaseError
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITE_ATTEMPTS = 8
+T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -208,5 +219,79 @@ class Database:
         finally:
             s.close()
 
+    def write(self, fn: Callable[[Session], T], *, attempts: int = WRITE_ATTEMPTS) -> T:
+        """Run ``fn(session)`` in one transaction, retried when it raced another writer.
+
+        A race shows up as a unique violation (two writers created the same child
+        container or file version), a PostgreSQL serialization failure or deadlock,
+        or SQLite's "database is locked" after the busy timeout. The whole
+        transaction is rolled back and run again with a short random back-off, so
+        ``fn`` must be safe to repeat (it sees the other writer's committed rows on
+        the next attempt). What still fails after ``attempts`` becomes a transient
+        DatabaseError, never a raw driver error.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as s:
+                    return fn(s)
+            except (IntegrityError, OperationalError) as exc:
+                if not is_write_conflict(exc):
+                    raise
+                if attempt == attempts:
+                    raise DatabaseError(
+                        f"the database stayed busy with other writers ({_first_line(exc)})",
+                        "run the command again; nothing was changed",
+                        transient=True,
+                    ) from exc
+                logger.info("write conflict (%s), retrying (%d)", _first_line(exc), attempt)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter only
+        raise AssertionError("unreachable")
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_RETRY_SQLSTATES = frozenset({"23505", "40001", "40P01"})  # unique, serialization, deadlock
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """Whether a driver error means "another writer raced us; run it again"."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate is not None:
+        return str(sqlstate) in _RETRY_SQLSTATES
+    text = str(orig).lower()
+    if isinstance(exc, IntegrityError):
+        return "unique constraint failed" in text
+    return "database is locked" in text or "database is busy" in text
+
+
+def lock_for_update(session: Session, obj: Any) -> None:
+    """Lock ``obj``'s row until the transaction ends and reload it (read-modify-write).
+
+    PostgreSQL: ``SELECT ... FOR UPDATE`` (a concurrent writer waits for our commit,
+    then reads our result). SQLite has no row locks: the transaction takes the
+    database write lock (``BEGIN IMMEDIATE``, or it already holds it after a write),
+    waiting up to the busy timeout; the row is then re-read, so nobody can change
+    it between our read and our commit.
+    """
+    mapper = type(obj)
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is not None and not dbapi.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        session.refresh(obj)
+        return
+    pk = inspect(mapper).primary_key
+    ident = inspect(obj).identity
+    stmt = select(mapper).where(*(col == val for col, val in zip(pk, ident, strict=True)))
+    # Consuming the row is what reloads the object (populate_existing).
+    session.execute(stmt.with_for_update().execution_options(populate_existing=True)).scalar_one()

@@ -103,6 +103,10 @@ KEEP_SIFS = 3
 #: Root filesystems no cached image uses are removed after this long without use.
 ROOTFS_IDLE_SECONDS = 24 * 3600
 
+#: Where ``pip:`` packages go in the image (on PYTHONPATH; never the system site-packages).
+PIP_TARGET = "/opt/hpcgear-pip"
+_PIP_PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+$")
+
 RECIPE_KEYS = {
     "base": "root filesystem to start from: " + ", ".join(
         ("debian-bookworm-minbase", "busybox-static")),
@@ -115,6 +119,8 @@ RECIPE_KEYS = {
     "environment": "environment variables set in the image",
     "runscript": "command `apptainer run` starts (default: the manifest command)",
     "labels": "extra image labels",
+    "pip": "Python packages from PyPI, pinned as name==version, installed into "
+           f"{PIP_TARGET} (on PYTHONPATH); needs python3 in packages",
     "image": "reuse the image of another bundled gear directory (e.g. ../test-gear); "
              "no other key may be given",
 }
@@ -217,6 +223,7 @@ class BuildRecipe:
     environment: tuple[tuple[str, str], ...]
     runscript: str
     labels: tuple[tuple[str, str], ...]
+    pip: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -241,8 +248,12 @@ def load_recipe(gear_dir: str | os.PathLike[str]) -> BuildRecipe:
     """
     gear = Path(gear_dir).resolve()
     if not gear.is_dir():
-        raise NotFoundError(f"gear directory {gear_dir} does not exist",
-                            "give a directory holding manifest.json and build.yaml")
+        raise NotFoundError(
+            f"gear directory {gear_dir} does not exist (relative to {Path.cwd()})",
+            "give a directory holding manifest.json and build.yaml; the bundled gears "
+            "(containers/<name>) are in hpcgear's source checkout: run it from there, or "
+            "give the full path",
+        )
     manifest = load_manifest(gear)
     raw, source = _read_recipe(gear)
     if "image" in raw:
@@ -316,7 +327,7 @@ def _parse_recipe(
     if not isinstance(packages_raw, list) or not all(isinstance(p, str) for p in packages_raw):
         raise SchemaError(f"{where('packages')}: packages must be a list of package names",
                           "e.g. packages: [dcm2niix, pigz]")
-    bad = [p for p in packages_raw if not _PACKAGE_RE.match(p)]
+    bad = [p for p in packages_raw if not _PACKAGE_RE.fullmatch(p)]
     if bad:
         raise SchemaError(f"{where('packages')}: {bad[0]!r} is not a Debian package name",
                           "package names are lower-case letters, digits and + . -")
@@ -326,7 +337,7 @@ def _parse_recipe(
     packages = tuple(sorted(set(packages_raw)))
     remove_raw = raw.get("remove", [])
     if (not isinstance(remove_raw, list)
-            or not all(isinstance(p, str) and _PACKAGE_RE.match(p) for p in remove_raw)):
+            or not all(isinstance(p, str) and _PACKAGE_RE.fullmatch(p) for p in remove_raw)):
         raise SchemaError(f"{where('remove')}: remove must be a list of package names",
                           "e.g. remove: [python3-scipy]")
     if remove_raw and (base.kind != "debootstrap" or not packages):
@@ -362,7 +373,7 @@ def _parse_recipe(
         raise SchemaError(f"{where('files')}: {dupes[0]} is the destination of two files",
                           "give every file its own destination")
     for f in files:
-        if not _SAFE_PATH_RE.match(str(f.source)):
+        if not _SAFE_PATH_RE.fullmatch(str(f.source)):
             raise SchemaError(f"{where('files')}: the path {f.source} has characters a "
                               "definition file cannot carry", "rename it (letters, digits, ._-)")
 
@@ -370,7 +381,7 @@ def _parse_recipe(
         (k, v) for k, v in _mapping(raw, "environment", where, values="scalar").items()
     )
     for key, value in environment:
-        if not _ENV_RE.match(key) or "\n" in value or "\0" in value:
+        if not _ENV_RE.fullmatch(key) or "\n" in value or "\0" in value:
             raise SchemaError(f"{where('environment')}: {key}={value!r} cannot be set",
                               "names are shell identifiers; values are one line")
 
@@ -385,10 +396,23 @@ def _parse_recipe(
     if packages:
         labels.append(("org.hpcgear.packages", " ".join(packages)))
     for key, value in _mapping(raw, "labels", where, values="scalar").items():
-        if not _LABEL_KEY_RE.match(key) or "\n" in value:
+        if not _LABEL_KEY_RE.fullmatch(key) or "\n" in value:
             raise SchemaError(f"{where('labels')}: label {key!r} cannot be written",
                               "label keys are letters, digits and ._/-; values are one line")
         labels.append((key, value))
+    pip_raw = raw.get("pip", [])
+    if (not isinstance(pip_raw, list)
+            or not all(isinstance(p, str) and _PIP_PIN_RE.match(p) for p in pip_raw)):
+        raise SchemaError(f"{where('pip')}: pip must be a list of pinned requirements",
+                          "e.g. pip: [fw-gear==0.3.7] (name==version, so the image is "
+                          "reproducible and cached by its recipe)")
+    if pip_raw and "python3" not in packages:
+        raise SchemaError(f"{where('pip')}: pip packages need python3 in the image",
+                          "add python3 to packages")
+    pip = tuple(sorted(set(pip_raw)))
+    if pip:
+        environment = (*environment, ("PYTHONPATH", PIP_TARGET))
+        labels.append(("org.hpcgear.pip", " ".join(pip)))
     return BuildRecipe(
         gear_dir=gear_dir,
         recipe_dir=recipe_dir,
@@ -401,6 +425,7 @@ def _parse_recipe(
         environment=environment,
         runscript=runscript_raw.strip(),
         labels=tuple(labels),
+        pip=pip,
     )
 
 
@@ -424,7 +449,7 @@ def _check_dest(dest: str, where: str) -> str:
     parts = dest.split("/")
     if (
         not dest.startswith("/")
-        or not _SAFE_PATH_RE.match(dest)
+        or not _SAFE_PATH_RE.fullmatch(dest)
         or any(p in ("", ".", "..") for p in parts[1:])
         or dest.startswith(("/.singularity.d", "/proc", "/sys", "/dev"))
     ):
@@ -439,7 +464,7 @@ def _mode_of(path: Path) -> int:
 
 def _vendored_module(module: str, recipe_dir: Path, where: str) -> Path:
     """The source file of a stdlib-only hpcgear module, preferring the source checkout."""
-    if not _MODULE_RE.match(module):
+    if not _MODULE_RE.fullmatch(module):
         raise SchemaError(f"{where}: {module!r} is not an hpcgear module name",
                           "e.g. hpcgear.ingest.classifier")
     rel = Path(*module.split(".")).with_suffix(".py")
@@ -531,6 +556,8 @@ def recipe_hash(recipe: BuildRecipe, mirror: str) -> str:
         "runscript": recipe.runscript,
         "labels": [list(p) for p in recipe.labels],
     }
+    if recipe.pip:  # only when used, so every existing image keeps its hash
+        doc["pip"] = list(recipe.pip)
     return "sha256:" + _sha256_text(_canonical(doc))
 
 
@@ -609,6 +636,15 @@ def registry_definition(recipe: BuildRecipe) -> str:
             "apt-get update",
             "apt-get install -y --no-install-recommends " + " ".join(recipe.packages),
             "apt-get clean",
+            "rm -rf /var/lib/apt/lists/*",
+        ]
+    if recipe.pip:
+        post += [
+            "apt-get update",
+            "apt-get install -y --no-install-recommends python3-pip",
+            f"python3 -m pip install --no-cache-dir --break-system-packages --target {PIP_TARGET} "
+            + " ".join(shlex.quote(p) for p in recipe.pip),
+            "apt-get purge -y python3-pip && apt-get autoremove -y && apt-get clean",
             "rm -rf /var/lib/apt/lists/*",
         ]
     post += _chmod_lines(recipe)
@@ -970,7 +1006,9 @@ class GearBuilder:
                 shutil.copyfile(f.source, copy)
                 os.chmod(copy, f.mode)
                 staged.append((copy, f.dest))
-            if not _SAFE_PATH_RE.match(str(work)) or not _SAFE_PATH_RE.match(str(rootfs)):
+            if recipe.pip:
+                staged.append((self._pip_install(recipe, work / "pip"), PIP_TARGET))
+            if not _SAFE_PATH_RE.fullmatch(str(work)) or not _SAFE_PATH_RE.fullmatch(str(rootfs)):
                 raise ImageError(f"the build cache path {self.cache_dir} has characters a "
                                  "definition file cannot carry",
                                  "use a cache directory of letters, digits and ._-/")
@@ -1015,6 +1053,25 @@ class GearBuilder:
             self._prune_rootfs(keep=rootfs)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _pip_install(self, recipe: BuildRecipe, target: Path) -> Path:
+        """The recipe's pinned PyPI packages (and their dependencies) as wheels installed
+        into ``target`` for the image's Python (bookworm: 3.11, the host's architecture)."""
+        name = recipe.image_manifest.name
+        self._say(f"{name}: pip install {' '.join(recipe.pip)}")
+        result = self.runner.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--no-compile", "--only-binary=:all:", "--python-version", "3.11",
+             "--implementation", "cp", "--target", str(target), *recipe.pip],
+            timeout=APPTAINER_BUILD_TIMEOUT,
+        )
+        if not result.ok:
+            log = self._write_log(f"pip-{name}", result)
+            raise ImageError(command_failure_message(result, f"pip install for {name}"),
+                             f"check the pins in {RECIPE_FILE}; see {log}")
+        for bin_dir in (target / "bin",):  # console scripts name the host's interpreter
+            shutil.rmtree(bin_dir, ignore_errors=True)
+        return target
 
     def _prune_rootfs(self, keep: Path) -> None:
         """Drop root filesystems no cached image was built from and unused for a day.

@@ -409,7 +409,7 @@ def _env_pairs(args: str) -> list[tuple[str, str]] | None:
     pairs = []
     for word in words:
         key, eq, value = word.partition("=")
-        if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$", key):
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-/]*", key):
             return None
         pairs.append((key, value))
     return pairs

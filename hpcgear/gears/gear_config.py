@@ -155,13 +155,13 @@ def coerce_string(option: ConfigOption | None, text: str, *, key: str = "") -> A
             return False
         raise _bad_string(key, "true or false", text)
     if type_ == "integer":
-        if _INT_RE.match(word):
+        if _INT_RE.fullmatch(word):
             return int(word)
         raise _bad_string(key, "a whole number such as 3", text)
     if type_ == "number":
-        if _INT_RE.match(word):
+        if _INT_RE.fullmatch(word):
             return int(word)
-        if _NUMBER_RE.match(word):
+        if _NUMBER_RE.fullmatch(word):
             number = float(word)
             if math.isfinite(number):
                 return number

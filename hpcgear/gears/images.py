@@ -69,7 +69,7 @@ class CachedImage:
 
 def digest_hex(digest: str) -> str:
     """The hex part of ``sha256:<hex>``; ImageError for anything else."""
-    m = DIGEST_RE.match(digest) if isinstance(digest, str) else None
+    m = DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
     if m is None:
         raise ImageError(
             f"{digest!r} is not an image digest",

@@ -631,7 +631,7 @@ def _check_name(raw: Mapping[str, Any], c: _Checker) -> str:
     if not isinstance(name, str):
         c.error(("name",), f"must be a string, got {_json_kind(name)}", hint)
         return ""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         c.error(("name",), f"{_show(name)} must match ^[a-z0-9-]+$", hint)
     elif len(name) > NAME_MAX:
         c.error(("name",), f"is {len(name)} characters long, the limit is {NAME_MAX}", hint)
@@ -704,7 +704,7 @@ def _check_environment(raw: Mapping[str, Any], c: _Checker) -> tuple[tuple[str, 
     result = []
     for key, value in env.items():
         path = ("environment", key)
-        if not ENV_NAME_RE.match(key):
+        if not ENV_NAME_RE.fullmatch(key):
             c.error(
                 path,
                 "is not a valid environment variable name",
@@ -753,7 +753,7 @@ def _check_input(name: str, spec: Any, c: _Checker) -> ManifestInput | None:
             f"input name {name_problem}; it becomes the directory /flywheel/v0/input/<name>",
             "use letters, digits, '_' and '-'",
         )
-    elif not INPUT_NAME_RECOMMENDED_RE.match(name):
+    elif not INPUT_NAME_RECOMMENDED_RE.fullmatch(name):
         c.warn(path, "input names should match ^[A-Za-z0-9_-]+$ (the spec recommends it)")
     if not isinstance(spec, dict):
         c.error(path, f"must be an object, got {_json_kind(spec)}", '"base": "file" at least')
@@ -1148,7 +1148,7 @@ def _check_image(value: Any, path: JsonPath, c: _Checker) -> str | None:
     if not isinstance(value, str):
         c.error(path, f"must be a string, got {_json_kind(value)}", hint)
         return None
-    if not IMAGE_REF_RE.match(value) or len(value) > 512:
+    if not IMAGE_REF_RE.fullmatch(value) or len(value) > 512:
         c.error(path, f"{_show(value)} is not a valid image reference", hint)
         return None
     return value

@@ -18,7 +18,9 @@ there:
 * ``slurm-time``: wall time, SLURM spelling (a bare number is minutes) or ``2h``.
 * ``singularity-debug`` / ``singularity-writable``: booleans for the runtime.
 
-An empty string means "not set" (gears use ``""`` defaults for "site default").
+An empty string means "not set" (gears use ``""`` defaults for "site default"),
+and so does 0 for the CPU and memory keys: the HPC-ready gears imaging centres
+publish ship ``slurm-cpu: 0`` / ``slurm-ram: "0"`` as "use the site default".
 """
 
 from __future__ import annotations
@@ -185,6 +187,8 @@ def check_reserved(config: Mapping[str, Any]) -> tuple[ResourceOverrides, list[s
         value = config.get(key)
         if isinstance(value, str) and not value.strip():
             return None
+        if key in _ZERO_IS_UNSET and _is_zero(value):
+            return None
         return value
 
     def attempt(key: str, parse: Any) -> Any:
@@ -214,6 +218,19 @@ def check_reserved(config: Mapping[str, Any]) -> tuple[ResourceOverrides, list[s
         writable=attempt("singularity-writable", _boolean),
     )
     return overrides, problems
+
+
+_ZERO_IS_UNSET = frozenset(CPU_KEYS + RAM_KEYS)
+_ZERO_WORD_RE = re.compile(r"\s*0+(?:\.0*)?\s*(?:[kmgtp]i?b?|b)?\s*", re.IGNORECASE)
+
+
+def _is_zero(value: Any) -> bool:
+    """0, 0.0, "0", "0G", "0 MB": a zero request, which means "not set"."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == 0
+    return isinstance(value, str) and _ZERO_WORD_RE.fullmatch(value) is not None
 
 
 def coerce_reserved_string(key: str, text: str) -> Any:
@@ -280,7 +297,7 @@ def _time(value: Any, key: str) -> int:
 
 def _slurm_name(value: Any, key: str) -> str:
     text = value.strip() if isinstance(value, str) else None
-    if text is None or not SLURM_NAME_RE.match(text):
+    if text is None or not SLURM_NAME_RE.fullmatch(text):
         raise ResourceError(
             f"{key} {value!r} is not a SLURM name",
             "use letters, digits, '_', '.' and '-' only (not starting with '-')",
@@ -290,7 +307,7 @@ def _slurm_name(value: Any, key: str) -> str:
 
 def _gres(value: Any, key: str) -> str:
     text = value.strip() if isinstance(value, str) else None
-    if not text or not all(_GRES_ITEM_RE.match(item) for item in text.split(",")):
+    if not text or not all(_GRES_ITEM_RE.fullmatch(item) for item in text.split(",")):
         raise ResourceError(
             f"{key} {value!r} is not a GRES request",
             "write name[:type][:count], e.g. gpu:1 or gpu:a100:2 (comma-separate several)",

@@ -20,10 +20,12 @@ LOGIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def _bad_chars(text: str) -> list[str]:
+    """Characters that may not appear in an identifier: control, format (bidi
+    overrides, zero-width), surrogate, private-use and unassigned code points."""
     bad = []
     for ch in text:
         cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cs", "Co", "Cn") or ch in "\u2028\u2029":
+        if cat in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in "\u2028\u2029":
             bad.append(repr(ch))
     return bad
 
@@ -57,7 +59,7 @@ def check_label(label: str, *, what: str = "label") -> str:
 
 
 def check_group_id(group_id: str) -> str:
-    if not GROUP_ID_RE.match(group_id or ""):
+    if not GROUP_ID_RE.fullmatch(group_id or ""):
         raise InvalidInputError(
             f"group id {group_id[:80]!r} is not valid",
             "group ids are 1-64 characters of lowercase letters, digits, '-' and '_', "
@@ -67,7 +69,7 @@ def check_group_id(group_id: str) -> str:
 
 
 def check_login(login: str) -> str:
-    if not LOGIN_RE.match(login or ""):
+    if not LOGIN_RE.fullmatch(login or ""):
         raise InvalidInputError(
             f"user name {login[:80]!r} is not valid",
             "use the login name: letters, digits, '.', '-' and '_' (at most 64)",
@@ -92,8 +94,15 @@ def check_file_name(name: str) -> str:
     bad = _bad_chars(name)
     if bad:
         raise InvalidInputError(
-            f"file name {name[:60]!r} contains control characters",
-            "rename the file without tabs, newlines or control characters",
+            f"file name {name[:60]!r} contains control characters ({', '.join(sorted(set(bad)))})",
+            "rename the file without tabs, newlines, bidi or other control characters",
+        )
+    if name != name.strip():
+        # A path given on the command line is stripped of surrounding spaces, so
+        # such a file could be stored but never addressed again.
+        raise InvalidInputError(
+            f"file name {name!r} starts or ends with whitespace",
+            "rename the file without leading or trailing spaces",
         )
     return name
 
@@ -120,8 +129,15 @@ class HierarchyPath:
 
     @classmethod
     def parse(cls, text: str, *, min_depth: int = 0, max_depth: int = len(LEVELS)) -> HierarchyPath:
-        stripped = (text or "").strip().strip("/")
+        text = text or ""
+        stripped = text.strip("/")
         parts = tuple(p for p in stripped.split("/")) if stripped else ()
+        if any(p != p.strip() for p in parts) or (text.strip() and text != text.strip()):
+            # Stripping would silently address another container (the parent).
+            raise InvalidInputError(
+                f"path {text!r} has a level starting or ending with whitespace",
+                "remove the spaces; labels and file names never start or end with one",
+            )
         if any(p == "" for p in parts):
             raise InvalidInputError(
                 f"path {text!r} has an empty level ('//')",

@@ -42,6 +42,11 @@ def get_actor(session: Session, login: str) -> User:
             f"user {login!r} is not registered in this hpcgear instance",
             f"ask a site admin to run `hpcgear user add {login}`",
         )
+    if user.disabled:
+        raise PermissionDeniedError(
+            f"user {login!r} is disabled in this hpcgear instance",
+            f"ask a site admin to run `hpcgear user enable {login}`",
+        )
     return user
 
 

@@ -29,6 +29,7 @@ from hpcgear.db.models import (
     Role,
     User,
 )
+from hpcgear.db.session import lock_for_update
 from hpcgear.errors import (
     AlreadyExistsError,
     InvalidInputError,
@@ -52,6 +53,7 @@ from hpcgear.hierarchy.permissions import (
     require_site_admin,
 )
 from hpcgear.storage.objects import ObjectStore
+from hpcgear.text import check_identifier, check_storable
 
 logger = logging.getLogger(__name__)
 
@@ -244,15 +246,33 @@ def create_child(
 def resolve_container(
     session: Session, path: str, *, min_depth: int = 1, max_depth: int = len(LEVELS)
 ) -> Container:
-    """Walk ``group/project/...`` by labels; NotFoundError names the missing level."""
-    hp = HierarchyPath.parse(path, min_depth=min_depth, max_depth=max_depth)
+    """Walk ``group/project/...`` by labels; NotFoundError names the missing level.
+
+    Below a project, a segment that names no subject/session/acquisition may
+    name an analysis (its label or ``@ID``, see ``hierarchy.analyses``); an
+    analysis is always the last container of a path.
+    """
+    from hpcgear.hierarchy.analyses import find_analysis
+
+    extra = 1 if max_depth >= len(LEVELS) else 0  # an analysis below an acquisition
+    hp = HierarchyPath.parse(path, min_depth=min_depth, max_depth=max_depth + extra)
     node = _get_group(session, hp.parts[0])
     for depth, label in enumerate(hp.parts[1:], start=1):
-        child = _child(session, node, label)
-        if child is None:
-            parent = "/".join(hp.parts[:depth])
+        parent = "/".join(hp.parts[:depth])
+        if node.type == "analysis":
             raise NotFoundError(
-                f"{LEVELS[depth]} {label!r} does not exist in {parent}",
+                f"{label!r} does not exist in {parent}: analysis {node.label!r} holds files only",
+                f"list its files with `hpcgear ls {parent}`",
+            )
+        child = _child(session, node, label) if depth < len(LEVELS) else None
+        if child is None and depth >= 2 and max_depth > 2:
+            child = find_analysis(session, node, label)
+        if child is None:
+            what = LEVELS[depth] if depth < len(LEVELS) else "analysis"
+            if 2 <= depth < len(LEVELS):
+                what += " or analysis"
+            raise NotFoundError(
+                f"{what} {label!r} does not exist in {parent}",
                 f"list what exists with `hpcgear ls {parent}`",
             )
         node = child
@@ -269,21 +289,34 @@ def ensure_path(session: Session, actor: str, path: str) -> Container:
         check_label(label)
     project = resolve_container(session, "/".join(hp.parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "uploading")
+    from hpcgear.hierarchy.analyses import find_analysis
+
     node = project
     for depth, label in enumerate(hp.parts[2:], start=2):
         child = _child(session, node, label)
         if child is None:
+            if find_analysis(session, node, label) is not None:
+                raise InvalidInputError(
+                    f"{'/'.join(hp.parts[: depth + 1])} is an analysis: it holds one job's "
+                    "outputs and takes no uploads",
+                    "upload into a project, subject, session or acquisition",
+                )
             child = create_child(session, node, LEVELS[depth], label, actor)
         node = child
     return node
 
 
 def container_path(session: Session, container: Container) -> str:
-    """Human path of a container (labels; group id first)."""
+    """Human path of a container (labels; group id first; analyses as ``analysis_segment``)."""
+    from hpcgear.hierarchy.analyses import analysis_segment
+
     parts: list[str] = []
     node: Container | None = container
     while node is not None:
-        parts.append(node.id if node.type == "group" else node.label)
+        if node.type == "analysis":
+            parts.append(analysis_segment(session, node))
+        else:
+            parts.append(node.id if node.type == "group" else node.label)
         node = session.get(Container, node.parent_id) if node.parent_id else None
     return "/".join(reversed(parts))
 
@@ -599,6 +632,7 @@ def _apply_metadata_fields(row: File, metadata: Mapping[str, Any]) -> None:
     if "tags" in metadata:
         row.tags = sorted({check_tag(t) for t in metadata["tags"]})
     if "info" in metadata:
+        check_storable(metadata["info"], "file info")
         row.info = {**(row.info or {}), **dict(metadata["info"])}
 
 
@@ -644,7 +678,8 @@ def resolve_file(
     session: Session, actor: str, path: str, needed: RoleName
 ) -> tuple[Container, File]:
     """``group/project/.../NAME`` -> (container, file), checking ``needed`` on it."""
-    text = (path or "").strip().strip("/")
+    HierarchyPath.parse(path, max_depth=len(LEVELS) + 1)  # refuses surrounding whitespace
+    text = (path or "").strip("/")
     if "/" not in text:
         raise InvalidInputError(
             f"{path!r} is not a file path", "write group/project[/subject/session/acquisition]/FILE"
@@ -692,10 +727,10 @@ def delete_file_version(
     elif version == row.current_version:
         row.current_version = remaining[-1]
     session.flush()
-    still_used = session.scalar(
-        select(func.count()).select_from(FileVersion).where(FileVersion.hash == digest)
-    )
-    if not still_used:
+    from hpcgear.hierarchy.manage import hash_references
+
+    # Bytes stay while a version, a provenance record, a job or the trash names them.
+    if hash_references(session, digest) is None:
         # Deleting the object after the row: a crash in between leaves an orphan
         # object (harmless), never a row pointing at missing bytes.
         store.delete(digest)
@@ -718,10 +753,12 @@ def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:
             raise InvalidInputError(
                 f"bad info key {key!r}", "keys are dot-separated names without spaces or '$'"
             )
+        check_identifier(key, "info key")
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
+        check_storable(value, f"info value of {key!r}")
         node = out
         for k in keys[:-1]:
             nxt = node.setdefault(k, {})
@@ -757,8 +794,8 @@ class Target:
 
 def resolve_target(session: Session, path: str) -> Target:
     """A path to a container, or to a file when the last part names one."""
-    hp = HierarchyPath.parse(path, min_depth=1, max_depth=len(LEVELS) + 1)
-    if hp.depth <= len(LEVELS):
+    hp = HierarchyPath.parse(path, min_depth=1, max_depth=len(LEVELS) + 2)
+    if hp.depth <= len(LEVELS) + 1:
         try:
             return Target(resolve_container(session, path), path=path)
         except NotFoundError:
@@ -783,6 +820,8 @@ def set_info(session: Session, actor: str, path: str, pairs: Sequence[str]) -> d
         raise InvalidInputError("nothing to set", "give at least one key=value")
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "setting info")
+    # Read-modify-write of a JSON column: lock the row so concurrent setters merge.
+    lock_for_update(session, target.file if target.file is not None else target.container)
     if target.file is not None:
         target.file.info = _deep_merge(target.file.info or {}, values)
         session.add(
@@ -810,6 +849,7 @@ def change_tags(
     target = resolve_target(session, path)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "changing tags")
     obj: Container | File = target.file if target.file is not None else target.container
+    lock_for_update(session, obj)  # concurrent tag changes must not overwrite each other
     current = list(obj.tags or [])
     missing = [t for t in remove if t not in current]
     if missing:

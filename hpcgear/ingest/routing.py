@@ -123,6 +123,7 @@ def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRule
     found: dict[str, str] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
+    invalid: list[str] = []  # levels named by a value that is not a label ('..', '/')
 
     def take(level: str, value: str | None, source: str, what: str) -> None:
         if level in found or value is None:
@@ -131,6 +132,7 @@ def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRule
         if label is None:
             if str(value).strip():
                 problems.append(f"the {level} label from {what} is not a valid label")
+                invalid.append(level)
             return
         found[level] = label
         sources[level] = source
@@ -180,7 +182,9 @@ def route_study(values: Mapping[str, str | None], group: str, rules: RoutingRule
             )
 
     return Route(
-        project=found.get("project"),
+        # A named but invalid level is never skipped: the study goes to Unsorted
+        # with the problem as its reason instead of landing one level up.
+        project=None if invalid else found.get("project"),
         subject=found.get("subject"),
         session=found.get("session"),
         sources=sources,

@@ -86,6 +86,7 @@ class ResolvedResources:
     explanation: tuple[ResourceChoice, ...]
     writable: bool | None = None  # singularity-writable, if any layer set it
     debug: bool | None = None  # singularity-debug, if any layer set it
+    notes: tuple[str, ...] = ()  # warnings for the user (gear defaults this site lacks)
 
     def explain(self) -> list[str]:
         """Human-readable lines, one per resource, for ``--dry-run``."""
@@ -222,8 +223,11 @@ def resolve_resources(
     debug: bool | None = None
     names: dict[str, tuple[str, str]] = {}
 
+    notes: list[str] = []
     for label, layer in (("gear manifest", manifest), ("rule", rule), ("job config", job)):
         ov = _as_overrides(layer)
+        for fld in _cleared_names(layer):  # `--config slurm-partition=` clears lower layers
+            names.pop(fld, None)
         for fld, value in (
             ("cpus", ov.cpus),
             ("time", ov.time_minutes),
@@ -244,6 +248,7 @@ def resolve_resources(
         writable = ov.writable if ov.writable is not None else writable
         debug = ov.debug if ov.debug is not None else debug
 
+    _drop_foreign_gear_names(site, names, notes)
     tr = parse_resource_tags(tags)
     src = tr.sources or {}
     for fld, tvalue, key in (("cpus", tr.cpus, "cpus"), ("time", tr.time_minutes, "time")):
@@ -312,7 +317,57 @@ def resolve_resources(
         check_partition_limits(
             site, partition, resources, sources={c.field: c.source for c in explanation}
         )
-    return ResolvedResources(resources, tuple(explanation), writable=writable, debug=debug)
+    return ResolvedResources(
+        resources, tuple(explanation), writable=writable, debug=debug, notes=tuple(notes)
+    )
+
+
+_NAME_KEYS = {"slurm-partition": "partition", "slurm-qos": "qos", "slurm-account": "account"}
+
+
+def _cleared_names(layer: Layer) -> list[str]:
+    """Name fields a config layer clears with an empty value (``slurm-partition=``)."""
+    if layer is None or isinstance(layer, ResourceOverrides):
+        return []
+    return [
+        fld
+        for key, fld in _NAME_KEYS.items()
+        if key in layer and isinstance(layer[key], str) and not layer[key].strip()
+    ]
+
+
+def _drop_foreign_gear_names(
+    site: SiteConfig, names: dict[str, tuple[str, str]], notes: list[str]
+) -> None:
+    """Gear defaults naming a partition/QOS/account this site lacks give way to the site's.
+
+    A gear written for one cluster (``slurm-partition: blanca-ics``) stays usable on
+    every other: its partition is dropped when the site has no such partition, and
+    its QOS/account when the site names them on none of its partitions (or when the
+    gear's partition was dropped). Values from a rule, the job or a tag are kept, so
+    a user's explicit choice that does not exist is still refused.
+    """
+    gear = "gear manifest"
+    part = names.get("partition")
+    dropped_partition = False
+    if part is not None and part[1] == gear and part[0] not in site.partitions:
+        del names["partition"]
+        dropped_partition = True
+        notes.append(
+            f"the gear's default partition {part[0]!r} does not exist on site {site.name}; "
+            f"using the site's partition instead ({', '.join(sorted(site.partitions)) or 'none'})"
+        )
+    for fld in ("qos", "account"):
+        got = names.get(fld)
+        if got is None or got[1] != gear:
+            continue
+        known = {getattr(p, fld) for p in site.partitions.values()} - {None}
+        if dropped_partition or got[0] not in known:
+            del names[fld]
+            notes.append(
+                f"the gear's default {fld} {got[0]!r} is not one site {site.name} uses; "
+                f"the partition's own {fld} applies"
+            )
 
 
 def _choose_partition(
@@ -362,19 +417,27 @@ def check_partition_limits(
             hint,
         )
 
+    problems: list[ResourceError] = []
     if pcfg.max_time_minutes is not None and resources.time_minutes > pcfg.max_time_minutes:
-        raise fail(
+        problems.append(fail(
             "time",
             format_slurm_time(resources.time_minutes),
             format_slurm_time(pcfg.max_time_minutes),
             "time",
-        )
+        ))
     if pcfg.max_mem_mb is not None and resources.mem_mb > pcfg.max_mem_mb:
-        raise fail("mem", format_memory(resources.mem_mb), format_memory(pcfg.max_mem_mb), "mem")
+        problems.append(
+            fail("mem", format_memory(resources.mem_mb), format_memory(pcfg.max_mem_mb), "mem"))
     if pcfg.max_cpus is not None and resources.cpus > pcfg.max_cpus:
-        raise fail("cpus", str(resources.cpus), str(pcfg.max_cpus), "cpus")
+        problems.append(fail("cpus", str(resources.cpus), str(pcfg.max_cpus), "cpus"))
     if resources.gpus > pcfg.max_gpus:
-        raise fail("gpus", str(resources.gpus), str(pcfg.max_gpus), "gpus")
+        problems.append(fail("gpus", str(resources.gpus), str(pcfg.max_gpus), "gpus"))
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:  # every limit at once, so one fix covers them all
+        raise ResourceError(
+            "; ".join(p.message for p in problems), "; ".join(p.hint or "" for p in problems)
+        )
 
 
 def _fits(cfg: PartitionConfig, dimension: str, r: Resources) -> bool:

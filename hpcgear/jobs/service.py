@@ -19,8 +19,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from hpcgear.config.site import SiteConfig
 from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent, Role
-from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError, PermissionDeniedError
+from hpcgear.gears.gear_config import resolve_config
+from hpcgear.gears.manifest import GearManifest
+from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
+from hpcgear.gears.service import get_gear, manifest_of
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
     container_path,
@@ -32,6 +37,7 @@ from hpcgear.hierarchy.service import (
 from hpcgear.jobs.transitions import record_event, transition
 from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
+from hpcgear.text import check_storable
 
 if TYPE_CHECKING:
     # Only for annotations: `hpcgear jobs` / `job show` run on login nodes and
@@ -221,7 +227,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=+\-]{1,64}$")
 
 
 def check_job_tags(tags: Sequence[str]) -> tuple[str, ...]:
-    bad = [t for t in tags if not _TAG_RE.match(t)]
+    bad = [t for t in tags if not _TAG_RE.fullmatch(t)]
     if bad:
         raise InvalidInputError(
             f"job tag(s) {', '.join(map(repr, bad))} not allowed",
@@ -245,8 +251,6 @@ def prepare_job(
     coerce_strings: bool = False,
 ) -> PreparedJob:
     """Validate everything about a job without storing it (``--dry-run`` stops here)."""
-    from hpcgear.gears.gear_config import resolve_config
-    from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
     from hpcgear.gears.service import manifest_of
     from hpcgear.jobs.resources import resolve_resources
 
@@ -265,6 +269,7 @@ def prepare_job(
     specs = [*inputs, *context_inputs(session, manifest, destination)]
     check_inputs(manifest, specs)
     full = resolve_config(manifest, rule_config or {}, config or {}, coerce_strings=coerce_strings)
+    check_storable(full, "gear config")  # before --dry-run returns, so both refuse alike
     declared = manifest.config_names
     _gear_config, _overrides = split_reserved(full, declared=declared)
     manifest_layer = {k: v for k, v in manifest.defaults().items() if k in RESERVED_KEY_SET}
@@ -272,7 +277,9 @@ def prepare_job(
     job_layer = {k: v for k, v in (config or {}).items() if k in RESERVED_KEY_SET}
     if coerce_strings:
         job_layer = {k: full[k] for k in job_layer}
-    site = sites.route(job_tags)
+    choice = sites.choose(job_tags)
+    site = choice.site
+    require_api_url(manifest, site)
     resolved = resolve_resources(
         site, manifest=manifest_layer, rule=rule_layer, job=job_layer, tags=job_tags
     )
@@ -287,7 +294,21 @@ def prepare_job(
         tags=job_tags,
         priority=priority,
         dedupe_key=dedupe_key(gear, destination, specs, full),
+        notes=(*choice.notes, *resolved.notes),
     )
+
+
+def require_api_url(manifest: GearManifest, site: SiteConfig) -> None:
+    """A gear with an api-key input needs a site whose compute nodes can reach the API."""
+    names = [i.name for i in manifest.inputs if i.base == "api-key"]
+    if names and not site.api_url:
+        raise ConfigError(
+            f"gear {manifest.name} declares api-key input(s) {', '.join(map(repr, names))}, "
+            f"but site {site.name!r} has no api_url, so its jobs could not reach the hpcgear API",
+            "a site admin sets `api_url:` in the site YAML (the address of `hpcgear serve` "
+            "that compute nodes reach; for the embedded local site, `api_url` in the config "
+            "file), or route the job to a site that has one",
+        )
 
 
 def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
@@ -307,6 +328,7 @@ def resources_to_json(resolved: ResolvedResources) -> dict[str, Any]:
         "writable": resolved.writable,
         "debug": resolved.debug,
         "explain": resolved.explain(),
+        **({"notes": list(resolved.notes)} if resolved.notes else {}),
     }
 
 
@@ -352,6 +374,7 @@ def store_job(
         data={
             "gear": f"{prepared.gear.name}@{prepared.gear.version}",
             "image_digest": prepared.gear.image_digest,
+            **({"notes": list(prepared.notes)} if prepared.notes else {}),
         },
     )
     session.flush()
@@ -372,7 +395,7 @@ def run_gear(
     dry_run: bool = False,
 ) -> PreparedJob:
     """``hpcgear run``: one job on one destination (strings from the CLI are coerced)."""
-    from hpcgear.gears.service import get_gear, manifest_of
+    from hpcgear.gears.service import manifest_of
 
     gear = get_gear(session, gear_ref)
     destination = resolve_container(session, dest_path, min_depth=2)
@@ -428,16 +451,18 @@ def batch_run(
 
     Each input is a regex matched against the file names on the container
     (then on its ancestors up to the project); a container lacking a required
-    input is skipped with the reason. ``file_type`` keeps only files of that
-    type (``dicom``, ``nifti``...). ``per_file`` (the SDK tutorial's loop) makes
-    one job per matching file on each container, for the one ``--input`` given.
-    ``skip_completed`` skips (and names) a container, or a file with
-    ``per_file``, where a job of the same gear version with the same config
-    (and the same input file) already completed.
+    input is skipped with the reason. An input value containing ``/`` is a
+    fixed ``PATH/FILE`` (e.g. an analysis output) given to every job.
+    ``file_type`` keeps only files of that type (``dicom``, ``nifti``...).
+    ``per_file`` (the SDK tutorial's loop) makes one job per matching file on
+    each container, for the one regex ``--input`` given. ``skip_completed``
+    skips (and names) a container, or a file with ``per_file``, where a job of
+    the same gear version with the same config (and the same input file)
+    already completed.
     """
     import fnmatch
 
-    from hpcgear.gears.service import get_gear, manifest_of
+    from hpcgear.gears.service import manifest_of
 
     gear = get_gear(session, gear_ref)
     manifest = manifest_of(gear)
@@ -452,8 +477,15 @@ def batch_run(
             manifest.input(name)
         except KeyError as exc:
             raise InvalidInputError(str(exc.args[0]), "fix the --input names") from None
+    # A value with '/' is a fixed PATH/FILE (analysis outputs included) shared by
+    # every job; file names never contain '/', so it cannot be a name regex.
+    fixed = resolve_inputs_by_path(
+        session, actor, manifest, {n: v for n, v in inputs.items() if "/" in v}
+    )
     patterns = {}
     for name, rx in inputs.items():
+        if "/" in rx:
+            continue
         try:
             patterns[name] = re.compile(rx)
         except re.error as exc:
@@ -467,6 +499,7 @@ def batch_run(
         )
     project = resolve_container(session, "/".join(parts[:2]))
     require_role(session, actor, project, RoleName.READ_WRITE, "running a batch")
+    require_api_url(manifest, sites.route(check_job_tags(tags)))  # refuse before any container
     level_types = ("subject", "session", "acquisition")
     frontier = [project]
     for depth, pat in enumerate(parts[2:]):
@@ -503,12 +536,17 @@ def batch_run(
                 runs = [
                     (
                         f"{path}/{f.name}",
-                        [_input_spec(in_name, "file", dest, f, file_version(session, f))],
+                        [
+                            _input_spec(in_name, "file", dest, f, file_version(session, f)),
+                            *fixed,
+                        ],
                     )
                     for f in files
                 ]
             else:
-                runs = [(path, _match_inputs(session, dest, manifest, patterns, file_type))]
+                runs = [
+                    (path, [*_match_inputs(session, dest, manifest, patterns, file_type), *fixed])
+                ]
         except InvalidInputError as exc:
             skipped.append((path, exc.message))
             continue
@@ -901,3 +939,75 @@ def container_paths(session: Session, ids: set[str]) -> dict[str, str]:
         if parts:
             out[cid] = "/".join(reversed(parts))
     return out
+
+
+# ------------------------------------------------------- by id (the HTTP API)
+
+
+def run_gear_by_ids(
+    session: Session,
+    actor: str,
+    sites: SiteRegistry,
+    *,
+    gear: Gear,
+    destination: Container,
+    inputs: Mapping[str, tuple[str, str]],
+    config: Mapping[str, Any],
+    tags: Sequence[str] = (),
+    priority: str = "medium",
+    analysis_label: str | None = None,
+) -> tuple[Job, Container | None]:
+    """A job from container/file ids (``POST /jobs/add``, ``POST /{type}s/{id}/analyses``).
+
+    ``inputs`` maps an input name to (container id, file name); each is read-checked.
+    For analysis gears an analysis container labelled ``analysis_label`` is made now
+    (linked by job id; stage-out publishes into it), so its id can be returned at once.
+    """
+    manifest = manifest_of(gear)
+    problems: list[str] = []
+    specs: list[InputSpec] = []
+    for name, (container_id, file_name) in inputs.items():
+        try:
+            decl = manifest.input(name)
+        except KeyError:
+            problems.append(f"gear {gear.name} has no input {name!r}")
+            continue
+        if decl.base != "file":
+            problems.append(f"input {name!r} is a {decl.base} input, not a file")
+            continue
+        container = session.get(Container, container_id)
+        if container is None:
+            problems.append(f"input {name}: container {container_id!r} does not exist")
+            continue
+        require_role(session, actor, container, RoleName.READ_ONLY, "reading an input")
+        f = session.scalar(
+            select(File).where(File.container_id == container.id, File.name == file_name)
+        )
+        if f is None:
+            problems.append(f"input {name}: no file {file_name!r} on {container.label!r}")
+            continue
+        specs.append(_input_spec(name, "file", container, f, file_version(session, f)))
+    if problems:
+        raise InvalidInputError("; ".join(problems), "fix the job's inputs")
+    prepared = prepare_job(
+        session,
+        actor,
+        sites,
+        gear=gear,
+        destination=destination,
+        inputs=specs,
+        config=config,
+        tags=tags,
+        priority=priority,
+    )
+    job = store_job(session, actor, prepared)
+    analysis: Container | None = None
+    if gear.category == "analysis":
+        from hpcgear.hierarchy.service import create_child
+
+        analysis = create_child(
+            session, destination, "analysis", analysis_label or f"{gear.name} {job.id}", actor
+        )
+        analysis.job_id = job.id
+        session.flush()
+    return job, analysis

@@ -73,6 +73,17 @@ def transition(
     if failure_kind is not None:
         values["failure_kind"] = failure_kind.value
         values["failure_message"] = message
+    if new.final or new == JobState.STAGING:
+        from hpcgear.jobs.usage_columns import usage_columns
+
+        for key, value in usage_columns(
+            values.get("scheduler_info", job.scheduler_info),
+            values.get("resources", job.resources),
+            submitted=values.get("submitted", job.submitted),
+            started=values.get("started", job.started),
+            finished=values.get("finished", job.finished),
+        ).items():
+            values.setdefault(key, value)
     res = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state_seq == job.state_seq)

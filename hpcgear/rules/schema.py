@@ -85,8 +85,9 @@ from typing import Any, Literal
 
 from hpcgear.config.schema import Where, build, setting
 from hpcgear.config.yamlload import LineMap, LineSeq, load_yaml_with_lines
-from hpcgear.errors import HpcgearError, RuleError, SchemaError
+from hpcgear.errors import HpcgearError, InvalidInputError, RuleError, SchemaError
 from hpcgear.rules import predicates as P
+from hpcgear.text import check_identifier, check_storable
 
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 PRIORITY_CHOICES = ("low", "medium", "high", "critical")
@@ -486,7 +487,7 @@ class _KeyedRuleError(RuleError):
 
 
 def check_rule_name(name: str) -> str:
-    if not RULE_NAME_RE.match(name or ""):
+    if not RULE_NAME_RE.fullmatch(name or ""):
         raise RuleError(
             f"bad rule name {name!r}",
             "rule names are 1-128 letters, digits, '.', '_' and '-', starting with a "
@@ -516,6 +517,16 @@ def split_gear(ref: str, version: str | None) -> tuple[str, str | None]:
 def check_shape(spec: RuleSpec, *, explicit: set[Any] | None = None) -> None:
     """Checks that need no database: which keys go with which kind of rule."""
     given = explicit if explicit is not None else set()
+    try:
+        check_storable(spec.name, "rule name")
+        check_storable(spec_to_json(spec), "rule")
+    except InvalidInputError as exc:
+        raise _KeyedRuleError("config", exc.message, exc.hint) from None
+    for tag in spec.tags:
+        try:
+            check_identifier(tag, "rule tag")
+        except InvalidInputError as exc:
+            raise _KeyedRuleError("tags", exc.message, exc.hint) from None
     if spec.auto_update and spec.version:
         raise _KeyedRuleError(
             "auto_update",

@@ -44,7 +44,8 @@ from hpcgear.gears.manifest import GearManifest
 from hpcgear.gears.service import get_gear, manifest_of
 from hpcgear.hierarchy.permissions import RoleName, effective_role, get_actor, require_role
 from hpcgear.hierarchy.service import container_path, file_version, resolve_container, resolve_file
-from hpcgear.jobs.service import check_job_tags
+from hpcgear.jobs.service import check_job_tags, require_api_url
+from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.rules import predicates as P
 from hpcgear.rules.schema import (
     FixedInput,
@@ -193,6 +194,7 @@ def save_rule(
     *,
     create_only: bool = False,
     coerce_strings: bool = False,
+    sites: SiteRegistry | None = None,
 ) -> SaveResult:
     """Create or update one rule after checking everything about it.
 
@@ -224,6 +226,8 @@ def save_rule(
     fixed = _pin_fixed_inputs(session, actor, manifest, spec, existing, where)
     config = _check_config(manifest, spec, coerce_strings, where)
     tags = check_job_tags(list(spec.tags))
+    if sites is not None:  # the site its jobs go to must reach the API for api-key gears
+        require_api_url(manifest, sites.route(tuple(tags)))
     for p in spec.after:
         if p.gear == gear.name:
             raise RuleError(
@@ -460,11 +464,17 @@ class ApplyOutcome:
     action: str
 
 
-def apply_rules(session: Session, actor: str, specs: Sequence[RuleSpec]) -> list[ApplyOutcome]:
+def apply_rules(
+    session: Session,
+    actor: str,
+    specs: Sequence[RuleSpec],
+    *,
+    sites: SiteRegistry | None = None,
+) -> list[ApplyOutcome]:
     """Create or update every rule (the caller's transaction makes it all or nothing)."""
     out = []
     for spec in specs:
-        res = save_rule(session, actor, spec)
+        res = save_rule(session, actor, spec, sites=sites)
         out.append(ApplyOutcome(res.project_path, spec.name, res.action))
     return out
 

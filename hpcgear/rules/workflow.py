@@ -2,8 +2,9 @@
 
 A session rule (a rule with ``after:``) is checked on a session when
 
-* a job of one of its prerequisite gears reaches ``complete`` on the session
-  (a job whose destination is the session or anything inside it),
+* a job of one of its prerequisite gears ends on the session (a job whose
+  destination is the session or anything inside it; the session is ready when
+  no job of a prerequisite gear on it is still pending or running),
 * the controller has decided not to retry a failed job of the rule itself
   (its ``retry_decision`` event): the rule may then make a new attempt, or
 * the session's own tags or info change (for rules with ``when``).
@@ -38,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Container, File, Gear, Job, JobEvent
@@ -78,7 +79,8 @@ class SessionDecision:
 
 def process_job_events(ctx: EvalContext, s: Session, rows: Iterable[Any]) -> None:
     """Job events (id, job_id, kind, new_state) -> session rules to check."""
-    relevant = [r for r in rows if r[3] == JobState.COMPLETE.value or r[2] == "retry_decision"]
+    ended = {JobState.COMPLETE.value, JobState.FAILED.value, JobState.CANCELLED.value}
+    relevant = [r for r in rows if r[3] in ended or r[2] == "retry_decision"]
     if not relevant:
         return
     jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_({r[1] for r in relevant})))}
@@ -101,11 +103,13 @@ def process_job_events(ctx: EvalContext, s: Session, rows: Iterable[Any]) -> Non
         for rule in ctx.rules.session_rules.get(dest.project_id, []):
             if not ctx.backfill and int(event_id) <= rule.created_event:
                 continue
-            if new_state == JobState.COMPLETE.value:
+            if new_state in ended:
+                # Any prerequisite job ending may be the last unfinished one on the
+                # session (earlier ones may have completed meanwhile).
                 gear = gears.get(job.gear_id, "")
                 if gear in rule.prerequisite_gears:
                     todo.setdefault(
-                        (rule.id, dest.session_id), (rule, f"{gear} job {job.id} completed")
+                        (rule.id, dest.session_id), (rule, f"{gear} job {job.id} {new_state}")
                     )
             elif (
                 kind == "retry_decision"
@@ -356,8 +360,26 @@ def decide(
 
 
 def prerequisites(s: Session, rule: LoadedRule, session_c: Container) -> P.Explanation:
-    """One node per prerequisite gear: is there a completed job of it on the session?"""
+    """One node per prerequisite gear: is it complete on the session?
+
+    Complete means a completed job of the gear exists *and* no job of that gear on
+    the session is still unfinished (pending ... staging): a session with three
+    prerequisite jobs is ready when the last one ends, not the first.
+    """
     names = sorted(rule.prerequisite_gears)
+    unfinished: dict[str, int] = {}
+    for gear_name, count in s.execute(
+        select(Gear.name, func.count(Job.id))
+        .join(Gear, Gear.id == Job.gear_id)
+        .join(Container, Container.id == Job.destination_id)
+        .where(
+            Container.session_id == session_c.id,
+            Job.state.in_([st.value for st in JobState if not st.final]),
+            Gear.name.in_(names),
+        )
+        .group_by(Gear.name)
+    ):
+        unfinished[str(gear_name)] = int(count)
     rows = s.execute(
         select(Job.id, Gear.name, Job.finished, Job.modified)
         .join(Gear, Gear.id == Job.gear_id)
@@ -380,6 +402,17 @@ def prerequisites(s: Session, rule: LoadedRule, session_c: Container) -> P.Expla
     kids = []
     for p in rule.spec.after:
         jobs = [r for r in rows if r[1] == p.gear]
+        busy = unfinished.get(p.gear, 0)
+        if busy:
+            kids.append(
+                P.Explanation(
+                    f"{p.describe()} completed",
+                    False,
+                    f"{busy} {p.gear} job(s) on this session still pending or running"
+                    + (f" ({len(jobs)} completed)" if jobs else ""),
+                )
+            )
+            continue
         if p.analysis_label:
             fitting = [
                 r

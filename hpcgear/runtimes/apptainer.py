@@ -17,8 +17,8 @@ Both families accept the same action flags for what hpcgear needs:
 * ``--nv`` only when GPUs are requested; ``--writable-tmpfs`` when asked.
 
 The gear is always started with ``exec`` (see :mod:`hpcgear.runtimes.base`);
-an image without a manifest command runs ``/.singularity.d/runscript``, which is
-what ``run`` would do, but behind the start marker.
+a manifest without a command runs ``/flywheel/v0/run`` as Flywheel does, not the
+image's runscript.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ The first shell proves the container booted (the *start marker*, written into a
 bound host directory) and then replaces itself with ``/bin/sh -c COMMAND``,
 exactly as Flywheel runs a manifest ``command``; ``COMMAND`` travels as a
 positional parameter, so it is data to this outer shell. Without a manifest
-command the image's runscript is exec'ed the same way. The job script retries
+command ``/flywheel/v0/run`` is exec'ed, as Flywheel does (never the image's
+runscript, which may be anything: a shell, a no-op). The job script retries
 the container only when the marker is missing (the runtime failed to start).
 """
 
@@ -37,6 +38,8 @@ STARTED_MARKER_NAME = "started"
 MARKER_FAILED_RC = 254
 #: ``$0`` of the in-container shells (shows up in ``ps`` and error messages).
 SHELL_NAME = "hpcgear-gear"
+#: What a gear whose manifest has no ``command`` runs (the Flywheel gear spec's default).
+DEFAULT_GEAR_COMMAND = f"{CONTAINER_FLYWHEEL}/run"
 
 
 def start_script(command: str | None) -> str:
@@ -44,7 +47,7 @@ def start_script(command: str | None) -> str:
     marker = f"{CONTAINER_MARKER_DIR}/{STARTED_MARKER_NAME}"
     touch = f": > {marker} || exit {MARKER_FAILED_RC}; "
     if command is None:
-        return touch + 'exec /.singularity.d/runscript "$@"'
+        return touch + f"exec {DEFAULT_GEAR_COMMAND}"
     return touch + 'exec /bin/sh -c "$1"'
 
 
@@ -73,7 +76,7 @@ class ContainerInvocation:
     """Everything a runtime needs to run one gear container.
 
     Paths are host paths on the compute node. ``command`` is the manifest
-    command (run through ``/bin/sh -c``); ``None`` runs the image's runscript.
+    command (run through ``/bin/sh -c``); ``None`` runs ``/flywheel/v0/run``.
     """
 
     image: str

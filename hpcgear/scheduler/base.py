@@ -93,7 +93,7 @@ _NATIVE_RE = re.compile(r"^(?P<base>[A-Za-z0-9][A-Za-z0-9.-]*)(?:_(?P<task>\d+))
 
 def split_native_id(native_id: str) -> tuple[str, int | None]:
     """``"123_4"`` -> ``("123", 4)``; ``"123"`` -> ``("123", None)``; ``local-9_2`` likewise."""
-    m = _NATIVE_RE.match(native_id.strip())
+    m = _NATIVE_RE.fullmatch(native_id.strip())
     if not m:
         raise ValueError(f"not a scheduler job id: {native_id!r}")
     task = m.group("task")

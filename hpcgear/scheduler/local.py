@@ -233,7 +233,7 @@ class LocalBackend:
 
     def _entry(self, native_id: str) -> _Entry | None:
         base, _ = split_native_id(native_id)
-        if not _NATIVE_RE.match(base):
+        if not _NATIVE_RE.fullmatch(base):
             return None
         path = self.state_dir / f"{base}.json"
         try:

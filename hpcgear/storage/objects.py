@@ -102,7 +102,7 @@ class ObjectStore:
             ) from exc
 
     def path_for(self, digest: str) -> Path:
-        if not _HASH_RE.match(digest):
+        if not _HASH_RE.fullmatch(digest):
             raise StorageError(f"not a content hash: {digest!r}", "expected sha256:<64 hex>")
         hexd = digest.split(":", 1)[1]
         return self.objects / hexd[:2] / hexd[2:4] / hexd

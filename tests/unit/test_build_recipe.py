@@ -32,7 +32,7 @@ from hpcgear.scheduler.runner import CompletedCommand
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"
-BUNDLED = ("dcm2niix", "dicom-header", "nifti-header", "test-gear", "test-analysis")
+BUNDLED = ("dcm2niix", "dicom-header", "nifti-header", "test-gear", "test-analysis", "api-gear")
 MIRROR = "http://deb.example.org/debian"
 
 
@@ -537,3 +537,19 @@ def test_unused_root_filesystems_are_pruned_after_a_day(tmp_path: Path) -> None:
     latest = b.build(load_recipe(gear))
     assert not old_rootfs.exists()
     assert b.rootfs_path(latest.recipe.base, latest.recipe.packages).is_dir()
+
+
+def test_pip_packages_are_pinned_and_hashed(tmp_path: Path) -> None:
+    """`pip:` installs pinned PyPI packages (api-gear: fw-gear + flywheel-sdk) and is part
+    of the recipe hash; unpinned requirements are refused."""
+    recipe = load_recipe(CONTAINERS / "api-gear")
+    assert recipe.pip and all("==" in p for p in recipe.pip)
+    assert ("PYTHONPATH", "/opt/hpcgear-pip") in recipe.environment
+    gear = tmp_path / "api-gear"
+    shutil.copytree(CONTAINERS / "api-gear", gear)
+    text = (gear / "build.yaml").read_text()
+    (gear / "build.yaml").write_text(text.replace("fw-gear==0.3.7", "fw-gear==0.3.6"))
+    assert recipe_hash(load_recipe(gear), MIRROR) != recipe_hash(recipe, MIRROR)
+    (gear / "build.yaml").write_text(text.replace("fw-gear==0.3.7", "fw-gear"))
+    with pytest.raises(SchemaError, match="pinned"):
+        load_recipe(gear)

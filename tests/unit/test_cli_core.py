@@ -204,9 +204,9 @@ def test_role_list(roles: CliEnv) -> None:
 
 
 def test_as_needs_site_admin(roles: CliEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    import getpass
+    from hpcgear.auth import identity
 
-    monkeypatch.setattr(getpass, "getuser", lambda: "rw")
+    monkeypatch.setattr(identity, "os_login", lambda: "rw")
     res = roles.run("--as", "ga", "ls")
     assert_one_clear_error(res, "site-admin")
 

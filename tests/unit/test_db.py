@@ -30,7 +30,7 @@ def test_migrations_match_models(db: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     check_schema(db.engine)
-    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0006"
+    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0004"
 
 
 def test_empty_database_is_refused(tmp_path: Path) -> None:

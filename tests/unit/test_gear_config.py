@@ -325,11 +325,11 @@ def test_reserved_keys_are_accepted_undeclared_and_validated() -> None:
     ("key", "value", "fragment"),
     [
         ("slurm-cpu", "four", "slurm-cpu 'four' is not a whole number"),
-        ("slurm-cpu", "0", "slurm-cpu must be at least 1"),
+        ("slurm-cpu", "-2", "slurm-cpu -2 is out of range"),
         ("slurm-cpu", 2.5, "slurm-cpu 2.5 is not a whole number"),
         ("scheduler_cpu", True, "scheduler_cpu"),
         ("slurm-ram", "lots", "slurm-ram 'lots' is not a size"),
-        ("slurm-ram", "0G", "slurm-ram must be positive"),
+        ("slurm-ram", "-1G", "slurm-ram '-1G' is not a size"),
         ("slurm-ram", "99999T", "larger than any node"),
         ("scheduler_ram", "rusage[mem=12000]", "scheduler_ram 'rusage[mem=12000]' is not a size"),
         ("slurm-time", "forever", "slurm-time 'forever' is not a duration"),
@@ -355,6 +355,28 @@ def test_each_invalid_reserved_value(key: str, value: Any, fragment: str) -> Non
         parse_reserved({key: value})
     assert fragment in info.value.message
     assert "slurm-ram" in info.value.hint  # the hint names the accepted spellings
+
+
+@pytest.mark.parametrize("zero", [0, "0", "", "0G", 0.0, " 0 "])
+def test_zero_cpu_and_ram_mean_not_set(zero: Any) -> None:
+    """Issue 11: HPC-ready gears ship slurm-cpu/slurm-ram defaults of 0 meaning "site
+    default"; the manifest is accepted, the site default applies, a user may set it."""
+    kind = "string" if isinstance(zero, str) else "number"
+    manifest = manifest_with(
+        {
+            "slurm-cpu": {"type": kind, "default": zero},
+            "slurm-ram": {"type": kind, "default": zero},
+        }
+    )
+    assert {o.name for o in manifest.config} == {"slurm-cpu", "slurm-ram"}
+    full = resolve_config(manifest, {}, {})
+    assert parse_reserved(full).is_empty  # the site default applies
+    user_value: Any = "3" if isinstance(zero, str) else 3
+    assert parse_reserved(resolve_config(manifest, {}, {"slurm-cpu": user_value})).cpus == 3
+    overrides = parse_reserved({"slurm-cpu": zero, "slurm-ram": zero})
+    assert overrides.cpus is None and overrides.mem_mb is None
+    user = parse_reserved({"slurm-cpu": zero, "slurm-ram": zero, "scheduler_cpu": 4})
+    assert user.cpus == 4
 
 
 def test_all_bad_reserved_keys_at_once() -> None:

@@ -174,6 +174,28 @@ def test_gear_install_versions(gear_env: CliEnv, tmp_path: Path) -> None:
     assert env.run("--as", "bob", "gear", "install", str(TEST_GEAR)).code == 4
 
 
+def test_jobs_listing_shows_only_visible_jobs_newest_first(gear_env: CliEnv) -> None:
+    """Visibility is filtered in SQL, so --limit counts the jobs a user may see."""
+    env = gear_env
+    env.ok("group", "create", "other")
+    env.ok("project", "create", "other/q")
+    env.ok("upload", "other/q/s/ses", str(Path(__file__)))
+    mine = [env.ok("run", "test-gear", "--dest", f"lab/p1/{s}/ses1", "--json").json()["id"]
+            for s in ("s1", "s2")]  # fmt: skip
+    hidden = env.ok("run", "test-gear", "--dest", "other/q/s/ses", "--json").json()["id"]
+    listed = [j["id"] for j in env.ok("jobs", "--json").json()]
+    assert listed == [hidden, *reversed(mine)], "site admin sees all, newest first"
+    env.ok("user", "add", "reader")
+    env.ok("role", "grant", "reader", "lab", "read-only")
+    seen = env.ok("--as", "reader", "jobs", "--json").json()
+    assert [j["id"] for j in seen] == list(reversed(mine))
+    assert seen[0]["destination"] == "lab/p1/s2/ses1" and seen[0]["gear"] == "test-gear@1.0.0"
+    one = env.ok("--as", "reader", "jobs", "--limit", "1", "--json").json()
+    assert [j["id"] for j in one] == [mine[1]], "the limit counts visible jobs"
+    env.ok("role", "grant", "reader", "other/q", "read-only")
+    assert len(env.ok("--as", "reader", "jobs", "--json").json()) == 3
+
+
 def _complete(env: CliEnv, job_id: str) -> None:
     """What the controller does when a job finishes (its steps are tested elsewhere)."""
     from sqlalchemy import update
@@ -224,25 +246,3 @@ def test_batch_per_file_type_filter_and_skip_completed(gear_env: CliEnv, tmp_pat
     assert f"skipped lab/p1/s2/ses1: already completed by job {jid}" in res.out
     res = env.run("batch", "test-gear", "--over", "lab/p1/*/*", "--per-file")
     assert_one_clear_error(res, "--per-file needs exactly one --input")
-
-
-def test_jobs_listing_shows_only_visible_jobs_newest_first(gear_env: CliEnv) -> None:
-    """Visibility is filtered in SQL, so --limit counts the jobs a user may see."""
-    env = gear_env
-    env.ok("group", "create", "other")
-    env.ok("project", "create", "other/q")
-    env.ok("upload", "other/q/s/ses", str(Path(__file__)))
-    mine = [env.ok("run", "test-gear", "--dest", f"lab/p1/{s}/ses1", "--json").json()["id"]
-            for s in ("s1", "s2")]  # fmt: skip
-    hidden = env.ok("run", "test-gear", "--dest", "other/q/s/ses", "--json").json()["id"]
-    listed = [j["id"] for j in env.ok("jobs", "--json").json()]
-    assert listed == [hidden, *reversed(mine)], "site admin sees all, newest first"
-    env.ok("user", "add", "reader")
-    env.ok("role", "grant", "reader", "lab", "read-only")
-    seen = env.ok("--as", "reader", "jobs", "--json").json()
-    assert [j["id"] for j in seen] == list(reversed(mine))
-    assert seen[0]["destination"] == "lab/p1/s2/ses1" and seen[0]["gear"] == "test-gear@1.0.0"
-    one = env.ok("--as", "reader", "jobs", "--limit", "1", "--json").json()
-    assert [j["id"] for j in one] == [mine[1]], "the limit counts visible jobs"
-    env.ok("role", "grant", "reader", "other/q", "read-only")
-    assert len(env.ok("--as", "reader", "jobs", "--json").json()) == 3

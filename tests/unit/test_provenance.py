@@ -252,12 +252,11 @@ def _open_db(env: CliEnv) -> Any:
 
 
 def test_cli_show_export_trace(cli_env: CliEnv, tmp_path: Path) -> None:
-    import getpass
-
+    from hpcgear.auth.identity import os_login
     from hpcgear.storage.objects import ObjectStore
 
     db, settings = _open_db(cli_env)
-    login = getpass.getuser()
+    login = os_login()
     src = tmp_path / "raw.dcm"
     src.write_bytes(b"raw bytes")
     cli_env.ok("group", "create", "lab")
@@ -294,12 +293,11 @@ def test_cli_show_export_trace(cli_env: CliEnv, tmp_path: Path) -> None:
 
 
 def test_cli_scratch_gc_never_touches_a_live_job(cli_env: CliEnv, tmp_path: Path) -> None:
-    import getpass
-
+    from hpcgear.auth.identity import os_login
     from hpcgear.db.models import Job as JobRow
 
     db, settings = _open_db(cli_env)
-    login = getpass.getuser()
+    login = os_login()
     src = tmp_path / "raw.dcm"
     src.write_bytes(b"raw")
     cli_env.ok("group", "create", "lab")

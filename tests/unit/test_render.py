@@ -30,6 +30,7 @@ from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 SITE_YAML = """\
 name: testsite
 scratch_root: /scratch/{user}
+scratch_user: owner
 storage_root: /data/hpcgear
 runtime:
   executable: /usr/bin/apptainer

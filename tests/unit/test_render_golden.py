@@ -29,6 +29,12 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("HPCGEAR_REGEN_GOLDEN") == "1"
 
 
+@pytest.fixture(autouse=True)
+def _service_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sites whose jobs run as the controller's login fill {user} with it: fix it."""
+    monkeypatch.setenv("LOGNAME", "hpcgear-svc")
+
+
 def site_named(name: str) -> SiteConfig:
     if name == "dev-site":
         return load_site_text(render_dev_template(), "dev/dev-site.yaml.template")

@@ -220,3 +220,40 @@ def test_conflicting_tags_are_refused() -> None:
 def test_other_tags_are_ignored() -> None:
     req = parse_resource_tags(["hpc", "needs-review", "study=x", "CPU=3"])
     assert req.cpus == 3 and req.mem_mb is None and req.partition is None
+
+
+def test_gear_defaults_this_site_lacks_give_way_with_a_warning(site: SiteConfig) -> None:
+    gear = {"slurm-partition": "blanca-ics", "slurm-qos": "blanca-ics", "slurm-account": "ics"}
+    res = resolve_resources(site, manifest=gear)
+    r = res.resources
+    assert (r.partition, r.qos, r.account) == ("cpu", None, None)
+    assert len(res.notes) == 3
+    assert "default partition 'blanca-ics' does not exist on site cluster" in res.notes[0]
+    # a gear default the site has is kept, without a note
+    kept = resolve_resources(site, manifest={"slurm-partition": "gpu", "slurm-qos": "gpuqos"})
+    assert (kept.resources.partition, kept.resources.qos) == ("gpu", "gpuqos")
+    assert kept.notes == ()
+
+
+def test_a_users_explicit_partition_must_still_exist(site: SiteConfig) -> None:
+    with pytest.raises(ResourceError, match="has no partition 'blanca-ics'"):
+        resolve_resources(site, manifest={"slurm-partition": "gpu"},
+                          job={"slurm-partition": "blanca-ics"})
+
+
+def test_an_empty_config_value_clears_a_gear_default(site: SiteConfig) -> None:
+    gear = {"slurm-partition": "gpu", "slurm-qos": "gpuqos"}
+    res = resolve_resources(site, manifest=gear, job={"slurm-partition": "", "slurm-qos": ""})
+    assert res.resources.partition == "cpu"  # the site default partition
+    assert res.resources.qos is None
+    # a rule layer clears too; a later layer may set it again
+    again = resolve_resources(site, manifest=gear, rule={"slurm-partition": ""},
+                              job={"slurm-partition": "long"})
+    assert again.resources.partition == "long"
+
+
+def test_every_exceeded_limit_is_reported_at_once(site: SiteConfig) -> None:
+    with pytest.raises(ResourceError) as info:
+        resolve_resources(site, tags=["cpu=99", "time=3-00:00:00", "ram=999G"])
+    msg = info.value.message
+    assert "time 3-00:00:00" in msg and "mem 999G" in msg and "cpus 99" in msg

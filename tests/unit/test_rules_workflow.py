@@ -94,6 +94,25 @@ def test_all_prerequisites_then_one_job(world: World) -> None:
     assert rep.jobs_created == 0 and rep.duplicates == 1
 
 
+def test_session_waits_for_every_prerequisite_job_on_it(world: World) -> None:
+    """Issue 11: three dcm2niix jobs on one session; the rule fired when the first
+    finished, on partial data. Ready means no job of the gear is still unfinished."""
+    w = world
+    session_setup(w, require="any")
+    first = run_gear_job(w, "dcm2niix", "lab/p1/s1/ses1/anat", JobState.PENDING)
+    second = run_gear_job(w, "dcm2niix", "lab/p1/s1/ses1/anat", JobState.PENDING)
+    w.apply(qc_rule("any"))
+    w.finish(first, JobState.COMPLETE)
+    rep = w.evaluate()
+    assert rep.sessions_evaluated == 1 and rep.jobs_created == 0 and not qc_jobs(w)
+    third = run_gear_job(w, "dcm2niix", "lab/p1/s1/ses1/anat")  # completes; second pending
+    assert w.evaluate().jobs_created == 0
+    w.finish(second, JobState.FAILED)  # the last one ended: the session is ready
+    rep = w.evaluate()
+    assert rep.jobs_created == 1, rep.notes
+    assert third
+
+
 def test_any_prerequisite(world: World) -> None:
     w = world
     session_setup(w, require="any")

@@ -67,10 +67,13 @@ def test_command_travels_as_data_not_code() -> None:
     assert hostile not in argv[-3]  # the outer sh program never contains the command
 
 
-def test_no_command_runs_the_runscript_behind_the_marker() -> None:
+def test_no_command_runs_flywheel_v0_run_behind_the_marker() -> None:
+    """Flywheel runs /flywheel/v0/run when a manifest has no command (issue 11): the
+    image's runscript (a busybox shell, say) must never stand in for the gear."""
     argv = ApptainerRuntime().build_argv(invocation(command=None))
     assert argv[-4:] == ["/bin/sh", "-c", start_script(None), "hpcgear-gear"]
-    assert "/.singularity.d/runscript" in start_script(None)
+    assert start_script(None).endswith("exec /flywheel/v0/run")
+    assert "runscript" not in start_script(None)
     assert start_script(None).startswith(": > /.hpcgear/started")
 
 

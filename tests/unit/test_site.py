@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hpcgear.config.data import embedded_site, shipped_dir
+from hpcgear.config.schema import SchemaErrors
 from hpcgear.config.site import (
     DEFAULT_RETRY,
     FORBIDDEN_SBATCH_OPTIONS,
@@ -18,6 +19,7 @@ from hpcgear.config.site import (
     check_sbatch_option,
     load_site,
     load_site_text,
+    site_as_dict,
     site_schema_json,
 )
 from hpcgear.config.yamlload import load_yaml_with_lines
@@ -74,9 +76,67 @@ def test_minimal_site_gets_defaults() -> None:
     assert site.retry_policy(FailureKind.OOM) == DEFAULT_RETRY[FailureKind.OOM]
 
 
-def test_render_scratch_root_fills_user_and_site() -> None:
-    site = load(MINIMAL.replace("/scratch/{user}", "/scratch/{site}/{user}"))
-    assert site.render_scratch_root("alice") == "/scratch/testsite/alice"
+def test_render_scratch_root_fills_user_and_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGNAME", "svc")
+    owner = load(MINIMAL.replace("/scratch/{user}", "/scratch/{site}/{user}\nscratch_user: owner"))
+    assert owner.render_scratch_root("alice") == "/scratch/testsite/alice"
+    service = load(MINIMAL.replace("/scratch/{user}", "/scratch/{site}/{user}"))
+    assert service.scratch_user == "service"
+    assert service.render_scratch_root("alice") == "/scratch/testsite/svc"
+
+
+def test_ssh_service_account_never_writes_into_a_researchers_scratch() -> None:
+    site = load(MINIMAL + "transport: {kind: ssh, host: login.example.edu, user: hpcgear-svc}\n")
+    assert site.service_user == "hpcgear-svc"
+    assert site.render_scratch_root("alice") == "/scratch/hpcgear-svc"
+    owner = load(MINIMAL + "scratch_user: owner\n"
+                 "transport: {kind: ssh, host: login.example.edu, user: hpcgear-svc}\n")
+    assert owner.render_scratch_root("alice") == "/scratch/alice"
+    assert any("scratch_user: owner" in w for w in owner.warnings())
+
+
+def test_storage_root_is_ignored_with_a_warning() -> None:
+    site = load(MINIMAL)
+    assert any("storage_root is ignored" in w for w in site.warnings())
+    assert not load(MINIMAL.replace("storage_root: /data/hpcgear\n", "")).warnings()
+
+
+def test_site_defaults_are_checked_against_every_partition() -> None:
+    text = MINIMAL + "  quick: {max_time: 30m, max_cpus: 2}\ndefaults: {time: 1h, cpus: 4}\n"
+    with pytest.raises(SchemaErrors) as info:
+        load_site_text(text, "site.yaml", all_errors=True)
+    messages = [e.message for e in info.value.errors]
+    assert any("defaults.time 01:00:00 exceeds partition quick's max_time" in m
+               for m in messages), messages
+    assert any("defaults.cpus 4 exceeds partition quick's max_cpus 2" in m for m in messages)
+    assert len(messages) == 2
+
+
+def test_validate_reports_every_error_at_once() -> None:
+    text = (
+        "name: x\nbogus: 1\nscratch_root: rel\n"
+        "runtime: {image_cache: /i, boot_retries: 99}\n"
+        "partitions:\n  a: {max_time: 1h, max_cpus: 0, default: true}\n"
+        "  b: {qos: -bad}\n"
+    )
+    with pytest.raises(SchemaErrors) as info:
+        load_site_text(text, "x.yaml", all_errors=True)
+    got = [e.message for e in info.value.errors]
+    assert [m.split(":")[1] for m in got] == ["2", "3", "4", "6", "7"], got
+    assert "unknown key 'bogus'" in got[0]
+    assert "boot_retries must be 0..10" in got[2]
+    # without all_errors the first problem alone is raised, as before
+    with pytest.raises(SchemaError, match="unknown key 'bogus'") as one:
+        load_site_text(text, "x.yaml")
+    assert not isinstance(one.value, SchemaErrors)
+
+
+def test_site_as_dict_is_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    site = load_site(REPO / "site_configs" / "curc-alpine.yaml")
+    data = json.loads(json.dumps(site_as_dict(site)))
+    assert data["partitions"]["aa100"]["max_gpus"] == 3
+    assert data["routing"]["partition_tags"]["gpu"] == "aa100"
+    assert data["default_partition"] == "amilan"
 
 
 @pytest.mark.parametrize("user", ["../root", "a/b", ".hidden", "-x", "", "a b", "x$(id)", "a\nb",
@@ -134,8 +194,8 @@ def test_yaml_syntax_error_names_line() -> None:
 
 
 def test_missing_required_key() -> None:
-    with pytest.raises(SchemaError, match=r"missing required key 'storage_root'"):
-        load("name: x\nscratch_root: /s\nruntime: {image_cache: /i}\nscheduler: local\n")
+    with pytest.raises(SchemaError, match=r"missing required key 'runtime'"):
+        load("name: x\nscratch_root: /s\nscheduler: local\n")
 
 
 def test_wrong_type_says_what_was_given() -> None:
@@ -307,7 +367,7 @@ def test_json_schema_export_matches_the_dataclasses() -> None:
     schema = site_schema_json()
     json.dumps(schema)  # serialisable
     assert schema["$schema"].endswith("2020-12/schema")
-    assert set(schema["required"]) == {"name", "scratch_root", "storage_root", "runtime"}
+    assert set(schema["required"]) == {"name", "scratch_root", "runtime"}
     assert schema["additionalProperties"] is False
     props = schema["properties"]
     assert "poll_interval" in props and "scratch_gc_age" in props
@@ -397,14 +457,18 @@ def test_curc_examples_have_their_shape() -> None:
     assert alpine.default_partition == "amilan"
     assert alpine.partitions["amilan"].qos is None
     assert alpine.partitions["aa100"].max_gpus > 0
-    assert alpine.modules == ("module load slurm/alpine",)
-    assert alpine.render_scratch_root("bob") == "/scratch/alpine/bob"
+    assert alpine.modules == ("module use /curc/sw/modules/slurm", "module load slurm/alpine")
+    assert alpine.scratch_user == "service"
+    assert alpine.defaults.time_minutes <= 60  # atesting allows 1h
     assert alpine.routing.partition_tags["gpu"] == "aa100"
     blanca = load_site(REPO / "site_configs" / "curc-blanca.yaml")
     assert blanca.default_partition == "blanca-ics"
     assert blanca.partitions["blanca-ics"].qos == "blanca-ics"
     assert blanca.transport.kind == "ssh" and blanca.transport.host
-    assert "{user}" in blanca.scratch_root
+    assert blanca.render_scratch_root("bob") == "/scratch/blanca/hpcgear-svc"
+    assert blanca.modules == ("module use /curc/sw/modules/slurm", "module load slurm/blanca")
+    assert blanca.partitions["blanca-ics"].max_cpus == 56
+    assert blanca.storage_root is None and alpine.storage_root is None
 
 
 def test_dev_site_is_local_and_embedded() -> None:
@@ -413,7 +477,7 @@ def test_dev_site_is_local_and_embedded() -> None:
     moved = embedded_site(scratch_root="/home/alice/.local/share/hpcgear/scratch",
                           storage_root="/home/alice/.local/share/hpcgear/storage")
     assert moved.render_scratch_root("alice") == "/home/alice/.local/share/hpcgear/scratch"
-    assert moved.storage_root == "/home/alice/.local/share/hpcgear/storage"
+    assert moved.storage_root is None  # sites publish to the instance's object store
     with pytest.raises(ConfigError, match="not a safe absolute path"):
         embedded_site(scratch_root="/home/my user/scratch")
 

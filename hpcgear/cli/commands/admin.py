@@ -97,10 +97,15 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @pass_app
 def db_upgrade(app: AppContext) -> None:
-    """Apply pending migrations (safe to repeat)."""
-    from hpcgear.db.session import create_db_engine, upgrade
+    """Apply pending migrations (safe to repeat; site admins only)."""
+    from sqlalchemy import inspect
+
+    from hpcgear.db.session import check_connection, create_db_engine, upgrade
 
     engine = create_db_engine(app.settings.database_url)
+    check_connection(engine)
+    if inspect(engine).has_table("users"):  # an empty database has no admins yet
+        app.require_site_admin("upgrading the database schema")
     before, after = upgrade(engine)
     engine.dispose()
     if before == after:
@@ -155,25 +160,58 @@ def user_add(app: AppContext, name: str, site_admin: bool) -> None:
     app.echo(f"added user {name}" + (" (site admin)" if site_admin else ""))
 
 
+def _user_flag_command(name: str, doc: str, **flags: bool) -> None:
+    @user_group.command(name, help=doc)
+    @click.argument("login", metavar="NAME")
+    @pass_app
+    def cmd(app: AppContext, login: str) -> None:
+        from hpcgear.hierarchy.users import set_user_flags
+
+        actor = app.actor
+        with app.db.session() as s:
+            user = set_user_flags(s, actor, login, **flags)
+            state = ("site admin" if user.site_admin else "user") + (
+                ", disabled" if user.disabled else "")
+        app.echo(f"{login} is now a {state}")
+
+
+_user_flag_command("promote", "Make NAME a site admin (site admins only).", site_admin=True)
+_user_flag_command("demote", "Take the site-admin role from NAME (not the last one).",
+                   site_admin=False)
+_user_flag_command("disable", "Refuse every action by NAME; their data and jobs stay.",
+                   disabled=True)
+_user_flag_command("enable", "Let a disabled user act again.", disabled=False)
+
+
 @user_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def user_list(app: AppContext, as_json: bool) -> None:
     """List users."""
+    from hpcgear.cli.commands.jobs import zoned
     from hpcgear.hierarchy.service import list_users
 
     actor = app.actor
     with app.db.session() as s:
         rows: list[dict[str, Any]] = [
-            {"login": u.login, "site_admin": u.site_admin, "created": u.created.isoformat()}
+            {
+                "login": u.login,
+                "site_admin": u.site_admin,
+                "disabled": u.disabled,
+                "created": u.created.isoformat(),
+            }
             for u in list_users(s, actor)
         ]
     if as_json:
         app.emit_json(rows)
         return
     app.table(
-        [[r["login"], "yes" if r["site_admin"] else "", r["created"][:19]] for r in rows],
-        ["USER", "SITE-ADMIN", "CREATED"],
+        [
+            [r["login"], "yes" if r["site_admin"] else "", "yes" if r["disabled"] else "",
+             zoned(r["created"])]
+            for r in rows
+        ],
+        ["USER", "SITE-ADMIN", "DISABLED", "CREATED"],
     )
 
 
@@ -282,3 +320,12 @@ __all__ = [
     "role_group",
     "user_group",
 ]
+
+
+def _attach_key_group() -> None:
+    from hpcgear.cli.commands.auth import key_group
+
+    user_group.add_command(key_group)
+
+
+_attach_key_group()

@@ -1,4 +1,4 @@
-"""Data commands: ls, upload, download, info, tag."""
+"""Data commands: ls, upload, download (one file or a tree), info, tag."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_join, safe_text
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -85,8 +85,9 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     from hpcgear.ingest.upload import upload_deidentified
 
     actor = app.actor
-    with app.db.session() as s:
-        results = upload_deidentified(s, app.store, actor, path, list(files))
+    results = app.db.write(
+        lambda s: upload_deidentified(s, app.store, actor, path, list(files))
+    )
     if as_json:
         app.emit_json(
             [
@@ -108,26 +109,130 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
 
 
 @click.command("download")
-@click.argument("path", metavar="PATH/FILE")
+@click.argument("path", metavar="PATH")
 @click.option(
     "--version", "version", type=click.IntRange(min=1), help="File version (default latest)."
 )
 @click.option(
     "--out",
     "out",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory to write the file into.",
+    help="Directory to write into (a container's files land at their hierarchy path).",
 )
+@click.option(
+    "--tar",
+    "tar",
+    metavar="FILE",
+    help="Write a tar stream instead (FILE.tar.gz / .tgz: gzipped; '-': stdout).",
+)
+@click.option("-r", "--recursive", is_flag=True, help="Everything below a container PATH.")
+@click.option("--type", "types", multiple=True, help="Only files of this type (repeatable).")
+@click.option(
+    "--include-analyses", is_flag=True, help="With --recursive: also the analyses' files."
+)
+@click.option("--dry-run", is_flag=True, help="List what would be written; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_app
-def download_cmd(app: AppContext, path: str, version: int | None, out: Path) -> None:
-    """Download a file version (hash verified) into --out DIR."""
-    from hpcgear.hierarchy.service import download_file
+def download_cmd(
+    app: AppContext,
+    path: str,
+    version: int | None,
+    out: Path | None,
+    tar: str | None,
+    recursive: bool,
+    types: tuple[str, ...],
+    include_analyses: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Download a file (into --out DIR), or a container's files (--recursive: its subtree).
 
+    \b
+    Container downloads keep the hierarchy's paths under DIR
+    (DIR/group/project/subject/session/acquisition/FILE; analyses as their
+    label or @ID), verify every file's sha256, and resume: files already
+    present with the right hash are skipped. --tar streams the same tree.
+    """
+    import sys
+
+    from hpcgear.errors import InvalidInputError, NotFoundError
+    from hpcgear.hierarchy.export import download_tree, plan_download, write_tar
+    from hpcgear.hierarchy.service import download_file, resolve_target
+
+    if (out is None) == (tar is None) and not dry_run:
+        raise InvalidInputError("give exactly one of --out DIR and --tar FILE", "e.g. --out ./data")
     actor = app.actor
     with app.db.session() as s:
-        dest, fv = download_file(s, app.store, actor, path, out, version=version)
-    app.echo(f"{dest} (v{fv.version}, {fv.hash[:19]})")
+        try:
+            target = resolve_target(s, path)
+        except NotFoundError:
+            if out is None or recursive:
+                raise
+            download_file(s, app.store, actor, path, out, version=version)  # the precise error
+            raise
+        single = target.file is not None and tar is None
+        if single and out is not None and not dry_run:
+            dest, fv = download_file(s, app.store, actor, path, out, version=version)
+            if as_json:
+                app.emit_json({"path": str(dest), "version": fv.version, "hash": fv.hash})
+            else:
+                app.echo(f"{safe_text(str(dest))} (v{fv.version}, {fv.hash[:19]})")
+            return
+        if version is not None:
+            raise InvalidInputError("--version applies to one file", "drop --version")
+        items = plan_download(
+            s, actor, path, recursive=recursive, types=types, include_analyses=include_analyses
+        )
+    total = sum(i.size for i in items)
+    if dry_run:
+        if as_json:
+            app.emit_json({"files": [i.as_dict() for i in items], "bytes": total})
+        else:
+            for i in items:
+                app.echo(f"{safe_text(i.path)}  {_human_size(i.size)}")
+            app.note(f"{len(items)} file(s), {_human_size(total)} (dry run)")
+        return
+    progress = _progress_printer(app)
+    if tar is not None:
+        gz = tar.endswith((".tar.gz", ".tgz"))
+        if tar == "-":
+            report = write_tar(app.store, items, sys.stdout.buffer, progress=progress)
+        else:
+            dest_tar = Path(tar)
+            tmp = dest_tar.with_name(f".{dest_tar.name}.part")
+            with tmp.open("wb") as fh:
+                report = write_tar(app.store, items, fh, gzip=gz, progress=progress)
+            tmp.replace(dest_tar)
+    else:
+        assert out is not None
+        report = download_tree(app.store, items, out, progress=progress)
+    if as_json and tar != "-":
+        app.emit_json(report.as_dict())
+    elif tar != "-":
+        app.echo(
+            f"{len(report.written)} written, {len(report.skipped)} already present "
+            f"({_human_size(report.bytes_written)}) -> {safe_text(str(tar or out))}"
+        )
+
+
+def _progress_printer(app: AppContext) -> Any:
+    """Progress on stderr, at most every 2 seconds, and at the end of long work."""
+    import time
+
+    state = {"last": time.monotonic(), "start": time.monotonic()}
+
+    def show(done: int, total: int, nbytes: int, total_bytes: int, path: str) -> None:
+        now = time.monotonic()
+        if now - state["last"] < 2 and done != total:
+            return
+        if done == total and now - state["start"] < 2:
+            return
+        state["last"] = now
+        app.note(
+            f"[{done}/{total}] {_human_size(nbytes)}/{_human_size(total_bytes)} {safe_text(path)}"
+        )
+
+    return show
 
 
 @click.group("info")
@@ -145,12 +250,29 @@ def info_set(app: AppContext, path: str, pairs: tuple[str, ...], as_json: bool) 
     from hpcgear.hierarchy.service import set_info
 
     actor = app.actor
-    with app.db.session() as s:
-        info: dict[str, Any] = set_info(s, actor, path, list(pairs))
+    info: dict[str, Any] = app.db.write(lambda s: set_info(s, actor, path, list(pairs)))
     if as_json:
         app.emit_json(info)
     else:
-        app.echo(f"updated info on {safe_text(path)}: {', '.join(sorted(info))}")
+        app.echo(f"updated info on {safe_text(path)}: {safe_join(sorted(info))}")
+
+
+@info_group.command("unset")
+@click.argument("path")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@click.option("--json", "as_json", is_flag=True, help="Print the resulting info as JSON.")
+@pass_app
+def info_unset(app: AppContext, path: str, keys: tuple[str, ...], as_json: bool) -> None:
+    """Remove info KEYS from PATH (dots nest); every key must be set."""
+    from hpcgear.hierarchy.metadata import unset_info
+
+    actor = app.actor
+    with app.db.session() as s:
+        info = unset_info(s, actor, path, list(keys))
+    if as_json:
+        app.emit_json(info)
+    else:
+        app.echo(f"removed {', '.join(keys)} from {safe_text(path)}")
 
 
 @click.group("tag")
@@ -167,9 +289,8 @@ def tag_add(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, add=list(tags))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now)}")
+    now = app.db.write(lambda s: change_tags(s, actor, path, add=list(tags)))
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now)}")
 
 
 @tag_group.command("rm")
@@ -181,6 +302,5 @@ def tag_rm(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
-    with app.db.session() as s:
-        now = change_tags(s, actor, path, remove=list(tags))
-    app.echo(f"tags on {safe_text(path)}: {', '.join(now) or '(none)'}")
+    now = app.db.write(lambda s: change_tags(s, actor, path, remove=list(tags)))
+    app.echo(f"tags on {safe_text(path)}: {safe_join(now) or '(none)'}")

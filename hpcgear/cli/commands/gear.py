@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hpcgear.cli.context import AppContext, safe_text
+from hpcgear.cli.context import AppContext, safe_text, site_registry
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -61,8 +61,31 @@ def gear_install(app: AppContext, source: Path, image: str | None) -> None:
         res = install_gear(s, app.store, actor, source, image=image)
         g = res.gear
         name, version, digest = g.name, g.version, g.image_digest
+        manifest = dict(g.manifest or {})
     what = "installed" if res.created else "already installed (identical manifest)"
     app.echo(f"{name}@{version}: {what}; image {digest[:19] if digest else 'not built yet'}")
+    warn_api_key_sites(app, manifest)
+
+
+def warn_api_key_sites(app: AppContext, manifest: dict[str, object]) -> None:
+    """Gears with an api-key input run only on sites with api_url: say so at install."""
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, dict):
+        return
+    names = [n for n, d in inputs.items() if isinstance(d, dict) and d.get("base") == "api-key"]
+    if not names:
+        return
+    try:
+        sites = site_registry(app).sites
+    except Exception:
+        return
+    without = sorted(n for n, site in sites.items() if not site.api_url)
+    if without:
+        app.note(
+            f"warning: {manifest.get('name')} declares api-key input(s) {', '.join(names)}; "
+            f"its jobs cannot run on site(s) without api_url: {', '.join(without)} "
+            "(set api_url in the site YAML, or in the config file for the local site)"
+        )
 
 
 @gear_group.command("list")
@@ -291,6 +314,8 @@ def gear_build(
                 res = install_gear(s, app.store, actor, recipe.gear_dir, image=str(result.sif))
                 row["image_digest"] = res.gear.image_digest
                 row["installed"] = res.created
+                built_manifest = dict(res.gear.manifest or {})
+            warn_api_key_sites(app, built_manifest)
         rows.append(row)
         if not as_json:
             how = "cached" if result.cached else f"built in {result.seconds:.0f}s"

@@ -155,7 +155,9 @@ def rule_add(
     )
     actor = app.actor
     with app.db.session() as s:
-        res = save_rule(s, actor, spec, create_only=True, coerce_strings=True)
+        res = save_rule(
+            s, actor, spec, create_only=True, coerce_strings=True, sites=site_registry(app)
+        )
         data = rule_to_dict(s, res.rule)
     if as_json:
         app.emit_json(data)
@@ -283,7 +285,7 @@ def rule_apply(app: AppContext, file: Path, dry_run: bool, as_json: bool) -> Non
     specs = load_rules_file(file)
     actor = app.actor
     with app.db.session() as s:
-        outcomes = apply_rules(s, actor, specs)
+        outcomes = apply_rules(s, actor, specs, sites=site_registry(app))
         if dry_run:
             s.rollback()
     rows = [{"project": o.project, "name": o.name, "action": o.action} for o in outcomes]

@@ -1,0 +1,1 @@
+"""Who is acting: the OS account of the process, or the owner of an API key."""

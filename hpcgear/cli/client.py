@@ -1,0 +1,295 @@
+"""The CLI as a client of ``hpcgear serve``: with an API key configured, commands go
+through the HTTP API as the key's owner, so login nodes hold no database credentials.
+
+One endpoint runs the same click command on the server (``POST /api/hpcgear/cli``);
+``upload`` and ``download`` move bytes through ``/api/hpcgear/upload`` and
+``/download``. ``login``, ``logout``, ``init`` and ``--help`` stay local.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from hpcgear.errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    DatabaseError,
+    HpcgearError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    import urllib.error
+
+# (urllib, hashlib and the key parser are imported when a request is made: every
+# local command line passes through `remote_key`, which must stay cheap.)
+
+LOCAL_COMMANDS = frozenset({"login", "logout", "init", "serve", "controller", "db"})
+_GLOBAL_WITH_VALUE = ("--config", "--as")
+
+
+class ApiClient:
+    def __init__(self, key: str, timeout: float = 300.0) -> None:
+        from hpcgear.auth.keytext import parse_key
+
+        self.key = parse_key(key)
+        self.timeout = timeout
+
+    def _request(
+        self, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str]
+        | None = None,
+    ) -> Any:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(  # noqa: S310 - the URL comes from the user's own key
+            self.key.base_url + path, data=body, method=method,
+            headers={"Authorization": f"scitran-user {self.key.secret}", **(headers or {})},
+        )
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310
+        except urllib.error.HTTPError as exc:
+            raise _error_from(exc) from None
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot reach the hpcgear API at {self.key.base_url}: {exc}",
+                "check that `hpcgear serve` runs there, or `hpcgear logout` to work locally",
+                transient=True,
+            ) from exc
+
+    def get_json(self, path: str) -> Any:
+        with self._request("GET", path) as r:
+            return json.load(r)
+
+    def post_json(self, path: str, data: Any) -> Any:
+        body = json.dumps(data).encode()
+        with self._request("POST", path, body=body,
+                           headers={"Content-Type": "application/json"}) as r:
+            return json.load(r)
+
+    def upload(self, dest_path: str, files: list[Path]) -> Any:
+        """Multipart upload, streamed from disk by a generator (no whole-file buffering)."""
+        import secrets
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        boundary = "hpcgear-" + secrets.token_hex(12)
+        parts: list[tuple[bytes, Path | None]] = []
+        for f in files:
+            head = (
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"{f.name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            parts.append((head, f))
+        tail = f"--{boundary}--\r\n".encode()
+        length = sum(len(h) + f.stat().st_size + 2 for h, f in parts if f) + len(tail)
+
+        class Body:
+            def __iter__(self) -> Any:
+                for head, f in parts:
+                    yield head
+                    assert f is not None
+                    with f.open("rb") as fh:
+                        while block := fh.read(1 << 20):
+                            yield block
+                    yield b"\r\n"
+                yield tail
+
+        q = urllib.parse.urlencode({"path": dest_path})
+        req = urllib.request.Request(  # noqa: S310
+            f"{self.key.base_url}/api/hpcgear/upload?{q}", data=Body(), method="POST",
+            headers={"Authorization": f"scitran-user {self.key.secret}",
+                     "Content-Type": f"multipart/form-data; boundary={boundary}",
+                     "Content-Length": str(length)},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310
+                return json.load(r)
+        except urllib.error.HTTPError as exc:
+            raise _error_from(exc) from None
+
+    def download(self, path: str, out_dir: Path, version: int | None) -> tuple[Path, str]:
+        import hashlib
+        import os
+        import urllib.parse
+
+        q = {"path": path, **({"version": str(version)} if version is not None else {})}
+        with self._request("GET", "/api/hpcgear/download?" + urllib.parse.urlencode(q)) as r:
+            name = r.headers.get("X-Hpcgear-Name") or path.rsplit("/", 1)[-1]
+            digest = r.headers.get("X-Hpcgear-Hash") or ""
+            out_dir.mkdir(parents=True, exist_ok=True)
+            dest = out_dir / Path(name).name
+            tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+            h = hashlib.sha256()
+            with tmp.open("wb") as fh:
+                _copy(r, fh, h)
+            if digest and "sha256:" + h.hexdigest() != digest:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"download of {path} does not match {digest}",
+                                   "try again; report it if it repeats")
+            tmp.replace(dest)
+            return dest, digest
+
+
+def _copy(src: Any, dst: BinaryIO, h: Any) -> None:
+    while block := src.read(1 << 20):
+        h.update(block)
+        dst.write(block)
+
+
+def _error_from(exc: urllib.error.HTTPError) -> HpcgearError:
+    try:
+        data = json.loads(exc.read() or b"{}")
+    except ValueError:
+        data = {}
+    message = str(data.get("message") or f"HTTP {exc.code}")
+    hint = str(data.get("hint") or "")
+    cls: type[HpcgearError] = {
+        401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+        409: AlreadyExistsError, 422: InvalidInputError, 503: DatabaseError,
+    }.get(exc.code, HpcgearError)
+    return cls(message, hint)
+
+
+def split_argv(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """(config path, global args to forward, the command and its args)."""
+    config = None
+    forward: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            if a == "--config":
+                config = argv[i + 1]
+            else:
+                forward += [a, argv[i + 1]]
+            i += 2
+        elif a.startswith("--config="):
+            config = a.split("=", 1)[1]
+            i += 1
+        elif a.startswith("--as="):
+            forward.append(a)
+            i += 1
+        elif a == "--traceback" or (a.startswith("-v") and set(a[1:]) == {"v"}):
+            i += 1
+        else:
+            return config, forward, argv[i:]
+    return config, forward, []
+
+
+def remote_key(argv: list[str]) -> str | None:
+    """The API key to use for this command line, or None to run it locally."""
+    config, _forward, rest = split_argv(argv)
+    if not rest or rest[0] in LOCAL_COMMANDS or any(a in ("-h", "--help", "--version")
+                                                    for a in argv):
+        return None
+    import os
+
+    if os.environ.get("HPCGEAR_API_KEY"):
+        return os.environ["HPCGEAR_API_KEY"].strip()
+    from hpcgear.config.settings import load_settings
+
+    try:
+        settings = load_settings(config)
+    except HpcgearError:
+        return None  # the local run reports the config problem
+    return settings.api_key
+
+
+def run_remote(argv: list[str], key: str) -> int:
+    """Run a command line through the API; prints like the local CLI; returns the status."""
+    _config, forward, rest = split_argv(argv)
+    client = ApiClient(key)
+    cmd = rest[0]
+    if cmd == "upload":
+        return _upload(client, rest[1:])
+    if cmd == "download":
+        return _download(client, rest[1:])
+    if cmd == "whoami" and not forward:
+        me = client.get_json("/api/users/self")
+        data = {"user": me.get("_id"), "via": "key", "instance": client.key.base_url,
+                "site_admin": bool(me.get("root"))}
+        if "--json" in rest:
+            print(json.dumps(data, indent=2))
+        else:
+            print(f"{data['user']} (via API key) on {data['instance']}")
+        return 0
+    if cmd == "report":
+        return _report(client, forward, rest)
+    res = client.post_json("/api/hpcgear/cli", {"argv": [*forward, *rest]})
+    sys.stdout.write(str(res.get("stdout", "")))
+    sys.stderr.write(str(res.get("stderr", "")))
+    return int(res.get("code", 1))
+
+
+def _report(client: ApiClient, forward: list[str], rest: list[str]) -> int:
+    """``report P --html OUT``: the server renders the page, the caller's file gets it."""
+    args = list(rest)
+    out: str | None = None
+    for i, a in enumerate(args):
+        if a == "--html" and i + 1 < len(args):
+            out, args[i + 1] = args[i + 1], "-"
+        elif a.startswith("--html="):
+            out, args[i] = a.split("=", 1)[1], "--html=-"
+    res = client.post_json("/api/hpcgear/cli", {"argv": [*forward, *args]})
+    code = int(res.get("code", 1))
+    sys.stderr.write(str(res.get("stderr", "")))
+    if code != 0 or out is None or out == "-":
+        sys.stdout.write(str(res.get("stdout", "")))
+        return code
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(str(res.get("stdout", "")), encoding="utf-8")
+    tmp.replace(target)
+    print(f"wrote {target}")
+    return 0
+
+
+def _upload(client: ApiClient, args: list[str]) -> int:
+    as_json = "--json" in args
+    pos = [a for a in args if a != "--json"]
+    if len(pos) < 2 or any(a.startswith("-") for a in pos):
+        raise InvalidInputError("upload through the API takes PATH FILE... [--json]",
+                                "e.g. hpcgear upload lab/p/sub-01/ses-01/T1 scan.nii.gz")
+    files = [Path(p) for p in pos[1:]]
+    for f in files:
+        if not f.is_file():
+            raise NotFoundError(f"file {f} does not exist", "check the path and try again")
+    rows = client.upload(pos[0], files)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            state = f"v{r['version']}" if r["created"] else "unchanged"
+            print(f"{r['name']}: {state} {r['hash']}")
+    return 0
+
+
+def _download(client: ApiClient, args: list[str]) -> int:
+    out = Path(".")
+    version = None
+    pos: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--out" and i + 1 < len(args):
+            out = Path(args[i + 1])
+            i += 2
+        elif args[i] == "--version" and i + 1 < len(args):
+            version = int(args[i + 1])
+            i += 2
+        else:
+            pos.append(args[i])
+            i += 1
+    if len(pos) != 1:
+        raise InvalidInputError("download takes PATH/FILE [--version N] --out DIR",
+                                "name one file")
+    dest, digest = client.download(pos[0], out, version)
+    print(f"{dest} ({digest})")
+    return 0
