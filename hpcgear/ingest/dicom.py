@@ -139,6 +139,10 @@ class DicomInstance:
     header: dict[str, Any] = field(default_factory=dict)
     fallback_subject: str | None = None
     fallback_session: str | None = None
+    #: classified from the header before de-identification (the result is a fixed
+    #: vocabulary, never a header value), so a profile that removes
+    #: SeriesDescription does not blind the classifier
+    classification: dict[str, list[str]] | None = None
 
     @property
     def sort_key(self) -> tuple[bool, int, str]:
@@ -349,11 +353,18 @@ def read_instance(
     if missing:
         return SkippedFile(rel, MISSING_UID, f"no {', '.join(missing)}")
     routing = {name: _text(ds, name) for name in route_fields}
+    classification = None
     if profile is not None:
+        from hpcgear.ingest.classifier import classify
+
+        classification = classify({kw: json_value(_get(ds, kw)) for kw in HEADER_FIELDS})
         try:
             apply_profile(ds, profile)  # only the header_tags() elements are here
         except Exception as exc:
-            return SkippedFile(rel, DEID_FAILED, f"{type(exc).__name__}: {exc}")
+            # The exception text may quote a header value: name only its type.
+            return SkippedFile(
+                rel, DEID_FAILED, f"the profile could not be applied ({type(exc).__name__})"
+            )
     header: dict[str, Any] = {}
     for kw in HEADER_FIELDS:
         value = json_value(_get(ds, kw))
@@ -378,6 +389,7 @@ def read_instance(
         header=header,
         fallback_subject=_fallback_subject(ds, profile),
         fallback_session=_fallback_session(ds),
+        classification=classification,
     )
 
 

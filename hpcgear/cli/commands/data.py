@@ -101,10 +101,12 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     Missing subject/session/acquisition levels are created. Uploading a file
     whose name exists makes a new version; identical bytes change nothing.
     """
-    from hpcgear.hierarchy.service import upload_files
+    from hpcgear.ingest.upload import upload_deidentified
 
     actor = app.actor
-    results = app.db.write(lambda s: upload_files(s, app.store, actor, path, list(files)))
+    results = app.db.write(
+        lambda s: upload_deidentified(s, app.store, actor, path, list(files))
+    )
     if as_json:
         app.emit_json(
             [
