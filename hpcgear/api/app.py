@@ -197,8 +197,9 @@ def create_app(
             request._receive = counting
         return await call_next(request)
 
-    from hpcgear.api import flywheel, native
+    from hpcgear.api import flywheel, metrics, native
 
+    app.include_router(metrics.router)  # GET /metrics (Prometheus)
     app.include_router(native.router, prefix="/api/hpcgear")
     app.include_router(flywheel.router, prefix="/api")
     app.include_router(flywheel.generic, prefix="/api")

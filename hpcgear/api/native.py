@@ -55,6 +55,8 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "project": frozenset({"create"}),
     "gear": frozenset({"list", "show", "disable", "enable"}),
     "site": frozenset({"show", "schema"}),
+    # read-only: the stored cycle reports and backlog counts (run/once/metrics stay local)
+    "controller": frozenset({"status", "health"}),
 }
 # Options that name a file on the machine the command runs on: never on the server.
 _PATH_OPTIONS = ("--out", "--output", "-o", "--html", "--config")

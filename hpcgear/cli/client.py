@@ -3,7 +3,8 @@ through the HTTP API as the key's owner, so login nodes hold no database credent
 
 One endpoint runs the same click command on the server (``POST /api/hpcgear/cli``);
 ``upload`` and ``download`` move bytes through ``/api/hpcgear/upload`` and
-``/download``. ``login``, ``logout``, ``init`` and ``--help`` stay local.
+``/download``. ``login``, ``logout``, ``init``, ``serve``, ``db``, ``controller``
+(but its read-only ``status`` and ``health``) and ``--help`` stay local.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 # local command line passes through `remote_key`, which must stay cheap.)
 
 LOCAL_COMMANDS = frozenset({"login", "logout", "init", "serve", "controller", "db"})
+#: Subcommands of a local command that still go to the server (read-only).
+REMOTE_SUBCOMMANDS = {"controller": frozenset({"status", "health"})}
 _GLOBAL_WITH_VALUE = ("--config", "--as")
 
 
@@ -187,8 +190,7 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
 def remote_key(argv: list[str]) -> str | None:
     """The API key to use for this command line, or None to run it locally."""
     config, _forward, rest = split_argv(argv)
-    if not rest or rest[0] in LOCAL_COMMANDS or any(a in ("-h", "--help", "--version")
-                                                    for a in argv):
+    if not rest or _is_local(rest) or any(a in ("-h", "--help", "--version") for a in argv):
         return None
     import os
 
@@ -201,6 +203,13 @@ def remote_key(argv: list[str]) -> str | None:
     except HpcgearError:
         return None  # the local run reports the config problem
     return settings.api_key
+
+
+def _is_local(rest: list[str]) -> bool:
+    if rest[0] not in LOCAL_COMMANDS:
+        return False
+    sub = next((a for a in rest[1:] if not a.startswith("-")), None)
+    return sub not in REMOTE_SUBCOMMANDS.get(rest[0], frozenset())
 
 
 def run_remote(argv: list[str], key: str) -> int:

@@ -31,7 +31,9 @@ def run_cli(
     app._settings, app._db, app._store = settings, db, store
     code: int = ExitStatus.OK
     try:
-        cli.main(args=argv, prog_name="hpcgear", standalone_mode=False, obj=app)
+        rv = cli.main(args=argv, prog_name="hpcgear", standalone_mode=False, obj=app)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            code = rv  # a command's own exit status (click.exceptions.Exit(1), e.g. health)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

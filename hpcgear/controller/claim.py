@@ -11,6 +11,7 @@ from hpcgear.jobs.transitions import transition_many
 from hpcgear.states import JobState
 
 from .context import ControllerContext, fault_point, utcnow
+from .refuse import refuse_disabled_users
 from .sites import SiteRuntime
 
 PRIORITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -44,6 +45,7 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
             .limit(limit * 4)
         ).all()
         pending = sorted(pending, key=lambda j: (PRIORITY_ORDER.get(j.priority, 2), j.created))
+        pending = refuse_disabled_users(ctx, s, site.name, pending)  # never submit them
         per_user = dict(
             s.execute(
                 select(Job.origin_id, func.count())

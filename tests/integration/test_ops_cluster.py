@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from tests.integration.conftest import DevEnv
 from tests.integration.test_controller_slurm import Instance, _make_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.apptainer]
+
+HPCGEAR = Path(sys.executable).with_name("hpcgear")
 
 
 def _failed_job(inst: Instance) -> str:
@@ -60,3 +65,56 @@ def test_debug_over_ssh_prints_and_runs_the_ssh_command(
                          timeout=300)
     assert res.returncode == 3, res.stderr
     assert "kaboom-from-the-gear" in res.stderr
+
+
+def _slurm_state(native: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", native, "-o", "%T"], capture_output=True,
+                         text=True).stdout
+    return out.strip()
+
+
+def test_logs_follow_a_running_job_until_it_ends(
+        dev_env: DevEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inst = _make_instance(dev_env, tmp_path, monkeypatch)
+    jid = inst.run("--input", "input_file=lab/p/s1/ses1/in.txt", "--config", "sleep_seconds=45",
+                   "--config", "exit_code=3", "--config", "fail_message=after-the-sleep-marker")
+    inst.cycle_until(lambda: inst.state(jid) == "running", 180, "the job runs")
+    native = str(inst.job(jid)["native_id"])
+    # a researcher follows it from another shell (the environment names this instance)
+    proc = subprocess.Popen(
+        [str(HPCGEAR), "--config", str(inst.cli.config), "job", "logs", jid, "-f",
+         "--interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("test-gear: sleeping" in ln for ln in lines):
+            assert proc.poll() is None, f"logs -f ended early: {lines}"
+            assert time.monotonic() < deadline, f"no live log line: {lines}"
+            time.sleep(0.5)
+        # the line came while SLURM still runs the job, and the follower waits on
+        assert _slurm_state(native) == "RUNNING", lines
+        assert proc.poll() is None
+        assert not any("after-the-sleep-marker" in ln for ln in lines)
+        # the controller ends the job; the follower prints the rest and exits by itself
+        inst.cycle_until(lambda: inst.state(jid) == "failed", 240, "the job ended")
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert f"job {jid} is failed" in err
+    text = "".join(lines)
+    assert "after-the-sleep-marker" in text, text
+    assert text.count("test-gear: sleeping") == 1, text  # nothing printed twice

@@ -42,3 +42,19 @@ def test_log_json_is_one_object_per_line(cli_env: CliEnv) -> None:
     assert {"ts", "level", "logger", "message"} <= set(records[0])
     assert records[0]["ts"].endswith("+00:00")
     logging.getLogger().handlers.clear()
+
+
+def test_controller_once_lines_have_timestamps_and_json_stays(cli_env: CliEnv) -> None:
+    # cron mail and log files: each line of `controller once` starts with an ISO time and zone
+    res = _run(cli_env, "controller", "once")
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert any(ln.endswith("[local] idle") for ln in lines), res.stderr
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d \[local\] ")
+    assert lines and all(stamp.match(ln) for ln in lines), lines
+    # --json is unchanged: one report object per site on stdout, no stamps mixed in
+    as_json = _run(cli_env, "controller", "once", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["site"] == "local" and "errors" in report
+    assert not stamp.match(as_json.stderr.strip() or "x"), as_json.stderr

@@ -45,9 +45,11 @@ def _controller(
             for err in report.errors:
                 cycle_log.warning("[%s] %s", report.site, err)
             return
-        app.note(line)
+        # cron mail and log files: every line starts with an ISO timestamp and its zone
+        stamp = dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds")
+        app.note(f"{stamp} {line}")
         for err in report.errors:
-            app.note(f"[{report.site}] warning: {err}")
+            app.note(f"{stamp} [{report.site}] warning: {err}")
 
     ctx = ControllerContext(db=app.db, store=app.store, settings=app.settings)
     hook = None
