@@ -49,7 +49,6 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "rules": frozenset({"evaluate"}),
     "provenance": frozenset({"show", "trace", "export"}),
     "user": frozenset({"add", "list", "key", "promote", "demote", "disable", "enable"}),
-    "usage": None,
     "report": None,  # only `--html -` is useful remotely; the client rewrites --html OUT
     "role": frozenset({"grant", "revoke", "list"}),
     "group": frozenset({"create"}),
