@@ -79,3 +79,29 @@ def upload_deidentified(
         if r.created and r.name in reid:
             record_map(session, project.id, r.file_id, r.version, profile, reid[r.name], actor)
     return results
+
+
+def spool_for_profile(
+    session: Session,
+    store: ObjectStore,
+    project_id: str | None,
+    streams: Sequence[tuple[str, Any]],
+    tmp: Path,
+) -> list[Path] | None:
+    """For uploads arriving as streams (the HTTP API): when the project has a
+    de-identification profile, write them to ``tmp`` (a private temporary
+    directory) so :func:`upload_deidentified` can clean them before storing;
+    None when the project has no profile (store the streams as they are)."""
+    import shutil
+
+    from hpcgear.db.models import ProjectDeidProfile
+
+    if project_id is None or session.get(ProjectDeidProfile, project_id) is None:
+        return None
+    paths = []
+    for name, stream in streams:
+        dest = tmp / name
+        with dest.open("wb") as fh:
+            shutil.copyfileobj(stream, fh)
+        paths.append(dest)
+    return paths
