@@ -65,7 +65,7 @@ def sizes(quick: bool) -> dict[str, int]:
             "submit_timeout": 180,
         }
     return {
-        "reps": 7,
+        "reps": 5,
         "jobs_db": 100_000,
         "upload_dir": 1000,
         "dicoms": 2000,
@@ -74,7 +74,7 @@ def sizes(quick: bool) -> dict[str, int]:
         "rules_new": 1000,
         "rules_n": 50,
         "submit": 10_000,
-        "submit_reps": 2,
+        "submit_reps": 1,
         "latency_reps": 3,
         "submit_timeout": 600,
     }

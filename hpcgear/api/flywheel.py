@@ -700,6 +700,35 @@ async def upload(collection: str, cid: str, request: Request, caller: CallerDep,
             out = []
             with st.session() as s:
                 c = get_container(s, caller, cid, RoleName.READ_WRITE)
+                # A project with a de-identification profile: clean DICOM first (deid helper).
+                import tempfile
+                from pathlib import Path
+
+                from hpcgear.hierarchy.service import container_path
+                from hpcgear.ingest.upload import spool_for_profile, upload_deidentified
+
+                st.store.ensure()
+                with tempfile.TemporaryDirectory(prefix="api-up-", dir=st.store.tmp) as tmp:
+                    named = [(check_file_name(u.filename or ""), u.file) for u in uploads]
+                    spooled = spool_for_profile(s, st.store, c.project_id, named, Path(tmp))
+                    if spooled is not None:
+                        meta_by_name = {
+                            n: {k: v for k, v in (metadata.get(n) or {}).items()
+                                if k in ("type", "modality", "classification", "tags", "info")}
+                            for n, _ in named
+                        }  # fmt: skip
+                        upload_deidentified(
+                            s, st.store, caller.login, container_path(s, c), spooled,
+                            origin_type="job" if caller.job_id else "user",
+                            origin_id=caller.job_id or caller.login, metadata=meta_by_name,
+                        )  # fmt: skip
+                        for n, _ in named:
+                            f = _file_on(s, c, n)
+                            fv = s.scalar(select(FileVersion).where(
+                                FileVersion.file_id == f.id,
+                                FileVersion.version == f.current_version))  # fmt: skip
+                            out.append(file_doc(c, f, fv))
+                        return out
                 for up in uploads:
                     name = check_file_name(up.filename or "")
                     obj = st.store.put_stream(up.file)

@@ -100,6 +100,8 @@ def check_remote(argv: list[str]) -> None:
     subs = REMOTE[cmd]
     if subs is not None:
         sub = next((a for a in rest[1:] if not a.startswith("-")), None)
+        if cmd == "view" and sub is not None and "/" in sub:
+            sub = "show"  # `view GROUP/PROJECT --columns ...` is the ad-hoc view
         if sub not in subs:
             raise PermissionDeniedError(
                 f"`hpcgear {cmd} {sub or ''}` cannot run through the API",
@@ -159,6 +161,26 @@ async def upload_by_path(path: str, request: Request, caller: CallerDep,
 
                 check_scope(s, caller, target, write=True)
                 out = []
+                # A project with a de-identification profile: clean DICOM first (deid helper).
+                import tempfile
+                from pathlib import Path
+
+                from hpcgear.ingest.upload import spool_for_profile, upload_deidentified
+
+                st.store.ensure()
+                with tempfile.TemporaryDirectory(prefix="api-up-", dir=st.store.tmp) as tmp:
+                    spooled = spool_for_profile(
+                        s, st.store, target.project_id,
+                        [(n, u.file) for n, u in zip(names, uploads, strict=True)], Path(tmp),
+                    )  # fmt: skip
+                    if spooled is not None:
+                        results = upload_deidentified(
+                            s, st.store, caller.login, path, spooled,
+                            origin_type="user", origin_id=caller.login,
+                        )  # fmt: skip
+                        return [{"name": r.name, "file_id": r.file_id, "version": r.version,
+                                 "hash": r.hash, "size": r.size, "created": r.created}
+                                for r in results]  # fmt: skip
                 for name, up in zip(names, uploads, strict=True):
                     obj = st.store.put_stream(up.file)
                     r = add_file_version(s, target, name, obj.hash, obj.size, caller.login,

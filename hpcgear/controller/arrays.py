@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import HpcgearError, InvalidInputError
-from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
+from hpcgear.jobs.transitions import (
+    StaleJobError,
+    cas_update_many,
+    record_event,
+    record_events_many,
+    transition_many,
+    update_fields,
+)
 from hpcgear.render import JobPaths, build_runtime_argv
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
 from hpcgear.scheduler.transport import batch_sync
@@ -110,29 +117,45 @@ def submit_array(
     # a job another process changed meanwhile aborts the whole array (retried next cycle).
     with ctx.db.session() as s:
         rows = _rows(s, [sp.job_id for sp in specs])
-        for index, spec in enumerate(specs):
-            job = rows[spec.job_id]
-            update_fields(
-                s,
-                job,
-                script_sha256=script.sha256,
-                array_id=array_id,
-                scheduler_info={**(job.scheduler_info or {}), "array_index": index},
-            )
-            record_event(
-                s,
-                job,
-                "sbatch",
-                ctx.actor,
-                f"submitting as task {index} of array {array_id} with --hold",
-                data={
-                    "array_id": array_id,
-                    "index": index,
-                    "script": apaths.sbatch,
+        changes = [
+            (
+                rows[spec.job_id],
+                {
                     "script_sha256": script.sha256,
-                    "argv": build_runtime_argv(spec, site, all_paths[index]),
+                    "array_id": array_id,
+                    "scheduler_info": {
+                        **(rows[spec.job_id].scheduler_info or {}),
+                        "array_index": index,
+                    },
                 },
             )
+            for index, spec in enumerate(specs)
+        ]
+        if not cas_update_many(s, changes):
+            raise StaleJobError(
+                f"a job of array {array_id} changed while it was being submitted",
+                "the jobs are submitted on the next cycle",
+                transient=True,
+            )
+        record_events_many(
+            s,
+            [
+                {
+                    "job_id": spec.job_id,
+                    "actor": ctx.actor,
+                    "kind": "sbatch",
+                    "message": f"submitting as task {index} of array {array_id} with --hold",
+                    "data": {
+                        "array_id": array_id,
+                        "index": index,
+                        "script": apaths.sbatch,
+                        "script_sha256": script.sha256,
+                        "argv": build_runtime_argv(spec, site, all_paths[index]),
+                    },
+                }
+                for index, spec in enumerate(specs)
+            ],
+        )
     fault_point("array.intent")
     try:
         base = backend.submit(apaths.sbatch, hold=True)
@@ -169,28 +192,39 @@ def record_array(
         if ctx.fence is not None:
             ctx.fence.check(s, rt.site.name)
         rows = _rows(s, job_ids)
+        todo = []
         for jid in job_ids:
             job = rows[jid]
-            index = int((job.scheduler_info or {}).get("array_index", 0))
-            native = f"{base}_{index}"
+            natives[jid] = f"{base}_{int((job.scheduler_info or {}).get('array_index', 0))}"
             if job.state != JobState.SUBMITTING.value:
-                strays.append(native)  # cancelled meanwhile: its task must not run
+                strays.append(natives[jid])  # cancelled meanwhile: its task must not run
                 continue
-            try:
-                update_fields(s, job, native_id=native, submitted=now, last_seen=now)
-            except StaleJobError:
-                strays.append(native)
-                continue
-            natives[jid] = native
-            record_event(
-                s,
-                job,
-                how,
-                ctx.actor,
-                f"SLURM array task {native} (held)",
-                data={"native_id": native, "array_job_id": base},
-            )
-            recorded.append(jid)
+            todo.append(job)
+        fields = {"submitted": now, "last_seen": now}
+        if cas_update_many(s, [(j, {"native_id": natives[j.id], **fields}) for j in todo]):
+            recorded = [j.id for j in todo]
+        else:  # someone changed a job meanwhile: job by job, each in a savepoint
+            for job in todo:
+                try:
+                    with s.begin_nested():
+                        update_fields(s, job, native_id=natives[job.id], **fields)
+                except StaleJobError:
+                    strays.append(natives[job.id])
+                    continue
+                recorded.append(job.id)
+        record_events_many(
+            s,
+            [
+                {
+                    "job_id": jid,
+                    "actor": ctx.actor,
+                    "kind": how,
+                    "message": f"SLURM array task {natives[jid]} (held)",
+                    "data": {"native_id": natives[jid], "array_job_id": base},
+                }
+                for jid in recorded
+            ],
+        )
     fault_point("array.recorded")
     if strays:
         rt.backend.cancel(strays)
@@ -199,18 +233,17 @@ def record_array(
     released = release_held(
         ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
     )
-    queued = 0
-    late: list[str] = []
     with ctx.db.session() as s:
         rows = _rows(s, released)
-        for jid in released:
-            job = rows[jid]
-            try:
-                transition(s, job, JobState.QUEUED, ctx.actor, f"queued as {job.native_id}")
-            except StaleJobError:
-                late.append(jid)  # moved by someone else meanwhile
-                continue
-            queued += 1
+        moved = {
+            j.id
+            for j in transition_many(
+                s, [(rows[j], f"queued as {natives[j]}", {}) for j in released], JobState.QUEUED,
+                ctx.actor,
+            )
+        }
+    queued = len(moved)
+    late = [jid for jid in released if jid not in moved]  # moved by someone else meanwhile
     if late:
         # A cancel that landed between the release and this write: its task must not run.
         with ctx.db.session() as s:

@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import func, select
 
 from hpcgear.db.models import Job
-from hpcgear.jobs.transitions import StaleJobError, transition
+from hpcgear.jobs.transitions import transition_many
 from hpcgear.states import JobState
 
 from .context import ControllerContext, fault_point, utcnow
@@ -79,23 +79,24 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
         cap_user = site.limits.max_in_flight_per_user
         cap_project = site.limits.max_in_flight_per_project
         rate = site.limits.submit_rate_per_minute
+        chosen: list[Job] = []
         for job in pending:
-            if len(claimed) >= limit:
+            if len(chosen) >= limit:
                 break
-            if rate is not None and recent + len(claimed) >= rate:
+            if rate is not None and recent + len(chosen) >= rate:
                 break
             if cap_user is not None and per_user.get(job.origin_id, 0) >= cap_user:
                 continue
             if cap_project is not None and per_project.get(job.project_id, 0) >= cap_project:
                 continue
-            try:
-                # The CAS UPDATE matches nothing if another process moved the job.
-                transition(s, job, JobState.SUBMITTING, ctx.actor, "claimed for submission")
-            except StaleJobError:
-                continue
             per_user[job.origin_id] = per_user.get(job.origin_id, 0) + 1
             per_project[job.project_id] = per_project.get(job.project_id, 0) + 1
-            claimed.append(job.id)
+            chosen.append(job)
+        # Compare-and-set per row, in bulk: a job another process moved is skipped.
+        moved = transition_many(
+            s, [(j, "claimed for submission", {}) for j in chosen], JobState.SUBMITTING, ctx.actor
+        )
+        claimed = [j.id for j in moved]
         if claimed and ctx.fence is not None:
             # Inside the same transaction: a takeover cannot slip in before the commit.
             ctx.fence.check(s, site.name)

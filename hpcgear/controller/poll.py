@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
@@ -166,6 +167,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     gone: list[Any] = []
     ended: list[tuple[Any, SchedulerStatus]] = []
     unchanged: list[str] = []
+    changed: list[tuple[str, SchedulerStatus]] = []
     for t in tracked:
         st = statuses.get(t.native_id)
         if st is None:
@@ -177,10 +179,24 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
             if last is None or now - last > LAST_SEEN_REFRESH:
                 unchanged.append(t.id)
         else:
-            try:
-                apply_status(ctx, rt, t.id, st, now, report)
-            except StaleJobError:
-                continue
+            changed.append((t.id, st))
+    if changed:
+        # Jobs whose SLURM state or reason changed: one transaction, a savepoint
+        # per job so one that another process changed is skipped alone.
+        with ctx.db.session() as s:
+            rows = {
+                j.id: j
+                for j in s.scalars(select(Job).where(Job.id.in_([jid for jid, _ in changed])))
+            }
+            for jid, st in changed:
+                job = rows.get(jid)
+                if job is None:
+                    continue
+                try:
+                    with s.begin_nested():
+                        apply_status_in(s, ctx, rt, job, st, now, report)
+                except StaleJobError:
+                    continue
     if unchanged:
         # Nothing to tell about these jobs: one UPDATE keeps their last_seen
         # fresh (it only feeds the lost-job grace), not a transaction per job.
@@ -266,46 +282,60 @@ def apply_status(
 ) -> None:
     """A job still in the queue: record its SLURM state and pending reason."""
     with job_session(ctx, job_id) as (s, job):
-        fields: dict[str, Any] = {"last_seen": now}
-        if job.scheduler_state != st.state.value:
-            fields["scheduler_state"] = st.state.value
-        reason = st.reason if st.category == StateCategory.WAITING else None
-        if reason != job.pending_reason:
-            fields["pending_reason"] = reason
-            if reason:
-                record_event(
-                    s,
-                    job,
-                    "pending_reason",
-                    ctx.actor,
-                    describe_reason(reason).sentence,
-                    data={"reason": reason},
-                )
-        if st.never_starts:
-            update_fields(s, job, **fields)
-            report.errors.append(f"{job_id}: never starts ({reason})")
-            info = describe_reason(reason)
-            rt.backend.cancel([st.native_id])
-            fail_job(
+        apply_status_in(s, ctx, rt, job, st, now, report)
+
+
+def apply_status_in(
+    s: Session,
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    job: Job,
+    st: SchedulerStatus,
+    now: dt.datetime,
+    report: CycleReport,
+) -> None:
+    """``apply_status`` inside the caller's transaction."""
+    job_id = job.id
+    fields: dict[str, Any] = {"last_seen": now}
+    if job.scheduler_state != st.state.value:
+        fields["scheduler_state"] = st.state.value
+    reason = st.reason if st.category == StateCategory.WAITING else None
+    if reason != job.pending_reason:
+        fields["pending_reason"] = reason
+        if reason:
+            record_event(
                 s,
                 job,
+                "pending_reason",
                 ctx.actor,
-                FailureKind.REJECTED,
-                f"SLURM would never start it: {reason}: {info.sentence}",
+                describe_reason(reason).sentence,
+                data={"reason": reason},
             )
-            report.failed += 1
-            return
-        if st.category == StateCategory.RUNNING and job.state == JobState.QUEUED.value:
-            fields["started"] = st.start_time or now
-            transition(
-                s,
-                job,
-                JobState.RUNNING,
-                ctx.actor,
-                f"running on {st.nodes or '?'}",
-                data={"nodes": st.nodes},
-                **fields,
-            )
-            report.started += 1
-        else:
-            update_fields(s, job, **fields)
+    if st.never_starts:
+        update_fields(s, job, **fields)
+        report.errors.append(f"{job_id}: never starts ({reason})")
+        info = describe_reason(reason)
+        rt.backend.cancel([st.native_id])
+        fail_job(
+            s,
+            job,
+            ctx.actor,
+            FailureKind.REJECTED,
+            f"SLURM would never start it: {reason}: {info.sentence}",
+        )
+        report.failed += 1
+        return
+    if st.category == StateCategory.RUNNING and job.state == JobState.QUEUED.value:
+        fields["started"] = st.start_time or now
+        transition(
+            s,
+            job,
+            JobState.RUNNING,
+            ctx.actor,
+            f"running on {st.nodes or '?'}",
+            data={"nodes": st.nodes},
+            **fields,
+        )
+        report.started += 1
+    else:
+        update_fields(s, job, **fields)

@@ -165,6 +165,52 @@ def plan_download(
     return items
 
 
+def list_tree(session: Session, actor: str, path: str) -> list[dict[str, Any]]:
+    """Every container, analysis and file below a container, with its path (``ls -r``)."""
+    target = resolve_target(session, path)
+    if target.file is not None:
+        raise InvalidInputError(f"{path!r} is a file", "list a container recursively")
+    root = target.container
+    require_role(session, actor, root, RoleName.READ_ONLY, "listing")
+    if root.type == "analysis":
+        rows = [root]
+    else:
+        col = Container.group_id if root.type == "group" else getattr(Container, f"{root.type}_id")
+        rows = list(session.scalars(select(Container).where(col == root.id)))
+    path_of = subtree_paths(session, root, rows)
+    by_id = {c.id: c for c in rows}
+    out: list[dict[str, Any]] = [
+        {"kind": c.type, "id": c.id, "label": c.label, "path": path_of(c)}
+        for c in rows
+        if c.id != root.id
+    ]
+    ids = list(by_id)
+    for start in range(0, len(ids), 500):
+        q = (
+            select(File, FileVersion)
+            .join(
+                FileVersion,
+                (FileVersion.file_id == File.id) & (FileVersion.version == File.current_version),
+            )
+            .where(File.container_id.in_(ids[start : start + 500]))
+        )
+        for f, fv in session.execute(q):
+            out.append(
+                {
+                    "kind": "file",
+                    "id": f.id,
+                    "name": f.name,
+                    "path": f"{path_of(by_id[f.container_id])}/{f.name}",
+                    "version": f.current_version,
+                    "size": fv.size,
+                    "hash": fv.hash,
+                    "type": f.type,
+                }
+            )
+    out.sort(key=lambda e: e["path"])
+    return out
+
+
 def _safe_dest(out_dir: Path, rel: str) -> Path:
     parts = PurePosixPath(rel).parts
     if not parts or any(p in ("", ".", "..") for p in parts):

@@ -432,15 +432,14 @@ def remove(session: Session, actor: str, path: str, *, dry_run: bool = False) ->
         where = container_path(session, node)
         parent_id = node.parent_id or ""
     file_ids = [f.id for f in files]
-    versions = (
-        [
-            v
-            for chunk in _chunks(file_ids)
-            for v in session.scalars(select(FileVersion).where(FileVersion.file_id.in_(chunk)))
-        ]
-    )
+    versions = [
+        v
+        for chunk in _chunks(file_ids)
+        for v in session.scalars(select(FileVersion).where(FileVersion.file_id.in_(chunk)))
+    ]
     hashes = sorted({v.hash for v in versions})
-    size = sum(v.size for v in versions if v.version == _current(files, v.file_id))
+    current = {f.id: f.current_version for f in files}
+    size = sum(v.size for v in versions if v.version == current.get(v.file_id))
     entry = TrashEntry(
         id=new_id(),
         kind=kind,
@@ -481,13 +480,6 @@ def remove(session: Session, actor: str, path: str, *, dry_run: bool = False) ->
     return _item(entry)
 
 
-def _current(files: Sequence[File], file_id: str) -> int:
-    for f in files:
-        if f.id == file_id:
-            return f.current_version
-    return -1
-
-
 def list_trash(session: Session, actor: str, group: str | None = None) -> list[TrashItem]:
     require_site_admin(session, actor, "listing the trash")
     q = select(TrashEntry).order_by(TrashEntry.deleted.desc(), TrashEntry.id)
@@ -498,7 +490,9 @@ def list_trash(session: Session, actor: str, group: str | None = None) -> list[T
 
 def _trash_entry(session: Session, trash_id: str) -> TrashEntry:
     rows = (
-        session.scalars(select(TrashEntry).where(TrashEntry.id.startswith(trash_id)).limit(2)).all()
+        session.scalars(
+            select(TrashEntry).where(TrashEntry.id.startswith(trash_id, autoescape=True)).limit(2)
+        ).all()
         if len(trash_id) >= 6
         else []
     )
@@ -545,12 +539,16 @@ def restore(session: Session, actor: str, trash_id: str) -> TrashItem:
                 f"{e.path} cannot be restored: the same study/series was ingested again",
                 "delete the newer copy first, then restore",
             )
-    containers = [_decode(Container, c) for c in rows["containers"]]
-    for c in containers:
+    # Parents come before children (as stored); ancestor ids are re-derived, since
+    # the parent may have moved while its child was in the trash.
+    placed: dict[str, Container] = {}
+    for data in rows["containers"]:
+        c = _decode(Container, data)
         assert isinstance(c, Container)
         if c.id == e.item_id:
             c.parent_id = parent.id
-            _set_ancestors(c, parent)
+        _set_ancestors(c, placed.get(c.parent_id or "", parent))
+        placed[c.id] = c
         session.add(c)
         session.flush()
     for f in rows["files"]:
@@ -669,10 +667,15 @@ def delete_objects(store: ObjectStore, digests: Iterable[str]) -> int:
     return sum(1 for d in digests if store.delete(d))
 
 
-def history(session: Session, actor: str, path: str | None = None) -> list[dict[str, Any]]:
-    """Move/rename/delete/restore/purge events (site admins: all; else of one item)."""
+def history(
+    session: Session, actor: str, path: str | None = None, *, item_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Move/rename/delete/restore/purge events (of one item; all or by id: site admins)."""
     q = select(HierarchyEvent).order_by(HierarchyEvent.seq)
-    if path:
+    if item_id:
+        require_site_admin(session, actor, "reading the history of an item by id")
+        q = q.where(HierarchyEvent.item_id == item_id)
+    elif path:
         target = resolve_target(session, path)
         require_role(session, actor, target.container, RoleName.READ_ONLY, "reading history")
         item = target.file.id if target.file is not None else target.container.id

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,22 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import ChangeLog, Container, File, FileVersion, Role, User
+from hpcgear.db.models import (
+    ChangeLog,
+    Container,
+    File,
+    FileVersion,
+    ProjectDeidProfile,
+    Role,
+    User,
+)
 from hpcgear.db.session import lock_for_update
-from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from hpcgear.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from hpcgear.hierarchy.paths import (
     LEVELS,
     HierarchyPath,
@@ -332,6 +344,7 @@ def upload_files(
     origin_type: str = "user",
     origin_id: str | None = None,
     metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    deidentified: bool = False,
 ) -> list[UploadResult]:
     """Upload local files to a container, creating missing levels below the project.
 
@@ -341,7 +354,7 @@ def upload_files(
     Re-uploading identical bytes under the same name is a no-op; different
     bytes make a new version.
     """
-    sources = _expand_directories([Path(f) for f in files])
+    sources = expand_directories([Path(f) for f in files])
     if not sources:
         raise InvalidInputError("no files to upload", "name at least one file")
     names: dict[str, Path] = {}
@@ -360,44 +373,63 @@ def upload_files(
             )
         names[name] = src
     target = ensure_path(session, actor, path)
-    # A project with a de-identification profile gets de-identified copies of
-    # DICOM files (made in a private temporary directory, never stored as is).
-    from hpcgear.ingest.deid_service import deidentify_for_upload, record_map
-
-    store.ensure()
-    with tempfile.TemporaryDirectory(prefix="upload-deid-", dir=store.tmp) as tmp:
-        names, deid_meta, profile, reid = deidentify_for_upload(
-            session, target.project_id, names, Path(tmp)
-        )
-        merged = {k: dict(v) for k, v in (metadata or {}).items()}
-        for name, extra in deid_meta.items():
-            info = dict(merged.get(name, {}).get("info") or {})
-            hp = dict(info.get("hpcgear") or {})
-            hp.update(extra["info"]["hpcgear"])
-            info["hpcgear"] = hp
-            merged.setdefault(name, {})["info"] = info
-        objects = store.put_files(list(names.values()))
-    results = add_file_versions(
+    if not deidentified:
+        _refuse_identifying_upload(session, target, names)
+    objects = store.put_files(list(names.values()))
+    return add_file_versions(
         session,
         target,
         [
-            (name, obj.hash, obj.size, merged.get(name))
+            (name, obj.hash, obj.size, (metadata or {}).get(name))
             for name, obj in zip(names, objects, strict=True)
         ],
         actor,
         origin_type=origin_type,
         origin_id=origin_id or actor,
     )
-    if profile is not None and target.project_id is not None:
-        for r in results:
-            if r.created and r.name in reid:
-                record_map(
-                    session, target.project_id, r.file_id, r.version, profile, reid[r.name], actor
-                )
-    return results
 
 
-def _expand_directories(sources: Sequence[Path]) -> list[Path]:
+def _looks_like_dicom(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            if fh.read(4) == b"DICM":
+                return True
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as member:
+                    if member.read(132)[128:132] == b"DICM":
+                        return True
+        return False
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _refuse_identifying_upload(
+    session: Session, target: Container, names: Mapping[str, Path]
+) -> None:
+    """A project with a de-identification profile takes DICOM only de-identified.
+
+    The de-identifying upload is ``hpcgear.ingest.upload.upload_deidentified``
+    (what ``hpcgear upload`` calls); this guard keeps any other caller from
+    storing identifying DICOM there.
+    """
+    if target.project_id is None or session.get(ProjectDeidProfile, target.project_id) is None:
+        return
+    dicom = sorted(n for n, p in names.items() if _looks_like_dicom(p))
+    if dicom:
+        raise PermissionDeniedError(
+            f"project has a de-identification profile; {', '.join(dicom)} would be stored "
+            "without it",
+            "upload with `hpcgear upload` (it de-identifies), not through this call",
+        )
+
+
+def expand_directories(sources: Sequence[Path]) -> list[Path]:
     """Directories become the regular files below them (recursively, sorted).
 
     Symlinks inside a directory are skipped (their target may lie anywhere);

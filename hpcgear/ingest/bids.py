@@ -250,7 +250,7 @@ def ingest_folder(
     ``{acquisition}`` they stay on the session. Uploads go through the same
     path as ``hpcgear upload`` (a project's de-identification profile applies).
     """
-    from hpcgear.hierarchy.service import upload_files
+    from hpcgear.ingest.upload import upload_deidentified
 
     tpl = parse_template(template)
     project = resolve_container(session, project_path, min_depth=2, max_depth=2)
@@ -288,7 +288,7 @@ def ingest_folder(
                 )
             )
             continue
-        [r] = upload_files(session, store, actor, path, [p], origin_type="ingest")
+        [r] = upload_deidentified(session, store, actor, path, [p], origin_type="ingest")
         session.commit()
         report.files.append(
             FileOutcome(
@@ -387,30 +387,42 @@ def _with_run(name: str, n: int) -> str:
 
 
 def export_bids(
-    session: Session, store: ObjectStore, actor: str, path: str, out: Path
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    path: str,
+    out: Path,
+    *,
+    dry_run: bool = False,
 ) -> BidsExport:
-    """Write the BIDS tree of ``PROJECT[/SUBJECT[/SESSION]]`` under ``out`` (read-only role)."""
+    """Write the BIDS tree of ``PROJECT[/SUBJECT[/SESSION]]`` under ``out`` (read-only role).
+
+    With ``dry_run`` nothing is written; the result lists what would be.
+    """
     root = resolve_container(session, path, min_depth=2, max_depth=4)
     require_role(session, actor, root, RoleName.READ_ONLY, "exporting BIDS")
     project = root if root.type == "project" else session.get(Container, root.project_id)
     assert project is not None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     result = BidsExport(out)
     taken: set[str] = set()
 
     def write_bytes(rel: str, data: bytes) -> None:
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+        if not dry_run:
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
         result.written.append(rel)
         taken.add(rel)
 
     def copy(rel: str, f: File) -> None:
-        fv = file_version(session, f)
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        store.copy_to(fv.hash, dest)
+        if not dry_run:
+            fv = file_version(session, f)
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.copy_to(fv.hash, dest)
         result.written.append(rel)
         taken.add(rel)
 

@@ -42,10 +42,12 @@ value, the salt nor a date offset).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -87,6 +89,38 @@ DICOM_KEYS = (
     "remove-undefined",
     "recurse-sequence",
 )
+#: flywheel-migration's field actions (one per field) and their options.
+FIELD_ACTIONS = (
+    "remove",
+    "replace-with",
+    "increment-date",
+    "increment-datetime",
+    "hash",
+    "hashuid",
+    "jitter",
+    "keep",
+    "regex-sub",
+    "encrypt",
+    "decrypt",
+)
+FIELD_KEYS = (
+    "name",
+    "regex",
+    *FIELD_ACTIONS,
+    "replace-with-insert",
+    "date-format",
+    "datetime-format",
+    "date-increment-override",
+    "datetime-min",
+    "datetime-max",
+    "jitter-date",
+    "jitter-min",
+    "jitter-max",
+    "jitter-range",
+    "jitter-type",
+    "jitter-unit",
+    "force-nonce",
+)
 #: Ingest groups instances and finds sessions/acquisitions by these UIDs, so a
 #: profile may only keep them or map them deterministically.
 INSTANCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -107,10 +141,14 @@ class DeidProfile:
     def dicom_profiles(self) -> list[Any]:
         """flywheel-migration DicomFileProfile objects, one per pass (cached per thread)."""
         cache: dict[str, list[Any]] = _local.__dict__.setdefault("profiles", {})
-        found = cache.get(self.sha256 + str(self.salted))
+        # Keyed by everything in the passes, salts included (sha256 leaves them out).
+        key = hashlib.sha256(
+            json.dumps(self.passes, sort_keys=True, default=repr).encode()
+        ).hexdigest()
+        found = cache.get(key)
         if found is None:
             found = [_fw_dicom_profile(p, self.name)[0] for p in self.passes]
-            cache[self.sha256 + str(self.salted)] = found
+            cache[key] = found
         return found
 
 
@@ -125,7 +163,16 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _import_flywheel_migration() -> None:
+    # Its `fs` dependency warns about pkg_resources at import; that is no user's concern.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+        warnings.filterwarnings("ignore", message=".*declare_namespace.*")
+        import flywheel_migration.deidentify  # noqa: F401
+
+
 def _fw_dicom_profile(config: Mapping[str, Any], name: str) -> tuple[Any, list[str]]:
+    _import_flywheel_migration()
     from flywheel_migration.deidentify.deid_profile import DeIdProfile
 
     profile = DeIdProfile()
@@ -223,6 +270,28 @@ def _build(
             )
         _check_keys(dicom, DICOM_KEYS, "dicom", source)
         salted = salted or bool(dicom.get("salt")) or bool(data.get("secret-key"))
+        fields_node = dicom.get("fields") or []
+        if not isinstance(fields_node, list):
+            raise SchemaError(
+                f"{source}{_line(dicom, 'fields')}: dicom.fields must be a list",
+                "write each field as `- name: PatientName` followed by its action",
+            )
+        for i, item in enumerate(fields_node):
+            where = f"dicom.fields[{i}]"
+            if not isinstance(item, Mapping):
+                raise SchemaError(
+                    f"{source}: {where} must be a mapping like {{name: PatientName, remove: true}}",
+                    f"valid keys: {', '.join(FIELD_KEYS)}",
+                )
+            _check_keys(item, FIELD_KEYS, where, source)
+            actions = [k for k in FIELD_ACTIONS if k in item]
+            if len(actions) != 1:
+                raise SchemaError(
+                    f"{source}{_line(item, actions[1] if len(actions) > 1 else 'name')}: {where} "
+                    f"({item.get('name') or item.get('regex')}) needs exactly one action, "
+                    f"has {len(actions)}",
+                    f"actions: {', '.join(FIELD_ACTIONS)}",
+                )
         plain = _plain(dicom)
         for i, item in enumerate(plain.get("fields") or []):
             fname = item.get("name") if isinstance(item, Mapping) else None
@@ -293,6 +362,7 @@ def load_profile(path: Path) -> DeidProfile:
     return parse_profile_text(text, str(path), default_name=path.stem)
 
 
+@functools.lru_cache(maxsize=1)
 def default_profile() -> DeidProfile:
     """What ``--de-identify`` alone applies: the PS3.15 Annex E basic profile."""
     text = (
@@ -456,10 +526,29 @@ def _apply_pass(fp: Any, ds: Any, log: DeidLog) -> None:
     # flywheel-migration (unless it inserts), so it is skipped unasked: with the
     # ~650 PS3.15 fields each recursive lookup would walk the whole dataset.
     present = {int(e.tag) for e in ds.iterall()}
+    nested = _nested_tags(ds)
     for fld, tag in _field_tags(fp):
         if tag is not None and tag not in present and not _inserts(fp, fld):
             continue
+        if tag is not None and fld.recurse_sequence and tag not in nested:
+            # Only at the top level: the recursive lookup (a walk of the whole
+            # dataset per field) would find just this one, so skip the walk.
+            fld.recurse_sequence = False
+            try:
+                fld.deidentify(fp, state, ds)
+            finally:
+                fld.recurse_sequence = True
+            continue
         fld.deidentify(fp, state, ds)
+
+
+def _nested_tags(ds: Any) -> set[int]:
+    out: set[int] = set()
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                out.update(int(e.tag) for e in item.iterall())
+    return out
 
 
 def apply_profile(ds: Any, profile: DeidProfile) -> DeidLog:
@@ -522,6 +611,9 @@ def _name_tag(name: Any) -> int | None:
     return None
 
 
+_BASELINED: dict[tuple[Any, ...], DeidProfile] = {}
+
+
 def with_baseline(profile: DeidProfile) -> DeidProfile:
     """``profile`` followed by the PS3.15 basic profile for every attribute it does not name.
 
@@ -531,6 +623,10 @@ def with_baseline(profile: DeidProfile) -> DeidProfile:
     """
     if profile.name == BUILTIN_PROFILE:
         return profile
+    key = (profile.sha256, profile.name, profile.salted, profile.reid_map, profile.text)
+    done = _BASELINED.get(key)
+    if done is not None and done.passes[: len(profile.passes)] == profile.passes:
+        return done
     named: set[int] = set()
     for config in profile.passes:
         if (config.get("dicom") or {}).get("patient-age-from-birthdate"):
@@ -548,7 +644,7 @@ def with_baseline(profile: DeidProfile) -> DeidProfile:
         ]
         rest.append({"name": f"{profile.name}+{BUILTIN_PROFILE}", "dicom": dicom})
     passes = (*profile.passes, *rest)
-    return DeidProfile(
+    done = _BASELINED[key] = DeidProfile(
         name=profile.name,
         description=profile.description,
         passes=passes,
@@ -557,3 +653,4 @@ def with_baseline(profile: DeidProfile) -> DeidProfile:
         text=profile.text,
         sha256=_canonical_hash(passes),
     )
+    return done

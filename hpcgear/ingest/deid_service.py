@@ -209,17 +209,22 @@ def deidentify_for_upload(
             ds = dcmread(src)
             log.merge(apply_profile(ds, profile))
             ds.save_as(dest)
-        elif zipfile.is_zipfile(src) and name.lower().endswith(".zip"):
+        elif zipfile.is_zipfile(src):
+            found = False
             with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
                 for info in zin.infolist():
                     data = zin.read(info)
                     if len(data) > 132 and data[128:132] == b"DICM":
+                        found = True
                         ds = dcmread(io.BytesIO(data))
                         log.merge(apply_profile(ds, profile))
                         buf = io.BytesIO()
                         ds.save_as(buf)
                         data = buf.getvalue()
                     zout.writestr(info, data)
+            if not found:  # a zip without DICOM: stored as given
+                out[name] = src
+                continue
         else:
             out[name] = src
             continue

@@ -378,6 +378,7 @@ def plan_dicom(
         progress=progress,
     )
     projects_by_label: dict[str, Container | None] = {}
+    profiles_by_project: dict[str | None, DeidProfile | None] = {}
     opaque_taken: dict[str, int] = {}
     studies: list[PlannedStudy] = []
     for study_uid, series_map in group_instances(scan.instances).items():
@@ -405,8 +406,10 @@ def plan_dicom(
             projects_by_label[project_label] = target
         if target is None and project_label == UNSORTED_PROJECT:
             target = _child(session, group, UNSORTED_PROJECT)
-        profile = project_profile(session, target.id if target is not None else None)
-        profile = profile or options.profile
+        target_id = target.id if target is not None else None
+        if target_id not in profiles_by_project:
+            profiles_by_project[target_id] = project_profile(session, target_id)
+        profile = profiles_by_project[target_id] or options.profile
         if profile is not scan_profile and (
             profile is None or scan_profile is None or profile.sha256 != scan_profile.sha256
         ):
@@ -433,7 +436,7 @@ def plan_dicom(
                     file_name=f"{label}{ZIP_SUFFIX}",
                     instances=tuple(members),
                     header=dict(head.header),
-                    classification=classify(head.header),
+                    classification=head.classification or classify(head.header),
                 )
             )
         info: dict[str, Any] = {k: first.header[k] for k in STUDY_INFO_FIELDS if k in first.header}
@@ -738,8 +741,15 @@ def _store_built_series(
         _skip_series(report, series, UNREADABLE, getattr(exc, "message", None) or str(exc))
         return None
     except Exception as exc:  # pydicom failing on the full read or the profile
-        reason = DEID_FAILED if profile is not None else UNREADABLE
-        _skip_series(report, series, reason, f"{type(exc).__name__}: {exc}")
+        if profile is not None:  # the text may quote an identifying header value
+            _skip_series(
+                report,
+                series,
+                DEID_FAILED,
+                f"the profile could not be applied ({type(exc).__name__})",
+            )
+        else:
+            _skip_series(report, series, UNREADABLE, f"{type(exc).__name__}: {exc}")
         return None
     try:
         return _store_series(
@@ -1164,7 +1174,9 @@ def reclassify(
 
     Files classified by an older ``CLASSIFIER_VERSION`` (or all, with ``force``)
     get the new classification and version; the classifier reads the header
-    fields stored in file info at ingest. Needs read-write on the project.
+    fields stored in file info at ingest. De-identified files are left alone
+    (they were classified before de-identification removed the descriptions).
+    Needs read-write on the project.
     """
     target = resolve_container(session, path, min_depth=2)
     require_role(
@@ -1197,6 +1209,10 @@ def reclassify(
         hp = dict(info.get("hpcgear") or {})
         old_version = stored_classifier_version(info)
         if not force and old_version == CLASSIFIER_VERSION:
+            continue
+        if hp.get("deid"):
+            # Classified from the header before de-identification; the stored,
+            # de-identified header (no SeriesDescription...) would classify worse.
             continue
         new = classify(stored_header(info))
         changed = new != (row.classification or {}) or old_version != CLASSIFIER_VERSION

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from hpcgear.db.models import Job, JobEvent
 from hpcgear.errors import HpcgearError
@@ -97,7 +99,9 @@ def transition(
             transient=True,
         )
     for key, value in values.items():
-        setattr(job, key, value)
+        # The row already holds these values: record them as loaded, not as
+        # changes, so the session does not UPDATE the row a second time.
+        set_committed_value(job, key, value)
     record_event(
         session,
         job,
@@ -126,5 +130,100 @@ def update_fields(session: Session, job: Job, **fields: Any) -> Job:
             f"job {job.id} changed concurrently", "retried on the next cycle", transient=True
         )
     for key, value in values.items():
-        setattr(job, key, value)
+        # The row already holds these values: record them as loaded, not as
+        # changes, so the session does not UPDATE the row a second time.
+        set_committed_value(job, key, value)
     return job
+
+
+def cas_update_many(session: Session, changes: Sequence[tuple[Job, Mapping[str, Any]]]) -> bool:
+    """Compare-and-set UPDATE of many jobs: one executemany per set of columns.
+
+    Each row is updated only if its ``state_seq`` is still the one read, as in
+    :func:`update_fields`. Returns True when every row matched; otherwise the
+    caller rolls back (a savepoint) and goes job by job. On a driver that cannot
+    count executemany rows it goes job by job at once (returns False, changes
+    nothing).
+    """
+    if not changes:
+        return True
+    if not session.get_bind().dialect.supports_sane_multi_rowcount:
+        return False
+    now = dt.datetime.now(dt.UTC)
+    table = Job.__table__
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for job, fields in changes:
+        values = {"state_seq": job.state_seq + 1, "modified": now, **fields}
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(b_id=job.id, b_seq=job.state_seq)
+        groups.setdefault(tuple(sorted(values)), []).append(params)
+    matched = 0
+    for keys, params_list in groups.items():
+        stmt = (
+            table.update()  # type: ignore[attr-defined]
+            .where(table.c.id == bindparam("b_id"), table.c.state_seq == bindparam("b_seq"))
+            .values({k: bindparam(f"v_{k}") for k in keys})
+        )
+        matched += session.execute(stmt, params_list).rowcount  # type: ignore[attr-defined]
+    if matched != len(changes):
+        return False
+    for job, fields in changes:
+        seq = job.state_seq + 1
+        for key, value in {"state_seq": seq, "modified": now, **fields}.items():
+            set_committed_value(job, key, value)
+    return True
+
+
+def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) -> None:
+    """Append many JobEvent rows (dicts of its columns) in one executemany."""
+    if events:
+        session.execute(
+            insert(JobEvent), [{"data": {}, "ts": dt.datetime.now(dt.UTC), **e} for e in events]
+        )
+
+
+def transition_many(
+    session: Session,
+    moves: Sequence[tuple[Job, str | None, Mapping[str, Any]]],
+    new: JobState,
+    actor: str,
+) -> list[Job]:
+    """Move many jobs to ``new`` (each ``(job, message, fields)``); the ones that moved.
+
+    Bulk where every row still matches; otherwise job by job, skipping the ones
+    another process changed (each in a savepoint, so a stale job leaves nothing).
+    """
+    for job, _msg, _f in moves:
+        check_transition(JobState(job.state), new)
+    old = {job.id: job.state for job, _m, _f in moves}
+    moved: list[Job] = []
+    with session.begin_nested() as sp:
+        if cas_update_many(session, [(job, {"state": new.value, **f}) for job, _m, f in moves]):
+            moved = [job for job, _m, _f in moves]
+        else:
+            sp.rollback()
+    if not moved and moves:
+        for job, _message, fields in moves:
+            try:
+                with session.begin_nested():
+                    update_fields(session, job, state=new.value, **fields)
+            except StaleJobError:
+                continue
+            moved.append(job)
+    messages = {job.id: message for job, message, _f in moves}
+    record_events_many(
+        session,
+        [
+            {
+                "job_id": job.id,
+                "actor": actor,
+                "kind": "state",
+                "old_state": old[job.id],
+                "new_state": new.value,
+                "message": messages[job.id],
+            }
+            for job in moved
+        ],
+    )
+    logger.info("%d jobs -> %s", len(moved), new.value)
+    return moved

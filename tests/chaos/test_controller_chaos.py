@@ -17,7 +17,8 @@ clean controller until idle and checks, for every job of the trial:
 
 A bounded subset runs by default (CI); ``HPCGEAR_CHAOS_TRIALS=N`` runs N trials
 per database, cycling through every fault point plus random kills. The figures
-are printed at the end of each run.
+are printed at the end of each run (and, with ``HPCGEAR_CHAOS_REPORT=<path>``,
+written to ``<path>.<database>.json`` after every trial).
 """
 
 from __future__ import annotations
@@ -241,11 +242,13 @@ def test_sigkill_at_every_step(database: str, dev_env: DevEnv, tmp_path: Path,
     store = ObjectStore(tmp_path / "storage")
     fig = Figures(database)
     rng = random.Random(int(os.environ.get("HPCGEAR_CHAOS_SEED", "11")))
+    progress = os.environ.get("HPCGEAR_CHAOS_REPORT")  # a file with the running figures
     for point in _plan(database):
         _trial(inst, point, fig, scratch_root, store, rng)
+        if progress:
+            Path(f"{progress}.{database}.json").write_text(json.dumps(fig.__dict__))
     summary = fig.line()
     print("\n" + summary)
-    (tmp_path.parent / f"chaos-{database}.json").write_text(json.dumps(fig.__dict__))
     assert fig.killed >= 1, "no fault point was reached: the hook is not wired"
     assert (fig.lost, fig.duplicates, fig.half_outputs, fig.orphaned_scratch,
             fig.tracebacks) == (0, 0, 0, 0, 0), summary + "\n" + "\n".join(fig.problems)

@@ -344,6 +344,10 @@ def test_cli_endpoint_runs_commands_as_the_key_owner(api: Api) -> None:
     assert r.status_code == 200, r.text
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["ls", "lab/p", "--json"]})
     assert r.json()["code"] == 0 and json.loads(r.json()["stdout"])[0]["label"] == "s1"
+    r = c.post("/api/hpcgear/cli", headers=api.h("rw"),
+               json={"argv": ["view", "lab/p", "--columns", "subject.label", "--json"]})
+    assert r.json()["code"] == 0, r.text  # the ad-hoc view runs remotely
+    assert {"subject.label": "s1"} in json.loads(r.json()["stdout"])
     # --as needs a site admin, whatever the OS account of the server is
     r = c.post("/api/hpcgear/cli", headers=api.h("rw"), json={"argv": ["--as", "admin", "ls"]})
     assert r.json()["code"] == 4 and "site-admin" in r.json()["stderr"]
@@ -407,3 +411,44 @@ def test_uploads_are_bounded_by_the_upload_cap_not_the_body_cap(api: Api) -> Non
     assert r.status_code == 200 and r.json()[0]["version"] == 1
     r = api.client.get(f"/api/acquisitions/{api.ids['acq']}/files/big.bin", headers=api.h("ro"))
     assert r.content == big
+
+
+def test_api_uploads_into_a_profiled_project_are_deidentified(api: Api) -> None:
+    """Both upload routes (Flywheel SDK and `hpcgear upload` as a client) honour a
+    project's de-identification profile (issue 12 B)."""
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from hpcgear.ingest.deid import default_profile
+    from hpcgear.ingest.deid_service import attach_profile
+
+    with api.db.session() as s:
+        attach_profile(s, "admin", "lab/p", default_profile())
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PatientName = "Api^Secret"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = buf.getvalue()
+    r = api.client.post(f"/api/acquisitions/{api.ids['acq']}/files", headers=api.h("rw"),
+                        files={"file": ("a.dcm", data)})
+    assert r.status_code == 200, r.text
+    r = api.client.post("/api/hpcgear/upload?path=lab/p/s2/v/a", headers=api.h("rw"),
+                        files={"file": ("b.dcm", data)})
+    assert r.status_code == 200, r.text
+    r = api.client.post("/api/hpcgear/upload?path=lab/p/s2/v/a", headers=api.h("rw"),
+                        files={"file": ("c.txt", b"plain")})
+    assert r.status_code == 200, r.text
+    for url in (f"/api/acquisitions/{api.ids['acq']}/files/a.dcm",):
+        got = api.client.get(url, headers=api.h("ro"))
+        m = pydicom.dcmread(io.BytesIO(got.content))
+        assert m.PatientName == "" and m.PatientIdentityRemoved == "YES"
+    with api.db.session() as s:
+        from hpcgear.hierarchy.permissions import RoleName
+        from hpcgear.hierarchy.service import file_version, resolve_file
+
+        _, f = resolve_file(s, "admin", "lab/p/s2/v/a/b.dcm", RoleName.READ_ONLY)
+        with api.store.open(file_version(s, f).hash) as fh:
+            assert b"Api^Secret" not in fh.read()
+        assert f.info["hpcgear"]["deid"]["profile"] == "ps3.15-basic"

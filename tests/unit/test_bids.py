@@ -92,7 +92,11 @@ def test_ingest_bids_keeps_every_file_and_exports_valid_bids(env: CliEnv, tmp_pa
     assert {f["status"] for f in again["files"]} == {"unchanged"}
     # export the project and check it
     dest = tmp_path / "export"
+    dry = env.ok("export", "bids", f"{GROUP}/study", "--out", str(dest), "--dry-run",
+                 "--json").json()
+    assert dry["dry_run"] is True and not dest.exists()
     res = env.ok("export", "bids", f"{GROUP}/study", "--out", str(dest), "--json").json()
+    assert res["written"] == dry["written"]
     assert res["skipped"] == []
     assert "sub-01/func/sub-01_task-rest_events.tsv" in res["written"]
     assert "sub-01/func/sub-01_task-rest_bold.json" in res["written"]

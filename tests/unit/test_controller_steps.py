@@ -304,3 +304,60 @@ def test_accounting_of_a_reused_job_id_is_ignored() -> None:
     assert ours({"91": old}, "91", "abc", None) is None
     assert ours({"7_1": task}, "7_1", "job-x", "a1") is task
     assert ours({}, "91", "abc", None) is None
+
+
+def test_bulk_claim_skips_a_job_changed_meanwhile(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """transition_many is compare-and-set per row: a stale row is skipped, the rest move."""
+    from sqlalchemy import select, update
+
+    from hpcgear.db.models import JobEvent
+    from hpcgear.jobs.transitions import transition_many
+
+    ctx, _rt = setup
+    pid = _project_ids(ctx)
+    ids = [_job(ctx, user="alice", project=pid["p1"]) for _ in range(3)]
+    with ctx.db.session() as s:
+        rows = [s.get(Job, j) for j in ids]
+        with ctx.db.session() as other:  # another process moves the second job first
+            other.execute(update(Job).where(Job.id == ids[1]).values(
+                state="cancelled", state_seq=Job.state_seq + 1))
+        moved = transition_many(s, [(r, "claimed", {}) for r in rows if r is not None],
+                                JobState.SUBMITTING, "test")
+    assert [j.id for j in moved] == [ids[0], ids[2]]
+    with ctx.db.session() as s:
+        states = {j: s.get(Job, j).state for j in ids}  # type: ignore[union-attr]
+        events = s.scalars(select(JobEvent.job_id).where(JobEvent.new_state == "submitting"))
+        assert sorted(events) == sorted([ids[0], ids[2]])
+    assert states == {ids[0]: "submitting", ids[1]: "cancelled", ids[2]: "submitting"}
+
+
+def test_daemon_wakes_on_new_work_and_exit_records(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """Between cycles the daemon waits for the interval unless work or an exit record appears."""
+    import threading
+
+    from hpcgear.controller.loop import Controller
+    from hpcgear.controller.resolve import attempt_paths
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)
+    ctl = Controller(settings_path=None, ctx=ctx, site_names=["t"])
+    ctl._runtimes = {"t": rt}
+    seq, pending = ctl._work_marks()
+    t0 = time.monotonic()
+    ctl._sleep(1.2, seq, pending)
+    assert time.monotonic() - t0 >= 1.1, "nothing new: it sleeps the interval"
+    threading.Timer(0.3, lambda: _job(ctx, user="alice", project=pid["p1"])).start()
+    t0 = time.monotonic()
+    ctl._sleep(30, seq, pending)
+    assert time.monotonic() - t0 < 10, "a new pending job wakes it"
+    seq, pending = ctl._work_marks()
+    running = _job(ctx, user="bob", project=pid["p2"], state="running", native_id="77")
+    with ctx.db.session() as s:
+        exit_json = attempt_paths(rt.site, s.get(Job, running)).exit_json  # type: ignore[arg-type]
+    Path(exit_json).parent.mkdir(parents=True)
+    threading.Timer(0.3, lambda: Path(exit_json).write_text("{}")).start()
+    t0 = time.monotonic()
+    ctl._sleep(30, seq, pending)
+    assert time.monotonic() - t0 < 10, "an exit record wakes it"

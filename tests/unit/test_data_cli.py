@@ -244,6 +244,12 @@ def test_rm_into_trash_restore_purge_keeps_provenance(data: Data) -> None:
     env.ok("rm", "imaging/study1/sub-01")
     trash = env.ok("trash", "list", "--json").json()
     newer = next(t for t in trash if t["trash_id"] != gone["trash_id"])
+    env.ok("user", "add", "pa")
+    env.ok("role", "grant", "pa", "imaging", "admin")  # group admins do not restore
+    before = db_snapshot(env)
+    denied = env.run("--as", "pa", "trash", "restore", gone["trash_id"])
+    assert denied.code == 4 and "site-admin" in denied.err
+    assert db_snapshot(env) == before
     env.ok("trash", "restore", gone["trash_id"][:10])
     out = data.tmp / "back"
     env.ok("download", scan, "--out", str(out))
@@ -265,8 +271,29 @@ def test_rm_into_trash_restore_purge_keeps_provenance(data: Data) -> None:
     assert env.ok("trash", "list", "--json").json() == []
     actions = [h["action"] for h in env.ok("history", "--json").json()]
     assert actions == ["delete", "delete", "restore", "delete", "purge", "purge"]
+    sub = env.ok("history", "--id", deleted_item_id(env, gone), "--json")
+    assert [h["action"] for h in sub.json()] == ["delete", "restore", "delete", "purge"]
     assert_one_clear_error(env.run("trash", "restore", "ffffffffff"), "no trash entry")
     assert_one_clear_error(env.run("trash", "purge"), "nothing to purge")
+
+
+def test_restore_follows_a_parent_that_moved(data: Data) -> None:
+    env = data.env
+    gone = env.ok("rm", SESSION, "--json").json()[0]
+    env.ok("mv", "imaging/study1/sub-01", "imaging/study2")
+    env.ok("trash", "restore", gone["trash_id"])
+    rows = env.ok("view", "imaging/study2", "--columns", "session.label,file.name",
+                  "--json").json()
+    assert {"session.label": "ses-01", "file.name": "scan.nii.gz"} in rows
+    assert env.ok("ls", f"imaging/study2/sub-01/ses-01/{data.analysis['label']}",
+                  "--json").json()
+    assert env.ok("find", "imaging/study2", "--label", "scan.json", "--json").json()
+
+
+def deleted_item_id(env: CliEnv, gone: dict[str, Any]) -> str:
+    """The id of the subject deleted first (its history outlives it)."""
+    rows = env.ok("history", "--json").json()
+    return str(next(h["id"] for h in rows if h["detail"].get("trash_id") == gone["trash_id"]))
 
 
 def test_rm_file_then_versions(data: Data) -> None:
@@ -355,6 +382,19 @@ def test_recursive_download_resume_filter_and_tar(data: Data, tmp_path: Path) ->
         assert member is not None and member.read() == b'{"RepetitionTime": 2.3}'
     assert res["written"] == len(names)
     assert_one_clear_error(env.run("download", "imaging/study1", "-r"), "exactly one")
+
+
+def test_ls_recursive(data: Data) -> None:
+    env = data.env
+    tree = env.ok("ls", "imaging/study1/sub-01", "-r", "--json").json()
+    paths = [e["path"] for e in tree]
+    assert paths == sorted(paths)
+    assert {SESSION, ACQ, f"{ACQ}/scan.nii.gz", data.apath, f"{data.apath}/qc.json"} <= set(paths)
+    kinds = {e["path"]: e["kind"] for e in tree}
+    assert kinds[data.apath] == "analysis" and kinds[f"{ACQ}/scan.json"] == "file"
+    text = env.ok("ls", "imaging/study1/sub-01", "--recursive").out
+    assert f"analysis    {data.apath}\n" in text
+    assert_one_clear_error(env.run("ls", "-r", f"{ACQ}/scan.json"), "is a file")
 
 
 def test_download_reports_progress(data: Data, tmp_path: Path) -> None:
@@ -475,6 +515,7 @@ ROLE_CASES: dict[str, tuple[list[str], set[str]]] = {
     "trash list": (["trash", "list"], set()),
     "trash purge": (["trash", "purge", "--older-than", "0"], set()),
     "history all": (["history"], set()),
+    "history by id": (["history", "--id", "0" * 24], set()),
     "download": (["download", "imaging/study1", "-r", "--out", "@OUT@"], {"pa", "rw", "ro"}),
     "view": (["view", "imaging/study1", "--columns", "file.name"], {"pa", "rw", "ro"}),
 }

@@ -222,8 +222,90 @@ def test_same_result_as_flywheel_migration_process_files(tmp_path: Path) -> None
         ("name: x\ndicom:\n  fields:\n    - name: StudyInstanceUID\n      remove: true\n",
          "may only be hashuid or keep"),
         ("name: x\ndicom:\n  alter_pixels: {}\n", "pixel scrubbing"),
+        ("name: x\ndicom:\n  fields:\n    - name: PatientName\n      remoev: true\n",
+         r"p.yaml:5: unknown key 'remoev' in dicom.fields\[0\]"),
+        ("name: x\ndicom:\n  fields:\n    - name: PatientName\n", "needs exactly one action"),
+        ("name: x\ndicom:\n  fields:\n    - name: PatientName\n      remove: true\n"
+         "      hash: true\n", "needs exactly one action, has 2"),
     ],
 )
 def test_bad_profiles_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(SchemaError, match=message):
         parse_profile_text(text, "p.yaml")
+
+
+def test_ps315_passes_equal_flywheel_migration_process_files(tmp_path: Path) -> None:
+    """The built-in two-pass profile (recursive pass included) run by hpcgear in memory
+    equals flywheel-migration's own process_files run pass after pass."""
+    import yaml
+    from flywheel_migration.deidentify import load_profile as fw_load
+    from fs.osfs import OSFS
+
+    profile = default_profile()
+    stages = [tmp_path / "s0", tmp_path / "s1", tmp_path / "s2"]
+    for d in stages:
+        d.mkdir()
+    names = []
+    for name in REAL_FILES[:3]:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        item = Dataset()
+        item.PatientName = "Nested^Secret"
+        item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
+        ds.ReferencedImageSequence = Sequence([item])
+        out = f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(stages[0] / out)
+        names.append(out)
+    current = names
+    for i, config in enumerate(profile.passes):
+        (tmp_path / f"p{i}.yaml").write_text(yaml.safe_dump(dict(config)))
+        fw = fw_load(str(tmp_path / f"p{i}.yaml")).get_file_profile("dicom")
+        fw.filenames = [{"output": "{SOPInstanceUID}.dcm"}]
+        for name in current:
+            fw.process_files(OSFS(str(stages[i])), OSFS(str(stages[i + 1])), [name])
+        current = sorted(p.name for p in stages[i + 1].iterdir())
+    theirs = {pydicom.dcmread(stages[2] / n).SOPInstanceUID: stages[2] / n for n in current}
+    for name in names:
+        mine = pydicom.dcmread(stages[0] / name)
+        apply_profile(mine, profile)
+        other = pydicom.dcmread(theirs[mine.SOPInstanceUID])
+        assert [e.tag for e in mine] == [e.tag for e in other], name
+        for elem in other:
+            assert mine[elem.tag].value == elem.value, (name, elem.keyword)
+
+
+def test_a_profile_that_cannot_apply_is_an_error_never_an_exit(tmp_path: Path) -> None:
+    """flywheel-migration calls sys.exit on a replace-with of an unknown private VR;
+    hpcgear turns it into an IngestError, and ingest skips the file as deid_failed
+    with a detail that quotes no header value."""
+    from hpcgear.errors import IngestError
+    from hpcgear.ingest.dicom import DEID_FAILED, read_instance
+
+    text = ('name: bad\ndicom:\n  fields:\n    - name: (0019, "NO SUCH CREATOR", 01)\n'
+            "      replace-with: x\n")
+    profile = parse_profile_text(text, "bad.yaml")
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    with pytest.raises(IngestError, match="VR is unknown"):
+        apply_profile(ds, profile)
+    f = tmp_path / "a.dcm"
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PatientName = "Secret^Person"
+    ds.save_as(f)
+    got = read_instance(f, "a.dcm", route_fields=("AccessionNumber",), profile=profile)
+    assert getattr(got, "reason", None) == DEID_FAILED
+    assert "Secret" not in got.detail and "IngestError" in got.detail  # type: ignore[union-attr]
+
+
+def test_same_fields_other_salt_hash_differently() -> None:
+    a = parse_profile_text(
+        "name: a\ndicom:\n  salt: one\n  fields:\n    - {name: PatientID, hash: true}\n", "a")
+    b = parse_profile_text(
+        "name: a\ndicom:\n  salt: two\n  fields:\n    - {name: PatientID, hash: true}\n", "b")
+    assert a.sha256 == b.sha256  # the recorded hash leaves the salt out
+    ids = []
+    for p in (a, b, a):
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        apply_profile(ds, p)
+        ids.append(ds.PatientID)
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert with_baseline(a) is with_baseline(a)
+    assert with_baseline(a).passes[0] != with_baseline(b).passes[0]

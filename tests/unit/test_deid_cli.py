@@ -36,7 +36,8 @@ def _stored_dicoms(env: CliEnv, path: str, tmp_path: Path) -> list[pydicom.Datas
         with zipfile.ZipFile(got) as zf:
             import io
 
-            return [pydicom.dcmread(io.BytesIO(zf.read(n))) for n in zf.namelist()]
+            members = [zf.read(n) for n in zf.namelist()]
+            return [pydicom.dcmread(io.BytesIO(m)) for m in members if m[128:132] == b"DICM"]
     return [pydicom.dcmread(got)]
 
 
@@ -66,8 +67,9 @@ def test_project_profile_applies_to_ingest_and_upload(env: CliEnv, tmp_path: Pat
     p = tmp_path / "seeds.yaml"
     p.write_text(SEEDS_PROFILE)
     # only project admins attach; the read-write user cannot
-    one_clear_error(env.run("--as", "reader", "deid", "attach", f"{GROUP}/demo", str(p)),
-                    "admin")
+    denied = env.run("--as", "reader", "deid", "attach", f"{GROUP}/demo", str(p))
+    one_clear_error(denied, "admin")
+    assert denied.code == 4  # permission denied
     out = env.ok("deid", "attach", f"{GROUP}/demo", str(p), "--json").json()
     assert out["name"] == "seeds-deid" and out["reid_map"] is True
     shown = env.ok("deid", "show", f"{GROUP}/demo", "--json").json()
@@ -102,7 +104,9 @@ def test_project_profile_applies_to_ingest_and_upload(env: CliEnv, tmp_path: Pat
     assert "PatientID: MRN-55 -> " in text
     env.ok("deid", "detach", f"{GROUP}/demo")
     assert env.ok("deid", "show", f"{GROUP}/demo", "--json").json() is None
-    one_clear_error(env.run("deid", "detach", f"{GROUP}/demo"), "has no de-identification")
+    missing = env.run("deid", "detach", f"{GROUP}/demo")
+    one_clear_error(missing, "has no de-identification")
+    assert missing.code == 3  # not found
 
 
 def test_route_missing_level_goes_to_unsorted_with_opaque_subject(
@@ -137,3 +141,43 @@ def test_route_missing_level_goes_to_unsorted_with_opaque_subject(
     assert out["sessions"][0]["path"].startswith(f"{GROUP}/demo/103/")
     one_clear_error(env.run("ingest", "dicom", str(e), "--group", GROUP, "--route-require",
                             "subject"), "--route-require")
+
+
+def test_plain_upload_service_refuses_identifying_dicom(env: CliEnv, tmp_path: Path) -> None:
+    """Any caller of hierarchy.upload_files (not the de-identifying wrapper) is refused."""
+    from hpcgear.config.settings import load_settings
+    from hpcgear.db.session import Database
+    from hpcgear.errors import PermissionDeniedError
+    from hpcgear.hierarchy.service import upload_files
+    from hpcgear.storage.objects import ObjectStore
+
+    env.ok("deid", "attach", f"{GROUP}/demo", "ps3.15-basic")
+    [dcm] = write_series(tmp_path / "x", study="R", series="s", number=1, description="x",
+                         count=1)
+    import getpass
+
+    settings = load_settings(env.config)
+    db = Database.open(settings.database_url)
+    with db.session() as s, pytest.raises(PermissionDeniedError, match="de-identification"):
+        upload_files(s, ObjectStore(settings.storage_root), getpass.getuser(),
+                     f"{GROUP}/demo/a/b", [dcm])
+    db.engine.dispose()
+
+
+def test_upload_zip_of_dicom_is_deidentified(env: CliEnv, tmp_path: Path) -> None:
+    env.ok("deid", "attach", f"{GROUP}/demo", "ps3.15-basic")
+    [dcm] = write_series(tmp_path / "x", study="Z", series="s", number=1, description="x",
+                         count=1, patient_name="Zip^Secret")
+    z = tmp_path / "series.dicom.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(dcm, "s/a.dcm")
+        zf.writestr("s/notes.txt", "hello")
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("readme.txt", "no dicom here")
+    env.ok("upload", f"{GROUP}/demo/a/b/c", str(z), str(plain))
+    [m] = _stored_dicoms(env, f"{GROUP}/demo/a/b/c/series.dicom.zip", tmp_path / "d")
+    assert m.PatientName == "" and m.PatientIdentityRemoved == "YES"
+    out = tmp_path / "p"
+    env.ok("download", f"{GROUP}/demo/a/b/c/plain.zip", "--out", str(out))
+    assert (out / "plain.zip").read_bytes() == plain.read_bytes()

@@ -109,6 +109,11 @@ def test_errors_deidentify_and_nifti(env: CliEnv, tmp_path: Path) -> None:
     assert all("20200315" not in p for p in paths)
     f = env.ok("ls", f"{GROUP}/demo/s1/ses-01/3 - MR", "--json").json()[0]
     deid = f["info"]["hpcgear"]["deid"]
+    # classified before de-identification removed SeriesDescription ("t1_mprage_sag")
+    assert f["classification"]["Measurement"] == ["T1"]
+    assert "SeriesDescription" not in f["info"]["header"]["dicom"]
+    redo = env.ok("ingest", "reclassify", f"{GROUP}/demo/s1", "--force", "--json").json()
+    assert redo["files"] == []  # the stored header cannot re-classify it as well
     assert deid["profile"] == "ps3.15-basic"
     assert {"PatientID", "PatientName", "AccessionNumber"} <= set(deid["changed"])
     # NIfTI

@@ -535,13 +535,20 @@ def test_deid_profiles_applied_before_storing(
     # --de-identify alone: the subject label is opaque, never the MRN nor a hash of it
     e = tmp_path / "in2"
     write_series(e, study="E", series="s", number=1, description="T1w", count=1,
-                 patient_id="MRN-1", extra={"StudyComments": f"fw://{GROUP}/demo"})
+                 patient_id="MRN-1", accession="ACC-123",
+                 extra={"StudyComments": f"fw://{GROUP}/demo", "OtherPatientIDs": "OTHER-9",
+                        "PatientAddress": "2 High St", "InstitutionName": "St Elsewhere",
+                        "ReferringPhysicianName": "Dr^House"})
     report = run(hier, store, e, profile=default_profile())
     assert report.sessions[0].path.startswith(f"{GROUP}/demo/anon-0001/")
     assert "MRN" not in report.sessions[0].path
     f = next(iter(files_of(hier, containers(hier)[f"{report.sessions[0].path}/1 - MR"]).values()))
     m = read_zip(store, hier, f)[0]
     assert m.PatientName == "" and m.PatientID == "" and m.get("PatientBirthDate", "") == ""
+    # the five the issue found after --de-identify
+    assert "OtherPatientIDs" not in m and "PatientAddress" not in m
+    assert m.InstitutionName == "ANONYMIZED" and m.ReferringPhysicianName == ""
+    assert m.AccessionNumber == ""
 
 
 def test_stored_header_and_version_shapes() -> None:
@@ -580,5 +587,28 @@ def test_no_identifying_version_over_a_deidentified_file(
     report = run(hier, store, d)
     assert report.files == []
     assert [s.reason for s in report.skipped] == ["would_reidentify"]
-    detail = report.skipped[0].detail
-    assert "--de-identify" in detail or "de-identified" in detail
+    assert "stored de-identified" in report.skipped[0].detail
+
+
+def test_header_scan_in_processes_matches_one_process(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--jobs N reads headers in N processes (no GIL); the result is the sequential one."""
+    from hpcgear.ingest import dicom
+
+    fields = ("AccessionNumber", "StudyComments")
+    profile = default_profile()
+    one = dicom.scan_dicom(mixed, route_fields=fields, profile=profile, jobs=1)
+    monkeypatch.setattr(dicom, "PROCESS_MIN_FILES", 1)
+    used: list[bool] = []
+    real = dicom.parallel_map
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        used.append(bool(kw.get("processes")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(dicom, "parallel_map", spy)
+    many = dicom.scan_dicom(mixed, route_fields=fields, profile=profile, jobs=2)
+    assert used == [True]
+    assert many == one
+    assert len(one.instances) == 10 and len(one.skipped) == 3

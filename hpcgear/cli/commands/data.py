@@ -26,12 +26,31 @@ def _human_size(n: int | None) -> str:
 @click.command("ls")
 @click.argument("path", required=False, default="")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "-r", "--recursive", is_flag=True, help="Everything below PATH, one path per line."
+)
 @pass_app
-def ls_cmd(app: AppContext, path: str, as_json: bool) -> None:
-    """List groups (no PATH), or the children and files of PATH."""
+def ls_cmd(app: AppContext, path: str, as_json: bool, recursive: bool) -> None:
+    """List groups (no PATH), or the children and files of PATH.
+
+    Analyses are listed with their parent and entered by label or @ID
+    (group/project/sub-01/ses-01/"mriqc 2026-12-03 19:58:12").
+    """
     from hpcgear.hierarchy.service import list_path
 
     actor = app.actor
+    if recursive and path:
+        from hpcgear.hierarchy.export import list_tree
+
+        with app.db.session() as s:
+            tree = list_tree(s, actor, path)
+        if as_json:
+            app.emit_json(tree)
+            return
+        for e in tree:
+            size = f"  {_human_size(e['size'])} v{e['version']}" if e["kind"] == "file" else ""
+            app.echo(f"{e['kind']:<11} {safe_text(e['path'])}{size}")
+        return
     with app.db.session() as s:
         entries = list_path(s, actor, path)
     if as_json:
@@ -82,10 +101,12 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     Missing subject/session/acquisition levels are created. Uploading a file
     whose name exists makes a new version; identical bytes change nothing.
     """
-    from hpcgear.hierarchy.service import upload_files
+    from hpcgear.ingest.upload import upload_deidentified
 
     actor = app.actor
-    results = app.db.write(lambda s: upload_files(s, app.store, actor, path, list(files)))
+    results = app.db.write(
+        lambda s: upload_deidentified(s, app.store, actor, path, list(files))
+    )
     if as_json:
         app.emit_json(
             [

@@ -19,20 +19,22 @@ def export_group() -> None:
 @export_group.command("bids")
 @click.argument("path", metavar="GROUP/PROJECT[/SUBJECT[/SESSION]]")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="List what would be written; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def bids_cmd(app: AppContext, path: str, out: Path, as_json: bool) -> None:
+def bids_cmd(app: AppContext, path: str, out: Path, dry_run: bool, as_json: bool) -> None:
     """Write a BIDS tree (names from info.BIDS or classification, JSON sidecars,
     dataset_description.json, participants.tsv) under --out."""
     from hpcgear.ingest.bids import export_bids
 
     with app.db.session() as s:
-        res = export_bids(s, app.store, app.actor, path, out)
+        res = export_bids(s, app.store, app.actor, path, out, dry_run=dry_run)
     if as_json:
-        app.emit_json(res.to_json())
+        app.emit_json({**res.to_json(), "dry_run": dry_run})
         return
     for rel in res.written:
         app.echo(safe_text(rel))
     for where, reason in res.skipped:
         app.echo(f"skipped {safe_text(where)}: {safe_text(reason)}")
-    app.note(f"wrote {len(res.written)} file(s) to {out}; skipped {len(res.skipped)}")
+    verb = "would write" if dry_run else "wrote"
+    app.note(f"{verb} {len(res.written)} file(s) to {out}; skipped {len(res.skipped)}")

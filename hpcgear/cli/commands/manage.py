@@ -189,15 +189,18 @@ def trash_purge(
 
 @click.command("history")
 @click.argument("path", required=False)
+@click.option(
+    "--id", "item_id", metavar="ID", help="One item by id, even if deleted (site admins)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def history_cmd(app: AppContext, path: str | None, as_json: bool) -> None:
+def history_cmd(app: AppContext, path: str | None, item_id: str | None, as_json: bool) -> None:
     """Moves, renames, deletes, restores and purges (of PATH, or all: site admins)."""
     from hpcgear.hierarchy.manage import history
 
     actor = app.actor
     with app.db.session() as s:
-        rows = history(s, actor, path)
+        rows = history(s, actor, path, item_id=item_id)
     if as_json:
         app.emit_json(rows)
         return
