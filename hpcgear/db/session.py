@@ -83,7 +83,52 @@ def create_db_engine(url: str, *, create_dirs: bool = False) -> Engine:
         ) from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _sqlite_savepoint_in_transaction)
+    elif parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "before_cursor_execute", _refuse_nul_parameters)
     return engine
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _refuse_nul_parameters(
+    _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _many: bool
+) -> None:
+    """One clear error for a NUL character in any bound text (PostgreSQL).
+
+    PostgreSQL text cannot hold NUL, so a value carrying one can neither be stored
+    nor match anything stored. Stores refuse it earlier with the field's name
+    (:func:`hpcgear.text.check_storable`); this catches every other path, a
+    lookup by a hostile path or label among them, before the driver raises.
+    """
+    if parameters and _has_nul(parameters):
+        from hpcgear.errors import InvalidInputError
+
+        raise InvalidInputError(
+            "the value contains a NUL character (\\x00), which cannot be stored or matched",
+            "remove the NUL character from the name, path or value",
+        )
+
+
+def _sqlite_savepoint_in_transaction(conn: Any, _name: str) -> None:
+    """Open the write transaction before a SAVEPOINT on SQLite.
+
+    The sqlite3 module opens a transaction implicitly only before INSERT/UPDATE/
+    DELETE. A SAVEPOINT issued first (after only SELECTs) starts a transaction of
+    its own, and its RELEASE then COMMITS it: a later rollback of the session (a
+    fenced write refused, an error) would leave the savepoint's writes stored.
+    """
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        dbapi.execute("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

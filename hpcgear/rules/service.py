@@ -226,7 +226,10 @@ def save_rule(
     fixed = _pin_fixed_inputs(session, actor, manifest, spec, existing, where)
     config = _check_config(manifest, spec, coerce_strings, where)
     tags = check_job_tags(list(spec.tags))
-    if sites is not None:  # the site its jobs go to must reach the API for api-key gears
+    if sites is not None and any(i.base == "api-key" for i in manifest.inputs):
+        # The site its jobs go to must reach the API. Other rules are not routed
+        # here: sites may be configured after the rule, and each job is routed
+        # (and refused with the reason) when the rule fires.
         require_api_url(manifest, sites.route(tuple(tags)))
     for p in spec.after:
         if p.gear == gear.name:

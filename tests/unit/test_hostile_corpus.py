@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -236,12 +234,9 @@ def test_every_hostile_string_through_a_cli_surface(rig: Rig, surface: dict[str,
 
 
 def test_corpus_size() -> None:
-    """The corpus holds at least 200 cases of its own across its files."""
-    total = len(STRINGS)
-    for name in ("dicom.yaml", "outputs.yaml", "metadata.yaml", "sites.yaml", "rules.yaml",
-                 "manifests.yaml"):  # fmt: skip
-        doc = yaml.safe_load((HOSTILE / name).read_text(encoding="utf-8"))
-        total += len(doc["cases"])
-    assert total >= 200, total
-    assert not math.isnan(total)
-    assert os.sep == "/"
+    """The corpus is large and varied enough to mean something: every string has a
+    unique id, and every surface is exercised."""
+    ids = [sid for sid, _v in STRINGS]
+    assert len(ids) >= 80, len(ids)
+    assert len(set(ids)) == len(ids), "string ids are unique"
+    assert len({s["id"] for s in SURFACES}) == len(SURFACES) >= 10
