@@ -10,7 +10,9 @@ would make them look different from what they are on a terminal.
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -87,3 +89,85 @@ def check_storable(value: Any, what: str, *, _path: str = "") -> None:
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
             check_storable(v, what, _path=f"{_path}[{i}]")
+
+
+# ----------------------------------------------------------------- regular expressions
+
+MAX_REGEX = 1000
+_REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT"})
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` may not be used as a regular expression over user data, or None.
+
+    Python's ``re`` backtracks without a time limit, so a pattern that repeats a part
+    which can itself match in several ways (``(a+)+``, ``(a|aa)*``, ``(x{1,9}){1,9}``)
+    takes exponential time on a short hostile string and would stall the controller.
+    Such patterns are refused when saved; a single level of repetition is always fine.
+    """
+    if len(pattern) > MAX_REGEX:
+        return f"is {len(pattern)} characters long (at most {MAX_REGEX})"
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"is not a valid regular expression: {exc}"
+    except (RecursionError, OverflowError, ValueError) as exc:
+        return f"is not a usable regular expression: {type(exc).__name__}"
+    del compiled
+    parser: Any = importlib.import_module("re._parser")
+    try:
+        parsed = parser.parse(pattern)
+    except RecursionError:
+        return "is nested too deeply"
+    return _nested_repeat(list(parsed), inside_repeat=False)
+
+
+def _nested_repeat(items: list[Any], *, inside_repeat: bool) -> str | None:
+    for op, av in items:
+        name = str(op)
+        if name in _REPEATS:
+            _lo, hi, sub = av
+            repeats = hi > 1
+            if repeats and inside_repeat:
+                return ("repeats a part that is itself repeated (nested quantifiers backtrack "
+                        "exponentially)")
+            if repeats and any(str(o) == "BRANCH" for o, _a in _flatten(list(sub))):
+                return "repeats an alternation (a|b)+ whose branches can backtrack exponentially"
+            found = _nested_repeat(list(sub), inside_repeat=inside_repeat or repeats)
+            if found:
+                return found
+        elif name == "SUBPATTERN":
+            found = _nested_repeat(list(av[-1]), inside_repeat=inside_repeat)
+            if found:
+                return found
+        elif name == "BRANCH":
+            for branch in av[1]:
+                found = _nested_repeat(list(branch), inside_repeat=inside_repeat)
+                if found:
+                    return found
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            found = _nested_repeat(list(av[1]), inside_repeat=inside_repeat)
+            if found:
+                return found
+    return None
+
+
+def _flatten(items: list[Any]) -> list[tuple[Any, Any]]:
+    """Tokens of ``items`` and of the groups inside them (not inside nested repeats)."""
+    out: list[tuple[Any, Any]] = []
+    for op, av in items:
+        out.append((op, av))
+        if str(op) == "SUBPATTERN":
+            out.extend(_flatten(list(av[-1])))
+    return out
+
+
+def check_regex(pattern: str, what: str) -> re.Pattern[str]:
+    """Compile ``pattern`` or raise InvalidInputError saying why it is refused."""
+    problem = regex_problem(pattern)
+    if problem:
+        raise InvalidInputError(
+            f"{what} {pattern[:80]!r} {problem}",
+            "write it without nested repetition, e.g. [a-z0-9_]+ instead of ([a-z]+[0-9]*)+",
+        )
+    return re.compile(pattern)

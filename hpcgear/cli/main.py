@@ -148,6 +148,9 @@ def _remote_key(argv: list[str]) -> str | None:
     return remote_key(argv)
 
 
+GENERIC_HINT = "correct what the error names and run the command again"
+
+
 def _wants_traceback(argv: list[str]) -> bool:
     return "--traceback" in argv
 
@@ -183,8 +186,8 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
 
             traceback.print_exc()
         click.echo(f"error: {_one_line(exc.message)}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {_one_line(exc.hint)}", err=True)
+        # Every refusal ends with a hint, even where the raiser had nothing specific to add.
+        click.echo(f"hint: {_one_line(exc.hint or GENERIC_HINT)}", err=True)
         status = exit_status_for(exc)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

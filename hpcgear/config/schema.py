@@ -103,7 +103,9 @@ class Where:
 
     def error(self, problem: str, hint: str = "") -> SchemaError:
         at = f" {self.path}:" if self.path else ""
-        return SchemaError(f"{self.source}:{self.line}:{at} {problem}", hint)
+        where = f"{self.path} at line {self.line}" if self.path else f"line {self.line}"
+        return SchemaError(f"{self.source}:{self.line}:{at} {problem}",
+                           hint or f"correct {where} of {self.source}")
 
 
 def _meta(f: dataclasses.Field[Any]) -> FieldMeta:

@@ -130,12 +130,14 @@ def load_settings(
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"cannot read config file {path}: {exc.strerror}", "check the path and its permissions"
         ) from exc
-    from hpcgear.config.yamlload import unreadable_char
+    from hpcgear.config.yamlload import decode_utf8, unreadable_char
+
+    text = decode_utf8(data, str(path))
 
     bad = unreadable_char(text)
     if bad is not None:
@@ -145,6 +147,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         )
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise SchemaError(
+            f"{path}: the YAML is nested too deeply to read", "the config is a flat mapping"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

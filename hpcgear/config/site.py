@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcgear.config.schema import Problem, Where, build, json_schema, setting
-from hpcgear.config.yamlload import load_yaml_with_lines
+from hpcgear.config.yamlload import decode_utf8, load_yaml_with_lines
 from hpcgear.errors import ConfigError, InvalidInputError, ResourceError, SchemaError
 from hpcgear.states import FailureKind
 from hpcgear.units import format_memory, format_slurm_time, parse_memory_mb, parse_time_minutes
@@ -226,6 +226,19 @@ def _parse_executable(raw: Any) -> str:
         raise SchemaError(f"runtime executable {raw!r} is not a command name or absolute path",
                           "give an absolute path, e.g. /usr/bin/apptainer")
     return raw
+
+
+# The job tags a user can give (hpcgear.jobs.service): a routing tag outside this set could
+# never match a job, and one with control characters would reach terminals raw.
+ROUTING_TAG_RE = re.compile(r"[A-Za-z0-9_.:=+\-]{1,64}")
+
+
+def _check_routing_tag(tag: Any) -> None:
+    if not isinstance(tag, str) or not ROUTING_TAG_RE.fullmatch(tag):
+        raise SchemaError(
+            f"routing tag {str(tag)[:80]!r} is not a job tag",
+            "tags are 1-64 letters, digits and _ . : = + - (like hpc or gpu)",
+        )
 
 
 def _check_line(value: str) -> None:
@@ -432,10 +445,18 @@ class RoutingConfig:
     """Which job tags send jobs to this site and to which partition."""
 
     site_tags: tuple[str, ...] = setting(
-        "tags that route a job to this site (e.g. hpc)", default=())
+        "tags that route a job to this site (e.g. hpc)", default=(),
+        item_check=_check_routing_tag)
     partition_tags: Mapping[str, str] = setting(
         "tag -> partition; a tag `gpu` or `gpu=2` picks the partition mapped to gpu",
         default_factory=lambda: types.MappingProxyType({}))
+
+    def schema_problems(self) -> Iterator[Problem]:
+        for tag in self.partition_tags:
+            if not ROUTING_TAG_RE.fullmatch(tag):
+                yield Problem(("partition_tags", tag),
+                              f"partition tag {tag[:80]!r} is not a job tag",
+                              "tags are 1-64 letters, digits and _ . : = + - (like gpu)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -762,13 +783,13 @@ def load_site(path: str | Path, *, all_errors: bool = False) -> SiteConfig:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"cannot read site config {p}: {exc.strerror or exc}",
             "check the path in `sites:` of your hpcgear config",
         ) from None
-    return load_site_text(text, str(p), all_errors=all_errors)
+    return load_site_text(decode_utf8(data, str(p)), str(p), all_errors=all_errors)
 
 
 def site_as_dict(site: SiteConfig) -> dict[str, Any]:

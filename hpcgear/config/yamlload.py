@@ -164,5 +164,23 @@ def load_yaml_with_lines(text: str, source: str) -> Any:
         ) from None
     except yaml.YAMLError as exc:
         raise SchemaError(f"{source}: YAML error: {exc}", "check the file is valid YAML") from None
+    except RecursionError:  # PyYAML composes and constructs nested nodes recursively
+        raise SchemaError(
+            f"{source}: the YAML is nested too deeply to read",
+            "no hpcgear document nests more than a few levels; remove the runaway brackets",
+        ) from None
     finally:
         loader.dispose()
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """``data`` as text, or a SchemaError naming the line of the first byte that is not UTF-8."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SchemaError(
+            f"{source}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})",
+            "save the file as UTF-8",
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text

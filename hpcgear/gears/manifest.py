@@ -45,6 +45,7 @@ from typing import Any
 
 from hpcgear.errors import ManifestError, NotFoundError
 from hpcgear.gears import reserved
+from hpcgear.text import regex_problem
 
 logger = logging.getLogger(__name__)
 
@@ -1034,13 +1035,13 @@ def _check_pattern(spec: Mapping[str, Any], path: JsonPath, c: _Checker) -> str 
     if not isinstance(pattern, str):
         c.error((*path, "pattern"), f"must be a regular expression string, got {_show(pattern)}")
         return None
-    try:
-        re.compile(pattern)
-    except re.error as exc:
+    problem = regex_problem(pattern)
+    if problem:
         c.error(
             (*path, "pattern"),
-            f"{_show(pattern)} is not a valid regular expression: {exc}",
-            "fix the regular expression (JSON strings need \\\\ for \\)",
+            f"{_show(pattern)} {problem}",
+            "fix the regular expression (JSON strings need \\\\ for \\); user values are "
+            "matched against it, so it may not nest repetition like (a+)+",
         )
         return None
     return pattern

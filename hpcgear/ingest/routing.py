@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from hpcgear.errors import HpcgearError, InvalidInputError
 from hpcgear.hierarchy.paths import check_label
+from hpcgear.text import regex_problem
 
 DEFAULT_ROUTE_FIELD = "AccessionNumber"
 DEFAULT_ROUTE_PATTERN = r"^(?P<project>[^/]+)/(?P<subject>[^/]+)(?:/(?P<session>[^/]+))?$"
@@ -69,13 +70,13 @@ def parse_required_levels(text: str) -> tuple[str, ...]:
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """Compile a routing regex; it must name at least one of project/subject/session."""
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
+    problem = regex_problem(pattern)
+    if problem:
         raise InvalidInputError(
-            f"routing pattern {pattern!r} is not a valid regular expression: {exc}",
+            f"routing pattern {pattern[:80]!r} {problem}",
             "e.g. --route-pattern '^(?P<project>[^/]+)/(?P<subject>[^/]+)/(?P<session>.+)$'",
-        ) from None
+        )
+    rx = re.compile(pattern)
     if not set(rx.groupindex) & set(ROUTE_GROUPS):
         raise InvalidInputError(
             f"routing pattern {pattern!r} has no named group project, subject or session",

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hpcgear.errors import RuleError
+from hpcgear.text import regex_problem
 
 LEVELS: tuple[str, ...] = ("project", "subject", "session", "acquisition")
 SUBJECTS: tuple[str, ...] = ("file", "container", *LEVELS)
@@ -300,13 +301,13 @@ def _checked(ref: FieldRef, op: str, value: Any) -> Leaf:
         if not isinstance(value, str):
             raise RuleError(f"{ref}: {op} takes a string", "quote the pattern")
         if op == "regex":
-            try:
-                re.compile(value)
-            except re.error as exc:
+            problem = regex_problem(value)
+            if problem:
                 raise RuleError(
-                    f"{ref}: bad regular expression {value!r}: {exc}",
-                    "use a Python regular expression",
-                ) from None
+                    f"{ref}: regular expression {value[:80]!r} {problem}",
+                    "use a Python regular expression without nested repetition "
+                    "(e.g. [a-z0-9_]+ rather than ([a-z]+[0-9]*)+)",
+                )
     elif ref.kind != "info":
         if not isinstance(value, str):
             raise RuleError(

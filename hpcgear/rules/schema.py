@@ -87,7 +87,7 @@ from hpcgear.config.schema import Where, build, setting
 from hpcgear.config.yamlload import LineMap, LineSeq, load_yaml_with_lines
 from hpcgear.errors import HpcgearError, InvalidInputError, RuleError, SchemaError
 from hpcgear.rules import predicates as P
-from hpcgear.text import check_identifier, check_storable
+from hpcgear.text import check_identifier, check_storable, regex_problem
 
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 PRIORITY_CHOICES = ("low", "medium", "high", "critical")
@@ -497,10 +497,13 @@ def check_rule_name(name: str) -> str:
 
 
 def check_regex(rx: str, what: str) -> None:
-    try:
-        re.compile(rx)
-    except re.error as exc:
-        raise RuleError(f"{what}: bad regex {rx!r}: {exc}", "use a Python regex") from None
+    problem = regex_problem(rx) if isinstance(rx, str) else "is not a string"
+    if problem:
+        raise RuleError(
+            f"{what}: regex {str(rx)[:80]!r} {problem}",
+            "use a Python regex without nested repetition (e.g. [a-z0-9_]+ rather than "
+            "([a-z]+[0-9]*)+)",
+        )
 
 
 def split_gear(ref: str, version: str | None) -> tuple[str, str | None]:
