@@ -45,13 +45,14 @@ from typing import Any
 
 from hpcgear.errors import ManifestError, NotFoundError
 from hpcgear.gears import reserved
-from hpcgear.text import regex_problem
+from hpcgear.text import regex_problem, unsafe_chars
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 
 NAME_RE = re.compile(r"^[a-z0-9\-]+$")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]*")
 NAME_MAX = 100
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Recommended by the spec for input names; others only get a warning.
@@ -472,6 +473,12 @@ def _decode_json(text: str, source: str, duplicates: list[str]) -> Any:
         )
     try:
         return json.loads(text, object_pairs_hook=pairs_hook, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ManifestError(
+            f"{source}: the JSON is nested too deeply to read",
+            f"a gear manifest nests a few levels (at most {MAX_DEPTH}); remove the runaway "
+            "brackets",
+        ) from None
     except json.JSONDecodeError as exc:
         raise _json_syntax_error(text, source, exc) from None
     except _NonFiniteNumberError as exc:
@@ -543,12 +550,56 @@ class _Checker:
         self.warnings.append((path, message))
 
 
+MAX_DEPTH = 64
+_UNSTORABLE_HINT = (
+    "remove it: a manifest is stored as given, and stored text may not hold NUL or broken "
+    "(surrogate) characters or nest deeper than 64 levels"
+)
+
+
+def _unstorable(data: Any) -> str | None:
+    """What keeps ``data`` from being stored as plain JSON text, or None.
+
+    Walks iteratively (a recursive walk of hostile nesting is itself the crash), checking
+    the depth and every key and string for NUL and lone surrogates, which neither
+    PostgreSQL nor UTF-8 can hold.
+    """
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{where or 'the manifest'} is nested deeper than {MAX_DEPTH} levels"
+        shown = repr(_truncate(where, 120)) if where else "the manifest"
+        if isinstance(node, str):
+            if "\x00" in node:  # keys with NUL are refused by the check of their kind
+                return f"{shown} contains a NUL character (\\u0000)"
+            texts = [node]
+        elif isinstance(node, Mapping):
+            texts = [str(k) for k in node]
+            stack.extend((v, depth + 1, f"{where}.{k}" if where else str(k))
+                         for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            texts = []
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(node))
+        else:
+            continue
+        for t in texts:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{shown} contains an unpaired surrogate character"
+    return None
+
+
 def _parse(data: Any, *, source: str, text: str | None, duplicates: list[str]) -> GearManifest:
     if not isinstance(data, Mapping):
         raise ManifestError(
             f"{source}: a gear manifest must be a JSON object, got {_json_kind(data)}",
             'start the file with { "name": ..., "version": ..., "inputs": {}, "config": {} }',
         )
+    problem = _unstorable(data)
+    if problem:
+        raise ManifestError(f"{source}: {problem}", _UNSTORABLE_HINT)
     try:
         # A JSON round trip gives an independent copy in the author's key order
         # and proves the data is plain JSON (no NaN, tuples become lists).
@@ -653,7 +704,15 @@ def _check_version(raw: Mapping[str, Any], c: _Checker) -> str:
     elif _CONTROL_RE.search(version):
         c.error(("version",), f"{_show(version)} contains control characters", hint)
     elif len(version) > _MAX_LENGTHS["version"]:
-        c.warn(("version",), f"is longer than {_MAX_LENGTHS['version']} characters")
+        c.error(("version",), f"is longer than {_MAX_LENGTHS['version']} characters", hint)
+    elif not VERSION_RE.fullmatch(version):
+        # The version names the gear in refs (NAME@VERSION), paths and job scripts.
+        c.error(
+            ("version",),
+            f"{_show(version)} may hold only letters, digits and . _ + - "
+            "(starting with a letter or digit)",
+            hint,
+        )
     return version
 
 
@@ -837,8 +896,12 @@ def _check_config(raw: Mapping[str, Any], c: _Checker) -> tuple[ConfigOption, ..
     result = []
     for name, spec in config.items():
         path = ("config", name)
-        if not name.strip() or _CONTROL_RE.search(name):
+        if not name.strip() or _CONTROL_RE.search(name) or unsafe_chars(name):
             c.error(path, "option names must be non-empty and free of control characters")
+            continue
+        if "." in name or name.startswith("$"):
+            c.error(path, f"option name {_show(name)} contains '.' or starts with '$'",
+                    "Flywheel stores config keys as document keys; rename the option")
             continue
         option = _check_option(name, spec, path, c, top_level=True)
         if option is None:

@@ -60,6 +60,7 @@ from typing import Any
 from hpcgear.errors import InvalidInputError, StagingError
 from hpcgear.hierarchy.paths import LEVELS, check_file_name, check_tag
 from hpcgear.ingest.classifier import EXTRA_TERMS, INTENTS, MEASUREMENTS
+from hpcgear.text import unsafe_chars
 
 
 class InvalidMetadataError(StagingError):
@@ -192,7 +193,13 @@ class _Checker:
                 if not isinstance(key, str) or not key:
                     self.bad(where, "has an empty key")
                     continue
-                shown = f"{where}.{key}" if len(key) <= 60 else f"{where}.{key[:57]}..."
+                bad_chars = unsafe_chars(key)
+                label = _printable(key)
+                shown = f"{where}.{label}" if len(label) <= 60 else f"{where}.{label[:57]}..."
+                if bad_chars:
+                    self.bad(shown, f"key contains control, format or broken characters "
+                                    f"({', '.join(bad_chars)})")
+                    continue
                 if "." in key or "$" in key:
                     self.bad(shown, f"key {key[:60]!r} contains '.' or '$' "
                                     "(not allowed in info keys)")
@@ -207,6 +214,8 @@ class _Checker:
         elif isinstance(value, str):
             if "\0" in value:
                 self.bad(where, "string contains a NUL character")
+            elif any("\ud800" <= ch <= "\udfff" for ch in value):
+                self.bad(where, "string contains an unpaired surrogate character")
         elif isinstance(value, float) and not math.isfinite(value):
             self.bad(where, "is not a finite number")
 
@@ -282,6 +291,12 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             type(None): "null", int: "a number", float: "a number"}.get(type(value),
                                                                         type(value).__name__)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control, format and surrogate characters escaped (for messages)."""
+    return "".join(ch if not unsafe_chars(ch) else repr(ch)[1:-1] if ch.isascii()
+                   else f"\\u{ord(ch):04x}" for ch in text)
 
 
 def _show(value: Any) -> str:

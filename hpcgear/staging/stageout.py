@@ -170,12 +170,20 @@ class RawEntry:
 # -------------------------------------------------------------------------- scan
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates
+        return False
+    return True
+
+
 def _bad_relpath(rel: str) -> str | None:
     if not rel or rel.startswith("/"):
         return "absolute or empty path"
     if "\0" in rel:
         return "NUL byte in the name"
-    if "\ufffd" in rel:
+    if "\ufffd" in rel or not _utf8(rel):
         return "name is not valid UTF-8"
     parts = rel.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -244,7 +252,10 @@ def build_scan(output_dir: str, raw: Sequence[RawEntry], hashes: Mapping[str, st
     for entry in raw:
         problem = _bad_relpath(entry.relpath)
         if problem:
-            refused.append(RefusedEntry(entry.relpath, problem))
+            # Refusals are stored (job events, provenance): undecodable bytes as \xNN escapes.
+            shown = entry.relpath if _utf8(entry.relpath) else entry.relpath.encode(
+                "utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            refused.append(RefusedEntry(shown, problem))
         else:
             table[entry.relpath] = entry
 
