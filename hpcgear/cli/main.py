@@ -151,6 +151,32 @@ def _remote_key(argv: list[str]) -> str | None:
 GENERIC_HINT = "correct what the error names and run the command again"
 
 
+def _check_arguments_are_text(args: list[str]) -> None:
+    """Refuse arguments that are not UTF-8 (Python hands over such bytes as lone
+    surrogates, which no database, terminal or JSON document can hold)."""
+    from hpcgear.errors import InvalidInputError
+
+    for i, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape" if _escapable(arg) else "replace")
+            raise InvalidInputError(
+                f"argument {i} ({shown.decode('utf-8', 'backslashreplace')[:120]!r}) is not "
+                "UTF-8 text",
+                "pass names and values as UTF-8; rename files whose names are in another "
+                "encoding",
+            ) from None
+
+
+def _escapable(arg: str) -> bool:
+    try:
+        arg.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _wants_traceback(argv: list[str]) -> bool:
     return "--traceback" in argv
 
@@ -163,6 +189,7 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status: int = ExitStatus.OK
     try:
+        _check_arguments_are_text(args)
         key = _remote_key(args)
         if key is not None:  # client mode: the command runs on the API server
             from hpcgear.cli.client import run_remote

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +140,10 @@ def _hostile_file(rig: Rig, value: str) -> Path | None:
         return None
     if len(value.encode("utf-8", "surrogatepass")) > 255:
         return None
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:  # a lone surrogate no file name on disk can carry
+        return None
     d = rig.root / "hostile-names" / str(rig.n)
     d.mkdir(parents=True)
     path = d / value
@@ -233,10 +238,25 @@ def test_every_hostile_string_through_a_cli_surface(rig: Rig, surface: dict[str,
         assert refused > 0, "no hostile string was refused: the surface checks nothing?"
 
 
+DOCUMENT_KINDS = ("dicom", "outputs", "metadata", "sites", "rules", "manifests")
+
+
 def test_corpus_size() -> None:
-    """The corpus is large and varied enough to mean something: every string has a
-    unique id, and every surface is exercised."""
+    """The corpus is large and varied enough to mean something (issue 11: at least 200
+    cases): the strings of ``strings.yaml`` (each through every CLI surface) plus the
+    hostile documents of the other files (``test_hostile_documents.py``). Ids are unique
+    per file, every surface is exercised and every document kind holds cases."""
     ids = [sid for sid, _v in STRINGS]
     assert len(ids) >= 80, len(ids)
     assert len(set(ids)) == len(ids), "string ids are unique"
     assert len({s["id"] for s in SURFACES}) == len(SURFACES) >= 10
+    files = sorted(p.stem for p in HOSTILE.glob("*.yaml"))
+    assert files == sorted(("cli", "strings", *DOCUMENT_KINDS)), files
+    documents = 0
+    for kind in DOCUMENT_KINDS:
+        cases = yaml.safe_load((HOSTILE / f"{kind}.yaml").read_text(encoding="utf-8"))["cases"]
+        case_ids = [c["id"] for c in cases]
+        assert len(case_ids) >= 20, f"{kind}.yaml holds only {len(case_ids)} cases"
+        assert len(set(case_ids)) == len(case_ids), f"{kind}.yaml: case ids are unique"
+        documents += len(case_ids)
+    assert len(ids) + documents >= 200, (len(ids), documents)
