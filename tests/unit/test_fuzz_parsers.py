@@ -266,3 +266,60 @@ def test_rendered_scripts_keep_every_value_quoted(data: st.DataObject) -> None:
         assert not pwned, pwned
         assert res.returncode == 0, res.stderr.decode(errors="replace")
         assert rig.argv(1)[-1] == words[0].encode()  # the command arrives byte for byte
+
+
+# ------------------------------------------------------------- gear metadata
+
+METADATA_DOC = {
+    "acquisition": {
+        "info": {"header": {"Modality": "MR"}, "qc": {"passed": True, "score": 0.9}},
+        "tags": ["classified"],
+        "files": [{"name": "out.txt", "type": "text", "modality": "MR",
+                   "classification": {"Intent": ["Structural"]}, "info": {"n": 1}}],
+    },
+    "session": {"info": {"reviewed": False}},
+}
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=300), mutated(METADATA_DOC).map(json.dumps)))
+def test_gear_metadata_parses_or_raises_hpcgear_error(text: str) -> None:
+    """A gear's .metadata.json: parsed into a plan whose every string is storable, or
+    refused with a message that is safe to print."""
+    from hpcgear.staging.metadata import InvalidMetadataError, parse_metadata
+    from hpcgear.text import check_storable
+
+    try:
+        plan = parse_metadata(text, destination_type="acquisition", analysis=False,
+                              output_names=["out.txt"])
+    except InvalidMetadataError as exc:
+        assert exc.message.strip() and "\x00" not in exc.message
+        return
+    for update in plan.updates:
+        check_storable(update.info, "info")  # what is accepted can be stored on PostgreSQL
+        for f in update.files:
+            check_storable(f.info, "file info")
+
+
+# -------------------------------------------------------- regular expressions
+
+REGEX_PIECES = ["a", "b", ".", "\\w", "\\s", "[ab]", "(", ")", "(?:", "|", "+", "*", "?",
+                "{1,9}", "{2}", "^", "$", "\\d", "x"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(REGEX_PIECES), min_size=1, max_size=12).map("".join))
+def test_every_regex_accepted_for_user_data_runs_in_bounded_time(pattern: str) -> None:
+    """Rule conditions, manifest config patterns and routing patterns are matched against
+    user data; whatever ``regex_problem`` accepts must not backtrack catastrophically."""
+    import time
+
+    from hpcgear.text import regex_problem
+
+    if regex_problem(pattern) is not None:
+        return
+    rx = re.compile(pattern)
+    for hostile in ("a" * 28 + "!", "ab" * 14 + "!", "a " * 14 + "!", "x" * 28 + "!"):
+        start = time.monotonic()
+        rx.search(hostile)
+        assert time.monotonic() - start < 0.5, (pattern, hostile)

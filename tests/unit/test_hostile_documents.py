@@ -144,9 +144,9 @@ def check_result(res: CliResult, where: str, *, notes_allowed: bool = False) -> 
 def outcome(case: dict[str, Any], accepted: bool) -> None:
     expect = case.get("expect", "either")
     if expect == "refused":
-        assert not accepted, f"{case['id']}: accepted but should be refused ({case.get('description')})"
+        assert not accepted, f"accepted but should be refused ({case.get('description')})"
     elif expect == "accepted":
-        assert accepted, f"{case['id']}: refused but should be accepted ({case.get('description')})"
+        assert accepted, f"refused but should be accepted ({case.get('description')})"
 
 
 def each_case(cases: list[dict[str, Any]], check: Callable[[int, dict[str, Any]], None]) -> None:
@@ -155,7 +155,7 @@ def each_case(cases: list[dict[str, Any]], check: Callable[[int, dict[str, Any]]
     for i, case in enumerate(cases):
         try:
             check(i, case)
-        except Exception as exc:  # noqa: BLE001 - an escaped exception is a finding too
+        except Exception as exc:  # an escaped exception is a finding too
             failures.append(f"{case['id']}: {type(exc).__name__}: {str(exc)[:1500]}")
     assert not failures, f"{len(failures)} case(s) failed:\n" + "\n\n".join(failures)
 
