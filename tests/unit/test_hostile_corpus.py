@@ -11,6 +11,11 @@ conditions, listing), on SQLite and PostgreSQL. For each call:
 * nothing is executed (no ``pwned-N`` canary appears) and nothing is written outside
   the instance's own directories (the download lands exactly at ``OUT/NAME``).
 
+On PostgreSQL only the strings where the database can matter run (non-ASCII or control
+characters, NUL, lone surrogates, long values, quotes, backslashes, LIKE wildcards, JSON
+values); the shell and path strings are refused or stored alike before any SQL, and
+SQLite covers them. That keeps the tier's runtime modest on a small CI box.
+
 The other surfaces (DICOM headers, gear outputs, site/rule/manifest files) are in
 ``test_hostile_documents.py``.
 """
@@ -52,6 +57,19 @@ STRINGS = load_strings()
 SURFACES = yaml.safe_load((HOSTILE / "cli.yaml").read_text(encoding="utf-8"))["surfaces"]
 
 
+def db_sensitive(value: str) -> bool:
+    """Whether ``value`` can behave differently on PostgreSQL than on SQLite."""
+    if not (value.isascii() and value.isprintable()) or len(value) > 64:
+        return True
+    if any(c in value for c in "'\"\\%_"):
+        return True
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return False
+    return not isinstance(parsed, str)
+
+
 def _terminal_safe(text_out: str) -> bool:
     return all(ch.isprintable() or ch in "\n " for ch in text_out)
 
@@ -62,6 +80,7 @@ class Rig:
     engine: Engine
     root: Path
     src: Path
+    postgres: bool = False
     n: int = 0
 
     def snapshot(self) -> str:
@@ -113,7 +132,7 @@ def rig(cli_env: CliEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     (src / "scan.nii.gz").write_bytes(b"scan bytes")
     cli_env.ok("upload", "g/p/s1/ses1", str(src / "scan.nii.gz"))
     engine = create_db_engine(load_settings(cli_env.config).database_url)
-    yield Rig(cli_env, engine, tmp_path, src)
+    yield Rig(cli_env, engine, tmp_path, src, postgres=engine.dialect.name == "postgresql")
     engine.dispose()
     names_dir = tmp_path / "hostile-names"  # files *named* after hostile strings live here
     canaries = [p for p in tmp_path.rglob("*") if CANARY.fullmatch(p.name)
@@ -207,6 +226,8 @@ def _readback(rig: Rig, surface: str, value: str, res: CliResult, n: int, f: Pat
 def test_every_hostile_string_through_a_cli_surface(rig: Rig, surface: dict[str, Any]) -> None:
     accepted = refused = 0
     for sid, value in STRINGS:
+        if rig.postgres and not db_sensitive(value):
+            continue
         rig.n += 1
         n = rig.n
         file = None

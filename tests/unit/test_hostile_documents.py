@@ -219,6 +219,7 @@ def rig(cli_env: CliEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 # ------------------------------------------------------------------ site YAML
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # site files never reach the DB
 def test_hostile_site_files(rig: Rig) -> None:
     base = load_base("sites")
     subs = {"@ROOT@": str(rig.root / "data")}
