@@ -11,6 +11,7 @@ would make them look different from what they are on a terminal.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import re
 import unicodedata
@@ -171,3 +172,44 @@ def check_regex(pattern: str, what: str) -> re.Pattern[str]:
             "write it without nested repetition, e.g. [a-z0-9_]+ instead of ([a-z]+[0-9]*)+",
         )
     return re.compile(pattern)
+
+
+# ----------------------------------------------------------------- JSON from users
+
+MAX_JSON_DEPTH = 32  # as for a gear's .metadata.json info
+
+
+def json_depth_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Say so if ``value`` nests lists/objects deeper than ``limit`` (walked iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return f"is nested deeper than {limit} levels"
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
+def json_or_text(raw: str, what: str) -> Any:
+    """A value typed by a user: JSON when it parses as JSON, else the text itself.
+
+    Raises InvalidInputError for JSON nested deeper than :data:`MAX_JSON_DEPTH` (Python's
+    parser would hit its recursion limit long before any database does).
+    """
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    except RecursionError:
+        value = None
+        problem: str | None = "is nested too deeply to read"
+    else:
+        problem = json_depth_problem(value)
+    if problem:
+        raise InvalidInputError(
+            f"{what} {problem}", f"keep values at most {MAX_JSON_DEPTH} levels deep"
+        )
+    return value

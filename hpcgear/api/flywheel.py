@@ -686,7 +686,7 @@ async def upload(collection: str, cid: str, request: Request, caller: CallerDep,
         if isinstance(meta_raw, str) and meta_raw.strip():
             try:
                 parsed = json.loads(meta_raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise InvalidInputError("metadata is not JSON", "send a JSON object") from None
             items = parsed if isinstance(parsed, list) else [parsed]
             for item in items:

@@ -169,7 +169,7 @@ def coerce_string(option: ConfigOption | None, text: str, *, key: str = "") -> A
     if type_ == "array":
         try:
             value = json.loads(word)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             value = None
         if not isinstance(value, list):
             raise _bad_string(key, "a JSON list such as '[\"a\", \"b\"]' or '[1, 2]'", text)

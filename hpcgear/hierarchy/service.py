@@ -8,7 +8,6 @@ allowed or the input is bad. Callers own the transaction (``Database.session``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import secrets
@@ -53,7 +52,7 @@ from hpcgear.hierarchy.permissions import (
     require_site_admin,
 )
 from hpcgear.storage.objects import ObjectStore
-from hpcgear.text import check_identifier, check_storable
+from hpcgear.text import check_identifier, check_storable, json_or_text
 
 logger = logging.getLogger(__name__)
 
@@ -754,10 +753,7 @@ def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:
                 f"bad info key {key!r}", "keys are dot-separated names without spaces or '$'"
             )
         check_identifier(key, "info key")
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+        value: Any = json_or_text(raw, f"info value of {key!r}")
         check_storable(value, f"info value of {key!r}")
         node = out
         for k in keys[:-1]:

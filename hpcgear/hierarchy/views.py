@@ -45,6 +45,7 @@ from hpcgear.hierarchy.permissions import (
     require_role,
 )
 from hpcgear.hierarchy.service import resolve_container
+from hpcgear.text import json_or_text
 
 VIEW_LEVELS = ("subject", "session", "acquisition", "file")
 COLUMN_LEVELS = ("project", "subject", "session", "acquisition", "analysis", "file")
@@ -123,10 +124,7 @@ class Filter:
                 "(OP: = != < <= > >= =~)",
             )
         raw = m.group(3)
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+        value: Any = json_or_text(raw, "the filter value")
         if m.group(2) == "=~":
             try:
                 re.compile(str(value))
@@ -411,10 +409,7 @@ def _pairs(items: Sequence[str], what: str) -> list[tuple[list[str], Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InvalidInputError(f"--{what} {item!r} is not KEY=VALUE", f"write --{what} K=V")
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
+        value: Any = json_or_text(raw, f"--{what} value of {key!r}")
         out.append((key.split("."), value))
     return out
 

@@ -62,7 +62,7 @@ def parse_exit_record(text: str, *, source: str = "exit.json") -> ExitRecord:
     """Parse an exit record; InvalidInputError if it is not one."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInputError(f"{source} is not JSON: {exc}",
                                 "the exit record is damaged; the job counts as lost") from None
     if not isinstance(data, dict) or data.get("schema") != EXIT_RECORD_SCHEMA:

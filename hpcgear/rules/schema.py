@@ -472,7 +472,7 @@ def _cli_value(text: str) -> Any:
     """Info values on the command line: JSON scalars (3, 1.5, true) or text."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # only scalars are taken as JSON here
         return text
     return value if isinstance(value, str | int | float | bool) else text
 
