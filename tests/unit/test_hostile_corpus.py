@@ -48,7 +48,13 @@ def load_strings() -> list[tuple[str, str]]:
     doc = yaml.safe_load((HOSTILE / "strings.yaml").read_text(encoding="utf-8"))
     out = []
     for item in doc["strings"]:
-        value = item["value"] if "value" in item else item["repeat"][0] * item["repeat"][1]
+        if "nest" in item:  # [open, close, n]: JSON nested n levels deep
+            opening, closing, n = item["nest"]
+            value = opening * n + closing * n
+        elif "value" in item:
+            value = item["value"]
+        else:
+            value = item["repeat"][0] * item["repeat"][1]
         out.append((item["id"], value))
     return out
 
