@@ -18,6 +18,7 @@ from hpcgear import __version__, errors
 from hpcgear.api.access import Caller, caller_from_header
 
 if TYPE_CHECKING:
+    from hpcgear.api.transfers import Transfers
     from hpcgear.config.settings import Settings
     from hpcgear.db.session import Database
     from hpcgear.jobs.sites import SiteRegistry
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CliRunner = Callable[["Settings", "Database", "ObjectStore", str, list[str]], dict[str, Any]]
+#: (settings, db, store, login, argv, files) -> {code, stdout, stderr}; ``files`` maps the
+#: placeholders in argv to the paths the server staged (hpcgear/api/transfers.py).
+CliRunner = Callable[
+    ["Settings", "Database", "ObjectStore", str, list[str], dict[str, str]], dict[str, Any]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,16 @@ class ApiState:
     # `serve` so this package never imports the CLI layer above it.
     cli_runner: CliRunner | None = None
     _sites: SiteRegistry | None = field(default=None)
+    _transfers: Transfers | None = field(default=None)
+
+    @property
+    def transfers(self) -> Transfers:
+        """Staged inputs and outputs of forwarded CLI commands (under the store's tmp)."""
+        if self._transfers is None:
+            from hpcgear.api.transfers import Transfers
+
+            self._transfers = Transfers(self.store.tmp / "api-transfers")
+        return self._transfers
 
     @property
     def sites(self) -> SiteRegistry:
@@ -164,7 +179,7 @@ def create_app(
         st: ApiState = request.app.state.hpcgear
         path = request.url.path
         is_upload = request.method == "POST" and (
-            path.endswith("/files") or path == "/api/hpcgear/upload"
+            path.endswith("/files") or path in ("/api/hpcgear/upload", "/api/hpcgear/stage")
         )
         cap = st.limits.max_upload if is_upload else st.limits.max_body
         length = request.headers.get("content-length")
