@@ -84,8 +84,8 @@ def _refused(hint: str) -> Plan:
 
 
 _SERVER_ADMIN = (
-    "a server-side admin command: run it on the server as a site admin "
-    "(or `hpcgear logout` to use a local instance)"
+    "a server-side admin command: run it on the server as a site admin, with the "
+    "server's database config and no key (`HPCGEAR_LOCAL=1 hpcgear ...`)"
 )
 
 #: command words (``"user key create"``) -> where it runs. Every click command is here.
@@ -95,9 +95,9 @@ PLAN: dict[str, Plan] = {
     "logout": _LOCAL,
     "whoami": Plan(Mode.CLIENT),
     "upload": Plan(Mode.CLIENT, {"files": IN}),
+    # (the client writes `--tar -` to its own stdout; the server only plans: --dry-run --json)
     "download": Plan(
-        Mode.CLIENT,
-        {"out": PathParam(PathRole.OUT_DIR), "tar": PathParam(PathRole.OUT_FILE, stdout_ok=True)},
+        Mode.CLIENT, {"out": PathParam(PathRole.OUT_DIR), "tar": PathParam(PathRole.OUT_FILE)}
     ),
     "gear validate": _LOCAL,
     "gear convert-dockerfile": _LOCAL,

@@ -141,6 +141,9 @@ def cli_endpoint(caller: CallerDep, st: StateDep,
     keep_out = False
     try:
         res = st.cli_runner(st.settings, st.db, st.store, caller.login, argv, files)
+        for ph, path in sorted(files.items(), key=lambda kv: -len(kv[1])):
+            for stream in ("stdout", "stderr"):  # the caller's own names, not the server's
+                res[stream] = str(res.get(stream, "")).replace(path, ph)
         outputs: dict[str, str] = {}
         for ph, path in files.items():
             if ph.startswith(OUT_PREFIX) and Path(path).exists() and res.get("code") == 0:

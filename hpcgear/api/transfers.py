@@ -113,6 +113,12 @@ class Transfers:
                             f"staged upload entry {m.name[:200]!r} is not a file or directory",
                             "links and devices are not uploaded; send their content",
                         )
+                    parts = m.name.replace("\\", "/").split("/")
+                    if m.name.startswith("/") or ".." in parts:
+                        raise InvalidInputError(
+                            f"staged upload entry {m.name[:200]!r} leaves its directory",
+                            "send relative names without '..'",
+                        )
                     members.append(m)
                 # the "data" filter refuses absolute names, '..' and anything outside dest
                 tar.extractall(dest, members=members, filter="data")

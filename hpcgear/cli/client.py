@@ -396,8 +396,11 @@ def _forward(client: ApiClient, forward: list[str], rest: list[str], plan: Plan)
     head = rest[: len(rest) - len(args)]
     new_args = _substitute(cmd, args, values, subst, set(plan.paths))
     res = client.post_json("/api/hpcgear/cli", {"argv": [*forward, *head, *new_args]})
-    sys.stdout.write(str(res.get("stdout", "")))
-    sys.stderr.write(str(res.get("stderr", "")))
+    for stream, dest in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        text = str(res.get(stream, ""))
+        for v, ph in subst.items():  # the server wrote placeholders for its private paths
+            text = text.replace(ph, v)
+        dest.write(text)
     code = int(res.get("code", 1))
     for ph, token in dict(res.get("outputs") or {}).items():
         if ph in outputs:

@@ -10,10 +10,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import CliEnv
+from tests.conftest import REPO, CliEnv
 
 
 @pytest.fixture
@@ -81,6 +82,161 @@ def test_commands_go_through_the_api(
     assert res.code == 4 and res.err.startswith("error: ") and "hint: " in res.err
     res = client.run("ls", "lab/nope")
     assert res.code == 3
-    # admin-only server commands are not run remotely
-    res = client.run("gear", "install", "/etc")
-    assert res.code == 4 and "cannot run through the API" in res.err
+    # server-side admin commands are refused with a key, with a hint
+    res = client.run("db", "upgrade")
+    assert res.code == 4 and "does not run through the API" in res.err and "hint: " in res.err
+
+
+def _post(key: str, path: str, body: bytes, ctype: str = "application/json") -> tuple[int, Any]:
+    """A raw request with the key, as a hostile client would send it."""
+    import json
+    import urllib.error
+
+    from hpcgear.auth.keytext import parse_key
+
+    k = parse_key(key)
+    req = urllib.request.Request(k.base_url + path, data=body, method="POST", headers={
+        "Authorization": f"scitran-user {k.secret}", "Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _tar(members: list[tuple[str, bytes | None, str | None]]) -> bytes:
+    """A tar of (name, content, symlink target) members."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, link in members:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            else:
+                info.size = len(data or b"")
+                tar.addfile(info, io.BytesIO(data or b""))
+    return buf.getvalue()
+
+
+def test_every_kind_of_command_through_a_real_server(
+    server_and_client: tuple[CliEnv, CliEnv, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a key and no database config: forwarded commands that read the client's files
+    (staged), write the client's files (streamed back), client-side upload/download,
+    local commands and refused ones; always as the key's owner; and the server never
+    reads or writes a path a client names."""
+    import json
+    import tarfile
+
+    from tests.unit.test_bids import check_bids, make_bids
+
+    server, client, key = server_and_client
+    assert "database_url" not in client.config.read_text()
+    monkeypatch.setenv("USER", "root")  # the OS/env identity counts for nothing with a key
+    monkeypatch.setenv("LOGNAME", "root")
+    assert client.ok("whoami", "--json").json()["user"] == "alice"
+    # forwarded, reading a directory of the client: `ingest bids DIR` (staged as a tar)
+    src = make_bids(tmp_path / "client-ds")
+    res = client.ok("ingest", "bids", str(src), "--group", "lab", "--project", "p", "--json")
+    paths = {f["path"] for f in res.json()["files"]}
+    assert "lab/p/participants.tsv" in paths
+    row = next(f for f in server.ok("ls", "lab/p", "--json").json()
+               if f.get("name") == "participants.tsv")
+    assert row["origin"]["id"] == "alice"  # the key's owner, not root, not the server's user
+    # forwarded, writing a directory of the client: `export bids --out DIR` (streamed back)
+    dest = tmp_path / "client-export"
+    res = client.ok("export", "bids", "lab/p", "--out", str(dest), "--json")
+    assert "sub-01/func/sub-01_task-rest_events.tsv" in res.json()["written"]
+    check_bids(dest)
+    assert (dest / "participants.tsv").read_text().startswith("participant_id")
+    res = client.ok("export", "bids", "lab/p", "--out", str(dest))  # into an existing dir
+    assert str(dest) in res.err and "api-transfers" not in res.err + res.out
+    # forwarded, writing a file of the client: `view ... --out FILE`
+    table = tmp_path / "table.csv"
+    client.ok("view", "lab/p", "--columns", "subject.label", "--out", str(table))
+    assert table.read_text().splitlines()[0] == "subject.label"
+    # client-side: upload a directory (staged), download a tree (--out) and a tar, streamed
+    up = tmp_path / "updir"
+    (up / "inner").mkdir(parents=True)
+    (up / "a.txt").write_text("A\n")
+    (up / "inner" / "b.txt").write_text("B\n")
+    client.ok("upload", "lab/p/s9/ses9/acq9", str(up))
+    got = tmp_path / "got"
+    res = client.ok("download", "lab/p/s9", "-r", "--out", str(got), "--json").json()
+    files = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+    assert files and all(f.startswith("lab/p/s9/ses9/acq9/") for f in files), files
+    assert res["written"] == len(files) == 2
+    assert (got / "lab/p/s9/ses9/acq9").exists()
+    again = client.ok("download", "lab/p/s9", "-r", "--out", str(got), "--json").json()
+    assert again["written"] == 0 and again["skipped"] == len(files)  # resumable
+    tgz = tmp_path / "s9.tgz"
+    client.ok("download", "lab/p/s9", "-r", "--tar", str(tgz))
+    with tarfile.open(tgz) as t:
+        assert sorted(t.getnames()) == files
+    # local, no database: checking a manifest on the client
+    man = REPO / "containers" / "test-gear" / "manifest.json"
+    assert "valid" in client.ok("gear", "validate", str(man)).out
+    # refused: server-side admin commands, with a hint
+    for argv in (["controller", "once"], ["db", "upgrade"], ["serve"], ["site", "add", str(man)]):
+        res = client.run(*argv)
+        assert res.code == 4 and res.err.startswith("error: ") and "\nhint: " in res.err, argv
+    # --as: only for site admins, whatever the client's environment says
+    res = client.run("--as", "root", "tag", "add", "lab/p/s9", "x")
+    assert res.code == 4 and "site-admin" in res.err
+    # ---- hostile clients: the server reads and writes no path a client names
+    db_file = str(server.config.parent)  # the server's own config dir (and its DB, on SQLite)
+    victim = tmp_path / "server-side-victim"
+    for argv in (
+        ["ingest", "bids", "/etc", "--group", "lab", "--project", "p"],
+        ["rule", "apply", "/etc/shadow"],
+        ["deid", "attach", "lab/p", "/etc/passwd"],
+        ["gear", "install", db_file],
+        ["gear", "install", "@hpcgear-stage:x", "--image", "/etc/shadow"],
+        ["export", "bids", "lab/p", "--out", str(victim)],
+        ["export", "bids", "lab/p", f"--out={victim}"],
+        ["view", "lab/p", "--columns", "subject.label", "--out", str(victim)],
+        ["report", "lab/p", "--html", str(victim)],
+        ["provenance", "export", "x", "--format", "prov-json", "-o", str(victim)],
+        ["download", "lab/p/s9", "-r", "--out", str(victim)],
+        ["download", "lab/p/s9", "-r", "--tar", "-"],
+        ["upload", "lab/p/s9", "/etc/passwd"],
+        ["--config", str(server.config), "ls"],
+        ["controller", "once"],
+    ):
+        code, body = _post(key, "/api/hpcgear/cli", json.dumps({"argv": argv}).encode())
+        assert code in (403, 404, 422), (argv, code, body)
+        assert set(body) == {"status", "message", "hint"} and body["hint"], body
+        assert not victim.exists(), argv
+    # another user's staged upload is not reachable; a tar escaping its dir is refused
+    code, body = _post(key, "/api/hpcgear/stage", _tar([("f.txt", b"x", None)]),
+                       "application/x-tar")
+    assert code == 200
+    token = body["stage"]
+    from hpcgear.auth.keytext import parse_key
+
+    server.ok("user", "add", "bob")
+    bob = server.ok("user", "key", "create", "--user", "bob", "--url",
+                    parse_key(key).base_url, "--json").json()["key"]
+    code, body = _post(bob, "/api/hpcgear/cli", json.dumps(
+        {"argv": ["rule", "apply", "@hpcgear-stage:" + token, "--dry-run"]}).encode())
+    assert code == 404, body  # alice's staged file is alice's
+    for bad in ([("../escape.txt", b"x", None)], [("/abs.txt", b"x", None)],
+                [("d", None, "/etc/shadow")], [("a", b"1", None), ("b", b"2", None)]):
+        code, body = _post(key, "/api/hpcgear/stage", _tar(bad), "application/x-tar")
+        assert code == 422 and body["hint"], (bad, body)
+    assert not (tmp_path / "escape.txt").exists()
+    code, body = _post(key, "/api/hpcgear/cli", json.dumps(
+        {"argv": ["rule", "apply", "@hpcgear-stage:" + "A" * 32]}).encode())
+    assert code == 404, body
+    # the staged file is used once, by its owner only
+    code, body = _post(key, "/api/hpcgear/cli", json.dumps(
+        {"argv": ["rule", "apply", "@hpcgear-stage:" + token, "--dry-run"]}).encode())
+    assert code == 200 and body["code"] != 0 and "api-transfers" not in body["stderr"], body
+    code, body = _post(key, "/api/hpcgear/cli", json.dumps(
+        {"argv": ["rule", "apply", "@hpcgear-stage:" + token]}).encode())
+    assert code == 404, body

@@ -83,10 +83,12 @@ def test_controller_status_and_health_through_a_key(
     app.close()
     res = client.run("controller", "health")
     assert res.code == 1 and "squeue timed out" in res.out, (res.out, res.err)
-    # running or exporting stays with the admins on the server: never sent with a key
-    monkeypatch.setenv("HPCGEAR_API_KEY", "h:1:secret")
+    # running or exporting stays with the admins on the server: refused with a key
     for sub in ("run", "once", "metrics"):
-        assert remote_key(["controller", sub]) is None
+        res = client.run("controller", sub)
+        assert res.code == 4 and "does not run through the API" in res.err, res.err
+        assert "\nhint: " in res.err
+    monkeypatch.setenv("HPCGEAR_API_KEY", "h:1:secret")
     assert remote_key(["controller", "status", "--json"]) == "h:1:secret"
     assert remote_key(["--config", "x", "controller", "health"]) == "h:1:secret"
 
