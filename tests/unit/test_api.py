@@ -497,3 +497,30 @@ def test_file_content_by_id_streams_to_readers_only(api: Api) -> None:
         assert r.status_code == status and set(r.json()) == {"status", "message", "hint"}
     r = api.client.get(f"/api/hpcgear/files/{other}/content", headers=api.h("rw"))
     assert r.status_code == 403
+
+
+def test_staged_uploads_are_bounded_by_the_upload_cap(api: Api) -> None:
+    """POST /api/hpcgear/stage streams a tar past the 4 KiB JSON cap but not past the
+    upload cap, with or without a Content-Length (chunked), as a JSON 413/422 error."""
+    import io
+    import tarfile
+
+    from hpcgear.api.app import ApiLimits
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"y" * (64 << 10)
+        info = tarfile.TarInfo("big.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    body = buf.getvalue()
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+    assert r.status_code == 200 and r.json()["stage"], r.text
+    api.client.app.state.hpcgear.limits = ApiLimits(max_body=4096, max_upload=16 << 10)
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+    assert r.status_code == 413 and set(r.json()) == {"status", "message", "hint"}
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"),
+                        content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]))
+    assert r.status_code == 413 and set(r.json()) == {"status", "message", "hint"}
+    staged = api.store.tmp / "api-transfers"
+    assert sorted(p.name[:5] for p in staged.iterdir()) == ["stage"]  # the refused left nothing
