@@ -81,7 +81,7 @@ class ApiClient:
                            headers={"Content-Type": "application/json"}) as r:
             return json.load(r)
 
-    def upload(self, dest_path: str, files: list[Path]) -> Any:
+    def upload(self, dest_path: str, files: list[Path], *, url: str | None = None) -> Any:
         """Multipart upload, streamed from disk by a generator (no whole-file buffering)."""
         import secrets
         import urllib.error
@@ -112,7 +112,7 @@ class ApiClient:
 
         q = urllib.parse.urlencode({"path": dest_path})
         req = urllib.request.Request(  # noqa: S310
-            f"{self.key.base_url}/api/hpcgear/upload?{q}", data=Body(), method="POST",
+            self.key.base_url + (url or f"/api/hpcgear/upload?{q}"), data=Body(), method="POST",
             headers={"Authorization": f"scitran-user {self.key.secret}",
                      "Content-Type": f"multipart/form-data; boundary={boundary}",
                      "Content-Length": str(length)},

@@ -524,3 +524,4 @@ def test_staged_uploads_are_bounded_by_the_upload_cap(api: Api) -> None:
     assert r.status_code == 413 and set(r.json()) == {"status", "message", "hint"}
     staged = api.store.tmp / "api-transfers"
     assert sorted(p.name[:5] for p in staged.iterdir()) == ["stage"]  # the refused left nothing
+

@@ -46,6 +46,7 @@ def server_and_client(cli_env: CliEnv, tmp_path: Path) -> tuple[CliEnv, CliEnv, 
                 proc.kill()
                 pytest.fail((tmp_path / "serve.log").read_text())
             time.sleep(0.3)
+    (tmp_path / "serve.pid").write_text(str(proc.pid))
     client = CliEnv(home=tmp_path, config=tmp_path / "client" / "config.yaml")
     client.ok("login", key)
     yield cli_env, client, key
@@ -240,3 +241,42 @@ def test_every_kind_of_command_through_a_real_server(
     code, body = _post(key, "/api/hpcgear/cli", json.dumps(
         {"argv": ["rule", "apply", "@hpcgear-stage:" + token]}).encode())
     assert code == 404, body
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_uploads_stream_through_a_real_server_in_bounded_memory(
+    server_and_client: tuple[CliEnv, CliEnv, str], tmp_path: Path
+) -> None:
+    """160 MiB through each upload route of a real `hpcgear serve`: the server's peak RSS
+    grows by far less than the file (bodies are spooled to disk and stored by chunks)."""
+    from hpcgear.cli.client import ApiClient
+
+    server, client, key = server_and_client
+    pid = int((tmp_path / "serve.pid").read_text())
+    size = 160 << 20
+    big = tmp_path / "big.bin"
+    with big.open("wb") as fh:
+        for i in range(size >> 20):
+            fh.write(bytes([i % 251]) * (1 << 20))
+    (tmp_path / "bigdir").mkdir()
+    os.link(big, tmp_path / "bigdir" / "big2.bin")
+    api = ApiClient(key)
+    with api._request("GET", "/api/users/self"):
+        pass
+    base = _peak_rss(pid)
+    client.ok("upload", "lab/p/s1/ses1/acq1", str(big))  # /api/hpcgear/upload (multipart)
+    client.ok("upload", "lab/p/s1/ses1/acq2", str(tmp_path / "bigdir"))  # /stage (a tar)
+    acq = server.ok("ls", "lab/p/s1/ses1", "--json").json()
+    acq_id = next(c["id"] for c in acq if c.get("label") == "acq1")
+    api.upload("", [big], url=f"/api/acquisitions/{acq_id}/files")  # the Flywheel route
+    grown = _peak_rss(pid) - base
+    assert grown < size // 2, f"the server's peak RSS grew {grown >> 20} MiB"
+    rows = server.ok("ls", "lab/p/s1/ses1/acq2", "--json").json()
+    assert any(r.get("name") == "big2.bin" and r.get("size") == size for r in rows), rows
