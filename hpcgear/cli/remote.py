@@ -36,6 +36,11 @@ def check_paths(argv: list[str], files: Mapping[str, str]) -> list[str]:
 
     out = []
     for a in argv:
+        if any(path in a for path in files.values()):  # only placeholders may name them
+            raise InvalidInputError(
+                "an argument names a file of the server by its path, which no client may do",
+                "run it with `hpcgear` and an API key: the client stages the files",
+            )
         for ph in sorted(files, key=len, reverse=True):
             a = a.replace(ph, files[ph])
         out.append(a)

@@ -15,9 +15,9 @@ import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
 from sqlalchemy import select

@@ -48,7 +48,7 @@ def test_the_tree_is_walked() -> None:
 @pytest.mark.parametrize("name,cmd", COMMANDS, ids=[n for n, _ in COMMANDS])
 def test_every_command_has_a_plan(name: str, cmd: click.Command) -> None:
     assert name in PLAN, f"`hpcgear {name}` is not in hpcgear/api/cliplan.py PLAN"
-    found = plan_for(name.split() + ["--json", "x"])
+    found = plan_for([*name.split(), "--json", "x"])
     assert found is not None and found[0] == name
     plan = PLAN[name]
     params = {p.name: p for p in cmd.params}
@@ -90,3 +90,42 @@ def test_kinds_of_the_representative_commands() -> None:
     assert plan_for(["user", "key", "create", "--json"]) == ("user key create",
                                                              PLAN["user key create"])
     assert plan_for(["nonsense"]) is None
+
+
+def test_client_replaces_only_the_file_values() -> None:
+    """A file value that equals another argument (or a command word) is told apart by
+    click's own parser; the server then sees placeholders only where files go."""
+    from hpcgear.cli.argmap import raw_values, resolve
+    from hpcgear.cli.client import _substitute
+
+    rest = ["view", "lab/p", "--columns", "subject.label", "--out", "lab/p"]
+    cmd, args = resolve(rest)
+    values = raw_values(cmd, args)
+    new = _substitute(cmd, args, values, {"lab/p": "@hpcgear-out:p"}, {"out"})
+    assert new == ["lab/p", "--columns", "subject.label", "--out", "@hpcgear-out:p"]
+    rest = ["export", "bids", "lab/p", "--out=bids"]
+    cmd, args = resolve(rest)
+    assert args == ["lab/p", "--out=bids"]  # the command words are not arguments
+    new = _substitute(cmd, args, raw_values(cmd, args), {"bids": "@hpcgear-out:bids"}, {"out"})
+    assert new == ["lab/p", "--out=@hpcgear-out:bids"]
+    rest = ["provenance", "export", "j1", "--format", "prov-json", "-oj1"]
+    cmd, args = resolve(rest)
+    new = _substitute(cmd, args, raw_values(cmd, args), {"j1": "@hpcgear-out:j1"}, {"output"})
+    assert new == ["j1", "--format", "prov-json", "-o@hpcgear-out:j1"]
+
+
+def test_server_refuses_file_values_it_did_not_stage() -> None:
+    from hpcgear.cli.remote import check_paths
+    from hpcgear.errors import InvalidInputError
+
+    staged = {"@hpcgear-stage:" + "A" * 32: "/srv/tmp/stage-1/in/rules.yaml"}
+    ok = check_paths(["rule", "apply", "@hpcgear-stage:" + "A" * 32], staged)
+    assert ok == ["rule", "apply", "/srv/tmp/stage-1/in/rules.yaml"]
+    assert check_paths(["deid", "attach", "lab/p", "ps3.15-basic"], {})[-1] == "ps3.15-basic"
+    assert check_paths(["report", "lab/p", "--html", "-"], {})[-1] == "-"
+    for argv in (["rule", "apply", "/etc/shadow"], ["deid", "attach", "lab/p", "/etc/passwd"],
+                 ["report", "lab/p", "--html=/tmp/x"], ["download", "x", "--tar", "-"],
+                 ["gear", "install", "/srv/tmp/stage-1/in/rules.yaml"],
+                 ["ingest", "dicom", "@hpcgear-stage:" + "B" * 32]):
+        with pytest.raises(InvalidInputError, match=r"names a file|no such staged"):
+            check_paths(argv, staged)
