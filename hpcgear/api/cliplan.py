@@ -124,6 +124,10 @@ PLAN: dict[str, Plan] = {
         "a site YAML becomes part of the server's config: copy it to the server and run "
         "`hpcgear site add` there as a site admin (check it first: `hpcgear site validate`)"
     ),
+    "site preflight": _refused(
+        "it probes the cluster from the server (sbatch --test-only, apptainer, scratch): "
+        + _SERVER_ADMIN
+    ),
     "job debug": _refused(
         "it recreates the job in the scratch of the site and runs the container there: "
         "run it on a node that sees the scratch, with database access"
@@ -163,7 +167,7 @@ PLAN: dict[str, Plan] = {
             "role grant", "role list", "role revoke",
             "rule add", "rule disable", "rule enable", "rule list", "rule rm", "rule show",
             "rule test", "rules evaluate", "rules status",
-            "site preflight", "site show",
+            "site show",
             "trash list", "trash purge", "trash restore",
             "user add", "user demote", "user disable", "user enable", "user list",
             "user promote", "user key create", "user key list", "user key revoke",
