@@ -672,7 +672,8 @@ def usage_cmd(
     Success rate is complete / (complete + failed); cancelled jobs are counted
     but not in the rate.
     """
-    from hpcgear.jobs.usage import parse_since, usage_report
+    from hpcgear.jobs.usage import usage_report
+    from hpcgear.units import parse_since
 
     actor = app.actor
     when = parse_since(since) if since else None
