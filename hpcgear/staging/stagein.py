@@ -195,7 +195,9 @@ def _stage_tree(transport: Transport, store: ObjectStore, spec: JobSpec, paths: 
         transport.remove_tree(root)
     transport.mkdir(root, mode=DIR_MODE)
     targets = [(t, posixpath.join(root, t.path)) for t in tree]
-    for d in sorted({posixpath.dirname(p) for _t, p in targets}):
+    dirs = {posixpath.join(root, *t.path.split("/")[:n])
+            for t in tree for n in range(1, t.path.count("/") + 1)}
+    for d in sorted(dirs):  # parents first, each 0700 (mkdir -p would use the umask)
         transport.mkdir(d, mode=DIR_MODE)
     objects = []
     for t, path in targets:
