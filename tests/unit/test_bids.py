@@ -114,6 +114,60 @@ def test_ingest_bids_keeps_every_file_and_exports_valid_bids(env: CliEnv, tmp_pa
     one_clear_error(env.run("export", "bids", f"{GROUP}/nope", "--out", str(one)), "nope")
 
 
+def test_export_a_subject_or_a_session_path(env: CliEnv, tmp_path: Path) -> None:
+    """``export bids G/P/SUBJECT`` and ``G/P/SUBJECT/SESSION``: that subject's or session's
+    tree only, with the project's top-level files and the subject's ``*_sessions.tsv``."""
+    src = tmp_path / "ds"
+    for ses in ("ses-1", "ses-2"):
+        (src / "sub-01" / ses / "anat").mkdir(parents=True)
+        shutil.copy(NIB_DATA / "anatomical.nii", src / f"sub-01/{ses}/anat/sub-01_{ses}_T1w.nii")
+        (src / f"sub-01/{ses}/anat/sub-01_{ses}_T1w.json").write_text('{"RepetitionTime": 2}')
+        (src / f"sub-01/{ses}/sub-01_{ses}_scans.tsv").write_text(
+            f"filename\tacq_time\nanat/sub-01_{ses}_T1w.nii\tn/a\n")
+    (src / "sub-02" / "ses-1" / "anat").mkdir(parents=True)
+    shutil.copy(NIB_DATA / "anatomical.nii", src / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii")
+    (src / "sub-01/sub-01_sessions.tsv").write_text("session_id\nses-1\nses-2\n")
+    (src / "dataset_description.json").write_text(json.dumps({"Name": "s", "BIDSVersion": "1.9.0"}))
+    env.ok("ingest", "bids", str(src), "--group", GROUP, "--project", "study", "--json")
+    sub = env.ok("export", "bids", f"{GROUP}/study/sub-01", "--out", str(tmp_path / "sub"),
+                 "--json").json()
+    assert sub["written"] == [
+        "README", "dataset_description.json", "participants.tsv",
+        "sub-01/ses-1/anat/sub-01_ses-1_T1w.json", "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii",
+        "sub-01/ses-1/sub-01_ses-1_scans.tsv",
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.json", "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii",
+        "sub-01/ses-2/sub-01_ses-2_scans.tsv",
+        "sub-01/sub-01_sessions.tsv"]
+    check_bids(tmp_path / "sub")
+    ses = env.ok("export", "bids", f"{GROUP}/study/sub-01/ses-2", "--out",
+                 str(tmp_path / "ses"), "--json").json()
+    assert ses["written"] == [
+        "README", "dataset_description.json", "participants.tsv",
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.json", "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii",
+        "sub-01/ses-2/sub-01_ses-2_scans.tsv", "sub-01/sub-01_sessions.tsv"]
+    check_bids(tmp_path / "ses")
+    assert (tmp_path / "ses/participants.tsv").read_text() == "participant_id\nsub-01\n"
+    # too deep, or not there: one clear error each
+    one_clear_error(env.run("export", "bids", f"{GROUP}/study/sub-01/ses-2/anat", "--out",
+                            str(tmp_path / "x")), "anat")
+    one_clear_error(env.run("export", "bids", f"{GROUP}/study/sub-09", "--out",
+                            str(tmp_path / "x")), "sub-09")
+
+
+def test_export_refuses_a_bids_path_that_leaves_the_dataset(env: CliEnv, tmp_path: Path) -> None:
+    """info.BIDS is user-editable; a Path with '..' is skipped and named, never followed."""
+    (tmp_path / "evil.tsv").write_text("x\n")
+    env.ok("upload", f"{GROUP}/study", str(tmp_path / "evil.tsv"))
+    env.ok("info", "set", f"{GROUP}/study/evil.tsv",
+           'BIDS={"Path": "../../escaped", "Filename": "evil.tsv"}')
+    out = tmp_path / "deep" / "out"
+    res = env.ok("export", "bids", f"{GROUP}/study", "--out", str(out), "--json").json()
+    assert "leaves the dataset" in res["skipped"][0]["reason"]
+    assert res["skipped"][0]["path"] == f"{GROUP}/study/evil.tsv"
+    assert not (tmp_path / "escaped").exists()
+    assert "evil.tsv" not in {p.name for p in out.rglob("*")}
+
+
 def test_export_names_from_classification(env: CliEnv, tmp_path: Path) -> None:
     """Files without BIDS names are named from their classification (and run-N on clashes)."""
     a = tmp_path / "scan_a.nii"

@@ -471,6 +471,39 @@ def test_view_csv_tsv_json_filters_and_saved_views(data: Data) -> None:
     assert_one_clear_error(env.run("view", "run", "imaging/study1", "nope"), "no view")
 
 
+def test_file_level_view_lists_files_of_every_level(data: Data) -> None:
+    """Files attached to a subject, a session or the project are rows too (their lower
+    levels' columns empty), and filters and saved views see them."""
+    env, src = data.env, data.tmp / "src"
+    (src / "consent.pdf").write_bytes(b"%PDF-1.4 consent")
+    (src / "sub-01_scans.tsv").write_text("filename\tacq_time\n")
+    (src / "participants.tsv").write_text("participant_id\nsub-01\n")
+    env.ok("upload", "imaging/study1/sub-01", str(src / "consent.pdf"))
+    env.ok("upload", SESSION, str(src / "sub-01_scans.tsv"))
+    env.ok("upload", "imaging/study1", str(src / "participants.tsv"))
+    env.ok("info", "set", f"{SESSION}/sub-01_scans.tsv", "kind=scans")
+    cols = "subject.label,session.label,acquisition.label,file.name,file.path"
+    rows = env.ok("view", "imaging/study1", "--columns", cols, "--level", "file",
+                  "--format", "json").json()
+    by_name = {r["file.name"]: r for r in rows}
+    assert set(by_name) == {"scan.nii.gz", "scan.json", "bold.nii.gz", "notes.txt",
+                            "consent.pdf", "sub-01_scans.tsv", "participants.tsv"}
+    assert by_name["consent.pdf"] == {
+        "subject.label": "sub-01", "session.label": None, "acquisition.label": None,
+        "file.name": "consent.pdf", "file.path": "imaging/study1/sub-01/consent.pdf"}
+    assert by_name["sub-01_scans.tsv"]["session.label"] == "ses-01"
+    assert by_name["sub-01_scans.tsv"]["acquisition.label"] is None
+    assert by_name["participants.tsv"]["subject.label"] is None
+    assert by_name["scan.nii.gz"]["acquisition.label"] == "T1w"
+    info = env.ok("view", "imaging/study1", "--columns", "session.label,file.name",
+                  "--filter", "file.info.kind=scans", "--format", "csv").out
+    assert info.splitlines() == ["session.label,file.name", "ses-01,sub-01_scans.tsv"]
+    only_subject = env.ok("view", "imaging/study1", "--columns", "file.name",
+                          "--filter", "subject.label=sub-01", "--filter",
+                          "file.name=~\\.(pdf|tsv)$", "--json").json()
+    assert only_subject == [{"file.name": "consent.pdf"}, {"file.name": "sub-01_scans.tsv"}]
+
+
 def test_find(data: Data) -> None:
     env = data.env
     env.ok("tag", "add", "imaging/study1/sub-02", "pilot")
