@@ -5,8 +5,12 @@ dataset rules (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel
 import pytest
@@ -26,7 +30,9 @@ def make_bids(root: Path) -> Path:
     (root / "derivatives" / "x").mkdir(parents=True)
     shutil.copy(NIB_DATA / "anatomical.nii", root / "sub-01/anat/sub-01_T1w.nii")
     (root / "sub-01/anat/sub-01_T1w.json").write_text('{"RepetitionTime": 2.3}')
-    shutil.copy(NIB_DATA / "example4d.nii.gz", root / "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    bold = nibabel.load(NIB_DATA / "example4d.nii.gz")
+    bold.header.set_xyzt_units("mm", "msec")  # its TR is 2000: ms, as the sidecar's 2.0 s says
+    nibabel.save(bold, root / "sub-01/func/sub-01_task-rest_bold.nii.gz")
     (root / "sub-01/func/sub-01_task-rest_bold.json").write_text(
         '{"RepetitionTime": 2.0, "TaskName": "rest"}'
     )
@@ -44,9 +50,14 @@ def make_bids(root: Path) -> Path:
 
 
 def check_bids(out: Path) -> None:
-    """The BIDS validator on every path, plus the spec's dataset-level rules."""
+    """The BIDS validator (bids-validator-deno: the specification's schema, sidecars, NIfTI
+    headers) finds no error; the path rules of the ``bids_validator`` package hold for every
+    file; plus the spec's dataset-level rules spelled out."""
     from bids_validator import BIDSValidator
 
+    errors = [f"{i['code']} {i.get('subCode') or ''} {i.get('location')}"
+              for i in run_bids_validator(out) if i["severity"] == "error"]
+    assert errors == []
     validator = BIDSValidator()
     files = [p for p in out.rglob("*") if p.is_file()]
     bad = [str(p.relative_to(out)) for p in files if not validator.is_bids(
@@ -64,6 +75,30 @@ def check_bids(out: Path) -> None:
     listed = {line.split("\t")[0]
               for line in (out / "participants.tsv").read_text().splitlines()[1:]}
     assert subjects <= listed
+
+
+def run_bids_validator(root: Path) -> list[dict[str, Any]]:
+    """Every issue the BIDS validator (``bids-validator-deno``, a test dependency) reports."""
+    exe = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or \
+        shutil.which("bids-validator-deno")
+    assert exe, "bids-validator-deno is missing: pip install -e '.[test]'"
+    res = subprocess.run([exe, str(root), "--format", "json"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        issues: list[dict[str, Any]] = json.loads(res.stdout)["issues"]["issues"]
+    except (ValueError, KeyError):
+        pytest.fail(f"bids-validator-deno gave no JSON (exit {res.returncode}): "
+                    f"{res.stdout[:300]} {res.stderr[:300]}")
+    return issues
+
+
+def test_the_validator_catches_a_broken_dataset(tmp_path: Path) -> None:
+    """It can fail: no dataset_description.json, a sidecar without its required keys."""
+    root = make_bids(tmp_path / "ds")
+    (root / "dataset_description.json").unlink()
+    (root / "sub-01/func/sub-01_task-rest_bold.json").write_text("{}")
+    codes = {i["code"] for i in run_bids_validator(root) if i["severity"] == "error"}
+    assert {"MISSING_DATASET_DESCRIPTION", "SIDECAR_KEY_REQUIRED"} <= codes, codes
 
 
 @pytest.fixture

@@ -213,7 +213,6 @@ def test_nothing_identifying_reaches_storage_logs_or_the_database(
     upload into a de-identifying project: not in any stored object or temp file (zip
     members opened), not in any database row, not in the debug log or the output."""
     from hpcgear.config.settings import load_settings
-
     from tests.unit.test_cli_core import db_snapshot
 
     d = tmp_path / "in"
