@@ -754,3 +754,30 @@ def _race(db_url: str, tmp_path: Path) -> None:
         _c, f = service.resolve_file(s, "admin", path, service.RoleName.READ_ONLY)
         assert sorted(f.classification["Features"]) == ["A", "B"]
     db.dispose()
+
+
+def test_move_an_acquisition_and_an_analysis(data: Data) -> None:
+    """mv takes every kind the issue names: here an acquisition and an analysis, each
+    keeping its id, its files and the job that made the analysis, each move recorded."""
+    env = data.env
+    acq_id = _container_id(env, SESSION, "rest")
+    other = "imaging/study1/sub-02/ses-01"
+    before = db_snapshot(env)
+    assert_one_clear_error(env.run("mv", ACQ, other), "already has an acquisition 'T1w'")
+    assert db_snapshot(env) == before
+    moved = env.ok("mv", f"{SESSION}/rest", other, "--json").json()
+    assert (moved["kind"], moved["id"], moved["to"]) == ("acquisition", acq_id, f"{other}/rest")
+    assert {e["name"] for e in env.ok("ls", f"{other}/rest", "--json").json()} == {
+        "bold.nii.gz"}
+    moved = env.ok("mv", data.apath, other, "--json").json()
+    assert (moved["kind"], moved["id"]) == ("analysis", data.analysis["id"])
+    entry = next(e for e in env.ok("ls", other, "--json").json() if e["kind"] == "analysis")
+    assert entry["job_id"] == data.job_id
+    assert "report.html" in {e["name"] for e in env.ok(
+        "ls", f"{other}/{entry['label']}", "--json").json()}
+    assert "report.html" in env.ok("provenance", "show", data.job_id).out
+    hist = env.ok("history", "--json").json()
+    assert [(h["action"], h["to"]) for h in hist][-2:] == [
+        ("move", f"{other}/rest"), ("move", f"{other}/{entry['label']}")]
+    # an analysis holds files, not containers: nothing moves into it
+    assert_one_clear_error(env.run("mv", f"{other}/rest", f"{other}/{entry['label']}"), "")
