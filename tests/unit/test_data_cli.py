@@ -502,6 +502,10 @@ def test_file_level_view_lists_files_of_every_level(data: Data) -> None:
                           "--filter", "subject.label=sub-01", "--filter",
                           "file.name=~\\.(pdf|tsv)$", "--json").json()
     assert only_subject == [{"file.name": "consent.pdf"}, {"file.name": "sub-01_scans.tsv"}]
+    # a recursive download takes them too, at their hierarchy paths
+    plan = env.ok("download", "imaging/study1", "-r", "--dry-run", "--json").json()
+    assert {"imaging/study1/participants.tsv", "imaging/study1/sub-01/consent.pdf",
+            f"{SESSION}/sub-01_scans.tsv"} <= {f["path"] for f in plan["files"]}
 
 
 def test_find(data: Data) -> None:
