@@ -40,6 +40,7 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "note": frozenset({"add", "list"}),
     "view": frozenset({"save", "list", "run", "rm", "show"}),
     "find": None,
+    "download": None,  # only its --dry-run plan; the client fetches the bytes itself
     "jobs": None,
     "job": frozenset({"show", "cancel", "retry", "logs"}),
     "usage": None,
@@ -59,7 +60,7 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "controller": frozenset({"status", "health"}),
 }
 # Options that name a file on the machine the command runs on: never on the server.
-_PATH_OPTIONS = ("--out", "--output", "-o", "--html", "--config")
+_PATH_OPTIONS = ("--out", "--output", "-o", "--html", "--config", "--tar")
 _GLOBAL_WITH_VALUE = ("--as",)
 _GLOBAL_FLAGS = ("--traceback",)
 
@@ -96,6 +97,11 @@ def check_remote(argv: list[str]) -> None:
         raise PermissionDeniedError(
             f"`hpcgear {cmd}` cannot run through the API",
             "run it on the server as an admin (or, for upload/download, use the file endpoints)",
+        )
+    if cmd == "download" and "--dry-run" not in rest:
+        raise InvalidInputError(
+            "a download runs on the server only as a plan (--dry-run)",
+            "the client fetches the files through /api/hpcgear/download",
         )
     subs = REMOTE[cmd]
     if subs is not None:

@@ -282,9 +282,11 @@ def _upload(client: ApiClient, args: list[str]) -> int:
 
 
 def _download(client: ApiClient, args: list[str]) -> int:
-    out = Path(".")
+    out: Path | None = None
     version = None
     pos: list[str] = []
+    tree: list[str] = []  # options of a container download, passed to the server's plan
+    flags = {"-r", "--recursive", "--include-analyses", "--dry-run", "--json"}
     i = 0
     while i < len(args):
         if args[i] == "--out" and i + 1 < len(args):
@@ -293,12 +295,81 @@ def _download(client: ApiClient, args: list[str]) -> int:
         elif args[i] == "--version" and i + 1 < len(args):
             version = int(args[i + 1])
             i += 2
+        elif args[i] == "--type" and i + 1 < len(args):
+            tree += args[i:i + 2]
+            i += 2
+        elif args[i] in flags:
+            tree.append(args[i])
+            i += 1
+        elif args[i] == "--tar" or args[i].startswith("--tar="):
+            raise InvalidInputError("--tar is not available through the API",
+                                    "download into a directory with --out DIR")
         else:
             pos.append(args[i])
             i += 1
     if len(pos) != 1:
-        raise InvalidInputError("download takes PATH/FILE [--version N] --out DIR",
-                                "name one file")
+        raise InvalidInputError("download takes PATH [--recursive] [--type T] --out DIR",
+                                "name one file or container")
+    if (tree and tree != ["--json"]) or out is None:
+        return _download_tree(client, pos[0], tree, out)
     dest, digest = client.download(pos[0], out, version)
-    print(f"{dest} ({digest})")
+    if "--json" in tree:
+        print(json.dumps({"path": str(dest), "hash": digest}, indent=2))
+    else:
+        print(f"{dest} ({digest})")
+    return 0
+
+
+def _download_tree(client: ApiClient, path: str, options: list[str], out: Path | None) -> int:
+    """A container download through the API: the server plans it (``download --dry-run``),
+    each file comes through the download endpoint, hash-checked; files already under
+    ``out`` with the right hash are skipped (a rerun resumes)."""
+    import hashlib
+
+    from hpcgear.spec import safe_relpath
+
+    as_json = "--json" in options
+    dry_run = "--dry-run" in options
+    if out is None and not dry_run:
+        raise InvalidInputError("give --out DIR", "e.g. --out ./data")
+    plan_argv = ["download", path, *[o for o in options if o not in ("--json", "--dry-run")],
+                 "--dry-run", "--json"]
+    res = client.post_json("/api/hpcgear/cli", {"argv": plan_argv})
+    if int(res.get("code", 1)) != 0:
+        sys.stderr.write(str(res.get("stderr", "")))
+        return int(res.get("code", 1))
+    plan = json.loads(str(res.get("stdout") or "{}"))
+    if dry_run:
+        sys.stdout.write(str(res.get("stdout", "")) if as_json else "".join(
+            f"{f['path']}  {f['size']}\n" for f in plan["files"]))
+        return 0
+    assert out is not None
+    written: list[str] = []
+    skipped: list[str] = []
+    nbytes = 0
+    for f in plan["files"]:
+        rel = str(f["path"])
+        if not safe_relpath(rel):
+            raise StorageError(f"the server planned a path outside --out: {rel!r}",
+                               "report this; nothing outside --out is written")
+        dest = out / rel
+        if dest.is_file():
+            h = hashlib.sha256()
+            with dest.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+            if "sha256:" + h.hexdigest() == f["hash"]:
+                skipped.append(rel)
+                continue
+        got, digest = client.download(rel, dest.parent, int(f["version"]))
+        if digest != f["hash"] or got != dest:
+            raise StorageError(f"download of {rel} gave {digest} at {got}",
+                               "the file changed on the server meanwhile; run the download again")
+        written.append(rel)
+        nbytes += int(f["size"])
+    if as_json:
+        print(json.dumps({"written": len(written), "skipped": len(skipped),
+                          "bytes_written": nbytes, "files": written + skipped}, indent=2))
+    else:
+        print(f"{len(written)} written, {len(skipped)} already present ({nbytes} bytes) -> {out}")
     return 0

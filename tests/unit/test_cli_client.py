@@ -84,3 +84,54 @@ def test_commands_go_through_the_api(
     # admin-only server commands are not run remotely
     res = client.run("gear", "install", "/etc")
     assert res.code == 4 and "cannot run through the API" in res.err
+
+
+def test_recursive_download_through_the_api_resumes_and_verifies(
+    server_and_client: tuple[CliEnv, CliEnv, str], tmp_path: Path
+) -> None:
+    """`download PATH -r --out DIR` from a login node: the server plans, the bytes come
+    through the download endpoint hash-checked, a rerun only fetches what is missing or
+    damaged; the server never writes a file for the client."""
+    import json
+    import urllib.error
+
+    server, client, key = server_and_client
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, text in {"a.nii.gz": "nifti a", "a.json": "{}", "b.txt": "b"}.items():
+        (src / name).write_text(text)
+    server.ok("upload", "lab/p/s1/ses1/acq1", str(src / "a.nii.gz"), str(src / "a.json"))
+    server.ok("upload", "lab/p/s1", str(src / "b.txt"))
+    out = tmp_path / "tree"
+    plan = client.ok("download", "lab/p", "-r", "--dry-run", "--json").json()
+    assert {f["path"] for f in plan["files"]} == {
+        "lab/p/s1/ses1/acq1/a.nii.gz", "lab/p/s1/ses1/acq1/a.json", "lab/p/s1/b.txt"}
+    first = client.ok("download", "lab/p", "-r", "--out", str(out), "--json").json()
+    assert (first["written"], first["skipped"]) == (3, 0)
+    assert (out / "lab/p/s1/ses1/acq1/a.nii.gz").read_text() == "nifti a"
+    assert (out / "lab/p/s1/b.txt").read_text() == "b"
+    (out / "lab/p/s1/b.txt").write_text("damaged")
+    again = client.ok("download", "lab/p", "--recursive", "--out", str(out), "--json").json()
+    assert (again["written"], again["skipped"]) == (1, 2)
+    assert (out / "lab/p/s1/b.txt").read_text() == "b"
+    nifti = client.ok("download", "lab/p", "-r", "--type", "nifti", "--dry-run", "--json").json()
+    assert [f["path"] for f in nifti["files"]] == ["lab/p/s1/ses1/acq1/a.nii.gz"]
+    res = client.run("download", "lab/p", "-r", "--tar", str(tmp_path / "x.tar"))
+    assert res.code == 5 and "--tar" in res.err
+    res = client.run("download", "lab/q", "-r", "--out", str(tmp_path / "q"))
+    assert res.code == 4, res.err  # alice has no role on lab/q
+    assert not (tmp_path / "q").exists()
+    # the CLI endpoint runs a download only as a plan: never a file on the server
+    url = client.ok("whoami", "--json").json()["instance"]
+    for argv in (["download", "lab/p", "-r", "--tar", "/tmp/x.tar"],
+                 ["download", "lab/p", "-r", "--out", "/tmp/x"]):
+        req = urllib.request.Request(
+            f"{url}/api/hpcgear/cli", data=json.dumps({"argv": argv}).encode(),
+            method="POST", headers={"Authorization": f"scitran-user {key.split(':')[-1]}",
+                                    "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=30).close()
+            pytest.fail(f"{argv} ran on the server")
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (403, 422), exc.code
+    assert not Path("/tmp/x.tar").exists() and not Path("/tmp/x").exists()
