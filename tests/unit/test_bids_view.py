@@ -202,7 +202,8 @@ def test_a_session_gear_gets_its_sessions_bids_view_and_provenance_counts_it(
 def test_datatypes_and_levels(setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
                               tmp_path: Path) -> None:
     """data-types filters the datatype folders; a project gear sees every subject, a
-    subject gear one; the tree goes where the manifest says."""
+    subject gear one, an acquisition gear that acquisition; the tree goes where the
+    manifest says."""
     ctx, rt = setup
     install_view_gear(ctx, tmp_path, {"dir": "input/bids", "data-types": ["anat"]})
     ingest_dataset(ctx, tmp_path)
@@ -210,6 +211,7 @@ def test_datatypes_and_levels(setup: tuple[ControllerContext, SiteRuntime],  # n
     for path, want in [
         ((), ["sub-01/anat/sub-01_T1w.nii", "sub-02/anat/sub-02_T1w.nii"]),
         (("sub-02",), ["sub-02/anat/sub-02_T1w.nii"]),
+        (("sub-01", "default", "anat"), ["sub-01/anat/sub-01_T1w.nii"]),
     ]:
         jid = view_job(ctx, "alice", path)
         submit_job(ctx, _rt(rt, runner, ctx), jid, CycleReport(site="t"))
