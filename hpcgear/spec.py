@@ -92,6 +92,14 @@ class TreeFile:
     version: int | None = None
     container_type: str | None = None
     container_id: str | None = None
+    name: str | None = None  # the copied file's name on its container
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.text is not None:
+            return {"path": self.path, "text": self.text}
+        return {"path": self.path, "hash": self.sha256, "size": self.size,
+                "file_id": self.file_id, "version": self.version,
+                "container_id": self.container_id, "name": self.name}
 
 
 @dataclass(frozen=True, slots=True)

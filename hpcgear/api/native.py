@@ -41,6 +41,7 @@ REMOTE: dict[str, frozenset[str] | None] = {
     "view": frozenset({"save", "list", "run", "rm", "show"}),
     "find": None,
     "download": None,  # only its --dry-run plan; the client fetches the bytes itself
+    "export": frozenset({"bids"}),  # the same: a plan, written by the client
     "jobs": None,
     "job": frozenset({"show", "cancel", "retry", "logs"}),
     "usage": None,
@@ -98,10 +99,10 @@ def check_remote(argv: list[str]) -> None:
             f"`hpcgear {cmd}` cannot run through the API",
             "run it on the server as an admin (or, for upload/download, use the file endpoints)",
         )
-    if cmd == "download" and "--dry-run" not in rest:
+    if cmd in ("download", "export") and "--dry-run" not in rest:
         raise InvalidInputError(
-            "a download runs on the server only as a plan (--dry-run)",
-            "the client fetches the files through /api/hpcgear/download",
+            f"{cmd} runs on the server only as a plan (--dry-run)",
+            "the client fetches the files through the API and writes them itself",
         )
     subs = REMOTE[cmd]
     if subs is not None:

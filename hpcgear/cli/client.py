@@ -221,6 +221,8 @@ def run_remote(argv: list[str], key: str) -> int:
         return _upload(client, rest[1:])
     if cmd == "download":
         return _download(client, rest[1:])
+    if cmd == "export" and rest[1:2] == ["bids"]:
+        return _export_bids(client, forward, rest[2:])
     if cmd == "whoami" and not forward:
         me = client.get_json("/api/users/self")
         data = {"user": me.get("_id"), "via": "key", "instance": client.key.base_url,
@@ -324,10 +326,6 @@ def _download_tree(client: ApiClient, path: str, options: list[str], out: Path |
     """A container download through the API: the server plans it (``download --dry-run``),
     each file comes through the download endpoint, hash-checked; files already under
     ``out`` with the right hash are skipped (a rerun resumes)."""
-    import hashlib
-
-    from hpcgear.spec import safe_relpath
-
     as_json = "--json" in options
     dry_run = "--dry-run" in options
     if out is None and not dry_run:
@@ -340,8 +338,10 @@ def _download_tree(client: ApiClient, path: str, options: list[str], out: Path |
         return int(res.get("code", 1))
     plan = json.loads(str(res.get("stdout") or "{}"))
     if dry_run:
+        from hpcgear.cli.context import safe_text
+
         sys.stdout.write(str(res.get("stdout", "")) if as_json else "".join(
-            f"{f['path']}  {f['size']}\n" for f in plan["files"]))
+            f"{safe_text(f['path'])}  {f['size']}\n" for f in plan["files"]))
         return 0
     assert out is not None
     written: list[str] = []
@@ -349,18 +349,10 @@ def _download_tree(client: ApiClient, path: str, options: list[str], out: Path |
     nbytes = 0
     for f in plan["files"]:
         rel = str(f["path"])
-        if not safe_relpath(rel):
-            raise StorageError(f"the server planned a path outside --out: {rel!r}",
-                               "report this; nothing outside --out is written")
-        dest = out / rel
-        if dest.is_file():
-            h = hashlib.sha256()
-            with dest.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
-            if "sha256:" + h.hexdigest() == f["hash"]:
-                skipped.append(rel)
-                continue
+        dest = _confined(out, rel)
+        if _sha256_of(dest) == f["hash"]:
+            skipped.append(rel)
+            continue
         got, digest = client.download(rel, dest.parent, int(f["version"]))
         if digest != f["hash"] or got != dest:
             raise StorageError(f"download of {rel} gave {digest} at {got}",
@@ -372,4 +364,95 @@ def _download_tree(client: ApiClient, path: str, options: list[str], out: Path |
                           "bytes_written": nbytes, "files": written + skipped}, indent=2))
     else:
         print(f"{len(written)} written, {len(skipped)} already present ({nbytes} bytes) -> {out}")
+    return 0
+
+
+def _confined(out: Path, rel: str) -> Path:
+    from hpcgear.spec import safe_relpath
+
+    if not safe_relpath(rel):
+        raise StorageError(f"the server planned a path outside --out: {rel!r}",
+                           "report this; nothing outside --out is written")
+    return out / rel
+
+
+def _sha256_of(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _export_bids(client: ApiClient, forward: list[str], args: list[str]) -> int:
+    """``export bids PATH --out DIR`` from a login node: the server plans the tree (the same
+    plan a local export writes), the client writes generated files and fetches stored ones
+    by container and name, hash-checked; files already right are kept."""
+    import os
+    import urllib.parse
+
+    out: Path | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--out" and i + 1 < len(args):
+            out = Path(args[i + 1])
+            i += 2
+        elif args[i].startswith("--out="):
+            out = Path(args[i].split("=", 1)[1])
+            i += 1
+        else:
+            rest.append(args[i])
+            i += 1
+    dry_run, as_json = "--dry-run" in rest, "--json" in rest
+    if out is None and not dry_run:
+        raise InvalidInputError("export bids needs --out DIR", "e.g. --out ./bids")
+    argv = [*forward, "export", "bids", *[a for a in rest if a not in ("--dry-run", "--json")],
+            "--dry-run", "--json"]
+    res = client.post_json("/api/hpcgear/cli", {"argv": argv})
+    if int(res.get("code", 1)) != 0:
+        sys.stderr.write(str(res.get("stderr", "")))
+        return int(res.get("code", 1))
+    plan = json.loads(str(res.get("stdout") or "{}"))
+    plan["out"] = str(out) if out is not None else None
+    if not dry_run:
+        assert out is not None
+        for f in plan["files"]:
+            dest = _confined(out, str(f["path"]))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+            if "text" in f:
+                tmp.write_text(str(f["text"]), encoding="utf-8")
+                tmp.replace(dest)
+                continue
+            if _sha256_of(dest) == f["hash"]:
+                continue
+            q = urllib.parse.urlencode({"version": int(f["version"])})
+            name = urllib.parse.quote(str(f["name"]), safe="")
+            url = f"/api/containers/{urllib.parse.quote(str(f['container_id']))}/files/{name}?{q}"
+            with client._request("GET", url) as r, tmp.open("wb") as fh:
+                while block := r.read(1 << 20):
+                    fh.write(block)
+            if _sha256_of(tmp) != f["hash"]:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"{f['path']} did not arrive as {f['hash']}",
+                                   "the file changed on the server meanwhile; export again")
+            tmp.replace(dest)
+    if as_json:
+        print(json.dumps({**plan, "dry_run": dry_run}, indent=2))
+    else:
+        from hpcgear.cli.context import safe_text
+
+        for rel in plan["written"]:
+            print(safe_text(rel))
+        for s in plan["skipped"]:
+            print(f"skipped {safe_text(s['path'])}: {safe_text(s['reason'])}")
+        verb = "would write" if dry_run else "wrote"
+        where = f" to {out}" if out is not None else ""
+        print(f"{verb} {len(plan['written'])} file(s){where}; skipped {len(plan['skipped'])}",
+              file=sys.stderr)
     return 0

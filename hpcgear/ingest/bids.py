@@ -317,15 +317,17 @@ _SKIP_INFO = {"hpcgear", "nifti", "header", "BIDS"}
 
 @dataclass(slots=True)
 class BidsExport:
-    out: Path
+    out: Path | None
     written: list[str] = field(default_factory=list)  # relative paths
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (hierarchy path, reason)
+    files: list[TreeFile] = field(default_factory=list)  # what each written path holds
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "out": str(self.out),
+            "out": str(self.out) if self.out is not None else None,
             "written": self.written,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "files": [t.as_dict() for t in self.files],
         }
 
 
@@ -402,7 +404,7 @@ class BidsPlan:
             self.paths.add(rel)
             self.files.append(
                 TreeFile(rel, sha256=fv.hash, size=fv.size, file_id=f.id, version=fv.version,
-                         container_id=f.container_id)
+                         container_id=f.container_id, name=f.name)
             )
 
     def add_text(self, rel: str, text: str) -> None:
@@ -416,21 +418,23 @@ def export_bids(
     store: ObjectStore,
     actor: str,
     path: str,
-    out: Path,
+    out: Path | None,
     *,
     dry_run: bool = False,
 ) -> BidsExport:
     """Write the BIDS tree of ``PROJECT[/SUBJECT[/SESSION]]`` under ``out`` (read-only role).
 
-    With ``dry_run`` nothing is written; the result lists what would be.
+    With ``dry_run`` nothing is written (``out`` may be None); the result lists what
+    would be, and what each file holds (a stored file version, or generated text).
     """
     root = resolve_container(session, path, min_depth=2, max_depth=4)
     require_role(session, actor, root, RoleName.READ_ONLY, "exporting BIDS")
     plan = plan_bids(session, root, source=path)
-    out = Path(out)
     if not dry_run:
-        write_tree(store, plan.files, out)
-    return BidsExport(out, sorted(t.path for t in plan.files), plan.skipped)
+        if out is None:
+            raise InvalidInputError("export bids needs --out DIR", "e.g. --out ./bids")
+        write_tree(store, plan.files, Path(out))
+    return BidsExport(out, sorted(t.path for t in plan.files), plan.skipped, plan.files)
 
 
 def bids_view(
