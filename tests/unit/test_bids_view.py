@@ -244,3 +244,16 @@ def test_a_user_without_access_gets_no_view_and_the_job_fails_clearly(
 def test_manifest_error_names_the_file() -> None:
     with pytest.raises(ManifestError, match=r"custom\.hpcgear\.bids-view"):
         parse_manifest(with_view(7), source="manifest.json")
+
+
+def test_gear_show_names_the_view(cli_env: Any, tmp_path: Path) -> None:
+    sif = tmp_path / "fake.sif"
+    sif.write_bytes(b"fake sif")
+    for name in ("test-bids-app", "test-gear"):
+        cli_env.ok("gear", "install", str(REPO / "containers" / name), "--image", str(sif))
+    shown = cli_env.ok("gear", "show", "test-bids-app", "--json").json()
+    assert shown["bids_view"] == {"dir": "work/bids", "data_types": ["anat", "func"]}
+    text = cli_env.ok("gear", "show", "test-bids-app").out
+    assert "bids view:        /flywheel/v0/work/bids (anat, func)" in text
+    assert cli_env.ok("gear", "show", "test-gear", "--json").json()["bids_view"] is None
+    assert "bids view" not in cli_env.ok("gear", "show", "test-gear").out
