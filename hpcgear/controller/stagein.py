@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError, StagingError
 from hpcgear.render import JobPaths
 from hpcgear.runtimes.envfile import render_gear_env
@@ -17,22 +20,27 @@ from .sites import SiteRuntime
 BIDS_VIEW_EVENT = "bids_view.staged"
 
 
-def bids_view_tree(ctx: ControllerContext, spec: JobSpec) -> list[TreeFile]:
+def bids_view_files(session: Session, job: Job, spec: JobSpec) -> list[TreeFile]:
     """The BIDS tree of the job's destination, as the job's requester may read it
     (the rule's author for rule jobs); the same plan ``hpcgear export bids`` writes."""
     from hpcgear.auth.keys import job_key_owner
     from hpcgear.ingest.bids import bids_view
 
     assert spec.bids_view is not None
-    with job_session(ctx, spec.job_id) as (s, job):
-        plan = bids_view(
-            s,
-            job_key_owner(s, job),
-            spec.destination_type,
-            spec.destination_id,
-            data_types=spec.bids_view.data_types,
-        )
+    plan = bids_view(
+        session,
+        job_key_owner(session, job),
+        spec.destination_type,
+        spec.destination_id,
+        data_types=spec.bids_view.data_types,
+    )
     return plan.files
+
+
+def bids_view_tree(ctx: ControllerContext, spec: JobSpec) -> list[TreeFile]:
+    """``bids_view_files`` in a transaction of its own."""
+    with job_session(ctx, spec.job_id) as (s, job):
+        return bids_view_files(s, job, spec)
 
 
 def stage_attempt(

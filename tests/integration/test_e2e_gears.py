@@ -166,3 +166,9 @@ def test_bids_app_gets_the_bids_view_it_asks_for(dev_env: DevEnv, tmp_path: Path
     prov = inst.cli.ok("provenance", "show", jid, "--json").json()
     viewed = {i["name"] for i in prov["record"]["inputs"] if i.get("role") == "bids-view"}
     assert viewed == set(want), "every file of the view is a stored one here"
+    if not ssh:  # job debug stages a copy with its view, and the copy runs the same way
+        plan = inst.cli.ok("job", "debug", jid, "--json").json()
+        copy = Path(plan["job_dir"]) / "flywheel/v0/work/bids"
+        assert {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()} == set(want)
+        run = inst.cli.run("job", "debug", jid, "--run")
+        assert run.code == 0, run.err
