@@ -84,6 +84,11 @@ class MoveResult:
         return {"kind": self.kind, "id": self.id, "from": self.from_path, "to": self.to_path}
 
 
+def _a(word: str) -> str:
+    """``an acquisition``, ``a session``."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _flush_or_conflict(session: Session, what: str) -> None:
     """Flush; a unique-constraint race (someone took the name meanwhile) is a clear error."""
     try:
@@ -231,7 +236,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
         raise InvalidInputError(f"{from_path} is already there", "name another parent")
     if node.type != "analysis" and _sibling_label_taken(session, dest.id, node.label):
         raise AlreadyExistsError(
-            f"{container_path(session, dest)} already has a {node.type} {node.label!r}",
+            f"{container_path(session, dest)} already has {_a(node.type)} {node.label!r}",
             f"rename one of them first with `hpcgear rename {from_path} NEWLABEL`",
         )
     rows = _subtree(session, node)

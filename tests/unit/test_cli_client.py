@@ -280,3 +280,90 @@ def test_uploads_stream_through_a_real_server_in_bounded_memory(
     assert grown < size // 2, f"the server's peak RSS grew {grown >> 20} MiB"
     rows = server.ok("ls", "lab/p/s1/ses1/acq2", "--json").json()
     assert any(r.get("name") == "big2.bin" and r.get("size") == size for r in rows), rows
+
+
+def test_recursive_download_through_the_api_resumes_and_verifies(
+    server_and_client: tuple[CliEnv, CliEnv, str], tmp_path: Path
+) -> None:
+    """`download PATH -r --out DIR` from a login node: the server plans, the bytes come
+    through the download endpoint hash-checked, a rerun only fetches what is missing or
+    damaged; the server never writes a file for the client."""
+    import json
+    import urllib.error
+
+    server, client, key = server_and_client
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, text in {"a.nii.gz": "nifti a", "a.json": "{}", "b.txt": "b"}.items():
+        (src / name).write_text(text)
+    server.ok("upload", "lab/p/s1/ses1/acq1", str(src / "a.nii.gz"), str(src / "a.json"))
+    server.ok("upload", "lab/p/s1", str(src / "b.txt"))
+    out = tmp_path / "tree"
+    plan = client.ok("download", "lab/p", "-r", "--dry-run", "--json").json()
+    assert {f["path"] for f in plan["files"]} == {
+        "lab/p/s1/ses1/acq1/a.nii.gz", "lab/p/s1/ses1/acq1/a.json", "lab/p/s1/b.txt"}
+    first = client.ok("download", "lab/p", "-r", "--out", str(out), "--json").json()
+    assert (first["written"], first["skipped"]) == (3, 0)
+    assert (out / "lab/p/s1/ses1/acq1/a.nii.gz").read_text() == "nifti a"
+    assert (out / "lab/p/s1/b.txt").read_text() == "b"
+    (out / "lab/p/s1/b.txt").write_text("damaged")
+    again = client.ok("download", "lab/p", "--recursive", "--out", str(out), "--json").json()
+    assert (again["written"], again["skipped"]) == (1, 2)
+    assert (out / "lab/p/s1/b.txt").read_text() == "b"
+    nifti = client.ok("download", "lab/p", "-r", "--type", "nifti", "--dry-run", "--json").json()
+    assert [f["path"] for f in nifti["files"]] == ["lab/p/s1/ses1/acq1/a.nii.gz"]
+    client.ok("download", "lab/p", "-r", "--tar", str(tmp_path / "x.tar"))
+    import tarfile
+
+    with tarfile.open(tmp_path / "x.tar") as tf:
+        assert "lab/p/s1/b.txt" in tf.getnames()
+    res = client.run("download", "lab/q", "-r", "--out", str(tmp_path / "q"))
+    assert res.code == 4, res.err  # alice has no role on lab/q
+    assert not (tmp_path / "q").exists()
+    # the CLI endpoint runs a download only as a plan: never a file on the server
+    url = client.ok("whoami", "--json").json()["instance"]
+    for argv in (["download", "lab/p", "-r", "--tar", "/tmp/x.tar"],
+                 ["download", "lab/p", "-r", "--out", "/tmp/x"]):
+        req = urllib.request.Request(
+            f"{url}/api/hpcgear/cli", data=json.dumps({"argv": argv}).encode(),
+            method="POST", headers={"Authorization": f"scitran-user {key.split(':')[-1]}",
+                                    "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=30).close()
+            pytest.fail(f"{argv} ran on the server")
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (403, 422), exc.code
+    assert not Path("/tmp/x.tar").exists() and not Path("/tmp/x").exists()
+
+
+def test_export_bids_through_the_api_matches_a_local_export(
+    server_and_client: tuple[CliEnv, CliEnv, str], tmp_path: Path
+) -> None:
+    """`export bids` from a login node writes the same tree, byte for byte, as the same
+    export on the server; the server writes nothing; a rerun keeps what is right."""
+    from tests.unit.test_bids import check_bids, make_bids
+
+    server, client, _key = server_and_client
+    src = make_bids(tmp_path / "ds")
+    server.ok("ingest", "bids", str(src), "--group", "lab", "--project", "p")
+    local = tmp_path / "local"
+    server.ok("export", "bids", "lab/p/sub-01", "--out", str(local))
+    remote = tmp_path / "remote"
+    res = client.ok("export", "bids", "lab/p/sub-01", "--out", str(remote), "--json").json()
+    assert res["out"] == str(remote) and res["dry_run"] is False
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+                if p.is_file()}
+
+    assert tree(remote) == tree(local) and len(tree(remote)) == len(res["written"])
+    check_bids(remote)
+    (remote / "sub-01/anat/sub-01_T1w.nii").write_bytes(b"damaged")
+    client.ok("export", "bids", "lab/p/sub-01", "--out", str(remote))
+    assert tree(remote) == tree(local)
+    dry = client.ok("export", "bids", "lab/p", "--dry-run", "--json").json()
+    assert "sub-02/anat/sub-02_T1w.nii" in dry["written"] and dry["out"] is None
+    res = client.run("export", "bids", "lab/q", "--out", str(tmp_path / "q"))
+    assert res.code == 4 and not (tmp_path / "q").exists()
+    res = client.run("export", "bids", "lab/p")
+    assert res.code == 5 and "--out" in res.err
