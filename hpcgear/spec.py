@@ -48,6 +48,60 @@ class InputSpec:
     value: Any = None  # for context inputs
 
 
+# BIDS datatype folders (BIDS specification, appendix "Entity table").
+BIDS_DATATYPES = (
+    "anat", "beh", "dwi", "eeg", "fmap", "func", "ieeg", "meg", "micr", "motion", "mrs",
+    "nirs", "perf", "pet",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BidsViewRequest:
+    """A gear's ask for a BIDS view of its destination (manifest ``custom.hpcgear.bids-view``).
+
+    ``dir`` is where the tree goes below ``/flywheel/v0`` (``work/bids`` by
+    default: Flywheel's BIDS-app toolkit reads ``<work>/bids`` and skips its own
+    download when the tree is there); ``data_types`` limits the datatype folders
+    (``anat``, ``func``...; empty: all).
+    """
+
+    dir: str = "work/bids"
+    data_types: tuple[str, ...] = ()
+
+
+def safe_relpath(rel: str) -> bool:
+    """True for a relative POSIX path that stays below its root (no ``..``, no ``/x``)."""
+    parts = rel.split("/")
+    return bool(rel) and all(p not in ("", ".", "..") and "\0" not in p for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFile:
+    """One file of a tree written somewhere (a BIDS export or a staged BIDS view).
+
+    Exactly one of ``sha256`` (copy this stored object) or ``text`` (write this
+    generated text) is set. ``path`` is relative and POSIX (``sub-01/anat/x.nii``).
+    ``file_id``/``version`` name the hierarchy file copied, for provenance.
+    """
+
+    path: str
+    sha256: str | None = None
+    size: int = 0
+    text: str | None = None
+    file_id: str | None = None
+    version: int | None = None
+    container_type: str | None = None
+    container_id: str | None = None
+    name: str | None = None  # the copied file's name on its container
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.text is not None:
+            return {"path": self.path, "text": self.text}
+        return {"path": self.path, "hash": self.sha256, "size": self.size,
+                "file_id": self.file_id, "version": self.version,
+                "container_id": self.container_id, "name": self.name}
+
+
 @dataclass(frozen=True, slots=True)
 class GearRef:
     name: str
@@ -81,6 +135,8 @@ class JobSpec:
     # None = the site's runtime.writable_tmpfs.
     writable_tmpfs: bool | None = None
     runtime_debug: bool = False
+    # The manifest's custom.hpcgear.bids-view (None: the gear asks for none).
+    bids_view: BidsViewRequest | None = None
 
     @property
     def slurm_name(self) -> str:

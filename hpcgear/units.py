@@ -7,10 +7,11 @@ friendlier ``2h``, ``30m``, ``1d12h``, ``16GB``, ``1.5 GiB``.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 
-from hpcgear.errors import ResourceError
+from hpcgear.errors import InvalidInputError, ResourceError
 
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 _MEM_FACTOR_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024**2, "p": 1024**3}
@@ -155,3 +156,20 @@ def gpus_in_gres(gres: str | None) -> int:
         if m:
             total += int(m.group(1) or 1)
     return total
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``--since``: an ISO date/time (UTC unless it says) or a duration ago (30m, 2h, 7d, 1w)."""
+    now = now or dt.datetime.now(dt.UTC)
+    t = (text or "").strip()
+    ago = duration_seconds(t) if t[-1:].isalpha() else None
+    if ago is not None:
+        return now - dt.timedelta(seconds=ago)
+    try:
+        when = dt.datetime.fromisoformat(t)
+    except ValueError:
+        raise InvalidInputError(
+            f"--since {text!r} is neither a time nor a duration",
+            "write e.g. --since 2h, --since 7d or --since 2026-01-31T08:00",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

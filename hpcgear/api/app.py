@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,6 +18,7 @@ from hpcgear import __version__, errors
 from hpcgear.api.access import Caller, caller_from_header
 
 if TYPE_CHECKING:
+    from hpcgear.api.transfers import Transfers
     from hpcgear.config.settings import Settings
     from hpcgear.db.session import Database
     from hpcgear.jobs.sites import SiteRegistry
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CliRunner = Callable[["Settings", "Database", "ObjectStore", str, list[str]], dict[str, Any]]
+#: (settings, db, store, login, argv, files) -> {code, stdout, stderr}; ``files`` maps the
+#: placeholders in argv to the paths the server staged (hpcgear/api/transfers.py).
+CliRunner = Callable[
+    ["Settings", "Database", "ObjectStore", str, list[str], dict[str, str]], dict[str, Any]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,16 @@ class ApiState:
     # `serve` so this package never imports the CLI layer above it.
     cli_runner: CliRunner | None = None
     _sites: SiteRegistry | None = field(default=None)
+    _transfers: Transfers | None = field(default=None)
+
+    @property
+    def transfers(self) -> Transfers:
+        """Staged inputs and outputs of forwarded CLI commands (under the store's tmp)."""
+        if self._transfers is None:
+            from hpcgear.api.transfers import Transfers
+
+            self._transfers = Transfers(self.store.tmp / "api-transfers")
+        return self._transfers
 
     @property
     def sites(self) -> SiteRegistry:
@@ -59,7 +74,12 @@ class ApiState:
             yield s
 
 
+class BodyTooLargeError(errors.InvalidInputError):
+    """A request body over the server's cap (413)."""
+
+
 _STATUS: tuple[tuple[type[errors.HpcgearError], int], ...] = (
+    (BodyTooLargeError, 413),
     (errors.AuthenticationError, 401),
     (errors.PermissionDeniedError, 403),
     (errors.NotFoundError, 404),
@@ -96,6 +116,58 @@ def current_caller(request: Request) -> Caller:
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
 StateDep = Annotated[ApiState, Depends(state)]
+
+
+class _BodyLimit:
+    """Bounds request bodies: JSON and forms by ``max_body``, file uploads by ``max_upload``.
+
+    A declared Content-Length over the cap is answered at once; a chunked body is
+    counted while the endpoint reads it, and the read that crosses the cap raises
+    ``BodyTooLargeError`` (a JSON 413). A plain ASGI middleware, so that error
+    reaches the app's exception handlers (not a task group's).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        st: ApiState = scope["app"].state.hpcgear
+        path = scope.get("path", "")
+        is_upload = scope.get("method") == "POST" and (
+            path.endswith("/files") or path in ("/api/hpcgear/upload", "/api/hpcgear/stage")
+        )
+        cap = st.limits.max_upload if is_upload else st.limits.max_body
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > cap
+            except ValueError:
+                too_big = True
+            if too_big:
+                response = JSONResponse(
+                    error_body(413, f"request body larger than {cap} bytes", "send less"),
+                    status_code=413,
+                )
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise BodyTooLargeError(f"request body larger than {cap} bytes", "send less")
+            return message
+
+        await self.app(scope, counting, send)
 
 
 def create_app(
@@ -157,45 +229,7 @@ def create_app(
             status_code=500,
         )
 
-    @app.middleware("http")
-    async def _limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        st: ApiState = request.app.state.hpcgear
-        path = request.url.path
-        is_upload = request.method == "POST" and (
-            path.endswith("/files") or path == "/api/hpcgear/upload"
-        )
-        cap = st.limits.max_upload if is_upload else st.limits.max_body
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > cap
-            except ValueError:
-                too_big = True
-            if too_big:
-                return JSONResponse(
-                    error_body(413, f"request body larger than {cap} bytes", "send less"),
-                    status_code=413,
-                )
-        else:
-            # chunked: count while streaming and stop at the cap
-            receive = request._receive
-            seen = 0
-
-            async def counting() -> Any:
-                nonlocal seen
-                message = await receive()
-                if message.get("type") == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > cap:
-                        raise errors.InvalidInputError(
-                            f"request body larger than {cap} bytes", "send less"
-                        )
-                return message
-
-            request._receive = counting
-        return await call_next(request)
+    app.add_middleware(_BodyLimit)
 
     from hpcgear.api import flywheel, metrics, native
 

@@ -1023,6 +1023,31 @@ def get_job(job_id: str, caller: CallerDep, st: StateDep) -> dict[str, Any]:
         return job_doc(s, _readable_job(s, caller, job_id), inputs_as_list=False)
 
 
+@router.put("/jobs/{job_id}")
+def modify_job(job_id: str, caller: CallerDep, st: StateDep,
+               body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    """``fw.modify_job(id, {"state": "cancelled"})``: cancel a job (the only change allowed)."""
+    from hpcgear.errors import StateTransitionError
+    from hpcgear.jobs.service import cancel_job
+    from hpcgear.states import JobState
+
+    require_user_key(caller, "changing jobs")
+    if set(body) != {"state"} or body.get("state") != "cancelled":
+        raise InvalidInputError(
+            "a job can only be changed to {\"state\": \"cancelled\"}",
+            "to run it again, start a new job (or `hpcgear job retry`)",
+        )
+    with st.session() as s:
+        job = _readable_job(s, caller, job_id)
+        if JobState(job.state).final:  # a conflict with the job's state, not a bad request
+            raise StateTransitionError(
+                f"job {job_id} is already {job.state}",
+                "only pending, queued or running jobs can be cancelled",
+            )
+        cancel_job(s, caller.login, job_id)
+    return {"modified": 1}
+
+
 @router.get("/jobs")
 def list_jobs(
     caller: CallerDep,

@@ -3,71 +3,43 @@
 ``POST /cli`` runs one hpcgear CLI command on the server as the key's owner: the
 same click command and service functions as on the command line, with the
 identity taken from the key (``--as`` still needs a site admin). This is how the
-CLI works as a client without a rewrite per command (``hpcgear/cli/client.py``).
-Commands that read or write files of the machine they run on are not run here:
-``upload`` and ``download`` use ``/upload`` and ``/download`` instead, and the
-rest (init, db, controller, serve, ingest, gear build/install, ...) stay with
-the admins on the server.
+CLI works as a client without a rewrite per command (``hpcgear/cli/client.py``);
+``hpcgear/api/cliplan.py`` says which commands run here. A command's file
+parameters never name a path of the server: the client stages file content
+(``POST /stage``) and fetches what a command wrote (``GET /transfers/{token}``);
+``upload`` streams into storage (``/upload``) and downloads stream file contents
+(``/files/{id}/content``, ``/download``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
 
-from hpcgear.api.access import require_user_key
-from hpcgear.api.app import CallerDep, StateDep
+from hpcgear.api.access import Caller, get_container, require_user_key
+from hpcgear.api.app import ApiState, CallerDep, StateDep
+from hpcgear.api.cliplan import OUT_PREFIX, STAGE_PREFIX, Mode, plan_for
+from hpcgear.api.transfers import safe_out_name
 from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 
 router = APIRouter()
 
-# top-level command -> subcommands allowed remotely (None: the command has none / all)
-REMOTE: dict[str, frozenset[str] | None] = {
-    "whoami": None,
-    "ls": None,
-    "info": frozenset({"set", "unset"}),
-    "tag": frozenset({"add", "rm"}),
-    "mv": None,
-    "rename": None,
-    "rm": None,
-    "trash": frozenset({"list", "restore", "purge"}),
-    "history": None,
-    "versions": None,
-    "classification": None,
-    "note": frozenset({"add", "list"}),
-    "view": frozenset({"save", "list", "run", "rm", "show"}),
-    "find": None,
-    "jobs": None,
-    "job": frozenset({"show", "cancel", "retry", "logs"}),
-    "usage": None,
-    "run": None,
-    "batch": None,
-    "rule": frozenset({"add", "list", "show", "enable", "disable", "rm", "test"}),
-    "rules": frozenset({"evaluate"}),
-    "provenance": frozenset({"show", "trace", "export"}),
-    "user": frozenset({"add", "list", "key", "promote", "demote", "disable", "enable"}),
-    "report": None,  # only `--html -` is useful remotely; the client rewrites --html OUT
-    "role": frozenset({"grant", "revoke", "list"}),
-    "group": frozenset({"create"}),
-    "project": frozenset({"create"}),
-    "gear": frozenset({"list", "show", "disable", "enable"}),
-    "site": frozenset({"show", "schema"}),
-    # read-only: the stored cycle reports and backlog counts (run/once/metrics stay local)
-    "controller": frozenset({"status", "health"}),
-}
-# Options that name a file on the machine the command runs on: never on the server.
-_PATH_OPTIONS = ("--out", "--output", "-o", "--html", "--config")
 _GLOBAL_WITH_VALUE = ("--as",)
-_GLOBAL_FLAGS = ("--traceback",)
 
 
 def split_global(argv: list[str]) -> tuple[str | None, list[str], int]:
-    """(--as value, the rest, index of the command in the rest)."""
+    """(--as value, the rest, index of the command in the rest).
+
+    Only ``--as`` may come before the command: ``--config`` would name a file of
+    the server, ``-v``/``--log-json`` would reconfigure the server's logging.
+    """
     as_user = None
-    rest: list[str] = []
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -79,51 +51,83 @@ def split_global(argv: list[str]) -> tuple[str | None, list[str], int]:
             as_user = a.split("=", 1)[1]
             i += 1
             continue
-        if a in _GLOBAL_FLAGS or (a.startswith("-v") and set(a[1:]) == {"v"}):
-            i += 1
-            continue
-        rest = argv[i:]
-        break
-    return as_user, rest, 0
+        if a.startswith("-"):
+            raise InvalidInputError(
+                f"global option {a.split('=')[0][:40]!r} is not run remotely",
+                "only --as USER may come before the command (the client drops the others)",
+            )
+        return as_user, argv[i:], 0
+    return as_user, [], 0
 
 
-def check_remote(argv: list[str]) -> None:
+def check_remote(argv: list[str]) -> str:
+    """The command's name if ``argv`` may run on the server (hpcgear/api/cliplan.py)."""
     _as, rest, _ = split_global(argv)
     if not rest:
         raise InvalidInputError("no command given", "e.g. argv: ['ls', '--json']")
-    cmd = rest[0]
-    if cmd not in REMOTE:
-        raise PermissionDeniedError(
-            f"`hpcgear {cmd}` cannot run through the API",
-            "run it on the server as an admin (or, for upload/download, use the file endpoints)",
+    found = plan_for(rest)
+    if found is None:
+        raise InvalidInputError(
+            f"no command {' '.join(rest[:2])[:80]!r}", "`hpcgear --help` lists the commands"
         )
-    subs = REMOTE[cmd]
-    if subs is not None:
-        sub = next((a for a in rest[1:] if not a.startswith("-")), None)
-        if cmd == "view" and sub is not None and "/" in sub:
-            sub = "show"  # `view GROUP/PROJECT --columns ...` is the ad-hoc view
-        if sub not in subs:
-            raise PermissionDeniedError(
-                f"`hpcgear {cmd} {sub or ''}` cannot run through the API",
-                f"remote subcommands of {cmd}: {', '.join(sorted(subs))}",
-            )
-    for i, a in enumerate(argv):
-        to_stdout = argv[i + 1:i + 2] == ["-"] if a in _PATH_OPTIONS else a.endswith("=-")
-        if to_stdout and a.split("=")[0] == "--html":
-            continue  # `report --html -`: the page comes back as stdout, no server file
-        if a in ("-h", "--help") or a in _PATH_OPTIONS or any(
-            a.startswith(o + "=") for o in _PATH_OPTIONS if o.startswith("--")
-        ):
-            raise InvalidInputError(
-                f"{a.split('=')[0]} names a file or help on the server and is not run remotely",
-                "drop it; print to stdout and redirect on your side",
-            )
+    name, plan = found
+    if plan.mode not in (Mode.FORWARD, Mode.CLIENT):
+        raise PermissionDeniedError(
+            f"`hpcgear {name}` cannot run through the API",
+            plan.hint or "it runs on the client: the CLI does that itself",
+        )
+    if any(a in ("-h", "--help") for a in rest):
+        raise InvalidInputError(
+            "help is not run remotely", "`hpcgear COMMAND --help` works locally"
+        )
+    return name
+
+
+def _stage_map(st: ApiState, caller: Caller, argv: list[str]) -> tuple[dict[str, str], Path]:
+    """Placeholders in argv -> server paths: staged inputs (the caller's own, used once)
+    and fresh output paths in a private directory (returned)."""
+    files: dict[str, str] = {}
+    out_root = st.transfers.new_out_root()
+    try:
+        for a in argv:
+            for m in _PLACEHOLDER.finditer(a):
+                ph = m.group(0)
+                if ph in files:
+                    continue
+                if ph.startswith(STAGE_PREFIX):
+                    t = st.transfers.take_input(caller.login, ph[len(STAGE_PREFIX):])
+                    files[ph] = str(t.entry)
+                else:
+                    files[ph] = str(out_root / safe_out_name(ph[len(OUT_PREFIX):]))
+    except BaseException:
+        _discard_inputs(st, files)
+        st.transfers.discard(out_root)
+        raise
+    return files, out_root
+
+
+def _discard_inputs(st: ApiState, files: dict[str, str]) -> None:
+    for ph, path in files.items():
+        if ph.startswith(STAGE_PREFIX):
+            st.transfers.discard(Path(path).parent.parent)  # <root>/in/<entry>
+
+
+_PLACEHOLDER = re.compile(
+    re.escape(STAGE_PREFIX) + r"[A-Za-z0-9_-]{16,64}|" + re.escape(OUT_PREFIX) + r"[^\s=/]{1,100}"
+)
 
 
 @router.post("/cli")
 def cli_endpoint(caller: CallerDep, st: StateDep,
                  body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-    """Run ``hpcgear ARGV...`` as the key's owner: {"argv": [...]} -> {code, stdout, stderr}."""
+    """Run ``hpcgear ARGV...`` as the key's owner: {"argv": [...]} -> {code, stdout, stderr,
+    outputs}.
+
+    Parameters naming files hold placeholders: ``@hpcgear-stage:TOKEN`` for a
+    file the caller staged with ``POST /stage``, ``@hpcgear-out:NAME`` for one
+    the command writes; ``outputs`` maps each such placeholder to a token for
+    ``GET /transfers/{token}``. Any other value of such a parameter is refused.
+    """
     require_user_key(caller, "the CLI endpoint")
     argv = body.get("argv")
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
@@ -133,7 +137,104 @@ def cli_endpoint(caller: CallerDep, st: StateDep,
         raise NotFoundError(
             "this server does not run CLI commands", "start it with `hpcgear serve`"
         )
-    return st.cli_runner(st.settings, st.db, st.store, caller.login, argv)
+    files, out_root = _stage_map(st, caller, argv)
+    keep_out = False
+    try:
+        res = st.cli_runner(st.settings, st.db, st.store, caller.login, argv, files)
+        for ph, path in sorted(files.items(), key=lambda kv: -len(kv[1])):
+            for stream in ("stdout", "stderr"):  # the caller's own names, not the server's
+                res[stream] = str(res.get(stream, "")).replace(path, ph)
+        outputs: dict[str, str] = {}
+        for ph, path in files.items():
+            if ph.startswith(OUT_PREFIX) and Path(path).exists() and res.get("code") == 0:
+                outputs[ph] = st.transfers.register_output(caller.login, out_root, Path(path))
+                keep_out = True
+        return {**res, "outputs": outputs}
+    finally:
+        _discard_inputs(st, files)
+        if not keep_out:
+            st.transfers.discard(out_root)
+
+
+@router.post("/stage")
+async def stage_upload(request: Request, caller: CallerDep, st: StateDep) -> dict[str, str]:
+    """Stage a file or directory for one forwarded command: the body is a tar stream
+    (one top-level entry); returns {"stage": TOKEN} for ``@hpcgear-stage:TOKEN``."""
+    import anyio.to_thread
+
+    require_user_key(caller, "staging files")
+    st.store.ensure()
+    root = st.transfers.begin_input()
+    try:  # the body streams to disk (never whole in memory), then unpacks in a thread
+        with (root / "upload.tar").open("wb") as fh:
+            async for block in request.stream():
+                fh.write(block)
+    except BaseException:
+        st.transfers.discard(root)
+        raise
+    token = await anyio.to_thread.run_sync(
+        lambda: st.transfers.finish_input(caller.login, root)
+    )
+    return {"stage": token}
+
+
+@router.get("/transfers/{token}")
+def fetch_output(token: str, caller: CallerDep, st: StateDep) -> StreamingResponse:
+    """An output a forwarded command wrote, as a tar stream (once; then it is removed)."""
+    import tempfile
+
+    t = st.transfers.take_output(caller.login, token)
+    spool = tempfile.TemporaryFile(dir=t.root)  # noqa: SIM115 - closed by the stream
+    try:
+        st.transfers.tar_to(t.entry, spool)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        st.transfers.discard(t.root)
+        raise
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            while block := spool.read(1 << 20):
+                yield block
+        finally:
+            spool.close()
+            st.transfers.discard(t.root)
+
+    return StreamingResponse(chunks(), media_type="application/x-tar")
+
+
+@router.get("/files/{file_id}/content")
+def file_content(file_id: str, caller: CallerDep, st: StateDep,
+                 version: int | None = None) -> StreamingResponse:
+    """A file's bytes by id (its current version, or ``version``), streamed."""
+    from hpcgear.db.models import File
+    from hpcgear.hierarchy.permissions import RoleName
+    from hpcgear.hierarchy.service import file_version
+
+    with st.session() as s:
+        row = s.get(File, file_id)
+        if row is None:
+            raise NotFoundError(f"file {file_id[:80]!r} does not exist", "check the id")
+        get_container(s, caller, row.container_id, RoleName.READ_ONLY)
+        fv = file_version(s, row, version)
+        digest, size, name, ver = fv.hash, fv.size, row.name, fv.version
+    return _stream_object(st, digest, size, name, ver)
+
+
+def _stream_object(st: ApiState, digest: str, size: int, name: str, ver: int
+                   ) -> StreamingResponse:
+    store = st.store
+
+    def chunks() -> Iterator[bytes]:
+        with store.open(digest) as fh:
+            while block := fh.read(1 << 20):
+                yield block
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
+        "Content-Length": str(size), "X-Hpcgear-Hash": digest, "X-Hpcgear-Version": str(ver),
+        "X-Hpcgear-Name": quote(name),
+    })
 
 
 @router.post("/upload")
@@ -206,17 +307,7 @@ def download_by_path(path: str, caller: CallerDep, st: StateDep,
         check_scope(s, caller, container, write=False)
         fv = file_version(s, row, version)
         digest, size, name, ver = fv.hash, fv.size, row.name, fv.version
-    store = st.store
-
-    def chunks() -> Iterator[bytes]:
-        with store.open(digest) as fh:
-            while block := fh.read(1 << 20):
-                yield block
-
-    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
-        "Content-Length": str(size), "X-Hpcgear-Hash": digest, "X-Hpcgear-Version": str(ver),
-        "X-Hpcgear-Name": name,
-    })
+    return _stream_object(st, digest, size, name, ver)
 
 
 @router.get("/provenance/{job_id}")

@@ -31,6 +31,7 @@ from hpcgear.storage.objects import ObjectStore
 
 from .resolve import config_json_for, resolve_spec
 from .sites import connect_site
+from .stagein import bids_view_files
 
 __all__ = ["DebugPlan", "prepare_debug"]
 
@@ -99,9 +100,11 @@ def prepare_debug(
         script = "#!/bin/bash\n# hpcgear job debug: the container command of job " \
             f"{job.id} attempt {job.attempt}\ncd {shlex.quote(root)} || exit 1\n" \
             f"exec {shlex.join(argv)}\n"
+        tree = bids_view_files(session, job, spec) if spec.bids_view is not None else []
         stage_in(rt.transport, store, replace(spec), paths,
                  config_json=config_json_for(session, job, spec),
-                 gear_env=render_gear_env(spec), script_text=script)
+                 gear_env=render_gear_env(spec), script_text=script, tree=tree,
+                 tree_dir=spec.bids_view.dir if spec.bids_view is not None else None)
         ssh_argv: tuple[str, ...] | None = None
         if site.transport.kind == "ssh":
             t = site.transport

@@ -124,6 +124,19 @@ def collect_run_facts(
         )
         for i in (job.inputs or [])
         if i.get("base") == "file" and i.get("file_id") and i.get("version") is not None
+    ) + tuple(
+        ProvFile(
+            file_id=str(f["file_id"]),
+            version=int(f["version"]),
+            sha256=str(f.get("sha256") or ""),
+            size=int(f.get("size") or 0),
+            name=str(f.get("path") or ""),
+            container_type=None,
+            container_id=f.get("container_id"),
+            role="bids-view",
+        )
+        for f in _event_data(events, "bids_view.staged").get("files") or []
+        if f.get("file_id") and f.get("version") is not None
     )
     outputs: tuple[ProvFile, ...] = ()
     if published is not None:

@@ -74,6 +74,7 @@ def resolve_spec(
         priority=job.priority,
         writable_tmpfs=r.get("writable"),
         runtime_debug=bool(r.get("debug")),
+        bids_view=manifest.bids_view,
     )
 
 

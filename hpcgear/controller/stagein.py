@@ -1,17 +1,46 @@
-"""stage-in: one attempt's job directory on scratch (inputs, config.json, script)."""
+"""stage-in: one attempt's job directory on scratch (inputs, config.json, script,
+and the BIDS view a gear's manifest asks for)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hpcgear.errors import StagingError
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import Job
+from hpcgear.errors import HpcgearError, StagingError
 from hpcgear.render import JobPaths
 from hpcgear.runtimes.envfile import render_gear_env
-from hpcgear.spec import JobSpec
+from hpcgear.spec import JobSpec, TreeFile
 from hpcgear.states import FailureKind
 
 from .context import ControllerContext, CycleReport, fail_job, job_session
 from .sites import SiteRuntime
+
+BIDS_VIEW_EVENT = "bids_view.staged"
+
+
+def bids_view_files(session: Session, job: Job, spec: JobSpec) -> list[TreeFile]:
+    """The BIDS tree of the job's destination, as the job's requester may read it
+    (the rule's author for rule jobs); the same plan ``hpcgear export bids`` writes."""
+    from hpcgear.auth.keys import job_key_owner
+    from hpcgear.ingest.bids import bids_view
+
+    assert spec.bids_view is not None
+    plan = bids_view(
+        session,
+        job_key_owner(session, job),
+        spec.destination_type,
+        spec.destination_id,
+        data_types=spec.bids_view.data_types,
+    )
+    return plan.files
+
+
+def bids_view_tree(ctx: ControllerContext, spec: JobSpec) -> list[TreeFile]:
+    """``bids_view_files`` in a transaction of its own."""
+    with job_session(ctx, spec.job_id) as (s, job):
+        return bids_view_files(s, job, spec)
 
 
 def stage_attempt(
@@ -24,9 +53,16 @@ def stage_attempt(
     report: CycleReport,
 ) -> bool:
     """Stage one attempt in; a staging failure fails the job (input_staging)."""
+    from hpcgear.jobs.transitions import record_event
     from hpcgear.staging.stagein import stage_in
 
+    tree: list[TreeFile] = []
     try:
+        if spec.bids_view is not None:
+            try:
+                tree = bids_view_tree(ctx, spec)
+            except HpcgearError as exc:
+                raise StagingError(f"BIDS view: {exc.message}", exc.hint) from None
         stage_in(
             rt.transport,
             ctx.store,
@@ -35,10 +71,26 @@ def stage_attempt(
             config_json=config_json,
             gear_env=render_gear_env(spec),
             script_text=script_text,
+            tree=tree,
+            tree_dir=spec.bids_view.dir if spec.bids_view is not None else None,
         )
     except StagingError as exc:
         with job_session(ctx, spec.job_id) as (s, job):
             fail_job(s, job, ctx.actor, FailureKind.INPUT_STAGING, exc.message)
         report.failed += 1
         return False
+    if spec.bids_view is not None:
+        # Provenance counts the view's stored files as inputs (role "bids-view").
+        files = [
+            {"path": t.path, "file_id": t.file_id, "version": t.version, "sha256": t.sha256,
+             "size": t.size, "container_id": t.container_id}
+            for t in tree
+            if t.file_id is not None
+        ]
+        with job_session(ctx, spec.job_id) as (s, job):
+            record_event(
+                s, job, BIDS_VIEW_EVENT, ctx.actor,
+                f"BIDS view of {len(tree)} file(s) in /flywheel/v0/{spec.bids_view.dir}",
+                data={"dir": spec.bids_view.dir, "count": len(tree), "files": files},
+            )
     return True

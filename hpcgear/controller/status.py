@@ -100,6 +100,21 @@ class SiteStatus:
         """Whether a controller cycled this site recently."""
         return self.last_cycle is not None and now - self.last_cycle <= self.stale_after
 
+    def redacted(self) -> SiteStatus:
+        """The status as a user who is no site admin sees it: error texts (which name
+        other users' jobs, paths and hosts) become their count and time."""
+        from dataclasses import replace
+
+        hidden = "hidden: site admins see controller errors"
+        report = dict(self.last_report)
+        if report.get("errors"):
+            report["errors"] = [f"{len(report['errors'])} error(s) ({hidden})"]
+        return replace(
+            self,
+            last_report=report,
+            recent_errors=[{"ts": e.get("ts"), "error": hidden} for e in self.recent_errors],
+        )
+
     def as_dict(self, now: dt.datetime) -> dict[str, Any]:
         def iso(v: dt.datetime | None) -> str | None:
             return v.isoformat() if v else None

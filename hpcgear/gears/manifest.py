@@ -45,6 +45,7 @@ from typing import Any
 
 from hpcgear.errors import ManifestError, NotFoundError
 from hpcgear.gears import reserved
+from hpcgear.spec import BIDS_DATATYPES, BidsViewRequest
 from hpcgear.text import regex_problem, unsafe_chars
 
 logger = logging.getLogger(__name__)
@@ -353,6 +354,8 @@ class GearManifest:
     origin: str
     warnings: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # custom.hpcgear.bids-view: stage a BIDS tree of the destination (None: no).
+    bids_view: BidsViewRequest | None = None
 
     @property
     def is_analysis(self) -> bool:
@@ -640,6 +643,7 @@ def _parse(data: Any, *, source: str, text: str | None, duplicates: list[str]) -
     custom, category, image, suite, show_job = _check_custom(raw, c)
     capabilities = _check_capabilities(raw, c)
     _check_output_configuration(raw, c)
+    bids_view = _check_hpcgear_custom(custom, {i.name for i in inputs}, c)
 
     if c.problems:
         raise _manifest_error(source, text, c.problems)
@@ -671,6 +675,7 @@ def _parse(data: Any, *, source: str, text: str | None, duplicates: list[str]) -
         origin=source,
         warnings=warnings,
         raw=raw,
+        bids_view=bids_view,
     )
 
 
@@ -1205,6 +1210,84 @@ def _check_custom(
                 "should map each facet to a list of strings",
             )
     return copy.deepcopy(custom), category, image, suite, show_job
+
+
+HPCGEAR_CUSTOM_KEYS = ("bids-view",)
+BIDS_VIEW_KEYS = ("dir", "data-types")
+# Where Flywheel BIDS-app gears say which datatype folders they need
+# (bids-mriqc: "bids-app-data-types", bids-qsiprep: "bids-app-modalities").
+BIDS_APP_DATATYPE_KEYS = ("bids-app-data-types", "bids-app-modalities")
+_VIEW_DIR_RE = re.compile(r"^(work|input)(/[A-Za-z0-9][A-Za-z0-9._\-]*)+$")
+
+
+def _check_hpcgear_custom(
+    custom: Mapping[str, Any], input_names: set[str], c: _Checker
+) -> BidsViewRequest | None:
+    """``custom.hpcgear``: hpcgear's own manifest keys (strict: unknown keys are errors).
+
+    ``"bids-view": true`` or ``{"dir": "work/bids", "data-types": ["anat", "func"]}``
+    asks for a BIDS tree of the job's destination staged below ``/flywheel/v0``.
+    Without ``data-types`` the gear's own ``bids-app-data-types`` /
+    ``bids-app-modalities`` list is used, else every datatype.
+    """
+    ours = custom.get("hpcgear")
+    if ours is None:
+        return None
+    example = '"hpcgear": {"bids-view": {"dir": "work/bids", "data-types": ["anat", "func"]}}'
+    if not isinstance(ours, dict):
+        c.error(("custom", "hpcgear"), f"must be an object, got {_json_kind(ours)}", example)
+        return None
+    for key in ours:
+        if key not in HPCGEAR_CUSTOM_KEYS:
+            c.error(
+                ("custom", "hpcgear", key),
+                "unknown key" + did_you_mean(key, HPCGEAR_CUSTOM_KEYS),
+                f"valid keys: {', '.join(HPCGEAR_CUSTOM_KEYS)}",
+            )
+    view = ours.get("bids-view")
+    path: JsonPath = ("custom", "hpcgear", "bids-view")
+    if view is None or view is False:
+        return None
+    if view is True:
+        view = {}
+    if not isinstance(view, dict):
+        c.error(path, f"must be true, false or an object, got {_json_kind(view)}", example)
+        return None
+    for key in view:
+        if key not in BIDS_VIEW_KEYS:
+            c.error(
+                (*path, key),
+                "unknown key" + did_you_mean(key, BIDS_VIEW_KEYS),
+                f"valid keys: {', '.join(BIDS_VIEW_KEYS)}",
+            )
+    where = view.get("dir", "work/bids")
+    if not isinstance(where, str) or not _VIEW_DIR_RE.fullmatch(where):
+        c.error(
+            (*path, "dir"),
+            f"{_show(where)} is not a directory below work/ or input/",
+            'e.g. "work/bids" (where Flywheel BIDS apps look) or "input/bids"',
+        )
+        where = "work/bids"
+    elif where.split("/")[0] == "input" and where.split("/")[1] in input_names:
+        c.error(
+            (*path, "dir"),
+            f"{_show(where)} is the directory of the gear's input {where.split('/')[1]!r}",
+            "choose another name, e.g. input/bids",
+        )
+    if "data-types" in view:
+        types, tpath = view["data-types"], (*path, "data-types")
+    else:
+        key = next((k for k in BIDS_APP_DATATYPE_KEYS if k in custom), None)
+        types, tpath = (custom[key], ("custom", key)) if key else ([], path)
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        c.error(tpath, f"must be a list of BIDS datatypes, got {_json_kind(types)}",
+                f"datatypes: {', '.join(BIDS_DATATYPES)}")
+        types = []
+    bad = [t for t in types if t not in BIDS_DATATYPES]
+    if bad:
+        c.error(tpath, f"not BIDS datatypes: {_show_all(bad)}",
+                f"datatypes: {', '.join(BIDS_DATATYPES)}")
+    return BidsViewRequest(dir=where, data_types=tuple(dict.fromkeys(types)))
 
 
 def _check_image(value: Any, path: JsonPath, c: _Checker) -> str | None:

@@ -193,4 +193,16 @@ def gear_summary(gear: Gear) -> dict[str, Any]:
         "installed": gear.installed.isoformat() if gear.installed else None,
         "inputs": sorted((m.get("inputs") or {}).keys()),
         "config": sorted((m.get("config") or {}).keys()),
+        "bids_view": _bids_view_summary(gear),
     }
+
+
+def _bids_view_summary(gear: Gear) -> dict[str, Any] | None:
+    """Where the gear's BIDS view goes and which datatypes it holds (None: no view)."""
+    custom = (gear.manifest or {}).get("custom")
+    if not isinstance(custom, dict) or "hpcgear" not in custom:
+        return None  # no manifest parse for the common case (gear list of many gears)
+    view = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}").bids_view
+    if view is None:
+        return None
+    return {"dir": view.dir, "data_types": list(view.data_types)}

@@ -15,9 +15,10 @@ import tarfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,7 +28,18 @@ from hpcgear.errors import InvalidInputError, NotFoundError, StorageError
 from hpcgear.hierarchy.analyses import ID_PREFIX
 from hpcgear.hierarchy.permissions import RoleName, require_role
 from hpcgear.hierarchy.service import container_path, resolve_target
-from hpcgear.storage.objects import CHUNK, ObjectStore, sha256_file
+from hpcgear.storage.objects import CHUNK, sha256_file
+
+
+class ObjectSource(Protocol):
+    """Where a download reads objects: the local store, or the API (the CLI as a client)."""
+
+    @property
+    def root(self) -> Any: ...
+
+    def open(self, digest: str) -> AbstractContextManager[IO[bytes]]: ...
+
+    def copy_to(self, digest: str, dest: Path, *, verify: bool = True) -> Path: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +231,7 @@ def _safe_dest(out_dir: Path, rel: str) -> Path:
 
 
 def download_tree(
-    store: ObjectStore,
+    store: ObjectSource,
     items: Sequence[DownloadItem],
     out_dir: Path,
     *,
@@ -262,7 +274,7 @@ class _HashingReader:
 
 
 def write_tar(
-    store: ObjectStore,
+    store: ObjectSource,
     items: Sequence[DownloadItem],
     out: IO[bytes],
     *,

@@ -48,6 +48,7 @@ from hpcgear.db.models import (
     TrashEntry,
 )
 from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import LEVELS, check_file_name, check_label
 from hpcgear.hierarchy.permissions import RoleName, require_role, require_site_admin
 from hpcgear.hierarchy.service import (
@@ -81,6 +82,11 @@ class MoveResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "id": self.id, "from": self.from_path, "to": self.to_path}
+
+
+def _a(word: str) -> str:
+    """``an acquisition``, ``a session``."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _flush_or_conflict(session: Session, what: str) -> None:
@@ -215,15 +221,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
         _flush_or_conflict(session, f"moving {from_path}")
         to_path = _file_path(session, dest, f)
         _record(session, "move", "file", f.id, actor, from_path, to_path)
-        session.add(
-            ChangeLog(
-                kind="file.meta",
-                container_id=dest.id,
-                file_id=f.id,
-                file_version=f.current_version,
-                actor=actor,
-            )
-        )
+        log_meta_change(session, actor, dest.id, f)
         session.flush()
         return MoveResult("file", f.id, from_path, to_path)
     node = target.container
@@ -238,7 +236,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
         raise InvalidInputError(f"{from_path} is already there", "name another parent")
     if node.type != "analysis" and _sibling_label_taken(session, dest.id, node.label):
         raise AlreadyExistsError(
-            f"{container_path(session, dest)} already has a {node.type} {node.label!r}",
+            f"{container_path(session, dest)} already has {_a(node.type)} {node.label!r}",
             f"rename one of them first with `hpcgear rename {from_path} NEWLABEL`",
         )
     rows = _subtree(session, node)
@@ -270,15 +268,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
         if new_project:
             # The destination project's gear rules see the files as if they had
             # been routed there (a subject rescued from Unsorted gets converted).
-            session.add(
-                ChangeLog(
-                    kind="file.meta",
-                    container_id=f.container_id,
-                    file_id=f.id,
-                    file_version=f.current_version,
-                    actor=actor,
-                )
-            )
+            log_meta_change(session, actor, f.container_id, f)
     _flush_or_conflict(session, f"moving {from_path}")
     to_path = container_path(session, node)
     _record(session, "move", node.type, node.id, actor, from_path, to_path, containers=len(ids))
@@ -308,15 +298,7 @@ def rename(session: Session, actor: str, path: str, new_name: str) -> MoveResult
         _flush_or_conflict(session, f"renaming {from_path}")
         to_path = _file_path(session, target.container, f)
         _record(session, "rename", "file", f.id, actor, from_path, to_path)
-        session.add(
-            ChangeLog(
-                kind="file.meta",
-                container_id=f.container_id,
-                file_id=f.id,
-                file_version=f.current_version,
-                actor=actor,
-            )
-        )
+        log_meta_change(session, actor, f.container_id, f)
         session.flush()
         return MoveResult("file", f.id, from_path, to_path)
     node = target.container

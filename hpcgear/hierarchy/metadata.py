@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import ChangeLog, Container, File
+from hpcgear.db.models import Container, File
 from hpcgear.errors import InvalidInputError, NotFoundError
+from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import check_tag
 from hpcgear.hierarchy.permissions import RoleName, require_role
 from hpcgear.hierarchy.service import Target, resolve_target
@@ -31,16 +32,7 @@ def _locked(session: Session, obj: Container | File) -> Container | File:
 
 
 def _log(session: Session, target: Target, actor: str) -> None:
-    f = target.file
-    session.add(
-        ChangeLog(
-            kind="file.meta" if f is not None else "container.meta",
-            container_id=target.container.id,
-            file_id=f.id if f is not None else None,
-            file_version=f.current_version if f is not None else None,
-            actor=actor,
-        )
-    )
+    log_meta_change(session, actor, target.container.id, target.file)
     session.flush()
 
 

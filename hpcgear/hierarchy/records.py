@@ -13,8 +13,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import ChangeLog, Container, File
+from hpcgear.db.models import Container, File
 from hpcgear.errors import InvalidInputError
+from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import check_tag
 from hpcgear.hierarchy.permissions import RoleName, require_role
 
@@ -40,15 +41,7 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, 
 
 
 def _log(session: Session, actor: str, container: Container, file: File | None) -> None:
-    session.add(
-        ChangeLog(
-            kind="file.meta" if file is not None else "container.meta",
-            container_id=container.id,
-            file_id=file.id if file is not None else None,
-            file_version=file.current_version if file is not None else None,
-            actor=actor,
-        )
-    )
+    log_meta_change(session, actor, container.id, file)
     session.flush()
 
 

@@ -35,6 +35,7 @@ from hpcgear.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import (
     LEVELS,
     HierarchyPath,
@@ -639,15 +640,7 @@ def apply_file_metadata(
     session: Session, row: File, metadata: Mapping[str, Any], actor: str
 ) -> None:
     _apply_metadata_fields(row, metadata)
-    session.add(
-        ChangeLog(
-            kind="file.meta",
-            container_id=row.container_id,
-            file_id=row.id,
-            file_version=row.current_version,
-            actor=actor,
-        )
-    )
+    log_meta_change(session, actor, row.container_id, row)
     session.flush()
 
 
@@ -820,15 +813,7 @@ def set_info(session: Session, actor: str, path: str, pairs: Sequence[str]) -> d
     lock_for_update(session, target.file if target.file is not None else target.container)
     if target.file is not None:
         target.file.info = _deep_merge(target.file.info or {}, values)
-        session.add(
-            ChangeLog(
-                kind="file.meta",
-                container_id=target.container.id,
-                file_id=target.file.id,
-                file_version=target.file.current_version,
-                actor=actor,
-            )
-        )
+        log_meta_change(session, actor, target.container.id, target.file)
         session.flush()
         return target.file.info
     target.container.info = _deep_merge(target.container.info or {}, values)

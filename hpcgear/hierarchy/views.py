@@ -15,9 +15,11 @@ it can (``2``, ``true``), else it is text. On a list (tags, classification
 values) ``=`` means "contains". A row missing the column fails every filter
 except ``!=``. All filters must hold.
 
-At file level the rows are the files of acquisitions, plus the files of every
-analysis of the project when an ``analysis.*`` column is asked for (columns of
-levels an analysis is not below are empty).
+At file level the rows are the files of every project, subject, session and
+acquisition container (a file on a session has an empty ``acquisition.*``, one on
+the project empty ``subject.*`` too), plus the files of every analysis of the
+project when an ``analysis.*`` column is asked for (columns of levels an analysis
+is not below are empty).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from hpcgear.hierarchy.service import resolve_container
 from hpcgear.text import json_or_text
 
 VIEW_LEVELS = ("subject", "session", "acquisition", "file")
+# Whose files a file-level view lists (analyses only when an analysis.* column asks).
+FILE_HOLDERS = ("project", "subject", "session", "acquisition")
 COLUMN_LEVELS = ("project", "subject", "session", "acquisition", "analysis", "file")
 CONTAINER_FIELDS = ("label", "id", "tags", "created", "info", "path")
 FILE_FIELDS = (
@@ -254,7 +258,7 @@ def run_view(session: Session, actor: str, project_path: str, spec: ViewSpec) ->
 
     records: list[tuple[dict[str, Container | None], tuple[File, FileVersion] | None]] = []
     if level == "file":
-        holders = [c for c in rows if c.type == "acquisition"]
+        holders = [c for c in rows if c.type in FILE_HOLDERS]
         if want_analyses:
             holders += [c for c in rows if c.type == "analysis"]
         ids = [c.id for c in holders]

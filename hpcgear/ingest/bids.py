@@ -26,6 +26,7 @@ import fnmatch
 import json
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import Container, File
-from hpcgear.errors import InvalidInputError
+from hpcgear.db.models import Container, File, FileVersion
+from hpcgear.errors import InvalidInputError, NotFoundError
 from hpcgear.hierarchy.paths import check_label
 from hpcgear.hierarchy.permissions import RoleName, require_role
 from hpcgear.hierarchy.service import (
@@ -48,6 +49,7 @@ from hpcgear.hierarchy.service import (
 from hpcgear.ingest.dicom import SkippedFile, list_files, relative
 from hpcgear.ingest.nifti import NOT_NIFTI, ORPHAN_SIDECAR, image_stem, parse_bids_name
 from hpcgear.ingest.report import FileOutcome, IngestReport
+from hpcgear.spec import BIDS_DATATYPES, TreeFile, safe_relpath
 from hpcgear.storage.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -315,15 +317,17 @@ _SKIP_INFO = {"hpcgear", "nifti", "header", "BIDS"}
 
 @dataclass(slots=True)
 class BidsExport:
-    out: Path
+    out: Path | None
     written: list[str] = field(default_factory=list)  # relative paths
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (hierarchy path, reason)
+    files: list[TreeFile] = field(default_factory=list)  # what each written path holds
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "out": str(self.out),
+            "out": str(self.out) if self.out is not None else None,
             "written": self.written,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "files": [t.as_dict() for t in self.files],
         }
 
 
@@ -386,45 +390,123 @@ def _with_run(name: str, n: int) -> str:
     return f"{head}_run-{n}_{tail}"
 
 
+@dataclass(slots=True)
+class BidsPlan:
+    """What a BIDS export of one container writes: the files (stored or generated)
+    and the hierarchy files that could not be named."""
+
+    files: list[TreeFile] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (hierarchy path, reason)
+    paths: set[str] = field(default_factory=set)
+
+    def add_copy(self, rel: str, f: File, fv: FileVersion) -> None:
+        if rel not in self.paths:
+            self.paths.add(rel)
+            self.files.append(
+                TreeFile(rel, sha256=fv.hash, size=fv.size, file_id=f.id, version=fv.version,
+                         container_id=f.container_id, name=f.name)
+            )
+
+    def add_text(self, rel: str, text: str) -> None:
+        if rel not in self.paths:
+            self.paths.add(rel)
+            self.files.append(TreeFile(rel, text=text, size=len(text.encode())))
+
+
 def export_bids(
     session: Session,
     store: ObjectStore,
     actor: str,
     path: str,
-    out: Path,
+    out: Path | None,
     *,
     dry_run: bool = False,
 ) -> BidsExport:
     """Write the BIDS tree of ``PROJECT[/SUBJECT[/SESSION]]`` under ``out`` (read-only role).
 
-    With ``dry_run`` nothing is written; the result lists what would be.
+    With ``dry_run`` nothing is written (``out`` may be None); the result lists what
+    would be, and what each file holds (a stored file version, or generated text).
     """
     root = resolve_container(session, path, min_depth=2, max_depth=4)
     require_role(session, actor, root, RoleName.READ_ONLY, "exporting BIDS")
+    plan = plan_bids(session, root, source=path)
+    if not dry_run:
+        if out is None:
+            raise InvalidInputError("export bids needs --out DIR", "e.g. --out ./bids")
+        write_tree(store, plan.files, Path(out))
+    return BidsExport(out, sorted(t.path for t in plan.files), plan.skipped, plan.files)
+
+
+def bids_view(
+    session: Session,
+    actor: str,
+    container_type: str,
+    container_id: str,
+    *,
+    data_types: Sequence[str] = (),
+) -> BidsPlan:
+    """The BIDS tree of a job's destination (a gear's ``bids-view``), as the job's user sees it.
+
+    An analysis stands for its parent; an acquisition gives its own files only.
+    """
+    root = session.get(Container, container_id)
+    if root is None or root.type != container_type:
+        raise NotFoundError(
+            f"{container_type} {container_id} does not exist",
+            "the job's destination was deleted; run the gear on an existing container",
+        )
+    if root.type == "analysis" and root.parent_id:
+        parent = session.get(Container, root.parent_id)
+        assert parent is not None
+        root = parent
+    if root.type == "group":
+        raise InvalidInputError(
+            "a BIDS view needs a project, subject, session or acquisition destination",
+            "run the gear on a project or below",
+        )
+    require_role(session, actor, root, RoleName.READ_ONLY, "staging a BIDS view")
+    return plan_bids(session, root, data_types=data_types,
+                     source=container_path(session, root))
+
+
+def write_tree(store: ObjectStore, files: Sequence[TreeFile], out: Path) -> None:
+    """Write ``files`` under ``out``: stored objects hash-checked, text as UTF-8."""
+    out.mkdir(parents=True, exist_ok=True)
+    for t in files:
+        dest = out / t.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if t.text is not None:
+            dest.write_text(t.text, encoding="utf-8")
+        else:
+            store.copy_to(t.sha256 or "", dest)
+
+
+def plan_bids(
+    session: Session, root: Container, *, source: str, data_types: Sequence[str] = ()
+) -> BidsPlan:
+    """The BIDS tree of ``root`` (project, subject, session or acquisition); no role check.
+
+    ``data_types`` keeps only those datatype folders (``anat``, ``func``...; empty: all).
+    Top-level files are always part of it.
+    """
     project = root if root.type == "project" else session.get(Container, root.project_id)
     assert project is not None
-    out = Path(out)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    result = BidsExport(out)
-    taken: set[str] = set()
-
-    def write_bytes(rel: str, data: bytes) -> None:
-        if not dry_run:
-            dest = out / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        result.written.append(rel)
-        taken.add(rel)
+    plan = BidsPlan()
+    wanted = frozenset(data_types)
 
     def copy(rel: str, f: File) -> None:
-        if not dry_run:
-            fv = file_version(session, f)
-            dest = out / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            store.copy_to(fv.hash, dest)
-        result.written.append(rel)
-        taken.add(rel)
+        if not safe_relpath(rel):
+            holder = session.get(Container, f.container_id)
+            assert holder is not None
+            plan.skipped.append((f"{container_path(session, holder)}/{f.name}",
+                                 f"BIDS path {rel!r} leaves the dataset"))
+            return
+        folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        if wanted and folder.rsplit("/", 1)[-1] in BIDS_DATATYPES and (
+            folder.rsplit("/", 1)[-1] not in wanted
+        ):
+            return
+        plan.add_copy(rel, f, file_version(session, f))
 
     # top-level BIDS files stored on the project
     for f in session.scalars(
@@ -434,34 +516,48 @@ def export_bids(
         if isinstance(bids_info, dict) and bids_info.get("Filename"):
             rel = "/".join(p for p in (bids_info.get("Path") or "", f.name) if p)
             copy(rel, f)
-    subjects = _containers_under(session, root, "subject")
+    only: Container | None = None
+    if root.type in ("session", "acquisition"):
+        sess = root if root.type == "session" else session.get(Container, root.session_id)
+        subject = session.get(Container, root.subject_id)
+        assert sess is not None and subject is not None
+        subjects, fixed = [subject], [sess]
+        only = root if root.type == "acquisition" else None
+    else:
+        subjects, fixed = _containers_under(session, root, "subject"), []
     participants: list[str] = []
     for subject in subjects:
         sub = bids_label(subject.label, "sub-")
         participants.append(f"sub-{sub}")
-        sessions = _containers_under(session, subject, "session")
-        if root.type == "session":
-            sessions = [root]
-        named = [s for s in sessions if s.label != DEFAULT_SESSION]
+        all_sessions = _containers_under(session, subject, "session")
+        sessions = fixed or all_sessions
+        named = [s for s in all_sessions if s.label != DEFAULT_SESSION]
+        if only is None:  # files stored on the subject (*_sessions.tsv)
+            for f in session.scalars(
+                select(File).where(File.container_id == subject.id).order_by(File.name)
+            ).all():
+                bids_info = (f.info or {}).get("BIDS")
+                if isinstance(bids_info, dict) and bids_info.get("Filename"):
+                    copy(f"sub-{sub}/{f.name}", f)
         for sess in sessions:
             ses = bids_label(sess.label, "ses-") if named else None
             base = f"sub-{sub}" + (f"/ses-{ses}" if ses else "")
-            _export_session(session, sess, sub, ses, base, copy, write_bytes, taken, result)
-    if "dataset_description.json" not in taken:
+            _export_session(session, sess, sub, ses, base, copy, plan, wanted, only)
+    if "dataset_description.json" not in plan.paths:
         desc = {
             "Name": project.label,
             "BIDSVersion": BIDS_VERSION,
             "DatasetType": "raw",
-            "GeneratedBy": [{"Name": "hpcgear", "Description": f"export of {path}"}],
+            "GeneratedBy": [{"Name": "hpcgear", "Description": f"export of {source}"}],
         }
-        write_bytes("dataset_description.json", json.dumps(desc, indent=2).encode() + b"\n")
-    if "participants.tsv" not in taken:
+        plan.add_text("dataset_description.json", json.dumps(desc, indent=2) + "\n")
+    if "participants.tsv" not in plan.paths:
         rows = "participant_id\n" + "".join(f"{p}\n" for p in participants)
-        write_bytes("participants.tsv", rows.encode())
-    if "README" not in taken and "README.md" not in taken:
-        write_bytes("README", f"BIDS export of {path} by hpcgear.\n".encode())
-    result.written.sort()
-    return result
+        plan.add_text("participants.tsv", rows)
+    if "README" not in plan.paths and "README.md" not in plan.paths:
+        plan.add_text("README", f"BIDS export of {source} by hpcgear.\n")
+    plan.files.sort(key=lambda t: t.path)
+    return plan
 
 
 def _containers_under(session: Session, node: Container, ctype: str) -> list[Container]:
@@ -485,12 +581,12 @@ def _export_session(
     sub: str,
     ses: str | None,
     base: str,
-    copy: Any,
-    write_bytes: Any,
-    taken: set[str],
-    result: BidsExport,
+    copy: Callable[[str, File], None],
+    plan: BidsPlan,
+    wanted: frozenset[str],
+    only: Container | None,
 ) -> None:
-    holders = [sess, *_containers_under_session(session, sess)]
+    holders = [only] if only is not None else [sess, *_containers_under_session(session, sess)]
     for holder in holders:
         files = session.scalars(
             select(File).where(File.container_id == holder.id).order_by(File.name)
@@ -503,18 +599,18 @@ def _export_session(
             if stem is None:
                 if isinstance(bids_info, dict) and bids_info.get("Filename"):
                     folder = str(bids_info.get("Path") or "")
-                    rel = f"{folder}/{f.name}" if folder else f"{base}/{f.name}"
-                    if rel not in taken:
-                        copy(rel, f)
+                    copy(f"{folder}/{f.name}" if folder else f"{base}/{f.name}", f)
                 continue
             named = _bids_name_for(f, sub, ses)
             if named is None:
-                result.skipped.append((where, "no BIDS name (no BIDS info or classification)"))
+                plan.skipped.append((where, "no BIDS name (no BIDS info or classification)"))
                 continue
             datatype, name = named
+            if wanted and datatype not in wanted:
+                continue
             rel = f"{base}/{datatype}/{name}"
             n = 2
-            while rel in taken:
+            while rel in plan.paths:
                 rel = f"{base}/{datatype}/{_with_run(name, n)}"
                 n += 1
             copy(rel, f)
@@ -527,7 +623,7 @@ def _export_session(
                 copy(f"{new_stem}.json", sidecar)
             else:
                 keys = {k: v for k, v in (f.info or {}).items() if k not in _SKIP_INFO}
-                write_bytes(f"{new_stem}.json", json.dumps(keys, indent=2, default=str).encode())
+                plan.add_text(f"{new_stem}.json", json.dumps(keys, indent=2, default=str))
             for ext in (".bval", ".bvec"):
                 extra = by_stem.get(f"{stem}{ext}") or next(
                     (g for g in files if g.name == f"{stem}{ext}"), None

@@ -12,20 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import Container, Gear, Job
-from hpcgear.errors import InvalidInputError, NotFoundError
+from hpcgear.db.models import Container, Gear
+from hpcgear.errors import NotFoundError
 from hpcgear.jobs.service import (
     PreparedJob,
-    get_job,
     input_spec_from_json,
     prepare_job,
+    retryable_job,
     store_job,
 )
 from hpcgear.jobs.sites import SiteRegistry
-from hpcgear.states import JobState
 
 __all__ = ["retry_with_changes"]
 
@@ -41,18 +39,7 @@ def retry_with_changes(
     dry_run: bool = False,
 ) -> PreparedJob:
     """A new attempt of ``job_id`` with ``config`` merged in and ``tags`` (None: the same)."""
-    old = get_job(session, actor, job_id)
-    state = JobState(old.state)
-    if state not in (JobState.FAILED, JobState.CANCELLED):
-        raise InvalidInputError(
-            f"job {job_id} is {state.value}", "only failed or cancelled jobs can be retried"
-        )
-    newer = session.scalar(select(Job).where(Job.previous_id == old.id))
-    if newer is not None:
-        raise InvalidInputError(
-            f"job {job_id} was already retried as {newer.id}",
-            f"retry the newest attempt: hpcgear job retry {newer.id}",
-        )
+    old = retryable_job(session, actor, job_id)
     gear = session.get(Gear, old.gear_id)
     dest = session.get(Container, old.destination_id)
     if gear is None or dest is None:

@@ -745,15 +745,8 @@ def cancel_job(session: Session, actor: str, job_id: str, reason: str | None = N
     return job
 
 
-def retry_job(
-    session: Session,
-    actor: str,
-    job_id: str,
-    *,
-    reason: str | None = None,
-    resources: Mapping[str, Any] | None = None,
-) -> Job:
-    """A new attempt (new row, linked) of a failed or cancelled job, same snapshot."""
+def retryable_job(session: Session, actor: str, job_id: str) -> Job:
+    """The job ``job_id`` if it may be retried: failed or cancelled, and not retried yet."""
     old = get_job(session, actor, job_id)
     state = JobState(old.state)
     if state not in (JobState.FAILED, JobState.CANCELLED):
@@ -766,6 +759,19 @@ def retry_job(
             f"job {job_id} was already retried as {newer.id}",
             f"retry the newest attempt: hpcgear job retry {newer.id}",
         )
+    return old
+
+
+def retry_job(
+    session: Session,
+    actor: str,
+    job_id: str,
+    *,
+    reason: str | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Job:
+    """A new attempt (new row, linked) of a failed or cancelled job, same snapshot."""
+    old = retryable_job(session, actor, job_id)
     dest = session.get(Container, old.destination_id)
     if dest is not None:
         require_role(session, actor, dest, RoleName.READ_WRITE, "retrying a job")

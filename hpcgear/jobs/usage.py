@@ -24,29 +24,11 @@ from hpcgear.db.models import Container, File, FileVersion, Gear, Job
 from hpcgear.errors import InvalidInputError, PermissionDeniedError
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import resolve_container
-from hpcgear.units import duration_seconds
 
-__all__ = ["BY_KEYS", "UsageReport", "parse_since", "usage_report"]
+__all__ = ["BY_KEYS", "UsageReport", "usage_report"]
 
 By = Literal["user", "gear", "project", "month"]
 BY_KEYS: tuple[str, ...] = ("user", "gear", "project", "month")
-
-
-def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """``--since``: an ISO date/time (UTC unless it says) or a duration ago (7d, 2w)."""
-    now = now or dt.datetime.now(dt.UTC)
-    t = (text or "").strip()
-    ago = duration_seconds(t) if t[-1:].isalpha() else None
-    if ago is not None:
-        return now - dt.timedelta(seconds=ago)
-    try:
-        when = dt.datetime.fromisoformat(t)
-    except ValueError:
-        raise InvalidInputError(
-            f"--since {text!r} is neither a time nor a duration",
-            "write e.g. --since 30d or --since 2026-01-01",
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 @dataclass

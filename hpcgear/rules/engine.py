@@ -87,7 +87,6 @@ from hpcgear.rules.facts import (
 )
 from hpcgear.rules.service import LoadedRule, get_rule_row, load_rule
 from hpcgear.states import JobState
-from hpcgear.units import duration_seconds
 
 
 class ControllerHandles(Protocol):
@@ -185,23 +184,6 @@ def evaluate_for_controller(ctx: ControllerHandles) -> int:
 def check_evaluator(session: Session, actor: str) -> None:
     """``hpcgear rules evaluate`` acts for every project's rules: site admins only."""
     require_site_admin(session, actor, "evaluating gear rules")
-
-
-def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """``--since``: an ISO date/time (UTC unless it says) or a duration ago (30m, 2h, 7d, 1w)."""
-    now = now or dt.datetime.now(dt.UTC)
-    t = (text or "").strip()
-    ago = duration_seconds(t) if t[-1:].isalpha() else None
-    if ago is not None:
-        return now - dt.timedelta(seconds=ago)
-    try:
-        when = dt.datetime.fromisoformat(t)
-    except ValueError:
-        raise InvalidInputError(
-            f"--since {text!r} is neither a time nor a duration",
-            "write e.g. --since 2h, --since 7d or --since 2026-01-31T08:00",
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 # --------------------------------------------------------------------- feeds

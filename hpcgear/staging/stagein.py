@@ -3,7 +3,9 @@
 ``stage_in`` creates every directory of :class:`~hpcgear.render.paths.JobPaths`
 (mode 0700: job directories are not world-readable), copies each file input
 from permanent storage to ``flywheel/v0/input/<input>/<file>``, and writes
-``config.json``, ``.hpcgear/gear.env`` (0600) and ``.hpcgear/job.sbatch``.
+``config.json``, ``.hpcgear/gear.env`` (0600) and ``.hpcgear/job.sbatch``. A gear
+that asks for a BIDS view gets a tree of files (planned on the database side,
+written here) below ``flywheel/v0/work/bids`` or where its manifest says.
 
 Copies are verified end to end. Locally, :meth:`ObjectStore.copy_to` hashes
 the bytes while copying and renames into place. Through SSH the object is
@@ -34,14 +36,14 @@ import logging
 import os
 import posixpath
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcgear.errors import HpcgearError, StagingError
 from hpcgear.render.paths import JobPaths
 from hpcgear.scheduler.transport import Transport
-from hpcgear.spec import InputSpec, JobSpec
+from hpcgear.spec import InputSpec, JobSpec, TreeFile, safe_relpath
 from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
 from hpcgear.storage.objects import ObjectStore
 
@@ -71,6 +73,8 @@ class StageInResult:
     config_sha256: str
     env_sha256: str
     script_sha256: str  # same form as RenderedScript.sha256
+    tree_dir: str | None = None  # where a staged tree (a BIDS view) went
+    tree_files: int = 0
 
     @property
     def bytes_copied(self) -> int:
@@ -111,6 +115,8 @@ def stage_in(
     config_json: Mapping[str, object],
     gear_env: str,
     script_text: str,
+    tree: Sequence[TreeFile] = (),
+    tree_dir: str | None = None,
 ) -> StageInResult:
     """Create (or finish) the job directory for ``spec`` at ``paths``.
 
@@ -126,6 +132,10 @@ def stage_in(
         Env-file text (``hpcgear.runtimes.envfile.render_gear_env``).
     script_text
         The rendered sbatch script (``RenderedScript.text``).
+    tree, tree_dir
+        Files to write below ``flywheel/v0/<tree_dir>`` (a gear's BIDS view,
+        ``hpcgear.ingest.bids.bids_view``); the directory is written afresh,
+        stored objects hash-checked as inputs are.
 
     Raises
     ------
@@ -149,6 +159,9 @@ def stage_in(
         if not fresh:
             _prune_inputs(transport, paths, {i.name: i.file_name or "" for i in inputs})
         staged = _stage_inputs(transport, store, spec, inputs, paths)
+        tree_root = None
+        if tree_dir is not None:
+            tree_root = _stage_tree(transport, store, spec, paths, tree_dir, tree)
         transport.write_text(paths.config_json, config_text, mode=FILE_MODE)
         transport.write_text(paths.env_file, gear_env, mode=FILE_MODE)
         transport.write_text(paths.sbatch, script_text, mode=SCRIPT_MODE)
@@ -161,7 +174,41 @@ def stage_in(
     logger.info("job %s a%s: staged %d input(s) in %s (%d copied)", spec.job_id, spec.attempt,
                 len(staged), paths.root, sum(1 for s in staged if s.copied))
     return StageInResult(paths, tuple(staged), _text_sha256(config_text),
-                         _text_sha256(gear_env), _text_sha256(script_text))
+                         _text_sha256(gear_env), _text_sha256(script_text),
+                         tree_root, len(tree) if tree_root else 0)
+
+
+def _stage_tree(transport: Transport, store: ObjectStore, spec: JobSpec, paths: JobPaths,
+                tree_dir: str, tree: Sequence[TreeFile]) -> str:
+    """Write ``tree`` afresh below ``flywheel/v0/<tree_dir>``; returns that directory."""
+    parts = tree_dir.split("/")
+    if not safe_relpath(tree_dir) or parts[0] not in ("work", "input") or len(parts) < 2:
+        raise StagingError(f"job {spec.job_id}: tree directory {tree_dir!r} is not below "
+                           "work/ or input/", 'use e.g. "work/bids"')
+    root = posixpath.join(paths.flywheel, *parts)
+    bad = [t.path for t in tree if not safe_relpath(t.path)
+           or (t.text is None) == (t.sha256 is None)]
+    if bad:
+        raise StagingError(f"job {spec.job_id}: tree file {bad[0]!r} is not a relative path "
+                           "with one source", "this is a bug in the tree's producer")
+    if transport.exists(root):
+        transport.remove_tree(root)
+    transport.mkdir(root, mode=DIR_MODE)
+    targets = [(t, posixpath.join(root, t.path)) for t in tree]
+    dirs = {posixpath.join(root, *t.path.split("/")[:n])
+            for t in tree for n in range(1, t.path.count("/") + 1)}
+    for d in sorted(dirs):  # parents first, each 0700 (mkdir -p would use the umask)
+        transport.mkdir(d, mode=DIR_MODE)
+    objects = []
+    for t, path in targets:
+        if t.text is not None:
+            transport.write_text(path, t.text, mode=FILE_MODE)
+        else:
+            objects.append((t.sha256 or "", t.size, path))
+    _put_objects(transport, store, spec, objects)
+    logger.info("job %s a%s: staged a tree of %d file(s) in %s", spec.job_id, spec.attempt,
+                len(tree), root)
+    return root
 
 
 def _reset_run_state(transport: Transport, paths: JobPaths) -> None:
@@ -224,32 +271,39 @@ def _stage_inputs(transport: Transport, store: ObjectStore, spec: JobSpec,
             todo.append((item, path))
     if not todo:
         return staged
-    if is_local(transport):
-        for item, path in todo:
-            store.copy_to(item.sha256 or "", Path(path))
-            os.chmod(path, FILE_MODE)
-            staged.append(StagedFile(item.name, item.file_name or "", path, item.sha256 or "",
-                                     item.size or 0, copied=True))
-        return staged
-    store.ensure()
-    # The verified local copy goes next to storage (room for large inputs), not /tmp.
-    with tempfile.TemporaryDirectory(prefix="stagein-", dir=store.tmp) as tmp:
-        for n, (item, path) in enumerate(todo):
-            local = Path(tmp) / f"in-{n}"
-            store.copy_to(item.sha256 or "", local)  # verified on the way out of storage
-            transport.put(local, path, mode=FILE_MODE)
-            local.unlink()
-    remote = remote_sha256(transport, [p for _i, p in todo],
-                           total_bytes=sum(i.size or 0 for i, _p in todo))
+    _put_objects(transport, store, spec, [(i.sha256 or "", i.size or 0, p) for i, p in todo])
     for item, path in todo:
-        got = remote.get(path)
-        if got != item.sha256:
-            raise StagingError(
-                f"job {spec.job_id}: input {path} arrived as {got or 'nothing'}, "
-                f"expected {item.sha256}",
-                "the copy was damaged or the scratch file system is failing; hpcgear retries",
-                transient=True,
-            )
         staged.append(StagedFile(item.name, item.file_name or "", path, item.sha256 or "",
                                  item.size or 0, copied=True))
     return staged
+
+
+def _put_objects(transport: Transport, store: ObjectStore, spec: JobSpec,
+                 todo: Sequence[tuple[str, int, str]]) -> None:
+    """Copy stored objects ``(sha256, size, path)`` to the scheduler's side, verified."""
+    if not todo:
+        return
+    if is_local(transport):
+        for digest, _size, path in todo:
+            store.copy_to(digest, Path(path))  # hashed while copying
+            os.chmod(path, FILE_MODE)
+        return
+    store.ensure()
+    # The verified local copy goes next to storage (room for large inputs), not /tmp.
+    with tempfile.TemporaryDirectory(prefix="stagein-", dir=store.tmp) as tmp:
+        for n, (digest, _size, path) in enumerate(todo):
+            local = Path(tmp) / f"in-{n}"
+            store.copy_to(digest, local)  # verified on the way out of storage
+            transport.put(local, path, mode=FILE_MODE)
+            local.unlink()
+    remote = remote_sha256(transport, [p for _d, _s, p in todo],
+                           total_bytes=sum(size for _d, size, _p in todo))
+    for digest, _size, path in todo:
+        got = remote.get(path)
+        if got != digest:
+            raise StagingError(
+                f"job {spec.job_id}: input {path} arrived as {got or 'nothing'}, "
+                f"expected {digest}",
+                "the copy was damaged or the scratch file system is failing; hpcgear retries",
+                transient=True,
+            )

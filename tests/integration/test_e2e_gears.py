@@ -128,3 +128,47 @@ def test_gear_writing_200mb_to_tmp_and_home(inst: Instance) -> None:
     inst.cycle_until(lambda: inst.state(jid) in ("complete", "failed"), 240, "job done")
     job = inst.job(jid)
     assert job["state"] == "complete", (job, inst.cli.ok("job", "logs", jid).out)
+
+
+@pytest.mark.parametrize("ssh", [pytest.param(False, id="local"),
+                                 pytest.param(True, id="ssh", marks=pytest.mark.ssh)])
+def test_bids_app_gets_the_bids_view_it_asks_for(dev_env: DevEnv, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 ssh: bool) -> None:
+    """test-bids-app (manifest: bids-view, bids-app-data-types anat+func) run on a session
+    finds exactly what `export bids` writes for that session in /flywheel/v0/work/bids,
+    staged locally and over SSH; provenance names every stored file it was given."""
+    from tests.unit.test_bids import check_bids, make_bids
+
+    inst = _make_instance(dev_env, tmp_path, monkeypatch, ssh=ssh)
+    inst.cli.ok("gear", "build", str(REPO / "containers" / "test-bids-app"))
+    inst.cli.ok("ingest", "bids", str(make_bids(tmp_path / "ds")), "--group", "lab",
+                "--project", "p")
+    dest = "lab/p/sub-01/default"
+    jid = inst.cli.ok("run", "test-bids-app", "--dest", dest, "--tag", "hpc",
+                      "--config", "num_files=0", "--json").json()["id"]
+    inst.cycle_until(lambda: inst.state(jid) in ("complete", "failed"), 300, "BIDS app done")
+    job = inst.job(jid)
+    assert job["state"] == "complete", (job, inst.cli.ok("job", "logs", jid).out)
+    analysis = next(e for e in inst.cli.ok("ls", dest, "--json").json()
+                    if e["kind"] == "analysis")
+    got = tmp_path / "got"
+    inst.cli.ok("download", f"{dest}/{analysis['label']}/bids-view.sha256", "--out", str(got))
+    seen = {line.split("  ./", 1)[1]: line.split()[0]
+            for line in (got / "bids-view.sha256").read_text().splitlines()}
+    exported = tmp_path / "export"
+    inst.cli.ok("export", "bids", dest, "--out", str(exported))
+    check_bids(exported)
+    want = {str(p.relative_to(exported)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in exported.rglob("*") if p.is_file()}
+    assert seen == want
+    assert "sub-01/func/sub-01_task-rest_bold.nii.gz" in seen
+    prov = inst.cli.ok("provenance", "show", jid, "--json").json()
+    viewed = {i["name"] for i in prov["record"]["inputs"] if i.get("role") == "bids-view"}
+    assert viewed == set(want), "every file of the view is a stored one here"
+    if not ssh:  # job debug stages a copy with its view, and the copy runs the same way
+        plan = inst.cli.ok("job", "debug", jid, "--json").json()
+        copy = Path(plan["job_dir"]) / "flywheel/v0/work/bids"
+        assert {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()} == set(want)
+        run = inst.cli.run("job", "debug", jid, "--run")
+        assert run.code == 0, run.err

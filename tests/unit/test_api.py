@@ -452,3 +452,76 @@ def test_api_uploads_into_a_profiled_project_are_deidentified(api: Api) -> None:
         with api.store.open(file_version(s, f).hash) as fh:
             assert b"Api^Secret" not in fh.read()
         assert f.info["hpcgear"]["deid"]["profile"] == "ps3.15-basic"
+
+
+def test_job_cancel_over_http_conflict_is_409(api: Api) -> None:
+    """``fw.modify_job(id, {"state": "cancelled"})``: 403 for others (nothing changes), 200
+    for the requester, then 409 (already final), 422 for any other change; JSON errors."""
+    c = api.client
+    _m, url, kw = _mutations(api)["job"]
+    job_id = c.post(url, headers=api.h("rw"), **kw).json()["_id"]
+    for who, statuses in (("ro", (403,)), ("nobody", (403, 404)), ("revoked", (401,)),
+                          ("expired-job", (401,))):
+        before = _rows(api.db)
+        r = c.put(f"/api/jobs/{job_id}", headers=api.h(who), json={"state": "cancelled"})
+        assert r.status_code in statuses, (who, r.text)
+        assert set(r.json()) == {"status", "message", "hint"}
+        assert _rows(api.db) == before
+    r = c.put(f"/api/jobs/{job_id}", headers=api.h("rw"), json={"state": "running"})
+    assert r.status_code == 422 and r.json()["hint"]
+    r = c.put(f"/api/jobs/{job_id}", headers=api.h("rw"), json={"state": "cancelled"})
+    assert r.status_code == 200, r.text
+    assert c.get(f"/api/jobs/{job_id}", headers=api.h("rw")).json()["state"] == "cancelled"
+    r = c.put(f"/api/jobs/{job_id}", headers=api.h("rw"), json={"state": "cancelled"})
+    assert r.status_code == 409 and "already cancelled" in r.json()["message"], r.text
+    assert r.json()["hint"] and "Traceback" not in r.text
+    assert c.put("/api/jobs/nope", headers=api.h("rw"),
+                 json={"state": "cancelled"}).status_code == 404
+
+
+def test_file_content_by_id_streams_to_readers_only(api: Api) -> None:
+    from sqlalchemy import select
+
+    from hpcgear.db.models import File
+
+    with api.db.session() as s:
+        fid = s.scalar(select(File.id).where(File.container_id == api.ids["acq"]))
+        other = s.scalar(select(File.id).where(File.container_id == api.ids["other"]))
+    r = api.client.get(f"/api/hpcgear/files/{fid}/content", headers=api.h("ro"))
+    assert r.status_code == 200 and r.content == b"input\n"
+    assert r.headers["x-hpcgear-hash"].startswith("sha256:")
+    assert api.client.get(f"/api/hpcgear/files/{fid}/content?version=9",
+                          headers=api.h("ro")).status_code == 404
+    for who, status in (("nobody", 403), ("revoked", 401), ("expired-job", 401)):
+        r = api.client.get(f"/api/hpcgear/files/{fid}/content", headers=api.h(who))
+        assert r.status_code == status and set(r.json()) == {"status", "message", "hint"}
+    r = api.client.get(f"/api/hpcgear/files/{other}/content", headers=api.h("rw"))
+    assert r.status_code == 403
+
+
+def test_staged_uploads_are_bounded_by_the_upload_cap(api: Api) -> None:
+    """POST /api/hpcgear/stage streams a tar past the 4 KiB JSON cap but not past the
+    upload cap, with or without a Content-Length (chunked), as a JSON 413/422 error."""
+    import io
+    import tarfile
+
+    from hpcgear.api.app import ApiLimits
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"y" * (64 << 10)
+        info = tarfile.TarInfo("big.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    body = buf.getvalue()
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+    assert r.status_code == 200 and r.json()["stage"], r.text
+    api.client.app.state.hpcgear.limits = ApiLimits(max_body=4096, max_upload=16 << 10)
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+    assert r.status_code == 413 and set(r.json()) == {"status", "message", "hint"}
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"),
+                        content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]))
+    assert r.status_code == 413 and set(r.json()) == {"status", "message", "hint"}
+    staged = api.store.tmp / "api-transfers"
+    assert sorted(p.name[:5] for p in staged.iterdir()) == ["stage"]  # the refused left nothing
+

@@ -5,8 +5,12 @@ dataset rules (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel
 import pytest
@@ -26,7 +30,9 @@ def make_bids(root: Path) -> Path:
     (root / "derivatives" / "x").mkdir(parents=True)
     shutil.copy(NIB_DATA / "anatomical.nii", root / "sub-01/anat/sub-01_T1w.nii")
     (root / "sub-01/anat/sub-01_T1w.json").write_text('{"RepetitionTime": 2.3}')
-    shutil.copy(NIB_DATA / "example4d.nii.gz", root / "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    bold = nibabel.load(NIB_DATA / "example4d.nii.gz")
+    bold.header.set_xyzt_units("mm", "msec")  # its TR is 2000: ms, as the sidecar's 2.0 s says
+    nibabel.save(bold, root / "sub-01/func/sub-01_task-rest_bold.nii.gz")
     (root / "sub-01/func/sub-01_task-rest_bold.json").write_text(
         '{"RepetitionTime": 2.0, "TaskName": "rest"}'
     )
@@ -44,9 +50,14 @@ def make_bids(root: Path) -> Path:
 
 
 def check_bids(out: Path) -> None:
-    """The BIDS validator on every path, plus the spec's dataset-level rules."""
+    """The BIDS validator (bids-validator-deno: the specification's schema, sidecars, NIfTI
+    headers) finds no error; the path rules of the ``bids_validator`` package hold for every
+    file; plus the spec's dataset-level rules spelled out."""
     from bids_validator import BIDSValidator
 
+    errors = [f"{i['code']} {i.get('subCode') or ''} {i.get('location')}"
+              for i in run_bids_validator(out) if i["severity"] == "error"]
+    assert errors == []
     validator = BIDSValidator()
     files = [p for p in out.rglob("*") if p.is_file()]
     bad = [str(p.relative_to(out)) for p in files if not validator.is_bids(
@@ -64,6 +75,30 @@ def check_bids(out: Path) -> None:
     listed = {line.split("\t")[0]
               for line in (out / "participants.tsv").read_text().splitlines()[1:]}
     assert subjects <= listed
+
+
+def run_bids_validator(root: Path) -> list[dict[str, Any]]:
+    """Every issue the BIDS validator (``bids-validator-deno``, a test dependency) reports."""
+    exe = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or \
+        shutil.which("bids-validator-deno")
+    assert exe, "bids-validator-deno is missing: pip install -e '.[test]'"
+    res = subprocess.run([exe, str(root), "--format", "json"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        issues: list[dict[str, Any]] = json.loads(res.stdout)["issues"]["issues"]
+    except (ValueError, KeyError):
+        pytest.fail(f"bids-validator-deno gave no JSON (exit {res.returncode}): "
+                    f"{res.stdout[:300]} {res.stderr[:300]}")
+    return issues
+
+
+def test_the_validator_catches_a_broken_dataset(tmp_path: Path) -> None:
+    """It can fail: no dataset_description.json, a sidecar without its required keys."""
+    root = make_bids(tmp_path / "ds")
+    (root / "dataset_description.json").unlink()
+    (root / "sub-01/func/sub-01_task-rest_bold.json").write_text("{}")
+    codes = {i["code"] for i in run_bids_validator(root) if i["severity"] == "error"}
+    assert {"MISSING_DATASET_DESCRIPTION", "SIDECAR_KEY_REQUIRED"} <= codes, codes
 
 
 @pytest.fixture
@@ -112,6 +147,60 @@ def test_ingest_bids_keeps_every_file_and_exports_valid_bids(env: CliEnv, tmp_pa
     check_bids(one)
     assert json.loads((one / "sub-02/anat/sub-02_T1w.json").read_text()) == {}
     one_clear_error(env.run("export", "bids", f"{GROUP}/nope", "--out", str(one)), "nope")
+
+
+def test_export_a_subject_or_a_session_path(env: CliEnv, tmp_path: Path) -> None:
+    """``export bids G/P/SUBJECT`` and ``G/P/SUBJECT/SESSION``: that subject's or session's
+    tree only, with the project's top-level files and the subject's ``*_sessions.tsv``."""
+    src = tmp_path / "ds"
+    for ses in ("ses-1", "ses-2"):
+        (src / "sub-01" / ses / "anat").mkdir(parents=True)
+        shutil.copy(NIB_DATA / "anatomical.nii", src / f"sub-01/{ses}/anat/sub-01_{ses}_T1w.nii")
+        (src / f"sub-01/{ses}/anat/sub-01_{ses}_T1w.json").write_text('{"RepetitionTime": 2}')
+        (src / f"sub-01/{ses}/sub-01_{ses}_scans.tsv").write_text(
+            f"filename\tacq_time\nanat/sub-01_{ses}_T1w.nii\tn/a\n")
+    (src / "sub-02" / "ses-1" / "anat").mkdir(parents=True)
+    shutil.copy(NIB_DATA / "anatomical.nii", src / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii")
+    (src / "sub-01/sub-01_sessions.tsv").write_text("session_id\nses-1\nses-2\n")
+    (src / "dataset_description.json").write_text(json.dumps({"Name": "s", "BIDSVersion": "1.9.0"}))
+    env.ok("ingest", "bids", str(src), "--group", GROUP, "--project", "study", "--json")
+    sub = env.ok("export", "bids", f"{GROUP}/study/sub-01", "--out", str(tmp_path / "sub"),
+                 "--json").json()
+    assert sub["written"] == [
+        "README", "dataset_description.json", "participants.tsv",
+        "sub-01/ses-1/anat/sub-01_ses-1_T1w.json", "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii",
+        "sub-01/ses-1/sub-01_ses-1_scans.tsv",
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.json", "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii",
+        "sub-01/ses-2/sub-01_ses-2_scans.tsv",
+        "sub-01/sub-01_sessions.tsv"]
+    check_bids(tmp_path / "sub")
+    ses = env.ok("export", "bids", f"{GROUP}/study/sub-01/ses-2", "--out",
+                 str(tmp_path / "ses"), "--json").json()
+    assert ses["written"] == [
+        "README", "dataset_description.json", "participants.tsv",
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.json", "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii",
+        "sub-01/ses-2/sub-01_ses-2_scans.tsv", "sub-01/sub-01_sessions.tsv"]
+    check_bids(tmp_path / "ses")
+    assert (tmp_path / "ses/participants.tsv").read_text() == "participant_id\nsub-01\n"
+    # too deep, or not there: one clear error each
+    one_clear_error(env.run("export", "bids", f"{GROUP}/study/sub-01/ses-2/anat", "--out",
+                            str(tmp_path / "x")), "anat")
+    one_clear_error(env.run("export", "bids", f"{GROUP}/study/sub-09", "--out",
+                            str(tmp_path / "x")), "sub-09")
+
+
+def test_export_refuses_a_bids_path_that_leaves_the_dataset(env: CliEnv, tmp_path: Path) -> None:
+    """info.BIDS is user-editable; a Path with '..' is skipped and named, never followed."""
+    (tmp_path / "evil.tsv").write_text("x\n")
+    env.ok("upload", f"{GROUP}/study", str(tmp_path / "evil.tsv"))
+    env.ok("info", "set", f"{GROUP}/study/evil.tsv",
+           'BIDS={"Path": "../../escaped", "Filename": "evil.tsv"}')
+    out = tmp_path / "deep" / "out"
+    res = env.ok("export", "bids", f"{GROUP}/study", "--out", str(out), "--json").json()
+    assert "leaves the dataset" in res["skipped"][0]["reason"]
+    assert res["skipped"][0]["path"] == f"{GROUP}/study/evil.tsv"
+    assert not (tmp_path / "escaped").exists()
+    assert "evil.tsv" not in {p.name for p in out.rglob("*")}
 
 
 def test_export_names_from_classification(env: CliEnv, tmp_path: Path) -> None:

@@ -32,7 +32,9 @@ from hpcgear.scheduler.runner import CompletedCommand
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"
-BUNDLED = ("dcm2niix", "dicom-header", "nifti-header", "test-gear", "test-analysis", "api-gear")
+BUNDLED = ("dcm2niix", "dicom-header", "nifti-header", "test-gear", "test-analysis", "api-gear",
+           "test-bids-app")
+SHARED_IMAGE = ("test-analysis", "test-bids-app")
 MIRROR = "http://deb.example.org/debian"
 
 
@@ -55,8 +57,9 @@ def test_bundled_recipe_is_valid(name: str) -> None:
     assert (recipe.gear_dir / "README.md").is_file()
 
 
-def test_test_analysis_reuses_the_test_gear_image() -> None:
-    analysis = load_recipe(CONTAINERS / "test-analysis")
+@pytest.mark.parametrize("name", SHARED_IMAGE)
+def test_test_analysis_reuses_the_test_gear_image(name: str) -> None:
+    analysis = load_recipe(CONTAINERS / name)
     gear = load_recipe(CONTAINERS / "test-gear")
     assert analysis.manifest.category == "analysis" and gear.manifest.category == "utility"
     assert analysis.shares_image and analysis.recipe_dir == gear.gear_dir
@@ -64,7 +67,7 @@ def test_test_analysis_reuses_the_test_gear_image() -> None:
     assert analysis.manifest.config_names == gear.manifest.config_names
 
 
-@pytest.mark.parametrize("name", [n for n in BUNDLED if n != "test-analysis"])
+@pytest.mark.parametrize("name", [n for n in BUNDLED if n not in SHARED_IMAGE])
 def test_checked_in_definition_matches_the_recipe(name: str) -> None:
     recipe = load_recipe(CONTAINERS / name)
     checked_in = (CONTAINERS / name / DEFINITION_FILE).read_text()
@@ -74,7 +77,7 @@ def test_checked_in_definition_matches_the_recipe(name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", [n for n in BUNDLED if n != "test-analysis"])
+@pytest.mark.parametrize("name", [n for n in BUNDLED if n not in SHARED_IMAGE])
 def test_definition_parses_with_spython(name: str) -> None:
     from spython.main.parse.parsers import SingularityParser
 

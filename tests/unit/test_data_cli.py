@@ -471,6 +471,43 @@ def test_view_csv_tsv_json_filters_and_saved_views(data: Data) -> None:
     assert_one_clear_error(env.run("view", "run", "imaging/study1", "nope"), "no view")
 
 
+def test_file_level_view_lists_files_of_every_level(data: Data) -> None:
+    """Files attached to a subject, a session or the project are rows too (their lower
+    levels' columns empty), and filters and saved views see them."""
+    env, src = data.env, data.tmp / "src"
+    (src / "consent.pdf").write_bytes(b"%PDF-1.4 consent")
+    (src / "sub-01_scans.tsv").write_text("filename\tacq_time\n")
+    (src / "participants.tsv").write_text("participant_id\nsub-01\n")
+    env.ok("upload", "imaging/study1/sub-01", str(src / "consent.pdf"))
+    env.ok("upload", SESSION, str(src / "sub-01_scans.tsv"))
+    env.ok("upload", "imaging/study1", str(src / "participants.tsv"))
+    env.ok("info", "set", f"{SESSION}/sub-01_scans.tsv", "kind=scans")
+    cols = "subject.label,session.label,acquisition.label,file.name,file.path"
+    rows = env.ok("view", "imaging/study1", "--columns", cols, "--level", "file",
+                  "--format", "json").json()
+    by_name = {r["file.name"]: r for r in rows}
+    assert set(by_name) == {"scan.nii.gz", "scan.json", "bold.nii.gz", "notes.txt",
+                            "consent.pdf", "sub-01_scans.tsv", "participants.tsv"}
+    assert by_name["consent.pdf"] == {
+        "subject.label": "sub-01", "session.label": None, "acquisition.label": None,
+        "file.name": "consent.pdf", "file.path": "imaging/study1/sub-01/consent.pdf"}
+    assert by_name["sub-01_scans.tsv"]["session.label"] == "ses-01"
+    assert by_name["sub-01_scans.tsv"]["acquisition.label"] is None
+    assert by_name["participants.tsv"]["subject.label"] is None
+    assert by_name["scan.nii.gz"]["acquisition.label"] == "T1w"
+    info = env.ok("view", "imaging/study1", "--columns", "session.label,file.name",
+                  "--filter", "file.info.kind=scans", "--format", "csv").out
+    assert info.splitlines() == ["session.label,file.name", "ses-01,sub-01_scans.tsv"]
+    only_subject = env.ok("view", "imaging/study1", "--columns", "file.name",
+                          "--filter", "subject.label=sub-01", "--filter",
+                          "file.name=~\\.(pdf|tsv)$", "--json").json()
+    assert only_subject == [{"file.name": "consent.pdf"}, {"file.name": "sub-01_scans.tsv"}]
+    # a recursive download takes them too, at their hierarchy paths
+    plan = env.ok("download", "imaging/study1", "-r", "--dry-run", "--json").json()
+    assert {"imaging/study1/participants.tsv", "imaging/study1/sub-01/consent.pdf",
+            f"{SESSION}/sub-01_scans.tsv"} <= {f["path"] for f in plan["files"]}
+
+
 def test_find(data: Data) -> None:
     env = data.env
     env.ok("tag", "add", "imaging/study1/sub-02", "pilot")
@@ -721,3 +758,30 @@ def _race(db_url: str, tmp_path: Path) -> None:
         _c, f = service.resolve_file(s, "admin", path, service.RoleName.READ_ONLY)
         assert sorted(f.classification["Features"]) == ["A", "B"]
     db.dispose()
+
+
+def test_move_an_acquisition_and_an_analysis(data: Data) -> None:
+    """mv takes every kind the issue names: here an acquisition and an analysis, each
+    keeping its id, its files and the job that made the analysis, each move recorded."""
+    env = data.env
+    acq_id = _container_id(env, SESSION, "rest")
+    other = "imaging/study1/sub-02/ses-01"
+    before = db_snapshot(env)
+    assert_one_clear_error(env.run("mv", ACQ, other), "already has an acquisition 'T1w'")
+    assert db_snapshot(env) == before
+    moved = env.ok("mv", f"{SESSION}/rest", other, "--json").json()
+    assert (moved["kind"], moved["id"], moved["to"]) == ("acquisition", acq_id, f"{other}/rest")
+    assert {e["name"] for e in env.ok("ls", f"{other}/rest", "--json").json()} == {
+        "bold.nii.gz"}
+    moved = env.ok("mv", data.apath, other, "--json").json()
+    assert (moved["kind"], moved["id"]) == ("analysis", data.analysis["id"])
+    entry = next(e for e in env.ok("ls", other, "--json").json() if e["kind"] == "analysis")
+    assert entry["job_id"] == data.job_id
+    assert "report.html" in {e["name"] for e in env.ok(
+        "ls", f"{other}/{entry['label']}", "--json").json()}
+    assert "report.html" in env.ok("provenance", "show", data.job_id).out
+    hist = env.ok("history", "--json").json()
+    assert [(h["action"], h["to"]) for h in hist][-2:] == [
+        ("move", f"{other}/rest"), ("move", f"{other}/{entry['label']}")]
+    # an analysis holds files, not containers: nothing moves into it
+    assert_one_clear_error(env.run("mv", f"{other}/rest", f"{other}/{entry['label']}"), "")

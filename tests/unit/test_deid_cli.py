@@ -181,3 +181,65 @@ def test_upload_zip_of_dicom_is_deidentified(env: CliEnv, tmp_path: Path) -> Non
     out = tmp_path / "p"
     env.ok("download", f"{GROUP}/demo/a/b/c/plain.zip", "--out", str(out))
     assert (out / "plain.zip").read_bytes() == plain.read_bytes()
+
+
+SECRETS = {"PatientName": "Hidden^Person", "PatientID": "MRN-51505", "AccessionNumber": "ACC-51505",
+           "OtherPatientIDs": "OTHER-51505", "PatientAddress": "1 Hidden Lane",
+           "InstitutionName": "Clinic Of Secrets", "ReferringPhysicianName": "Dr^Whistle",
+           "PatientBirthDate": "19800101"}
+
+
+def _every_stored_byte(root: Path) -> list[tuple[str, bytes]]:
+    """Every file under ``root`` (objects, temp files), zip members opened."""
+    import io
+
+    out = []
+    for p in root.rglob("*"):
+        if not p.is_file():
+            continue
+        data = p.read_bytes()
+        out.append((str(p), data))
+        if data[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                out += [(f"{p}!{n}", zf.read(n)) for n in zf.namelist()]
+    return out
+
+
+@pytest.mark.parametrize("how", ["--de-identify", "attached"])
+def test_nothing_identifying_reaches_storage_logs_or_the_database(
+    env: CliEnv, tmp_path: Path, how: str
+) -> None:
+    """The identifying values of the source DICOM appear nowhere after an ingest and an
+    upload into a de-identifying project: not in any stored object or temp file (zip
+    members opened), not in any database row, not in the debug log or the output."""
+    from hpcgear.config.settings import load_settings
+    from tests.unit.test_cli_core import db_snapshot
+
+    d = tmp_path / "in"
+    extra = {k: v for k, v in SECRETS.items() if k not in ("PatientName", "PatientID")}
+    write_series(d, study="S", series="s", number=1, description="T1w", count=2,
+                 patient_name=SECRETS["PatientName"], patient_id=SECRETS["PatientID"],
+                 extra=extra)
+    flags = ["--de-identify"] if how == "--de-identify" else []
+    if how == "attached":
+        env.ok("deid", "attach", f"{GROUP}/demo", "ps3.15-basic")
+    ingest = env.run("-vv", "ingest", "dicom", str(d), "--group", GROUP, "--project", "demo",
+                     "--subject", "s1", *flags, "--json")
+    assert ingest.code == 0, ingest.err
+    assert '"status": "new"' in ingest.out
+    if how == "attached":  # an upload of the same files into the project, too
+        up = env.run("-vv", "upload", f"{GROUP}/demo/s2/v1/raw", *map(str, sorted(d.iterdir())))
+        assert up.code == 0, up.err
+        logs = ingest.out + ingest.err + up.out + up.err
+    else:
+        logs = ingest.out + ingest.err
+    assert "DEBUG" in logs or "debug" in logs.lower(), "the debug log was on"
+    storage = load_settings(env.config).storage_root
+    rows = repr(db_snapshot(env))
+    blobs = _every_stored_byte(Path(storage))
+    assert blobs, "something was stored"
+    for key, secret in SECRETS.items():
+        assert secret not in logs, f"{key} in the log or output"
+        assert secret not in rows, f"{key} in the database"
+        for where, data in blobs:
+            assert secret.encode() not in data, f"{key} in {where}"

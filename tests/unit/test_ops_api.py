@@ -82,11 +82,18 @@ def test_controller_status_and_health_through_a_key(
                  now=dt.datetime.now(dt.UTC))
     app.close()
     res = client.run("controller", "health")
-    assert res.code == 1 and "squeue timed out" in res.out, (res.out, res.err)
-    # running or exporting stays with the admins on the server: never sent with a key
-    monkeypatch.setenv("HPCGEAR_API_KEY", "h:1:secret")
+    assert res.code == 1 and "1 error(s)" in res.out, (res.out, res.err)
+    # error texts name other users' jobs and paths: only site admins read them
+    assert "squeue timed out" not in res.out
+    listed = client.ok("controller", "status", "--json").json()
+    assert "squeue timed out" not in str(listed) and listed[0]["recent_errors"]
+    assert "squeue timed out" in server.ok("controller", "status", "--json").out
+    # running or exporting stays with the admins on the server: refused with a key
     for sub in ("run", "once", "metrics"):
-        assert remote_key(["controller", sub]) is None
+        res = client.run("controller", sub)
+        assert res.code == 4 and "does not run through the API" in res.err, res.err
+        assert "\nhint: " in res.err
+    monkeypatch.setenv("HPCGEAR_API_KEY", "h:1:secret")
     assert remote_key(["controller", "status", "--json"]) == "h:1:secret"
     assert remote_key(["--config", "x", "controller", "health"]) == "h:1:secret"
 

@@ -13,8 +13,9 @@ from hpcgear.errors import HpcgearError, PermissionDeniedError
 from hpcgear.hierarchy import service as hs
 from hpcgear.jobs.sites import SiteRegistry
 from hpcgear.rules import cursors
-from hpcgear.rules.engine import evaluate, evaluate_for_controller, parse_since, test_rule
+from hpcgear.rules.engine import evaluate, evaluate_for_controller, test_rule
 from hpcgear.states import JobState
+from hpcgear.units import parse_since
 from tests.unit.rules_support import ADMIN, GEARS, REPO, World, world_fixture  # noqa: F401
 
 DICOM_RULE = """

@@ -24,7 +24,7 @@ from hpcgear.errors import StagingError
 from hpcgear.render.paths import JobPaths
 from hpcgear.scheduler.runner import CompletedCommand
 from hpcgear.scheduler.transport import FileStat, LocalTransport, PathLike, Transport
-from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
+from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources, TreeFile
 from hpcgear.staging.checksums import parse_sha256sum
 from hpcgear.staging.gc import GcDecision, ScratchDir, list_scratch, plan_gc, remove_scratch
 from hpcgear.staging.metadata import InvalidMetadataError
@@ -217,6 +217,71 @@ def test_stage_in_missing_object_is_a_staging_error(transport_cls: type, store: 
     store.delete(spec.inputs[0].sha256 or "")
     with pytest.raises(StagingError, match="missing from storage"):
         do_stage_in(transport_cls(), store, spec, paths)
+
+
+@pytest.mark.parametrize("transport_cls", TRANSPORTS)
+@pytest.mark.parametrize("where", ["work/bids", "input/bids"])
+def test_stage_in_writes_a_tree_afresh_and_verified(transport_cls: type, where: str,
+                                                    store: ObjectStore, paths: JobPaths) -> None:
+    """A BIDS view: stored objects copied hash-checked, generated text written, the tree
+    rewritten on every stage-in (nothing stale survives), input dirs left alone."""
+    t = transport_cls()
+    spec = make_spec(store, {"a": ("a.txt", b"aaa")})
+    nii = store.put_bytes(b"NIFTI" * 50)
+    tree = [TreeFile("sub-01/anat/sub-01_T1w.nii", sha256=nii.hash, size=nii.size,
+                     file_id="f1", version=1),
+            TreeFile("sub-01/anat/sub-01_T1w.json", text='{"RepetitionTime": 2.3}'),
+            TreeFile("dataset_description.json", text='{"Name": "x"}')]
+
+    def stage(files: Sequence[TreeFile]):  # type: ignore[no-untyped-def]
+        return stage_in(t, store, spec, paths, config_json={}, gear_env="", script_text="",
+                        tree=files, tree_dir=where)
+
+    res = stage(tree)
+    root = Path(paths.flywheel) / where
+    assert res.tree_dir == str(root) and res.tree_files == 3
+    got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert got == sorted(f.path for f in tree)
+    assert (root / "sub-01/anat/sub-01_T1w.nii").read_bytes() == b"NIFTI" * 50
+    assert json.loads((root / "sub-01/anat/sub-01_T1w.json").read_text()) == {
+        "RepetitionTime": 2.3}
+    for p in root.rglob("*"):
+        assert not stat.S_IMODE(p.stat().st_mode) & 0o077, p
+    assert Path(paths.input_file("a", "a.txt")).read_bytes() == b"aaa"
+    if isinstance(t, ShellTransport):
+        assert any(c[0] == "sha256sum" and any("T1w.nii" in a for a in c) for c in t.commands)
+    # staged again with a smaller tree: the old files are gone
+    (root / "stale.txt").write_text("from an earlier try")
+    stage(tree[1:])
+    got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert got == sorted(f.path for f in tree[1:])
+
+
+@pytest.mark.parametrize("bad", [
+    TreeFile("../escape.txt", text="x"),
+    TreeFile("/etc/x", text="x"),
+    TreeFile("a//b", text="x"),
+    TreeFile("both.txt", text="x", sha256="sha256:" + "0" * 64),
+    TreeFile("none.txt"),
+])
+def test_stage_in_refuses_a_bad_tree(bad: TreeFile, store: ObjectStore, paths: JobPaths) -> None:
+    spec = make_spec(store, {})
+    with pytest.raises(StagingError, match="tree file"):
+        stage_in(LocalTransport(), store, spec, paths, config_json={}, gear_env="",
+                 script_text="", tree=[bad], tree_dir="work/bids")
+    assert not (Path(paths.root).parent / "escape.txt").exists()
+    for where in ("bids", "work", "work/../../x", "/work/bids", "output/bids"):
+        with pytest.raises(StagingError, match="not below"):
+            stage_in(LocalTransport(), store, spec, paths, config_json={}, gear_env="",
+                     script_text="", tree=[], tree_dir=where)
+
+
+def test_stage_in_tree_object_missing_from_storage(store: ObjectStore, paths: JobPaths) -> None:
+    spec = make_spec(store, {})
+    gone = TreeFile("sub-01/anat/x.nii", sha256="sha256:" + "ab" * 32, size=3)
+    with pytest.raises(StagingError, match="missing from storage"):
+        stage_in(LocalTransport(), store, spec, paths, config_json={}, gear_env="",
+                 script_text="", tree=[gone], tree_dir="work/bids")
 
 
 # -------------------------------------------------------------------- stage-out

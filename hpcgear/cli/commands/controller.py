@@ -163,9 +163,13 @@ def _statuses(app: AppContext, sites: tuple[str, ...]) -> list[Any]:
 
     reg = SiteRegistry.from_settings(app.settings)
     wanted = {n: reg.get(n).poll_interval_seconds for n in (sites or tuple(reg.sites))}
+    from hpcgear.db.models import User
+
     with app.db.session() as s:
         found = controller_status(s, wanted)
-    return [st for st in found if not sites or st.site in sites]
+        user = s.get(User, app.actor)  # monitoring may run as an unregistered account
+        admin = user is not None and user.site_admin and not user.disabled
+    return [st if admin else st.redacted() for st in found if not sites or st.site in sites]
 
 
 def _when(value: dt.datetime | None, now: dt.datetime) -> str:

@@ -302,24 +302,32 @@ def tag_group() -> None:
 @tag_group.command("add")
 @click.argument("path")
 @click.argument("tags", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def tag_add(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
+def tag_add(app: AppContext, path: str, tags: tuple[str, ...], as_json: bool) -> None:
     """Add TAGS to PATH."""
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
     now = app.db.write(lambda s: change_tags(s, actor, path, add=list(tags)))
+    if as_json:
+        app.emit_json({"path": path, "tags": list(now)})
+        return
     app.echo(f"tags on {safe_text(path)}: {safe_join(now)}")
 
 
 @tag_group.command("rm")
 @click.argument("path")
 @click.argument("tags", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def tag_rm(app: AppContext, path: str, tags: tuple[str, ...]) -> None:
+def tag_rm(app: AppContext, path: str, tags: tuple[str, ...], as_json: bool) -> None:
     """Remove TAGS from PATH."""
     from hpcgear.hierarchy.service import change_tags
 
     actor = app.actor
     now = app.db.write(lambda s: change_tags(s, actor, path, remove=list(tags)))
+    if as_json:
+        app.emit_json({"path": path, "tags": list(now)})
+        return
     app.echo(f"tags on {safe_text(path)}: {safe_join(now) or '(none)'}")

@@ -99,13 +99,17 @@ def attach_cmd(app: AppContext, project: str, profile: str, as_json: bool) -> No
 
 @deid_group.command("detach")
 @click.argument("project", metavar="GROUP/PROJECT")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def detach_cmd(app: AppContext, project: str) -> None:
+def detach_cmd(app: AppContext, project: str, as_json: bool) -> None:
     """Remove a project's de-identification profile (project admins)."""
     from hpcgear.ingest.deid_service import detach_profile
 
     with app.db.session() as s:
         detach_profile(s, app.actor, project)
+    if as_json:
+        app.emit_json({"project": project, "profile": None})
+        return
     app.echo(f"{safe_text(project)}: profile removed")
 
 

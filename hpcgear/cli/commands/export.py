@@ -18,11 +18,12 @@ def export_group() -> None:
 
 @export_group.command("bids")
 @click.argument("path", metavar="GROUP/PROJECT[/SUBJECT[/SESSION]]")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write the tree into (not needed with --dry-run).")
 @click.option("--dry-run", is_flag=True, help="List what would be written; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def bids_cmd(app: AppContext, path: str, out: Path, dry_run: bool, as_json: bool) -> None:
+def bids_cmd(app: AppContext, path: str, out: Path | None, dry_run: bool, as_json: bool) -> None:
     """Write a BIDS tree (names from info.BIDS or classification, JSON sidecars,
     dataset_description.json, participants.tsv) under --out."""
     from hpcgear.ingest.bids import export_bids
@@ -37,4 +38,5 @@ def bids_cmd(app: AppContext, path: str, out: Path, dry_run: bool, as_json: bool
     for where, reason in res.skipped:
         app.echo(f"skipped {safe_text(where)}: {safe_text(reason)}")
     verb = "would write" if dry_run else "wrote"
-    app.note(f"{verb} {len(res.written)} file(s) to {out}; skipped {len(res.skipped)}")
+    where = f" to {safe_text(str(out))}" if out is not None else ""
+    app.note(f"{verb} {len(res.written)} file(s){where}; skipped {len(res.skipped)}")

@@ -153,6 +153,10 @@ def gear_show(app: AppContext, ref: str, as_json: bool, show_manifest: bool) -> 
         app.echo(f"{key + ':':17} {safe_text(str(summary[key]))}")
     app.echo(f"{'inputs:':17} {', '.join(summary['inputs']) or '-'}")
     app.echo(f"{'config:':17} {', '.join(summary['config']) or '-'}")
+    if summary["bids_view"]:
+        view = summary["bids_view"]
+        kinds = ", ".join(view["data_types"]) or "every datatype"
+        app.echo(f"{'bids view:':17} /flywheel/v0/{view['dir']} ({kinds})")
     if summary["disabled"]:
         app.echo("state:            disabled")
 

@@ -672,7 +672,8 @@ def usage_cmd(
     Success rate is complete / (complete + failed); cancelled jobs are counted
     but not in the rate.
     """
-    from hpcgear.jobs.usage import parse_since, usage_report
+    from hpcgear.jobs.usage import usage_report
+    from hpcgear.units import parse_since
 
     actor = app.actor
     when = parse_since(since) if since else None
@@ -746,18 +747,11 @@ def report_cmd(app: AppContext, project: str, out: Path, session_path: str | Non
     from hpcgear.jobs.report import project_report
     from hpcgear.jobs.report_html import render_report_html
 
-    if app.key_login is not None and str(out) != "-":
-        from hpcgear.errors import PermissionDeniedError
-
-        raise PermissionDeniedError(
-            "through the API the report can only go to stdout (--html -)",
-            "run `hpcgear report` with an API key configured: the client saves the file",
-        )
     actor = app.actor
     with app.db.session() as s:
         data = project_report(s, actor, project, session_path=session_path)
     text = render_report_html(data)
-    if str(out) == "-":  # stdout (the API client writes it to the caller's file)
+    if str(out) == "-":  # stdout
         app.stdout.write(text)
         return
     tmp = out.with_name(f".{out.name}.tmp")

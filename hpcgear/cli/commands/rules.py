@@ -341,7 +341,8 @@ def rules_evaluate(app: AppContext, since: str | None, dry_run: bool, as_json: b
     Reads only what changed since the last evaluation, commits per batch, and
     may be interrupted and rerun at any time. Nothing is ever queued twice.
     """
-    from hpcgear.rules.engine import check_evaluator, evaluate, parse_since
+    from hpcgear.rules.engine import check_evaluator, evaluate
+    from hpcgear.units import parse_since
 
     when = parse_since(since) if since else None
     actor = app.actor

@@ -183,14 +183,18 @@ def view_run(
 @view_group.command("rm")
 @click.argument("project")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def view_rm(app: AppContext, project: str, name: str) -> None:
+def view_rm(app: AppContext, project: str, name: str, as_json: bool) -> None:
     """Delete the saved view NAME of PROJECT."""
     from hpcgear.hierarchy.views import delete_view
 
     actor = app.actor
     with app.db.session() as s:
         delete_view(s, actor, project, name)
+    if as_json:
+        app.emit_json({"project": project, "deleted": name})
+        return
     app.echo(f"deleted view {safe_text(name)}")
 
 
