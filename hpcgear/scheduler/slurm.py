@@ -906,10 +906,8 @@ class SlurmBackend:
             return {}
         wanted = set(ids)
         query = _fold_arrays(ids)
-        if _joined_len(query) > ARGV_BUDGET:
-            rows = self._squeue_mine()
-        else:
-            rows = self._squeue(query)
+        big = _joined_len(query) > ARGV_BUDGET
+        rows = self._squeue_mine() if big else self._squeue(query)
         return {s.native_id: s for s in rows
                 if s.native_id in wanted or (s.array_job_id or "") in wanted}
 
