@@ -18,31 +18,10 @@ from hpcgear.states import JobState
 from hpcgear.storage.objects import ObjectStore
 
 from .context import ControllerContext, fault_point, job_session
-from .facts import log_path, remove_scratch, snapshot, store_log
+from .facts import awaiting_log_archive, log_path, remove_scratch, snapshot, store_log
 from .publish import record_job_log
 from .resolve import attempt_paths
 from .sites import SiteRuntime, connect_site
-
-
-def awaiting_log_archive(s: Session, site: str) -> dict[str, str | None]:
-    """Failed and cancelled attempts of ``site`` whose log is not kept yet: job id -> native id."""
-    rows = s.execute(
-        select(Job.id, Job.native_id).where(
-            Job.site == site,
-            Job.state.in_((JobState.FAILED.value, JobState.CANCELLED.value)),
-            Job.native_id.is_not(None),
-        )
-    ).all()
-    if not rows:
-        return {}
-    archived = set(
-        s.scalars(
-            select(JobEvent.job_id).where(
-                JobEvent.kind == "log_archived", JobEvent.job_id.in_([r.id for r in rows])
-            )
-        ).all()
-    )
-    return {r.id: r.native_id for r in rows if r.id not in archived}
 
 
 def keep_logs_of_failed(ctx: ControllerContext, rt: SiteRuntime) -> None:

@@ -34,8 +34,7 @@ from .context import (
     job_session,
     utcnow,
 )
-from .facts import acct_dict, exit_dict, ours, read_exit_record
-from .logs import awaiting_log_archive
+from .facts import acct_dict, awaiting_log_archive, exit_dict, ours, read_exit_record
 from .resolve import attempt_paths
 from .sites import SiteRuntime
 
