@@ -219,11 +219,27 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     return before, after
 
 
+def _stamped_revision(engine: Engine) -> str | None:
+    """``alembic_version`` in ONE query (the common case), or None when that fails."""
+    try:
+        with engine.connect() as conn:
+            rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except SQLAlchemyError:
+        return None  # no table, or no connection: the careful path says which
+    return str(rev) if rev else None
+
+
 def check_schema(engine: Engine) -> None:
-    """Raise DatabaseError unless the schema is at the migration head."""
+    """Raise DatabaseError unless the schema is at the migration head.
+
+    Every CLI call runs this: one query when the schema is current; the
+    connection check and the table inspection run only to explain a problem.
+    """
+    head = head_revision()
+    if head is not None and _stamped_revision(engine) == head:
+        return
     check_connection(engine)
     current = current_revision(engine)
-    head = head_revision()
     if current is None:
         tables = inspect(engine).get_table_names()
         what = "is empty" if not tables else "has no hpcgear schema"
