@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
@@ -29,7 +29,11 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
-from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    # sqlalchemy.orm is imported when the first session opens: a command that
+    # only needs Core (whoami, the schema check) does not pay for the ORM.
+    from sqlalchemy.orm import Session, sessionmaker
 
 from hpcgear.errors import DatabaseError
 
@@ -259,7 +263,7 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._factory = sessionmaker(engine, expire_on_commit=False)
+        self._factory: sessionmaker[Session] | None = None
 
     @classmethod
     def open(cls, url: str, *, check: bool = True) -> Database:
@@ -270,6 +274,10 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        if self._factory is None:
+            from sqlalchemy.orm import sessionmaker
+
+            self._factory = sessionmaker(self.engine, expire_on_commit=False)
         s = self._factory()
         try:
             yield s
