@@ -234,14 +234,15 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     wanted = [t.native_id for t, _ in ended] + [t.native_id for t in gone] + list(staging)
     try:
         acct = rt.backend.accounting(wanted)
+        answered = set(wanted)
     except HpcgearError as exc:
         if gone:
             raise  # jobs that left the queue need accounting: decide nothing this cycle
         logger.info("accounting not available yet: %s", exc.message)
-        acct = {}
+        acct, answered = {}, set()  # stage-out asks again for the jobs it finishes
     fault_point("poll.ended")
     rt.recent_accounting = dict(acct)
-    rt.recent_accounting_asked = set(wanted)
+    rt.recent_accounting_asked = answered
     for t, st in ended:
         try:
             with job_session(ctx, t.id) as (s, job):
