@@ -14,7 +14,7 @@ Scenarios (full size; ``--quick`` is a small smoke run whose "met" is not judged
   the N jobs queued; and with a handful of finished jobs.
 - latency: an upload a rule matches -> sbatch; SLURM end -> ``complete``; the
   daemon runs with default settings.
-- cli: ``--help``; ``jobs`` and ``job show`` with 100,000 jobs on SQLite and
+- cli: ``--help``; ``jobs``, ``job show`` and ``whoami`` with 100,000 jobs on SQLite and
   PostgreSQL; ``upload`` of one small file; ``upload DIR`` files/s.
 - ingest: ``hpcgear ingest dicom`` vs a bare ``pydicom.dcmread(stop_before_pixels=True)``
   loop, with ``--jobs 1`` and ``--jobs <cores>``.
@@ -52,6 +52,7 @@ def sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {
             "reps": 3,
+            "cli_reps": 3,
             "jobs_db": 2000,
             "upload_dir": 50,
             "dicoms": 100,
@@ -66,6 +67,7 @@ def sizes(quick: bool) -> dict[str, int]:
         }
     return {
         "reps": 5,
+        "cli_reps": 10,
         "jobs_db": 100_000,
         "upload_dir": 1000,
         "dicoms": 2000,
@@ -100,12 +102,12 @@ def run_scenarios(names: list[str], quick: bool, tmp: Path) -> dict[str, Any]:
         print(f"    {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
 
     if "cli" in names:
-        step("cli.help", lambda: {"cli.help": local.bench_help(tmp, sz["reps"])})
+        step("cli.help", lambda: {"cli.help": local.bench_help(tmp, sz["cli_reps"])})
         step(
             "cli.jobs",
-            lambda: local.bench_jobs_listing(tmp / "jobs", sz["jobs_db"], sz["reps"], pg),
+            lambda: local.bench_jobs_listing(tmp / "jobs", sz["jobs_db"], sz["cli_reps"], pg),
         )
-        step("cli.upload", lambda: local.bench_upload(tmp / "up", sz["reps"], sz["upload_dir"]))
+        step("cli.upload", lambda: local.bench_upload(tmp / "up", sz["cli_reps"], sz["upload_dir"]))
     if "ingest" in names:
         step("ingest", lambda: local.bench_ingest(tmp / "ingest", sz["dicoms"], sz["reps"] // 2))
     if "store" in names:

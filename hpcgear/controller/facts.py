@@ -10,12 +10,16 @@ import logging
 import posixpath
 from typing import Any
 
-from hpcgear.db.models import Job
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hpcgear.db.models import Job, JobEvent
 from hpcgear.errors import HpcgearError, StagingError
 from hpcgear.render import JobPaths, parse_exit_record
 from hpcgear.render.exit_record import ExitRecord
 from hpcgear.scheduler.base import Accounting
 from hpcgear.staging.stageout import StoredOutput, fetch_file, remove_job_dir
+from hpcgear.states import JobState
 from hpcgear.storage.objects import ObjectStore
 
 from .context import ControllerContext, job_session
@@ -154,3 +158,24 @@ def remove_scratch(rt: SiteRuntime, paths: JobPaths, job_id: str) -> None:
         logger.warning(
             "job %s: scratch %s not removed (scratch gc will): %s", job_id, paths.root, exc
         )
+
+
+def awaiting_log_archive(s: Session, site: str) -> dict[str, str | None]:
+    """Failed and cancelled attempts of ``site`` whose log is not kept yet: job id -> native id."""
+    rows = s.execute(
+        select(Job.id, Job.native_id).where(
+            Job.site == site,
+            Job.state.in_((JobState.FAILED.value, JobState.CANCELLED.value)),
+            Job.native_id.is_not(None),
+        )
+    ).all()
+    if not rows:
+        return {}
+    archived = set(
+        s.scalars(
+            select(JobEvent.job_id).where(
+                JobEvent.kind == "log_archived", JobEvent.job_id.in_([r.id for r in rows])
+            )
+        ).all()
+    )
+    return {r.id: r.native_id for r in rows if r.id not in archived}

@@ -36,9 +36,14 @@ logger = logging.getLogger(__name__)
 
 def _accounting(rt: SiteRuntime, jobs: Sequence[Job]) -> dict[str, Accounting]:
     """Accounting of the jobs to finish: what this cycle's poll fetched, plus ONE
-    batched query for the rest (jobs left in ``staging`` by an earlier cycle)."""
+    batched query for the rest (jobs left in ``staging`` by an earlier cycle, when
+    no job ended this cycle so the poll ran no ``sacct``)."""
     have = rt.recent_accounting
-    missing = [j.native_id for j in jobs if j.native_id and j.native_id not in have]
+    asked = rt.recent_accounting_asked
+    missing = [
+        j.native_id for j in jobs if j.native_id and j.native_id not in have
+        and j.native_id not in asked
+    ]
     fetched: dict[str, Accounting] = {}
     if missing:
         try:

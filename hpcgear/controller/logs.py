@@ -18,7 +18,7 @@ from hpcgear.states import JobState
 from hpcgear.storage.objects import ObjectStore
 
 from .context import ControllerContext, fault_point, job_session
-from .facts import log_path, remove_scratch, snapshot, store_log
+from .facts import awaiting_log_archive, log_path, remove_scratch, snapshot, store_log
 from .publish import record_job_log
 from .resolve import attempt_paths
 from .sites import SiteRuntime, connect_site
@@ -27,33 +27,17 @@ from .sites import SiteRuntime, connect_site
 def keep_logs_of_failed(ctx: ControllerContext, rt: SiteRuntime) -> None:
     """Failed and cancelled attempts keep their log (stored with the job), then scratch goes."""
     with ctx.db.session() as s:
-        rows = s.scalars(
-            select(Job.id).where(
-                Job.site == rt.site.name,
-                Job.state.in_((JobState.FAILED.value, JobState.CANCELLED.value)),
-                Job.native_id.is_not(None),
-            )
-        ).all()
-        archived = (
-            set(
-                s.scalars(
-                    select(JobEvent.job_id).where(
-                        JobEvent.kind == "log_archived", JobEvent.job_id.in_(rows)
-                    )
-                ).all()
-            )
-            if rows
-            else set()
-        )
-    todo = [j for j in rows if j not in archived]
-    if not todo:
+        natives = awaiting_log_archive(s, rt.site.name)
+    if not natives:
         return
-    with ctx.db.session() as s:
-        natives = dict(s.execute(select(Job.id, Job.native_id).where(Job.id.in_(todo))).all())
-    # One queue query for all of them (raises: nothing changes this cycle).
-    statuses = rt.backend.poll([n for n in natives.values() if n])
-    for job_id in todo:
-        st = statuses.get(natives.get(job_id) or "")
+    # This cycle's poll asked the queue about these jobs (its one squeue covers
+    # them); only ones it did not ask about need a query (raises: nothing changes).
+    statuses = rt.recent_statuses
+    unasked = [n for n in natives.values() if n and n not in rt.recent_polled]
+    if unasked:
+        statuses = {**statuses, **rt.backend.poll(unasked)}
+    for job_id, native in natives.items():
+        st = statuses.get(native or "")
         if st is not None and not st.final:
             continue  # still in the queue (a cancel in flight): next cycle
         archive_failed_job(ctx, rt, job_id)

@@ -2,6 +2,10 @@
 
 A failed query changes no job's state. Jobs that left the queue are resolved
 with one batched accounting query, then the job's own exit record.
+
+Scheduler queries per cycle, whatever the number of tracked jobs: one ``squeue``
+(it also covers the failed jobs whose logs the log step keeps) and, when jobs
+ended, one ``sacct`` (it also covers the jobs stage-out finishes this cycle).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .context import (
     job_session,
     utcnow,
 )
-from .facts import acct_dict, exit_dict, ours, read_exit_record
+from .facts import acct_dict, awaiting_log_archive, exit_dict, ours, read_exit_record
 from .resolve import attempt_paths
 from .sites import SiteRuntime
 
@@ -143,6 +147,10 @@ def record_end(
 
 def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> None:
     """One queue query for every tracked job of the site; resolve the ones that left."""
+    rt.recent_accounting = {}
+    rt.recent_accounting_asked = set()
+    rt.recent_statuses = {}
+    rt.recent_polled = set()
     with ctx.db.session() as s:
         tracked = s.execute(
             select(
@@ -159,10 +167,13 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                 Job.native_id.is_not(None),
             )
         ).all()
-    rt.recent_accounting = {}
-    if not tracked:
+        awaiting_logs = awaiting_log_archive(s, rt.site.name)
+    asked = [t.native_id for t in tracked] + [n for n in awaiting_logs.values() if n]
+    if not asked:
         return
-    statuses = rt.backend.poll([t.native_id for t in tracked])  # raises: nothing changes
+    statuses = rt.backend.poll(asked)  # raises: nothing changes
+    rt.recent_statuses = statuses
+    rt.recent_polled = set(asked)
     now = utcnow()
     gone: list[Any] = []
     ended: list[tuple[Any, SchedulerStatus]] = []
@@ -210,16 +221,28 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                 )
     if not gone and not ended:
         return
-    # One batched accounting query for every job that ended or left the queue.
+    # One batched accounting query for every job that ended or left the queue, and
+    # for jobs an earlier cycle left in staging (stage-out then asks nothing more).
+    with ctx.db.session() as s:
+        staging = s.scalars(
+            select(Job.native_id).where(
+                Job.site == rt.site.name,
+                Job.state == JobState.STAGING.value,
+                Job.native_id.is_not(None),
+            )
+        ).all()
+    wanted = [t.native_id for t, _ in ended] + [t.native_id for t in gone] + list(staging)
     try:
-        acct = rt.backend.accounting([t.native_id for t, _ in ended] + [t.native_id for t in gone])
+        acct = rt.backend.accounting(wanted)
+        answered = set(wanted)
     except HpcgearError as exc:
         if gone:
             raise  # jobs that left the queue need accounting: decide nothing this cycle
         logger.info("accounting not available yet: %s", exc.message)
-        acct = {}
+        acct, answered = {}, set()  # stage-out asks again for the jobs it finishes
     fault_point("poll.ended")
     rt.recent_accounting = dict(acct)
+    rt.recent_accounting_asked = answered
     for t, st in ended:
         try:
             with job_session(ctx, t.id) as (s, job):

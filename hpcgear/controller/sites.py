@@ -13,7 +13,7 @@ from hpcgear.config.settings import Settings
 from hpcgear.config.site import SiteConfig
 from hpcgear.errors import HpcgearError, ImageError
 from hpcgear.gears.images import ImageCache, digest_hex
-from hpcgear.scheduler.base import Accounting, PartitionInfo, SchedulerBackend
+from hpcgear.scheduler.base import Accounting, PartitionInfo, SchedulerBackend, SchedulerStatus
 from hpcgear.scheduler.local import LocalBackend
 from hpcgear.scheduler.slurm import SlurmBackend
 from hpcgear.scheduler.transport import LocalTransport, SSHTransport, Transport
@@ -38,6 +38,12 @@ class SiteRuntime:
     # The accounting poll fetched this cycle (native id -> record): stage-out uses
     # it instead of asking sacct again for every job it finishes.
     recent_accounting: dict[str, Accounting] = field(default_factory=dict)
+    # ...and the native ids that query asked about (answered or not): not asked again.
+    recent_accounting_asked: set[str] = field(default_factory=set)
+    # The queue the poll saw this cycle, and the native ids it asked about: the
+    # log-keeping step reuses it instead of a second squeue.
+    recent_statuses: dict[str, SchedulerStatus] = field(default_factory=dict)
+    recent_polled: set[str] = field(default_factory=set)
     _images_checked: set[str] = field(default_factory=set)
     _partitions: tuple[float, list[PartitionInfo]] | None = None
 

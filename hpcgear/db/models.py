@@ -5,9 +5,11 @@ session, acquisition, analysis); each row stores all its ancestor ids so
 permission checks and rules never recurse. Files are a stable identity
 (``files``) plus immutable, content-addressed versions (``file_versions``).
 Schema changes go through Alembic (``hpcgear/db/migrations``).
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here on purpose: with string
+annotations SQLAlchemy evaluates every ``Mapped[...]`` with ``eval`` when the
+classes are built, a measurable part of each CLI call's start-up.
+"""
 
 import datetime as dt
 from typing import Any

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
@@ -29,7 +29,11 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
-from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    # sqlalchemy.orm is imported when the first session opens: a command that
+    # only needs Core (whoami, the schema check) does not pay for the ORM.
+    from sqlalchemy.orm import Session, sessionmaker
 
 from hpcgear.errors import DatabaseError
 
@@ -219,11 +223,27 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     return before, after
 
 
+def _stamped_revision(engine: Engine) -> str | None:
+    """``alembic_version`` in ONE query (the common case), or None when that fails."""
+    try:
+        with engine.connect() as conn:
+            rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except SQLAlchemyError:
+        return None  # no table, or no connection: the careful path says which
+    return str(rev) if rev else None
+
+
 def check_schema(engine: Engine) -> None:
-    """Raise DatabaseError unless the schema is at the migration head."""
+    """Raise DatabaseError unless the schema is at the migration head.
+
+    Every CLI call runs this: one query when the schema is current; the
+    connection check and the table inspection run only to explain a problem.
+    """
+    head = head_revision()
+    if head is not None and _stamped_revision(engine) == head:
+        return
     check_connection(engine)
     current = current_revision(engine)
-    head = head_revision()
     if current is None:
         tables = inspect(engine).get_table_names()
         what = "is empty" if not tables else "has no hpcgear schema"
@@ -243,7 +263,7 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._factory = sessionmaker(engine, expire_on_commit=False)
+        self._factory: sessionmaker[Session] | None = None
 
     @classmethod
     def open(cls, url: str, *, check: bool = True) -> Database:
@@ -254,6 +274,10 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        if self._factory is None:
+            from sqlalchemy.orm import sessionmaker
+
+            self._factory = sessionmaker(self.engine, expire_on_commit=False)
         s = self._factory()
         try:
             yield s

@@ -189,6 +189,9 @@ def deidentify_for_upload(
     profile used and the per-name re-identification entries. Files that are not
     DICOM pass unchanged: a DICOM profile does not apply to them.
     """
+    profile = project_profile(session, project_id) or explicit
+    if profile is None:  # the common case: no pydicom import for a plain upload
+        return sources, {}, None, {}
     import io
     import zipfile
 
@@ -196,9 +199,6 @@ def deidentify_for_upload(
 
     from hpcgear.ingest.deid import apply_profile, new_log
 
-    profile = project_profile(session, project_id) or explicit
-    if profile is None:
-        return sources, {}, None, {}
     out: dict[str, Path] = {}
     meta: dict[str, dict[str, Any]] = {}
     reid: dict[str, Any] = {}

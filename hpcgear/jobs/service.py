@@ -19,13 +19,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from hpcgear.config.site import SiteConfig
 from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent, Role
 from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError, PermissionDeniedError
-from hpcgear.gears.gear_config import resolve_config
-from hpcgear.gears.manifest import GearManifest
-from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
-from hpcgear.gears.service import get_gear, manifest_of
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
     container_path,
@@ -251,6 +246,8 @@ def prepare_job(
     coerce_strings: bool = False,
 ) -> PreparedJob:
     """Validate everything about a job without storing it (``--dry-run`` stops here)."""
+    from hpcgear.gears.gear_config import resolve_config
+    from hpcgear.gears.reserved import RESERVED_KEY_SET, split_reserved
     from hpcgear.gears.service import manifest_of
     from hpcgear.jobs.resources import resolve_resources
 
@@ -395,7 +392,7 @@ def run_gear(
     dry_run: bool = False,
 ) -> PreparedJob:
     """``hpcgear run``: one job on one destination (strings from the CLI are coerced)."""
-    from hpcgear.gears.service import manifest_of
+    from hpcgear.gears.service import get_gear, manifest_of
 
     gear = get_gear(session, gear_ref)
     destination = resolve_container(session, dest_path, min_depth=2)
@@ -462,7 +459,7 @@ def batch_run(
     """
     import fnmatch
 
-    from hpcgear.gears.service import manifest_of
+    from hpcgear.gears.service import get_gear, manifest_of
 
     gear = get_gear(session, gear_ref)
     manifest = manifest_of(gear)
@@ -969,6 +966,8 @@ def run_gear_by_ids(
     For analysis gears an analysis container labelled ``analysis_label`` is made now
     (linked by job id; stage-out publishes into it), so its id can be returned at once.
     """
+    from hpcgear.gears.service import manifest_of
+
     manifest = manifest_of(gear)
     problems: list[str] = []
     specs: list[InputSpec] = []

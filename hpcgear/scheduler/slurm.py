@@ -7,15 +7,21 @@ them to a ``CommandRunner`` (local subprocess or SSH transport).
 
 What is queried, and why:
 
-* poll: one ``squeue --array --states=all --jobs=<ids>`` per cycle (chunked when
-  very many ids). ``--states=all`` keeps finished jobs visible for MinJobAge,
-  ``--array`` gives one line per array task. A job SLURM no longer knows is
-  simply absent; ``Invalid job id specified`` for such a job is an answer, not a
-  failure. Any other failure raises: a failed query never changes a job's state.
-* accounting: one ``sacct --allocations`` for states/exit codes/timings, plus one
-  step query for MaxRSS/TotalCPU (max over the job's steps). A row slurmdbd has
-  not completed yet (a placeholder named ``allocation`` without a partition, seen
-  when a step record arrives before the job's) is left out: ask again later.
+* poll: ONE ``squeue`` per call at any scale: ``--array --states=all --jobs=<ids>``
+  (array tasks folded into their array's id) while the id list fits in one
+  argument (``ARGV_BUDGET``), else ``--me`` (all of the submitting account's
+  jobs, filtered here). ``--states=all`` keeps finished jobs visible for
+  MinJobAge, ``--array`` gives one line per array task. A job SLURM no longer
+  knows is simply absent; ``Invalid job id specified`` for such a job is an
+  answer, not a failure (for a list, on SLURMs that refuse the whole list, the
+  answer comes from one ``--me`` query instead). Any other failure raises: a
+  failed query never changes a job's state.
+* accounting: ONE ``sacct`` (allocations and steps in the same answer) for
+  states/exit codes/timings and MaxRSS/TotalCPU (max over the job's rows). A row
+  slurmdbd has not completed yet (a placeholder named ``allocation`` without a
+  partition, seen when a step record arrives before the job's) is left out: ask
+  again later. Only an id list longer than ``ARGV_BUDGET`` even with array tasks
+  folded into their arrays (thousands of separate jobs ending at once) is split.
   When the cluster has no accounting storage (``sacct`` says so), fall back to
   ``scontrol --oneliner show job`` for the jobs still in the controller's
   memory (MinJobAge); jobs in neither are missing and the controller relies on
@@ -60,8 +66,12 @@ from hpcgear.units import duration_seconds
 
 logger = logging.getLogger(__name__)
 
-#: Job ids per squeue/sacct call; keeps argv well under ARG_MAX.
+#: Job ids per scontrol release / scancel call; keeps argv well under ARG_MAX.
 ID_CHUNK = 500
+#: Characters of comma-joined job ids in one ``--jobs=`` argument of squeue/sacct.
+#: Linux caps one argument at 128 KiB (MAX_ARG_STRLEN), and over SSH the whole
+#: command line is one argument of the remote shell; this leaves room for the rest.
+ARGV_BUDGET = 96 * 1024
 
 # --------------------------------------------------------------------------- formats
 
@@ -95,6 +105,8 @@ SACCT_FIELDS: tuple[str, ...] = (
 )
 #: sacct step fields (one row per step: 12.batch, 12.extern, 12.0 ...).
 SACCT_STEP_FIELDS: tuple[str, ...] = ("JobID", "MaxRSS", "TotalCPU", "ElapsedRaw")
+#: The one accounting query's fields: allocation rows and step rows in one answer.
+SACCT_ALL_FIELDS: tuple[str, ...] = (*SACCT_FIELDS, "MaxRSS", "TotalCPU")
 
 # ------------------------------------------------------------------- failure classes
 
@@ -324,13 +336,15 @@ def _parsable_rows(stdout: str, fields: Sequence[str]) -> Iterator[dict[str, str
         yield dict(zip(fields, parts, strict=True))
 
 
-def parse_sacct(stdout: str) -> list[Accounting]:
-    """Rows of ``sacct --allocations --parsable2 --format=SACCT_FIELDS`` -> accounting.
+def parse_sacct(stdout: str, fields: Sequence[str] = SACCT_FIELDS) -> list[Accounting]:
+    """Rows of ``sacct --parsable2 --format=<fields>`` -> accounting, one per allocation.
 
-    Rows of array tasks that never started (``123_[5-9]``) are skipped.
+    ``fields`` must include ``SACCT_FIELDS`` (``SACCT_ALL_FIELDS`` for the combined
+    query). Step rows (``12.batch``) and rows of array tasks that never started
+    (``123_[5-9]``) are skipped.
     """
     out: list[Accounting] = []
-    for row in _parsable_rows(stdout, SACCT_FIELDS):
+    for row in _parsable_rows(stdout, fields):
         job_id = row["JobID"].strip()
         if "[" in job_id or "." in job_id:
             continue
@@ -367,10 +381,12 @@ class StepUsage:
     total_cpu_seconds: float | None
 
 
-def parse_sacct_steps(stdout: str) -> dict[str, StepUsage]:
+def parse_sacct_steps(
+    stdout: str, fields: Sequence[str] = SACCT_STEP_FIELDS
+) -> dict[str, StepUsage]:
     """Step rows -> per job (``12`` / ``12_3``): max MaxRSS and max TotalCPU over its rows."""
     usage: dict[str, tuple[int | None, float | None]] = {}
-    for row in _parsable_rows(stdout, SACCT_STEP_FIELDS):
+    for row in _parsable_rows(stdout, fields):
         job = row["JobID"].strip().split(".", 1)[0]
         if "[" in job:
             continue
@@ -668,6 +684,35 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
+def _joined_len(ids: Sequence[str]) -> int:
+    return sum(len(i) + 1 for i in ids)
+
+
+def _fold_arrays(ids: Sequence[str]) -> list[str]:
+    """Array tasks (``123_4``) -> their array (``123``): one id asks for every task."""
+    out: dict[str, None] = {}
+    for i in ids:
+        try:
+            out[base_native_id(i)] = None
+        except ValueError:
+            out[i] = None
+    return list(out)
+
+
+def _budget_chunks(ids: Sequence[str], budget: int = ARGV_BUDGET) -> Iterator[list[str]]:
+    """``ids`` in as few lists as fit ``budget`` characters each (one list nearly always)."""
+    chunk: list[str] = []
+    size = 0
+    for i in ids:
+        if chunk and size + len(i) + 1 > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += len(i) + 1
+    if chunk:
+        yield chunk
+
+
 # -------------------------------------------------------------------------- builders
 
 
@@ -706,6 +751,11 @@ class SlurmCommands:
                 f"--name={name}", f"--format={SQUEUE_FORMAT}"]
 
     def build_accounting(self, native_ids: Sequence[str]) -> list[str]:
+        """Allocation and step rows in one answer (``SACCT_ALL_FIELDS``)."""
+        return ["sacct", "--noheader", "--parsable2", *self._m(),
+                f"--jobs={','.join(native_ids)}", f"--format={','.join(SACCT_ALL_FIELDS)}"]
+
+    def build_accounting_allocations(self, native_ids: Sequence[str]) -> list[str]:
         return ["sacct", "--noheader", "--parsable2", "--allocations", *self._m(),
                 f"--jobs={','.join(native_ids)}", f"--format={','.join(SACCT_FIELDS)}"]
 
@@ -847,13 +897,19 @@ class SlurmBackend:
     # -- queries
 
     def poll(self, native_ids: Sequence[str]) -> dict[str, SchedulerStatus]:
+        """The queue's view of ``native_ids``: ONE squeue, however many ids.
+
+        A job (or array task) SLURM no longer knows is absent from the answer.
+        """
         ids = _unique(native_ids)
-        statuses: dict[str, SchedulerStatus] = {}
-        for chunk in _chunks(ids):
-            for status in self._squeue(chunk):
-                if status.native_id in chunk or (status.array_job_id or "") in chunk:
-                    statuses[status.native_id] = status
-        return statuses
+        if not ids:
+            return {}
+        wanted = set(ids)
+        query = _fold_arrays(ids)
+        big = _joined_len(query) > ARGV_BUDGET
+        rows = self._squeue_mine() if big else self._squeue(query)
+        return {s.native_id: s for s in rows
+                if s.native_id in wanted or (s.array_job_id or "") in wanted}
 
     def _squeue(self, ids: list[str]) -> list[SchedulerStatus]:
         result = self._run(self.commands.build_poll(ids), "squeue")
@@ -861,12 +917,18 @@ class SlurmBackend:
             return parse_squeue(result.stdout)
         if _INVALID_JOB_ID in result.output.lower():
             # SLURM no longer knows (one of) these jobs: a definite answer. A single
-            # id is simply gone; for several, split to find the ones it still knows.
+            # id is simply gone; a SLURM that refuses a whole list for one purged id
+            # is asked once for all of the account's jobs instead.
             if len(ids) == 1:
                 return []
-            half = len(ids) // 2
-            return self._squeue(ids[:half]) + self._squeue(ids[half:])
+            return self._squeue_mine()
         raise query_error(result, "squeue")
+
+    def _squeue_mine(self) -> list[SchedulerStatus]:
+        result = self._run(self.commands.build_poll_mine(), "squeue")
+        if not result.ok:
+            raise query_error(result, "squeue")
+        return parse_squeue(result.stdout)
 
     def poll_by_name_prefix(self, prefix: str = "hpcgear-") -> dict[str, SchedulerStatus]:
         """All of this user's jobs whose name starts with ``prefix`` (one squeue)."""
@@ -876,11 +938,18 @@ class SlurmBackend:
         return {s.native_id: s for s in parse_squeue(result.stdout) if s.name.startswith(prefix)}
 
     def accounting(self, native_ids: Sequence[str]) -> dict[str, Accounting]:
+        """Accounting of ``native_ids``: ONE sacct (allocations and steps together).
+
+        Only a list longer than ``ARGV_BUDGET`` even with array tasks folded into
+        their arrays is split into several calls.
+        """
         ids = _unique(native_ids)
         if not ids:
             return {}
+        wanted = set(ids)
+        query = ids if _joined_len(ids) <= ARGV_BUDGET else _fold_arrays(ids)
         records: dict[str, Accounting] = {}
-        for chunk in _chunks(ids):
+        for chunk in _budget_chunks(query):
             result = self._run(self.commands.build_accounting(chunk), "sacct")
             if not result.ok:
                 if any(p in result.output.lower() for p in _ACCOUNTING_DISABLED):
@@ -889,8 +958,8 @@ class SlurmBackend:
                     return self._accounting_from_scontrol(ids)
                 raise query_error(result, "sacct")
             found = []
-            for a in parse_sacct(result.stdout):
-                if a.native_id not in chunk and base_native_id(a.native_id) not in chunk:
+            for a in parse_sacct(result.stdout, SACCT_ALL_FIELDS):
+                if a.native_id not in wanted and base_native_id(a.native_id) not in wanted:
                     continue
                 if a.partition is None:
                     # slurmdbd got a step before the job record and holds a placeholder
@@ -901,11 +970,7 @@ class SlurmBackend:
                 found.append(a)
             if not found:
                 continue
-            steps = self._run(self.commands.build_accounting_steps(chunk), "sacct")
-            usage = parse_sacct_steps(steps.stdout) if steps.ok else {}
-            if not steps.ok:
-                logger.warning("sacct step query failed, no MaxRSS/TotalCPU: %s",
-                               slurm_message(steps))
+            usage = parse_sacct_steps(result.stdout, SACCT_ALL_FIELDS)
             for acc in found:
                 records[acc.native_id] = _with_usage(acc, usage.get(acc.native_id))
         return records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -327,6 +328,35 @@ def test_help_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+#: Never imported by the everyday login-node commands below (python -X importtime).
+HEAVY = ("pydicom", "nibabel", "numpy", "paramiko", "jinja2", "fastapi", "alembic", "mako")
+
+
+@pytest.mark.parametrize(
+    ("argv", "also_absent"),
+    [
+        (["whoami"], ("sqlalchemy.orm", "hpcgear.db.models")),  # Core only
+        (["jobs"], ("hpcgear.config.site", "hpcgear.gears.manifest")),
+        (["upload", "imaging/study1/sub-01/ses-01/T1w", "{file}"], ()),
+    ],
+)
+def test_login_node_commands_import_little(
+    populated: CliEnv, tmp_path: Path, argv: list[str], also_absent: tuple[str, ...]
+) -> None:
+    """Start-up cost: these commands run, and load none of the heavy modules."""
+    f = tmp_path / "one.txt"
+    f.write_text("one\n")
+    args = ["--config", str(populated.config), *[a.replace("{file}", str(f)) for a in argv]]
+    code = (
+        "import sys; from hpcgear.cli.main import main; "
+        f"rc = main({args!r}, standalone=False); "
+        f"print(rc, [m for m in {HEAVY + also_absent!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=os.environ | {"HPCGEAR_LOCAL": "1"})
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
 
 
 def test_json_listings_are_valid_json(roles: CliEnv) -> None:

@@ -14,7 +14,7 @@ from hpcgear.scheduler.base import (
     SubmitRejectedError,
 )
 from hpcgear.scheduler.runner import CompletedCommand
-from hpcgear.scheduler.slurm import ID_CHUNK, SlurmBackend, SlurmCommands
+from hpcgear.scheduler.slurm import ARGV_BUDGET, SACCT_FIELDS, SlurmBackend, SlurmCommands
 from hpcgear.scheduler.testing import RecordedRunner, completed, load_recording
 from hpcgear.states import SchedulerState
 
@@ -141,19 +141,19 @@ def test_poll_vanished_single_job_is_missing_not_an_error() -> None:
     assert b.poll(["999999"]) == {}
 
 
-def test_poll_splits_when_squeue_rejects_a_list() -> None:
-    """Older SLURMs fail the whole list for one purged id: find the others."""
+def test_poll_asks_once_for_the_accounts_jobs_when_squeue_rejects_a_list() -> None:
+    """Older SLURMs fail the whole list for one purged id: one ``--me`` query answers."""
     good = fx("squeue_final").stdout.splitlines()[0]
     good_id = good.split("|", 1)[0]
     runner = RecordedRunner()
     invalid = completed([], 1, stderr="slurm_load_jobs error: Invalid job id specified\n")
     runner.add(CompletedCommand(tuple(C.build_poll([good_id, "999999"])), 1, "", invalid.stderr, 0),
                C.build_poll([good_id, "999999"]))
-    runner.add(completed(C.build_poll([good_id]), 0, stdout=good + "\n"))
-    runner.add(CompletedCommand(tuple(C.build_poll(["999999"])), 1, "", invalid.stderr, 0))
+    other = good.replace(good_id, "777777", 1)  # another job of the account: not asked for
+    runner.add(completed(C.build_poll_mine(), 0, stdout=f"{good}\n{other}\n"))
     statuses = SlurmBackend(runner).poll([good_id, "999999"])
     assert set(statuses) == {good_id}
-    assert len(runner.calls) == 3
+    assert len(runner.calls) == 2
 
 
 @pytest.mark.parametrize(("stderr", "transient"), [
@@ -178,14 +178,35 @@ def test_poll_timeout_raises_transient() -> None:
     assert not info.value.ambiguous
 
 
-def test_poll_chunks_very_long_id_lists() -> None:
-    ids = [str(i) for i in range(1, ID_CHUNK * 2 + 11)]
+def test_poll_of_many_ids_is_one_squeue() -> None:
+    """10,000 separate jobs: one ``--jobs`` list (it fits one argument), not chunks."""
+    ids = [str(1_000_000 + i) for i in range(10_000)]
     runner = RecordedRunner()
-    for start in range(0, len(ids), ID_CHUNK):
-        chunk = ids[start:start + ID_CHUNK]
-        runner.add(completed(C.build_poll(chunk), 0, stdout=""))
+    runner.add(completed(C.build_poll(ids), 0, stdout=""))
     assert SlurmBackend(runner).poll(ids) == {}
-    assert runner.commands() == ["squeue"] * 3
+    assert runner.commands() == ["squeue"]
+    assert len(runner.calls[0].argv[4]) <= ARGV_BUDGET + len("--jobs=")
+
+
+def test_poll_folds_array_tasks_into_their_array() -> None:
+    rec = fx("squeue_array")
+    base = JOBS["array"]
+    tasks = [f"{base}_{i}" for i in range(4)]
+    runner = RecordedRunner()
+    runner.add(completed(C.build_poll([base]), 0, stdout=rec.stdout))
+    statuses = SlurmBackend(runner).poll(tasks[:2])
+    assert set(statuses) == set(tasks[:2])  # the array's other tasks were not asked for
+    assert runner.commands() == ["squeue"]
+
+
+def test_poll_beyond_one_argument_asks_for_the_accounts_jobs() -> None:
+    ids = [str(10**12 + i) for i in range(ARGV_BUDGET // 8)]
+    runner = RecordedRunner()
+    good = fx("squeue_final").stdout.splitlines()[0]
+    good_id = good.split("|", 1)[0]
+    runner.add(completed(C.build_poll_mine(), 0, stdout=good + "\n"))
+    assert SlurmBackend(runner).poll([*ids, good_id]).keys() == {good_id}
+    assert runner.commands() == ["squeue"]
 
 
 def test_poll_of_nothing_runs_nothing() -> None:
@@ -204,12 +225,32 @@ def test_poll_by_name_prefix() -> None:
 # ------------------------------------------------------------------- accounting
 
 
-def test_accounting_merges_step_usage() -> None:
+def combined_sacct() -> CompletedCommand:
+    """The one accounting query's answer, made of the two captured ones: the allocation
+    rows (SACCT_FIELDS) with their MaxRSS/TotalCPU, and the step rows, in sacct's order."""
     alloc, steps = fx("sacct_allocations"), fx("sacct_steps")
-    b, runner = backend(alloc, steps)
+    rows = {line.split("|", 1)[0]: line for line in alloc.stdout.splitlines() if line}
+    out = []
+    for line in steps.stdout.splitlines():
+        if not line:
+            continue
+        job, rss, cpu, elapsed = line.split("|")
+        if job in rows:
+            out.append(f"{rows[job]}|{rss}|{cpu}")
+        else:
+            blank = [""] * len(SACCT_FIELDS)
+            blank[0], blank[SACCT_FIELDS.index("ElapsedRaw")] = job, elapsed
+            out.append("|".join([*blank, rss, cpu]))
     ids = alloc.argv[4].removeprefix("--jobs=").split(",")
+    return completed(C.build_accounting(ids), 0, stdout="\n".join(out) + "\n")
+
+
+def test_accounting_merges_step_usage() -> None:
+    rec = combined_sacct()
+    b, runner = backend(rec)
+    ids = rec.argv[3].removeprefix("--jobs=").split(",")
     recs = b.accounting(ids)
-    assert runner.commands() == ["sacct", "sacct"]
+    assert runner.commands() == ["sacct"]  # allocations and steps in one answer
     timeout = recs[JOBS["timeout"]]
     assert timeout.state is SchedulerState.TIMEOUT
     assert timeout.max_rss_bytes == 396 * 1024
@@ -219,9 +260,11 @@ def test_accounting_merges_step_usage() -> None:
 
 
 def test_accounting_unknown_job_is_missing() -> None:
-    b, runner = backend(fx("sacct_invalid"))
+    invalid = fx("sacct_invalid")  # captured with --allocations: same (empty) answer
+    b, runner = backend(completed(C.build_accounting(["999999"]), invalid.returncode,
+                                  invalid.stdout, invalid.stderr))
     assert b.accounting(["999999"]) == {}
-    assert runner.commands() == ["sacct"]  # no step query for nothing
+    assert runner.commands() == ["sacct"]
 
 
 def test_accounting_falls_back_to_scontrol_without_slurmdbd() -> None:
@@ -366,7 +409,7 @@ def test_accounting_skips_slurmdbd_placeholder_rows() -> None:
     """Seen live: a step record reached slurmdbd before the job record, which then read
     JobName=allocation with no partition and ReqMem=16? for a moment."""
     placeholder = ("87|87|allocation|COMPLETED|0:0|1|2026-11-22T02:24:18|2026-11-22T02:24:19|"
-                   "2026-11-22T02:24:20|vm|||hpcgear-dev|1|16?||None\n")
+                   "2026-11-22T02:24:20|vm|||hpcgear-dev|1|16?||None||00:00.001\n")
     runner = RecordedRunner()
     runner.add(completed(C.build_accounting(["87"]), 0, stdout=placeholder))
     assert SlurmBackend(runner).accounting(["87"]) == {}

@@ -37,12 +37,17 @@ def whoami_cmd(app: AppContext, as_json: bool) -> None:
         data["instance"] = make_url(app.settings.database_url).render_as_string(
             hide_password=True
         )
-        with app.db.session() as s:
-            from hpcgear.db.models import User
+        # A Core query on the users table: whoami should not pay for importing the
+        # ORM and building the models (hpcgear.db.models) just to read one row.
+        from sqlalchemy import column, select, table
 
-            user = s.get(User, data["user"])
-            data["registered"] = user is not None
-            data["site_admin"] = bool(user and user.site_admin)
+        users = table("users", column("login"), column("site_admin"))
+        with app.db.engine.connect() as conn:
+            row = conn.execute(
+                select(users.c.site_admin).where(users.c.login == data["user"])
+            ).first()
+            data["registered"] = row is not None
+            data["site_admin"] = bool(row and row[0])
     if as_json:
         app.emit_json(data)
         return

@@ -273,7 +273,7 @@ def _unled_sites(
     app: AppContext, session: Any, rows: list[dict[str, Any]]
 ) -> dict[str, tuple[int, dt.datetime | None]]:
     """Sites with unfinished listed jobs that no controller cycled recently."""
-    from hpcgear.controller.status import last_led, stale_after
+    from hpcgear.controller.status import last_led
 
     waiting: dict[str, int] = {}
     for r in rows:
@@ -283,9 +283,24 @@ def _unled_sites(
     out = {}
     for site, n in waiting.items():
         led = last_led(session, site)
-        if led is None or now - led > stale_after(_poll_interval(app, site)):
+        if not _is_led(app, site, led, now):
             out[site] = (n, led)
     return out
+
+
+def _is_led(app: AppContext, site: str, led: dt.datetime | None, now: dt.datetime) -> bool:
+    """A controller cycled ``site`` recently (``stale_after`` its poll interval).
+
+    The site's config (its poll interval) is read only when the answer depends on
+    it: never led, or a cycle within the shortest staleness, need no site schema.
+    """
+    from hpcgear.controller.status import MIN_STALE_SECONDS, stale_after
+
+    if led is None:
+        return False
+    if now - led <= dt.timedelta(seconds=MIN_STALE_SECONDS):
+        return True
+    return now - led <= stale_after(_poll_interval(app, site))
 
 
 @click.command("jobs")
@@ -398,7 +413,7 @@ def job_show(
     pending jobs:  a warning when no controller has led the site recently
     Times are shown in your local zone, with its name.
     """
-    from hpcgear.controller.status import last_led, stale_after
+    from hpcgear.controller.status import last_led
     from hpcgear.jobs.efficiency import efficiency
     from hpcgear.jobs.service import get_job, job_to_dict
 
@@ -411,8 +426,7 @@ def job_show(
         led = last_led(s, job.site)
         data["controller"] = {"last_cycle": _iso_zoned(led)}
         final = job.state in ("complete", "failed", "cancelled")
-        poll = _poll_interval(app, job.site)
-        data["controller"]["led"] = led is not None and now - led <= stale_after(poll)
+        data["controller"]["led"] = _is_led(app, job.site, led, now)
         data["estimated_start"] = None
         if job.state == "queued" and not no_remote:
             from hpcgear.controller.jobinfo import estimated_start
