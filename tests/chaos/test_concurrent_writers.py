@@ -98,11 +98,14 @@ def _writer(i: int, cli: CliEnv, tmp: Path, fig: Figures, jobs: dict[int, str]) 
     up = tmp / f"up-{i}"
     up.mkdir()
     (up / f"f{i}.txt").write_text(f"writer {i}\n")
-    run("tag", "add", SEED, f"w{i}")
-    run("info", "set", SEED, f"w{i}={i}")
+    # every writer changes the one shared file twice (a tag and an info key)
+    if i % 2 == 0:
+        run("tag", "add", SEED, f"w{i}")
+        run("info", "unset", SEED, f"u{i}")
+    else:
+        run("info", "set", SEED, f"w{i}={i}")
+        run("tag", "rm", SEED, f"r{i}")
     run("upload", NEW_ACQ, str(up / f"f{i}.txt"))
-    run("tag", "rm", SEED, f"r{i}")
-    run("info", "unset", SEED, f"u{i}")
     if i % 3 == 2:
         run("rule", "add", "lab/p", "--name", f"rule{i}", "--gear", "test-gear", "--input",
             "input_file", "--when", "file.name~^never-matches-", "--tag", "hpc", "--disabled")
@@ -186,8 +189,8 @@ def test_twenty_writers_api_clients_and_the_daemon(
     seed = tmp_path / "seed.txt"
     seed.write_text("shared by every writer\n")
     cli.ok("upload", "lab/p/s1/ses1", str(seed))
-    cli.ok("tag", "add", SEED, "keep", *(f"r{i}" for i in range(WRITERS)))
-    cli.ok("info", "set", SEED, "keep=1", *(f"u{i}={i}" for i in range(WRITERS)))
+    cli.ok("tag", "add", SEED, "keep", *(f"r{i}" for i in range(1, WRITERS, 2)))
+    cli.ok("info", "set", SEED, "keep=1", *(f"u{i}={i}" for i in range(0, WRITERS, 2)))
     cli.ok("user", "add", "alice")
     cli.ok("role", "grant", "alice", "lab/p", "read-write")
     ses_id = next(e["id"] for e in cli.ok("ls", "lab/p/s1", "--json").json()
@@ -248,17 +251,18 @@ def test_twenty_writers_api_clients_and_the_daemon(
 
     entry = next(e for e in cli.ok("ls", "lab/p/s1/ses1", "--json").json()
                  if e.get("name") == "seed.txt")
-    _count(fig, "seed tags added", {f"w{i}" for i in range(WRITERS)} | {"keep"}, entry["tags"])
+    _count(fig, "seed tags added", {f"w{i}" for i in range(0, WRITERS, 2)} | {"keep"},
+           entry["tags"])
     removed = [t for t in entry["tags"] if t.startswith("r")]
-    fig.writes += WRITERS
+    fig.writes += WRITERS // 2
     fig.lost += len(removed)
     if removed:
         fig.problems.append(f"seed tags removed but back: {removed}")
     info = entry["info"]
-    _count(fig, "seed info set", {f"w{i}" for i in range(WRITERS)} | {"keep"},
+    _count(fig, "seed info set", {f"w{i}" for i in range(1, WRITERS, 2)} | {"keep"},
            [k for k in info if k.startswith("w") or k == "keep"])
     back = [k for k in info if k.startswith("u")]
-    fig.writes += WRITERS
+    fig.writes += (WRITERS + 1) // 2
     fig.lost += len(back)
     if back:
         fig.problems.append(f"seed info unset but back: {back}")
@@ -309,7 +313,7 @@ def test_twenty_writers_api_clients_and_the_daemon(
 
     summary = fig.line() + f" storm_seconds={storm:.0f}"
     print("\n" + summary)
-    assert fig.processes >= WRITERS * 6, summary
+    assert fig.processes >= WRITERS * 4, summary
     assert (fig.lost, fig.duplicated, fig.failed, fig.internal_errors, fig.locked) == (
         0, 0, 0, 0, 0), summary + "\n" + "\n".join(fig.problems)
     assert len(jobs) == expected_jobs, "\n".join(fig.problems)
