@@ -1,7 +1,8 @@
 """poll: one queue query per cycle for every tracked job; verdicts for the ones that ended.
 
-A failed query changes no job's state. Jobs that left the queue are resolved
-with one batched accounting query, then the job's own exit record.
+A failed query changes no job's state. Jobs that ended or left the queue are
+resolved with one batched accounting query, then the job's own exit record; while
+the accounting cannot be reached (slurmdbd down) none of them is decided.
 """
 
 from __future__ import annotations
@@ -214,9 +215,12 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     try:
         acct = rt.backend.accounting([t.native_id for t, _ in ended] + [t.native_id for t in gone])
     except HpcgearError as exc:
-        if gone:
-            raise  # jobs that left the queue need accounting: decide nothing this cycle
-        logger.info("accounting not available yet: %s", exc.message)
+        if gone or exc.transient:
+            # Jobs that left the queue need accounting, and an ended job recorded
+            # while slurmdbd is unreachable would keep no usage figures (CPU time,
+            # peak memory) for good: decide nothing this cycle, ask again next one.
+            raise
+        logger.info("accounting not available: %s", exc.message)
         acct = {}
     fault_point("poll.ended")
     rt.recent_accounting = dict(acct)
