@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: How long a job may be missing from the queue, the accounting and its exit record
 #: before it counts as lost (squeue drops jobs after MinJobAge; sacct can lag).
 LOST_GRACE = dt.timedelta(minutes=10)
+#: How long an ended job (still in the queue) waits for its ``sacct`` record.
+ACCOUNTING_WAIT = dt.timedelta(seconds=60)
 #: An unchanged job's ``last_seen`` is rewritten only when older than this.
 LAST_SEEN_REFRESH = dt.timedelta(minutes=1)
 
@@ -225,10 +227,18 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     fault_point("poll.ended")
     rt.recent_accounting = dict(acct)
     for t, st in ended:
+        acc = ours(acct, t.native_id, t.id, t.array_id)
         try:
             with job_session(ctx, t.id) as (s, job):
+                if acc is None and not _accounting_overdue(rt, job, now):
+                    # sacct lags the queue (slurmdbd just back from an outage holds
+                    # slurmctld's backlog): wait a little for the usage figures.
+                    info = dict(job.scheduler_info or {})
+                    info.setdefault("ended_seen", now.isoformat())
+                    update_fields(s, job, last_seen=now, scheduler_info=info)
+                    continue
                 update_fields(s, job, last_seen=now)
-            record_end(ctx, rt, t.id, st.state, ours(acct, t.native_id, t.id, t.array_id), report)
+            record_end(ctx, rt, t.id, st.state, acc, report)
         except StaleJobError:
             continue
     for t in gone:
@@ -264,6 +274,19 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                         update_fields(s, job, scheduler_state="UNKNOWN")
         except StaleJobError:
             continue
+
+
+def _accounting_overdue(rt: SiteRuntime, job: Job, now: dt.datetime) -> bool:
+    """Whether an ended job still without accounting has waited :data:`ACCOUNTING_WAIT`
+    (then it is decided without: its exit record is the second proof)."""
+    if rt.site.scheduler != "slurm":
+        return True
+    seen = (job.scheduler_info or {}).get("ended_seen")
+    try:
+        first = aware(dt.datetime.fromisoformat(seen)) if isinstance(seen, str) else None
+    except ValueError:
+        first = None
+    return first is not None and now - first >= ACCOUNTING_WAIT
 
 
 def _unchanged(t: Any, st: SchedulerStatus) -> bool:

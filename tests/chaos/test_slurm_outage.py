@@ -58,6 +58,7 @@ class Figures:
     false_changes: int = 0
     transient_errors_logged: int = 0
     reconciled: int = 0
+    accounted: int = 0
     reconcile_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -67,6 +68,7 @@ class Figures:
                 f"false_changes={self.false_changes} "
                 f"transient_errors_logged={self.transient_errors_logged} "
                 f"reconciled={self.reconciled}/{self.jobs} "
+                f"with_accounting={self.accounted}/{self.jobs} "
                 f"reconcile_seconds={self.reconcile_seconds:.0f}")
 
 
@@ -120,6 +122,19 @@ def _states(inst: Instance, ids: list[str]) -> dict[str, str]:
     return {j: rows[j]["state"] for j in ids if j in rows}
 
 
+def _accounted(inst: Instance, ids: list[str]) -> int:
+    """Jobs whose SLURM accounting (sacct: CPU time, peak memory) was stored."""
+    from hpcgear.cli.context import AppContext
+    from hpcgear.db.models import Job
+
+    app = AppContext(config_path=str(inst.cli.config))
+    with app.db.session() as s:
+        jobs = [s.get(Job, j) for j in ids]
+        return sum(1 for j in jobs if j is not None
+                   and ((j.scheduler_info or {}).get("accounting") or {}).get("elapsed_seconds")
+                   is not None)
+
+
 def _squeue_running(native: set[str]) -> int:
     out = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%A"], capture_output=True,
                          text=True).stdout.split()
@@ -128,7 +143,7 @@ def _squeue_running(native: set[str]) -> int:
 
 def _phase(inst: Instance, dev: DevEnv, name: str, log: Path, tag: str) -> Figures:
     fig = Figures(name)
-    sleep = max(5, int(OUTAGE * 0.4))  # the running jobs end while the daemon is down
+    sleep = max(5, min(20, int(OUTAGE * 0.4)))  # running jobs end while it is down
     ids = [inst.run("--config", f"sleep_seconds={sleep}", "--tag", f"ram={100 + i}M",
                     "--tag", tag) for i in range(3)]
     fig.jobs = len(ids)
@@ -181,6 +196,7 @@ def _phase(inst: Instance, dev: DevEnv, name: str, log: Path, tag: str) -> Figur
     fig.reconcile_seconds = time.monotonic() - back
     final = _states(inst, ids)
     fig.reconciled = sum(1 for s in final.values() if s == "complete")
+    fig.accounted = _accounted(inst, ids)
     for j in ids:
         full = inst.job(j)
         if full["state"] != "complete":
@@ -235,4 +251,5 @@ def test_slurmctld_and_slurmdbd_outages(dev_env: DevEnv, tmp_path: Path,
             f"no clear transient error while {fig.daemon} was down:\n" + text[-3000:])
     for fig in figures:
         assert fig.reconciled == fig.jobs, fig.line() + "\n" + "\n".join(fig.problems)
+        assert fig.accounted == fig.jobs, "usage figures lost: " + fig.line()
         assert not [p for p in fig.problems if "re-run" in p or "SLURM jobs" in p], fig.problems

@@ -405,3 +405,38 @@ def test_an_ended_job_waits_for_accounting_while_slurmdbd_is_down(
         job = s.get(Job, jid)
         assert job is not None and job.state == "running"
         assert not (job.scheduler_info or {}).get("accounting")
+
+
+class DbdBackRunner(DbdDownRunner):
+    """slurmdbd is back but has not received slurmctld's backlog: sacct answers empty."""
+
+    def run(self, argv: Sequence[str], *, timeout: float,
+            input: str | None = None) -> CompletedCommand:
+        if argv[0] == "sacct":
+            self.calls.append(tuple(argv))
+            return CompletedCommand(tuple(argv), 0, "", "", 0.0)
+        return super().run(argv, timeout=timeout, input=input)
+
+
+def test_an_ended_job_waits_a_little_for_lagging_accounting(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """After a slurmdbd outage sacct lags the queue: the ended job waits (up to
+    ACCOUNTING_WAIT) for its usage figures, then is decided without them."""
+    from hpcgear.controller.poll import ACCOUNTING_WAIT
+
+    ctx, rt = setup
+    rt.backend = SlurmBackend(DbdBackRunner())
+    pid = _project_ids(ctx)
+    jid = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="201",
+               last_seen=dt.datetime.now(dt.UTC), scheduler_state="RUNNING")
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "running", "waits for sacct"
+        seen = dt.datetime.fromisoformat(job.scheduler_info["ended_seen"])
+        job.scheduler_info = {"ended_seen": (seen - ACCOUNTING_WAIT).isoformat()}
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "failed", "decided once the wait is over"
+        assert "no exit record" in (job.failure_message or "")
