@@ -36,6 +36,11 @@ class DatabaseError(HpcgearError):
     """The database cannot be reached or is not at the expected schema version."""
 
 
+class WriteConflictError(HpcgearError):
+    """Another writer changed a row between our read and our write (a lost
+    compare-and-set); a user's write is run again as a whole (``Database.write``)."""
+
+
 class NotFoundError(HpcgearError):
     """A path, file, gear, job or user does not exist."""
 

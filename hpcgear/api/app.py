@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,6 +116,28 @@ def current_caller(request: Request) -> Caller:
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
 StateDep = Annotated[ApiState, Depends(state)]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def retried(fn: F) -> F:
+    """A write handler whose every call is one transaction of its own: a call that
+    raced another writer (a unique violation, a PostgreSQL deadlock or serialization
+    failure, SQLite busy past its timeout) is run again as a whole
+    (:func:`hpcgear.db.session.retry_conflicts`), so no client sees the race."""
+    import functools
+    import inspect
+
+    from hpcgear.db.session import retry_conflicts
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return retry_conflicts(lambda: fn(*args, **kwargs))
+
+    # FastAPI reads the parameters from the signature: resolve the handler's string
+    # annotations (``from __future__ import annotations``) in its own module.
+    wrapper.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 class _BodyLimit:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from hpcgear import __version__
 from hpcgear.api.access import Caller, can_read, check_scope, get_container, require_user_key
-from hpcgear.api.app import CallerDep, StateDep
+from hpcgear.api.app import CallerDep, StateDep, retried
 from hpcgear.db.models import Container, File, FileVersion, Gear, Job, Role, User
 from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from hpcgear.hierarchy.permissions import RoleName, get_actor
@@ -556,6 +556,7 @@ def _group(s: Session, caller: Caller, gid: str) -> dict[str, Any]:
 
 
 @router.post("/lookup")
+@retried
 def lookup(caller: CallerDep, st: StateDep, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     path = body.get("path")
     if isinstance(path, str):
@@ -693,58 +694,60 @@ async def upload(collection: str, cid: str, request: Request, caller: CallerDep,
                 if isinstance(item, dict):
                     metadata[str(item.get("name", ""))] = item
 
-        def store_all() -> list[dict[str, Any]]:
+        def write(s: Session) -> list[dict[str, Any]]:
+            import tempfile
+            from pathlib import Path
+
             from hpcgear.hierarchy.paths import check_file_name
-            from hpcgear.hierarchy.service import add_file_version
+            from hpcgear.hierarchy.service import add_file_version, container_path
+            from hpcgear.ingest.upload import spool_for_profile, upload_deidentified
 
+            for u in uploads:  # a retried attempt reads every file again
+                u.file.seek(0)
             out = []
-            with st.session() as s:
-                c = get_container(s, caller, cid, RoleName.READ_WRITE)
-                # A project with a de-identification profile: clean DICOM first (deid helper).
-                import tempfile
-                from pathlib import Path
-
-                from hpcgear.hierarchy.service import container_path
-                from hpcgear.ingest.upload import spool_for_profile, upload_deidentified
-
-                st.store.ensure()
-                with tempfile.TemporaryDirectory(prefix="api-up-", dir=st.store.tmp) as tmp:
-                    named = [(check_file_name(u.filename or ""), u.file) for u in uploads]
-                    spooled = spool_for_profile(s, st.store, c.project_id, named, Path(tmp))
-                    if spooled is not None:
-                        meta_by_name = {
-                            n: {k: v for k, v in (metadata.get(n) or {}).items()
-                                if k in ("type", "modality", "classification", "tags", "info")}
-                            for n, _ in named
-                        }  # fmt: skip
-                        upload_deidentified(
-                            s, st.store, caller.login, container_path(s, c), spooled,
-                            origin_type="job" if caller.job_id else "user",
-                            origin_id=caller.job_id or caller.login, metadata=meta_by_name,
-                        )  # fmt: skip
-                        for n, _ in named:
-                            f = _file_on(s, c, n)
-                            fv = s.scalar(select(FileVersion).where(
-                                FileVersion.file_id == f.id,
-                                FileVersion.version == f.current_version))  # fmt: skip
-                            out.append(file_doc(c, f, fv))
-                        return out
-                for up in uploads:
-                    name = check_file_name(up.filename or "")
-                    obj = st.store.put_stream(up.file)
-                    m = metadata.get(name) or (metadata.get("") if len(uploads) == 1 else None)
-                    meta = {k: v for k, v in (m or {}).items()
+            c = get_container(s, caller, cid, RoleName.READ_WRITE)
+            # A project with a de-identification profile: clean DICOM first (deid helper).
+            with tempfile.TemporaryDirectory(prefix="api-up-", dir=st.store.tmp) as tmp:
+                named = [(check_file_name(u.filename or ""), u.file) for u in uploads]
+                spooled = spool_for_profile(s, st.store, c.project_id, named, Path(tmp))
+                if spooled is not None:
+                    meta_by_name = {
+                        n: {k: v for k, v in (metadata.get(n) or {}).items()
                             if k in ("type", "modality", "classification", "tags", "info")}
-                    add_file_version(
-                        s, c, name, obj.hash, obj.size, caller.login,
+                        for n, _ in named
+                    }  # fmt: skip
+                    upload_deidentified(
+                        s, st.store, caller.login, container_path(s, c), spooled,
                         origin_type="job" if caller.job_id else "user",
-                        origin_id=caller.job_id or caller.login, metadata=meta or None,
-                    )
-                    f = _file_on(s, c, name)
-                    fv = s.scalar(select(FileVersion).where(
-                        FileVersion.file_id == f.id, FileVersion.version == f.current_version))
-                    out.append(file_doc(c, f, fv))
+                        origin_id=caller.job_id or caller.login, metadata=meta_by_name,
+                    )  # fmt: skip
+                    for n, _ in named:
+                        f = _file_on(s, c, n)
+                        fv = s.scalar(select(FileVersion).where(
+                            FileVersion.file_id == f.id,
+                            FileVersion.version == f.current_version))  # fmt: skip
+                        out.append(file_doc(c, f, fv))
+                    return out
+            for up in uploads:
+                name = check_file_name(up.filename or "")
+                obj = st.store.put_stream(up.file)
+                m = metadata.get(name) or (metadata.get("") if len(uploads) == 1 else None)
+                meta = {k: v for k, v in (m or {}).items()
+                        if k in ("type", "modality", "classification", "tags", "info")}
+                add_file_version(
+                    s, c, name, obj.hash, obj.size, caller.login,
+                    origin_type="job" if caller.job_id else "user",
+                    origin_id=caller.job_id or caller.login, metadata=meta or None,
+                )
+                f = _file_on(s, c, name)
+                fv = s.scalar(select(FileVersion).where(
+                    FileVersion.file_id == f.id, FileVersion.version == f.current_version))
+                out.append(file_doc(c, f, fv))
             return out
+
+        def store_all() -> list[dict[str, Any]]:
+            st.store.ensure()
+            return st.db.write(write)  # a race with another writer runs it again
 
         return await anyio.to_thread.run_sync(store_all)
     finally:
@@ -770,6 +773,7 @@ def _info_update(body: Mapping[str, Any]) -> dict[str, Any]:
 
 @generic.patch("/{collection}/{cid}/info")
 @generic.post("/{collection}/{cid}/info")
+@retried
 def modify_info(collection: str, cid: str, caller: CallerDep, st: StateDep,
                 body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_info
@@ -784,6 +788,7 @@ def modify_info(collection: str, cid: str, caller: CallerDep, st: StateDep,
 
 @generic.patch("/{collection}/{cid}/files/{name}/info")
 @generic.post("/{collection}/{cid}/files/{name}/info")
+@retried
 def modify_file_info(collection: str, cid: str, name: str, caller: CallerDep, st: StateDep,
                      body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_info
@@ -798,6 +803,7 @@ def modify_file_info(collection: str, cid: str, name: str, caller: CallerDep, st
 
 @generic.patch("/{collection}/{cid}/files/{name}/classification")
 @generic.post("/{collection}/{cid}/files/{name}/classification")
+@retried
 def modify_classification(collection: str, cid: str, name: str, caller: CallerDep,
                           st: StateDep, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_file_fields
@@ -818,6 +824,7 @@ def modify_classification(collection: str, cid: str, name: str, caller: CallerDe
 
 
 @generic.put("/{collection}/{cid}/files/{name}")
+@retried
 def modify_file(collection: str, cid: str, name: str, caller: CallerDep, st: StateDep,
                 body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_file_fields
@@ -834,6 +841,7 @@ def modify_file(collection: str, cid: str, name: str, caller: CallerDep, st: Sta
 
 
 @generic.post("/{collection}/{cid}/tags")
+@retried
 def add_tag(collection: str, cid: str, caller: CallerDep, st: StateDep,
             body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_tags
@@ -849,6 +857,7 @@ def add_tag(collection: str, cid: str, caller: CallerDep, st: StateDep,
 
 
 @generic.patch("/{collection}/{cid}/tags")
+@retried
 def add_tags(collection: str, cid: str, caller: CallerDep, st: StateDep,
              body: list[str] = Body(...)) -> None:
     from hpcgear.hierarchy.records import update_tags
@@ -860,6 +869,7 @@ def add_tags(collection: str, cid: str, caller: CallerDep, st: StateDep,
 
 
 @generic.delete("/{collection}/{cid}/tags/{value}")
+@retried
 def delete_tag(collection: str, cid: str, value: str, caller: CallerDep,
                st: StateDep) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_tags
@@ -872,6 +882,7 @@ def delete_tag(collection: str, cid: str, value: str, caller: CallerDep,
 
 
 @generic.delete("/{collection}/{cid}/tags")
+@retried
 def delete_tags(collection: str, cid: str, caller: CallerDep, st: StateDep,
                 body: list[str] = Body(...)) -> None:
     from hpcgear.hierarchy.records import update_tags
@@ -977,6 +988,7 @@ def _start_job(
 
 
 @router.post("/jobs/add")
+@retried
 def add_job(caller: CallerDep, st: StateDep,
             body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     dest = body.get("destination") or {}
@@ -987,6 +999,7 @@ def add_job(caller: CallerDep, st: StateDep,
 
 
 @generic.post("/{collection}/{cid}/analyses")
+@retried
 def add_analysis(collection: str, cid: str, caller: CallerDep, st: StateDep,
                  body: dict[str, Any] = Body(...), job: bool = Query(False)) -> dict[str, Any]:
     collection_type(collection)
@@ -1098,6 +1111,7 @@ def get_file_info(file_id: str, caller: CallerDep, st: StateDep) -> dict[str, An
 
 
 @router.patch("/files/{file_id}/info")
+@retried
 def patch_file_info(file_id: str, caller: CallerDep, st: StateDep,
                     body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_info
@@ -1110,6 +1124,7 @@ def patch_file_info(file_id: str, caller: CallerDep, st: StateDep,
 
 
 @router.put("/files/{file_id}/info")
+@retried
 def put_file_info(file_id: str, caller: CallerDep, st: StateDep,
                   body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_info
@@ -1127,6 +1142,7 @@ def get_file_tags(file_id: str, caller: CallerDep, st: StateDep) -> list[str]:
 
 
 @router.patch("/files/{file_id}/tags")
+@retried
 def add_file_tags(file_id: str, caller: CallerDep, st: StateDep,
                   body: list[str] = Body(...)) -> list[str]:
     from hpcgear.hierarchy.records import update_tags
@@ -1137,6 +1153,7 @@ def add_file_tags(file_id: str, caller: CallerDep, st: StateDep,
 
 
 @router.put("/files/{file_id}/tags")
+@retried
 def set_file_tags(file_id: str, caller: CallerDep, st: StateDep,
                   body: list[str] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_tags
@@ -1150,6 +1167,7 @@ def set_file_tags(file_id: str, caller: CallerDep, st: StateDep,
 
 
 @router.delete("/files/{file_id}/tags")
+@retried
 def delete_file_tags(file_id: str, caller: CallerDep, st: StateDep,
                      body: list[str] = Body(...)) -> None:
     from hpcgear.hierarchy.records import update_tags
@@ -1160,6 +1178,7 @@ def delete_file_tags(file_id: str, caller: CallerDep, st: StateDep,
 
 
 @router.put("/files/{file_id}/classification")
+@retried
 def put_file_classification(file_id: str, caller: CallerDep, st: StateDep,
                             body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     from hpcgear.hierarchy.records import update_file_fields

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from hpcgear.api.access import Caller, get_container, require_user_key
 from hpcgear.api.app import ApiState, CallerDep, StateDep
@@ -249,46 +250,51 @@ async def upload_by_path(path: str, request: Request, caller: CallerDep,
         if not uploads:
             raise InvalidInputError("no file in the upload", "send multipart field 'file'")
 
-        def store_all() -> list[dict[str, Any]]:
-            from hpcgear.hierarchy.paths import check_file_name
+        from hpcgear.hierarchy.paths import check_file_name
+
+        names = [check_file_name(u.filename or "") for u in uploads]
+        if len(set(names)) != len(names):
+            raise InvalidInputError("two files with one name", "rename one")
+
+        def write(s: Session) -> list[dict[str, Any]]:
+            import tempfile
+            from pathlib import Path
+
+            from hpcgear.api.access import check_scope
             from hpcgear.hierarchy.service import add_file_version, ensure_path
+            from hpcgear.ingest.upload import spool_for_profile, upload_deidentified
 
-            names = [check_file_name(u.filename or "") for u in uploads]
-            if len(set(names)) != len(names):
-                raise InvalidInputError("two files with one name", "rename one")
-            with st.session() as s:
-                target = ensure_path(s, caller.login, path)
-                from hpcgear.api.access import check_scope
-
-                check_scope(s, caller, target, write=True)
-                out = []
-                # A project with a de-identification profile: clean DICOM first (deid helper).
-                import tempfile
-                from pathlib import Path
-
-                from hpcgear.ingest.upload import spool_for_profile, upload_deidentified
-
-                st.store.ensure()
-                with tempfile.TemporaryDirectory(prefix="api-up-", dir=st.store.tmp) as tmp:
-                    spooled = spool_for_profile(
-                        s, st.store, target.project_id,
-                        [(n, u.file) for n, u in zip(names, uploads, strict=True)], Path(tmp),
+            for u in uploads:  # a retried attempt reads every file again
+                u.file.seek(0)
+            target = ensure_path(s, caller.login, path)
+            check_scope(s, caller, target, write=True)
+            out = []
+            # A project with a de-identification profile: clean DICOM first (deid helper).
+            with tempfile.TemporaryDirectory(prefix="api-up-", dir=st.store.tmp) as tmp:
+                spooled = spool_for_profile(
+                    s, st.store, target.project_id,
+                    [(n, u.file) for n, u in zip(names, uploads, strict=True)], Path(tmp),
+                )  # fmt: skip
+                if spooled is not None:
+                    results = upload_deidentified(
+                        s, st.store, caller.login, path, spooled,
+                        origin_type="user", origin_id=caller.login,
                     )  # fmt: skip
-                    if spooled is not None:
-                        results = upload_deidentified(
-                            s, st.store, caller.login, path, spooled,
-                            origin_type="user", origin_id=caller.login,
-                        )  # fmt: skip
-                        return [{"name": r.name, "file_id": r.file_id, "version": r.version,
-                                 "hash": r.hash, "size": r.size, "created": r.created}
-                                for r in results]  # fmt: skip
-                for name, up in zip(names, uploads, strict=True):
-                    obj = st.store.put_stream(up.file)
-                    r = add_file_version(s, target, name, obj.hash, obj.size, caller.login,
-                                         origin_type="user", origin_id=caller.login)
-                    out.append({"name": r.name, "file_id": r.file_id, "version": r.version,
-                                "hash": r.hash, "size": r.size, "created": r.created})
-                return out
+                    return [{"name": r.name, "file_id": r.file_id, "version": r.version,
+                             "hash": r.hash, "size": r.size, "created": r.created}
+                            for r in results]  # fmt: skip
+            for name, up in zip(names, uploads, strict=True):
+                obj = st.store.put_stream(up.file)
+                r = add_file_version(s, target, name, obj.hash, obj.size, caller.login,
+                                     origin_type="user", origin_id=caller.login)
+                out.append({"name": r.name, "file_id": r.file_id, "version": r.version,
+                            "hash": r.hash, "size": r.size, "created": r.created})
+            return out
+
+        def store_all() -> list[dict[str, Any]]:
+            st.store.ensure()
+            # Two clients creating the same new session race on its row: run it again.
+            return st.db.write(write)
 
         return await anyio.to_thread.run_sync(store_all)
     finally:

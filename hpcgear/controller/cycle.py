@@ -52,9 +52,13 @@ def run_cycle(
             report.errors.append(f"{name}: {exc.message}")
             break
         except HpcgearError as exc:
-            # A failed query or an unreachable cluster changes no job's state.
-            logger.warning("site %s: %s step failed: %s", rt.site.name, name, exc.message)
-            report.errors.append(f"{name}: {exc.message}")
+            # A failed query or an unreachable cluster changes no job's state. The
+            # report's errors are what the daemon and cron print (once per cycle).
+            what = f"{name} step failed: {exc.message}"
+            if exc.transient:
+                what += " (transient: retried next cycle; no job is decided without an answer)"
+            logger.debug("site %s: %s", rt.site.name, what)
+            report.errors.append(what)
     return report
 
 

@@ -250,7 +250,12 @@ class Controller:
                 progressed = any(r.claimed or r.submitted or r.adopted for r in last)
                 if progressed and self._backlog():
                     continue  # claimed work is left: no sleeping through a backlog
-                self._sleep(float(wait), marks[0], self._work_marks()[1])
+                # A step that failed (SLURM or slurmdbd unreachable) is not retried
+                # every time an exit record is seen: that would repeat the failing
+                # query, and its warning, every few seconds for the whole outage.
+                failing = any(r.errors for r in last)
+                self._sleep(float(wait), marks[0], self._work_marks()[1],
+                            watch_exits=not failing)
         finally:
             self.close()
         return last
@@ -284,11 +289,13 @@ class Controller:
             )
         return left is not None
 
-    def _sleep(self, seconds: float, seq0: int, pending0: int) -> None:
+    def _sleep(self, seconds: float, seq0: int, pending0: int, *,
+               watch_exits: bool = True) -> None:
         """Wait up to ``seconds``; return early on new work or a finished job.
 
         New work is a change-log entry newer than ``seq0`` (rules may match it)
-        or more pending jobs than the ``pending0`` a cap left waiting.
+        or more pending jobs than the ``pending0`` a cap left waiting; a finished
+        job is an exit record of a tracked job (only with ``watch_exits``).
         """
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
@@ -301,7 +308,7 @@ class Controller:
                 seq, pending = self._work_marks()
                 if pending > pending0 or (self.rules_hook is not None and seq > seq0):
                     return
-                if self._exit_records_written():
+                if watch_exits and self._exit_records_written():
                     return
             except Exception:  # a failed check only means waiting for the interval
                 logger.debug("wake-up check failed", exc_info=True)

@@ -1,7 +1,8 @@
 """poll: one queue query per cycle for every tracked job; verdicts for the ones that ended.
 
-A failed query changes no job's state. Jobs that left the queue are resolved
-with one batched accounting query, then the job's own exit record.
+A failed query changes no job's state. Jobs that ended or left the queue are
+resolved with one batched accounting query, then the job's own exit record; while
+the accounting cannot be reached (slurmdbd down) none of them is decided.
 
 Scheduler queries per cycle, whatever the number of tracked jobs: one ``squeue``
 (it also covers the failed jobs whose logs the log step keeps) and, when jobs
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: How long a job may be missing from the queue, the accounting and its exit record
 #: before it counts as lost (squeue drops jobs after MinJobAge; sacct can lag).
 LOST_GRACE = dt.timedelta(minutes=10)
+#: How long an ended job (still in the queue) waits for its ``sacct`` record.
+ACCOUNTING_WAIT = dt.timedelta(seconds=60)
 #: An unchanged job's ``last_seen`` is rewritten only when older than this.
 LAST_SEEN_REFRESH = dt.timedelta(minutes=1)
 
@@ -236,18 +239,29 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
         acct = rt.backend.accounting(wanted)
         answered = set(wanted)
     except HpcgearError as exc:
-        if gone:
-            raise  # jobs that left the queue need accounting: decide nothing this cycle
-        logger.info("accounting not available yet: %s", exc.message)
+        if gone or exc.transient:
+            # Jobs that left the queue need accounting, and an ended job recorded
+            # while slurmdbd is unreachable would keep no usage figures (CPU time,
+            # peak memory) for good: decide nothing this cycle, ask again next one.
+            raise
+        logger.info("accounting not available: %s", exc.message)
         acct, answered = {}, set()  # stage-out asks again for the jobs it finishes
     fault_point("poll.ended")
     rt.recent_accounting = dict(acct)
     rt.recent_accounting_asked = answered
     for t, st in ended:
+        acc = ours(acct, t.native_id, t.id, t.array_id)
         try:
             with job_session(ctx, t.id) as (s, job):
+                if acc is None and not _accounting_overdue(rt, job, now):
+                    # sacct lags the queue (slurmdbd just back from an outage holds
+                    # slurmctld's backlog): wait a little for the usage figures.
+                    info = dict(job.scheduler_info or {})
+                    info.setdefault("ended_seen", now.isoformat())
+                    update_fields(s, job, last_seen=now, scheduler_info=info)
+                    continue
                 update_fields(s, job, last_seen=now)
-            record_end(ctx, rt, t.id, st.state, ours(acct, t.native_id, t.id, t.array_id), report)
+            record_end(ctx, rt, t.id, st.state, acc, report)
         except StaleJobError:
             continue
     for t in gone:
@@ -283,6 +297,19 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                         update_fields(s, job, scheduler_state="UNKNOWN")
         except StaleJobError:
             continue
+
+
+def _accounting_overdue(rt: SiteRuntime, job: Job, now: dt.datetime) -> bool:
+    """Whether an ended job still without accounting has waited :data:`ACCOUNTING_WAIT`
+    (then it is decided without: its exit record is the second proof)."""
+    if rt.site.scheduler != "slurm":
+        return True
+    seen = (job.scheduler_info or {}).get("ended_seen")
+    try:
+        first = aware(dt.datetime.fromisoformat(seen)) if isinstance(seen, str) else None
+    except ValueError:
+        first = None
+    return first is not None and now - first >= ACCOUNTING_WAIT
 
 
 def _unchanged(t: Any, st: SchedulerStatus) -> bool:

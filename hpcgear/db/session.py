@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     # only needs Core (whoami, the schema check) does not pay for the ORM.
     from sqlalchemy.orm import Session, sessionmaker
 
-from hpcgear.errors import DatabaseError
+from hpcgear.errors import DatabaseError, WriteConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -299,22 +299,12 @@ class Database:
         the next attempt). What still fails after ``attempts`` becomes a transient
         DatabaseError, never a raw driver error.
         """
-        for attempt in range(1, attempts + 1):
-            try:
-                with self.session() as s:
-                    return fn(s)
-            except (IntegrityError, OperationalError) as exc:
-                if not is_write_conflict(exc):
-                    raise
-                if attempt == attempts:
-                    raise DatabaseError(
-                        f"the database stayed busy with other writers ({_first_line(exc)})",
-                        "run the command again; nothing was changed",
-                        transient=True,
-                    ) from exc
-                logger.info("write conflict (%s), retrying (%d)", _first_line(exc), attempt)
-                time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter only
-        raise AssertionError("unreachable")
+
+        def once() -> T:
+            with self.session() as s:
+                return fn(s)
+
+        return retry_conflicts(once, attempts=attempts)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -323,6 +313,33 @@ class Database:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def retry_conflicts(fn: Callable[[], T], *, attempts: int = WRITE_ATTEMPTS) -> T:
+    """Call ``fn()`` (which opens and commits its own transaction) again while it
+    fails with a write conflict (:func:`is_write_conflict`, or a lost compare-and-set:
+    :class:`WriteConflictError`, e.g. the controller moved a job the user cancels);
+    see :meth:`Database.write`."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except WriteConflictError as exc:
+            if attempt == attempts:
+                raise
+            logger.info("write conflict (%s), retrying (%d)", exc.message, attempt)
+            time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter only
+        except (IntegrityError, OperationalError) as exc:
+            if not is_write_conflict(exc):
+                raise
+            if attempt == attempts:
+                raise DatabaseError(
+                    f"the database stayed busy with other writers ({_first_line(exc)})",
+                    "run the command again; nothing was changed",
+                    transient=True,
+                ) from exc
+            logger.info("write conflict (%s), retrying (%d)", _first_line(exc), attempt)
+            time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter only
+    raise AssertionError("unreachable")
 
 
 _RETRY_SQLSTATES = frozenset({"23505", "40001", "40P01"})  # unique, serialization, deadlock

@@ -47,6 +47,7 @@ from hpcgear.db.models import (
     RuleMatch,
     TrashEntry,
 )
+from hpcgear.db.session import lock_for_update
 from hpcgear.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import LEVELS, check_file_name, check_label
@@ -200,7 +201,7 @@ def move(session: Session, actor: str, source: str, destination: str) -> MoveRes
     dest = resolve_container(session, destination, min_depth=2)
     require_role(session, actor, target.container, RoleName.READ_WRITE, "moving data")
     require_role(session, actor, dest, RoleName.READ_WRITE, "moving data into it")
-    session.refresh(target.file or target.container, with_for_update=True)
+    lock_for_update(session, target.file or target.container)
     if target.file is not None:
         f = target.file
         from_path = _file_path(session, target.container, f)
@@ -282,7 +283,7 @@ def rename(session: Session, actor: str, path: str, new_name: str) -> MoveResult
     target = resolve_target(session, path)
     _movable(target, "renamed")
     require_role(session, actor, target.container, RoleName.READ_WRITE, "renaming")
-    session.refresh(target.file or target.container, with_for_update=True)
+    lock_for_update(session, target.file or target.container)
     if target.file is not None:
         f = target.file
         check_file_name(new_name)

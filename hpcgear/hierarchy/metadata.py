@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Container, File
+from hpcgear.db.session import lock_for_update
 from hpcgear.errors import InvalidInputError, NotFoundError
 from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import check_tag
@@ -25,9 +26,10 @@ MAX_NOTE = 10_000
 
 
 def _locked(session: Session, obj: Container | File) -> Container | File:
-    """Re-read the row under a row lock (PostgreSQL), so a read-modify-write of its
-    JSON cannot lose a concurrent change; SQLite serialises writers itself."""
-    session.refresh(obj, with_for_update=True)
+    """Re-read the row under a lock, so a read-modify-write of its JSON cannot lose a
+    concurrent change (a row lock on PostgreSQL; the write lock on SQLite, whose
+    reads otherwise run outside any transaction)."""
+    lock_for_update(session, obj)
     return obj
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Container, File
+from hpcgear.db.session import lock_for_update
 from hpcgear.errors import InvalidInputError
 from hpcgear.hierarchy.changelog import log_meta_change
 from hpcgear.hierarchy.paths import check_tag
@@ -69,6 +70,7 @@ def update_info(
             _check_info_keys(doc)
     require_role(session, actor, container, RoleName.READ_WRITE, "setting info")
     obj: Container | File = file if file is not None else container
+    lock_for_update(session, obj)  # concurrent writers merge, none is lost
     info: dict[str, Any] = dict(obj.info or {})
     if replace is not None:
         info = dict(replace)
@@ -95,6 +97,7 @@ def update_tags(
         check_tag(t)
     require_role(session, actor, container, RoleName.READ_WRITE, "changing tags")
     obj: Container | File = file if file is not None else container
+    lock_for_update(session, obj)  # concurrent tag changes must not overwrite each other
     current = list(obj.tags or [])
     new = [t for t in current if t not in remove] + [
         t for t in dict.fromkeys(add) if t not in current
@@ -118,6 +121,7 @@ def update_file_fields(
 ) -> File:
     """A file's modality, type and classification (Flywheel's add/replace/delete forms)."""
     require_role(session, actor, container, RoleName.READ_WRITE, "classifying a file")
+    lock_for_update(session, file)  # read-modify-write of the classification
 
     def norm(doc: Mapping[str, Any] | None) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

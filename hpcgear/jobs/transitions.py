@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from hpcgear.db.models import Job, JobEvent
-from hpcgear.errors import HpcgearError
+from hpcgear.errors import WriteConflictError
 from hpcgear.states import FailureKind, JobState, check_transition
 
 logger = logging.getLogger(__name__)
 
 
-class StaleJobError(HpcgearError):
+class StaleJobError(WriteConflictError):
     """Another process changed the job first; reload and decide again."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliEnv
+from tests.unit.test_cli_client import server_and_client  # noqa: F401  (fixture)
 
 N = 10
 HPCGEAR = str(Path(sys.executable).with_name("hpcgear"))  # the installed entry point
@@ -103,3 +104,39 @@ def test_concurrent_uploads_of_one_name_make_distinct_versions(
     _run_all(procs)
     entry = cli_env.ok("ls", "g/p/s/ses", "--json").json()[0]
     assert entry["version"] == 6
+
+
+def test_concurrent_api_tag_and_info_writes_keep_every_change(
+    server_and_client: tuple[CliEnv, CliEnv, str],  # noqa: F811
+) -> None:
+    """The Flywheel REST writes through a real `hpcgear serve`: concurrent tag and info
+    changes on one project all survive (the API's read-modify-write locks the row)."""
+    import json
+    import threading
+    import urllib.request
+
+    server, client, key = server_and_client
+    url = client.ok("whoami", "--json").json()["instance"]
+    pid = next(e["id"] for e in server.ok("ls", "lab", "--json").json() if e["label"] == "p")
+    results: list[int] = []
+
+    def post(path: str, body: object) -> None:
+        req = urllib.request.Request(
+            f"{url}{path}", method="POST", data=json.dumps(body).encode(),
+            headers={"Authorization": f"scitran-user {key}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            results.append(r.status)
+
+    threads = [threading.Thread(target=post, args=(f"/api/projects/{pid}/tags",
+                                                   {"value": f"t{i}"})) for i in range(N)]
+    threads += [threading.Thread(target=post, args=(f"/api/projects/{pid}/info",
+                                                    {"set": {f"k{i}": i}})) for i in range(N)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert results == [200] * (2 * N)
+    project = next(e for e in server.ok("ls", "lab", "--json").json() if e["label"] == "p")
+    assert sorted(project["tags"]) == sorted(f"t{i}" for i in range(N))
+    assert project["info"] == {f"k{i}": i for i in range(N)}

@@ -361,3 +361,82 @@ def test_daemon_wakes_on_new_work_and_exit_records(
     t0 = time.monotonic()
     ctl._sleep(30, seq, pending)
     assert time.monotonic() - t0 < 10, "an exit record wakes it"
+    # after a failed step (SLURM unreachable) exit records do not cut the wait short
+    ctl._exit_seen.clear()
+    t0 = time.monotonic()
+    ctl._sleep(3, seq, pending, watch_exits=False)
+    assert time.monotonic() - t0 >= 2.9, "a failing query is not repeated on every exit record"
+
+
+class DbdDownRunner:
+    """squeue answers (job 201 COMPLETED, still in the queue); sacct cannot reach slurmdbd."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, argv: Sequence[str], *, timeout: float,
+            input: str | None = None) -> CompletedCommand:
+        self.calls.append(tuple(argv))
+        if argv[0] == "squeue":
+            row = ("201|201|N/A|COMPLETED|None|vm|debug|0:05|10:00|2026-12-04T03:00:00|"
+                   "2026-12-04T03:00:01|normal|acct|1||hpcgear-x")
+            return CompletedCommand(tuple(argv), 0, row + "\n", "", 0.0)
+        return CompletedCommand(
+            tuple(argv), 1, "",
+            "sacct: error: slurm_persist_conn_open_without_init: failed to open persistent "
+            "connection to host:localhost:6819: Connection refused\n", 0.0)
+
+
+def test_an_ended_job_waits_for_accounting_while_slurmdbd_is_down(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """slurmdbd down (issue 11 chaos tier): an ended job is not decided without its
+    accounting; the poll step fails as transient and the job keeps its state."""
+    from hpcgear.scheduler.base import SchedulerUnavailableError
+
+    ctx, rt = setup
+    rt.backend = SlurmBackend(DbdDownRunner())
+    pid = _project_ids(ctx)
+    jid = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="201",
+               last_seen=dt.datetime.now(dt.UTC), scheduler_state="RUNNING")
+    with pytest.raises(SchedulerUnavailableError) as err:
+        poll_jobs(ctx, rt, CycleReport(site="t"))
+    assert "Connection refused" in err.value.message
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "running"
+        assert not (job.scheduler_info or {}).get("accounting")
+
+
+class DbdBackRunner(DbdDownRunner):
+    """slurmdbd is back but has not received slurmctld's backlog: sacct answers empty."""
+
+    def run(self, argv: Sequence[str], *, timeout: float,
+            input: str | None = None) -> CompletedCommand:
+        if argv[0] == "sacct":
+            self.calls.append(tuple(argv))
+            return CompletedCommand(tuple(argv), 0, "", "", 0.0)
+        return super().run(argv, timeout=timeout, input=input)
+
+
+def test_an_ended_job_waits_a_little_for_lagging_accounting(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """After a slurmdbd outage sacct lags the queue: the ended job waits (up to
+    ACCOUNTING_WAIT) for its usage figures, then is decided without them."""
+    from hpcgear.controller.poll import ACCOUNTING_WAIT
+
+    ctx, rt = setup
+    rt.backend = SlurmBackend(DbdBackRunner())
+    pid = _project_ids(ctx)
+    jid = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="201",
+               last_seen=dt.datetime.now(dt.UTC), scheduler_state="RUNNING")
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "running", "waits for sacct"
+        seen = dt.datetime.fromisoformat(job.scheduler_info["ended_seen"])
+        job.scheduler_info = {"ended_seen": (seen - ACCOUNTING_WAIT).isoformat()}
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "failed", "decided once the wait is over"
+        assert "no exit record" in (job.failure_message or "")

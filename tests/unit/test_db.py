@@ -130,3 +130,26 @@ def test_concurrent_sessions_sqlite_wal(tmp_path: Path) -> None:
         assert len(svc.list_path(s, "admin", "g/p")) == 4
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_write_runs_again_after_a_lost_compare_and_set(db) -> None:  # type: ignore[no-untyped-def]
+    """A user's write that lost a job CAS to the controller (StaleJobError) is run
+    again as a whole, with fresh reads, instead of failing (issue 11, chaos tier)."""
+    from hpcgear.jobs.transitions import StaleJobError
+
+    calls: list[int] = []
+
+    def fn(s):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise StaleJobError("job x changed while it was being moved to cancelled")
+        return "done"
+
+    assert db.write(fn) == "done"
+    assert len(calls) == 2
+
+    def always(s):  # type: ignore[no-untyped-def]
+        raise StaleJobError("job x changed concurrently")
+
+    with pytest.raises(StaleJobError):
+        db.write(always, attempts=3)

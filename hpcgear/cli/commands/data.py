@@ -286,8 +286,7 @@ def info_unset(app: AppContext, path: str, keys: tuple[str, ...], as_json: bool)
     from hpcgear.hierarchy.metadata import unset_info
 
     actor = app.actor
-    with app.db.session() as s:
-        info = unset_info(s, actor, path, list(keys))
+    info = app.db.write(lambda s: unset_info(s, actor, path, list(keys)))
     if as_json:
         app.emit_json(info)
     else:

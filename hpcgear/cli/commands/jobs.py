@@ -5,11 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hpcgear.cli.context import AppContext, parse_pairs, safe_text, site_registry
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from hpcgear.controller.preview import Preview
+    from hpcgear.jobs.service import PreparedJob
 
 pass_app = click.make_pass_decorator(AppContext)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,7 +86,7 @@ def run_cmd(
 
     actor = app.actor
     sites = site_registry(app)
-    with app.db.session() as s:
+    def create(s: Session) -> tuple[PreparedJob, Preview | None, str | None, str]:
         prepared = run_gear(
             s,
             actor,
@@ -97,7 +103,10 @@ def run_cmd(
         if dry_run:
             s.rollback()
         job_id = prepared.job.id if prepared.job is not None else None
-        label = f"{prepared.gear.name}@{prepared.gear.version}"
+        return prepared, preview, job_id, f"{prepared.gear.name}@{prepared.gear.version}"
+
+    # a race with another writer (a new analysis container, SQLite busy) runs it again
+    prepared, preview, job_id, label = app.db.write(create)
     for note in prepared.notes:
         app.note(f"warning: {safe_text(note)}")
     if preview is not None:
@@ -509,9 +518,7 @@ def job_cancel(app: AppContext, job_id: str) -> None:
     from hpcgear.jobs.service import cancel_job
 
     actor = app.actor
-    with app.db.session() as s:
-        job = cancel_job(s, actor, job_id)
-        native = job.native_id
+    native = app.db.write(lambda s: cancel_job(s, actor, job_id).native_id)
     app.echo(
         f"cancelled {job_id}"
         + (f" (SLURM {native} is scancelled by the controller)" if native else "")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hpcgear.cli.context import AppContext, parse_pairs, safe_text, site_registry
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -154,11 +158,13 @@ def rule_add(
         enabled=not disabled,
     )
     actor = app.actor
-    with app.db.session() as s:
-        res = save_rule(
-            s, actor, spec, create_only=True, coerce_strings=True, sites=site_registry(app)
-        )
-        data = rule_to_dict(s, res.rule)
+    sites = site_registry(app)
+
+    def save(s: Session) -> dict[str, Any]:
+        res = save_rule(s, actor, spec, create_only=True, coerce_strings=True, sites=sites)
+        return rule_to_dict(s, res.rule)
+
+    data = app.db.write(save)
     if as_json:
         app.emit_json(data)
         return
@@ -238,8 +244,7 @@ def _set_enabled(app: AppContext, ref: str, enabled: bool) -> None:
     from hpcgear.rules.service import set_enabled
 
     actor = app.actor
-    with app.db.session() as s:
-        set_enabled(s, actor, ref, enabled)
+    app.db.write(lambda s: set_enabled(s, actor, ref, enabled))
     app.echo(f"rule {safe_text(ref)} {'enabled' if enabled else 'disabled'}")
 
 
@@ -267,8 +272,7 @@ def rule_rm(app: AppContext, ref: str) -> None:
     from hpcgear.rules.service import delete_rule
 
     actor = app.actor
-    with app.db.session() as s:
-        rule_id = delete_rule(s, actor, ref)
+    rule_id = app.db.write(lambda s: delete_rule(s, actor, ref))
     app.echo(f"rule {safe_text(ref)} (id {rule_id}) deleted")
 
 
@@ -284,10 +288,15 @@ def rule_apply(app: AppContext, file: Path, dry_run: bool, as_json: bool) -> Non
 
     specs = load_rules_file(file)
     actor = app.actor
-    with app.db.session() as s:
-        outcomes = apply_rules(s, actor, specs, sites=site_registry(app))
+    sites = site_registry(app)
+
+    def apply(s: Session) -> list[Any]:
+        found = apply_rules(s, actor, specs, sites=sites)
         if dry_run:
             s.rollback()
+        return list(found)
+
+    outcomes = app.db.write(apply)
     rows = [{"project": o.project, "name": o.name, "action": o.action} for o in outcomes]
     if as_json:
         app.emit_json({"dry_run": dry_run, "rules": rows})
