@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from hpcgear.errors import (
     AlreadyExistsError,
@@ -124,9 +124,9 @@ class ApiClient:
             raise _error_from(exc) from None
 
     def download(self, path: str, out_dir: Path, version: int | None) -> tuple[Path, str]:
-        import hashlib
-        import os
         import urllib.parse
+
+        from hpcgear.storage.objects import write_verified
 
         q = {"path": path, **({"version": str(version)} if version is not None else {})}
         with self._request("GET", "/api/hpcgear/download?" + urllib.parse.urlencode(q)) as r:
@@ -135,15 +135,11 @@ class ApiClient:
             digest = r.headers.get("X-Hpcgear-Hash") or ""
             out_dir.mkdir(parents=True, exist_ok=True)
             dest = out_dir / Path(name).name
-            tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
-            h = hashlib.sha256()
-            with tmp.open("wb") as fh:
-                _copy(r, fh, h)
-            if digest and "sha256:" + h.hexdigest() != digest:
-                tmp.unlink(missing_ok=True)
-                raise StorageError(f"download of {path} does not match {digest}",
-                                   "try again; report it if it repeats")
-            tmp.replace(dest)
+            write_verified(
+                r, digest, dest, verify=bool(digest),
+                mismatch=StorageError(f"download of {path} does not match {digest}",
+                                      "try again; report it if it repeats"),
+            )
             return dest, digest
 
 
@@ -249,30 +245,14 @@ class _RemoteObjects:
         return self.client.open_file(file_id, version)
 
     def copy_to(self, digest: str, dest: Path, *, verify: bool = True) -> Path:
-        import hashlib
-        import tempfile
+        from hpcgear.storage.objects import write_verified
 
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:100]}.", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            with self.open(digest) as src, os.fdopen(fd, "wb") as out:
-                _copy(src, out, h)
-            if verify and f"sha256:{h.hexdigest()}" != digest:
-                raise StorageError(f"the download of {dest.name} does not match {digest}",
-                                   "try again; report it if it repeats")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-            return dest
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _copy(src: Any, dst: BinaryIO, h: Any) -> None:
-    while block := src.read(1 << 20):
-        h.update(block)
-        dst.write(block)
+        with self.open(digest) as src:
+            return write_verified(
+                src, digest, dest, verify=verify,
+                mismatch=StorageError(f"the download of {dest.name} does not match {digest}",
+                                      "try again; report it if it repeats"),
+            )
 
 
 def _error_from(exc: urllib.error.HTTPError) -> HpcgearError:

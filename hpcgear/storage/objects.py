@@ -255,29 +255,13 @@ class ObjectStore:
 
     def copy_to(self, digest: str, dest: Path, *, verify: bool = True) -> Path:
         """Copy an object to ``dest`` (temp + rename), verifying its hash on the way."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:100]}.", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            with self.open(digest) as src, os.fdopen(fd, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if verify and f"sha256:{h.hexdigest()}" != digest:
-                raise StorageError(
-                    f"object {digest} is corrupt in storage {self.root}",
-                    "restore it from backup",
-                )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-            return dest
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with self.open(digest) as src:
+            return write_verified(
+                src, digest, Path(dest), verify=verify,
+                mismatch=StorageError(
+                    f"object {digest} is corrupt in storage {self.root}", "restore it from backup"
+                ),
+            )
 
     def delete(self, digest: str) -> bool:
         """Remove an object; the caller guarantees nothing references it."""
@@ -310,3 +294,28 @@ class ObjectStore:
                 p.unlink(missing_ok=True)
             n += 1
         return n
+
+
+def write_verified(
+    src: BinaryIO, digest: str, dest: Path, *, verify: bool, mismatch: Exception
+) -> Path:
+    """Write ``src`` to ``dest`` (temp file, fsync, rename), its sha256 checked against
+    ``digest`` on the way; ``mismatch`` is raised (and nothing left) when it differs."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:100]}.", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if verify and f"sha256:{h.hexdigest()}" != digest:
+            raise mismatch
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
