@@ -25,7 +25,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.test_controller_chaos import _instance
-from tests.conftest import CliEnv, _pg_create, _pg_drop
+from tests.conftest import CliEnv
 from tests.integration.conftest import DevEnv
 from tests.integration.test_flywheel_sdk import Served, start_server
 
@@ -153,18 +152,6 @@ def _daemon(inst_cfg: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [HPCGEAR, "--config", str(inst_cfg), "controller", "run", "--site", "dev-slurm",
              "--interval", "1"], stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hpcgear.db'}"
-        return
-    url, name = _pg_create()
-    try:
-        yield url
-    finally:
-        _pg_drop(name)
 
 
 def _count(fig: Figures, what: str, expected: set[str], got: list[str]) -> None:
