@@ -87,6 +87,11 @@ def main() -> None:
             "dicom": {
                 "recurse-sequence": True,
                 "replace-with-insert": False,
+                # flywheel-migration keeps the last component of a hashed UID, cut to
+                # its last 6 digits: "…1234006547" became "…006547", a component with
+                # a leading zero, which DICOM forbids (PS3.5 9.1). The hash fields
+                # alone keep hashed UIDs unique, and no fragment of the original stays.
+                "uid-suffix-fields": 0,
                 "fields": attributes
                 + [
                     {"name": "PatientIdentityRemoved", "replace-with": "YES",
