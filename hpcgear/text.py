@@ -213,3 +213,9 @@ def json_or_text(raw: str, what: str) -> Any:
             f"{what} {problem}", f"keep values at most {MAX_JSON_DEPTH} levels deep"
         )
     return value
+
+
+def is_log_placeholder(text: str) -> bool:
+    """Whether a job log read is the one-line "(no log yet ...)" note, not log text."""
+    body = text.rstrip("\n")
+    return text.startswith("(") and body.endswith(")") and "\n" not in body

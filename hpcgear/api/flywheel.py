@@ -1036,6 +1036,22 @@ def get_job(job_id: str, caller: CallerDep, st: StateDep) -> dict[str, Any]:
         return job_doc(s, _readable_job(s, caller, job_id), inputs_as_list=False)
 
 
+@router.get("/jobs/{job_id}/logs")
+def get_job_logs(job_id: str, caller: CallerDep, st: StateDep) -> dict[str, Any]:
+    """``fw.get_job_logs(id)``: the job's log so far, as one statement, and its state.
+
+    One read per request: ``hpcgear job logs -f`` with a key polls this from the
+    client, so a follower never holds a server thread while the job runs.
+    """
+    from hpcgear.controller.logs import job_log_text
+
+    with st.session() as s:
+        job = _readable_job(s, caller, job_id)
+        text = job_log_text(s, st.store, st.settings, job)
+        return {"id": job.id, "state": JOB_STATES.get(job.state, "pending"),
+                "hpcgear": {"state": job.state}, "logs": [{"fd": 1, "msg": text}]}
+
+
 @router.put("/jobs/{job_id}")
 def modify_job(job_id: str, caller: CallerDep, st: StateDep,
                body: dict[str, Any] = Body(...)) -> dict[str, Any]:

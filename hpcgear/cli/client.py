@@ -336,6 +336,10 @@ def run_remote(argv: list[str], key: str) -> int:
         return _upload(client, forward, rest)
     if name == "download":
         return _download(client, forward, rest)
+    if name == "job logs" and not forward:
+        follow = _job_logs_follow(client, rest)
+        if follow is not None:
+            return follow
     if name == "whoami" and not forward:
         me = client.get_json("/api/users/self")
         data = {"user": me.get("_id"), "via": "key", "instance": client.key.base_url,
@@ -346,6 +350,49 @@ def run_remote(argv: list[str], key: str) -> int:
             print(f"{data['user']} (via API key) on {data['instance']}")
         return 0
     return _forward(client, forward, rest, plan)
+
+
+def _job_logs_follow(client: ApiClient, rest: list[str]) -> int | None:
+    """``job logs -f``: read the log every --interval seconds until the job ends, one short
+    request each (a server thread is never held); None when not following."""
+    import time
+    import urllib.parse
+
+    from hpcgear.cli.argmap import parse_raw, resolve
+    from hpcgear.states import JobState
+    from hpcgear.text import is_log_placeholder
+
+    cmd, args = resolve(rest)
+    opts = parse_raw(cmd, args)
+    if not opts.get("follow"):
+        return None
+    job_id = str(opts.get("job_id") or "")
+    try:
+        interval = float(opts.get("interval") or 5.0)
+    except ValueError:
+        raise InvalidInputError(f"--interval {opts.get('interval')!r} is not a number",
+                                "give seconds, e.g. --interval 5") from None
+    if not job_id or not 0.2 <= interval <= 600:
+        raise InvalidInputError("job logs -f takes JOB_ID [--interval 0.2..600]",
+                                "e.g. hpcgear job logs -f 01J...")
+    path = f"/api/jobs/{urllib.parse.quote(job_id, safe='')}/logs"
+    shown = ""
+    while True:
+        doc = client.get_json(path)
+        text = "".join(str(x.get("msg", "")) for x in doc.get("logs") or [])
+        if not is_log_placeholder(text):
+            new = text[len(shown):] if text.startswith(shown) else text
+            if new:
+                sys.stdout.write(new)
+                sys.stdout.flush()
+            shown = text
+        state = str(doc.get("state") or "")
+        if state in {s.value for s in JobState if s.final}:
+            if shown and not shown.endswith("\n"):
+                sys.stdout.write("\n")
+            print(f"job {job_id} is {state}", file=sys.stderr)
+            return 0
+        time.sleep(interval)
 
 
 def _forward(client: ApiClient, forward: list[str], rest: list[str], plan: Plan) -> int:

@@ -28,11 +28,13 @@ def check_paths(argv: list[str], files: Mapping[str, str]) -> list[str]:
     """``argv`` with its placeholders replaced by the staged paths in ``files``.
 
     Raises when a file parameter of the command holds anything but a staged
-    path (or a value its plan allows, like '-' for stdout or a built-in name).
+    path (or a value its plan allows, like '-' for stdout or a built-in name),
+    and for ``job logs --follow``, which would hold a server thread until the
+    job ends and answer only then (the CLI follows by polling the logs endpoint).
     """
     from hpcgear.api.cliplan import plan_for
     from hpcgear.api.native import split_global
-    from hpcgear.cli.argmap import option_label, raw_values, resolve
+    from hpcgear.cli.argmap import option_label, parse_raw, raw_values, resolve
 
     out = []
     for a in argv:
@@ -50,6 +52,11 @@ def check_paths(argv: list[str], files: Mapping[str, str]) -> list[str]:
         raise InvalidInputError("no such command", "`hpcgear --help` lists them")
     name, plan = found
     cmd, args = resolve(rest)
+    if name == "job logs" and parse_raw(cmd, args).get("follow"):
+        raise InvalidInputError(
+            "job logs --follow is not run on the server",
+            "the CLI follows by reading GET /api/jobs/{id}/logs: run `hpcgear job logs -f ID`",
+        )
     staged = set(files.values())
     for pname, values in raw_values(cmd, args).items():
         param = plan.paths.get(pname)

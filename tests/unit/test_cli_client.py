@@ -367,3 +367,49 @@ def test_export_bids_through_the_api_matches_a_local_export(
     assert res.code == 4 and not (tmp_path / "q").exists()
     res = client.run("export", "bids", "lab/p")
     assert res.code == 5 and "--out" in res.err
+
+
+def test_job_logs_follow_reads_from_the_client_and_holds_no_server_thread(
+    server_and_client: tuple[CliEnv, CliEnv, str], tmp_path: Path
+) -> None:
+    """`job logs -f` with a key polls GET /api/jobs/{id}/logs (one short request per
+    read) until the job ends; the server refuses to run the follow itself."""
+    import threading
+
+    from hpcgear.cli.client import ApiClient
+    from hpcgear.errors import InvalidInputError
+
+    server, client, key = server_and_client
+    sif = tmp_path / "fake.sif"
+    sif.write_bytes(b"fake sif")
+    server.ok("gear", "install", str(REPO / "containers" / "test-gear"), "--image", str(sif))
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"scan")
+    client.ok("upload", "lab/p/s1/ses1", str(scan))
+    jid = client.ok("run", "test-gear", "--dest", "lab/p/s1/ses1", "--input",
+                    "input_file=lab/p/s1/ses1/scan.nii.gz", "--json").json()["id"]
+    api = ApiClient(key)
+    doc = api.get_json(f"/api/jobs/{jid}/logs")
+    assert doc["state"] == "pending" and doc["logs"][0]["fd"] == 1
+    assert doc["logs"][0]["msg"].startswith(f"(job {jid} has not started")
+    # the server does not follow (it would answer only when the job ends)
+    for argv in (["job", "logs", jid, "-f"], ["job", "logs", "--follow", jid]):
+        with pytest.raises(InvalidInputError, match="not run on the server"):
+            api.post_json("/api/hpcgear/cli", {"argv": argv})
+    assert api.post_json("/api/hpcgear/cli", {"argv": ["job", "logs", jid]})["code"] == 0
+    # someone cancels the job while the client follows it
+    cancel = [sys.executable, "-m", "hpcgear", "--config", str(server.config),
+              "job", "cancel", jid]
+    timer = threading.Timer(1.5, lambda: subprocess.run(cancel, check=True,
+                                                        capture_output=True))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        res = client.ok("job", "logs", jid, "-f", "--interval", "0.2")
+    finally:
+        timer.join()
+    assert time.monotonic() - t0 >= 1.0  # it waited for the job to end
+    assert f"job {jid} is cancelled" in res.err
+    assert "has not started" not in res.out  # the placeholder is not log text
+    bad = client.run("job", "logs", jid, "-f", "--interval", "0")
+    assert bad.code != 0 and "interval" in (bad.err + bad.out).lower()

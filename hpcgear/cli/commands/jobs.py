@@ -589,6 +589,7 @@ def job_logs(app: AppContext, job_id: str, follow: bool, interval: float) -> Non
 
     from hpcgear.controller.logs import job_log_text
     from hpcgear.jobs.service import get_job
+    from hpcgear.text import is_log_placeholder
 
     actor = app.actor
     shown = ""
@@ -597,8 +598,7 @@ def job_logs(app: AppContext, job_id: str, follow: bool, interval: float) -> Non
             job = get_job(s, actor, job_id)
             text = job_log_text(s, app.store, app.settings, job)
             final = job.state in ("complete", "failed", "cancelled")
-        placeholder = text.startswith("(") and text.rstrip().endswith(")") and "\n" not in (
-            text.rstrip("\n"))
+        placeholder = is_log_placeholder(text)
         if not follow:
             app.stdout.write(text if text.endswith("\n") or not text else text + "\n")
             return
