@@ -1048,7 +1048,7 @@ def get_job_logs(job_id: str, caller: CallerDep, st: StateDep) -> dict[str, Any]
     with st.session() as s:
         job = _readable_job(s, caller, job_id)
         text = job_log_text(s, st.store, st.settings, job)
-        return {"id": job.id, "state": JOB_STATES.get(job.state, "pending"),
+        return {"_id": job.id, "state": JOB_STATES.get(job.state, "pending"),
                 "hpcgear": {"state": job.state}, "logs": [{"fd": 1, "msg": text}]}
 
 

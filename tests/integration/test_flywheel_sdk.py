@@ -219,6 +219,9 @@ def test_flywheel_sdk_batch_tutorial(served: Served, tmp_path: Path) -> None:
            and fw.get_job(ajob_id).state in ("complete", "failed"), 300, "jobs done", tick)
     assert fw.get_job(job_id).state == "complete"
     assert fw.get_job(ajob_id).state == "complete"
+    logs = fw.get_job_logs(job_id)  # the kept log, as Flywheel's JobLogRecord
+    assert logs.id == job_id and logs.logs and logs.logs[0].fd == 1
+    assert "".join(s.msg for s in logs.logs).strip() and not logs.logs[0].msg.startswith("(")
     analysis = fw.get_analysis(analysis_id)
     assert analysis.label == "qc run"
     assert [a.id for a in fw.get_session(session.id).analyses] == [analysis_id]
