@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hpcgear import __version__, errors
 from hpcgear.api.access import Caller, caller_from_header
+from hpcgear.api.transfers import TooManyStagedError
 
 if TYPE_CHECKING:
     from hpcgear.api.transfers import Transfers
@@ -80,6 +81,7 @@ class BodyTooLargeError(errors.InvalidInputError):
 
 _STATUS: tuple[tuple[type[errors.HpcgearError], int], ...] = (
     (BodyTooLargeError, 413),
+    (TooManyStagedError, 429),
     (errors.AuthenticationError, 401),
     (errors.PermissionDeniedError, 403),
     (errors.NotFoundError, 404),

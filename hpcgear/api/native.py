@@ -165,13 +165,13 @@ async def stage_upload(request: Request, caller: CallerDep, st: StateDep) -> dic
 
     require_user_key(caller, "staging files")
     st.store.ensure()
-    root = st.transfers.begin_input()
+    root = st.transfers.begin_input(caller.login)
     try:  # the body streams to disk (never whole in memory), then unpacks in a thread
         with (root / "upload.tar").open("wb") as fh:
             async for block in request.stream():
                 fh.write(block)
     except BaseException:
-        st.transfers.discard(root)
+        st.transfers.abort_input(caller.login, root)
         raise
     token = await anyio.to_thread.run_sync(
         lambda: st.transfers.finish_input(caller.login, root)

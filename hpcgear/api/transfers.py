@@ -47,13 +47,24 @@ def safe_out_name(name: str) -> str:
     return name if _OUT_NAME.fullmatch(name) and ".." not in name else "out"
 
 
+class TooManyStagedError(InvalidInputError):
+    """A user has as many staged inputs waiting (or arriving) as the server allows (429)."""
+
+
 class Transfers:
-    def __init__(self, base: Path, ttl: float = 3600.0, max_members: int = 200_000) -> None:
+    """Staged inputs and outputs. Each user may have at most ``max_waiting`` inputs
+    staged and not yet used (arriving ones count), so with the per-request upload
+    cap the disk one user can fill in the ``ttl`` is bounded too."""
+
+    def __init__(self, base: Path, ttl: float = 3600.0, max_members: int = 200_000,
+                 max_waiting: int = 16) -> None:
         self.base = base
         self.ttl = ttl
         self.max_members = max_members
+        self.max_waiting = max_waiting
         self._lock = threading.Lock()
         self._items: dict[str, Transfer] = {}
+        self._arriving: dict[str, int] = {}  # login -> uploads being received now
 
     def _new_root(self, prefix: str) -> Path:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -71,13 +82,50 @@ class Transfers:
             shutil.rmtree(t.root, ignore_errors=True)
 
     # ---------------------------------------------------------------- inputs
-    def begin_input(self) -> Path:
-        """A fresh private directory; the client's tar is written to ``<it>/upload.tar``."""
+    def begin_input(self, login: str) -> Path:
+        """A fresh private directory; the client's tar is written to ``<it>/upload.tar``.
+
+        Every call is followed by :meth:`finish_input` or :meth:`abort_input`.
+        """
         self.expire()
-        return self._new_root("stage")
+        with self._lock:
+            waiting = self._arriving.get(login, 0) + sum(
+                1 for t in self._items.values() if t.login == login and t.kind == "in")
+            if waiting >= self.max_waiting:
+                raise TooManyStagedError(
+                    f"{login} has {waiting} staged uploads waiting to be used "
+                    f"(at most {self.max_waiting})",
+                    "run the commands that use them (each is used once), or wait: unused "
+                    f"ones expire {int(self.ttl // 60)} minutes after staging",
+                )
+            self._arriving[login] = self._arriving.get(login, 0) + 1
+        try:
+            return self._new_root("stage")
+        except BaseException:
+            self._arrived(login)
+            raise
+
+    def _arrived(self, login: str) -> None:
+        with self._lock:
+            left = self._arriving.get(login, 1) - 1
+            if left > 0:
+                self._arriving[login] = left
+            else:
+                self._arriving.pop(login, None)
+
+    def abort_input(self, login: str, root: Path) -> None:
+        """The upload to ``root`` failed: remove it."""
+        self._arrived(login)
+        self.discard(root)
 
     def finish_input(self, login: str, root: Path) -> str:
         """Unpack ``<root>/upload.tar`` (one top-level file or directory); its token."""
+        try:
+            return self._finish_input(login, root)
+        finally:
+            self._arrived(login)
+
+    def _finish_input(self, login: str, root: Path) -> str:
         try:
             tar_path = root / "upload.tar"
             dest = root / "in"

@@ -264,7 +264,8 @@ def _error_from(exc: urllib.error.HTTPError) -> HpcgearError:
     hint = str(data.get("hint") or "")
     cls: type[HpcgearError] = {
         401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-        409: AlreadyExistsError, 422: InvalidInputError, 503: DatabaseError,
+        409: AlreadyExistsError, 413: InvalidInputError, 422: InvalidInputError,
+        429: InvalidInputError, 503: DatabaseError,
     }.get(exc.code, HpcgearError)
     return cls(message, hint)
 

@@ -499,6 +499,39 @@ def test_file_content_by_id_streams_to_readers_only(api: Api) -> None:
     assert r.status_code == 403
 
 
+def test_each_user_has_a_bounded_number_of_staged_uploads_waiting(api: Api) -> None:
+    """Unused staged inputs count against the caller (429 past the cap, JSON error with
+    a hint); using one frees its slot, and another user's slots are their own."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"a"))
+    body = buf.getvalue()
+    transfers = api.client.app.state.hpcgear.transfers
+    transfers.max_waiting = 2
+    tokens = []
+    for _ in range(2):
+        r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+        assert r.status_code == 200, r.text
+        tokens.append(r.json()["stage"])
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+    assert r.status_code == 429, r.text
+    err = r.json()
+    assert set(err) == {"status", "message", "hint"}
+    assert "2 staged uploads" in err["message"] and "expire" in err["hint"]
+    staged = api.store.tmp / "api-transfers"
+    assert len(list(staged.iterdir())) == 2  # the refused upload left nothing behind
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("ro"), content=body)
+    assert r.status_code == 200, r.text  # a per-user cap, not a global one
+    transfers.take_input("rw", tokens[0])
+    r = api.client.post("/api/hpcgear/stage", headers=api.h("rw"), content=body)
+    assert r.status_code == 200, r.text
+
+
 def test_staged_uploads_are_bounded_by_the_upload_cap(api: Api) -> None:
     """POST /api/hpcgear/stage streams a tar past the 4 KiB JSON cap but not past the
     upload cap, with or without a Content-Length (chunked), as a JSON 413/422 error."""
