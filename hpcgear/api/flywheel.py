@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from hpcgear import __version__
 from hpcgear.api.access import Caller, can_read, check_scope, get_container, require_user_key
-from hpcgear.api.app import CallerDep, StateDep, retried
+from hpcgear.api.app import ApiState, CallerDep, StateDep, retried
 from hpcgear.db.models import Container, File, FileVersion, Gear, Job, Role, User
 from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from hpcgear.hierarchy.permissions import RoleName, get_actor
@@ -839,20 +839,24 @@ def modify_file(collection: str, cid: str, name: str, caller: CallerDep, st: Sta
                            modality=body.get("modality"), type=body.get("type"))
     return {"modified": 1}
 
+def _edit_tags(st: ApiState, caller: Caller, collection: str, cid: str, *,
+               add: Sequence[str] = (), remove: Sequence[str] = ()) -> None:
+    from hpcgear.hierarchy.records import update_tags
+
+    collection_type(collection)
+    with st.session() as s:
+        c = get_container(s, caller, cid, RoleName.READ_WRITE)
+        update_tags(s, caller.login, c, None, add=add, remove=remove)
+
 
 @generic.post("/{collection}/{cid}/tags")
 @retried
 def add_tag(collection: str, cid: str, caller: CallerDep, st: StateDep,
             body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-    from hpcgear.hierarchy.records import update_tags
-
-    collection_type(collection)
     value = body.get("value")
     if not isinstance(value, str):
         raise InvalidInputError("tag value missing", 'send {"value": "TAG"}')
-    with st.session() as s:
-        c = get_container(s, caller, cid, RoleName.READ_WRITE)
-        update_tags(s, caller.login, c, None, add=[value])
+    _edit_tags(st, caller, collection, cid, add=[value])
     return {"modified": 1}
 
 
@@ -860,24 +864,14 @@ def add_tag(collection: str, cid: str, caller: CallerDep, st: StateDep,
 @retried
 def add_tags(collection: str, cid: str, caller: CallerDep, st: StateDep,
              body: list[str] = Body(...)) -> None:
-    from hpcgear.hierarchy.records import update_tags
-
-    collection_type(collection)
-    with st.session() as s:
-        c = get_container(s, caller, cid, RoleName.READ_WRITE)
-        update_tags(s, caller.login, c, None, add=body)
+    _edit_tags(st, caller, collection, cid, add=body)
 
 
 @generic.delete("/{collection}/{cid}/tags/{value}")
 @retried
 def delete_tag(collection: str, cid: str, value: str, caller: CallerDep,
                st: StateDep) -> dict[str, Any]:
-    from hpcgear.hierarchy.records import update_tags
-
-    collection_type(collection)
-    with st.session() as s:
-        c = get_container(s, caller, cid, RoleName.READ_WRITE)
-        update_tags(s, caller.login, c, None, remove=[value])
+    _edit_tags(st, caller, collection, cid, remove=[value])
     return {"deleted": 1}
 
 
@@ -885,12 +879,7 @@ def delete_tag(collection: str, cid: str, value: str, caller: CallerDep,
 @retried
 def delete_tags(collection: str, cid: str, caller: CallerDep, st: StateDep,
                 body: list[str] = Body(...)) -> None:
-    from hpcgear.hierarchy.records import update_tags
-
-    collection_type(collection)
-    with st.session() as s:
-        c = get_container(s, caller, cid, RoleName.READ_WRITE)
-        update_tags(s, caller.login, c, None, remove=body)
+    _edit_tags(st, caller, collection, cid, remove=body)
 
 
 # ------------------------------------------------------------------- gears
