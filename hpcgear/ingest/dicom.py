@@ -348,6 +348,8 @@ def read_instance(
         return SkippedFile(rel, UNREADABLE, f"corrupt DICOM: {type(exc).__name__}")
     if problem is not None:
         return SkippedFile(rel, UNREADABLE, f"truncated: {problem}")
+    if profile is None:
+        return _plain_instance(path, rel, size, ds, route_fields)
     uids = {kw: _text(ds, kw) for kw in UID_FIELDS}
     missing = [kw for kw, v in uids.items() if not v]
     if missing:
@@ -393,6 +395,98 @@ def read_instance(
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _keyword_tags(keywords: tuple[str, ...]) -> tuple[tuple[str, int, str | None], ...]:
+    """(keyword, tag, dictionary VR) of each DICOM keyword (unknown ones left out)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    out = []
+    for kw in keywords:
+        tag = tag_for_keyword(kw)
+        if tag is not None:
+            out.append((kw, int(tag), dictionary_VR(tag)))
+    return tuple(out)
+
+
+def header_values(ds: Any, keywords: Sequence[str]) -> dict[str, Any]:
+    """``json_value(ds.get(kw))`` of each keyword, decoded from the raw bytes where
+    :func:`~hpcgear.ingest.dicom_values.raw_json_value` can (same result, several
+    times faster), through pydicom where it declines. Absent keywords are None."""
+    from pydicom.dataelem import RawDataElement
+
+    from hpcgear.ingest.dicom_values import DECLINED, raw_json_value
+
+    elements = {int(tag): elem for tag, elem in ds._dict.items()}
+    out: dict[str, Any] = {}
+    for kw, tag, dict_vr in _keyword_tags(tuple(keywords)):
+        elem = elements.get(tag)
+        if elem is None:
+            out[kw] = None
+            continue
+        value: Any = DECLINED
+        if isinstance(elem, RawDataElement):
+            vr = elem.VR or dict_vr
+            if vr != "UN" and " or " not in (vr or " or "):
+                value = raw_json_value(vr, elem.value, elem.is_little_endian)
+        out[kw] = json_value(_get(ds, kw)) if value is DECLINED else value
+    for kw in keywords:
+        out.setdefault(kw, None)
+    return out
+
+
+def _text_of(value: Any) -> str | None:
+    """:func:`_text` of a value already made JSON-safe."""
+    if isinstance(value, list):
+        value = "\\".join(str(v) for v in value)
+    return str(value) if value not in (None, "") else None
+
+
+def _int_of(value: Any) -> int | None:
+    """:func:`_int` of a value already made JSON-safe."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain_instance(
+    path: Path, rel: str, size: int, ds: Any, route_fields: Sequence[str]
+) -> DicomInstance | SkippedFile:
+    """The :class:`DicomInstance` of a header read without de-identification:
+    each wanted element decoded once (see :func:`header_values`)."""
+    wanted = (*HEADER_FIELDS, *LABEL_FIELDS, *route_fields)
+    values = header_values(ds, tuple(dict.fromkeys(wanted)))
+    uids = {kw: _text_of(values[kw]) for kw in UID_FIELDS}
+    missing = [kw for kw, v in uids.items() if not v]
+    if missing:
+        return SkippedFile(rel, MISSING_UID, f"no {', '.join(missing)}")
+    header = {kw: values[kw] for kw in HEADER_FIELDS if values[kw] not in (None, [], "")}
+    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    study, series, sop = (str(uids[kw]) for kw in UID_FIELDS)
+    text = {kw: _text_of(values[kw]) for kw in ("StudyDate", "StudyTime", "StudyID")}
+    return DicomInstance(
+        path=path,
+        rel=rel,
+        size=size,
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        study_key=study,
+        series_key=series,
+        sop_key=sop,
+        instance_number=_int_of(values["InstanceNumber"]),
+        series_number=_int_of(values["SeriesNumber"]),
+        compressed=bool(getattr(transfer, "is_compressed", False)),
+        routing={name: _text_of(values[name]) for name in route_fields},
+        header=header,
+        fallback_subject=clean_label(_text_of(values["PatientID"])),
+        fallback_session=_session_from(text["StudyDate"], text["StudyTime"], text["StudyID"]),
+        classification=None,
+    )
+
+
 def _fallback_subject(small: Any, profile: DeidProfile | None) -> str | None:
     # Without de-identification the PatientID is the usual subject label. With
     # it, no header value is used (a profile may keep or dummy the PatientID);
@@ -403,12 +497,20 @@ def _fallback_subject(small: Any, profile: DeidProfile | None) -> str | None:
 
 
 def _fallback_session(small: Any) -> str | None:
+    return _session_from(
+        _text(small, "StudyDate"), _text(small, "StudyTime"), _text(small, "StudyID")
+    )
+
+
+def _session_from(
+    study_date: str | None, study_time: str | None, study_id: str | None
+) -> str | None:
     # Digits only: old (ACR-NEMA style) headers write 1997.04.24 and 14:04:00.
-    date = re.sub(r"\D", "", _text(small, "StudyDate") or "")[:8]
+    date = re.sub(r"\D", "", study_date or "")[:8]
     if date:
-        time = re.sub(r"\D", "", (_text(small, "StudyTime") or "").split(".")[0])[:6]
+        time = re.sub(r"\D", "", (study_time or "").split(".")[0])[:6]
         return clean_label(f"{date}_{time}" if time else date)
-    return clean_label(_text(small, "StudyID"))
+    return clean_label(study_id)
 
 
 T = TypeVar("T")
