@@ -329,12 +329,22 @@ def read_instance(
     route_fields: Sequence[str],
     profile: DeidProfile | None,
     tags: Sequence[int] | None = None,
+    plain_reader: bool = True,
 ) -> DicomInstance | SkippedFile:
-    """Read one file's header (no pixels) into a :class:`DicomInstance`, or say why not."""
+    """Read one file's header (no pixels) into a :class:`DicomInstance`, or say why not.
+
+    Without a profile, a plain file is read by :mod:`hpcgear.ingest.dicom_reader`
+    (several times faster than building a pydicom dataset) and anything else by
+    pydicom; ``plain_reader=False`` always uses pydicom (the tests compare both).
+    """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     wanted = list(tags) if tags is not None else header_tags(route_fields, profile)
+    if profile is None and plain_reader:
+        plain = _read_plain(path, rel, route_fields, wanted)
+        if plain is not None:
+            return plain
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -349,7 +359,10 @@ def read_instance(
     if problem is not None:
         return SkippedFile(rel, UNREADABLE, f"truncated: {problem}")
     if profile is None:
-        return _plain_instance(path, rel, size, ds, route_fields)
+        transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        values = header_values(ds, _plain_keywords(tuple(route_fields)))
+        compressed = bool(getattr(transfer, "is_compressed", False))
+        return _plain_instance(path, rel, size, values, compressed, route_fields)
     uids = {kw: _text(ds, kw) for kw in UID_FIELDS}
     missing = [kw for kw, v in uids.items() if not v]
     if missing:
@@ -451,19 +464,74 @@ def _int_of(value: Any) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=64)
+def _plain_keywords(route_fields: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*HEADER_FIELDS, *LABEL_FIELDS, *route_fields)))
+
+
+@functools.lru_cache(maxsize=64)
+def _compressed_syntax(uid: str) -> bool | None:
+    """Whether a transfer syntax is compressed (None: one pydicom does not know)."""
+    from pydicom.uid import UID
+
+    ts = UID(uid)
+    return bool(ts.is_compressed) if ts.is_transfer_syntax else None
+
+
+def _read_plain(
+    path: Path, rel: str, route_fields: Sequence[str], wanted: Sequence[int]
+) -> DicomInstance | SkippedFile | None:
+    """The instance read by :mod:`hpcgear.ingest.dicom_reader` (no pydicom
+    dataset), or None where that reader or the value decoder defers to pydicom."""
+    from hpcgear.ingest.dicom_reader import read_plain_header
+    from hpcgear.ingest.dicom_values import DECLINED, raw_json_value
+
+    try:
+        head = read_plain_header(path, _tag_set(tuple(wanted)))
+    except OSError:
+        return None  # pydicom's path words the error
+    if head is None:
+        return None
+    compressed = _compressed_syntax(head.transfer_syntax)
+    if compressed is None:
+        return None
+    values: dict[str, Any] = {}
+    for kw, tag, dict_vr in _keyword_tags(_plain_keywords(tuple(route_fields))):
+        raw = head.elements.get(tag)
+        if raw is None:
+            values[kw] = None
+            continue
+        vr = raw[0] or dict_vr
+        if vr is None or vr == "UN" or " or " in vr:
+            return None
+        value = raw_json_value(vr, raw[1], True)
+        if value is DECLINED:
+            return None
+        values[kw] = value
+    return _plain_instance(path, rel, head.size, values, compressed, route_fields)
+
+
+@functools.lru_cache(maxsize=64)
+def _tag_set(tags: tuple[int, ...]) -> frozenset[int]:
+    return frozenset(tags)
+
+
 def _plain_instance(
-    path: Path, rel: str, size: int, ds: Any, route_fields: Sequence[str]
+    path: Path,
+    rel: str,
+    size: int,
+    values: Mapping[str, Any],
+    compressed: bool,
+    route_fields: Sequence[str],
 ) -> DicomInstance | SkippedFile:
-    """The :class:`DicomInstance` of a header read without de-identification:
-    each wanted element decoded once (see :func:`header_values`)."""
-    wanted = (*HEADER_FIELDS, *LABEL_FIELDS, *route_fields)
-    values = header_values(ds, tuple(dict.fromkeys(wanted)))
+    """The :class:`DicomInstance` of a header read without de-identification
+    from its values (``json_value`` of each of :func:`_plain_keywords`)."""
+    values = {**{kw: None for kw in route_fields}, **values}
     uids = {kw: _text_of(values[kw]) for kw in UID_FIELDS}
     missing = [kw for kw, v in uids.items() if not v]
     if missing:
         return SkippedFile(rel, MISSING_UID, f"no {', '.join(missing)}")
-    header = {kw: values[kw] for kw in HEADER_FIELDS if values[kw] not in (None, [], "")}
-    transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    header = {kw: values[kw] for kw in HEADER_FIELDS if values.get(kw) not in (None, [], "")}
     study, series, sop = (str(uids[kw]) for kw in UID_FIELDS)
     text = {kw: _text_of(values[kw]) for kw in ("StudyDate", "StudyTime", "StudyID")}
     return DicomInstance(
@@ -478,7 +546,7 @@ def _plain_instance(
         sop_key=sop,
         instance_number=_int_of(values["InstanceNumber"]),
         series_number=_int_of(values["SeriesNumber"]),
-        compressed=bool(getattr(transfer, "is_compressed", False)),
+        compressed=compressed,
         routing={name: _text_of(values[name]) for name in route_fields},
         header=header,
         fallback_subject=clean_label(_text_of(values["PatientID"])),
