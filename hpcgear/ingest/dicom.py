@@ -591,16 +591,26 @@ PROCESS_MIN_FILES = 64
 
 @contextmanager
 def parallel_map(
-    fn: Callable[[T], R], items: Sequence[T], jobs: int, name: str, *, processes: bool = False
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    jobs: int,
+    name: str,
+    *,
+    processes: bool = False,
+    initializer: Callable[[], None] | None = None,
 ) -> Iterator[Iterator[R]]:
     """``fn`` over ``items`` in ``jobs`` threads (or processes), results in input order.
 
     Header parsing is pure Python, so threads share one core under the GIL;
-    ``processes=True`` (``fn`` and the items must pickle) spreads it over
-    ``jobs`` cores, items sent in chunks so the hand-over stays cheap.
-    Leaving the block early (an error, Ctrl-C) cancels the reads not yet
-    started instead of waiting for thousands of them.
+    ``processes=True`` (``fn``, the items and ``initializer`` must pickle)
+    spreads it over ``jobs`` cores, items sent in chunks so the hand-over stays
+    cheap. ``initializer`` runs once here (forked workers inherit what it
+    imported and cached) and once in each worker (for a spawned one, where it
+    does the imports). Leaving the block early (an error, Ctrl-C) cancels the
+    reads not yet started instead of waiting for thousands of them.
     """
+    if initializer is not None:
+        initializer()
     if jobs <= 1:
         yield map(fn, items)
         return
@@ -611,7 +621,7 @@ def parallel_map(
 
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=initializer)
         chunksize = max(1, min(64, len(items) // (jobs * 4)))
     else:
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
@@ -632,6 +642,19 @@ def _read_under(
     # Module level (not a closure) so a process pool can pickle it.
     rel = relative(p, root)
     return read_instance(p, rel, route_fields=route_fields, profile=profile, tags=tags)
+
+
+def _warm_reader(route_fields: tuple[str, ...], profile: DeidProfile | None) -> None:
+    """Import the readers and fill their caches once (before the first file)."""
+    import pydicom.filereader  # noqa: F401  (the fallback reader)
+
+    if profile is None:
+        import hpcgear.ingest.dicom_reader
+        import hpcgear.ingest.dicom_values  # noqa: F401
+
+        _keyword_tags(_plain_keywords(route_fields))
+        for syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+            _compressed_syntax(syntax)
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,7 +688,10 @@ def scan_dicom(
         tags=tuple(header_tags(route_fields, profile)),
     )
     processes = jobs > 1 and total >= PROCESS_MIN_FILES
-    with parallel_map(read, files, jobs, "dicom-scan", processes=processes) as results:
+    warm = functools.partial(_warm_reader, tuple(route_fields), profile)
+    with parallel_map(
+        read, files, jobs, "dicom-scan", processes=processes, initializer=warm
+    ) as results:
         for done, result in enumerate(results, start=1):
             if isinstance(result, SkippedFile):
                 skipped.append(result)
