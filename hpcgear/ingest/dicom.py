@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from hpcgear.errors import IngestError
 from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log, profile_tags
+from hpcgear.ingest.dicom_tags import KEYWORDS
 from hpcgear.ingest.routing import clean_label
 
 logger = logging.getLogger(__name__)
@@ -310,13 +311,8 @@ def header_tags(route_fields: Sequence[str], profile: DeidProfile | None) -> lis
     Skipping (pydicom's ``specific_tags``) makes scans several times faster, and
     the de-identification of the kept fields only ever needs these.
     """
-    from pydicom.datadict import tag_for_keyword
-
-    tags: set[int] = set()
-    for kw in (*DEID_INPUT_FIELDS, *HEADER_FIELDS, *LABEL_FIELDS, *route_fields):
-        tag = tag_for_keyword(kw)
-        if tag is not None:
-            tags.add(int(tag))
+    keywords = (*DEID_INPUT_FIELDS, *HEADER_FIELDS, *LABEL_FIELDS, *route_fields)
+    tags = {tag for _kw, tag, _vr in _keyword_tags(tuple(dict.fromkeys(keywords)))}
     if profile is not None:
         tags.update(profile_tags(profile))
     return sorted(tags)
@@ -337,14 +333,14 @@ def read_instance(
     (several times faster than building a pydicom dataset) and anything else by
     pydicom; ``plain_reader=False`` always uses pydicom (the tests compare both).
     """
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
     wanted = list(tags) if tags is not None else header_tags(route_fields, profile)
     if profile is None and plain_reader:
         plain = _read_plain(path, rel, route_fields, wanted)
         if plain is not None:
             return plain
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -410,11 +406,18 @@ def read_instance(
 
 @functools.lru_cache(maxsize=64)
 def _keyword_tags(keywords: tuple[str, ...]) -> tuple[tuple[str, int, str | None], ...]:
-    """(keyword, tag, dictionary VR) of each DICOM keyword (unknown ones left out)."""
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    """(keyword, tag, dictionary VR) of each DICOM keyword (unknown ones left out).
 
+    From :data:`~hpcgear.ingest.dicom_tags.KEYWORDS` where listed, so a plain
+    scan with the usual fields does not import pydicom; else from pydicom."""
     out = []
     for kw in keywords:
+        known = KEYWORDS.get(kw)
+        if known is not None:
+            out.append((kw, known[0], known[1]))
+            continue
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
         tag = tag_for_keyword(kw)
         if tag is not None:
             out.append((kw, int(tag), dictionary_VR(tag)))
@@ -469,15 +472,6 @@ def _plain_keywords(route_fields: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*HEADER_FIELDS, *LABEL_FIELDS, *route_fields)))
 
 
-@functools.lru_cache(maxsize=64)
-def _compressed_syntax(uid: str) -> bool | None:
-    """Whether a transfer syntax is compressed (None: one pydicom does not know)."""
-    from pydicom.uid import UID
-
-    ts = UID(uid)
-    return bool(ts.is_compressed) if ts.is_transfer_syntax else None
-
-
 def _read_plain(
     path: Path, rel: str, route_fields: Sequence[str], wanted: Sequence[int]
 ) -> DicomInstance | SkippedFile | None:
@@ -492,9 +486,6 @@ def _read_plain(
         return None  # pydicom's path words the error
     if head is None:
         return None
-    compressed = _compressed_syntax(head.transfer_syntax)
-    if compressed is None:
-        return None
     values: dict[str, Any] = {}
     for kw, tag, dict_vr in _keyword_tags(_plain_keywords(tuple(route_fields))):
         raw = head.elements.get(tag)
@@ -508,7 +499,7 @@ def _read_plain(
         if value is DECLINED:
             return None
         values[kw] = value
-    return _plain_instance(path, rel, head.size, values, compressed, route_fields)
+    return _plain_instance(path, rel, head.size, values, head.compressed, route_fields)
 
 
 @functools.lru_cache(maxsize=64)
@@ -645,16 +636,17 @@ def _read_under(
 
 
 def _warm_reader(route_fields: tuple[str, ...], profile: DeidProfile | None) -> None:
-    """Import the readers and fill their caches once (before the first file)."""
-    import pydicom.filereader  # noqa: F401  (the fallback reader)
+    """Import the readers and fill their caches once (before the first file).
 
-    if profile is None:
+    Without a profile pydicom is imported only by a file the plain reader
+    leaves to it (or a keyword :mod:`~hpcgear.ingest.dicom_tags` lacks)."""
+    if profile is not None:
+        import pydicom.filereader  # noqa: F401
+    else:
         import hpcgear.ingest.dicom_reader
         import hpcgear.ingest.dicom_values  # noqa: F401
 
         _keyword_tags(_plain_keywords(route_fields))
-        for syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
-            _compressed_syntax(syntax)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,12 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from hpcgear.ingest.dicom_tags import IMPLICIT_VR_LITTLE_ENDIAN, PLAIN_SYNTAXES
+
 #: First read of a file; most headers end well within it. A longer header makes
 #: the reader read the whole file.
 FIRST_READ = 64 * 1024
 
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_NOT_LITTLE_PLAIN = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
 _TS_TAG = 0x00020010
 _PIXEL_DATA = 0x7FE00010
 _OTHER_PIXELS = frozenset({0x7FE00008, 0x7FE00009})
@@ -60,6 +59,7 @@ class PlainHeader:
 
     size: int
     transfer_syntax: str
+    compressed: bool
     implicit: bool
     elements: dict[int, tuple[str | None, bytes]]
 
@@ -139,9 +139,9 @@ def _parse(
         if (group << 16 | elem) == _TS_TAG:
             ts = buf[start:end].decode("ascii").rstrip("\x00 ")
         pos = end
-    if ts is None or ts in _NOT_LITTLE_PLAIN or not ts.startswith("1.2.840.10008.1.2"):
+    if ts is None or ts not in PLAIN_SYNTAXES:
         raise _Unusual("transfer syntax")
-    implicit = ts == IMPLICIT_LE
+    implicit = ts == IMPLICIT_VR_LITTLE_ENDIAN
     if group == 0:
         raise _Unusual("command set")
     # pydicom checks the first element for a VR that contradicts the syntax.
@@ -201,7 +201,7 @@ def _parse(
                 raise _NeedMore
             elements[tag] = (vr.decode("ascii") if vr is not None else None, buf[start:end])
         pos = end
-    return PlainHeader(size, ts, implicit, elements)
+    return PlainHeader(size, ts, PLAIN_SYNTAXES[ts], implicit, elements)
 
 
 def _check_pixel_data(pos: int, start: int, length: int, size: int) -> None:
