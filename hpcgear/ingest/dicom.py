@@ -613,7 +613,7 @@ def parallel_map(
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=initializer)
-        chunksize = max(1, min(64, len(items) // (jobs * 4)))
+        chunksize = max(1, min(256, len(items) // (jobs * 4)))
     else:
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
     try:
