@@ -29,7 +29,7 @@ _TEXT_VRS = frozenset({"SH", "LO", "UC"})
 #: Text VRs decoded with the SpecificCharacterSet, never split.
 _SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
-_KNOWN_VRS = _STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | {"DS", "IS", *_NUMBER_FORMATS}
+_KNOWN_VRS = _STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | {"DS", "IS", "PN", *_NUMBER_FORMATS}
 
 _DS = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _IS = re.compile(r"[+-]?\d+\Z")
@@ -64,6 +64,15 @@ def _number(text: str, vr: str) -> Any:
     return value if -(2**31) <= value < 2**31 else DECLINED
 
 
+def _person_name(value: bytes) -> Any:
+    # json_value() of a PersonName is str(name), not stripped, '' kept (also
+    # for an empty element); each of several names likewise.
+    if not value.isascii() or b"\x1b" in value:
+        return DECLINED
+    names = value.rstrip(b"\x00 ").decode("ascii").split("\\")
+    return names[0] if len(names) == 1 else names
+
+
 def raw_json_value(vr: str | None, value: bytes | None, little_endian: bool) -> Any:
     """``value`` (the raw bytes of an element with VR ``vr``) as JSON-safe data.
 
@@ -84,6 +93,8 @@ def raw_json_value(vr: str | None, value: bytes | None, little_endian: bool) -> 
     """
     if value is None or vr not in _KNOWN_VRS:
         return DECLINED
+    if vr == "PN":
+        return _person_name(value)
     if not value:
         return None  # pydicom's empty value ('' or None) is None as JSON
     if vr in _STRING_VRS:

@@ -73,6 +73,9 @@ def test_every_value_of_every_pydicom_test_file_matches_pydicom(
         ("US", struct.pack("<2H", 256, 256), [256, 256]),
         ("FD", struct.pack("<d", float("nan")), None),
         ("LO", b"", None),
+        ("PN", b"Doe^John ", "Doe^John"),
+        ("PN", b"A \\B", ["A ", "B"]),  # pydicom keeps each name as written
+        ("PN", b"", ""),
     ],
 )
 def test_plain_values(vr: str, raw: bytes, want: Any) -> None:
@@ -87,7 +90,7 @@ def test_plain_values(vr: str, raw: bytes, want: Any) -> None:
         ("DS", b"1,5"),  # pydicom warns or raises
         ("DS", b"1\\\\2"),  # an empty number
         ("IS", b"1.0"),
-        ("PN", b"Doe^John"),
+        ("PN", "Müller^Hans".encode("latin-1")),
         ("US or SS", b"\x01\x00"),
         ("UN", b"x"),
         ("SQ", b""),
