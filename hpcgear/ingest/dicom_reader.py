@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from hpcgear.ingest.dicom_tags import IMPLICIT_VR_LITTLE_ENDIAN, PLAIN_SYNTAXES
 
 #: First read of a file; most headers end well within it. A longer header makes
-#: the reader read the whole file.
+#: the reader read as much again (doubling) until it reaches the pixel data.
 FIRST_READ = 64 * 1024
 
 _TS_TAG = 0x00020010
@@ -74,14 +74,16 @@ def read_plain_header(path: os.PathLike[str] | str, wanted: Collection[int]) -> 
         size = os.fstat(fh.fileno()).st_size
         buf = fh.read(FIRST_READ)
         encapsulated_ok = False
-        for _attempt in range(3):
+        while True:
             try:
                 return _parse(buf, size, wanted, encapsulated_ok=encapsulated_ok)
             except _NeedMore:
-                if len(buf) >= size:
-                    return None
+                # A long header: read as much again (never the pixel data beyond it).
                 fh.seek(len(buf))
-                buf += fh.read()
+                more = fh.read(len(buf))
+                if not more:
+                    return None
+                buf += more
             except _Encapsulated as enc:
                 if encapsulated_ok:
                     return None
@@ -92,7 +94,6 @@ def read_plain_header(path: os.PathLike[str] | str, wanted: Collection[int]) -> 
                 encapsulated_ok = True
             except (_Unusual, struct.error, UnicodeDecodeError):
                 return None
-    return None
 
 
 class _NeedMore(Exception):

@@ -7,6 +7,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,46 @@ def test_damaged_copies_read_the_same(
             path = tmp_path / f"{i}.dcm"
             path.write_bytes(bytes(damaged))
             assert _outcome(path, True) == _outcome(path, False), (name, i)
+
+
+def test_a_long_header_does_not_read_the_pixel_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the first read the reader reads as much again, up to the pixel data
+    element's header, never the whole file."""
+    from hpcgear.ingest import dicom_reader
+
+    src = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    ds = pydicom.dcmread(src)
+    ds.StudyComments = "long header"
+    ds.ImageComments = "x" * 9000
+    ds.PixelData = bytes(4_000_000)  # a large (if not valid) pixel data element
+    path = tmp_path / "big.dcm"
+    ds.save_as(path)
+    monkeypatch.setattr(dicom_reader, "FIRST_READ", 1024)
+    read: list[int] = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.fh.read(n)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fh, name)
+
+    monkeypatch.setattr(dicom_reader, "open", lambda p, m: Counting(real_open(p, m)), raising=False)
+    head = read_plain_header(path, set(header_tags(ROUTE, None)))
+    assert head is not None
+    assert head.elements[0x00324000][1].rstrip(b" ") == b"long header"
+    assert 9000 < sum(read) < 40_000
