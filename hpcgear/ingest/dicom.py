@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from hpcgear.errors import IngestError
 from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log, profile_tags
+from hpcgear.ingest.dicom_tags import KEYWORDS
 from hpcgear.ingest.routing import clean_label
 
 logger = logging.getLogger(__name__)
@@ -310,13 +311,8 @@ def header_tags(route_fields: Sequence[str], profile: DeidProfile | None) -> lis
     Skipping (pydicom's ``specific_tags``) makes scans several times faster, and
     the de-identification of the kept fields only ever needs these.
     """
-    from pydicom.datadict import tag_for_keyword
-
-    tags: set[int] = set()
-    for kw in (*DEID_INPUT_FIELDS, *HEADER_FIELDS, *LABEL_FIELDS, *route_fields):
-        tag = tag_for_keyword(kw)
-        if tag is not None:
-            tags.add(int(tag))
+    keywords = (*DEID_INPUT_FIELDS, *HEADER_FIELDS, *LABEL_FIELDS, *route_fields)
+    tags = {tag for _kw, tag, _vr in _keyword_tags(tuple(dict.fromkeys(keywords)))}
     if profile is not None:
         tags.update(profile_tags(profile))
     return sorted(tags)
@@ -329,12 +325,22 @@ def read_instance(
     route_fields: Sequence[str],
     profile: DeidProfile | None,
     tags: Sequence[int] | None = None,
+    plain_reader: bool = True,
 ) -> DicomInstance | SkippedFile:
-    """Read one file's header (no pixels) into a :class:`DicomInstance`, or say why not."""
+    """Read one file's header (no pixels) into a :class:`DicomInstance`, or say why not.
+
+    Without a profile, a plain file is read by :mod:`hpcgear.ingest.dicom_reader`
+    (several times faster than building a pydicom dataset) and anything else by
+    pydicom; ``plain_reader=False`` always uses pydicom (the tests compare both).
+    """
+    wanted = list(tags) if tags is not None else header_tags(route_fields, profile)
+    if profile is None and plain_reader:
+        plain = _read_plain(path, rel, route_fields, wanted)
+        if plain is not None:
+            return plain
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    wanted = list(tags) if tags is not None else header_tags(route_fields, profile)
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -348,6 +354,11 @@ def read_instance(
         return SkippedFile(rel, UNREADABLE, f"corrupt DICOM: {type(exc).__name__}")
     if problem is not None:
         return SkippedFile(rel, UNREADABLE, f"truncated: {problem}")
+    if profile is None:
+        transfer = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        values = header_values(ds, _plain_keywords(tuple(route_fields)))
+        compressed = bool(getattr(transfer, "is_compressed", False))
+        return _plain_instance(path, rel, size, values, compressed, route_fields)
     uids = {kw: _text(ds, kw) for kw in UID_FIELDS}
     missing = [kw for kw, v in uids.items() if not v]
     if missing:
@@ -393,6 +404,148 @@ def read_instance(
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _keyword_tags(keywords: tuple[str, ...]) -> tuple[tuple[str, int, str | None], ...]:
+    """(keyword, tag, dictionary VR) of each DICOM keyword (unknown ones left out).
+
+    From :data:`~hpcgear.ingest.dicom_tags.KEYWORDS` where listed, so a plain
+    scan with the usual fields does not import pydicom; else from pydicom."""
+    out = []
+    for kw in keywords:
+        known = KEYWORDS.get(kw)
+        if known is not None:
+            out.append((kw, known[0], known[1]))
+            continue
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+        tag = tag_for_keyword(kw)
+        if tag is not None:
+            out.append((kw, int(tag), dictionary_VR(tag)))
+    return tuple(out)
+
+
+def header_values(ds: Any, keywords: Sequence[str]) -> dict[str, Any]:
+    """``json_value(ds.get(kw))`` of each keyword, decoded from the raw bytes where
+    :func:`~hpcgear.ingest.dicom_values.raw_json_value` can (same result, several
+    times faster), through pydicom where it declines. Absent keywords are None."""
+    from pydicom.dataelem import RawDataElement
+
+    from hpcgear.ingest.dicom_values import DECLINED, raw_json_value
+
+    elements = {int(tag): elem for tag, elem in ds._dict.items()}
+    out: dict[str, Any] = {}
+    for kw, tag, dict_vr in _keyword_tags(tuple(keywords)):
+        elem = elements.get(tag)
+        if elem is None:
+            out[kw] = None
+            continue
+        value: Any = DECLINED
+        if isinstance(elem, RawDataElement):
+            vr = elem.VR or dict_vr
+            if vr != "UN" and " or " not in (vr or " or "):
+                value = raw_json_value(vr, elem.value, elem.is_little_endian)
+        out[kw] = json_value(_get(ds, kw)) if value is DECLINED else value
+    for kw in keywords:
+        out.setdefault(kw, None)
+    return out
+
+
+def _text_of(value: Any) -> str | None:
+    """:func:`_text` of a value already made JSON-safe."""
+    if isinstance(value, list):
+        value = "\\".join(str(v) for v in value)
+    return str(value) if value not in (None, "") else None
+
+
+def _int_of(value: Any) -> int | None:
+    """:func:`_int` of a value already made JSON-safe."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_keywords(route_fields: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*HEADER_FIELDS, *LABEL_FIELDS, *route_fields)))
+
+
+def _read_plain(
+    path: Path, rel: str, route_fields: Sequence[str], wanted: Sequence[int]
+) -> DicomInstance | SkippedFile | None:
+    """The instance read by :mod:`hpcgear.ingest.dicom_reader` (no pydicom
+    dataset), or None where that reader or the value decoder defers to pydicom."""
+    from hpcgear.ingest.dicom_reader import read_plain_header
+    from hpcgear.ingest.dicom_values import DECLINED, raw_json_value
+
+    try:
+        head = read_plain_header(path, _tag_set(tuple(wanted)))
+    except OSError:
+        return None  # pydicom's path words the error
+    if head is None:
+        return None
+    values: dict[str, Any] = {}
+    for kw, tag, dict_vr in _keyword_tags(_plain_keywords(tuple(route_fields))):
+        raw = head.elements.get(tag)
+        if raw is None:
+            values[kw] = None
+            continue
+        vr = raw[0] or dict_vr
+        if vr is None or vr == "UN" or " or " in vr:
+            return None
+        value = raw_json_value(vr, raw[1], True)
+        if value is DECLINED:
+            return None
+        values[kw] = value
+    return _plain_instance(path, rel, head.size, values, head.compressed, route_fields)
+
+
+@functools.lru_cache(maxsize=64)
+def _tag_set(tags: tuple[int, ...]) -> frozenset[int]:
+    return frozenset(tags)
+
+
+def _plain_instance(
+    path: Path,
+    rel: str,
+    size: int,
+    values: Mapping[str, Any],
+    compressed: bool,
+    route_fields: Sequence[str],
+) -> DicomInstance | SkippedFile:
+    """The :class:`DicomInstance` of a header read without de-identification
+    from its values (``json_value`` of each of :func:`_plain_keywords`)."""
+    values = {**{kw: None for kw in route_fields}, **values}
+    uids = {kw: _text_of(values[kw]) for kw in UID_FIELDS}
+    missing = [kw for kw, v in uids.items() if not v]
+    if missing:
+        return SkippedFile(rel, MISSING_UID, f"no {', '.join(missing)}")
+    header = {kw: values[kw] for kw in HEADER_FIELDS if values.get(kw) not in (None, [], "")}
+    study, series, sop = (str(uids[kw]) for kw in UID_FIELDS)
+    text = {kw: _text_of(values[kw]) for kw in ("StudyDate", "StudyTime", "StudyID")}
+    return DicomInstance(
+        path=path,
+        rel=rel,
+        size=size,
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        study_key=study,
+        series_key=series,
+        sop_key=sop,
+        instance_number=_int_of(values["InstanceNumber"]),
+        series_number=_int_of(values["SeriesNumber"]),
+        compressed=compressed,
+        routing={name: _text_of(values[name]) for name in route_fields},
+        header=header,
+        fallback_subject=clean_label(_text_of(values["PatientID"])),
+        fallback_session=_session_from(text["StudyDate"], text["StudyTime"], text["StudyID"]),
+        classification=None,
+    )
+
+
 def _fallback_subject(small: Any, profile: DeidProfile | None) -> str | None:
     # Without de-identification the PatientID is the usual subject label. With
     # it, no header value is used (a profile may keep or dummy the PatientID);
@@ -403,12 +556,20 @@ def _fallback_subject(small: Any, profile: DeidProfile | None) -> str | None:
 
 
 def _fallback_session(small: Any) -> str | None:
+    return _session_from(
+        _text(small, "StudyDate"), _text(small, "StudyTime"), _text(small, "StudyID")
+    )
+
+
+def _session_from(
+    study_date: str | None, study_time: str | None, study_id: str | None
+) -> str | None:
     # Digits only: old (ACR-NEMA style) headers write 1997.04.24 and 14:04:00.
-    date = re.sub(r"\D", "", _text(small, "StudyDate") or "")[:8]
+    date = re.sub(r"\D", "", study_date or "")[:8]
     if date:
-        time = re.sub(r"\D", "", (_text(small, "StudyTime") or "").split(".")[0])[:6]
+        time = re.sub(r"\D", "", (study_time or "").split(".")[0])[:6]
         return clean_label(f"{date}_{time}" if time else date)
-    return clean_label(_text(small, "StudyID"))
+    return clean_label(study_id)
 
 
 T = TypeVar("T")
@@ -421,16 +582,26 @@ PROCESS_MIN_FILES = 64
 
 @contextmanager
 def parallel_map(
-    fn: Callable[[T], R], items: Sequence[T], jobs: int, name: str, *, processes: bool = False
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    jobs: int,
+    name: str,
+    *,
+    processes: bool = False,
+    initializer: Callable[[], None] | None = None,
 ) -> Iterator[Iterator[R]]:
     """``fn`` over ``items`` in ``jobs`` threads (or processes), results in input order.
 
     Header parsing is pure Python, so threads share one core under the GIL;
-    ``processes=True`` (``fn`` and the items must pickle) spreads it over
-    ``jobs`` cores, items sent in chunks so the hand-over stays cheap.
-    Leaving the block early (an error, Ctrl-C) cancels the reads not yet
-    started instead of waiting for thousands of them.
+    ``processes=True`` (``fn``, the items and ``initializer`` must pickle)
+    spreads it over ``jobs`` cores, items sent in chunks so the hand-over stays
+    cheap. ``initializer`` runs once here (forked workers inherit what it
+    imported and cached) and once in each worker (for a spawned one, where it
+    does the imports). Leaving the block early (an error, Ctrl-C) cancels the
+    reads not yet started instead of waiting for thousands of them.
     """
+    if initializer is not None:
+        initializer()
     if jobs <= 1:
         yield map(fn, items)
         return
@@ -441,8 +612,8 @@ def parallel_map(
 
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-        chunksize = max(1, min(64, len(items) // (jobs * 4)))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=initializer)
+        chunksize = max(1, min(256, len(items) // (jobs * 4)))
     else:
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
     try:
@@ -462,6 +633,20 @@ def _read_under(
     # Module level (not a closure) so a process pool can pickle it.
     rel = relative(p, root)
     return read_instance(p, rel, route_fields=route_fields, profile=profile, tags=tags)
+
+
+def _warm_reader(route_fields: tuple[str, ...], profile: DeidProfile | None) -> None:
+    """Import the readers and fill their caches once (before the first file).
+
+    Without a profile pydicom is imported only by a file the plain reader
+    leaves to it (or a keyword :mod:`~hpcgear.ingest.dicom_tags` lacks)."""
+    if profile is not None:
+        import pydicom.filereader  # noqa: F401
+    else:
+        import hpcgear.ingest.dicom_reader
+        import hpcgear.ingest.dicom_values  # noqa: F401
+
+        _keyword_tags(_plain_keywords(route_fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,7 +680,10 @@ def scan_dicom(
         tags=tuple(header_tags(route_fields, profile)),
     )
     processes = jobs > 1 and total >= PROCESS_MIN_FILES
-    with parallel_map(read, files, jobs, "dicom-scan", processes=processes) as results:
+    warm = functools.partial(_warm_reader, tuple(route_fields), profile)
+    with parallel_map(
+        read, files, jobs, "dicom-scan", processes=processes, initializer=warm
+    ) as results:
         for done, result in enumerate(results, start=1):
             if isinstance(result, SkippedFile):
                 skipped.append(result)

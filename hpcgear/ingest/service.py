@@ -73,6 +73,7 @@ from hpcgear.ingest.dicom import (
     scan_dicom,
     series_label,
 )
+from hpcgear.ingest.dicom_tags import KEYWORDS
 from hpcgear.ingest.nifti import NiftiImage, bids_classification, image_stem, scan_nifti
 from hpcgear.ingest.report import FileOutcome, IngestReport, SessionOutcome
 from hpcgear.ingest.routing import RoutingRules, clean_label, route_study
@@ -125,6 +126,8 @@ class NiftiIngestOptions:
 
 def check_dicom_keyword(name: str, what: str) -> str:
     """``name`` if it is a DICOM keyword, else InvalidInputError with close matches."""
+    if name in KEYWORDS:  # the usual routing fields: no pydicom import
+        return name
     from pydicom.datadict import keyword_dict, tag_for_keyword
 
     if tag_for_keyword(name) is not None:

@@ -612,3 +612,37 @@ def test_header_scan_in_processes_matches_one_process(
     assert used == [True]
     assert many == one
     assert len(one.instances) == 10 and len(one.skipped) == 3
+
+
+def test_header_scan_in_processes_without_a_profile_matches_one_process(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain reader (no profile) in worker processes gives the sequential result."""
+    from hpcgear.ingest import dicom
+
+    fields = ("AccessionNumber", "StudyComments")
+    one = dicom.scan_dicom(mixed, route_fields=fields, profile=None, jobs=1)
+    monkeypatch.setattr(dicom, "PROCESS_MIN_FILES", 1)
+    many = dicom.scan_dicom(mixed, route_fields=fields, profile=None, jobs=2)
+    assert many == one
+    assert len(one.instances) == 10 and len(one.skipped) == 3
+
+
+def _mark_pid(folder: str) -> None:
+    import os
+
+    Path(folder, str(os.getpid())).touch()
+
+
+def test_parallel_map_runs_the_initializer_here_and_in_each_worker(tmp_path: Path) -> None:
+    import functools
+    import os
+
+    from hpcgear.ingest.dicom import parallel_map
+
+    init = functools.partial(_mark_pid, str(tmp_path))
+    with parallel_map(abs, list(range(-50, 50)), 2, "t", processes=True, initializer=init) as r:
+        assert list(r) == [abs(i) for i in range(-50, 50)]
+    pids = {int(p.name) for p in tmp_path.iterdir()}
+    assert os.getpid() in pids
+    assert len(pids - {os.getpid()}) >= 1  # the workers ran it too
