@@ -6,10 +6,11 @@ permission checks and rules never recurse. Files are a stable identity
 (``files``) plus immutable, content-addressed versions (``file_versions``).
 Schema changes go through Alembic (``hpcgear/db/migrations``).
 
-The tables the login-node commands read (users, roles, containers, gears, jobs,
-job events, controller leases/status, API keys) are defined in Core in
+The tables the login-node commands use (users, roles, containers, files, file
+versions, the change log, de-identification profiles, gears, jobs, job events,
+controller leases/status, API keys) are defined in Core in
 :mod:`hpcgear.db.tables`; their models here map onto those same ``Table``
-objects (``__table__``), so ``jobs``, ``job show`` and ``whoami`` run without
+objects (``__table__``), so ``jobs``, ``job show``, ``upload`` and ``whoami`` run without
 importing the ORM, and each table still has one definition.
 
 No ``from __future__ import annotations`` here on purpose: with string
@@ -91,57 +92,49 @@ class Container(Base):
 class File(Base):
     """A named file on a container; its bytes live in versions."""
 
-    __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("container_id", "name"),)
+    __table__ = tables.files
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    container_id: Mapped[str] = mapped_column(
-        ForeignKey("containers.id", ondelete="CASCADE"), index=True
-    )
-    project_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    current_version: Mapped[int] = mapped_column(Integer, default=1)
-    type: Mapped[str | None] = mapped_column(String(64))
-    modality: Mapped[str | None] = mapped_column(String(64))
-    classification: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
-    info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    modified: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    id: Mapped[str]
+    container_id: Mapped[str]
+    project_id: Mapped[str | None]
+    name: Mapped[str]
+    current_version: Mapped[int]
+    type: Mapped[str | None]
+    modality: Mapped[str | None]
+    classification: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    info: Mapped[dict[str, Any]]
+    created: Mapped[dt.datetime]
+    modified: Mapped[dt.datetime]
 
 
 class FileVersion(Base):
     """One immutable version of a file: its content hash, size and origin."""
 
-    __tablename__ = "file_versions"
-    __table_args__ = (UniqueConstraint("file_id", "version"),)
+    __table__ = tables.file_versions
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    version: Mapped[int] = mapped_column(Integer)
-    hash: Mapped[str] = mapped_column(String(80), index=True)  # "sha256:<hex>"
-    size: Mapped[int] = mapped_column(BigInteger)
-    origin_type: Mapped[str] = mapped_column(String(16))  # user | ingest | job
-    origin_id: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    file_id: Mapped[str]
+    version: Mapped[int]
+    hash: Mapped[str]
+    size: Mapped[int]
+    origin_type: Mapped[str]
+    origin_id: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class ChangeLog(Base):
     """Append-only feed of hierarchy changes; rule evaluation reads it incrementally."""
 
-    __tablename__ = "change_log"
+    __table__ = tables.change_log
 
-    seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    kind: Mapped[str] = mapped_column(String(32))  # file.version, file.meta, container.meta ...
-    container_id: Mapped[str] = mapped_column(String(64), index=True)
-    file_id: Mapped[str | None] = mapped_column(String(64))
-    file_version: Mapped[int | None] = mapped_column(Integer)
-    actor: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seq: Mapped[int]
+    kind: Mapped[str]
+    container_id: Mapped[str]
+    file_id: Mapped[str | None]
+    file_version: Mapped[int | None]
+    actor: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class TrashEntry(Base):
@@ -371,16 +364,14 @@ class ProjectDeidProfile(Base):
     """A de-identification profile attached to a project: every ingest and upload
     into the project is de-identified with it, whatever the command's flags."""
 
-    __tablename__ = "project_deid_profiles"
+    __table__ = tables.project_deid_profiles
 
-    project_id: Mapped[str] = mapped_column(
-        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
-    )
-    name: Mapped[str] = mapped_column(String(128))
-    sha256: Mapped[str] = mapped_column(String(80))
-    text: Mapped[str] = mapped_column(Text)  # the profile YAML as written
-    set_by: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    project_id: Mapped[str]
+    name: Mapped[str]
+    sha256: Mapped[str]
+    text: Mapped[str]
+    set_by: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class DeidMapEntry(Base):

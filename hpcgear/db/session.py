@@ -81,6 +81,9 @@ def create_db_engine(url: str, *, create_dirs: bool = False) -> Engine:
         kwargs["pool_pre_ping"] = True
         if parsed.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
+        if parsed.drivername == "postgresql+psycopg2":
+            # No HSTORE columns here: skip the pg_type lookup of its oids on every connect.
+            kwargs["use_native_hstore"] = False
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:

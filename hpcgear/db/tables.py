@@ -40,13 +40,17 @@ __all__ = [
     "NAMING",
     "JsonType",
     "api_keys",
+    "change_log",
     "containers",
     "controller_leases",
     "controller_status",
+    "file_versions",
+    "files",
     "gears",
     "job_events",
     "jobs",
     "metadata",
+    "project_deid_profiles",
     "roles",
     "users",
     "utcnow",
@@ -155,6 +159,62 @@ containers = Table(
     UniqueConstraint("parent_id", "label_key"),
     UniqueConstraint("project_id", "natural_key"),
     Index("ix_containers_project_type", "project_id", "type"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("container_id", ForeignKey("containers.id", ondelete="CASCADE"), index=True, **_NN),
+    Column("project_id", String(64), index=True),
+    Column("name", String(255), **_NN),
+    Column("current_version", Integer, default=1, **_NN),
+    Column("type", String(64)),
+    Column("modality", String(64)),
+    Column("classification", JsonType, default=dict, **_NN),
+    Column("tags", JsonType, default=list, **_NN),
+    Column("info", JsonType, default=dict, **_NN),
+    _created(),
+    _modified(),
+    UniqueConstraint("container_id", "name"),
+)
+
+file_versions = Table(
+    "file_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("file_id", ForeignKey("files.id", ondelete="CASCADE"), **_NN),
+    Column("version", Integer, **_NN),
+    Column("hash", String(80), index=True, **_NN),  # "sha256:<hex>"
+    Column("size", BigInteger, **_NN),
+    Column("origin_type", String(16), **_NN),  # user | ingest | job
+    Column("origin_id", String(64), **_NN),
+    _created(),
+    UniqueConstraint("file_id", "version"),
+)
+
+change_log = Table(
+    "change_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("kind", String(32), **_NN),  # file.version, file.meta, container.meta ...
+    Column("container_id", String(64), index=True, **_NN),
+    Column("file_id", String(64)),
+    Column("file_version", Integer),
+    Column("actor", String(64), **_NN),
+    _created(),
+)
+
+project_deid_profiles = Table(
+    "project_deid_profiles",
+    metadata,
+    Column("project_id", ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(128), **_NN),
+    Column("sha256", String(80), **_NN),
+    Column("text", Text, **_NN),  # the profile YAML as written
+    Column("set_by", String(64), **_NN),
+    _created(),
 )
 
 gears = Table(

@@ -310,3 +310,144 @@ def test_bare_postgresql_url_picks_psycopg2_else_psycopg(monkeypatch: pytest.Mon
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "psycopg2" else real(name, *a))
     assert driver("postgresql://u@h/db") == "postgresql+psycopg"
+
+
+# ------------------------------------------------------------------ upload in Core
+
+
+def _upload_orm(db: Database, store: Any, actor: str, path: str, srcs: list[Path]) -> Any:
+    from hpcgear.ingest.upload import upload_deidentified
+
+    return db.write(lambda s: upload_deidentified(s, store, actor, path, srcs))
+
+
+def _upload_core(db: Database, store: Any, actor: str, path: str, srcs: list[Path]) -> Any:
+    from hpcgear.hierarchy.uploads import store_upload
+
+    with db.connect() as conn:
+        return store_upload(conn, store, actor, path, srcs)
+
+
+def _tree(db: Database, project: str) -> Any:
+    """Everything an upload wrote below ``project``, without ids and times."""
+    from sqlalchemy import select
+
+    from hpcgear.db.tables import change_log, containers, file_versions, files
+
+    with db.connect() as conn:
+        p = access.resolve_project(conn, project)
+        cs = {c.id: c for c in conn.execute(select(containers)
+                                             .where(containers.c.project_id == p.id))}
+
+        def where(cid: str | None) -> str:
+            parts = []
+            while cid in cs:  # the project's own label differs by design
+                c = cs[cid]
+                parts.append(c.type if c.type == "project" else f"{c.type}:{c.label}")
+                cid = cs[cid].parent_id
+            return "/".join(reversed(parts))
+
+        conts = sorted(
+            (where(c.id), c.label_key == c.label, c.natural_key, c.info, c.tags, c.created_by,
+             [where(getattr(c, f"{lvl}_id")) for lvl in ("project", "subject", "session",
+                                                          "acquisition")])
+            for c in cs.values()
+        )  # fmt: skip
+        fs = {f.id: f for f in conn.execute(select(files).where(files.c.project_id == p.id))}
+        frows = sorted((where(f.container_id), f.name, f.current_version, f.type, f.modality,
+                        f.classification, f.tags, f.info) for f in fs.values())
+        vers = sorted((fs[v.file_id].name, v.version, v.hash, v.size, v.origin_type, v.origin_id)
+                      for v in conn.execute(select(file_versions)
+                                            .where(file_versions.c.file_id.in_(list(fs)))))
+        logs = [(lg.kind, where(lg.container_id), fs[lg.file_id].name, lg.file_version, lg.actor)
+                for lg in conn.execute(select(change_log)
+                                       .where(change_log.c.file_id.in_(list(fs)))
+                                       .order_by(change_log.c.seq))]
+    return conts, frows, vers, logs
+
+
+def test_core_upload_stores_what_the_orm_upload_stores(world: Database, tmp_path: Path) -> None:
+    from hpcgear.storage.objects import ObjectStore
+
+    store = ObjectStore(tmp_path / "store")
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    for rel, text in (("a.nii.gz", "a"), ("b.txt", "b"), ("d/c.json", "{}"),
+                      ("d/e/f.dcm", "f")):
+        (src / rel).write_text(text)
+    with world.session() as s:  # two empty projects: one per path, the same uploads
+        for p in ("lab/p3", "lab/p4"):
+            hs.create_project(s, ADMIN, p)
+            hs.grant_role(s, ADMIN, "bob", p, "read-write")
+    steps: list[tuple[str, list[Path]]] = [
+        ("s1/ses/acq", [src / "a.nii.gz", src / "b.txt"]),
+        ("s1/ses/acq", [src / "a.nii.gz"]),  # identical bytes: unchanged
+        ("s1/ses", [src / "d"]),  # a directory, recursively
+        ("s2", [src / "b.txt"]),
+    ]
+    for i, (rel, srcs) in enumerate(steps):
+        if i == 3:
+            (src / "b.txt").write_text("b, changed")
+            steps.append(("s1/ses/acq", [src / "b.txt"]))  # a new version
+        orm = _upload_orm(world, store, "bob", f"lab/p3/{rel}", srcs)
+        core = _upload_core(world, store, "bob", f"lab/p4/{rel}", srcs)
+        strip = [(r.name, r.version, r.hash, r.size, r.created) for r in orm]
+        assert [(r.name, r.version, r.hash, r.size, r.created) for r in core] == strip, rel
+    assert _tree(world, "lab/p4") == _tree(world, "lab/p3")
+    assert len(_tree(world, "lab/p4")[2]) == 6
+
+
+def test_core_upload_refuses_what_the_orm_upload_refuses(world: Database, tmp_path: Path) -> None:
+    from hpcgear.db.models import ProjectDeidProfile
+    from hpcgear.storage.objects import ObjectStore
+
+    store = ObjectStore(tmp_path / "store")
+    ok = tmp_path / "ok.txt"
+    ok.write_text("x")
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "ok.txt").write_text("y")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with world.session() as s:
+        ses = hs.ensure_path(s, ADMIN, "lab/p1/s1/ses")
+        hs.create_child(s, ses, "analysis", "an1", ADMIN)
+    cases: list[tuple[str, str, list[Path]]] = [
+        ("alice", "lab/p1/s9", [ok]),  # read-only
+        ("stranger", "lab/p1/s9", [ok]),
+        ("eve", "lab/p1/s9", [ok]),  # disabled
+        ("bob", "lab/p2/s9", [ok]),  # a role on p1 only
+        ("bob", "lab/nope/s9", [ok]),
+        ("bob", "nogroup/p/s9", [ok]),
+        ("bob", "lab", [ok]),
+        ("bob", "lab/p1/s1/ses/an1", [ok]),  # an analysis takes no uploads
+        ("bob", "lab/p1/s1/ses/an1/x", [ok]),
+        ("bob", "lab/p1/ bad", [ok]),
+        ("bob", "lab/p1/s9", [tmp_path / "missing.txt"]),
+        ("bob", "lab/p1/s9", [empty]),
+        ("bob", "lab/p1/s9", [ok, twin]),  # two files named ok.txt
+        ("bob", "lab/p1/s9", []),
+    ]
+    for actor, path, srcs in cases:
+        orm = _outcome(_upload_orm, world, store, actor, path, srcs)
+        core = _outcome(_upload_core, world, store, actor, path, srcs)
+        assert orm[0] == "error" and core == orm, (actor, path)
+    with world.connect() as conn:
+        assert access.get_container(conn, "s9") is None
+    with world.session() as s:  # a de-identification profile: the ORM path's job
+        p1 = hs.resolve_container(s, "lab/p1")
+        s.add(ProjectDeidProfile(project_id=p1.id, name="p", sha256="x", text="", set_by=ADMIN))
+    assert _upload_core(world, store, "bob", "lab/p1/s8", [ok]) is None
+    assert _tree(world, "lab/p1")[1] == []  # nothing stored
+
+
+def test_upload_never_imports_the_orm(cli_env: CliEnv, tmp_path: Path) -> None:
+    env = cli_env
+    env.ok("group", "create", "lab")
+    env.ok("project", "create", "lab/p")
+    f = tmp_path / "one.txt"
+    f.write_text("one")
+    assert _loaded(env, "upload", "lab/p/s/ses", str(f)) == []
+    f.write_text("two")
+    assert _loaded(env, "upload", "lab/p/s/ses", str(f), "--json") == []
+    assert env.ok("ls", "lab/p/s/ses").out.count("v2") == 1
