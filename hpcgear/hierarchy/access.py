@@ -1,7 +1,8 @@
-"""Who may see what, in SQLAlchemy Core: the checks of the login-node read paths.
+"""Who may see or change what, in SQLAlchemy Core: the checks of the login-node paths.
 
-``hpcgear jobs`` and ``hpcgear job show`` run on a login node, where importing
-the ORM and building the models is a large part of a call's start-up. These
+``hpcgear jobs``, ``hpcgear job show`` and ``hpcgear upload`` run on a login node,
+where importing the ORM and building the models is a large part of a call's
+start-up (:mod:`hpcgear.jobs.queries`, :mod:`hpcgear.hierarchy.uploads`). These
 functions answer the same questions as :mod:`hpcgear.hierarchy.permissions`
 (same rules, same errors) on a Core ``Connection`` and return ``Row`` objects,
 which have the attributes of the models they stand for (``user.site_admin``,
