@@ -805,12 +805,12 @@ pg_url() {
     local role
     for role in postgres root; do
         if timeout 10 psql -h 127.0.0.1 -U "$role" -d test -Atc 'select 1' >/dev/null 2>&1; then
-            printf 'postgresql+psycopg://%s@127.0.0.1:5432/test\n' "$role"
+            printf 'postgresql://%s@127.0.0.1:5432/test\n' "$role"
             return 0
         fi
     done
     note "WARNING: neither role postgres nor root can log in to database test on 127.0.0.1:5432" >&2
-    printf 'postgresql+psycopg://postgres@127.0.0.1:5432/test\n'
+    printf 'postgresql://postgres@127.0.0.1:5432/test\n'
 }
 
 write_env() {

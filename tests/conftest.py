@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("HPCGEAR_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# A bare URL: psycopg2 when installed (what users are told to write), else psycopg 3.
+PG_URL = os.environ.get("HPCGEAR_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_INTEGRATION = os.environ.get("HPCGEAR_REQUIRE_INTEGRATION") == "1"
 SERVICE_MARKERS = ("postgres", "slurm", "apptainer", "ssh")
 

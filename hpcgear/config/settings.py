@@ -19,7 +19,7 @@ import yaml
 from hpcgear.errors import ConfigError, SchemaError
 
 SETTINGS_KEYS: dict[str, str] = {
-    "database_url": "SQLAlchemy URL; sqlite:///PATH (default) or postgresql+psycopg://...",
+    "database_url": "SQLAlchemy URL; sqlite:///PATH (default) or postgresql://...",
     "storage_root": "directory of the permanent object store",
     "sites": "list of site config YAML files this instance knows",
     "default_site": "site name used for jobs whose tags route nowhere else",

@@ -22,9 +22,14 @@ from sqlalchemy.orm import Session
 
 from hpcgear.db.models import ControllerLease, ControllerStatus, Job
 from hpcgear.db.session import Database
+
+# Defined with the Core job queries so `hpcgear jobs` / `job show` need not import this
+# module (and the ORM) to tell whether a site is led.
+from hpcgear.jobs.queries import MIN_STALE_SECONDS, stale_after
 from hpcgear.states import JobState
 
 __all__ = [
+    "MIN_STALE_SECONDS",
     "RECENT_ERRORS",
     "SiteStatus",
     "controller_status",
@@ -37,20 +42,12 @@ __all__ = [
 
 #: How many recent errors a site's status keeps.
 RECENT_ERRORS = 20
-#: A site whose controller has not cycled for this long (or 3 poll intervals,
-#: whichever is longer) counts as not led.
-MIN_STALE_SECONDS = 300
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def stale_after(poll_interval_seconds: int) -> dt.timedelta:
-    """How old a site's last cycle may be before the site counts as not led."""
-    return dt.timedelta(seconds=max(MIN_STALE_SECONDS, 3 * poll_interval_seconds))
 
 
 def record_cycle(

@@ -6,6 +6,13 @@ permission checks and rules never recurse. Files are a stable identity
 (``files``) plus immutable, content-addressed versions (``file_versions``).
 Schema changes go through Alembic (``hpcgear/db/migrations``).
 
+The tables the login-node commands use (users, roles, containers, files, file
+versions, the change log, de-identification profiles, gears, jobs, job events,
+controller leases/status, API keys) are defined in Core in
+:mod:`hpcgear.db.tables`; their models here map onto those same ``Table``
+objects (``__table__``), so ``jobs``, ``job show``, ``upload`` and ``whoami`` run without
+importing the ORM, and each table still has one definition.
+
 No ``from __future__ import annotations`` here on purpose: with string
 annotations SQLAlchemy evaluates every ``Mapped[...]`` with ``eval`` when the
 classes are built, a measurable part of each CLI call's start-up.
@@ -15,177 +22,119 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     DateTime,
-    Float,
     ForeignKey,
-    Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
-    false,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator, TypeEngine
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from hpcgear.db import tables
+from hpcgear.db.tables import NAMING, JsonType, utcnow
 
-
-
-class _JsonB(TypeDecorator[Any]):
-    """JSON, stored as JSONB on PostgreSQL.
-
-    The PostgreSQL type is imported only when a PostgreSQL dialect asks for
-    it: ``sqlalchemy.dialects.postgresql`` pulls in asyncio and every driver
-    module, which every SQLite CLI call would otherwise pay for at start-up.
-    """
-
-    impl = JSON
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import JSONB
-
-            return dialect.type_descriptor(JSONB())
-        return dialect.type_descriptor(JSON())
-
-
-JsonType = _JsonB()
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+__all__ = ["NAMING", "Base", "JsonType", "utcnow"]  # and the models below
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    # One MetaData for the Core tables (hpcgear.db.tables) and every model.
+    metadata = tables.metadata
 
 
 class User(Base):
-    __tablename__ = "users"
+    __table__ = tables.users
 
-    login: Mapped[str] = mapped_column(String(64), primary_key=True)
-    site_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    # A disabled user is refused by every service call (get_actor); rows are kept.
-    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    login: Mapped[str]
+    site_admin: Mapped[bool]
+    disabled: Mapped[bool]
+    created: Mapped[dt.datetime]
 
 
 class Role(Base):
     """A role on a group or a project (``read-only``, ``read-write``, ``admin``)."""
 
-    __tablename__ = "roles"
-    __table_args__ = (UniqueConstraint("user_login", "container_id"),)
+    __table__ = tables.roles
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user_login: Mapped[str] = mapped_column(ForeignKey("users.login", ondelete="CASCADE"))
-    container_id: Mapped[str] = mapped_column(ForeignKey("containers.id", ondelete="CASCADE"))
-    role: Mapped[str] = mapped_column(String(16))
-    granted_by: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    user_login: Mapped[str]
+    container_id: Mapped[str]
+    role: Mapped[str]
+    granted_by: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class Container(Base):
-    __tablename__ = "containers"
-    __table_args__ = (
-        # label_key is the label for ordinary levels and the row id for analyses,
-        # so labels are unique among siblings but analyses may repeat labels.
-        UniqueConstraint("parent_id", "label_key"),
-        UniqueConstraint("project_id", "natural_key"),
-        Index("ix_containers_project_type", "project_id", "type"),
-    )
+    __table__ = tables.containers
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    type: Mapped[str] = mapped_column(String(16))
-    label: Mapped[str] = mapped_column(String(256))
-    label_key: Mapped[str] = mapped_column(String(256))
-    parent_id: Mapped[str | None] = mapped_column(
-        ForeignKey("containers.id", ondelete="CASCADE"), index=True
-    )
-    group_id: Mapped[str] = mapped_column(String(64), index=True)
-    project_id: Mapped[str | None] = mapped_column(String(64))
-    subject_id: Mapped[str | None] = mapped_column(String(64))
-    session_id: Mapped[str | None] = mapped_column(String(64))
-    acquisition_id: Mapped[str | None] = mapped_column(String(64))
-    natural_key: Mapped[str | None] = mapped_column(String(128))
-    info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
-    job_id: Mapped[str | None] = mapped_column(String(64))  # analyses: the job that made it
-    # Flywheel-style notes: [{"text", "user", "created"}]; None until the first note.
-    notes: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType, nullable=True)
-    created_by: Mapped[str | None] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    modified: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    id: Mapped[str]
+    type: Mapped[str]
+    label: Mapped[str]
+    label_key: Mapped[str]
+    parent_id: Mapped[str | None]
+    group_id: Mapped[str]
+    project_id: Mapped[str | None]
+    subject_id: Mapped[str | None]
+    session_id: Mapped[str | None]
+    acquisition_id: Mapped[str | None]
+    natural_key: Mapped[str | None]
+    info: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    job_id: Mapped[str | None]
+    notes: Mapped[list[dict[str, Any]] | None]
+    created_by: Mapped[str | None]
+    created: Mapped[dt.datetime]
+    modified: Mapped[dt.datetime]
 
 
 class File(Base):
     """A named file on a container; its bytes live in versions."""
 
-    __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("container_id", "name"),)
+    __table__ = tables.files
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    container_id: Mapped[str] = mapped_column(
-        ForeignKey("containers.id", ondelete="CASCADE"), index=True
-    )
-    project_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    current_version: Mapped[int] = mapped_column(Integer, default=1)
-    type: Mapped[str | None] = mapped_column(String(64))
-    modality: Mapped[str | None] = mapped_column(String(64))
-    classification: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
-    info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    modified: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    id: Mapped[str]
+    container_id: Mapped[str]
+    project_id: Mapped[str | None]
+    name: Mapped[str]
+    current_version: Mapped[int]
+    type: Mapped[str | None]
+    modality: Mapped[str | None]
+    classification: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    info: Mapped[dict[str, Any]]
+    created: Mapped[dt.datetime]
+    modified: Mapped[dt.datetime]
 
 
 class FileVersion(Base):
     """One immutable version of a file: its content hash, size and origin."""
 
-    __tablename__ = "file_versions"
-    __table_args__ = (UniqueConstraint("file_id", "version"),)
+    __table__ = tables.file_versions
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    version: Mapped[int] = mapped_column(Integer)
-    hash: Mapped[str] = mapped_column(String(80), index=True)  # "sha256:<hex>"
-    size: Mapped[int] = mapped_column(BigInteger)
-    origin_type: Mapped[str] = mapped_column(String(16))  # user | ingest | job
-    origin_id: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    file_id: Mapped[str]
+    version: Mapped[int]
+    hash: Mapped[str]
+    size: Mapped[int]
+    origin_type: Mapped[str]
+    origin_id: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class ChangeLog(Base):
     """Append-only feed of hierarchy changes; rule evaluation reads it incrementally."""
 
-    __tablename__ = "change_log"
+    __table__ = tables.change_log
 
-    seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    kind: Mapped[str] = mapped_column(String(32))  # file.version, file.meta, container.meta ...
-    container_id: Mapped[str] = mapped_column(String(64), index=True)
-    file_id: Mapped[str | None] = mapped_column(String(64))
-    file_version: Mapped[int | None] = mapped_column(Integer)
-    actor: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seq: Mapped[int]
+    kind: Mapped[str]
+    container_id: Mapped[str]
+    file_id: Mapped[str | None]
+    file_version: Mapped[int | None]
+    actor: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class TrashEntry(Base):
@@ -250,20 +199,19 @@ class SavedView(Base):
 
 
 class Gear(Base):
-    __tablename__ = "gears"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table__ = tables.gears
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100))
-    version: Mapped[str] = mapped_column(String(100))
-    manifest: Mapped[dict[str, Any]] = mapped_column(JsonType)
-    manifest_sha256: Mapped[str] = mapped_column(String(80))
-    category: Mapped[str] = mapped_column(String(32), default="utility")
-    image_ref: Mapped[str | None] = mapped_column(Text)
-    image_digest: Mapped[str | None] = mapped_column(String(80))
-    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    installed_by: Mapped[str] = mapped_column(String(64))
-    installed: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    name: Mapped[str]
+    version: Mapped[str]
+    manifest: Mapped[dict[str, Any]]
+    manifest_sha256: Mapped[str]
+    category: Mapped[str]
+    image_ref: Mapped[str | None]
+    image_digest: Mapped[str | None]
+    disabled: Mapped[bool]
+    installed_by: Mapped[str]
+    installed: Mapped[dt.datetime]
 
 
 class GearRule(Base):
@@ -332,76 +280,63 @@ class RuleCursor(Base):
 class Job(Base):
     """One attempt of a gear run. A retry is a new row linked by ``previous_id``."""
 
-    __tablename__ = "jobs"
-    # ix_jobs_created: `hpcgear jobs` lists newest first; without it a listing
-    # sorts the whole table (100k jobs: a full scan on every call).
-    __table_args__ = (
-        Index("ix_jobs_state_site", "state", "site"),
-        Index("ix_jobs_created", "created"),
-        Index("ix_jobs_project_finished", "project_id", "finished"),
-        Index("ix_jobs_finished", "finished"),
-    )
+    __table__ = tables.jobs
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    attempt: Mapped[int] = mapped_column(Integer, default=1)
-    previous_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    gear_id: Mapped[int] = mapped_column(ForeignKey("gears.id"))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    state_seq: Mapped[int] = mapped_column(Integer, default=0)  # compare-and-set counter
-    failure_kind: Mapped[str | None] = mapped_column(String(32))
-    failure_message: Mapped[str | None] = mapped_column(Text)
-    site: Mapped[str] = mapped_column(String(64))
-    native_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    scheduler_state: Mapped[str | None] = mapped_column(String(32))
-    pending_reason: Mapped[str | None] = mapped_column(String(128))
-    config: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
-    resources: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    destination_type: Mapped[str] = mapped_column(String(16))
-    destination_id: Mapped[str] = mapped_column(String(64), index=True)
-    project_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
-    priority: Mapped[str] = mapped_column(String(16), default="medium")
-    origin_type: Mapped[str] = mapped_column(String(16), default="user")  # user | rule
-    origin_id: Mapped[str] = mapped_column(String(64))
-    dedupe_key: Mapped[str | None] = mapped_column(String(80), index=True)
-    rule_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    script_sha256: Mapped[str | None] = mapped_column(String(80))
-    array_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
-    scheduler_info: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    # Usage from SLURM accounting, filled when the job ends (hpcgear.jobs.usage) so
-    # `hpcgear usage` sums columns instead of parsing JSON.
-    core_hours: Mapped[float | None] = mapped_column(Float)  # allocated CPUs x elapsed
-    gpu_hours: Mapped[float | None] = mapped_column(Float)
-    wall_seconds: Mapped[int | None] = mapped_column(Integer)  # elapsed (run) time
-    wait_seconds: Mapped[int | None] = mapped_column(Integer)  # submit -> start
-    cpu_used_seconds: Mapped[float | None] = mapped_column(Float)  # TotalCPU
-    max_rss_mb: Mapped[int | None] = mapped_column(Integer)
-    submitted: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    modified: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    id: Mapped[str]
+    attempt: Mapped[int]
+    previous_id: Mapped[str | None]
+    gear_id: Mapped[int]
+    state: Mapped[str]
+    state_seq: Mapped[int]
+    failure_kind: Mapped[str | None]
+    failure_message: Mapped[str | None]
+    site: Mapped[str]
+    native_id: Mapped[str | None]
+    scheduler_state: Mapped[str | None]
+    pending_reason: Mapped[str | None]
+    config: Mapped[dict[str, Any]]
+    inputs: Mapped[list[dict[str, Any]]]
+    resources: Mapped[dict[str, Any]]
+    destination_type: Mapped[str]
+    destination_id: Mapped[str]
+    project_id: Mapped[str | None]
+    tags: Mapped[list[str]]
+    priority: Mapped[str]
+    origin_type: Mapped[str]
+    origin_id: Mapped[str]
+    dedupe_key: Mapped[str | None]
+    rule_id: Mapped[int | None]
+    script_sha256: Mapped[str | None]
+    array_id: Mapped[str | None]
+    scheduler_info: Mapped[dict[str, Any]]
+    core_hours: Mapped[float | None]
+    gpu_hours: Mapped[float | None]
+    wall_seconds: Mapped[int | None]
+    wait_seconds: Mapped[int | None]
+    cpu_used_seconds: Mapped[float | None]
+    max_rss_mb: Mapped[int | None]
+    submitted: Mapped[dt.datetime | None]
+    started: Mapped[dt.datetime | None]
+    finished: Mapped[dt.datetime | None]
+    last_seen: Mapped[dt.datetime | None]
+    created: Mapped[dt.datetime]
+    modified: Mapped[dt.datetime]
 
 
 class JobEvent(Base):
     """Append-only: who/what/when/why for every job state change."""
 
-    __tablename__ = "job_events"
+    __table__ = tables.job_events
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    actor: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(32))
-    old_state: Mapped[str | None] = mapped_column(String(16))
-    new_state: Mapped[str | None] = mapped_column(String(16))
-    message: Mapped[str | None] = mapped_column(Text)
-    data: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    id: Mapped[int]
+    job_id: Mapped[str]
+    ts: Mapped[dt.datetime]
+    actor: Mapped[str]
+    kind: Mapped[str]
+    old_state: Mapped[str | None]
+    new_state: Mapped[str | None]
+    message: Mapped[str | None]
+    data: Mapped[dict[str, Any]]
 
 
 class ProvenanceRecord(Base):
@@ -417,28 +352,26 @@ class ProvenanceRecord(Base):
 class ControllerLease(Base):
     """One leader per site: a lease row renewed by heartbeat."""
 
-    __tablename__ = "controller_leases"
+    __table__ = tables.controller_leases
 
-    site: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(128))
-    expires: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    heartbeat: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    site: Mapped[str]
+    holder: Mapped[str]
+    expires: Mapped[dt.datetime]
+    heartbeat: Mapped[dt.datetime]
 
 
 class ProjectDeidProfile(Base):
     """A de-identification profile attached to a project: every ingest and upload
     into the project is de-identified with it, whatever the command's flags."""
 
-    __tablename__ = "project_deid_profiles"
+    __table__ = tables.project_deid_profiles
 
-    project_id: Mapped[str] = mapped_column(
-        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
-    )
-    name: Mapped[str] = mapped_column(String(128))
-    sha256: Mapped[str] = mapped_column(String(80))
-    text: Mapped[str] = mapped_column(Text)  # the profile YAML as written
-    set_by: Mapped[str] = mapped_column(String(64))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    project_id: Mapped[str]
+    name: Mapped[str]
+    sha256: Mapped[str]
+    text: Mapped[str]
+    set_by: Mapped[str]
+    created: Mapped[dt.datetime]
 
 
 class DeidMapEntry(Base):
@@ -465,16 +398,15 @@ class ControllerStatus(Base):
     site since ...") and the metrics read it. One row per site, replaced each cycle.
     """
 
-    __tablename__ = "controller_status"
+    __table__ = tables.controller_status
 
-    site: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(128))
-    last_cycle: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    # The last cycle without errors: the scheduler answered every query in it.
-    last_clean_cycle: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    cycles: Mapped[int] = mapped_column(BigInteger, default=0)
-    last_report: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    recent_errors: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    site: Mapped[str]
+    holder: Mapped[str]
+    last_cycle: Mapped[dt.datetime]
+    last_clean_cycle: Mapped[dt.datetime | None]
+    cycles: Mapped[int]
+    last_report: Mapped[dict[str, Any]]
+    recent_errors: Mapped[list[Any]]
 
 
 class ApiKey(Base):
@@ -485,15 +417,15 @@ class ApiKey(Base):
     job is live, and only for its inputs, destination and their parents).
     """
 
-    __tablename__ = "api_keys"
+    __table__ = tables.api_keys
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    owner: Mapped[str] = mapped_column(ForeignKey("users.login", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(8), default="user")  # user | job
-    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    label: Mapped[str | None] = mapped_column(String(128))
-    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_used: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    expires: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    id: Mapped[str]
+    secret_sha256: Mapped[str]
+    owner: Mapped[str]
+    kind: Mapped[str]
+    job_id: Mapped[str | None]
+    label: Mapped[str | None]
+    created: Mapped[dt.datetime]
+    last_used: Mapped[dt.datetime | None]
+    expires: Mapped[dt.datetime | None]
+    revoked: Mapped[dt.datetime | None]

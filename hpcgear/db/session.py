@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -32,7 +32,9 @@ from sqlalchemy.exc import (
 
 if TYPE_CHECKING:
     # sqlalchemy.orm is imported when the first session opens: a command that
-    # only needs Core (whoami, the schema check) does not pay for the ORM.
+    # only needs Core (whoami, jobs, job show, the schema check) does not pay for
+    # the ORM; it reads through ``Database.connect()``.
+    from sqlalchemy import Connection
     from sqlalchemy.orm import Session, sessionmaker
 
 from hpcgear.errors import DatabaseError, WriteConflictError
@@ -59,8 +61,9 @@ def create_db_engine(url: str, *, create_dirs: bool = False) -> Engine:
     except ArgumentError as exc:
         raise DatabaseError(
             f"database URL {url!r} is not a valid SQLAlchemy URL",
-            "use sqlite:////abs/path.db or postgresql+psycopg://user@host:5432/db",
+            "use sqlite:////abs/path.db or postgresql://user@host:5432/db",
         ) from exc
+    parsed = _with_driver(parsed)
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
@@ -78,12 +81,15 @@ def create_db_engine(url: str, *, create_dirs: bool = False) -> Engine:
         kwargs["pool_pre_ping"] = True
         if parsed.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
+        if parsed.drivername == "postgresql+psycopg2":
+            # No HSTORE columns here: skip the pg_type lookup of its oids on every connect.
+            kwargs["use_native_hstore"] = False
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
         raise DatabaseError(
             f"no driver for database URL {_redact(url)}: {exc}",
-            "for PostgreSQL install hpcgear[postgres] and use postgresql+psycopg://",
+            "for PostgreSQL install hpcgear[postgres] and use postgresql://",
         ) from exc
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -91,6 +97,22 @@ def create_db_engine(url: str, *, create_dirs: bool = False) -> Engine:
     elif parsed.get_backend_name() == "postgresql":
         event.listen(engine, "before_cursor_execute", _refuse_nul_parameters)
     return engine
+
+
+def _with_driver(url: URL) -> URL:
+    """A bare ``postgresql://`` URL: psycopg2 when installed, else psycopg (3).
+
+    Every CLI call pays for importing its driver: psycopg2 loads in a fraction of
+    the time psycopg 3 and its SQLAlchemy dialect take (about 0.1-0.2 s), which a
+    login-node command feels. An explicit ``postgresql+DRIVER://`` is kept.
+    """
+    if url.drivername != "postgresql":
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url.set(drivername="postgresql+psycopg2")
+    return url.set(drivername="postgresql+psycopg")
 
 
 def _has_nul(value: Any) -> bool:
@@ -271,6 +293,13 @@ class Database:
         if check:
             check_schema(engine)
         return cls(engine)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core connection in one transaction, committed on success (the Core
+        read paths: :mod:`hpcgear.hierarchy.access`, :mod:`hpcgear.jobs.queries`)."""
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def session(self) -> Iterator[Session]:

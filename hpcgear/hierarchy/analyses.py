@@ -21,10 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Container
-from hpcgear.errors import InvalidInputError
-
-ID_PREFIX = "@"
-MIN_ID_PREFIX = 6
+from hpcgear.hierarchy.paths import ID_PREFIX as ID_PREFIX
+from hpcgear.hierarchy.paths import MIN_ID_PREFIX as MIN_ID_PREFIX
+from hpcgear.hierarchy.paths import pick_analysis
 
 
 def analyses_of(session: Session, parent: Container) -> list[Container]:
@@ -44,26 +43,7 @@ def find_analysis(session: Session, parent: Container, segment: str) -> Containe
     """
     if parent.type in ("group", "analysis"):
         return None
-    candidates = analyses_of(session, parent)
-    if segment.startswith(ID_PREFIX) and len(segment) > MIN_ID_PREFIX:
-        prefix = segment[len(ID_PREFIX) :]
-        by_id = [a for a in candidates if a.id.startswith(prefix)]
-        if len(by_id) == 1:
-            return by_id[0]
-        if len(by_id) > 1:
-            raise InvalidInputError(
-                f"analysis id prefix {prefix!r} matches {len(by_id)} analyses of "
-                f"{parent.type} {parent.label!r}",
-                "give more characters of the id (`hpcgear ls` shows the full ids)",
-            )
-    by_label = [a for a in candidates if a.label == segment]
-    if len(by_label) > 1:
-        refs = ", ".join(ID_PREFIX + a.id for a in by_label[:5])
-        raise InvalidInputError(
-            f"{len(by_label)} analyses of {parent.type} {parent.label!r} are labelled {segment!r}",
-            f"name one by id instead of its label: {refs}",
-        )
-    return by_label[0] if by_label else None
+    return pick_analysis(parent, analyses_of(session, parent), segment)
 
 
 def analysis_segment(session: Session, analysis: Container) -> str:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hpcgear.errors import InvalidInputError
 
 LEVELS: tuple[str, ...] = ("group", "project", "subject", "session", "acquisition")
+#: A path segment ``@ID`` names an analysis by its id, or a prefix of at least 6 characters.
+ID_PREFIX = "@"
+MIN_ID_PREFIX = 6
 MAX_LABEL = 256
 MAX_FILE_NAME = 255
 GROUP_ID_RE = re.compile(r"^[0-9a-z][0-9a-z_\-]{0,63}$")
@@ -163,3 +168,28 @@ class HierarchyPath:
 
     def __str__(self) -> str:
         return "/".join(self.parts)
+
+
+def pick_analysis(parent: Any, candidates: Sequence[Any], segment: str) -> Any | None:
+    """Which of ``parent``'s analyses ``candidates`` (oldest first) the path segment
+    names, by ``@ID`` prefix or label (see :mod:`hpcgear.hierarchy.analyses`); None if
+    none. Containers may be models or Core rows. InvalidInputError when ambiguous."""
+    if segment.startswith(ID_PREFIX) and len(segment) > MIN_ID_PREFIX:
+        prefix = segment[len(ID_PREFIX) :]
+        by_id = [a for a in candidates if a.id.startswith(prefix)]
+        if len(by_id) == 1:
+            return by_id[0]
+        if len(by_id) > 1:
+            raise InvalidInputError(
+                f"analysis id prefix {prefix!r} matches {len(by_id)} analyses of "
+                f"{parent.type} {parent.label!r}",
+                "give more characters of the id (`hpcgear ls` shows the full ids)",
+            )
+    by_label = [a for a in candidates if a.label == segment]
+    if len(by_label) > 1:
+        refs = ", ".join(ID_PREFIX + a.id for a in by_label[:5])
+        raise InvalidInputError(
+            f"{len(by_label)} analyses of {parent.type} {parent.label!r} are labelled {segment!r}",
+            f"name one by id instead of its label: {refs}",
+        )
+    return by_label[0] if by_label else None

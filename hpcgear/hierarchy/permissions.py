@@ -2,51 +2,29 @@
 
 Roles are granted on a group or a project; a group role applies to all its
 projects. ``site-admin`` may do anything. A denied action raises
-PermissionDeniedError before anything is written.
+PermissionDeniedError before anything is written. The same checks on a Core
+connection (the login-node read paths) are in :mod:`hpcgear.hierarchy.access`;
+both build their errors there.
 """
 
 from __future__ import annotations
-
-import enum
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Container, Role, User
-from hpcgear.errors import InvalidInputError, PermissionDeniedError
+from hpcgear.errors import PermissionDeniedError
+from hpcgear.hierarchy.access import RoleName, not_registered, role_denied
 
-
-class RoleName(enum.StrEnum):
-    READ_ONLY = "read-only"
-    READ_WRITE = "read-write"
-    ADMIN = "admin"
-
-    @property
-    def rank(self) -> int:
-        return {"read-only": 1, "read-write": 2, "admin": 3}[self.value]
-
-    @classmethod
-    def parse(cls, text: str) -> RoleName:
-        try:
-            return cls(text)
-        except ValueError:
-            raise InvalidInputError(
-                f"unknown role {text!r}", f"roles are {', '.join(r.value for r in cls)}"
-            ) from None
+__all__ = ["RoleName", "effective_role", "get_actor", "require_role", "require_site_admin"]
 
 
 def get_actor(session: Session, login: str) -> User:
     user = session.get(User, login)
-    if user is None:
-        raise PermissionDeniedError(
-            f"user {login!r} is not registered in this hpcgear instance",
-            f"ask a site admin to run `hpcgear user add {login}`",
-        )
-    if user.disabled:
-        raise PermissionDeniedError(
-            f"user {login!r} is disabled in this hpcgear instance",
-            f"ask a site admin to run `hpcgear user enable {login}`",
-        )
+    denied = not_registered(login, user)
+    if denied is not None:
+        raise denied
+    assert user is not None
     return user
 
 
@@ -78,13 +56,7 @@ def require_role(
     session: Session, login: str, container: Container, needed: RoleName, action: str
 ) -> User:
     user = get_actor(session, login)
-    have = effective_role(session, user, container)
-    if have is None or have.rank < needed.rank:
-        where = f"{container.type} {container.label!r}"
-        held = have.value if have else "no role"
-        raise PermissionDeniedError(
-            f"{action} on {where} needs the {needed.value} role; {login!r} has {held}",
-            "ask an admin of the project or group to run "
-            f"`hpcgear role grant {login} <group/project> {needed.value}`",
-        )
+    denied = role_denied(login, container, effective_role(session, user, container), needed, action)
+    if denied is not None:
+        raise denied
     return user

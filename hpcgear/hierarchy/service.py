@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,15 +50,15 @@ from hpcgear.hierarchy.permissions import (
     require_role,
     require_site_admin,
 )
+from hpcgear.hierarchy.uploads import UploadResult as UploadResult
+from hpcgear.hierarchy.uploads import check_sources, looks_like_dicom
+from hpcgear.hierarchy.uploads import expand_directories as expand_directories
+from hpcgear.hierarchy.uploads import guess_file_type as guess_file_type
+from hpcgear.hierarchy.uploads import new_id as new_id
 from hpcgear.storage.objects import ObjectStore
 from hpcgear.text import check_identifier, check_storable, json_or_text
 
 logger = logging.getLogger(__name__)
-
-
-def new_id() -> str:
-    """An opaque 24-hex id, the shape Flywheel uses."""
-    return secrets.token_hex(12)
 
 
 # --------------------------------------------------------------------- users
@@ -324,16 +322,6 @@ def container_path(session: Session, container: Container) -> str:
 # --------------------------------------------------------------------- files
 
 
-@dataclass(frozen=True, slots=True)
-class UploadResult:
-    name: str
-    file_id: str
-    version: int
-    hash: str
-    size: int
-    created: bool  # False when identical bytes were already the current version
-
-
 def upload_files(
     session: Session,
     store: ObjectStore,
@@ -352,26 +340,10 @@ def upload_files(
     store first (content addressed, so an interrupted upload leaves at most an
     unreferenced object); rows are added in the caller's transaction.
     Re-uploading identical bytes under the same name is a no-op; different
-    bytes make a new version.
+    bytes make a new version. ``hpcgear upload`` runs the Core twin,
+    :func:`hpcgear.hierarchy.uploads.store_upload`.
     """
-    sources = expand_directories([Path(f) for f in files])
-    if not sources:
-        raise InvalidInputError("no files to upload", "name at least one file")
-    names: dict[str, Path] = {}
-    for src in sources:
-        if not src.exists():
-            raise NotFoundError(f"file {src} does not exist", "check the path and try again")
-        if not src.is_file():
-            raise InvalidInputError(
-                f"{src} is not a regular file", "upload regular files or directories of them"
-            )
-        name = check_file_name(src.name)
-        if name in names:
-            raise InvalidInputError(
-                f"two files named {name!r} in one upload ({names[name]} and {src})",
-                "rename one of them or upload them to different places",
-            )
-        names[name] = src
+    names = check_sources(expand_directories([Path(f) for f in files]))
     target = ensure_path(session, actor, path)
     if not deidentified:
         _refuse_identifying_upload(session, target, names)
@@ -389,26 +361,6 @@ def upload_files(
     )
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    import zipfile
-
-    try:
-        with path.open("rb") as fh:
-            fh.seek(128)
-            if fh.read(4) == b"DICM":
-                return True
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                with zf.open(info) as member:
-                    if member.read(132)[128:132] == b"DICM":
-                        return True
-        return False
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
 def _refuse_identifying_upload(
     session: Session, target: Container, names: Mapping[str, Path]
 ) -> None:
@@ -420,39 +372,13 @@ def _refuse_identifying_upload(
     """
     if target.project_id is None or session.get(ProjectDeidProfile, target.project_id) is None:
         return
-    dicom = sorted(n for n, p in names.items() if _looks_like_dicom(p))
+    dicom = sorted(n for n, p in names.items() if looks_like_dicom(p))
     if dicom:
         raise PermissionDeniedError(
             f"project has a de-identification profile; {', '.join(dicom)} would be stored "
             "without it",
             "upload with `hpcgear upload` (it de-identifies), not through this call",
         )
-
-
-def expand_directories(sources: Sequence[Path]) -> list[Path]:
-    """Directories become the regular files below them (recursively, sorted).
-
-    Symlinks inside a directory are skipped (their target may lie anywhere);
-    a file named on the command line is taken as given.
-    """
-    out: list[Path] = []
-    for src in sources:
-        if not src.is_dir():
-            out.append(src)
-            continue
-        found: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(src):
-            dirnames.sort()
-            found.extend(
-                p for p in (Path(dirpath) / f for f in filenames)
-                if not p.is_symlink() and p.is_file()
-            )  # fmt: skip
-        if not found:
-            raise InvalidInputError(
-                f"directory {src} holds no files", "name a directory with files"
-            )
-        out.extend(sorted(found))
-    return out
 
 
 def add_file_version(
@@ -576,42 +502,6 @@ def add_file_versions(
         container.modified = dt.datetime.now(dt.UTC)
     session.flush()
     return results
-
-
-_FILE_TYPES: tuple[tuple[str, str], ...] = (
-    (".dicom.zip", "dicom"),
-    (".dcm.zip", "dicom"),
-    (".dcm", "dicom"),
-    (".ima", "dicom"),
-    (".nii.gz", "nifti"),
-    (".nii", "nifti"),
-    (".bval", "bval"),
-    (".bvec", "bvec"),
-    (".json", "source code"),
-    (".zip", "archive"),
-    (".tar.gz", "archive"),
-    (".tgz", "archive"),
-    (".csv", "tabular data"),
-    (".tsv", "tabular data"),
-    (".txt", "text"),
-    (".log", "log"),
-    (".html", "html"),
-    (".pdf", "pdf"),
-    (".png", "image"),
-    (".jpg", "image"),
-    (".mat", "MATLAB data"),
-    (".py", "source code"),
-    (".sh", "source code"),
-)
-
-
-def guess_file_type(name: str) -> str | None:
-    """Flywheel-style file type from the name (gears and rules match on it)."""
-    lower = name.lower()
-    for suffix, ftype in _FILE_TYPES:
-        if lower.endswith(suffix):
-            return "JSON" if ftype == "source code" and suffix == ".json" else ftype
-    return None
 
 
 _META_KEYS = ("type", "modality", "classification", "tags", "info")

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hpcgear.db.models import Job
-
 __all__ = ["efficiency"]
 
 
@@ -18,8 +16,12 @@ def _pct(used: float, asked: float) -> float | None:
     return round(100.0 * used / asked, 1) if asked > 0 else None
 
 
-def efficiency(job: Job) -> dict[str, Any] | None:
-    """CPU, memory and time used as a share of what was requested; None if not known."""
+def efficiency(job: Any) -> dict[str, Any] | None:
+    """CPU, memory and time used as a share of what was requested; None if not known.
+
+    ``job`` is a ``Job`` model or a row of the ``jobs`` table (``job show`` reads
+    rows in Core, :mod:`hpcgear.jobs.queries`): only its columns are read.
+    """
     if job.wall_seconds is None:
         return None
     res: Mapping[str, Any] = job.resources or {}

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent, Role
+from hpcgear.db.models import Container, File, FileVersion, Gear, Job, JobEvent
 from hpcgear.errors import ConfigError, InvalidInputError, NotFoundError, PermissionDeniedError
 from hpcgear.hierarchy.permissions import RoleName, get_actor, require_role
 from hpcgear.hierarchy.service import (
@@ -29,6 +29,7 @@ from hpcgear.hierarchy.service import (
     resolve_container,
     resolve_file,
 )
+from hpcgear.jobs.queries import check_state, event_dict, job_dict, paths_of, visible_to
 from hpcgear.jobs.transitions import record_event, transition
 from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
@@ -677,12 +678,7 @@ def list_jobs(
     user = get_actor(session, actor)
     q = select(Job).order_by(Job.created.desc(), Job.id.desc()).limit(limit)
     if state:
-        try:
-            JobState(state)
-        except ValueError:
-            raise InvalidInputError(
-                f"unknown state {state!r}", f"states: {', '.join(s.value for s in JobState)}"
-            ) from None
+        check_state(state)
         q = q.where(Job.state == state)
     if mine:
         q = q.where(Job.origin_id == actor)
@@ -691,22 +687,8 @@ def list_jobs(
         require_role(session, actor, p, RoleName.READ_ONLY, "listing jobs")
         q = q.where(Job.project_id == p.id)
     elif not user.site_admin:
-        q = q.where(_visible_to(actor))
+        q = q.where(visible_to(actor))  # Job is mapped onto tables.jobs: one clause for both
     return list(session.scalars(q))
-
-
-def _visible_to(actor: str) -> Any:
-    """Jobs ``actor`` started, or on a project/group where ``actor`` holds any role."""
-    scopes = select(Role.container_id).where(Role.user_login == actor)
-    projects_of_groups = select(Container.id).where(
-        Container.type == "project", Container.group_id.in_(scopes)
-    )
-    return or_(
-        Job.origin_id == actor,
-        Job.project_id.in_(scopes),
-        Job.project_id.in_(projects_of_groups),
-        Job.destination_id.in_(scopes),  # a job whose destination is a group
-    )
 
 
 def job_events(session: Session, job: Job) -> list[JobEvent]:
@@ -858,90 +840,32 @@ def _next_attempt(
 def job_to_dict(session: Session, job: Job, *, events: bool = False) -> dict[str, Any]:
     out = jobs_to_dicts(session, [job])[0]
     if events:
-        out["events"] = [
-            {
-                "ts": e.ts.isoformat(),
-                "actor": e.actor,
-                "kind": e.kind,
-                "old_state": e.old_state,
-                "new_state": e.new_state,
-                "message": e.message,
-                "data": e.data,
-            }
-            for e in job_events(session, job)
-        ]
+        out["events"] = [event_dict(e) for e in job_events(session, job)]
     return out
 
 
 def jobs_to_dicts(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """``job_to_dict`` for many jobs: gears, destinations and their paths in 3 queries."""
+    """``job_to_dict`` for many jobs: gears, destinations and their paths in 3 queries.
+
+    The login-node commands use the Core twin :func:`hpcgear.jobs.queries.job_dicts`;
+    both build each dict with :func:`hpcgear.jobs.queries.job_dict`.
+    """
     gear_ids = {j.gear_id for j in jobs}
     gears = {
         g.id: f"{g.name}@{g.version}"
         for g in (session.scalars(select(Gear).where(Gear.id.in_(gear_ids))) if gear_ids else [])
     }
     paths = container_paths(session, {j.destination_id for j in jobs})
-    return [
-        {
-            "id": job.id,
-            "attempt": job.attempt,
-            "previous_id": job.previous_id,
-            "gear": gears.get(job.gear_id),
-            "state": job.state,
-            "failure_kind": job.failure_kind,
-            "failure_message": job.failure_message,
-            "site": job.site,
-            "native_id": job.native_id,
-            "scheduler_state": job.scheduler_state,
-            "pending_reason": job.pending_reason,
-            "destination": paths.get(job.destination_id, job.destination_id),
-            "destination_type": job.destination_type,
-            "tags": job.tags,
-            "priority": job.priority,
-            "origin": {"type": job.origin_type, "id": job.origin_id},
-            "config": job.config,
-            "inputs": job.inputs,
-            "resources": job.resources,
-            "created": job.created.isoformat() if job.created else None,
-            "modified": job.modified.isoformat() if job.modified else None,
-        }
-        for job in jobs
-    ]
+    return [job_dict(job, gears, paths) for job in jobs]
 
 
 def container_paths(session: Session, ids: set[str]) -> dict[str, str]:
     """Human paths of many containers: the containers, then all their ancestors, at once."""
     if not ids:
         return {}
-    found = {c.id: c for c in session.scalars(select(Container).where(Container.id.in_(ids)))}
-    ancestors = {
-        a
-        for c in found.values()
-        for a in (c.group_id, c.project_id, c.subject_id, c.session_id, c.acquisition_id,
-                  c.parent_id)
-        if a and a not in found
-    }  # fmt: skip
-    if ancestors:
-        found.update(
-            (c.id, c) for c in session.scalars(select(Container).where(Container.id.in_(ancestors)))
-        )
-    out = {}
-    for cid in ids:
-        parts: list[str] = []
-        node = found.get(cid)
-        while node is not None:
-            parts.append(node.id if node.type == "group" else node.label)
-            if not node.parent_id:
-                break
-            parent = found.get(node.parent_id)
-            if parent is None:  # an ancestor the id columns do not name (analyses)
-                parent = session.get(Container, node.parent_id)
-                if parent is not None:
-                    found[parent.id] = parent
-            node = parent
-        if parts:
-            out[cid] = "/".join(reversed(parts))
-    return out
+    return paths_of(
+        ids, lambda wanted: list(session.scalars(select(Container).where(Container.id.in_(wanted))))
+    )
 
 
 # ------------------------------------------------------- by id (the HTTP API)

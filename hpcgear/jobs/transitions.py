@@ -160,7 +160,7 @@ def cas_update_many(session: Session, changes: Sequence[tuple[Job, Mapping[str, 
     matched = 0
     for keys, params_list in groups.items():
         stmt = (
-            table.update()  # type: ignore[attr-defined]
+            table.update()
             .where(table.c.id == bindparam("b_id"), table.c.state_seq == bindparam("b_seq"))
             .values({k: bindparam(f"v_{k}") for k in keys})
         )

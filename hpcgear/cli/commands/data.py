@@ -101,12 +101,24 @@ def upload_cmd(app: AppContext, path: str, files: tuple[Path, ...], as_json: boo
     Missing subject/session/acquisition levels are created. Uploading a file
     whose name exists makes a new version; identical bytes change nothing.
     """
-    from hpcgear.ingest.upload import upload_deidentified
+    # Core first (hpcgear.hierarchy.uploads: no ORM on a login node); a project with a
+    # de-identification profile goes through the ORM path, which de-identifies.
+    from hpcgear.db.session import retry_conflicts
+    from hpcgear.hierarchy.uploads import UploadResult, store_upload
 
     actor = app.actor
-    results = app.db.write(
-        lambda s: upload_deidentified(s, app.store, actor, path, list(files))
-    )
+
+    def store_core() -> list[UploadResult] | None:
+        with app.db.connect() as conn:
+            return store_upload(conn, app.store, actor, path, list(files))
+
+    results = retry_conflicts(store_core)
+    if results is None:
+        from hpcgear.ingest.upload import upload_deidentified
+
+        results = app.db.write(
+            lambda s: upload_deidentified(s, app.store, actor, path, list(files))
+        )
     if as_json:
         app.emit_json(
             [

@@ -279,10 +279,10 @@ def _fit(rows: list[list[str]], headers: list[str], width: int, flex: int) -> li
 
 
 def _unled_sites(
-    app: AppContext, session: Any, rows: list[dict[str, Any]]
+    app: AppContext, conn: Any, rows: list[dict[str, Any]]
 ) -> dict[str, tuple[int, dt.datetime | None]]:
     """Sites with unfinished listed jobs that no controller cycled recently."""
-    from hpcgear.controller.status import last_led
+    from hpcgear.jobs.queries import last_led
 
     waiting: dict[str, int] = {}
     for r in rows:
@@ -291,7 +291,7 @@ def _unled_sites(
     now = dt.datetime.now(dt.UTC)
     out = {}
     for site, n in waiting.items():
-        led = last_led(session, site)
+        led = last_led(conn, site)
         if not _is_led(app, site, led, now):
             out[site] = (n, led)
     return out
@@ -303,7 +303,7 @@ def _is_led(app: AppContext, site: str, led: dt.datetime | None, now: dt.datetim
     The site's config (its poll interval) is read only when the answer depends on
     it: never led, or a cycle within the shortest staleness, need no site schema.
     """
-    from hpcgear.controller.status import MIN_STALE_SECONDS, stale_after
+    from hpcgear.jobs.queries import MIN_STALE_SECONDS, stale_after
 
     if led is None:
         return False
@@ -337,15 +337,16 @@ def jobs_cmd(
 
     A listing cut by --limit says so on stderr with the --offset of the next page.
     """
-    from hpcgear.jobs.service import jobs_to_dicts, list_jobs
+    # Core only (hpcgear.jobs.queries): a login-node listing does not pay for the ORM.
+    from hpcgear.jobs.queries import job_dicts, list_jobs
 
     actor = app.actor
-    with app.db.session() as s:
-        found = list_jobs(s, actor, state=state, mine=mine, project=project,
+    with app.db.connect() as conn:
+        found = list_jobs(conn, actor, state=state, mine=mine, project=project,
                           limit=offset + limit + 1)
         more = len(found) > offset + limit
-        rows = jobs_to_dicts(s, found[offset : offset + limit])
-        unled = _unled_sites(app, s, rows)
+        rows = job_dicts(conn, found[offset : offset + limit])
+        unled = _unled_sites(app, conn, rows)
     for r in rows:
         for key in ("created", "modified"):
             r[key] = _iso_zoned(r.get(key))
@@ -422,33 +423,39 @@ def job_show(
     pending jobs:  a warning when no controller has led the site recently
     Times are shown in your local zone, with its name.
     """
-    from hpcgear.controller.status import last_led
+    # Core only (hpcgear.jobs.queries) unless the cluster is asked (a queued job's
+    # start estimate, a failed job's log): those read the job through the ORM.
     from hpcgear.jobs.efficiency import efficiency
-    from hpcgear.jobs.service import get_job, job_to_dict
+    from hpcgear.jobs.queries import event_dict, get_job, job_dicts, job_events_of, last_led
 
     actor = app.actor
     now = dt.datetime.now(dt.UTC)
-    with app.db.session() as s:
-        job = get_job(s, actor, job_id)
-        data = job_to_dict(s, job, events=True)
+    with app.db.connect() as conn:
+        job = get_job(conn, actor, job_id)
+        data = job_dicts(conn, [job])[0]
+        data["events"] = [event_dict(e) for e in job_events_of(conn, job.id)]
         data["efficiency"] = efficiency(job)
-        led = last_led(s, job.site)
-        data["controller"] = {"last_cycle": _iso_zoned(led)}
-        final = job.state in ("complete", "failed", "cancelled")
-        data["controller"]["led"] = _is_led(app, job.site, led, now)
-        data["estimated_start"] = None
-        if job.state == "queued" and not no_remote:
-            from hpcgear.controller.jobinfo import estimated_start
+        led = last_led(conn, job.site)
+    data["controller"] = {"last_cycle": _iso_zoned(led)}
+    final = job.state in ("complete", "failed", "cancelled")
+    data["controller"]["led"] = _is_led(app, job.site, led, now)
+    data["estimated_start"] = None
+    data["log_tail"] = None
+    remote_queued = job.state == "queued" and not no_remote
+    remote_failed = job.state == "failed" and bool(tail_lines) and not no_remote
+    if remote_queued or remote_failed:
+        from hpcgear.controller.jobinfo import estimated_start, log_tail
+        from hpcgear.db.models import Job
 
-            when = estimated_start(app.settings, job)
-            data["estimated_start"] = when.isoformat() if when else None
-        data["log_tail"] = None
-        if job.state == "failed" and tail_lines and not no_remote:
-            from hpcgear.controller.jobinfo import log_tail
-
-            data["log_tail"] = log_tail(s, app.store, app.settings, job, tail_lines)
-        for key in ("submitted", "started", "finished"):
-            data[key] = _iso_zoned(getattr(job, key))
+        with app.db.session() as s:
+            model = s.get(Job, job.id)
+            if model is not None and remote_queued:
+                when = estimated_start(app.settings, model)
+                data["estimated_start"] = when.isoformat() if when else None
+            if model is not None and remote_failed:
+                data["log_tail"] = log_tail(s, app.store, app.settings, model, tail_lines)
+    for key in ("submitted", "started", "finished"):
+        data[key] = _iso_zoned(getattr(job, key))
     for key in ("created", "modified"):
         data[key] = _iso_zoned(data.get(key))
     for e in data["events"]:
