@@ -174,7 +174,7 @@ def files_of(db: Any, container: Container) -> dict[str, File]:
 def counts(db: Any) -> dict[str, int]:
     with db.session() as s:
         return {
-            m.__tablename__: int(s.scalar(select(func.count()).select_from(m)) or 0)
+            m.__table__.name: int(s.scalar(select(func.count()).select_from(m)) or 0)
             for m in (Container, File, FileVersion, ChangeLog)
         }
 

@@ -65,7 +65,7 @@ def _insert_rows(s: Any, table: Any, columns: list[str], rows: list[tuple[Any, .
     conn = s.connection()
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
-        f"INSERT INTO {table.__tablename__} ({', '.join(columns)}) "
+        f"INSERT INTO {table.__table__.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join([mark] * len(columns))})"
     )
     for start in range(0, len(rows), 20_000):
