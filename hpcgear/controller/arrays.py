@@ -21,7 +21,6 @@ from hpcgear.jobs.transitions import (
 )
 from hpcgear.render import JobPaths, build_runtime_argv
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
-from hpcgear.scheduler.transport import batch_sync
 from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
 
@@ -31,13 +30,12 @@ from .context import (
     CycleReport,
     fail_job,
     fault_point,
-    heartbeat,
     job_session,
     utcnow,
 )
 from .resolve import image_digest_or_fail, prepare_attempts
 from .sites import SiteRuntime
-from .stagein import stage_attempt
+from .stagein import stage_array_attempts
 
 
 def array_size_limit(rt: SiteRuntime) -> int:
@@ -83,6 +81,14 @@ def submit_array(
         return
     array_id = f"a{secrets.token_hex(8)}"
     apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
+    rt.transport.mkdir(apaths.root)
+    # ONE tasks.dat for the array instead of a job directory per task: each task
+    # creates its own from it when it starts (sbatch_templates/array.sbatch.j2).
+    staged = stage_array_attempts(ctx, rt, specs, all_paths, configs, apaths.tasks_dat, report)
+    if not staged:
+        return
+    specs = [specs[i] for i, _f in staged]
+    all_paths = [all_paths[i] for i, _f in staged]
     script = render_array(
         specs,
         site,
@@ -90,28 +96,8 @@ def submit_array(
         paths=all_paths,
         array_paths=apaths,
         max_array_size=rt.max_array_size,
+        task_files=[files for _i, files in staged],
     )
-    staged = []
-    with batch_sync(rt.transport):  # one filesystem sync for the array, not 3 per task
-        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
-            heartbeat(ctx)  # stage-in of a large array can outlast the lease
-            if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
-                staged.append(i)
-    if len(staged) < len(specs):
-        # Re-render without the jobs that could not be staged; the rest stay one array.
-        specs = [specs[i] for i in staged]
-        all_paths = [all_paths[i] for i in staged]
-        if not specs:
-            return
-        script = render_array(
-            specs,
-            site,
-            array_id=array_id,
-            paths=all_paths,
-            array_paths=apaths,
-            max_array_size=rt.max_array_size,
-        )
-    rt.transport.mkdir(apaths.root)
     rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
     # Write-ahead intent, per task, all in ONE transaction committed before sbatch:
     # a job another process changed meanwhile aborts the whole array (retried next cycle).

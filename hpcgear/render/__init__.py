@@ -10,8 +10,15 @@ from hpcgear.render.environment import (
     template_environment,
 )
 from hpcgear.render.exit_record import ExitRecord, parse_exit_record
-from hpcgear.render.paths import ArrayPaths, JobPaths, check_job_id, check_path_component
+from hpcgear.render.paths import (
+    ArrayPaths,
+    JobPaths,
+    TaskFile,
+    check_job_id,
+    check_path_component,
+)
 from hpcgear.render.sbatch import (
+    TASKS_DAT_CONTRACT,
     RenderedScript,
     array_slurm_comment,
     array_slurm_name,
@@ -23,10 +30,12 @@ from hpcgear.render.sbatch import (
 )
 
 __all__ = [
+    "TASKS_DAT_CONTRACT",
     "ArrayPaths",
     "ExitRecord",
     "JobPaths",
     "RenderedScript",
+    "TaskFile",
     "array_slurm_comment",
     "array_slurm_name",
     "build_invocation",
