@@ -20,12 +20,14 @@ from hpcgear.render.paths import (
 from hpcgear.render.sbatch import (
     TASKS_DAT_CONTRACT,
     RenderedScript,
+    argv_from_template,
     array_slurm_comment,
     array_slurm_name,
     build_invocation,
     build_runtime_argv,
     render_array,
     render_sbatch,
+    runtime_argv_template,
     sbatch_options,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "JobPaths",
     "RenderedScript",
     "TaskFile",
+    "argv_from_template",
     "array_slurm_comment",
     "array_slurm_name",
     "build_invocation",
@@ -49,6 +52,7 @@ __all__ = [
     "q",
     "render_array",
     "render_sbatch",
+    "runtime_argv_template",
     "sbatch_options",
     "template_environment",
 ]

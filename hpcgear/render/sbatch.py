@@ -99,6 +99,26 @@ def build_runtime_argv(spec: JobSpec, site: SiteConfig, paths: JobPaths) -> list
     return runtime_for(site.runtime).build_argv(build_invocation(spec, site, paths))
 
 
+def runtime_argv_template(spec: JobSpec, site: SiteConfig) -> list[list[str]]:
+    """The runtime argv with every word split where the job directory goes.
+
+    ``argv_from_template(template, paths.root)`` gives ``build_runtime_argv(spec,
+    site, paths)`` for any job directory: array tasks differ only there, so one
+    template (recorded with task 0) stands for every task's argv.
+    """
+    for value in (spec.gear.sif_path, spec.gear.command or "", *site.runtime.extra_flags):
+        if _JOB_DIR_SENTINEL in value:
+            raise InvalidInputError(f"{value[:60]!r} contains {_JOB_DIR_SENTINEL!r}",
+                                    "that text is reserved by hpcgear's renderer")
+    argv = build_runtime_argv(spec, site, JobPaths(_JOB_DIR_SENTINEL))
+    return [arg.split(_JOB_DIR_SENTINEL) for arg in argv]
+
+
+def argv_from_template(template: Sequence[Sequence[str]], job_dir: str) -> list[str]:
+    """The argv a :func:`runtime_argv_template` stands for in job directory ``job_dir``."""
+    return [job_dir.join(parts) for parts in template]
+
+
 def _argv_words(spec: JobSpec, site: SiteConfig, paths: JobPaths) -> list[list[ArgvPart]]:
     """The runtime argv as script words, the job directory written as ``"$JOB_DIR"``."""
     for value in (spec.gear.sif_path, spec.gear.command or "", *site.runtime.extra_flags):
@@ -305,11 +325,9 @@ def render_array(
     throttle = throttle if throttle is not None else site.array.throttle
     array_spec = f"0-{len(specs) - 1}" + (f"%{throttle}" if throttle else "")
     # One argv for all tasks: it may only differ in the job directory.
-    words = _argv_words(first, site, job_paths[0])
-    for spec, jp in zip(specs[1:], job_paths[1:], strict=True):
-        if _argv_words(spec, site, jp) != words:
-            raise InvalidInputError(f"job {spec.job_id} needs another container command",
-                                    "array tasks must run the same gear the same way")
+    # One argv for all tasks, differing only in the job directory: the invocation is
+    # built from the gear, resources, writable_tmpfs and runtime_debug (checked equal
+    # above) and the site, so it is built once (_shared_context), not once per task.
     if task_files is not None and len(task_files) != len(specs):
         raise InvalidInputError("render_array needs one list of task files per job")
     tasks = [_task_context(s, jp) for s, jp in zip(specs, job_paths, strict=True)]

@@ -268,6 +268,17 @@ def test_an_old_array_template_override_is_refused_with_the_fix(tmp_path: Path) 
     assert "flywheel/v0/config.json 0 2 " + "a" * 64 in shipped
 
 
+def test_argv_template_rebuilds_every_tasks_argv() -> None:
+    from hpcgear.render import argv_from_template, runtime_argv_template
+
+    site = make_site()
+    spec = make_spec(gear=make_gear(command="run --dir /a/@b --x 'y z'"))
+    template = runtime_argv_template(spec, site)
+    for job_id in ("job0001", "job0002"):
+        paths = JobPaths.for_spec(dataclasses.replace(spec, job_id=job_id), site)
+        assert argv_from_template(template, paths.root) == build_runtime_argv(spec, site, paths)
+
+
 def test_unvetted_values_are_refused_at_render_time_too() -> None:
     """Beyond the lint: the environment's finalize refuses any unvetted output."""
     from hpcgear.render import template_environment
