@@ -391,6 +391,22 @@ def test_daemon_wakes_on_new_work_and_exit_records(
     t0 = time.monotonic()
     ctl._sleep(30, seq, pending)
     assert time.monotonic() - t0 < 10, "a new pending job wakes it"
+    # ...within a wake tick (0.1 s): the check is a database query, cheap enough to run
+    # ten times a second, so a batch does not wait half a second to start
+    # (a 0.5 s tick would average 0.3 s over these offsets)
+    delays = []
+    created: list[float] = []
+
+    def new_job() -> None:
+        created.append(time.monotonic())
+        _job(ctx, user="alice", project=pid["p1"])
+
+    for offset in (0.05, 0.2, 0.35):
+        seq, pending = ctl._work_marks()
+        threading.Timer(offset, new_job).start()
+        ctl._sleep(30, seq, pending)
+        delays.append(time.monotonic() - created[-1])
+    assert sum(delays) / len(delays) < 0.2, delays
     seq, pending = ctl._work_marks()
     running = _job(ctx, user="bob", project=pid["p2"], state="running", native_id="77")
     with ctx.db.session() as s:
