@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from hpcgear.db.models import Job
-from hpcgear.jobs.transitions import StaleJobError, record_event
+from hpcgear.jobs.transitions import StaleJobError, record_events_many
 from hpcgear.scheduler.base import ReleaseRefusedError, base_native_id
 from hpcgear.scheduler.limits import request_misfit
 from hpcgear.scheduler.slurm_tables import describe_reason
@@ -76,21 +76,31 @@ def release_held(
     with ctx.db.session() as s:
         if ctx.fence is not None:
             ctx.fence.check(s, rt.site.name)
-        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([j for j, _ in jobs])))}
+        ids = [j for j, _ in jobs]
+        states: dict[str, str] = {}
+        for start in range(0, len(ids), 5000):  # Core rows: an array may hold 1,000s
+            for r in s.execute(
+                select(Job.id, Job.state).where(Job.id.in_(ids[start : start + 5000]))
+            ):
+                states[r.id] = r.state
+        events = []
         for job_id, native in jobs:
-            job = rows.get(job_id)
-            if job is not None and job.state == JobState.SUBMITTING.value:
+            state = states.get(job_id)
+            if state == JobState.SUBMITTING.value:
                 live.append((job_id, native))
                 continue
             stray.append(native)
-            if job is not None:
-                record_event(
-                    s,
-                    job,
-                    "scancel",
-                    ctx.actor,
-                    f"scancel {native}: the job became {job.state} while it was being submitted",
+            if state is not None:
+                events.append(
+                    {
+                        "job_id": job_id,
+                        "actor": ctx.actor,
+                        "kind": "scancel",
+                        "message": f"scancel {native}: the job became {state} while it was "
+                        "being submitted",
+                    }
                 )
+        record_events_many(s, events)
     if stray:
         rt.backend.cancel(stray)
     if not live:

@@ -19,9 +19,8 @@ from hpcgear.jobs.transitions import (
     transition_many,
     update_fields,
 )
-from hpcgear.render import JobPaths, build_runtime_argv
+from hpcgear.render import JobPaths, build_runtime_argv, runtime_argv_template
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
-from hpcgear.scheduler.transport import batch_sync
 from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
 
@@ -31,13 +30,12 @@ from .context import (
     CycleReport,
     fail_job,
     fault_point,
-    heartbeat,
     job_session,
     utcnow,
 )
 from .resolve import image_digest_or_fail, prepare_attempts
 from .sites import SiteRuntime
-from .stagein import stage_attempt
+from .stagein import stage_array_attempts
 
 
 def array_size_limit(rt: SiteRuntime) -> int:
@@ -83,6 +81,14 @@ def submit_array(
         return
     array_id = f"a{secrets.token_hex(8)}"
     apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
+    rt.transport.mkdir(apaths.root)
+    # ONE tasks.dat for the array instead of a job directory per task: each task
+    # creates its own from it when it starts (sbatch_templates/array.sbatch.j2).
+    staged = stage_array_attempts(ctx, rt, specs, all_paths, configs, apaths.tasks_dat, report)
+    if not staged:
+        return
+    specs = [specs[i] for i, _f in staged]
+    all_paths = [all_paths[i] for i, _f in staged]
     script = render_array(
         specs,
         site,
@@ -90,31 +96,13 @@ def submit_array(
         paths=all_paths,
         array_paths=apaths,
         max_array_size=rt.max_array_size,
+        task_files=[files for _i, files in staged],
     )
-    staged = []
-    with batch_sync(rt.transport):  # one filesystem sync for the array, not 3 per task
-        for i, (spec, paths, cfg) in enumerate(zip(specs, all_paths, configs, strict=True)):
-            heartbeat(ctx)  # stage-in of a large array can outlast the lease
-            if stage_attempt(ctx, rt, spec, paths, cfg, script.text, report):
-                staged.append(i)
-    if len(staged) < len(specs):
-        # Re-render without the jobs that could not be staged; the rest stay one array.
-        specs = [specs[i] for i in staged]
-        all_paths = [all_paths[i] for i in staged]
-        if not specs:
-            return
-        script = render_array(
-            specs,
-            site,
-            array_id=array_id,
-            paths=all_paths,
-            array_paths=apaths,
-            max_array_size=rt.max_array_size,
-        )
-    rt.transport.mkdir(apaths.root)
     rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
     # Write-ahead intent, per task, all in ONE transaction committed before sbatch:
     # a job another process changed meanwhile aborts the whole array (retried next cycle).
+    # Lean events: the runtime argv differs between tasks only in the job directory,
+    # so task 0 carries it as a template and provenance rebuilds each task's argv.
     with ctx.db.session() as s:
         rows = _rows(s, [sp.job_id for sp in specs])
         changes = [
@@ -137,6 +125,13 @@ def submit_array(
                 "the jobs are submitted on the next cycle",
                 transient=True,
             )
+        first: dict[str, Any] = {
+            "script": apaths.sbatch,
+            "script_sha256": script.sha256,
+            "argv": build_runtime_argv(specs[0], site, all_paths[0]),
+            "argv_template": runtime_argv_template(specs[0], site),
+            "scratch_root": site.render_scratch_root(specs[0].user),
+        }
         record_events_many(
             s,
             [
@@ -148,9 +143,7 @@ def submit_array(
                     "data": {
                         "array_id": array_id,
                         "index": index,
-                        "script": apaths.sbatch,
-                        "script_sha256": script.sha256,
-                        "argv": build_runtime_argv(spec, site, all_paths[index]),
+                        **(first if index == 0 else {"argv_from": specs[0].job_id}),
                     },
                 }
                 for index, spec in enumerate(specs)
@@ -201,17 +194,24 @@ def record_array(
                 continue
             todo.append(job)
         fields = {"submitted": now, "last_seen": now}
-        if cas_update_many(s, [(j, {"native_id": natives[j.id], **fields}) for j in todo]):
+        with s.begin_nested() as sp:
+            bulk = cas_update_many(s, [(j, {"native_id": natives[j.id], **fields}) for j in todo])
+            if not bulk:
+                sp.rollback()
+        if bulk:
             recorded = [j.id for j in todo]
         else:  # someone changed a job meanwhile: job by job, each in a savepoint
-            for job in todo:
+            for row in todo:
+                job = s.get(Job, row.id, populate_existing=True)
                 try:
+                    if job is None or job.state != JobState.SUBMITTING.value:
+                        raise StaleJobError(f"job {row.id} moved on", "")
                     with s.begin_nested():
                         update_fields(s, job, native_id=natives[job.id], **fields)
                 except StaleJobError:
-                    strays.append(natives[job.id])
+                    strays.append(natives[row.id])
                     continue
-                recorded.append(job.id)
+                recorded.append(row.id)
         record_events_many(
             s,
             [
@@ -260,8 +260,17 @@ def record_array(
         report.submitted += queued
 
 
-def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Job]:
-    rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(job_ids))))}
+def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
+    """The columns the array steps need, as Core rows (no ORM objects for 1,000 tasks)."""
+    rows: dict[str, Any] = {}
+    ids = list(job_ids)
+    for start in range(0, len(ids), 5000):
+        for r in s.execute(
+            select(Job.id, Job.state, Job.state_seq, Job.scheduler_info).where(
+                Job.id.in_(ids[start : start + 5000])
+            )
+        ):
+            rows[r.id] = r
     missing = [j for j in job_ids if j not in rows]
     if missing:
         raise InvalidInputError(f"job {missing[0]} vanished", "it was deleted meanwhile")

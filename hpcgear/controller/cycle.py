@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import load_only
 
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
@@ -72,6 +73,12 @@ def submit_pending(
     with ctx.db.session() as s:
         rows = s.scalars(
             select(Job)
+            .options(
+                load_only(
+                    Job.id, Job.array_id, Job.native_id, Job.gear_id, Job.origin_type,
+                    Job.origin_id, Job.resources, Job.created,
+                )
+            )
             .where(Job.site == rt.site.name, Job.state == JobState.SUBMITTING.value)
             .order_by(Job.created)
         ).all()

@@ -41,8 +41,12 @@ from hpcgear.states import JobState
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 3600
-#: Seconds between the daemon's checks for new work while it waits for the next cycle.
-WAKE_TICK = 0.5
+#: Seconds between the daemon's checks for new work (pending jobs, uploads) while it
+#: waits for the next cycle: two cheap database queries, no scheduler query, so a
+#: batch handed to the site starts being submitted within this.
+WAKE_TICK = 0.1
+#: Seconds between its looks for exit records of tracked jobs (a stat per job).
+EXIT_TICK = 0.5
 #: Most running jobs whose exit records the daemon watches between cycles.
 EXIT_WATCH_MAX = 2000
 #: Seconds before an exit record already seen triggers another cycle.
@@ -222,9 +226,10 @@ class Controller:
         starts the next cycle at once while a backlog is left (jobs still
         pending or submitting), and otherwise checks every :data:`WAKE_TICK`
         seconds, with cheap database queries and no scheduler query, whether
-        new work arrived (a pending job, an upload rules may match) or a
-        tracked job wrote its exit record. The scheduler is polled on new work,
-        on an exit record, and at least every poll interval.
+        new work arrived (a pending job, an upload rules may match), and every
+        :data:`EXIT_TICK` seconds whether a tracked job wrote its exit record.
+        The scheduler is polled on new work, on an exit record, and at least
+        every poll interval.
         """
         start = time.monotonic()
         last: list[CycleReport] = []
@@ -298,6 +303,7 @@ class Controller:
         job is an exit record of a tracked job (only with ``watch_exits``).
         """
         deadline = time.monotonic() + seconds
+        next_exit_look = time.monotonic() + EXIT_TICK
         while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -308,8 +314,10 @@ class Controller:
                 seq, pending = self._work_marks()
                 if pending > pending0 or (self.rules_hook is not None and seq > seq0):
                     return
-                if watch_exits and self._exit_records_written():
-                    return
+                if watch_exits and time.monotonic() >= next_exit_look:
+                    next_exit_look = time.monotonic() + EXIT_TICK
+                    if self._exit_records_written():
+                        return
             except Exception:  # a failed check only means waiting for the interval
                 logger.debug("wake-up check failed", exc_info=True)
 

@@ -15,16 +15,22 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
-from hpcgear.jobs.transitions import StaleJobError, record_event, transition, update_fields
+from hpcgear.jobs.transitions import (
+    StaleJobError,
+    record_event,
+    record_events_many,
+    transition,
+    update_fields,
+)
 from hpcgear.render.exit_record import ExitRecord
 from hpcgear.scheduler.base import Accounting, SchedulerStatus
 from hpcgear.scheduler.slurm_tables import StateCategory, describe_reason
-from hpcgear.states import FailureKind, JobState, SchedulerState
+from hpcgear.states import FailureKind, JobState, SchedulerState, check_transition
 
 from .context import (
     ControllerContext,
@@ -164,6 +170,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                 Job.array_id,
                 Job.scheduler_state,
                 Job.pending_reason,
+                Job.state_seq,
             ).where(
                 Job.site == rt.site.name,
                 Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
@@ -181,7 +188,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     gone: list[Any] = []
     ended: list[tuple[Any, SchedulerStatus]] = []
     unchanged: list[str] = []
-    changed: list[tuple[str, SchedulerStatus]] = []
+    changed: list[tuple[Any, SchedulerStatus]] = []
     for t in tracked:
         st = statuses.get(t.native_id)
         if st is None:
@@ -193,24 +200,9 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
             if last is None or now - last > LAST_SEEN_REFRESH:
                 unchanged.append(t.id)
         else:
-            changed.append((t.id, st))
+            changed.append((t, st))
     if changed:
-        # Jobs whose SLURM state or reason changed: one transaction, a savepoint
-        # per job so one that another process changed is skipped alone.
-        with ctx.db.session() as s:
-            rows = {
-                j.id: j
-                for j in s.scalars(select(Job).where(Job.id.in_([jid for jid, _ in changed])))
-            }
-            for jid, st in changed:
-                job = rows.get(jid)
-                if job is None:
-                    continue
-                try:
-                    with s.begin_nested():
-                        apply_status_in(s, ctx, rt, job, st, now, report)
-                except StaleJobError:
-                    continue
+        record_statuses(ctx, rt, changed, now, report)
     if unchanged:
         # Nothing to tell about these jobs: one UPDATE keeps their last_seen
         # fresh (it only feeds the lost-job grace), not a transaction per job.
@@ -295,6 +287,123 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                 with job_session(ctx, t.id) as (s, job):
                     if job.scheduler_state != "UNKNOWN":
                         update_fields(s, job, scheduler_state="UNKNOWN")
+        except StaleJobError:
+            continue
+
+
+#: Rows per bulk status UPDATE (two bound parameters each: SQLite allows 32,766).
+STATUS_CHUNK = 2000
+
+
+def record_statuses(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    changed: list[tuple[Any, SchedulerStatus]],
+    now: dt.datetime,
+    report: CycleReport,
+) -> None:
+    """Record the new SLURM state/reason of many queued or running jobs at once.
+
+    ``changed`` holds the rows read by the poll (id, state, state_seq, SLURM state,
+    pending reason) with their new status. Jobs that end up with the same values
+    (the first poll after an array went out: every task ``PENDING`` for the same
+    reason) are written by ONE compare-and-set UPDATE per group, ``WHERE (id,
+    state_seq) IN (...)``, with ``RETURNING id`` to learn which rows matched; their
+    events (``pending_reason``, the ``queued -> running`` move) are appended in one
+    executemany. A row someone else changed since the poll read it is reloaded and
+    done job by job in a savepoint, as is a job SLURM would never start (it is
+    cancelled and failed).
+    """
+    groups: dict[tuple[Any, ...], list[tuple[Any, SchedulerStatus]]] = {}
+    alone: list[tuple[str, SchedulerStatus]] = []
+    for t, st in changed:
+        if st.never_starts:
+            alone.append((t.id, st))
+            continue
+        reason = st.reason if st.category == StateCategory.WAITING else None
+        starts = st.category == StateCategory.RUNNING and t.state == JobState.QUEUED.value
+        key = (
+            t.state,
+            st.state.value if t.scheduler_state != st.state.value else None,
+            reason != t.pending_reason,
+            reason,
+            (st.start_time or now) if starts else None,
+            st.nodes if starts else None,
+        )
+        groups.setdefault(key, []).append((t, st))
+    table = Job.__table__
+    if ctx.fence is not None:
+        ctx.fence.keep()
+    with ctx.db.session() as s:
+        if ctx.fence is not None:
+            ctx.fence.check(s, rt.site.name)
+        for key, members in groups.items():
+            old_state, sched_state, reason_changed, reason, started, nodes = key
+            values: dict[str, Any] = {
+                "last_seen": now,
+                "modified": now,
+                "state_seq": table.c.state_seq + 1,
+            }
+            if sched_state is not None:
+                values["scheduler_state"] = sched_state
+            if reason_changed:
+                values["pending_reason"] = reason
+            new_state: JobState | None = None
+            if started is not None:
+                new_state = JobState.RUNNING
+                check_transition(JobState(old_state), new_state)
+                values["state"] = new_state.value
+                values["started"] = started
+            for start in range(0, len(members), STATUS_CHUNK):
+                chunk = members[start : start + STATUS_CHUNK]
+                stmt = (
+                    table.update()  # type: ignore[attr-defined]
+                    .where(
+                        tuple_(table.c.id, table.c.state_seq).in_(
+                            [(t.id, t.state_seq) for t, _ in chunk]
+                        )
+                    )
+                    .values(values)
+                    .returning(table.c.id)
+                )
+                done = set(s.execute(stmt).scalars())
+                events: list[dict[str, Any]] = []
+                for t, st in chunk:
+                    if t.id not in done:
+                        alone.append((t.id, st))  # someone else changed it: job by job
+                        continue
+                    if reason_changed and reason:
+                        events.append(
+                            {
+                                "job_id": t.id,
+                                "actor": ctx.actor,
+                                "kind": "pending_reason",
+                                "message": describe_reason(reason).sentence,
+                                "data": {"reason": reason},
+                            }
+                        )
+                    if new_state is not None:
+                        events.append(
+                            {
+                                "job_id": t.id,
+                                "actor": ctx.actor,
+                                "kind": "state",
+                                "old_state": old_state,
+                                "new_state": new_state.value,
+                                "message": f"running on {nodes or '?'}",
+                                "data": {"nodes": nodes},
+                            }
+                        )
+                record_events_many(s, events)
+                if new_state is not None:
+                    report.started += len(done)
+                    logger.info("%d jobs: %s -> %s", len(done), old_state, new_state.value)
+    for job_id, st in alone:
+        try:
+            with job_session(ctx, job_id) as (s, job):
+                if job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+                    continue  # moved on meanwhile (finished, cancelled): not ours to touch
+                apply_status_in(s, ctx, rt, job, st, now, report)
         except StaleJobError:
             continue
 

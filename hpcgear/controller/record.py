@@ -80,6 +80,22 @@ def _event_data(events: Sequence[JobEvent], kind: str) -> dict[str, Any]:
     return {}
 
 
+def _task_argv(session: Session, job: Job, sbatch: dict[str, Any]) -> list[str]:
+    """An array task's argv, rebuilt from the template its array's task 0 recorded."""
+    from hpcgear.render import JobPaths, argv_from_template
+
+    first_id, array_id = sbatch.get("argv_from"), sbatch.get("array_id")
+    if not first_id or not array_id:
+        return []
+    for data in session.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == first_id, JobEvent.kind == "sbatch")
+    ):
+        if (data or {}).get("array_id") == array_id and data.get("argv_template"):
+            paths = JobPaths.for_job(str(data["scratch_root"]), job.id, job.attempt)
+            return argv_from_template(data["argv_template"], paths.root)
+    return []
+
+
 def collect_run_facts(
     session: Session,
     job: Job,
@@ -164,7 +180,7 @@ def collect_run_facts(
     argv = (
         tuple(apptainer_argv)
         if apptainer_argv is not None
-        else tuple(str(a) for a in sbatch.get("argv") or ())
+        else tuple(str(a) for a in sbatch.get("argv") or _task_argv(session, job, sbatch))
     )
     return RunFacts(
         job_id=job.id,

@@ -10,23 +10,35 @@ from hpcgear.render.environment import (
     template_environment,
 )
 from hpcgear.render.exit_record import ExitRecord, parse_exit_record
-from hpcgear.render.paths import ArrayPaths, JobPaths, check_job_id, check_path_component
+from hpcgear.render.paths import (
+    ArrayPaths,
+    JobPaths,
+    TaskFile,
+    check_job_id,
+    check_path_component,
+)
 from hpcgear.render.sbatch import (
+    TASKS_DAT_CONTRACT,
     RenderedScript,
+    argv_from_template,
     array_slurm_comment,
     array_slurm_name,
     build_invocation,
     build_runtime_argv,
     render_array,
     render_sbatch,
+    runtime_argv_template,
     sbatch_options,
 )
 
 __all__ = [
+    "TASKS_DAT_CONTRACT",
     "ArrayPaths",
     "ExitRecord",
     "JobPaths",
     "RenderedScript",
+    "TaskFile",
+    "argv_from_template",
     "array_slurm_comment",
     "array_slurm_name",
     "build_invocation",
@@ -40,6 +52,7 @@ __all__ = [
     "q",
     "render_array",
     "render_sbatch",
+    "runtime_argv_template",
     "sbatch_options",
     "template_environment",
 ]

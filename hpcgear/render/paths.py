@@ -6,7 +6,8 @@ and stage-out)::
         flywheel/v0/output/                      the gear's outputs
         flywheel/v0/work/
         flywheel/v0/config.json                  read-only in the container
-        .hpcgear/job.sbatch                      the rendered script
+        .hpcgear/job.sbatch                      the rendered script (single jobs)
+        .hpcgear/job.sbatch.ref                  array tasks: which array script ran it
         .hpcgear/gear.env                        the gear's environment (0600)
         .hpcgear/exit.json                       written atomically by the script
         .hpcgear/slurm-<slurm-id>.out            the job log
@@ -15,8 +16,11 @@ and stage-out)::
         .hpcgear/boot/  -> /.hpcgear in the container (start marker ``started``)
         .apptainer/                              the runtime's --workdir
 
-Arrays keep their script and SLURM's own log under
-``<scratch>/hpcgear/arrays/<array-id>/``; each task logs into its job directory.
+Arrays keep their script, SLURM's own log and ``tasks.dat`` under
+``<scratch>/hpcgear/arrays/<array-id>/``. ``tasks.dat`` holds every file of every
+task's job directory (config.json, gear.env, inputs; identical contents once) and
+the array script lists, per task, where each lies in it (offset, length, sha256):
+each task creates its own job directory from it when it starts, and logs there.
 Paths are POSIX strings: they are paths on the cluster, not on this host.
 """
 
@@ -107,6 +111,11 @@ class JobPaths:
         return self._join(".hpcgear", "job.sbatch")
 
     @property
+    def sbatch_ref(self) -> str:
+        """An array task's pointer to the array script (instead of ``job.sbatch``)."""
+        return self._join(".hpcgear", "job.sbatch.ref")
+
+    @property
     def env_file(self) -> str:
         return self._join(".hpcgear", "gear.env")
 
@@ -154,6 +163,12 @@ class JobPaths:
         check_path_component(file_name, "input file name")
         return f"{input_name}/{file_name}"
 
+    def relpath(self, path: str) -> str:
+        """``path`` (inside the job directory) relative to its root."""
+        if path == self.root or not path.startswith(self.root + "/"):
+            raise InvalidInputError(f"{path!r} is not inside job directory {self.root!r}")
+        return path[len(self.root) + 1 :]
+
     def directories(self) -> tuple[str, ...]:
         """Every directory stage-in creates (mode 0700), parents first."""
         return (
@@ -181,6 +196,26 @@ class ArrayPaths:
         return posixpath.join(self.root, "array.sbatch")
 
     @property
+    def tasks_dat(self) -> str:
+        """Every task's job-directory files, concatenated (see the module docstring)."""
+        return posixpath.join(self.root, "tasks.dat")
+
+    @property
     def log_pattern(self) -> str:
         """``--output`` for the array: ``%A`` array id, ``%a`` task index."""
         return posixpath.join(self.root, "slurm-%A_%a.out")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFile:
+    """One file an array task writes into its job directory from ``tasks.dat``.
+
+    ``relpath`` is below the job directory; the bytes are ``length`` bytes at
+    ``offset`` in ``tasks.dat`` whose sha256 is ``sha256`` (bare hex), checked by
+    the task before the file is put in place.
+    """
+
+    relpath: str
+    offset: int
+    length: int
+    sha256: str

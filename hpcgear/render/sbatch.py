@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcgear.config.site import SiteConfig
-from hpcgear.errors import InvalidInputError
+from hpcgear.errors import ConfigError, InvalidInputError
 from hpcgear.render.environment import check_sbatch_line, template_environment
-from hpcgear.render.paths import ArrayPaths, JobPaths, check_job_id
+from hpcgear.render.paths import ArrayPaths, JobPaths, TaskFile, check_job_id
 from hpcgear.runtimes import (
     CONTAINER_FLYWHEEL,
     ContainerInvocation,
@@ -42,6 +42,10 @@ ARRAY_TEMPLATE = "array.sbatch.j2"
 # Stand-in job directory used to find where the job directory appears in the argv,
 # so the script can write those places as "$JOB_DIR" (one array script, many dirs).
 _JOB_DIR_SENTINEL = "/@hpcgear-job-dir@"
+#: The line an array template must render when its tasks create their own job
+#: directories from ``tasks.dat`` (the shipped ``array.sbatch.j2`` does); a site
+#: override without it predates that contract and is refused.
+TASKS_DAT_CONTRACT = "# hpcgear-contract: tasks.dat v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,26 @@ def build_invocation(spec: JobSpec, site: SiteConfig, paths: JobPaths) -> Contai
 def build_runtime_argv(spec: JobSpec, site: SiteConfig, paths: JobPaths) -> list[str]:
     """The exact argv the job script runs for ``spec`` (also what ``--dry-run`` shows)."""
     return runtime_for(site.runtime).build_argv(build_invocation(spec, site, paths))
+
+
+def runtime_argv_template(spec: JobSpec, site: SiteConfig) -> list[list[str]]:
+    """The runtime argv with every word split where the job directory goes.
+
+    ``argv_from_template(template, paths.root)`` gives ``build_runtime_argv(spec,
+    site, paths)`` for any job directory: array tasks differ only there, so one
+    template (recorded with task 0) stands for every task's argv.
+    """
+    for value in (spec.gear.sif_path, spec.gear.command or "", *site.runtime.extra_flags):
+        if _JOB_DIR_SENTINEL in value:
+            raise InvalidInputError(f"{value[:60]!r} contains {_JOB_DIR_SENTINEL!r}",
+                                    "that text is reserved by hpcgear's renderer")
+    argv = build_runtime_argv(spec, site, JobPaths(_JOB_DIR_SENTINEL))
+    return [arg.split(_JOB_DIR_SENTINEL) for arg in argv]
+
+
+def argv_from_template(template: Sequence[Sequence[str]], job_dir: str) -> list[str]:
+    """The argv a :func:`runtime_argv_template` stands for in job directory ``job_dir``."""
+    return [job_dir.join(parts) for parts in template]
 
 
 def _argv_words(spec: JobSpec, site: SiteConfig, paths: JobPaths) -> list[list[ArgvPart]]:
@@ -248,6 +272,7 @@ def render_array(
     array_paths: ArrayPaths | None = None,
     max_array_size: int | None = None,
     throttle: int | None = None,
+    task_files: Sequence[Sequence[TaskFile]] | None = None,
 ) -> RenderedScript:
     """Render one array script running ``specs`` as tasks ``0..n-1``.
 
@@ -261,6 +286,16 @@ def render_array(
         The live MaxArraySize; falls back to ``site.array.max_size``.
     throttle
         Most tasks running at once; falls back to ``site.array.throttle``.
+    task_files
+        Per task, the files it writes into its job directory from the array's
+        ``tasks.dat`` when it starts (``hpcgear.staging.stagein.stage_array``).
+        Without it every task's job directory must already be staged.
+
+    Raises
+    ------
+    ConfigError
+        ``task_files`` is given but the site's ``array.sbatch.j2`` override does
+        not render :data:`TASKS_DAT_CONTRACT` (it predates per-array stage-in).
     """
     if not specs:
         raise InvalidInputError("an array needs at least one job", "submit single jobs instead")
@@ -290,11 +325,18 @@ def render_array(
     throttle = throttle if throttle is not None else site.array.throttle
     array_spec = f"0-{len(specs) - 1}" + (f"%{throttle}" if throttle else "")
     # One argv for all tasks: it may only differ in the job directory.
-    words = _argv_words(first, site, job_paths[0])
-    for spec, jp in zip(specs[1:], job_paths[1:], strict=True):
-        if _argv_words(spec, site, jp) != words:
-            raise InvalidInputError(f"job {spec.job_id} needs another container command",
-                                    "array tasks must run the same gear the same way")
+    # One argv for all tasks, differing only in the job directory: the invocation is
+    # built from the gear, resources, writable_tmpfs and runtime_debug (checked equal
+    # above) and the site, so it is built once (_shared_context), not once per task.
+    if task_files is not None and len(task_files) != len(specs):
+        raise InvalidInputError("render_array needs one list of task files per job")
+    tasks = [_task_context(s, jp) for s, jp in zip(specs, job_paths, strict=True)]
+    if task_files is not None:
+        for task, files in zip(tasks, task_files, strict=True):
+            task["files"] = [
+                {"relpath": f.relpath, "offset": f.offset, "length": f.length, "sha256": f.sha256}
+                for f in files
+            ]
     context = {
         "sbatch_options": sbatch_options(
             name=array_slurm_name(array_id), comment=array_slurm_comment(array_id, len(specs)),
@@ -303,9 +345,20 @@ def render_array(
         ),
         "array_id": array_id,
         "task_count": len(specs),
-        "tasks": [_task_context(s, jp) for s, jp in zip(specs, job_paths, strict=True)],
+        "tasks": tasks,
+        "tasks_dat": apaths.tasks_dat if task_files is not None else None,
+        "array_script": apaths.sbatch,
+        "task_dirs": [job_paths[0].relpath(d) for d in job_paths[0].directories()[1:]],
         **_shared_context(first, site, job_paths[0]),
     }
     text = template_environment(site.template_dir).get_template(ARRAY_TEMPLATE).render(context)
+    if task_files is not None and TASKS_DAT_CONTRACT not in text.splitlines():
+        raise ConfigError(
+            f"site {site.name}: the array template {ARRAY_TEMPLATE} in "
+            f"{site.template_dir} predates per-array stage-in (it does not render "
+            f"{TASKS_DAT_CONTRACT!r}, so its tasks would find no job directory)",
+            "copy the shipped sbatch_templates/array.sbatch.j2 into the site's template_dir "
+            "and re-apply the site's changes to it (or remove the override)",
+        )
     logger.debug("array %s: %d tasks, rendered %d bytes", array_id, len(specs), len(text))
     return RenderedScript.from_text(text)

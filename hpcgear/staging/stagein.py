@@ -39,9 +39,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from hpcgear.errors import HpcgearError, StagingError
-from hpcgear.render.paths import JobPaths
+from hpcgear.render.paths import JobPaths, TaskFile
 from hpcgear.scheduler.transport import Transport
 from hpcgear.spec import InputSpec, JobSpec, TreeFile, safe_relpath
 from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
@@ -307,3 +308,181 @@ def _put_objects(transport: Transport, store: ObjectStore, spec: JobSpec,
                 "the copy was damaged or the scratch file system is failing; hpcgear retries",
                 transient=True,
             )
+
+
+# ------------------------------------------------------------- arrays: tasks.dat
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayTask:
+    """What one array task's job directory must hold (``stage_array``'s input)."""
+
+    spec: JobSpec
+    paths: JobPaths
+    config_json: Mapping[str, object]
+    gear_env: str
+    tree: Sequence[TreeFile] = ()
+    tree_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayStageResult:
+    """Per task (in order): its files in ``tasks.dat``, or None and why it failed."""
+
+    files: tuple[tuple[TaskFile, ...] | None, ...]
+    errors: Mapping[int, StagingError]
+    bytes_written: int
+
+
+class _TasksDat:
+    """``tasks.dat`` being written: each distinct content once, found by its sha256."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.where: dict[str, tuple[int, int]] = {}  # hex -> (offset, length)
+        self.size = 0
+
+    def add_bytes(self, relpath: str, data: bytes) -> TaskFile:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self.where:
+            self.fh.write(data)
+            self.where[digest] = (self.size, len(data))
+            self.size += len(data)
+        off, length = self.where[digest]
+        return TaskFile(relpath, off, length, digest)
+
+    def add_object(self, store: ObjectStore, relpath: str, digest: str) -> TaskFile:
+        """A stored object's bytes, hashed on the way (a corrupt object is refused)."""
+        hexd = digest.removeprefix("sha256:")
+        if hexd not in self.where:
+            start = self.size
+            h = hashlib.sha256()
+            with store.open(digest) as src:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    self.fh.write(chunk)
+                    self.size += len(chunk)
+            if h.hexdigest() != hexd:
+                self.fh.seek(start)
+                self.fh.truncate()
+                self.size = start
+                raise StagingError(f"object {digest} is corrupt in storage {store.root}",
+                                   "restore it from backup")
+            self.where[hexd] = (start, self.size - start)
+        off, length = self.where[hexd]
+        return TaskFile(relpath, off, length, hexd)
+
+
+def _task_files(dat: _TasksDat, store: ObjectStore, task: ArrayTask) -> tuple[TaskFile, ...]:
+    spec, paths = task.spec, task.paths
+    inputs = _file_inputs(spec)
+    try:
+        config_text = json.dumps(task.config_json, indent=2, ensure_ascii=False,
+                                 allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise StagingError(f"job {spec.job_id}: config.json is not JSON data: {exc}",
+                           "config values must be JSON (no NaN, no objects)") from None
+    planned: list[tuple[str, bytes | None, str | None]] = [
+        (paths.relpath(paths.config_json), config_text.encode("utf-8"), None),
+        (paths.relpath(paths.env_file), task.gear_env.encode("utf-8"), None),
+    ]
+    for item in inputs:
+        rel = paths.relpath(paths.input_file(item.name, item.file_name or ""))
+        planned.append((rel, None, item.sha256 or ""))
+    if task.tree_dir is not None:
+        parts = task.tree_dir.split("/")
+        if not safe_relpath(task.tree_dir) or parts[0] not in ("work", "input") or len(parts) < 2:
+            raise StagingError(f"job {spec.job_id}: tree directory {task.tree_dir!r} is not "
+                               "below work/ or input/", 'use e.g. "work/bids"')
+        root = paths.relpath(posixpath.join(paths.flywheel, *parts))
+        for t in task.tree:
+            if not safe_relpath(t.path) or (t.text is None) == (t.sha256 is None):
+                raise StagingError(f"job {spec.job_id}: tree file {t.path!r} is not a relative "
+                                   "path with one source", "this is a bug in the tree's producer")
+            rel = posixpath.join(root, t.path)
+            if t.text is not None:
+                planned.append((rel, t.text.encode("utf-8"), None))
+            else:
+                planned.append((rel, None, t.sha256))
+    out = []
+    for rel, data, digest in planned:
+        if data is not None:
+            out.append(dat.add_bytes(rel, data))
+        else:
+            out.append(dat.add_object(store, rel, digest or ""))
+    return tuple(out)
+
+
+def stage_array(
+    transport: Transport,
+    store: ObjectStore,
+    tasks_dat: str,
+    tasks: Sequence[ArrayTask],
+) -> ArrayStageResult:
+    """Stage a whole job array as ONE file, ``tasks_dat`` (in the array's directory).
+
+    Instead of a job directory per task (a dozen directories and three files
+    each, written before sbatch), every file a task's job directory needs
+    (``config.json``, ``gear.env``, inputs, a BIDS view) goes into one file,
+    identical contents once; the array script lists where each lies and each
+    task creates its own job directory from it when it starts, checking every
+    file's sha256. Through SSH the file is sent by SFTP and hashed on the far side.
+
+    A task whose files cannot be planned (bad config, missing or corrupt object)
+    is left out with its :class:`StagingError`; the others still go.
+
+    Raises
+    ------
+    StagingError
+        ``tasks_dat`` could not be written (or arrived damaged): no task is staged.
+    """
+    files: list[tuple[TaskFile, ...] | None] = []
+    errors: dict[int, StagingError] = {}
+    local = is_local(transport)
+    store.ensure()
+    tmp_dir = posixpath.dirname(tasks_dat) if local else str(store.tmp)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tasks-", suffix=".dat", dir=tmp_dir)
+    except OSError as exc:
+        raise StagingError(f"array stage-in: {tasks_dat}: {exc}",
+                           "check free space and permissions on scratch",
+                           transient=True) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            dat = _TasksDat(fh)
+            for n, task in enumerate(tasks):
+                try:
+                    files.append(_task_files(dat, store, task))
+                except StagingError as exc:
+                    errors[n] = exc
+                    files.append(None)
+                except HpcgearError as exc:
+                    errors[n] = _wrap(task.spec.job_id, "stage-in", exc)
+                    files.append(None)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if local:
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, tasks_dat)
+        else:
+            digest = sha256_local(tmp)[0]
+            transport.put(tmp, tasks_dat, mode=FILE_MODE)
+            got = remote_sha256(transport, [tasks_dat], total_bytes=dat.size).get(tasks_dat)
+            if got != digest:
+                raise StagingError(
+                    f"array stage-in: {tasks_dat} arrived as {got or 'nothing'}, "
+                    f"expected {digest}",
+                    "the copy was damaged or the scratch file system is failing; hpcgear "
+                    "retries", transient=True)
+    except HpcgearError as exc:
+        raise _wrap("(array)", f"writing {tasks_dat}", exc) from None
+    except OSError as exc:
+        raise StagingError(f"array stage-in: {tasks_dat}: {exc}",
+                           "check free space and permissions on scratch",
+                           transient=True) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    logger.info("array stage-in: %d task(s) in %s (%d bytes, %d failed)", len(tasks), tasks_dat,
+                dat.size, len(errors))
+    return ArrayStageResult(tuple(files), errors, dat.size)

@@ -153,6 +153,14 @@ def test_single_job_and_array_complete(inst: Instance, tmp_path: Path) -> None:
     assert {"out-1.txt", "out-2.txt", "report.txt"} <= files
     prov = inst.cli.ok("provenance", "show", single, "--json").json()
     assert json.dumps(prov).count(inst.job(single)["native_id"]) >= 1
+    # array tasks record lean sbatch events (the argv once, with task 0); provenance
+    # rebuilds each task's own argv, in its own job directory
+    for n, jid in enumerate(ids):
+        rec = inst.cli.ok("provenance", "show", jid, "--json").json()["record"]
+        argv = rec["execution"]["argv"]
+        assert argv and argv[0].endswith("apptainer"), argv
+        assert any(f"/{jid}/a1/" in a for a in argv), (n, argv)
+        assert not any(f"/{other}/a1" in a for a in argv for other in ids if other != jid)
 
 
 # -------------------------------------------------------------- failures

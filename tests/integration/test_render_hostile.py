@@ -28,6 +28,7 @@ import pytest
 from hpcgear.config.site import SiteConfig, load_site_text
 from hpcgear.errors import InvalidInputError
 from hpcgear.render import (
+    ArrayPaths,
     JobPaths,
     build_runtime_argv,
     parse_exit_record,
@@ -416,6 +417,73 @@ def test_array_task_runs_its_own_job(rig: Rig) -> None:
     for bad in ("3", "x", ""):
         res = run_script(rig, text, env={"SLURM_ARRAY_TASK_ID": bad}, name="array.sbatch")
         assert res.returncode == 64, bad
+    assert rig.calls() == 1
+
+
+def test_array_task_creates_its_job_directory_from_tasks_dat(rig: Rig) -> None:
+    """Per-array stage-in: ONE tasks.dat, each task builds its own job directory from it
+    (hostile file names and config stay data), and a damaged record fails the task as
+    input staging instead of running the gear."""
+    from hpcgear.scheduler.transport import LocalTransport
+    from hpcgear.staging.stagein import ArrayTask, stage_array
+    from hpcgear.storage.objects import ObjectStore
+
+    store = ObjectStore(rig.root / "storage")
+    stored = [store.put_bytes(f"bytes of input {i}\n".encode()) for i in range(2)]
+    specs = []
+    for i in range(3):
+        spec = hostile_spec(rig, f"job-dat-{i}")
+        inputs = tuple(
+            dataclasses.replace(inp, sha256=stored[n % 2].hash, size=stored[n % 2].size)
+            for n, inp in enumerate(spec.inputs)
+        )
+        specs.append(dataclasses.replace(spec, inputs=inputs))
+    specs = [dataclasses.replace(s, gear=specs[0].gear) for s in specs]
+    paths = [JobPaths.for_spec(s, rig.site) for s in specs]
+    apaths = ArrayPaths.for_array(rig.site.render_scratch_root("alice"), "arr-dat")
+    Path(apaths.root).mkdir(parents=True)
+    configs = [{"config": {"label": s.config["label"], "i": n}} for n, s in enumerate(specs)]
+    result = stage_array(LocalTransport(), store, apaths.tasks_dat, [
+        ArrayTask(s, p, c, render_gear_env(s)) for s, p, c in zip(specs, paths, configs,
+                                                                   strict=True)])
+    assert not result.errors and all(f is not None for f in result.files)
+    # identical contents once: 21 input files of 3 tasks, two distinct objects
+    inputs = [f for fs in result.files if fs for f in fs if "/input/" in f.relpath]
+    assert len(inputs) == 21 and len({f.offset for f in inputs}) == 2
+    assert not any(Path(p.root).exists() for p in paths)  # nothing per task before sbatch
+    text = render_array(specs, rig.site, array_id="arr-dat", paths=paths, array_paths=apaths,
+                        task_files=[f or () for f in result.files]).text
+    rig.plan("run:0", "run:0")
+    res = run_script(rig, text, env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "5002"},
+                     name="array.sbatch")
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    job = paths[1]
+    assert json.loads(Path(job.config_json).read_text()) == configs[1]
+    assert Path(job.env_file).read_text() == render_gear_env(specs[1])
+    for n, inp in enumerate(specs[1].inputs):
+        assert inp.file_name is not None
+        got = Path(job.input_file(inp.name, inp.file_name)).read_bytes()
+        assert got == f"bytes of input {n % 2}\n".encode()
+    assert Path(job.sbatch_ref).read_text() == f"array_script={apaths.sbatch}\ntask=1\n"
+    assert Path(job.root).stat().st_mode & 0o077 == 0
+    assert Path(job.config_json).stat().st_mode & 0o077 == 0
+    assert rig.argv(1) == [a.encode() for a in build_runtime_argv(specs[1], rig.site, job)]
+    assert exit_record(job)["rc"] == 0
+    assert not Path(paths[0].root).exists() and not Path(paths[2].root).exists()
+    assert_no_canaries(rig)
+    # a damaged byte in task 2's config: the task refuses to run the gear
+    files = result.files[2]
+    assert files is not None
+    cfg = next(f for f in files if f.relpath == "flywheel/v0/config.json")
+    data = bytearray(Path(apaths.tasks_dat).read_bytes())
+    data[cfg.offset] ^= 0x20
+    Path(apaths.tasks_dat).write_bytes(bytes(data))
+    res = run_script(rig, text, env={"SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "5003"},
+                     name="array.sbatch")
+    assert res.returncode == 66
+    record = exit_record(paths[2])
+    assert record["started"] is False and "not as staged" in str(record["error"])
+    assert not Path(paths[2].config_json).exists()
     assert rig.calls() == 1
 
 

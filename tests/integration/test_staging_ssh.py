@@ -13,6 +13,7 @@ import stat
 import uuid
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,38 @@ def test_stage_in_over_ssh_is_verified_and_idempotent(ssh: SSHTransport, scratch
     assert ssh.listdir(paths.input_dir + "/dicom") == ["scan $(one).dcm"]
     remove_job_dir(ssh, paths)
     assert not ssh.exists(paths.root)
+
+
+def test_stage_array_over_ssh_sends_one_verified_tasks_dat(ssh: SSHTransport, scratch: str,
+                                                          tmp_path: Path) -> None:
+    """An array is staged as ONE tasks.dat sent by SFTP and hashed on the far side; each
+    record's bytes are what the task will find there (a missing object fails that task)."""
+    from hpcgear.staging.stagein import ArrayTask, stage_array
+
+    store = ObjectStore(tmp_path / "storage")
+    spec = make_spec(store)
+    lost = InputSpec(name="lost", base="file", file_id="l", version=1, file_name="l.txt",
+                     sha256="sha256:" + "9" * 64, size=3)
+    specs = [replace(spec, job_id=f"sshjob{i}") for i in range(3)]
+    specs[2] = replace(specs[2], inputs=(*spec.inputs, lost))
+    tasks = [ArrayTask(s, JobPaths.for_job(scratch, s.job_id, 1), {"config": {"i": i}},
+                       "X='1'\n") for i, s in enumerate(specs)]
+    dat = scratch + "/tasks.dat"
+    res = stage_array(ssh, store, dat, tasks)
+    assert list(res.errors) == [2] and res.files[2] is None
+    assert "9999" in res.errors[2].message
+    assert ssh.stat(dat).mode == 0o600
+    local = tmp_path / "tasks.dat"
+    ssh.get(dat, local)
+    data = local.read_bytes()
+    assert len(data) == res.bytes_written
+    for files in res.files[:2]:
+        assert files is not None
+        for f in files:
+            assert hashlib.sha256(data[f.offset:f.offset + f.length]).hexdigest() == f.sha256
+    # the DICOM object is stored once for both tasks
+    dicoms = [f for fs in res.files[:2] if fs for f in fs if "/dicom/" in f.relpath]
+    assert len(dicoms) == 2 and dicoms[0].offset == dicoms[1].offset
 
 
 def test_stage_out_over_ssh_refuses_escapes_and_verifies(ssh: SSHTransport, scratch: str,

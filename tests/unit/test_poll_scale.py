@@ -229,3 +229,89 @@ def test_scheduler_queries_per_cycle_do_not_grow(
     assert report.finished >= 6
     # ...with one squeue and one sacct, at 10 and at 10,000 tracked jobs alike
     assert sorted(queries) == ["sacct", "squeue"], queries
+
+
+def test_first_poll_records_new_jobs_in_bulk_and_skips_rows_changed_meanwhile(
+        base: dict[str, Any], tmp_path: Path) -> None:
+    """The first poll after an array went out: every task's first SLURM state in a
+    few UPDATEs (not one per job), events as before, and a job another process
+    changed while ``squeue`` ran is redone from its fresh row (a cancelled one is
+    left alone)."""
+    import shutil
+
+    from sqlalchemy import event, update
+
+    from hpcgear.config.settings import default_settings
+    from hpcgear.controller.context import CycleReport
+    from hpcgear.controller.poll import poll_jobs
+
+    shutil.copy(base["db"], tmp_path / "h.db")
+    db = Database(create_db_engine(f"sqlite:///{tmp_path / 'h.db'}"))
+    n = 3000
+    rows = [dict(id=f"n{i:06d}", state="queued", native_id=f"700_{i}") for i in range(n)]
+    _populate(db, rows)
+
+    class Racing(FakeSlurm):
+        """Another process acts on two jobs while squeue runs."""
+
+        def run(self, argv: Sequence[str], *, timeout: float,
+                input: str | None = None) -> CompletedCommand:
+            if argv[0] == "squeue":
+                with db.session() as s:
+                    s.execute(update(Job).where(Job.id == "n000001").values(
+                        state_seq=Job.state_seq + 1, scheduler_info={"touched": True}))
+                    s.execute(update(Job).where(Job.id == "n000002").values(
+                        state_seq=Job.state_seq + 1, state="cancelled"))
+            return super().run(argv, timeout=timeout, input=input)
+
+    slurm = Racing()
+    for i in range(n):
+        slurm.queue[f"700_{i}"] = ("PENDING", "BeginTime")
+    slurm.queue["700_3"] = ("RUNNING", "None")
+    slurm.queue["700_4"] = ("RUNNING", "None")
+    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
+                                      images=tmp_path / "img"))
+    ctx = ControllerContext(db=db, store=ObjectStore(base["store"]),
+                            settings=default_settings(tmp_path / "c.yaml"), actor="ctl")
+    rt = SiteRuntime(site=site, transport=LocalTransport(), backend=SlurmBackend(slurm),
+                     local_files=True, max_array_size=1001, max_job_count=100_000)
+    updates: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            updates.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    report = CycleReport(site="t")
+    poll_jobs(ctx, rt, report)
+    event.remove(db.engine, "before_cursor_execute", count)
+
+    # a handful of statements (two groups, chunked), not one per job
+    assert len(updates) <= 6, len(updates)
+    assert report.started == 2
+    with db.session() as s:
+        got = {r.id: r for r in s.execute(select(
+            Job.id, Job.state, Job.scheduler_state, Job.pending_reason, Job.state_seq,
+            Job.started, Job.scheduler_info, Job.last_seen))}
+        reasons = s.execute(select(JobEvent.job_id, JobEvent.data).where(
+            JobEvent.kind == "pending_reason")).all()
+        moves = s.execute(select(JobEvent.job_id, JobEvent.old_state, JobEvent.new_state)
+                          .where(JobEvent.kind == "state")).all()
+    db.dispose()
+    pending = [f"n{i:06d}" for i in range(n) if i not in (2, 3, 4)]
+    for jid in pending:
+        row = got[jid]
+        assert (row.state, row.scheduler_state, row.pending_reason) == (
+            "queued", "PENDING", "BeginTime"), row
+        assert row.last_seen is not None
+    # every row written once more (CAS counter moved), the raced one twice
+    assert got["n000000"].state_seq == 2
+    assert got["n000001"].state_seq == 3 and got["n000001"].scheduler_info == {"touched": True}
+    # the job cancelled meanwhile is not rewritten
+    assert (got["n000002"].state, got["n000002"].scheduler_state) == ("cancelled", None)
+    for jid in ("n000003", "n000004"):
+        assert (got[jid].state, got[jid].scheduler_state) == ("running", "RUNNING")
+        assert got[jid].started is not None
+    assert sorted(j for j, _ in reasons) == pending
+    assert all(d == {"reason": "BeginTime"} for _, d in reasons)
+    assert sorted(moves) == [("n000003", "queued", "running"), ("n000004", "queued", "running")]

@@ -14,6 +14,7 @@ from hpcgear.config.data import shipped_dir
 from hpcgear.config.site import SiteConfig, load_site_text
 from hpcgear.errors import ConfigError, ImageError, InvalidInputError
 from hpcgear.render import (
+    TASKS_DAT_CONTRACT,
     ArrayPaths,
     JobPaths,
     build_runtime_argv,
@@ -227,6 +228,55 @@ def test_site_template_override_printing_unquoted_values_is_refused(tmp_path: Pa
     site = write_override(tmp_path, "#!/bin/bash\nJOB_DIR={{ job_dir }}\n")
     with pytest.raises(ConfigError, match=r"job.sbatch.j2:2: .*does not end with"):
         render_sbatch(make_spec(), site, JobPaths.for_spec(make_spec(), site))
+
+
+# The shipped array template before per-array stage-in (tasks found their job
+# directories staged): a site may still carry a copy of it as an override.
+OLD_ARRAY_TEMPLATE = """#!/bin/bash
+{% for option in sbatch_options %}
+#SBATCH {{ option | sbatch }}
+{% endfor %}
+JOB_DIRS=(
+{% for task in tasks %}
+    {{ task.job_dir | q }}
+{% endfor %}
+)
+TASK=${SLURM_ARRAY_TASK_ID:-}
+JOB_DIR=${JOB_DIRS[$TASK]}
+HPCGEAR_JOB_ID=x
+HPCGEAR_ATTEMPT=1
+INPUT_FILES=()
+{% include "_run.bash.j2" %}
+"""
+
+
+def test_an_old_array_template_override_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from hpcgear.render import TaskFile
+
+    (tmp_path / "array.sbatch.j2").write_text(OLD_ARRAY_TEMPLATE)
+    site = make_site(template_dir=str(tmp_path))
+    specs = [make_spec("job0001"), make_spec("job0002")]
+    files = [[TaskFile("flywheel/v0/config.json", 0, 2, "a" * 64)]] * 2
+    with pytest.raises(ConfigError, match="predates per-array stage-in") as err:
+        render_array(specs, site, array_id="arr1", task_files=files)
+    assert "sbatch_templates/array.sbatch.j2" in (err.value.hint or "")
+    # without tasks.dat (job directories staged beforehand) the old template still renders
+    assert "JOB_DIRS=(" in render_array(specs, site, array_id="arr1").text
+    # the shipped template carries the contract
+    shipped = render_array(specs, make_site(), array_id="arr1", task_files=files).text
+    assert TASKS_DAT_CONTRACT in shipped.splitlines()
+    assert "flywheel/v0/config.json 0 2 " + "a" * 64 in shipped
+
+
+def test_argv_template_rebuilds_every_tasks_argv() -> None:
+    from hpcgear.render import argv_from_template, runtime_argv_template
+
+    site = make_site()
+    spec = make_spec(gear=make_gear(command="run --dir /a/@b --x 'y z'"))
+    template = runtime_argv_template(spec, site)
+    for job_id in ("job0001", "job0002"):
+        paths = JobPaths.for_spec(dataclasses.replace(spec, job_id=job_id), site)
+        assert argv_from_template(template, paths.root) == build_runtime_argv(spec, site, paths)
 
 
 def test_unvetted_values_are_refused_at_render_time_too() -> None:

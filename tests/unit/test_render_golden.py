@@ -19,7 +19,7 @@ import pytest
 
 from hpcgear.config.site import SiteConfig, load_site, load_site_text
 from hpcgear.jobs.resources import resolve_resources
-from hpcgear.render import JobPaths, render_array, render_sbatch
+from hpcgear.render import JobPaths, TaskFile, render_array, render_sbatch
 from hpcgear.runtimes import render_gear_env
 from hpcgear.spec import GearRef, InputSpec, JobSpec
 from tests.unit.test_site import render_dev_template
@@ -106,7 +106,15 @@ def test_array_script_matches_golden(name: str) -> None:
     site = site_named(name)
     specs = [spec_for(name, site, f"01HXYZJOB000{i}") for i in (1, 2)]
     specs[1] = dataclasses.replace(specs[1], attempt=2, destination_id="01HXYZSES0002")
-    rendered = render_array(specs, site, array_id="01HXYZBATCH1")
+    # As the controller renders it: each task builds its job directory from tasks.dat.
+    files = [
+        [TaskFile("flywheel/v0/config.json", 0, 120, "a" * 64),
+         TaskFile(".hpcgear/gear.env", 120, 40, "b" * 64),
+         TaskFile("flywheel/v0/input/dicom/a b's.dcm", 160, 1000, "c" * 64)],
+        [TaskFile("flywheel/v0/config.json", 1160, 121, "d" * 64),
+         TaskFile(".hpcgear/gear.env", 120, 40, "b" * 64)],
+    ]
+    rendered = render_array(specs, site, array_id="01HXYZBATCH1", task_files=files)
     check_golden(f"{name}-array.sbatch", rendered.text)
 
 

@@ -210,6 +210,54 @@ def test_stage_in_detects_a_damaged_remote_copy(store: ObjectStore, paths: JobPa
         do_stage_in(CorruptingTransport(), store, spec, paths)
 
 
+def test_stage_array_writes_trees_and_fails_only_the_bad_task(store: ObjectStore,
+                                                               tmp_path: Path) -> None:
+    """A BIDS view goes into tasks.dat under its directory; a task whose tree directory
+    is unsafe, or whose object is corrupt in storage, fails alone."""
+    from dataclasses import replace
+
+    from hpcgear.staging.stagein import ArrayTask, stage_array
+
+    spec = make_spec(store, {"in": ("a.txt", b"input")})
+    nifti = store.put_bytes(b"nifti bytes")
+    bad = store.put_bytes(b"will be damaged")
+    bad.path.chmod(0o600)
+    bad.path.write_bytes(b"damaged bytes")
+    tree = [TreeFile("dataset_description.json", text="{}\n"),
+            TreeFile("sub-01/anat/sub-01_T1w.nii.gz", sha256=nifti.hash, size=nifti.size)]
+    root = tmp_path / "scratch"
+    tasks = [
+        ArrayTask(spec, JobPaths.for_job(str(root), "job1", 1), {"config": {}}, "A='1'\n",
+                  tree, "work/bids"),
+        ArrayTask(replace(spec, job_id="job2"), JobPaths.for_job(str(root), "job2", 1),
+                  {"config": {}}, "A='1'\n", tree, "../escape"),
+        ArrayTask(replace(spec, job_id="job3", inputs=(replace(spec.inputs[0],
+                                                                 sha256=bad.hash),)),
+                  JobPaths.for_job(str(root), "job3", 1), {"config": {}}, "A='1'\n"),
+    ]
+    root.mkdir()
+    dat = str(root / "tasks.dat")
+    res = stage_array(LocalTransport(), store, dat, tasks)
+    assert sorted(res.errors) == [1, 2]
+    assert "tree directory" in res.errors[1].message
+    assert "corrupt" in res.errors[2].message
+    files = res.files[0]
+    assert files is not None and res.files[1] is None and res.files[2] is None
+    data = Path(dat).read_bytes()
+    got = {f.relpath: data[f.offset:f.offset + f.length] for f in files}
+    assert got == {
+        "flywheel/v0/config.json": b'{\n  "config": {}\n}\n',
+        ".hpcgear/gear.env": b"A='1'\n",
+        "flywheel/v0/input/in/a.txt": b"input",
+        "flywheel/v0/work/bids/dataset_description.json": b"{}\n",
+        "flywheel/v0/work/bids/sub-01/anat/sub-01_T1w.nii.gz": b"nifti bytes",
+    }
+    assert all(hashlib.sha256(got[f.relpath]).hexdigest() == f.sha256 for f in files)
+    # the corrupt object's bytes were taken back out of the file
+    assert b"damaged" not in data
+    assert stat.S_IMODE(os.stat(dat).st_mode) == 0o600
+
+
 @pytest.mark.parametrize("transport_cls", TRANSPORTS)
 def test_stage_in_missing_object_is_a_staging_error(transport_cls: type, store: ObjectStore,
                                                     paths: JobPaths) -> None:
