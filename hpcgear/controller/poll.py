@@ -357,7 +357,7 @@ def record_statuses(
             for start in range(0, len(members), STATUS_CHUNK):
                 chunk = members[start : start + STATUS_CHUNK]
                 stmt = (
-                    table.update()  # type: ignore[attr-defined]
+                    table.update()
                     .where(
                         tuple_(table.c.id, table.c.state_seq).in_(
                             [(t.id, t.state_seq) for t, _ in chunk]

@@ -215,7 +215,7 @@ def cas_update_same(
     for start in range(0, len(jobs), CAS_CHUNK):
         chunk = jobs[start : start + CAS_CHUNK]
         stmt = (
-            table.update()  # type: ignore[attr-defined]
+            table.update()
             .where(tuple_(table.c.id, table.c.state_seq).in_([(j.id, j.state_seq) for j in chunk]))
             .values(values)
             .returning(table.c.id)
@@ -234,7 +234,7 @@ def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) ->
         # which costs several times more per row for thousands of events.
         now = dt.datetime.now(dt.UTC)
         session.execute(
-            JobEvent.__table__.insert(),  # type: ignore[attr-defined]
+            JobEvent.__table__.insert(),
             [{"data": {}, "ts": now, "old_state": None, "new_state": None, "message": None, **e}
              for e in events],
         )
