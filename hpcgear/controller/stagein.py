@@ -54,7 +54,6 @@ def stage_attempt(
     report: CycleReport,
 ) -> bool:
     """Stage one attempt in; a staging failure fails the job (input_staging)."""
-    from hpcgear.jobs.transitions import record_event
     from hpcgear.staging.stagein import stage_in
 
     tree: list[TreeFile] = []
@@ -81,20 +80,28 @@ def stage_attempt(
         report.failed += 1
         return False
     if spec.bids_view is not None:
-        # Provenance counts the view's stored files as inputs (role "bids-view").
-        files = [
-            {"path": t.path, "file_id": t.file_id, "version": t.version, "sha256": t.sha256,
-             "size": t.size, "container_id": t.container_id}
-            for t in tree
-            if t.file_id is not None
-        ]
-        with job_session(ctx, spec.job_id) as (s, job):
-            record_event(
-                s, job, BIDS_VIEW_EVENT, ctx.actor,
-                f"BIDS view of {len(tree)} file(s) in /flywheel/v0/{spec.bids_view.dir}",
-                data={"dir": spec.bids_view.dir, "count": len(tree), "files": files},
-            )
+        _record_bids_view(ctx, spec, tree)
     return True
+
+
+def _record_bids_view(ctx: ControllerContext, spec: JobSpec, tree: Sequence[TreeFile]) -> None:
+    """The ``bids_view.staged`` event; provenance counts the view's stored files as
+    inputs (role "bids-view")."""
+    from hpcgear.jobs.transitions import record_event
+
+    assert spec.bids_view is not None
+    files = [
+        {"path": t.path, "file_id": t.file_id, "version": t.version, "sha256": t.sha256,
+         "size": t.size, "container_id": t.container_id}
+        for t in tree
+        if t.file_id is not None
+    ]
+    with job_session(ctx, spec.job_id) as (s, job):
+        record_event(
+            s, job, BIDS_VIEW_EVENT, ctx.actor,
+            f"BIDS view of {len(tree)} file(s) in /flywheel/v0/{spec.bids_view.dir}",
+            data={"dir": spec.bids_view.dir, "count": len(tree), "files": files},
+        )
 
 
 def stage_array_attempts(
@@ -110,7 +117,6 @@ def stage_array_attempts(
     when it starts); ``(index, files)`` of the tasks staged. A task that could not be
     staged is failed (``input_staging``), as is every task when the file cannot be written.
     """
-    from hpcgear.jobs.transitions import record_event
     from hpcgear.staging.stagein import ArrayTask, stage_array
 
     tasks: list[ArrayTask] = []
@@ -151,17 +157,5 @@ def stage_array_attempts(
         spec = specs[i]
         if spec.bids_view is None:
             continue
-        tree = trees[i]
-        files_data = [
-            {"path": t.path, "file_id": t.file_id, "version": t.version, "sha256": t.sha256,
-             "size": t.size, "container_id": t.container_id}
-            for t in tree
-            if t.file_id is not None
-        ]
-        with job_session(ctx, spec.job_id) as (s, job):
-            record_event(
-                s, job, BIDS_VIEW_EVENT, ctx.actor,
-                f"BIDS view of {len(tree)} file(s) in /flywheel/v0/{spec.bids_view.dir}",
-                data={"dir": spec.bids_view.dir, "count": len(tree), "files": files_data},
-            )
+        _record_bids_view(ctx, spec, trees[i])
     return staged
