@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Gear, Job
@@ -162,7 +162,10 @@ def submit_array(
         report.errors.append(f"array {array_id}: {exc.message}")
         return  # the next cycle looks the array up by name
     fault_point("array.sbatch")
-    record_array(ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted")
+    record_array(
+        ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted",
+        indexes={sp.job_id: i for i, sp in enumerate(specs)},
+    )
 
 
 def record_array(
@@ -173,10 +176,15 @@ def record_array(
     report: CycleReport,
     *,
     how: str,
+    indexes: Mapping[str, int] | None = None,
 ) -> None:
+    """Record the SLURM id of every task of array ``base``, release it, move the jobs on.
+
+    ``indexes`` (job id -> task index) is what the intent wrote; without it (an array
+    adopted after a crash) the indexes are read back from the rows.
+    """
     now = utcnow()
     recorded: list[str] = []
-    natives: dict[str, str] = {}
     strays: list[str] = []
     if ctx.fence is not None:
         ctx.fence.keep()
@@ -184,47 +192,31 @@ def record_array(
     with ctx.db.session() as s:
         if ctx.fence is not None:
             ctx.fence.check(s, rt.site.name)
-        rows = _rows(s, job_ids)
-        todo = []
-        for jid in job_ids:
-            job = rows[jid]
-            natives[jid] = f"{base}_{int((job.scheduler_info or {}).get('array_index', 0))}"
-            if job.state != JobState.SUBMITTING.value:
-                strays.append(natives[jid])  # cancelled meanwhile: its task must not run
-                continue
-            todo.append(job)
-        fields = {"submitted": now, "last_seen": now}
-        with s.begin_nested() as sp:
-            bulk = cas_update_many(s, [(j, {"native_id": natives[j.id], **fields}) for j in todo])
-            if not bulk:
-                sp.rollback()
-        if bulk:
-            recorded = [j.id for j in todo]
-        else:  # someone changed a job meanwhile: job by job, each in a savepoint
-            for row in todo:
-                job = s.get(Job, row.id, populate_existing=True)
-                try:
-                    if job is None or job.state != JobState.SUBMITTING.value:
-                        raise StaleJobError(f"job {row.id} moved on", "")
-                    with s.begin_nested():
-                        update_fields(s, job, native_id=natives[job.id], **fields)
-                except StaleJobError:
-                    strays.append(natives[row.id])
-                    continue
-                recorded.append(row.id)
-        record_events_many(
-            s,
-            [
-                {
-                    "job_id": jid,
-                    "actor": ctx.actor,
-                    "kind": how,
-                    "message": f"SLURM array task {natives[jid]} (held)",
-                    "data": {"native_id": natives[jid], "array_job_id": base},
-                }
-                for jid in recorded
-            ],
-        )
+        if indexes is None:
+            indexes = {
+                r.id: int((r.scheduler_info or {}).get("array_index", 0))
+                for r in _rows(s, job_ids).values()
+            }
+        natives = {jid: f"{base}_{indexes[jid]}" for jid in job_ids}
+        recorded = _record_natives(s, natives, now)
+        kept = set(recorded)
+        strays = [natives[j] for j in job_ids if j not in kept]
+        if how != "submitted":
+            # Adopted after a crash: say so on each job (a fresh array's tasks get
+            # their SLURM ids in the `queued as ...` event below).
+            record_events_many(
+                s,
+                [
+                    {
+                        "job_id": jid,
+                        "actor": ctx.actor,
+                        "kind": how,
+                        "message": f"SLURM array task {natives[jid]} (held)",
+                        "data": {"native_id": natives[jid], "array_job_id": base},
+                    }
+                    for jid in recorded
+                ],
+            )
     fault_point("array.recorded")
     if strays:
         rt.backend.cancel(strays)
@@ -234,7 +226,7 @@ def record_array(
         ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
     )
     with ctx.db.session() as s:
-        rows = _rows(s, released)
+        rows = _rows(s, released, info=False)
         moved = {
             j.id
             for j in transition_many(
@@ -260,21 +252,55 @@ def record_array(
         report.submitted += queued
 
 
-def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
-    """The columns the array steps need, as Core rows (no ORM objects for 1,000 tasks)."""
+def _rows(s: Session, job_ids: Sequence[str], *, info: bool = True) -> dict[str, Any]:
+    """The columns the array steps need, as Core rows (no ORM objects for 1,000 tasks):
+    id, state, state_seq and (``info``) the scheduler_info document."""
     rows: dict[str, Any] = {}
     ids = list(job_ids)
+    cols = [Job.id, Job.state, Job.state_seq, *([Job.scheduler_info] if info else [])]
     for start in range(0, len(ids), 5000):
-        for r in s.execute(
-            select(Job.id, Job.state, Job.state_seq, Job.scheduler_info).where(
-                Job.id.in_(ids[start : start + 5000])
-            )
-        ):
+        for r in s.execute(select(*cols).where(Job.id.in_(ids[start : start + 5000]))):
             rows[r.id] = r
     missing = [j for j in job_ids if j not in rows]
     if missing:
         raise InvalidInputError(f"job {missing[0]} vanished", "it was deleted meanwhile")
     return rows
+
+
+def _record_natives(s: Session, natives: Mapping[str, str], now: Any) -> list[str]:
+    """Set each job's SLURM id if it is still ``submitting``; the ids set.
+
+    ONE executemany guarded by the state (a job cancelled meanwhile keeps none and
+    its task is cancelled). When every row matched, that is all; otherwise the rows
+    are read back to see which did.
+    """
+    table = Job.__table__
+    stmt = (
+        table.update()
+        .where(table.c.id == bindparam("b_id"), table.c.state == JobState.SUBMITTING.value)
+        .values(
+            native_id=bindparam("v_native"),
+            submitted=now,
+            last_seen=now,
+            modified=now,
+            state_seq=table.c.state_seq + 1,
+        )
+    )
+    params = [{"b_id": jid, "v_native": native} for jid, native in natives.items()]
+    matched = s.execute(stmt, params).rowcount  # type: ignore[attr-defined]
+    if s.get_bind().dialect.supports_sane_multi_rowcount and matched == len(params):
+        return list(natives)
+    ids = list(natives)
+    done: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        done.update(
+            r.id
+            for r in s.execute(
+                select(Job.id, Job.native_id).where(Job.id.in_(ids[start : start + 5000]))
+            )
+            if r.native_id == natives[r.id]
+        )
+    return [j for j in ids if j in done]
 
 
 def adopt_or_reset_array(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import load_only
 
 from hpcgear.db.models import Job
 from hpcgear.jobs.transitions import transition_many
@@ -46,11 +46,10 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
     if ctx.fence is not None:
         ctx.fence.keep()
     with ctx.db.session() as s:
-        # Only the columns the claim decides on (the rest load on access, e.g. when a
-        # disabled user's job is failed): no JSON decoding of 10,000 configs here.
-        pending = s.scalars(
-            select(Job)
-            .options(load_only(*CLAIM_COLUMNS))
+        # Core rows of only the columns the claim decides on: no ORM objects and no
+        # JSON decoding of 10,000 configs here.
+        pending = s.execute(
+            select(*CLAIM_COLUMNS)
             .where(Job.site == site.name, Job.state == JobState.PENDING.value)
             .order_by(Job.created)
             .limit(limit * 4)
@@ -90,7 +89,7 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
         cap_user = site.limits.max_in_flight_per_user
         cap_project = site.limits.max_in_flight_per_project
         rate = site.limits.submit_rate_per_minute
-        chosen: list[Job] = []
+        chosen: list[Any] = []
         for job in pending:
             if len(chosen) >= limit:
                 break

@@ -158,8 +158,9 @@ def fail_job(
     )
 
 
-def spec_user(job: Job) -> str:
-    """The account whose scratch the job uses: its requester, or ``hpcgear`` for rules."""
+def spec_user(job: Any) -> str:
+    """The account whose scratch the job uses: its requester, or ``hpcgear`` for rules
+    (``job``: an ORM ``Job`` or a Core row with ``origin_type`` and ``origin_id``)."""
     return job.origin_id if job.origin_type == "user" else "hpcgear"
 
 

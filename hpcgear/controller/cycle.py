@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import load_only
 
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
@@ -71,13 +70,10 @@ def submit_pending(
     claimed = claim_jobs(ctx, rt, limit=claim_limit)
     report.claimed += len(claimed)
     with ctx.db.session() as s:
-        rows = s.scalars(
-            select(Job)
-            .options(
-                load_only(
-                    Job.id, Job.array_id, Job.native_id, Job.gear_id, Job.origin_type,
-                    Job.origin_id, Job.resources, Job.created,
-                )
+        rows = s.execute(
+            select(
+                Job.id, Job.array_id, Job.native_id, Job.gear_id, Job.origin_type,
+                Job.origin_id, Job.resources, Job.created,
             )
             .where(Job.site == rt.site.name, Job.state == JobState.SUBMITTING.value)
             .order_by(Job.created)
@@ -95,7 +91,7 @@ def submit_pending(
         except HpcgearError as exc:
             report.errors.append(f"array {array_id}: {exc.message}")
     singles: list[str] = []
-    groups: dict[tuple[Any, ...], list[Job]] = {}
+    groups: dict[tuple[Any, ...], list[Any]] = {}
     for job in rows:
         if job.array_id and job.id in intents and not job.native_id:
             continue  # handled above

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,9 +34,10 @@ def disabled_message(login: str) -> str:
 
 
 def refuse_disabled_users(
-    ctx: ControllerContext, s: Session, site: str, jobs: Sequence[Job]
-) -> list[Job]:
-    """``jobs`` without those of disabled requesters, which are failed as ``rejected``.
+    ctx: ControllerContext, s: Session, site: str, jobs: Sequence[Any]
+) -> list[Any]:
+    """``jobs`` (ORM ``Job`` rows or Core rows with ``id``, ``origin_type`` and
+    ``origin_id``) without those of disabled requesters, which are failed as ``rejected``.
 
     Runs inside the claim's transaction (one query for the requesters); a job
     another process moved meanwhile is left alone.
@@ -48,12 +50,15 @@ def refuse_disabled_users(
     )
     if not disabled:
         return list(jobs)
-    keep: list[Job] = []
+    keep: list[Any] = []
     refused = 0
     for job in jobs:
         if job.origin_type == "user" and job.origin_id in disabled:
+            row = job if isinstance(job, Job) else s.get(Job, job.id)
             try:
-                fail_job(s, job, ctx.actor, FailureKind.REJECTED, disabled_message(job.origin_id))
+                if row is None:
+                    raise StaleJobError(f"job {job.id} vanished", "")
+                fail_job(s, row, ctx.actor, FailureKind.REJECTED, disabled_message(job.origin_id))
             except StaleJobError:
                 continue
             refused += 1

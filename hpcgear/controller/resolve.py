@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,115 @@ from hpcgear.states import FailureKind
 from .context import ControllerContext, CycleReport, fail_job, job_session, spec_user
 from .sites import SiteRuntime
 
+#: The job columns a spec and its config.json are built from (a Core row of these, or
+#: an ORM ``Job``, serves as the job in :class:`SpecMaker`).
+SPEC_COLUMNS = (
+    Job.id, Job.attempt, Job.gear_id, Job.config, Job.inputs, Job.destination_type,
+    Job.destination_id, Job.resources, Job.origin_type, Job.origin_id, Job.rule_id, Job.tags,
+    Job.priority,
+)
+
+
+class SpecMaker:
+    """Builds the frozen specs, job directories and config.json of many attempts on one
+    site: each gear's manifest is parsed once, and what jobs share (gear reference,
+    resources, the gear config once the reserved keys are split off, scratch root) is
+    worked out once per distinct value, not per job.
+    """
+
+    def __init__(self, session: Session, site: SiteConfig, sif_path: str) -> None:
+        self.session, self.site, self.sif_path = session, site, sif_path
+        self._gears: dict[int, tuple[GearRef, GearManifest]] = {}
+        self._resources: dict[str, tuple[Resources, Any, bool]] = {}
+        self._gear_configs: dict[tuple[int, str], dict[str, Any]] = {}
+        self._roots: dict[str, str] = {}
+
+    def gear(
+        self, gear_id: int, manifest: GearManifest | None = None
+    ) -> tuple[GearRef, GearManifest]:
+        """The gear's reference and its parsed manifest."""
+        got = self._gears.get(gear_id)
+        if got is None:
+            gear = self.session.get(Gear, gear_id)
+            assert gear is not None
+            if manifest is None:
+                manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
+            ref = GearRef(
+                name=gear.name,
+                version=gear.version,
+                manifest_sha256=gear.manifest_sha256,
+                image_ref=gear.image_ref or "",
+                image_digest=gear.image_digest or "",
+                sif_path=self.sif_path,
+                command=manifest.command,
+                environment=manifest.environment,
+                category=gear.category,
+            )
+            got = self._gears[gear_id] = (ref, manifest)
+        return got
+
+    def _resources_of(self, r: dict[str, Any] | None) -> tuple[Resources, Any, bool]:
+        r = r or {}
+        key = json.dumps(r, sort_keys=True, default=str)
+        got = self._resources.get(key)
+        if got is None:
+            resources = Resources(
+                cpus=int(r.get("cpus") or 1),
+                mem_mb=int(r.get("mem_mb") or 2048),
+                time_minutes=int(r.get("time_minutes") or 60),
+                gpus=int(r.get("gpus") or 0),
+                gres=r.get("gres"),
+                nodes=int(r.get("nodes") or 1),
+                ntasks=int(r.get("ntasks") or 1),
+                partition=r.get("partition"),
+                qos=r.get("qos"),
+                account=r.get("account"),
+            )
+            got = self._resources[key] = (resources, r.get("writable"), bool(r.get("debug")))
+        return got
+
+    def scratch_root(self, user: str) -> str:
+        root = self._roots.get(user)
+        if root is None:
+            root = self._roots[user] = self.site.render_scratch_root(user)
+        return root
+
+    def spec(self, job: Any, manifest: GearManifest | None = None) -> JobSpec:
+        """The frozen JobSpec of ``job`` (an ORM ``Job`` or a Core row of SPEC_COLUMNS)."""
+        ref, manifest = self.gear(job.gear_id, manifest)
+        resources, writable, debug = self._resources_of(job.resources)
+        return JobSpec(
+            job_id=job.id,
+            attempt=job.attempt,
+            gear=ref,
+            config=dict(job.config or {}),
+            inputs=tuple(input_spec_from_json(i) for i in job.inputs or []),
+            destination_type=job.destination_type,
+            destination_id=job.destination_id,
+            resources=resources,
+            site=self.site.name,
+            user=spec_user(job),
+            tags=tuple(job.tags or ()),
+            priority=job.priority,
+            writable_tmpfs=writable,
+            runtime_debug=debug,
+            bids_view=manifest.bids_view,
+        )
+
+    def paths(self, job: Any) -> JobPaths:
+        """Where ``job``'s attempt lives on the site's scratch."""
+        return JobPaths.for_job(self.scratch_root(spec_user(job)), job.id, job.attempt)
+
+    def config_json(self, job: Any, spec: JobSpec, api_url: str | None = None) -> dict[str, Any]:
+        """:func:`config_json_for`, the gear config split once per distinct config."""
+        _ref, manifest = self.gear(job.gear_id)
+        key = (job.gear_id, json.dumps(spec.config, sort_keys=True, default=str))
+        gear_config = self._gear_configs.get(key)
+        if gear_config is None:
+            gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
+            self._gear_configs[key] = gear_config
+        return _config_json(self.session, job, spec, manifest, dict(gear_config), api_url)
+
 
 def resolve_spec(
     session: Session,
@@ -32,50 +142,7 @@ def resolve_spec(
     manifest: GearManifest | None = None,
 ) -> JobSpec:
     """Build the frozen JobSpec for one attempt from its row and its gear."""
-    gear = session.get(Gear, job.gear_id)
-    assert gear is not None
-    if manifest is None:
-        manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
-    r = job.resources or {}
-    resources = Resources(
-        cpus=int(r.get("cpus") or 1),
-        mem_mb=int(r.get("mem_mb") or 2048),
-        time_minutes=int(r.get("time_minutes") or 60),
-        gpus=int(r.get("gpus") or 0),
-        gres=r.get("gres"),
-        nodes=int(r.get("nodes") or 1),
-        ntasks=int(r.get("ntasks") or 1),
-        partition=r.get("partition"),
-        qos=r.get("qos"),
-        account=r.get("account"),
-    )
-    return JobSpec(
-        job_id=job.id,
-        attempt=job.attempt,
-        gear=GearRef(
-            name=gear.name,
-            version=gear.version,
-            manifest_sha256=gear.manifest_sha256,
-            image_ref=gear.image_ref or "",
-            image_digest=gear.image_digest or "",
-            sif_path=sif_path,
-            command=manifest.command,
-            environment=manifest.environment,
-            category=gear.category,
-        ),
-        config=dict(job.config or {}),
-        inputs=tuple(input_spec_from_json(i) for i in job.inputs or []),
-        destination_type=job.destination_type,
-        destination_id=job.destination_id,
-        resources=resources,
-        site=site.name,
-        user=spec_user(job),
-        tags=tuple(job.tags or ()),
-        priority=job.priority,
-        writable_tmpfs=r.get("writable"),
-        runtime_debug=bool(r.get("debug")),
-        bids_view=manifest.bids_view,
-    )
+    return SpecMaker(session, site, sif_path).spec(job, manifest)
 
 
 def attempt_paths(site: SiteConfig, job: Job) -> JobPaths:
@@ -98,6 +165,17 @@ def config_json_for(
         assert gear is not None
         manifest = parse_manifest(gear.manifest, source=f"{gear.name}@{gear.version}")
     gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
+    return _config_json(session, job, spec, manifest, gear_config, api_url)
+
+
+def _config_json(
+    session: Session,
+    job: Any,
+    spec: JobSpec,
+    manifest: GearManifest,
+    gear_config: dict[str, Any],
+    api_url: str | None,
+) -> dict[str, Any]:
     api_key = None
     if api_url and any(i.base == "api-key" for i in manifest.inputs):
         from hpcgear.auth.keys import create_job_key, format_key, job_key_owner
@@ -119,34 +197,30 @@ def prepare_attempt(
 ) -> tuple[JobSpec, JobPaths, dict[str, Any]]:
     """The frozen spec, job directory and config.json of one attempt."""
     with job_session(ctx, job_id) as (s, job):
-        spec = resolve_spec(s, job, rt.site, sif)
-        cfg = config_json_for(s, job, spec, api_url=rt.site.api_url)
-        return spec, attempt_paths(rt.site, job), cfg
+        maker = SpecMaker(s, rt.site, sif)
+        spec = maker.spec(job)
+        return spec, maker.paths(job), maker.config_json(job, spec, rt.site.api_url)
 
 
 def prepare_attempts(
     ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], sif: str
 ) -> list[tuple[JobSpec, JobPaths, dict[str, Any]]]:
-    """``prepare_attempt`` for many jobs: one transaction, each gear's manifest parsed once."""
+    """``prepare_attempt`` for many jobs in one transaction, from Core rows of the
+    columns a spec needs (no ORM objects), shared parts worked out once."""
+    ids = list(job_ids)
     with ctx.db.session() as s:
-        rows = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(job_ids))))}
-        manifests: dict[int, GearManifest] = {}
+        rows: dict[str, Any] = {}
+        for start in range(0, len(ids), 5000):
+            for r in s.execute(select(*SPEC_COLUMNS).where(Job.id.in_(ids[start : start + 5000]))):
+                rows[r.id] = r
+        maker = SpecMaker(s, rt.site, sif)
         out = []
-        for jid in job_ids:
+        for jid in ids:
             job = rows.get(jid)
             if job is None:
                 raise InvalidInputError(f"job {jid} vanished", "it was deleted meanwhile")
-            if job.gear_id not in manifests:
-                gear = s.get(Gear, job.gear_id)
-                assert gear is not None
-                manifests[job.gear_id] = parse_manifest(
-                    gear.manifest, source=f"{gear.name}@{gear.version}"
-                )
-            spec = resolve_spec(s, job, rt.site, sif, manifest=manifests[job.gear_id])
-            cfg = config_json_for(
-                s, job, spec, manifest=manifests[job.gear_id], api_url=rt.site.api_url
-            )
-            out.append((spec, attempt_paths(rt.site, job), cfg))
+            spec = maker.spec(job)
+            out.append((spec, maker.paths(job), maker.config_json(job, spec, rt.site.api_url)))
     return out
 
 

@@ -39,6 +39,7 @@ from typing import Any
 from hpcgear.errors import InvalidInputError
 from hpcgear.gears.manifest import GearManifest, path_component_problem
 from hpcgear.spec import InputSpec
+from hpcgear.text import dump_sections_json
 
 GEAR_ROOT = "/flywheel/v0"
 INPUT_ROOT = f"{GEAR_ROOT}/input"
@@ -190,8 +191,9 @@ def build_config_json(
 
 
 def dump_config_json(document: Mapping[str, Any]) -> str:
-    """Serialise deterministically (key order kept, 2-space indent, UTF-8 text, final newline)."""
-    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    """Serialise deterministically (key order kept, UTF-8 text, final newline): each
+    section and each of its entries on a line of its own (:func:`dump_sections_json`)."""
+    return dump_sections_json(document)
 
 
 def _input_document(

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -47,6 +46,7 @@ from hpcgear.scheduler.transport import Transport
 from hpcgear.spec import InputSpec, JobSpec, TreeFile, safe_relpath
 from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
 from hpcgear.storage.objects import ObjectStore
+from hpcgear.text import dump_sections_json
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ def stage_in(
     """
     inputs = _file_inputs(spec)
     try:
-        config_text = json.dumps(config_json, indent=2, ensure_ascii=False,
-                                 allow_nan=False) + "\n"
+        config_text = dump_sections_json(config_json)
     except (TypeError, ValueError) as exc:
         raise StagingError(f"job {spec.job_id}: config.json is not JSON data: {exc}",
                            "config values must be JSON (no NaN, no objects)") from None
@@ -377,8 +376,7 @@ def _task_files(dat: _TasksDat, store: ObjectStore, task: ArrayTask) -> tuple[Ta
     spec, paths = task.spec, task.paths
     inputs = _file_inputs(spec)
     try:
-        config_text = json.dumps(task.config_json, indent=2, ensure_ascii=False,
-                                 allow_nan=False) + "\n"
+        config_text = dump_sections_json(task.config_json)
     except (TypeError, ValueError) as exc:
         raise StagingError(f"job {spec.job_id}: config.json is not JSON data: {exc}",
                            "config values must be JSON (no NaN, no objects)") from None
