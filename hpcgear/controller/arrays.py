@@ -16,7 +16,7 @@ from hpcgear.jobs.transitions import (
     cas_update_many,
     record_event,
     record_events_many,
-    transition_many,
+    transition_from,
     update_fields,
 )
 from hpcgear.render import JobPaths, build_runtime_argv, runtime_argv_template
@@ -71,7 +71,8 @@ def submit_array(
     specs: list[JobSpec] = []
     all_paths: list[JobPaths] = []
     configs: list[dict[str, Any]] = []
-    for spec, paths, cfg in prepare_attempts(ctx, rt, job_ids, sif):
+    attempts, rows = prepare_attempts(ctx, rt, job_ids, sif)
+    for spec, paths, cfg in attempts:
         if not fits_live_limits(ctx, rt, spec, report):
             continue
         specs.append(spec)
@@ -99,12 +100,12 @@ def submit_array(
         task_files=[files for _i, files in staged],
     )
     rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
-    # Write-ahead intent, per task, all in ONE transaction committed before sbatch:
-    # a job another process changed meanwhile aborts the whole array (retried next cycle).
+    # Write-ahead intent, per task, all in ONE transaction committed before sbatch,
+    # compared with the rows as prepare_attempts read them: a job another process
+    # changed since aborts the whole array (retried next cycle).
     # Lean events: the runtime argv differs between tasks only in the job directory,
     # so task 0 carries it as a template and provenance rebuilds each task's argv.
     with ctx.db.session() as s:
-        rows = _rows(s, [sp.job_id for sp in specs])
         changes = [
             (
                 rows[spec.job_id],
@@ -226,14 +227,12 @@ def record_array(
         ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
     )
     with ctx.db.session() as s:
-        rows = _rows(s, released, info=False)
-        moved = {
-            j.id
-            for j in transition_many(
-                s, [(rows[j], f"queued as {natives[j]}", {}) for j in released], JobState.QUEUED,
-                ctx.actor,
+        moved = set(
+            transition_from(
+                s, {j: f"queued as {natives[j]}" for j in released}, JobState.SUBMITTING,
+                JobState.QUEUED, ctx.actor,
             )
-        }
+        )
     queued = len(moved)
     late = [jid for jid in released if jid not in moved]  # moved by someone else meanwhile
     if late:
@@ -252,14 +251,16 @@ def record_array(
         report.submitted += queued
 
 
-def _rows(s: Session, job_ids: Sequence[str], *, info: bool = True) -> dict[str, Any]:
-    """The columns the array steps need, as Core rows (no ORM objects for 1,000 tasks):
-    id, state, state_seq and (``info``) the scheduler_info document."""
+def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
+    """The columns the array steps need, as Core rows (no ORM objects for 1,000 tasks)."""
     rows: dict[str, Any] = {}
     ids = list(job_ids)
-    cols = [Job.id, Job.state, Job.state_seq, *([Job.scheduler_info] if info else [])]
     for start in range(0, len(ids), 5000):
-        for r in s.execute(select(*cols).where(Job.id.in_(ids[start : start + 5000]))):
+        for r in s.execute(
+            select(Job.id, Job.state, Job.state_seq, Job.scheduler_info).where(
+                Job.id.in_(ids[start : start + 5000])
+            )
+        ):
             rows[r.id] = r
     missing = [j for j in job_ids if j not in rows]
     if missing:

@@ -202,16 +202,22 @@ def prepare_attempt(
         return spec, maker.paths(job), maker.config_json(job, spec, rt.site.api_url)
 
 
+#: What the array's write-ahead intent compares and sets, read with the spec columns.
+CAS_COLUMNS = (Job.state, Job.state_seq, Job.scheduler_info)
+
+
 def prepare_attempts(
     ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], sif: str
-) -> list[tuple[JobSpec, JobPaths, dict[str, Any]]]:
-    """``prepare_attempt`` for many jobs in one transaction, from Core rows of the
-    columns a spec needs (no ORM objects), shared parts worked out once."""
+) -> tuple[list[tuple[JobSpec, JobPaths, dict[str, Any]]], dict[str, Any]]:
+    """``prepare_attempt`` for many jobs in one transaction, from Core rows (no ORM
+    objects), shared parts worked out once; and each job's row as read (with
+    :data:`CAS_COLUMNS`), for a later compare-and-set."""
     ids = list(job_ids)
     with ctx.db.session() as s:
         rows: dict[str, Any] = {}
         for start in range(0, len(ids), 5000):
-            for r in s.execute(select(*SPEC_COLUMNS).where(Job.id.in_(ids[start : start + 5000]))):
+            chunk = ids[start : start + 5000]
+            for r in s.execute(select(*SPEC_COLUMNS, *CAS_COLUMNS).where(Job.id.in_(chunk))):
                 rows[r.id] = r
         maker = SpecMaker(s, rt.site, sif)
         out = []
@@ -221,7 +227,7 @@ def prepare_attempts(
                 raise InvalidInputError(f"job {jid} vanished", "it was deleted meanwhile")
             spec = maker.spec(job)
             out.append((spec, maker.paths(job), maker.config_json(job, spec, rt.site.api_url)))
-    return out
+    return out, rows
 
 
 def image_digest_or_fail(ctx: ControllerContext, job_id: str, report: CycleReport) -> str | None:

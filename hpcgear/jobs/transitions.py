@@ -282,3 +282,53 @@ def transition_many(
     )
     logger.info("%d jobs -> %s", len(moved), new.value)
     return moved
+
+
+def transition_from(
+    session: Session,
+    messages: Mapping[str, str | None],
+    old: JobState,
+    new: JobState,
+    actor: str,
+) -> list[str]:
+    """Move the jobs ``messages`` names (job id -> event message) from ``old`` to ``new``;
+    the ids that moved, in ``messages`` order.
+
+    The compare-and-set is on the state itself: ONE ``UPDATE ... WHERE id IN (...) AND
+    state = old RETURNING id`` per :data:`CAS_CHUNK` jobs, so a job another process
+    moved meanwhile (a cancel) is left as it is. For a step that owns the jobs while
+    they are in ``old`` (the lease-holding controller's ``submitting`` jobs) and need
+    not read them first. One event per moved job, in one insert.
+    """
+    check_transition(old, new)
+    ids = list(messages)
+    if not ids:
+        return []
+    now = dt.datetime.now(dt.UTC)
+    table = Job.__table__
+    done: set[str] = set()
+    for start in range(0, len(ids), CAS_CHUNK):
+        stmt = (
+            table.update()
+            .where(table.c.id.in_(ids[start : start + CAS_CHUNK]), table.c.state == old.value)
+            .values(state=new.value, state_seq=table.c.state_seq + 1, modified=now)
+            .returning(table.c.id)
+        )
+        done.update(session.execute(stmt).scalars())
+    moved = [j for j in ids if j in done]
+    record_events_many(
+        session,
+        [
+            {
+                "job_id": jid,
+                "actor": actor,
+                "kind": "state",
+                "old_state": old.value,
+                "new_state": new.value,
+                "message": messages[jid],
+            }
+            for jid in moved
+        ],
+    )
+    logger.info("%d jobs -> %s", len(moved), new.value)
+    return moved

@@ -15,6 +15,7 @@ Variables the runtime sets itself and drops from env files (``HOME``, ``PWD``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shlex
@@ -69,23 +70,42 @@ def gear_environment(spec: JobSpec) -> list[tuple[str, str]]:
 
     A manifest may not set ``HPCGEAR_*`` names; they are dropped with a log line.
     """
+    return [*_manifest_pairs(spec.gear.environment, spec.job_id), *_own_pairs(spec)]
+
+
+def _manifest_pairs(
+    environment: tuple[tuple[str, str], ...], job_id: str | None = None
+) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
-    for name, value in spec.gear.environment:
+    for name, value in environment:
         if name.startswith(HPCGEAR_PREFIX):
-            logger.warning("job %s: manifest sets %s; hpcgear's own value is used",
-                           spec.job_id, name)
+            logger.warning("%s: manifest sets %s; hpcgear's own value is used",
+                           f"job {job_id}" if job_id else "gear", name)
             continue
         pairs.append((name, value))
-    pairs += [
+    return pairs
+
+
+def _own_pairs(spec: JobSpec) -> list[tuple[str, str]]:
+    return [
         ("HPCGEAR_JOB_ID", spec.job_id),
         ("HPCGEAR_ATTEMPT", str(spec.attempt)),
         ("HPCGEAR_SITE", spec.site),
         ("HPCGEAR_GEAR", f"{spec.gear.name}@{spec.gear.version}"),
         ("HPCGEAR_DESTINATION", f"{spec.destination_type}/{spec.destination_id}"),
     ]
-    return pairs
+
+
+@functools.lru_cache(maxsize=64)
+def _manifest_env_text(environment: tuple[tuple[str, str], ...]) -> str:
+    """The env file's header and the manifest's lines: the same for every job of a gear."""
+    return render_env_file(_manifest_pairs(environment))
 
 
 def render_gear_env(spec: JobSpec) -> str:
-    """The text stage-in writes to ``JobPaths.env_file`` (mode 0600) for ``spec``."""
-    return render_env_file(gear_environment(spec))
+    """The text stage-in writes to ``JobPaths.env_file`` (mode 0600) for ``spec``:
+    ``render_env_file(gear_environment(spec))``, the manifest's part rendered once per
+    gear (an array renders thousands). hpcgear's own names never clash with the
+    manifest's, whose ``HPCGEAR_*`` names are dropped."""
+    own = render_env_file(_own_pairs(spec))
+    return _manifest_env_text(spec.gear.environment) + own[own.index("\n") + 1 :]

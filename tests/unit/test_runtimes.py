@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
 import pytest
 
@@ -187,3 +188,21 @@ def test_gear_environment_appends_hpcgear_values() -> None:
     assert dict(pairs)["HPCGEAR_JOB_ID"] == "job1"
     assert dict(pairs)["HPCGEAR_ATTEMPT"] == "2"
     assert "HPCGEAR_GEAR=g@1.0" in render_gear_env(spec())
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        (),
+        (("PATH", "/opt/bin:/bin"), ("HOME", "/root"), ("A", "it's $(x)"), ("PATH", "/usr/bin")),
+        (("HPCGEAR_SITE", "fake"), ("FSLOUTPUTTYPE", "NIFTI_GZ")),
+    ],
+)
+def test_gear_env_text_is_the_env_file_of_gear_environment(
+    environment: tuple[tuple[str, str], ...],
+) -> None:
+    # render_gear_env renders the manifest's part once per gear: the text must stay
+    # exactly the env file of the full list, for every job of that gear.
+    for s in (spec(environment), replace(spec(environment), job_id="job2", attempt=3)):
+        assert render_gear_env(s) == render_env_file(gear_environment(s))
+    assert "HPCGEAR_JOB_ID=job2\n" in render_gear_env(replace(spec(environment), job_id="job2"))
