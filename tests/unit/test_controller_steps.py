@@ -371,6 +371,51 @@ def test_bulk_transition_of_core_rows_is_one_statement_per_chunk(
     assert got[rows[4].id] == "pending" and sum(v == "submitting" for v in got.values()) == 6
 
 
+def test_transition_from_moves_only_jobs_still_in_the_old_state(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """The state-guarded bulk move: a job cancelled meanwhile stays cancelled and gets no
+    event; one UPDATE per chunk; each moved job gets its own message."""
+    from sqlalchemy import event, select, update
+
+    from hpcgear.db.models import JobEvent
+    from hpcgear.jobs import transitions
+    from hpcgear.jobs.transitions import transition_from
+    from hpcgear.states import StateTransitionError
+
+    ctx, _rt = setup
+    pid = _project_ids(ctx)
+    ids = [_job(ctx, user="alice", project=pid["p1"]) for _ in range(5)]
+    with ctx.db.session() as s:
+        s.execute(update(Job).where(Job.id.in_(ids)).values(state="submitting"))
+        s.execute(update(Job).where(Job.id == ids[2]).values(state="cancelled"))
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            statements.append(statement)
+
+    old_chunk = transitions.CAS_CHUNK
+    transitions.CAS_CHUNK = 2  # 5 jobs: 3 statements
+    event.listen(ctx.db.engine, "before_cursor_execute", count)
+    try:
+        with ctx.db.session() as s:
+            moved = transition_from(s, {j: f"queued as {n}_0" for n, j in enumerate(ids)},
+                                    JobState.SUBMITTING, JobState.QUEUED, "test")
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", count)
+        transitions.CAS_CHUNK = old_chunk
+    assert len(statements) == 3
+    assert moved == [ids[0], ids[1], ids[3], ids[4]]
+    with ctx.db.session() as s:
+        got = dict(s.execute(select(Job.id, Job.state).where(Job.id.in_(ids))).all())
+        events = dict(s.execute(select(JobEvent.job_id, JobEvent.message)
+                                .where(JobEvent.new_state == "queued")).all())
+    assert got == {j: ("cancelled" if j == ids[2] else "queued") for j in ids}
+    assert events == {j: f"queued as {n}_0" for n, j in enumerate(ids) if j != ids[2]}
+    with pytest.raises(StateTransitionError, match="complete"), ctx.db.session() as s:
+        transition_from(s, {ids[0]: None}, JobState.PENDING, JobState.COMPLETE, "test")
+
+
 def test_daemon_wakes_on_new_work_and_exit_records(
         setup: tuple[ControllerContext, SiteRuntime]) -> None:
     """Between cycles the daemon waits for the interval unless work or an exit record appears."""
