@@ -116,7 +116,25 @@ def controller_run(
     ctl = _controller(app, sites, quiet, False, daemon=True)
     assert isinstance(ctl, Controller)
     ctl.install_signal_handlers()
+    _long_lived_process()
     ctl.run(until_idle=until_idle, timeout=timeout, interval=interval)
+
+
+def _long_lived_process() -> None:
+    """Tune the garbage collector for the daemon (its own process, never a library call).
+
+    What is alive now (modules, tables, compiled statements, site configs) lives as
+    long as the daemon: frozen out of every collection. Fewer young-generation passes
+    matter more: a cycle that submits 10,000 jobs allocates millions of short-lived
+    objects (rows, specs, events), and with the default threshold the collector ran
+    every 700 of them, walking all the cycle's live objects each time (measured:
+    about a fifth of a 3,000-job submission's CPU). It still runs; only less often.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 10)
 
 
 @controller_group.command("once")
