@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from hpcgear.db.models import Job
-from hpcgear.jobs.transitions import transition_many
+from hpcgear.jobs.transitions import transition_from
 from hpcgear.states import JobState
 
 from .context import ControllerContext, fault_point, utcnow
@@ -36,9 +36,9 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
     """Move pending jobs of this site to ``submitting``, respecting in-flight caps.
 
     Every job the caps allow is claimed (up to ``limit``, default
-    :data:`CLAIM_BATCH`), in ONE transaction: each job still moves by its own
-    compare-and-set UPDATE plus event, so a job another process changed is
-    skipped, but the claim no longer costs a commit per job.
+    :data:`CLAIM_BATCH`), in ONE transaction: each job still moves only if it is
+    still ``pending`` (an UPDATE guarded by the state, plus its event), so a job
+    another process moved is skipped, but the claim costs no commit per job.
     """
     site = rt.site
     limit = CLAIM_BATCH if limit is None else limit
@@ -102,11 +102,12 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
             per_user[job.origin_id] = per_user.get(job.origin_id, 0) + 1
             per_project[job.project_id] = per_project.get(job.project_id, 0) + 1
             chosen.append(job)
-        # Compare-and-set per row, in bulk: a job another process moved is skipped.
-        moved = transition_many(
-            s, [(j, "claimed for submission", {}) for j in chosen], JobState.SUBMITTING, ctx.actor
+        # Compare-and-set on the state, in bulk: a job another process moved (a
+        # cancel) since the read is skipped.
+        claimed = transition_from(
+            s, dict.fromkeys((j.id for j in chosen), "claimed for submission"),
+            JobState.PENDING, JobState.SUBMITTING, ctx.actor,
         )
-        claimed = [j.id for j in moved]
         if claimed and ctx.fence is not None:
             # Inside the same transaction: a takeover cannot slip in before the commit.
             ctx.fence.check(s, site.name)
