@@ -183,6 +183,9 @@ def _wants_traceback(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     """Entry point; returns the exit status (and exits with it when standalone)."""
+    from hpcgear.cli.startup import defer_unused_imports
+
+    defer_unused_imports()
     from hpcgear.cli.exit_codes import ExitStatus, exit_status_for
     from hpcgear.errors import HpcgearError
 

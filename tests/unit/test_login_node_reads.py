@@ -244,8 +244,9 @@ code = main(sys.argv[1:], standalone=False)
 import json
 print(json.dumps({"code": code, "loaded": sorted(m for m in (
     "sqlalchemy.orm", "hpcgear.db.models", "hpcgear.jobs.service",
-    "hpcgear.hierarchy.service", "hpcgear.controller.status") if m in sys.modules)}),
-    file=sys.stderr)
+    "hpcgear.hierarchy.service", "hpcgear.controller.status") if m in sys.modules)
+    # importlib.metadata stays deferred (hpcgear/cli/startup.py) unless something uses it
+    + (["email"] if "email" in sys.modules else [])}), file=sys.stderr)
 """
 
 
