@@ -6,45 +6,84 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from tests.conftest import REPO
 
-_PROBE = """
-import json, sys
-from hpcgear.cli.startup import defer_unused_imports
-defer_unused_imports()
+
+def _probe(code: str) -> Any:
+    """Run ``code`` after the CLI's stand-ins are installed; its printed JSON."""
+    prelude = "import json, sys\nfrom hpcgear.cli.startup import defer_unused_imports\n" \
+              "defer_unused_imports()\n"
+    res = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _kind(name: str) -> str:
+    return type(sys.modules[name]).__name__
+
+
+def test_sqlalchemy_and_the_login_node_modules_import_without_them() -> None:
+    got = _probe("""
+import sqlalchemy, sqlalchemy.dialects.sqlite, sqlalchemy.dialects.postgresql.psycopg2
+import hpcgear.jobs.queries, hpcgear.hierarchy.access, hpcgear.hierarchy.uploads
+print(json.dumps({"kinds": [type(sys.modules[m]).__name__ for m in ("asyncio",
+                  "importlib.metadata")],
+                  "loaded": [m for m in ("email", "zipfile", "ssl", "asyncio.events")
+                             if m in sys.modules]}))
+""")
+    assert got == {"kinds": ["_DeferredModule", "_DeferredModule"], "loaded": []}
+
+
+def test_importlib_metadata_loads_on_first_use() -> None:
+    got = _probe("""
 import sqlalchemy
-from sqlalchemy.util.compat import importlib_metadata
-before = {"stand_in": type(sys.modules["importlib.metadata"]).__name__,
-          "email": "email" in sys.modules}
-version = importlib_metadata.version("sqlalchemy")      # first use: the real module loads
+from sqlalchemy.util.compat import importlib_metadata      # the stand-in
+version = importlib_metadata.version("sqlalchemy")         # first use: the real one loads
 import importlib.metadata
-print(json.dumps({**before, "version": version == sqlalchemy.__version__,
-                  "real_in_sys_modules": type(sys.modules["importlib.metadata"]).__name__,
-                  "same_functions": importlib_metadata.version is importlib.metadata.version,
-                  "entry_points": len(importlib_metadata.entry_points(group="console_scripts"))
-                  >= 0}))
-"""
+print(json.dumps({"version": version == sqlalchemy.__version__,
+                  "kind": type(sys.modules["importlib.metadata"]).__name__,
+                  "same": importlib_metadata.entry_points is importlib.metadata.entry_points}))
+""")
+    assert got == {"version": True, "kind": "module", "same": True}
 
 
-def test_importlib_metadata_is_deferred_until_first_use() -> None:
-    res = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                         cwd=REPO, timeout=120, check=True)  # fmt: skip
-    got = json.loads(res.stdout)
-    # SQLAlchemy imported without it (nor email, zipfile ... that it pulls in)
-    assert got["stand_in"] == "_DeferredModule"
-    assert got["email"] is False
-    # and whoever uses it gets the real thing
-    assert got["version"] is True
-    assert got["real_in_sys_modules"] == "module"
-    assert got["same_functions"] is True
-    assert got["entry_points"] is True
+def test_asyncio_stand_in_answers_iscoroutine_and_loads_on_use() -> None:
+    got = _probe("""
+import sqlalchemy.util.concurrency as conc
+async def f():
+    return 42
+c = f()
+early = [conc.iscoroutine(c), conc.iscoroutine(1)]        # forwarded (loads asyncio)
+c.close()
+import asyncio
+print(json.dumps({"early": early, "run": asyncio.run(f()),
+                  "kind": type(sys.modules["asyncio"]).__name__}))
+""")
+    assert got == {"early": [True, False], "run": 42, "kind": "module"}
+
+
+def test_submodule_import_first_loads_the_real_package() -> None:
+    got = _probe("""
+import asyncio.subprocess
+from asyncio import events
+import asyncio
+print(json.dumps({"kind": type(sys.modules["asyncio"]).__name__,
+                  "events": events is sys.modules["asyncio.events"],
+                  "run": asyncio.run(asyncio.sleep(0, "ok"))}))
+""")
+    assert got == {"kind": "module", "events": True, "run": "ok"}
 
 
 def test_defer_keeps_an_already_imported_module() -> None:
+    import asyncio
     import importlib.metadata
 
     from hpcgear.cli.startup import defer_unused_imports
 
     defer_unused_imports()
     assert sys.modules["importlib.metadata"] is importlib.metadata
+    assert sys.modules["asyncio"] is asyncio
+    assert _kind("asyncio") == "module"

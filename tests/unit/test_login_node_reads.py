@@ -242,11 +242,12 @@ import sys
 from hpcgear.cli.main import main
 code = main(sys.argv[1:], standalone=False)
 import json
-print(json.dumps({"code": code, "loaded": sorted(m for m in (
-    "sqlalchemy.orm", "hpcgear.db.models", "hpcgear.jobs.service",
-    "hpcgear.hierarchy.service", "hpcgear.controller.status") if m in sys.modules)
-    # importlib.metadata stays deferred (hpcgear/cli/startup.py) unless something uses it
-    + (["email"] if "email" in sys.modules else [])}), file=sys.stderr)
+loaded = [m for m in ("sqlalchemy.orm", "hpcgear.db.models", "hpcgear.jobs.service",
+                      "hpcgear.hierarchy.service", "hpcgear.controller.status")
+          if m in sys.modules]
+# asyncio and importlib.metadata stay deferred (hpcgear/cli/startup.py)
+loaded += [m for m in ("asyncio.events", "email") if m in sys.modules]
+print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
 """
 
 
