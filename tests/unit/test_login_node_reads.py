@@ -5,7 +5,9 @@ and :mod:`hpcgear.hierarchy.access` (SQLAlchemy Core) so they never import
 ``sqlalchemy.orm`` or the models (issue 10: <= 400 ms with 100,000 jobs). These
 tests hold both halves of that: what the commands import, and that the Core
 functions give what :mod:`hpcgear.jobs.service` / :mod:`hpcgear.hierarchy.permissions`
-give, visibility rules and refusals included.
+give, visibility rules and refusals included. (The listing's statement and the role
+lookup are written once, in the Core modules, and the ORM services run them on their
+session; these tests hold the two ways of reading them, rows and models, to one answer.)
 """
 
 from __future__ import annotations
