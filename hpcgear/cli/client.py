@@ -301,22 +301,26 @@ def remote_key(argv: list[str]) -> str | None:
     config, _forward, rest = split_argv(argv)
     if not rest or any(a in ("-h", "--help", "--version") for a in argv):
         return None
+    # The key first: without one (the usual local install) the command table of
+    # hpcgear/api/cliplan.py need not be imported at all.
+    env_key = os.environ.get("HPCGEAR_API_KEY")
+    if env_key:
+        key: str | None = env_key.strip()
+    else:
+        from hpcgear.config.settings import load_settings
+
+        try:
+            key = load_settings(config).api_key
+        except HpcgearError:
+            return None  # the local run reports the config problem
+    if key is None:
+        return None
     from hpcgear.api.cliplan import Mode, plan_for
 
     found = plan_for(rest)
     if found is None or found[1].mode is Mode.LOCAL:
         return None  # no such command (click says so), or one that needs no database
-    import os
-
-    if os.environ.get("HPCGEAR_API_KEY"):
-        return os.environ["HPCGEAR_API_KEY"].strip()
-    from hpcgear.config.settings import load_settings
-
-    try:
-        settings = load_settings(config)
-    except HpcgearError:
-        return None  # the local run reports the config problem
-    return settings.api_key
+    return key
 
 
 def run_remote(argv: list[str], key: str) -> int:

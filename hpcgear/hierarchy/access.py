@@ -21,8 +21,16 @@ from hpcgear.db.tables import containers, roles, users
 from hpcgear.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from sqlalchemy import Connection, Row
+    from sqlalchemy.orm import Session
     from sqlalchemy.sql import Select
+
+    #: What these checks read through: a Core connection (the login-node paths) or an
+    #: ORM session (the services; a Session runs Core selects too and gives the same
+    #: rows), so each check is written once.
+    Reader: TypeAlias = Connection | Session
 
 __all__ = [
     "RoleName",
@@ -86,7 +94,7 @@ def role_denied(
     )
 
 
-def get_actor(conn: Connection, login: str) -> Row[Any]:
+def get_actor(conn: Reader, login: str) -> Row[Any]:
     """The ``users`` row of an enabled, registered actor."""
     user = conn.execute(select(users).where(users.c.login == login)).first()
     denied = not_registered(login, user)
@@ -96,8 +104,13 @@ def get_actor(conn: Connection, login: str) -> Row[Any]:
     return user
 
 
-def effective_role(conn: Connection, user: Any, container: Any) -> RoleName | None:
-    """The strongest role ``user`` holds on the container's group or project."""
+def effective_role(conn: Reader, user: Any, container: Any) -> RoleName | None:
+    """The strongest role ``user`` holds on the container's group or project.
+
+    ``user`` and ``container`` are rows or models (``site_admin``, ``login``,
+    ``group_id``, ``project_id``); :mod:`hpcgear.hierarchy.permissions` calls this
+    with its session and models.
+    """
     if user.site_admin:
         return RoleName.ADMIN
     scope = [container.group_id]
@@ -112,7 +125,7 @@ def effective_role(conn: Connection, user: Any, container: Any) -> RoleName | No
 
 
 def require_role(
-    conn: Connection, login: str, container: Any, needed: RoleName, action: str
+    conn: Reader, login: str, container: Any, needed: RoleName, action: str
 ) -> Row[Any]:
     """The actor's ``users`` row; PermissionDeniedError unless they hold ``needed``."""
     user = get_actor(conn, login)
@@ -122,11 +135,11 @@ def require_role(
     return user
 
 
-def get_container(conn: Connection, container_id: str) -> Row[Any] | None:
+def get_container(conn: Reader, container_id: str) -> Row[Any] | None:
     return conn.execute(select(containers).where(containers.c.id == container_id)).first()
 
 
-def resolve_project(conn: Connection, path: str) -> Row[Any]:
+def resolve_project(conn: Reader, path: str) -> Row[Any]:
     """The project at ``group/project`` (what ``resolve_container(..., min_depth=2,
     max_depth=2)`` finds), with the same errors."""
     from hpcgear.hierarchy.paths import HierarchyPath

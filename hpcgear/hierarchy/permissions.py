@@ -4,17 +4,17 @@ Roles are granted on a group or a project; a group role applies to all its
 projects. ``site-admin`` may do anything. A denied action raises
 PermissionDeniedError before anything is written. The same checks on a Core
 connection (the login-node read paths) are in :mod:`hpcgear.hierarchy.access`;
-both build their errors there.
+both build their errors there, and the role lookup itself (:func:`effective_role`)
+is that module's, run on the session.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.models import Container, Role, User
+from hpcgear.db.models import Container, User
 from hpcgear.errors import PermissionDeniedError
-from hpcgear.hierarchy.access import RoleName, not_registered, role_denied
+from hpcgear.hierarchy.access import RoleName, effective_role, not_registered, role_denied
 
 __all__ = ["RoleName", "effective_role", "get_actor", "require_role", "require_site_admin"]
 
@@ -36,20 +36,6 @@ def require_site_admin(session: Session, login: str, action: str) -> User:
             f"ask a site admin to do it, or to run `hpcgear user add {login} --site-admin`",
         )
     return user
-
-
-def effective_role(session: Session, user: User, container: Container) -> RoleName | None:
-    """The strongest role ``user`` holds on the container's group or project."""
-    if user.site_admin:
-        return RoleName.ADMIN
-    scope = [container.group_id]
-    if container.project_id:
-        scope.append(container.project_id)
-    rows = session.scalars(
-        select(Role.role).where(Role.user_login == user.login, Role.container_id.in_(scope))
-    ).all()
-    roles = [RoleName(r) for r in rows]
-    return max(roles, key=lambda r: r.rank) if roles else None
 
 
 def require_role(

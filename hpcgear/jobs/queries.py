@@ -5,7 +5,7 @@
 or the ORM models (100-150 ms of a call's start-up). They return ``Row`` objects
 with the columns of :data:`hpcgear.db.tables.jobs` as attributes, and apply the
 same visibility rules as the ORM services in :mod:`hpcgear.jobs.service`, which
-share the WHERE clause (:func:`visible_to`) and the dict shapes
+share the listing's statement (:func:`jobs_page`) and the dict shapes
 (:func:`job_dict`, :func:`event_dict`) defined here.
 ``tests/unit/test_login_node_reads.py`` checks that both give the same answers.
 """
@@ -33,6 +33,9 @@ from hpcgear.states import JobState
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Connection, Row
+    from sqlalchemy.sql import Select
+
+    from hpcgear.hierarchy.access import Reader
 
 __all__ = [
     "MIN_STALE_SECONDS",
@@ -43,6 +46,7 @@ __all__ = [
     "job_dict",
     "job_dicts",
     "job_events_of",
+    "jobs_page",
     "last_led",
     "list_jobs",
     "paths_of",
@@ -100,17 +104,24 @@ def visible_to(actor: str) -> ColumnElement[bool]:
     )
 
 
-def list_jobs(
-    conn: Connection,
+def jobs_page(
+    conn: Reader,
     actor: str,
     *,
     state: str | None = None,
     mine: bool = False,
     project: str | None = None,
     limit: int = 200,
-) -> list[Row[Any]]:
-    """The newest ``limit`` jobs the actor may see, filtered in SQL
-    (:func:`hpcgear.jobs.service.list_jobs` on a Core connection)."""
+) -> Select[Any]:
+    """The SELECT of the newest ``limit`` jobs the actor may see, filtered in SQL.
+
+    Visibility (own jobs, or a role on the destination's project or group,
+    :func:`visible_to`) is a WHERE clause, so the limit counts visible jobs and the
+    newest-first order walks the ``ix_jobs_created`` index instead of sorting the
+    table. The actor and project checks read through ``conn``, a Core connection or
+    an ORM session: :func:`list_jobs` runs the statement for rows,
+    :func:`hpcgear.jobs.service.list_jobs` for ``Job`` models.
+    """
     user = get_actor(conn, actor)
     c = jobs_t.c
     q = select(jobs_t).order_by(c.created.desc(), c.id.desc()).limit(limit)
@@ -125,6 +136,20 @@ def list_jobs(
         q = q.where(c.project_id == p.id)
     elif not user.site_admin:
         q = q.where(visible_to(actor))
+    return q
+
+
+def list_jobs(
+    conn: Connection,
+    actor: str,
+    *,
+    state: str | None = None,
+    mine: bool = False,
+    project: str | None = None,
+    limit: int = 200,
+) -> list[Row[Any]]:
+    """The newest ``limit`` jobs the actor may see (:func:`jobs_page`), as rows."""
+    q = jobs_page(conn, actor, state=state, mine=mine, project=project, limit=limit)
     return list(conn.execute(q))
 
 

@@ -29,7 +29,7 @@ from hpcgear.hierarchy.service import (
     resolve_container,
     resolve_file,
 )
-from hpcgear.jobs.queries import check_state, event_dict, job_dict, paths_of, visible_to
+from hpcgear.jobs.queries import event_dict, job_dict, jobs_page, paths_of
 from hpcgear.jobs.transitions import record_event, transition
 from hpcgear.spec import InputSpec
 from hpcgear.states import JobState
@@ -669,26 +669,11 @@ def list_jobs(
     project: str | None = None,
     limit: int = 200,
 ) -> list[Job]:
-    """The newest ``limit`` jobs the actor may see, filtered in SQL.
-
-    Visibility (own jobs, or a role on the destination's project or group) is a
-    WHERE clause, so the limit counts visible jobs and the newest-first order
-    walks the ``ix_jobs_created`` index instead of sorting the table.
-    """
-    user = get_actor(session, actor)
-    q = select(Job).order_by(Job.created.desc(), Job.id.desc()).limit(limit)
-    if state:
-        check_state(state)
-        q = q.where(Job.state == state)
-    if mine:
-        q = q.where(Job.origin_id == actor)
-    if project:
-        p = resolve_container(session, project, min_depth=2, max_depth=2)
-        require_role(session, actor, p, RoleName.READ_ONLY, "listing jobs")
-        q = q.where(Job.project_id == p.id)
-    elif not user.site_admin:
-        q = q.where(visible_to(actor))  # Job is mapped onto tables.jobs: one clause for both
-    return list(session.scalars(q))
+    """The newest ``limit`` jobs the actor may see, filtered in SQL, as models: the
+    statement of the login-node listing (:func:`hpcgear.jobs.queries.jobs_page`; ``Job``
+    is mapped onto its table) loaded as ``Job`` objects."""
+    q = jobs_page(session, actor, state=state, mine=mine, project=project, limit=limit)
+    return list(session.scalars(select(Job).from_statement(q)))
 
 
 def job_events(session: Session, job: Job) -> list[JobEvent]:
