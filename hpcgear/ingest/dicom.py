@@ -478,7 +478,7 @@ def _read_plain(
     """The instance read by :mod:`hpcgear.ingest.dicom_reader` (no pydicom
     dataset), or None where that reader or the value decoder defers to pydicom."""
     from hpcgear.ingest.dicom_reader import read_plain_header
-    from hpcgear.ingest.dicom_values import DECLINED, raw_json_value
+    from hpcgear.ingest.dicom_values import DECLINED, cached_json_value
 
     try:
         head = read_plain_header(path, _tag_set(tuple(wanted)))
@@ -495,7 +495,7 @@ def _read_plain(
         vr = raw[0] or dict_vr
         if vr is None or vr == "UN" or " or " in vr:
             return None
-        value = raw_json_value(vr, raw[1], True)
+        value = cached_json_value(vr, raw[1])
         if value is DECLINED:
             return None
         values[kw] = value
