@@ -32,6 +32,7 @@ import tempfile
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ from hpcgear.ingest.dicom import (
     ZIP_SUFFIX,
     BuiltZip,
     DicomInstance,
+    MemberPacker,
     ProgressCallback,
     ProgressEvent,
     SkippedFile,
@@ -354,8 +356,11 @@ def plan_dicom(
     options: DicomIngestOptions,
     *,
     progress: ProgressCallback | None = None,
+    packer: MemberPacker | None = None,
 ) -> DicomPlan:
-    """Scan ``root`` and decide where every study and series goes (writes nothing)."""
+    """Scan ``root`` and decide where every study and series goes (writes nothing).
+
+    A ``packer`` deflates zip members during the scan (for the store that follows)."""
     rules = options.routing
     _check_options(
         options.group,
@@ -379,6 +384,7 @@ def plan_dicom(
         profile=scan_profile,
         jobs=options.jobs,
         progress=progress,
+        packer=packer,
     )
     projects_by_label: dict[str, Container | None] = {}
     profiles_by_project: dict[str | None, DeidProfile | None] = {}
@@ -552,7 +558,24 @@ def ingest_dicom(
     PermissionDeniedError before storing anything when the actor cannot write
     to a target project (or create the Unsorted project when one is needed).
     """
-    plan = plan_dicom(session, actor, root, options, progress=progress)
+    # Without de-identification the zip members are the files as read: deflate
+    # them while the headers are scanned (a second core does it; see MemberPacker).
+    packer = MemberPacker() if not dry_run and options.profile is None else None
+    with packer if packer is not None else nullcontext():
+        return _ingest_dicom(session, store, actor, root, options, dry_run, progress, packer)
+
+
+def _ingest_dicom(
+    session: Session,
+    store: ObjectStore,
+    actor: str,
+    root: Path,
+    options: DicomIngestOptions,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    packer: MemberPacker | None,
+) -> IngestReport:
+    plan = plan_dicom(session, actor, root, options, progress=progress, packer=packer)
     group = _group(session, plan.group)
     report = IngestReport(kind="dicom", group=group.id, dry_run=dry_run, files_seen=plan.files_seen)
     report.skipped.extend(plan.skipped)
@@ -569,7 +592,7 @@ def ingest_dicom(
     if dry_run:
         _describe_plan(session, plan, projects, report)
         return report
-    _execute_plan(session, store, actor, plan, projects, options, report, progress)
+    _execute_plan(session, store, actor, plan, projects, options, report, progress, packer)
     report.skipped.sort(key=lambda s: s.path)
     return report
 
@@ -660,8 +683,11 @@ def _file_metadata(series: PlannedSeries, built: BuiltZip) -> dict[str, Any]:
     }
 
 
-def _build(series: PlannedSeries, dest: Path, profile: DeidProfile | None) -> BuiltZip:
-    return build_series_zip(series.instances, dest, series.label, profile)
+def _build(
+    series: PlannedSeries, dest: Path, profile: DeidProfile | None, packer: MemberPacker | None
+) -> BuiltZip:
+    packed = packer.take if packer is not None else None
+    return build_series_zip(series.instances, dest, series.label, profile, packed)
 
 
 def _execute_plan(
@@ -673,6 +699,7 @@ def _execute_plan(
     options: DicomIngestOptions,
     report: IngestReport,
     progress: ProgressCallback | None,
+    packer: MemberPacker | None = None,
 ) -> None:
     work = [(study, series) for study in plan.studies for series in study.series]
     total = sum(len(series.instances) for _st, series in work)
@@ -692,7 +719,8 @@ def _execute_plan(
             if nxt is not None:
                 i, (study, series) = nxt
                 dest = Path(tmp) / f"{i:07d}.zip"
-                queue.append((study, series, pool.submit(_build, series, dest, study.profile)))
+                built = pool.submit(_build, series, dest, study.profile, packer)
+                queue.append((study, series, built))
 
         for _ in range(window):
             submit_next()
