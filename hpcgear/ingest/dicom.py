@@ -788,14 +788,15 @@ class PackedMember:
 def pack_member(path: Path, size: int, compressed: bool) -> PackedMember | None:
     """The member of one file, or None if it is no longer ``size`` bytes (the zip
     step then reads it again and says what changed)."""
-    data = path.read_bytes()
+    # Few calls, each a long GIL-free stretch: every return to Python has to win
+    # the GIL back from the scanning thread.
+    with open(path, "rb", buffering=0) as fh:
+        data = fh.read(size + 1)
     if len(data) != size:
         return None
-    if compressed:
-        payload = data
-    else:
-        deflate = zlib.compressobj(ZIP_LEVEL, zlib.DEFLATED, -15)
-        payload = deflate.compress(data) + deflate.flush()
+    # One zlib.compress is the same deflate stream as zipfile's compressobj()
+    # .compress() + .flush() (raw deflate, memLevel 8, default strategy).
+    payload = data if compressed else zlib.compress(data, ZIP_LEVEL, -15)
     return PackedMember(size, zlib.crc32(data), hashlib.sha256(data).hexdigest(), payload)
 
 

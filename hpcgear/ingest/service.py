@@ -683,11 +683,28 @@ def _file_metadata(series: PlannedSeries, built: BuiltZip) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _SealedZip:
+    """A series zip built, synced and hashed in a worker thread, ready to be
+    renamed into the object store (ObjectStore.put_sealed)."""
+
+    built: BuiltZip
+    digest: str
+    size: int
+
+
 def _build(
-    series: PlannedSeries, dest: Path, profile: DeidProfile | None, packer: MemberPacker | None
-) -> BuiltZip:
+    store: ObjectStore,
+    series: PlannedSeries,
+    dest: Path,
+    profile: DeidProfile | None,
+    packer: MemberPacker | None,
+) -> _SealedZip:
     packed = packer.take if packer is not None else None
-    return build_series_zip(series.instances, dest, series.label, profile, packed)
+    built = build_series_zip(series.instances, dest, series.label, profile, packed)
+    # fsync and the read-back hash release the GIL: off the database thread.
+    digest, size = store.seal_temp(dest)
+    return _SealedZip(built, digest, size)
 
 
 def _execute_plan(
@@ -711,7 +728,7 @@ def _execute_plan(
         tempfile.TemporaryDirectory(prefix="ingest-", dir=store.tmp) as tmp,
         ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="dicom-zip") as pool,
     ):
-        queue: deque[tuple[PlannedStudy, PlannedSeries, Future[BuiltZip]]] = deque()
+        queue: deque[tuple[PlannedStudy, PlannedSeries, Future[_SealedZip]]] = deque()
         items = iter(enumerate(work))
 
         def submit_next() -> None:
@@ -719,7 +736,7 @@ def _execute_plan(
             if nxt is not None:
                 i, (study, series) = nxt
                 dest = Path(tmp) / f"{i:07d}.zip"
-                built = pool.submit(_build, series, dest, study.profile, packer)
+                built = pool.submit(_build, store, series, dest, study.profile, packer)
                 queue.append((study, series, built))
 
         for _ in range(window):
@@ -759,7 +776,7 @@ def _store_built_series(
     project: Container,
     study: PlannedStudy,
     series: PlannedSeries,
-    future: Future[BuiltZip],
+    future: Future[_SealedZip],
     profile: DeidProfile | None,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
@@ -767,7 +784,7 @@ def _store_built_series(
     """Wait for one series zip and store it; a series that cannot be built or
     placed is reported as skipped (its files with a reason), the ingest goes on."""
     try:
-        built = future.result()
+        sealed = future.result()
     except (IngestError, OSError) as exc:  # a file changed or vanished since the scan
         _skip_series(report, series, UNREADABLE, getattr(exc, "message", None) or str(exc))
         return None
@@ -784,7 +801,7 @@ def _store_built_series(
         return None
     try:
         return _store_series(
-            session, store, actor, project, study, series, built, report, seen_sessions
+            session, store, actor, project, study, series, sealed, report, seen_sessions
         )
     except SeriesConflictError as exc:
         _skip_series(report, series, UID_CONFLICT, exc.message)
@@ -793,7 +810,7 @@ def _store_built_series(
         _skip_series(report, series, WOULD_REIDENTIFY, exc.message)
         return None
     finally:
-        built.path.unlink(missing_ok=True)
+        sealed.built.path.unlink(missing_ok=True)
 
 
 def _skip_series(report: IngestReport, series: PlannedSeries, reason: str, detail: str) -> None:
@@ -811,7 +828,7 @@ def _store_series(
     project: Container,
     study: PlannedStudy,
     series: PlannedSeries,
-    built: BuiltZip,
+    sealed: _SealedZip,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
 ) -> FileOutcome:
@@ -819,7 +836,7 @@ def _store_series(
     for attempt in range(1, MAX_RETRIES + 1):
         try:
             outcome, created, placed = _store_series_once(
-                session, store, actor, project, study, series, built
+                session, store, actor, project, study, series, sealed
             )
             session.commit()
             report.created_containers += created
@@ -843,8 +860,9 @@ def _store_series_once(
     project: Container,
     study: PlannedStudy,
     series: PlannedSeries,
-    built: BuiltZip,
+    sealed: _SealedZip,
 ) -> tuple[FileOutcome, int, SessionOutcome]:
+    built = sealed.built
     created = 0
     project = session.get(Container, project.id) or project
     sess = find_by_natural_key(session, project.id, "session", study.natural_key)
@@ -898,7 +916,7 @@ def _store_series_once(
                 f"{acq_path}/{series.file_name} is stored de-identified; this ingest is not",
                 "ingest with --de-identify or the same --deid-profile",
             )
-    obj = store.put_file(built.path)
+    obj = store.put_sealed(built.path, sealed.digest, sealed.size)
     result = add_file_version(
         session,
         acq,
