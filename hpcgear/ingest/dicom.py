@@ -23,9 +23,8 @@ import os
 import re
 import struct
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -674,12 +673,8 @@ def scan_dicom(
     profile: DeidProfile | None = None,
     jobs: int = 4,
     progress: ProgressCallback | None = None,
-    packer: MemberPacker | None = None,
 ) -> ScanResult:
-    """Read every file's header under ``root`` in ``jobs`` processes (order kept).
-
-    With a ``packer``, each usable file is handed to it as soon as its header is
-    read, so its zip member is deflated while the scan goes on."""
+    """Read every file's header under ``root`` in ``jobs`` processes (order kept)."""
     root = Path(root)
     files = list_files(root)
     total = len(files)
@@ -714,8 +709,6 @@ def scan_dicom(
                 else:
                     seen_sop[key] = result.rel
                     instances.append(result)
-                    if packer is not None:
-                        packer.add(result)
             if progress is not None:
                 progress(ProgressEvent("scan", done, total))
     return ScanResult(instances, skipped, total)
@@ -773,113 +766,7 @@ class BuiltZip:
     reid: tuple[dict[str, Any], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class PackedMember:
-    """A file's bytes made into a zip member ahead of time: the payload exactly as
-    ``ZipFile.writestr`` would write it (deflated at :data:`ZIP_LEVEL`, or stored),
-    with the CRC-32, the original size and the sha256 of the original bytes."""
-
-    size: int
-    crc: int
-    sha256: str
-    payload: bytes
-
-
-def pack_member(path: Path, size: int, compressed: bool) -> PackedMember | None:
-    """The member of one file, or None if it is no longer ``size`` bytes (the zip
-    step then reads it again and says what changed)."""
-    # Few calls, each a long GIL-free stretch: every return to Python has to win
-    # the GIL back from the scanning thread.
-    with open(path, "rb", buffering=0) as fh:
-        data = fh.read(size + 1)
-    if len(data) != size:
-        return None
-    # One zlib.compress is the same deflate stream as zipfile's compressobj()
-    # .compress() + .flush() (raw deflate, memLevel 8, default strategy).
-    payload = data if compressed else zlib.compress(data, ZIP_LEVEL, -15)
-    return PackedMember(size, zlib.crc32(data), hashlib.sha256(data).hexdigest(), payload)
-
-
-#: Source bytes a :class:`MemberPacker` deflates ahead at most (its memory bound).
-PACK_AHEAD_BYTES = 128 * 1024 * 1024
-
-
-class MemberPacker:
-    """Deflates and hashes series zip members in a background thread while the
-    headers are still being scanned.
-
-    The scan is pure Python and holds the GIL; reading a file, zlib and hashlib
-    release it, so on a second core the deflating (most of the zip cost) overlaps
-    the scan instead of following it. At most ``budget`` source bytes are packed
-    ahead (the rest is deflated when its zip is built, as without a packer). Only
-    for ingests without de-identification (members are stored as read).
-    """
-
-    def __init__(self, budget: int = PACK_AHEAD_BYTES) -> None:
-        self._left = budget
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-pack")
-        self._packed: dict[Path, Future[PackedMember | None]] = {}
-
-    def add(self, inst: DicomInstance) -> None:
-        if inst.size > self._left or inst.path in self._packed:
-            return
-        self._left -= inst.size
-        self._packed[inst.path] = self._pool.submit(
-            pack_member, inst.path, inst.size, inst.compressed
-        )
-
-    def take(self, inst: DicomInstance) -> PackedMember | None:
-        """The packed member of ``inst`` (forgotten here), or None if there is none."""
-        future = self._packed.pop(inst.path, None)
-        if future is None:
-            return None
-        try:
-            packed = future.result()
-        except OSError:
-            return None  # the zip step reads it again and words the error
-        return packed if packed is not None and packed.size == inst.size else None
-
-    def close(self) -> None:
-        for future in self._packed.values():
-            future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._packed.clear()
-
-    def __enter__(self) -> MemberPacker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _write_packed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, member: PackedMember) -> None:
-    """Add ``member`` to ``zf`` as ``zf.writestr(info, data)`` would, from its packed bytes.
-
-    zipfile has no public way to add an already deflated member. This does in one
-    step what ``ZipFile._open_to_write`` and ``_ZipWriteFile.close`` (Python 3.11)
-    do for a seekable file; ``tests/unit/test_ingest_zip_pack.py`` compares the
-    bytes with ``writestr``'s, so a change in zipfile shows there.
-    """
-    raw: Any = zf  # the writer's state is not in zipfile's public interface
-    if raw._writing or raw.fp is None:
-        raise ValueError("the zip is closed or being written")
-    info.file_size = member.size
-    info.compress_size = len(member.payload)
-    info.CRC = member.crc
-    info.flag_bits = 0x00
-    zip64 = member.size * 1.05 > zipfile.ZIP64_LIMIT
-    raw.fp.seek(raw.start_dir)
-    info.header_offset = raw.fp.tell()
-    raw._writecheck(info)
-    raw._didModify = True
-    raw.fp.write(info.FileHeader(zip64))
-    raw.fp.write(member.payload)
-    raw.start_dir = raw.fp.tell()
-    raw.filelist.append(info)
-    raw.NameToInfo[info.filename] = info
-
-
-def _check_unchanged(inst: DicomInstance) -> None:
+def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
     size = inst.path.stat().st_size
     if size != inst.size:
         raise IngestError(
@@ -887,10 +774,6 @@ def _check_unchanged(inst: DicomInstance) -> None:
             "rerun the ingest once the files are complete",
             transient=True,
         )
-
-
-def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
-    _check_unchanged(inst)
     if profile is None:
         return inst.path.read_bytes()
     from pydicom import dcmread
@@ -909,7 +792,6 @@ def build_series_zip(
     dest: Path,
     folder: str,
     profile: DeidProfile | None = None,
-    packed: Callable[[DicomInstance], PackedMember | None] | None = None,
 ) -> BuiltZip:
     """Write one series as a reproducible zip at ``dest``.
 
@@ -919,8 +801,6 @@ def build_series_zip(
     compressed transfer syntaxes, DEFLATE level :data:`ZIP_LEVEL` otherwise), so the
     same input gives the same bytes. ``members_sha256`` identifies the content independently
     of the zip encoding (a different zlib cannot then make a "new" version).
-    Without a profile, ``packed`` (:meth:`MemberPacker.take`) gives members
-    deflated ahead; they are written byte for byte as the others.
     """
     log = new_log(profile) if profile is not None else None
     digest_lines = hashlib.sha256()
@@ -933,16 +813,9 @@ def build_series_zip(
             info.external_attr = ZIP_MODE
             method = zipfile.ZIP_STORED if inst.compressed else zipfile.ZIP_DEFLATED
             info.compress_type = method
-            member = packed(inst) if packed is not None and profile is None else None
-            if member is not None:
-                _check_unchanged(inst)
-                _write_packed(zf, info, member)
-                member_hash = member.sha256
-            else:
-                data = _member_bytes(inst, profile, log)
-                zf.writestr(info, data, compress_type=method, compresslevel=ZIP_LEVEL)
-                member_hash = hashlib.sha256(data).hexdigest()
-            digest_lines.update(f"{name}\0{member_hash}\n".encode())
+            data = _member_bytes(inst, profile, log)
+            zf.writestr(info, data, compress_type=method, compresslevel=ZIP_LEVEL)
+            digest_lines.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
     return BuiltZip(
         path=dest,
         members=len(ordered),

@@ -32,7 +32,6 @@ import tempfile
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ from hpcgear.ingest.dicom import (
     ZIP_SUFFIX,
     BuiltZip,
     DicomInstance,
-    MemberPacker,
     ProgressCallback,
     ProgressEvent,
     SkippedFile,
@@ -356,11 +354,8 @@ def plan_dicom(
     options: DicomIngestOptions,
     *,
     progress: ProgressCallback | None = None,
-    packer: MemberPacker | None = None,
 ) -> DicomPlan:
-    """Scan ``root`` and decide where every study and series goes (writes nothing).
-
-    A ``packer`` deflates zip members during the scan (for the store that follows)."""
+    """Scan ``root`` and decide where every study and series goes (writes nothing)."""
     rules = options.routing
     _check_options(
         options.group,
@@ -384,7 +379,6 @@ def plan_dicom(
         profile=scan_profile,
         jobs=options.jobs,
         progress=progress,
-        packer=packer,
     )
     projects_by_label: dict[str, Container | None] = {}
     profiles_by_project: dict[str | None, DeidProfile | None] = {}
@@ -558,24 +552,7 @@ def ingest_dicom(
     PermissionDeniedError before storing anything when the actor cannot write
     to a target project (or create the Unsorted project when one is needed).
     """
-    # Without de-identification the zip members are the files as read: deflate
-    # them while the headers are scanned (a second core does it; see MemberPacker).
-    packer = MemberPacker() if not dry_run and options.profile is None else None
-    with packer if packer is not None else nullcontext():
-        return _ingest_dicom(session, store, actor, root, options, dry_run, progress, packer)
-
-
-def _ingest_dicom(
-    session: Session,
-    store: ObjectStore,
-    actor: str,
-    root: Path,
-    options: DicomIngestOptions,
-    dry_run: bool,
-    progress: ProgressCallback | None,
-    packer: MemberPacker | None,
-) -> IngestReport:
-    plan = plan_dicom(session, actor, root, options, progress=progress, packer=packer)
+    plan = plan_dicom(session, actor, root, options, progress=progress)
     group = _group(session, plan.group)
     report = IngestReport(kind="dicom", group=group.id, dry_run=dry_run, files_seen=plan.files_seen)
     report.skipped.extend(plan.skipped)
@@ -592,7 +569,7 @@ def _ingest_dicom(
     if dry_run:
         _describe_plan(session, plan, projects, report)
         return report
-    _execute_plan(session, store, actor, plan, projects, options, report, progress, packer)
+    _execute_plan(session, store, actor, plan, projects, options, report, progress)
     report.skipped.sort(key=lambda s: s.path)
     return report
 
@@ -683,28 +660,8 @@ def _file_metadata(series: PlannedSeries, built: BuiltZip) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class _SealedZip:
-    """A series zip built, synced and hashed in a worker thread, ready to be
-    renamed into the object store (ObjectStore.put_sealed)."""
-
-    built: BuiltZip
-    digest: str
-    size: int
-
-
-def _build(
-    store: ObjectStore,
-    series: PlannedSeries,
-    dest: Path,
-    profile: DeidProfile | None,
-    packer: MemberPacker | None,
-) -> _SealedZip:
-    packed = packer.take if packer is not None else None
-    built = build_series_zip(series.instances, dest, series.label, profile, packed)
-    # fsync and the read-back hash release the GIL: off the database thread.
-    digest, size = store.seal_temp(dest)
-    return _SealedZip(built, digest, size)
+def _build(series: PlannedSeries, dest: Path, profile: DeidProfile | None) -> BuiltZip:
+    return build_series_zip(series.instances, dest, series.label, profile)
 
 
 def _execute_plan(
@@ -716,7 +673,6 @@ def _execute_plan(
     options: DicomIngestOptions,
     report: IngestReport,
     progress: ProgressCallback | None,
-    packer: MemberPacker | None = None,
 ) -> None:
     work = [(study, series) for study in plan.studies for series in study.series]
     total = sum(len(series.instances) for _st, series in work)
@@ -728,7 +684,7 @@ def _execute_plan(
         tempfile.TemporaryDirectory(prefix="ingest-", dir=store.tmp) as tmp,
         ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="dicom-zip") as pool,
     ):
-        queue: deque[tuple[PlannedStudy, PlannedSeries, Future[_SealedZip]]] = deque()
+        queue: deque[tuple[PlannedStudy, PlannedSeries, Future[BuiltZip]]] = deque()
         items = iter(enumerate(work))
 
         def submit_next() -> None:
@@ -736,8 +692,7 @@ def _execute_plan(
             if nxt is not None:
                 i, (study, series) = nxt
                 dest = Path(tmp) / f"{i:07d}.zip"
-                built = pool.submit(_build, store, series, dest, study.profile, packer)
-                queue.append((study, series, built))
+                queue.append((study, series, pool.submit(_build, series, dest, study.profile)))
 
         for _ in range(window):
             submit_next()
@@ -776,7 +731,7 @@ def _store_built_series(
     project: Container,
     study: PlannedStudy,
     series: PlannedSeries,
-    future: Future[_SealedZip],
+    future: Future[BuiltZip],
     profile: DeidProfile | None,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
@@ -784,7 +739,7 @@ def _store_built_series(
     """Wait for one series zip and store it; a series that cannot be built or
     placed is reported as skipped (its files with a reason), the ingest goes on."""
     try:
-        sealed = future.result()
+        built = future.result()
     except (IngestError, OSError) as exc:  # a file changed or vanished since the scan
         _skip_series(report, series, UNREADABLE, getattr(exc, "message", None) or str(exc))
         return None
@@ -801,7 +756,7 @@ def _store_built_series(
         return None
     try:
         return _store_series(
-            session, store, actor, project, study, series, sealed, report, seen_sessions
+            session, store, actor, project, study, series, built, report, seen_sessions
         )
     except SeriesConflictError as exc:
         _skip_series(report, series, UID_CONFLICT, exc.message)
@@ -810,7 +765,7 @@ def _store_built_series(
         _skip_series(report, series, WOULD_REIDENTIFY, exc.message)
         return None
     finally:
-        sealed.built.path.unlink(missing_ok=True)
+        built.path.unlink(missing_ok=True)
 
 
 def _skip_series(report: IngestReport, series: PlannedSeries, reason: str, detail: str) -> None:
@@ -828,7 +783,7 @@ def _store_series(
     project: Container,
     study: PlannedStudy,
     series: PlannedSeries,
-    sealed: _SealedZip,
+    built: BuiltZip,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
 ) -> FileOutcome:
@@ -836,7 +791,7 @@ def _store_series(
     for attempt in range(1, MAX_RETRIES + 1):
         try:
             outcome, created, placed = _store_series_once(
-                session, store, actor, project, study, series, sealed
+                session, store, actor, project, study, series, built
             )
             session.commit()
             report.created_containers += created
@@ -860,9 +815,8 @@ def _store_series_once(
     project: Container,
     study: PlannedStudy,
     series: PlannedSeries,
-    sealed: _SealedZip,
+    built: BuiltZip,
 ) -> tuple[FileOutcome, int, SessionOutcome]:
-    built = sealed.built
     created = 0
     project = session.get(Container, project.id) or project
     sess = find_by_natural_key(session, project.id, "session", study.natural_key)
@@ -916,7 +870,7 @@ def _store_series_once(
                 f"{acq_path}/{series.file_name} is stored de-identified; this ingest is not",
                 "ingest with --de-identify or the same --deid-profile",
             )
-    obj = store.put_sealed(built.path, sealed.digest, sealed.size)
+    obj = store.put_file(built.path)
     result = add_file_version(
         session,
         acq,

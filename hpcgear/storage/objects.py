@@ -195,18 +195,14 @@ class ObjectStore:
             raise
         return tmp, f"sha256:{h.hexdigest()}", size
 
-    def _publish(
-        self, tmp: Path, digest: str, size: int, *, sync_dir: bool, verified: bool = False
-    ) -> StoredObject:
-        """Verify a synced temp file and rename it into place (or drop it if stored).
-
-        ``verified``: ``digest`` was already computed from the synced file (seal_temp)."""
+    def _publish(self, tmp: Path, digest: str, size: int, *, sync_dir: bool) -> StoredObject:
+        """Verify a synced temp file and rename it into place (or drop it if stored)."""
         final = self.path_for(digest)
         if final.is_file() and final.stat().st_size == size:
-            tmp.unlink(missing_ok=True)  # gone: a retried put_sealed published it
+            tmp.unlink()
             return StoredObject(digest, size, final, existed=True)
         # Verify what reached the disk before publishing it under its name.
-        if not verified and sha256_file(tmp) != digest:
+        if sha256_file(tmp) != digest:
             raise StorageError(
                 f"verification failed for {digest}: bytes on disk differ from bytes read",
                 "check the storage filesystem for errors",
@@ -218,35 +214,6 @@ class ObjectStore:
             _fsync_dir(final.parent)
         logger.debug("stored object %s (%d bytes)", digest, size)
         return StoredObject(digest, size, final, existed=False)
-
-    def seal_temp(self, tmp: Path) -> tuple[str, int]:
-        """Make ``tmp`` (a file the caller wrote under :attr:`tmp`) durable and hash
-        what reached the disk: (digest, size) for :meth:`put_sealed`.
-
-        Touches nothing shared, so a worker thread can do it (fsync, reading and
-        hashing release the GIL) while another thread talks to the database.
-        """
-        tmp = Path(tmp)
-        if self.tmp.resolve() not in tmp.resolve().parents:
-            raise StorageError(
-                f"{tmp} is not under the store's temp directory {self.tmp}",
-                "write the file under ObjectStore.tmp (same filesystem) first",
-            )
-        _fsync_path(tmp)
-        return sha256_file(tmp), tmp.stat().st_size
-
-    def put_sealed(self, tmp: Path, digest: str, size: int) -> StoredObject:
-        """Store a file sealed by :meth:`seal_temp` by renaming it into place (no
-        copy, no second hash; ``tmp`` is gone afterwards). Same guarantees as
-        :meth:`put_file`: the bytes are synced and hashed from the disk before the
-        rename, and the object directory is synced after it."""
-        try:
-            return self._publish(Path(tmp), digest, size, sync_dir=True, verified=True)
-        except OSError as exc:
-            raise StorageError(
-                f"writing to storage {self.root} failed: {exc.strerror or exc}",
-                "check free space and permissions of the storage root",
-            ) from exc
 
     def put_bytes(self, data: bytes, *, expected: str | None = None) -> StoredObject:
         import io

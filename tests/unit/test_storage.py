@@ -89,24 +89,3 @@ def test_put_files_matches_put_file_and_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         store.put_files([paths[0], src / "missing"])
     assert list(store.tmp.iterdir()) == [], "a failed batch leaves no temp files"
-
-
-def test_seal_and_put_sealed_renames_a_temp_file_into_place(tmp_path: Path) -> None:
-    store = ObjectStore(tmp_path / "store")
-    store.ensure()
-    tmp = store.tmp / "work" / "a.zip"
-    tmp.parent.mkdir()
-    tmp.write_bytes(b"series zip")
-    digest, size = store.seal_temp(tmp)
-    assert (digest, size) == ("sha256:" + hashlib.sha256(b"series zip").hexdigest(), 10)
-    obj = store.put_sealed(tmp, digest, size)
-    assert not tmp.exists() and not obj.existed
-    assert obj.path.read_bytes() == b"series zip" and obj.hash == digest
-    # A retry after the rename (the transaction raced) finds it stored.
-    again = store.put_sealed(tmp, digest, size)
-    assert again.existed and again.path == obj.path
-    # Only files under the store's temp directory (a rename, same filesystem).
-    outside = tmp_path / "b.zip"
-    outside.write_bytes(b"x")
-    with pytest.raises(StorageError, match="temp directory"):
-        store.seal_temp(outside)
