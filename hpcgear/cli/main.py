@@ -235,6 +235,14 @@ def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
             )
             status = ExitStatus.INTERNAL
     if standalone:
+        # The process ends here. Its last cycle collection (at interpreter shutdown)
+        # walks every live object: SQLAlchemy's and the models' classes, and what the
+        # command built (2,000 scanned DICOM headers: ~0.1 s of CPU). Frozen objects
+        # are skipped; nothing is leaked, the process is exiting. Not done for an
+        # in-process call (tests), which goes on living.
+        import gc
+
+        gc.freeze()
         sys.exit(status)
     return status
 
