@@ -330,6 +330,20 @@ def test_help_is_lazy() -> None:
     assert out.stdout.strip().splitlines()[-1] == "0 []"
 
 
+def test_heap_frozen_only_when_the_process_exits() -> None:
+    """A standalone call freezes the heap just before sys.exit (the shutdown
+    collection then skips it); an in-process call (tests, embedding) does not."""
+    code = (
+        "import gc, sys; from hpcgear.cli.main import main; "
+        "rc = main(['--help'], standalone=False); print('in-process', gc.get_freeze_count()); "
+        "import atexit; atexit.register(lambda: print('at exit', gc.get_freeze_count() > 0)); "
+        "main(['--help'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert "in-process 0" in lines and lines[-1] == "at exit True", out.stdout
+
+
 #: Never imported by the everyday login-node commands below (python -X importtime).
 HEAVY = ("pydicom", "nibabel", "numpy", "paramiko", "jinja2", "fastapi", "alembic", "mako")
 
