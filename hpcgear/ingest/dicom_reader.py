@@ -203,10 +203,10 @@ def _element_header(
         group, elem, length = _IMPLICIT.unpack_from(buf, pos)
         return group << 16 | elem, None, length, pos + 8
     group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
-    if vr in _SHORT_VRS and group != 0xFFFE:
-        return group << 16 | elem, vr, length, pos + 8
-    if group == 0xFFFE:
+    if group == 0xFFFE:  # an item or a delimiter: no VR, a 32-bit length
         return group << 16 | elem, None, _U32.unpack_from(buf, pos + 4)[0], pos + 8
+    if vr in _SHORT_VRS:
+        return group << 16 | elem, vr, length, pos + 8
     if vr in _LONG_VRS:
         if pos + 12 > n:
             raise _NeedMore if n < size else _Unusual("ends inside an element header")

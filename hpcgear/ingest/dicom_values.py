@@ -143,6 +143,8 @@ _SEEN: dict[tuple[str, bytes], Any] = {}
 _SEEN_MAX = 4096
 #: Unique per file: caching them would only evict the repeating values.
 _UNCACHED_VRS = frozenset({"UI"})
+#: Longer values are decoded every time (the cache's memory stays small).
+_CACHED_MAX_BYTES = 256
 
 
 def cached_json_value(vr: str, value: bytes) -> Any:
@@ -151,7 +153,7 @@ def cached_json_value(vr: str, value: bytes) -> Any:
     A list result is copied on the way out, so no two headers share a mutable
     value. Safe in threads (a lost race only decodes a value twice).
     """
-    if vr in _UNCACHED_VRS:
+    if vr in _UNCACHED_VRS or len(value) > _CACHED_MAX_BYTES:
         return raw_json_value(vr, value, True)
     key = (vr, value)
     try:
