@@ -47,6 +47,9 @@ _SHORT_VRS = frozenset(
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<L")
+#: An element header: (group, element, VR, 16-bit length) and (group, element, length).
+_EXPLICIT = struct.Struct("<HH2sH")
+_IMPLICIT = struct.Struct("<HHL")
 
 
 class _Unusual(Exception):
@@ -153,36 +156,13 @@ def _parse(
     elements: dict[int, tuple[str | None, bytes]] = {}
     last_tag = -1
     while pos < size:
-        if pos + 8 > n:
-            if n < size:
-                raise _NeedMore
-            raise _Unusual("ends inside an element header")
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = group << 16 | elem
+        tag, vr, length, start = _element_header(buf, pos, size, implicit)
+        group = tag >> 16
         if tag <= last_tag or group == 0xFFFE or group == 2:
             raise _Unusual("tag order")
         last_tag = tag
         if tag in _OTHER_PIXELS:
             raise _Unusual("float pixel data")
-        vr: bytes | None
-        if implicit:
-            vr = None
-            length = _U32.unpack_from(buf, pos + 4)[0]
-            start = pos + 8
-        else:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _SHORT_VRS:
-                length = _U16.unpack_from(buf, pos + 6)[0]
-                start = pos + 8
-            elif vr in _LONG_VRS:
-                if pos + 12 > n:
-                    if n < size:
-                        raise _NeedMore
-                    raise _Unusual("ends inside an element header")
-                length = _U32.unpack_from(buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                raise _Unusual("unknown VR")
         if tag == _PIXEL_DATA:
             if not (encapsulated_ok and length == UNDEFINED):
                 _check_pixel_data(pos, start, length, size)
@@ -203,6 +183,35 @@ def _parse(
             elements[tag] = (vr.decode("ascii") if vr is not None else None, buf[start:end])
         pos = end
     return PlainHeader(size, ts, PLAIN_SYNTAXES[ts], implicit, elements)
+
+
+def _element_header(
+    buf: bytes, pos: int, size: int, implicit: bool
+) -> tuple[int, bytes | None, int, int]:
+    """(tag, explicit VR or None, value length, value start) of the element at ``pos``.
+
+    The one element-header decoder of the reader, for the dataset and for the
+    items inside sequences, explicit or implicit VR. Item and delimiter tags
+    (group FFFE) never carry a VR. Raises _NeedMore when the header runs past
+    ``buf`` but not past the file, _Unusual when it runs past the file or its VR
+    is not one of DICOM's.
+    """
+    n = len(buf)
+    if pos + 8 > n:
+        raise _NeedMore if n < size else _Unusual("ends inside an element header")
+    if implicit:
+        group, elem, length = _IMPLICIT.unpack_from(buf, pos)
+        return group << 16 | elem, None, length, pos + 8
+    group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
+    if group == 0xFFFE:  # an item or a delimiter: no VR, a 32-bit length
+        return group << 16 | elem, None, _U32.unpack_from(buf, pos + 4)[0], pos + 8
+    if vr in _SHORT_VRS:
+        return group << 16 | elem, vr, length, pos + 8
+    if vr in _LONG_VRS:
+        if pos + 12 > n:
+            raise _NeedMore if n < size else _Unusual("ends inside an element header")
+        return group << 16 | elem, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
+    raise _Unusual("unknown VR")
 
 
 def _check_pixel_data(pos: int, start: int, length: int, size: int) -> None:
@@ -242,32 +251,12 @@ def _skip_sequence(buf: bytes, pos: int, size: int, implicit: bool) -> int:
 
 def _skip_item(buf: bytes, pos: int, size: int, implicit: bool) -> int:
     """The position after an undefined-length item's delimiter."""
-    n = len(buf)
     while True:
-        if pos + 8 > n:
-            raise _NeedMore if n < size else _Unusual("item past the end")
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = group << 16 | elem
+        tag, vr, length, start = _element_header(buf, pos, size, implicit)
         if tag == _ITEM_END:
-            return pos + 8
-        if group == 0xFFFE:
+            return start
+        if tag >> 16 == 0xFFFE:
             raise _Unusual("delimiter inside an item")
-        vr: bytes | None = None
-        if implicit:
-            length = _U32.unpack_from(buf, pos + 4)[0]
-            start = pos + 8
-        else:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _SHORT_VRS:
-                length = _U16.unpack_from(buf, pos + 6)[0]
-                start = pos + 8
-            elif vr in _LONG_VRS:
-                if pos + 12 > n:
-                    raise _NeedMore if n < size else _Unusual("item past the end")
-                length = _U32.unpack_from(buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                raise _Unusual("unknown VR in an item")
         if length == UNDEFINED:
             if vr not in (None, b"SQ"):
                 raise _Unusual("undefined length outside a sequence")

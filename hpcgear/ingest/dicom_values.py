@@ -133,3 +133,34 @@ def raw_json_value(vr: str | None, value: bytes | None, little_endian: bool) -> 
             return [n for n in floats if n is not None]
         return unpacked[0] if count == 1 else list(unpacked)
     return DECLINED
+
+
+#: Decoded values of little endian elements by (VR, raw bytes). A scan meets the
+#: same bytes in every file of a series (Modality, EchoTime, ImageType...), so
+#: most values are decoded once per series, not once per file.
+_SEEN: dict[tuple[str, bytes], Any] = {}
+#: Cleared when full; the hit rate, not the size, is what matters.
+_SEEN_MAX = 4096
+#: Unique per file: caching them would only evict the repeating values.
+_UNCACHED_VRS = frozenset({"UI"})
+#: Longer values are decoded every time (the cache's memory stays small).
+_CACHED_MAX_BYTES = 256
+
+
+def cached_json_value(vr: str, value: bytes) -> Any:
+    """:func:`raw_json_value` of a little endian ``value``, remembered.
+
+    A list result is copied on the way out, so no two headers share a mutable
+    value. Safe in threads (a lost race only decodes a value twice).
+    """
+    if vr in _UNCACHED_VRS or len(value) > _CACHED_MAX_BYTES:
+        return raw_json_value(vr, value, True)
+    key = (vr, value)
+    try:
+        decoded = _SEEN[key]
+    except KeyError:
+        decoded = raw_json_value(vr, value, True)
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[key] = decoded
+    return list(decoded) if type(decoded) is list else decoded

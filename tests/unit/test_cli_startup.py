@@ -91,17 +91,20 @@ def test_defer_keeps_an_already_imported_module() -> None:
 
 def test_a_standalone_call_exits_as_before_without_the_final_collection() -> None:
     """``main()`` freezes the heap before exiting (no full collection at shutdown):
-    the exit status, flushed output and exit hooks are as they were."""
+    the exit status, flushed output and exit hooks are as they were. An in-process
+    call (tests, embedding), which goes on living, freezes nothing."""
     code = """
 import atexit, gc, sys
 atexit.register(lambda: print("exit hook ran", gc.get_freeze_count() > 0))
 from hpcgear.cli.main import main
+main(["--help"], standalone=False)
+print("in-process frozen", gc.get_freeze_count())
 main(["--version"])
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert "hpcgear, version" in res.stdout
+    assert "hpcgear, version" in res.stdout and "in-process frozen 0" in res.stdout
     assert res.stdout.rstrip().endswith("exit hook ran True")
     bad = subprocess.run([sys.executable, "-c", code.replace("--version", "no-such-cmd")],
                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip

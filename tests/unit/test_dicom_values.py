@@ -24,7 +24,11 @@ from hpcgear.ingest.dicom import (  # noqa: E402
     json_value,
     read_instance,
 )
-from hpcgear.ingest.dicom_values import DECLINED, raw_json_value  # noqa: E402
+from hpcgear.ingest.dicom_values import (  # noqa: E402
+    DECLINED,
+    cached_json_value,
+    raw_json_value,
+)
 
 
 def _read(path: str) -> Any:
@@ -80,6 +84,15 @@ def test_every_value_of_every_pydicom_test_file_matches_pydicom(
 )
 def test_plain_values(vr: str, raw: bytes, want: Any) -> None:
     assert raw_json_value(vr, raw, True) == want
+    # Twice: the second comes from the cache of repeating values.
+    assert cached_json_value(vr, raw) == want
+    assert cached_json_value(vr, raw) == want
+
+
+def test_cached_lists_are_not_shared() -> None:
+    first = cached_json_value("CS", b"ORIGINAL\\PRIMARY")
+    first.append("changed")
+    assert cached_json_value("CS", b"ORIGINAL\\PRIMARY") == ["ORIGINAL", "PRIMARY"]
 
 
 @pytest.mark.parametrize(
