@@ -153,7 +153,8 @@ def _job(ctx: ControllerContext, *, user: str, project: str, state: str = "pendi
         assert gear is not None
         dest = s.scalars(select(Container).where(Container.type == "session")).all()
         d = next(c for c in dest if c.project_id == project)
-        job = Job(id=new_id(), gear_id=gear.id, state=state, site="t", config={}, inputs=[],
+        job = Job(id=new_id(), gear_id=gear.id, state=state, site="t",
+                  config=kw.pop("config", {}), inputs=[],
                   resources={"cpus": 1, "mem_mb": 100, "time_minutes": 10},
                   destination_type="session", destination_id=d.id, project_id=project,
                   tags=["hpc"], origin_type="user", origin_id=user, **kw)
@@ -369,6 +370,41 @@ def test_bulk_transition_of_core_rows_is_one_statement_per_chunk(
     with ctx.db.session() as s:
         got = dict(s.execute(select(Job.id, Job.state).where(Job.id.in_(ids))).all())
     assert got[rows[4].id] == "pending" and sum(v == "submitting" for v in got.values()) == 6
+
+
+def test_prepare_attempts_match_the_single_job_path(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """An array's specs, job directories and config.json (built from Core rows, shared
+    parts once) are exactly what the one-job path builds for each job, configs that
+    differ (including reserved keys split off) kept apart."""
+    from hpcgear.controller.resolve import (
+        attempt_paths,
+        config_json_for,
+        prepare_attempts,
+        resolve_spec,
+    )
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)
+    configs = [{"label": "a", "num_files": 2}, {"label": "b"}, {"label": "a", "num_files": 2},
+               {"label": "a", "slurm-time": "10m"}, {}]
+    ids = [_job(ctx, user=u, project=pid["p1"], config=c)
+           for u, c in zip(("alice", "bob", "alice", "bob", "alice"), configs, strict=True)]
+    attempts, rows = prepare_attempts(ctx, rt, ids, "/img/x.sif")
+    assert sorted(rows) == sorted(ids) and all(r.state == "pending" for r in rows.values())
+    with ctx.db.session() as s:
+        for jid, (spec, paths, cfg) in zip(ids, attempts, strict=True):
+            job = s.get(Job, jid)
+            assert job is not None
+            one = resolve_spec(s, job, rt.site, "/img/x.sif")
+            assert spec == one
+            assert paths == attempt_paths(rt.site, job)
+            assert cfg == config_json_for(s, job, one)
+    assert [a[2]["config"] for a in attempts] == [
+        {"label": "a", "num_files": 2}, {"label": "b"}, {"label": "a", "num_files": 2},
+        {"label": "a"}, {}]
+    assert attempts[0][2]["config"] is not attempts[2][2]["config"]  # no shared documents
+    assert [a[2]["job"]["id"] for a in attempts] == ids
 
 
 def test_transition_from_moves_only_jobs_still_in_the_old_state(
