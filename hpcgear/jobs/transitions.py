@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, tuple_, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -196,37 +196,6 @@ def cas_update_many(session: Session, changes: Sequence[tuple[JobRow, Mapping[st
     return True
 
 
-def cas_update_same(
-    session: Session, jobs: Sequence[JobRow], fields: Mapping[str, Any]
-) -> set[str]:
-    """Set the same ``fields`` on many jobs, each only if unchanged since read; the ids
-    that matched.
-
-    ONE statement per :data:`CAS_CHUNK` rows, ``UPDATE ... WHERE (id, state_seq) IN
-    (...) RETURNING id``: every row is its own compare-and-set, so a row another
-    process changed is simply not touched (and not returned) while the rest move.
-    """
-    if not jobs:
-        return set()
-    now = dt.datetime.now(dt.UTC)
-    table = Job.__table__
-    values = {"state_seq": table.c.state_seq + 1, "modified": now, **fields}
-    done: set[str] = set()
-    for start in range(0, len(jobs), CAS_CHUNK):
-        chunk = jobs[start : start + CAS_CHUNK]
-        stmt = (
-            table.update()
-            .where(tuple_(table.c.id, table.c.state_seq).in_([(j.id, j.state_seq) for j in chunk]))
-            .values(values)
-            .returning(table.c.id)
-        )
-        done.update(session.execute(stmt).scalars())
-    for job in jobs:
-        if job.id in done:
-            _mark_committed(job, {"state_seq": job.state_seq + 1, "modified": now, **fields})
-    return done
-
-
 def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) -> None:
     """Append many JobEvent rows (dicts of its columns) in one executemany."""
     if events:
@@ -238,50 +207,6 @@ def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) ->
             [{"data": {}, "ts": now, "old_state": None, "new_state": None, "message": None, **e}
              for e in events],
         )
-
-
-def transition_many(
-    session: Session,
-    moves: Sequence[tuple[JobRow, str | None, Mapping[str, Any]]],
-    new: JobState,
-    actor: str,
-) -> list[JobRow]:
-    """Move many jobs to ``new`` (each ``(job, message, fields)``); the ones that moved.
-
-    Jobs moving with the same fields go by ONE compare-and-set UPDATE per
-    :data:`CAS_CHUNK` rows (:func:`cas_update_same`); a job another process changed
-    since it was read is skipped, the rest move. One event per moved job, in one
-    insert. ``moves`` may hold ORM ``Job`` rows or plain Core rows.
-    """
-    for job, _msg, _f in moves:
-        check_transition(JobState(job.state), new)
-    old = {job.id: job.state for job, _m, _f in moves}
-    groups: dict[str, list[tuple[JobRow, Mapping[str, Any]]]] = {}
-    for job, _m, fields in moves:
-        key = repr(sorted(fields.items()))
-        groups.setdefault(key, []).append((job, fields))
-    done: set[str] = set()
-    for members in groups.values():
-        done |= cas_update_same(session, [j for j, _f in members],
-                                {"state": new.value, **members[0][1]})
-    moved = [job for job, _m, _f in moves if job.id in done]
-    messages = {job.id: message for job, message, _f in moves}
-    record_events_many(
-        session,
-        [
-            {
-                "job_id": job.id,
-                "actor": actor,
-                "kind": "state",
-                "old_state": old[job.id],
-                "new_state": new.value,
-                "message": messages[job.id],
-            }
-            for job in moved
-        ],
-    )
-    logger.info("%d jobs -> %s", len(moved), new.value)
-    return moved
 
 
 def transition_from(
