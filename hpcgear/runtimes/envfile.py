@@ -34,6 +34,10 @@ RUNTIME_MANAGED = frozenset({"HOME", "PWD", "OLDPWD", "UID", "GID", "EUID", "PPI
 HPCGEAR_PREFIX = "HPCGEAR_"
 
 
+#: The env file's first line.
+ENV_FILE_HEADER = "# hpcgear gear environment; read by the container runtime's shell interpreter.\n"
+
+
 def render_env_file(pairs: Iterable[tuple[str, str]]) -> str:
     """Env-file text for ``pairs`` (later pairs win; runtime-managed names skipped).
 
@@ -42,6 +46,11 @@ def render_env_file(pairs: Iterable[tuple[str, str]]) -> str:
     InvalidInputError
         If a name is not a shell identifier or a value contains a NUL byte.
     """
+    return ENV_FILE_HEADER + _assignments(pairs)
+
+
+def _assignments(pairs: Iterable[tuple[str, str]]) -> str:
+    """The ``NAME='value'`` lines of ``pairs``, checked (see :func:`render_env_file`)."""
     values: dict[str, str] = {}
     for name, value in pairs:
         if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
@@ -60,9 +69,7 @@ def render_env_file(pairs: Iterable[tuple[str, str]]) -> str:
             continue
         values.pop(name, None)
         values[name] = value
-    lines = ["# hpcgear gear environment; read by the container runtime's shell interpreter."]
-    lines += [f"{name}={shlex.quote(value)}" for name, value in values.items()]
-    return "\n".join(lines) + "\n"
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
 
 
 def gear_environment(spec: JobSpec) -> list[tuple[str, str]]:
@@ -107,5 +114,4 @@ def render_gear_env(spec: JobSpec) -> str:
     ``render_env_file(gear_environment(spec))``, the manifest's part rendered once per
     gear (an array renders thousands). hpcgear's own names never clash with the
     manifest's, whose ``HPCGEAR_*`` names are dropped."""
-    own = render_env_file(_own_pairs(spec))
-    return _manifest_env_text(spec.gear.environment) + own[own.index("\n") + 1 :]
+    return _manifest_env_text(spec.gear.environment) + _assignments(_own_pairs(spec))
