@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from hpcgear.db.bulk import executemany
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import HpcgearError, InvalidInputError
 from hpcgear.jobs.transitions import (
@@ -268,6 +269,21 @@ def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
     return rows
 
 
+_jobs = Job.__table__
+#: Sets a ``submitting`` job's SLURM id (:func:`_record_natives`; compiled once).
+_RECORD_NATIVE = (
+    _jobs.update()
+    .where(_jobs.c.id == bindparam("b_id"), _jobs.c.state == JobState.SUBMITTING.value)
+    .values(
+        native_id=bindparam("v_native"),
+        submitted=bindparam("v_now"),
+        last_seen=bindparam("v_now"),
+        modified=bindparam("v_now"),
+        state_seq=_jobs.c.state_seq + 1,
+    )
+)
+
+
 def _record_natives(s: Session, natives: Mapping[str, str], now: Any) -> list[str]:
     """Set each job's SLURM id if it is still ``submitting``; the ids set.
 
@@ -275,20 +291,8 @@ def _record_natives(s: Session, natives: Mapping[str, str], now: Any) -> list[st
     its task is cancelled). When every row matched, that is all; otherwise the rows
     are read back to see which did.
     """
-    table = Job.__table__
-    stmt = (
-        table.update()
-        .where(table.c.id == bindparam("b_id"), table.c.state == JobState.SUBMITTING.value)
-        .values(
-            native_id=bindparam("v_native"),
-            submitted=now,
-            last_seen=now,
-            modified=now,
-            state_seq=table.c.state_seq + 1,
-        )
-    )
-    params = [{"b_id": jid, "v_native": native} for jid, native in natives.items()]
-    matched = s.execute(stmt, params).rowcount  # type: ignore[attr-defined]
+    params = [{"b_id": jid, "v_native": native, "v_now": now} for jid, native in natives.items()]
+    matched = executemany(s, _RECORD_NATIVE, params)
     if s.get_bind().dialect.supports_sane_multi_rowcount and matched == len(params):
         return list(natives)
     ids = list(natives)

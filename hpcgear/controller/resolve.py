@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpcgear.config.site import SiteConfig
+from hpcgear.db.bulk import shared_json
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import InvalidInputError
 from hpcgear.gears.configjson import build_config_json
@@ -17,19 +18,40 @@ from hpcgear.gears.manifest import GearManifest, parse_manifest
 from hpcgear.gears.reserved import split_reserved
 from hpcgear.jobs.service import input_spec_from_json
 from hpcgear.render import JobPaths
-from hpcgear.spec import GearRef, JobSpec, Resources
+from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 from hpcgear.states import FailureKind
 
 from .context import ControllerContext, CycleReport, fail_job, job_session, spec_user
 from .sites import SiteRuntime
 
 #: The job columns a spec and its config.json are built from (a Core row of these, or
-#: an ORM ``Job``, serves as the job in :class:`SpecMaker`).
+#: an ORM ``Job``, serves as the job in :class:`SpecMaker`); the JSON ones are read
+#: with :func:`spec_columns`.
 SPEC_COLUMNS = (
-    Job.id, Job.attempt, Job.gear_id, Job.config, Job.inputs, Job.destination_type,
-    Job.destination_id, Job.resources, Job.origin_type, Job.origin_id, Job.rule_id, Job.tags,
+    Job.id,
+    Job.attempt,
+    Job.gear_id,
+    Job.config,
+    Job.inputs,
+    Job.destination_type,
+    Job.destination_id,
+    Job.resources,
+    Job.origin_type,
+    Job.origin_id,
+    Job.rule_id,
+    Job.tags,
     Job.priority,
 )
+_SPEC_JSON = ("config", "inputs", "resources", "tags", "scheduler_info")
+
+
+def spec_columns(*extra: Any) -> list[Any]:
+    """:data:`SPEC_COLUMNS` and ``extra`` to select, the JSON ones decoded once per
+    distinct document for the whole query (a batch's jobs mostly share config,
+    resources and tags): rows hold the same objects, which must not be changed."""
+    columns = [*SPEC_COLUMNS, *extra]
+    shared = {lab.name: lab for lab in shared_json(*(c for c in columns if c.key in _SPEC_JSON))}
+    return [shared.get(c.key, c) for c in columns]
 
 
 class SpecMaker:
@@ -45,6 +67,19 @@ class SpecMaker:
         self._resources: dict[str, tuple[Resources, Any, bool]] = {}
         self._gear_configs: dict[tuple[int, str], dict[str, Any]] = {}
         self._roots: dict[str, str] = {}
+        # Rows read with spec_columns() share their JSON documents: what was worked
+        # out from one is found again by identity (the entry keeps the object alive,
+        # so its id cannot be reused).
+        self._seen: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def _by_identity(self, what: str, obj: Any, make: Any) -> Any:
+        key = (what, id(obj))
+        got = self._seen.get(key)
+        if got is not None and got[0] is obj:
+            return got[1]
+        value = make(obj)
+        self._seen[key] = (obj, value)
+        return value
 
     def gear(
         self, gear_id: int, manifest: GearManifest | None = None
@@ -71,7 +106,14 @@ class SpecMaker:
         return got
 
     def _resources_of(self, r: dict[str, Any] | None) -> tuple[Resources, Any, bool]:
-        r = r or {}
+        if r is None:
+            return self._resources_by_value({})
+        got: tuple[Resources, Any, bool] = self._by_identity(
+            "resources", r, self._resources_by_value
+        )
+        return got
+
+    def _resources_by_value(self, r: dict[str, Any]) -> tuple[Resources, Any, bool]:
         key = json.dumps(r, sort_keys=True, default=str)
         got = self._resources.get(key)
         if got is None:
@@ -105,13 +147,13 @@ class SpecMaker:
             attempt=job.attempt,
             gear=ref,
             config=dict(job.config or {}),
-            inputs=tuple(input_spec_from_json(i) for i in job.inputs or []),
+            inputs=self._by_identity("inputs", job.inputs, _input_specs),
             destination_type=job.destination_type,
             destination_id=job.destination_id,
             resources=resources,
             site=self.site.name,
             user=spec_user(job),
-            tags=tuple(job.tags or ()),
+            tags=self._by_identity("tags", job.tags, lambda t: tuple(t or ())),
             priority=job.priority,
             writable_tmpfs=writable,
             runtime_debug=debug,
@@ -125,12 +167,21 @@ class SpecMaker:
     def config_json(self, job: Any, spec: JobSpec, api_url: str | None = None) -> dict[str, Any]:
         """:func:`config_json_for`, the gear config split once per distinct config."""
         _ref, manifest = self.gear(job.gear_id)
-        key = (job.gear_id, json.dumps(spec.config, sort_keys=True, default=str))
+        key = (
+            job.gear_id,
+            self._by_identity(
+                "config", job.config, lambda c: json.dumps(c, sort_keys=True, default=str)
+            ),
+        )
         gear_config = self._gear_configs.get(key)
         if gear_config is None:
             gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
             self._gear_configs[key] = gear_config
         return _config_json(self.session, job, spec, manifest, dict(gear_config), api_url)
+
+
+def _input_specs(inputs: list[dict[str, Any]] | None) -> tuple[InputSpec, ...]:
+    return tuple(input_spec_from_json(i) for i in inputs or [])
 
 
 def resolve_spec(
@@ -213,11 +264,12 @@ def prepare_attempts(
     objects), shared parts worked out once; and each job's row as read (with
     :data:`CAS_COLUMNS`), for a later compare-and-set."""
     ids = list(job_ids)
+    columns = spec_columns(*CAS_COLUMNS)
     with ctx.db.session() as s:
         rows: dict[str, Any] = {}
         for start in range(0, len(ids), 5000):
             chunk = ids[start : start + 5000]
-            for r in s.execute(select(*SPEC_COLUMNS, *CAS_COLUMNS).where(Job.id.in_(chunk))):
+            for r in s.execute(select(*columns).where(Job.id.in_(chunk))):
                 rows[r.id] = r
         maker = SpecMaker(s, rt.site, sif)
         out = []

@@ -9,6 +9,7 @@ PostgreSQL alike. The event row is written in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from hpcgear.db.bulk import executemany
 from hpcgear.db.models import Job, JobEvent
 from hpcgear.errors import WriteConflictError
 from hpcgear.states import FailureKind, JobState, check_transition
@@ -160,6 +162,18 @@ def _mark_committed(job: JobRow, values: Mapping[str, Any]) -> None:
             set_committed_value(job, key, value)
 
 
+@functools.lru_cache(maxsize=32)
+def _cas_update(keys: tuple[str, ...]) -> Any:
+    """``UPDATE jobs SET <keys> WHERE id = :b_id AND state_seq = :b_seq`` (one object per
+    set of columns, so :func:`hpcgear.db.bulk.executemany` compiles it once)."""
+    table = Job.__table__
+    return (
+        table.update()
+        .where(table.c.id == bindparam("b_id"), table.c.state_seq == bindparam("b_seq"))
+        .values({k: bindparam(f"v_{k}") for k in keys})
+    )
+
+
 def cas_update_many(session: Session, changes: Sequence[tuple[JobRow, Mapping[str, Any]]]) -> bool:
     """Compare-and-set UPDATE of many jobs: one executemany per set of columns.
 
@@ -174,7 +188,6 @@ def cas_update_many(session: Session, changes: Sequence[tuple[JobRow, Mapping[st
     if not session.get_bind().dialect.supports_sane_multi_rowcount:
         return False
     now = dt.datetime.now(dt.UTC)
-    table = Job.__table__
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for job, fields in changes:
         values = {"state_seq": job.state_seq + 1, "modified": now, **fields}
@@ -183,17 +196,15 @@ def cas_update_many(session: Session, changes: Sequence[tuple[JobRow, Mapping[st
         groups.setdefault(tuple(sorted(values)), []).append(params)
     matched = 0
     for keys, params_list in groups.items():
-        stmt = (
-            table.update()
-            .where(table.c.id == bindparam("b_id"), table.c.state_seq == bindparam("b_seq"))
-            .values({k: bindparam(f"v_{k}") for k in keys})
-        )
-        matched += session.execute(stmt, params_list).rowcount  # type: ignore[attr-defined]
+        matched += executemany(session, _cas_update(keys), params_list)
     if matched != len(changes):
         return False
     for job, fields in changes:
         _mark_committed(job, {"state_seq": job.state_seq + 1, "modified": now, **fields})
     return True
+
+
+_EVENT_INSERT = JobEvent.__table__.insert()
 
 
 def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) -> None:
@@ -202,10 +213,12 @@ def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) ->
         # The Core table insert (one executemany), not the ORM's bulk-insert path,
         # which costs several times more per row for thousands of events.
         now = dt.datetime.now(dt.UTC)
-        session.execute(
-            JobEvent.__table__.insert(),
-            [{"data": {}, "ts": now, "old_state": None, "new_state": None, "message": None, **e}
-             for e in events],
+        empty: dict[str, Any] = {}  # one object: serialized once for all rows (db.bulk)
+        executemany(
+            session,
+            _EVENT_INSERT,
+            [{"data": empty, "ts": now, "old_state": None, "new_state": None, "message": None,
+              **e} for e in events],
         )
 
 

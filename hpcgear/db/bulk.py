@@ -1,0 +1,144 @@
+"""bulk: thousands of rows written and read at the driver's speed.
+
+A submission of 10,000 jobs writes about 30,000 event rows and 20,000 per-row
+updates. Through ``session.execute(stmt, rows)`` SQLAlchemy builds and converts
+every row's parameters in Python (a JSON document serialized per row, a
+timestamp formatted per row), which costs about three times what SQLite itself
+spends on the rows. :func:`executemany` compiles the statement once, converts
+each distinct bound value once by its column's type (the ``{}`` or the ``now``
+that 10,000 rows share is serialized once) and hands the rows to the driver's
+``executemany``. On PostgreSQL it is plain ``session.execute``: SQLAlchemy
+batches inserts there (``insertmanyvalues``), which a per-row driver
+``executemany`` would undo. :func:`shared_json` reads JSON columns that many
+rows share (a batch's config, resources, tags) decoding each distinct document once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Text, type_coerce
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import ColumnElement, Label
+from sqlalchemy.types import TypeDecorator
+
+#: Compiled statements by (statement, dialect, keys), most recent last. An entry holds
+#: its statement, so the ``id`` in its key cannot be reused while it is cached. A
+#: statement object never changes, so a module-level one is compiled once.
+_COMPILED: OrderedDict[tuple[int, int, tuple[str, ...]], tuple[UpdateBase, SQLCompiler]] = (
+    OrderedDict()
+)
+_COMPILED_MAX = 64
+
+
+def _compiled(stmt: UpdateBase, dialect: Dialect, keys: list[str]) -> SQLCompiler:
+    key = (id(stmt), id(dialect), tuple(keys))
+    got = _COMPILED.get(key)
+    if got is not None and got[0] is stmt:
+        _COMPILED.move_to_end(key)
+        return got[1]
+    compiled = stmt.compile(dialect=dialect, column_keys=keys)
+    assert isinstance(compiled, SQLCompiler)
+    _COMPILED[key] = (stmt, compiled)
+    if len(_COMPILED) > _COMPILED_MAX:
+        _COMPILED.popitem(last=False)
+    return compiled
+
+
+def executemany(session: Session, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Execute ``stmt`` (an INSERT, or an UPDATE/DELETE with ``bindparam`` values) once
+    per row of ``rows`` (all with the same keys), in the session's transaction; the
+    number of rows matched, summed.
+
+    Values are converted exactly as ``session.execute(stmt, rows)`` converts them,
+    so what is stored is the same either way. A statement object used again (a
+    module-level one) is compiled once. Statements the fast path cannot
+    take as they are (a column default computed in Python for a key the rows
+    leave out, an expanding ``IN``) go through ``session.execute``.
+    """
+    if not rows:
+        return 0
+    bind = session.get_bind()
+    dialect = bind.dialect
+    if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
+        return int(session.execute(stmt, rows).rowcount)  # type: ignore[attr-defined]
+    keys = list(rows[0])
+    compiled = _compiled(stmt, dialect, keys)
+    names = compiled.positiontup
+    if (
+        names is None
+        or compiled.insert_prefetch
+        or compiled.update_prefetch
+        or any(b.expanding for b in compiled.binds.values())
+    ):
+        return int(session.execute(stmt, rows).rowcount)  # type: ignore[attr-defined]
+    # Per position: the row key it reads (or None for a literal of the statement),
+    # the column type's converter, and that converter's results so far by value
+    # identity (the rows keep every value alive while this runs).
+    plan: list[tuple[str | None, Any, Any, dict[int, Any]]] = []
+    for name in names:
+        bp = compiled.binds[name]
+        proc = bp.type._cached_bind_processor(dialect)
+        if name in rows[0]:
+            plan.append((name, proc, None, {}))
+        else:
+            value = bp.effective_value
+            plan.append((None, None, proc(value) if proc and value is not None else value, {}))
+    params: list[tuple[Any, ...]] = []
+    append = params.append
+    for row in rows:
+        out = []
+        for key, proc, literal, seen in plan:
+            if key is None:
+                out.append(literal)
+                continue
+            value = row[key]
+            if proc is None or value is None:
+                out.append(value)
+                continue
+            got = seen.get(id(value), seen)
+            if got is seen:
+                got = seen[id(value)] = proc(value)
+            out.append(got)
+        append(tuple(out))
+    result = session.connection().exec_driver_sql(compiled.string, params)
+    return int(result.rowcount)
+
+
+class SharedJson(TypeDecorator[Any]):
+    """A JSON column read for thousands of rows that mostly hold the same documents
+    (the config, resources and tags of a batch's jobs): each distinct text is decoded
+    once, and rows with equal text get the SAME object, so callers must not change
+    what they read. Use one instance per query (:func:`shared_json`).
+
+    On PostgreSQL the driver has already decoded JSONB; those values pass through.
+    """
+
+    impl = Text
+    cache_ok = False  # the instance holds this query's documents
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.documents: dict[str, Any] = {}
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if not isinstance(value, str):
+            return value
+        got = self.documents.get(value, self)
+        if got is self:
+            got = self.documents[value] = json.loads(value)
+        return got
+
+
+def shared_json(*columns: ColumnElement[Any]) -> list[Label[Any]]:
+    """``columns`` (JSON columns) labelled with their own names, read as
+    :class:`SharedJson` (one decoder for all of them, so equal documents are one
+    object whichever column holds them)."""
+    decoder = SharedJson()
+    return [type_coerce(c, decoder).label(c.key) for c in columns]
