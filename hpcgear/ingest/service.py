@@ -31,7 +31,7 @@ import logging
 import tempfile
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from hpcgear.ingest.dicom import (
     ProgressCallback,
     ProgressEvent,
     SkippedFile,
+    StartedScan,
     build_series_zip,
     group_instances,
     header_tags,
@@ -354,8 +355,15 @@ def plan_dicom(
     options: DicomIngestOptions,
     *,
     progress: ProgressCallback | None = None,
+    started: StartedScan | None = None,
 ) -> DicomPlan:
-    """Scan ``root`` and decide where every study and series goes (writes nothing)."""
+    """Scan ``root`` and decide where every study and series goes (writes nothing).
+
+    ``started`` is a scan of ``root`` the caller began earlier (see
+    :class:`~hpcgear.ingest.dicom.StartedScan`); it is used when it reads what
+    this scan would (same folder, routing fields, profile and jobs), else a new
+    scan is made. Either way the options and the target are checked first.
+    """
     rules = options.routing
     _check_options(
         options.group,
@@ -373,13 +381,20 @@ def plan_dicom(
             f"a group admin creates it: `hpcgear project create {group.id}/{rules.project}`",
         )
     scan_profile = options.profile
-    scan = scan_dicom(
-        Path(root),
-        route_fields=rules.header_fields,
-        profile=scan_profile,
-        jobs=options.jobs,
-        progress=progress,
-    )
+    if started is not None and started.matches(
+        Path(root), rules.header_fields, scan_profile, options.jobs
+    ):
+        scan = started.collect(progress)
+    else:
+        if started is not None:
+            started.close()  # it reads something else: stop it
+        scan = scan_dicom(
+            Path(root),
+            route_fields=rules.header_fields,
+            profile=scan_profile,
+            jobs=options.jobs,
+            progress=progress,
+        )
     projects_by_label: dict[str, Container | None] = {}
     profiles_by_project: dict[str | None, DeidProfile | None] = {}
     opaque_taken: dict[str, int] = {}
@@ -537,6 +552,7 @@ def ingest_dicom(
     *,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
+    started: StartedScan | None = None,
 ) -> IngestReport:
     """Ingest every DICOM file under ``root`` into group ``options.group``.
 
@@ -551,8 +567,9 @@ def ingest_dicom(
     Commits after each series (see the module docstring). Raises
     PermissionDeniedError before storing anything when the actor cannot write
     to a target project (or create the Unsorted project when one is needed).
+    ``started``: a header scan begun before (see :func:`plan_dicom`).
     """
-    plan = plan_dicom(session, actor, root, options, progress=progress)
+    plan = plan_dicom(session, actor, root, options, progress=progress, started=started)
     group = _group(session, plan.group)
     report = IngestReport(kind="dicom", group=group.id, dry_run=dry_run, files_seen=plan.files_seen)
     report.skipped.extend(plan.skipped)
@@ -569,7 +586,8 @@ def ingest_dicom(
     if dry_run:
         _describe_plan(session, plan, projects, report)
         return report
-    _execute_plan(session, store, actor, plan, projects, options, report, progress)
+    workers = started.workers if started is not None else None
+    _execute_plan(session, store, actor, plan, projects, options, report, progress, workers)
     report.skipped.sort(key=lambda s: s.path)
     return report
 
@@ -673,7 +691,17 @@ def _execute_plan(
     options: DicomIngestOptions,
     report: IngestReport,
     progress: ProgressCallback | None,
+    workers: Executor | None = None,
 ) -> None:
+    """Build the series zips ``options.jobs`` at a time and store them in order.
+
+    Zips are built in threads (zlib works outside the GIL, the rest does not),
+    or in ``workers`` (the scan's worker processes, see
+    :class:`~hpcgear.ingest.dicom.StartedScan`) for series without
+    de-identification, whose build raises nothing but IngestError and
+    OSError (which come back from a worker process intact). Only this process
+    writes to the database, one series at a time, in plan order.
+    """
     work = [(study, series) for study in plan.studies for series in study.series]
     total = sum(len(series.instances) for _st, series in work)
     done = 0
@@ -692,7 +720,14 @@ def _execute_plan(
             if nxt is not None:
                 i, (study, series) = nxt
                 dest = Path(tmp) / f"{i:07d}.zip"
-                queue.append((study, series, pool.submit(_build, series, dest, study.profile)))
+                future: Future[BuiltZip]
+                if workers is not None and study.profile is None:
+                    future = workers.submit(
+                        build_series_zip, series.instances, dest, series.label, None
+                    )
+                else:
+                    future = pool.submit(_build, series, dest, study.profile)
+                queue.append((study, series, future))
 
         for _ in range(window):
             submit_next()
