@@ -706,6 +706,7 @@ def _execute_plan(
     total = sum(len(series.instances) for _st, series in work)
     done = 0
     seen_sessions: dict[str, SessionOutcome] = {}
+    sessions_stored: dict[str, tuple[Container, str]] = {}
     store.ensure()
     window = max(2, options.jobs * 2)
     with (
@@ -746,6 +747,7 @@ def _execute_plan(
                     study.profile,
                     report,
                     seen_sessions,
+                    sessions_stored,
                 )
                 if outcome is not None:
                     report.files.append(outcome)
@@ -770,6 +772,7 @@ def _store_built_series(
     profile: DeidProfile | None,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
+    sessions_stored: dict[str, tuple[Container, str]],
 ) -> FileOutcome | None:
     """Wait for one series zip and store it; a series that cannot be built or
     placed is reported as skipped (its files with a reason), the ingest goes on."""
@@ -791,7 +794,16 @@ def _store_built_series(
         return None
     try:
         return _store_series(
-            session, store, actor, project, study, series, built, report, seen_sessions
+            session,
+            store,
+            actor,
+            project,
+            study,
+            series,
+            built,
+            report,
+            seen_sessions,
+            sessions_stored,
         )
     except SeriesConflictError as exc:
         _skip_series(report, series, UID_CONFLICT, exc.message)
@@ -821,22 +833,32 @@ def _store_series(
     built: BuiltZip,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
+    sessions_stored: dict[str, tuple[Container, str]] | None = None,
 ) -> FileOutcome:
-    """One series in one transaction (retried when a concurrent ingest raced us)."""
+    """One series in one transaction (retried when a concurrent ingest raced us).
+
+    ``sessions_stored``: natural key -> (session container, its path) of the
+    studies this run committed a series of; the next series of the study is
+    placed in it without looking it up again (a retry looks it up again).
+    """
+    stored = sessions_stored if sessions_stored is not None else {}
     for attempt in range(1, MAX_RETRIES + 1):
         try:
-            outcome, created, placed = _store_series_once(
-                session, store, actor, project, study, series, built
-            )
+            outcome, created, placed, sess = _store_series_once(
+                session, store, actor, project, study, series, built,
+                stored.get(study.natural_key),
+            )  # fmt: skip
             session.commit()
             report.created_containers += created
             seen_sessions.setdefault(study.natural_key, placed)
+            stored[study.natural_key] = (sess, placed.path)
             return outcome
         except (SeriesConflictError, ReidentifyingVersionError):
             session.rollback()
             raise
         except IntegrityError:
             session.rollback()
+            stored.pop(study.natural_key, None)
             if attempt == MAX_RETRIES:
                 raise
             logger.info("series %s: concurrent change, retrying (%d)", series.label, attempt)
@@ -851,10 +873,21 @@ def _store_series_once(
     study: PlannedStudy,
     series: PlannedSeries,
     built: BuiltZip,
-) -> tuple[FileOutcome, int, SessionOutcome]:
+    stored_session: tuple[Container, str] | None = None,
+) -> tuple[FileOutcome, int, SessionOutcome, Container]:
+    """Place and store one series (the caller commits).
+
+    ``stored_session``: the study's session container and path, when an earlier
+    series of this run committed it (found again by natural key otherwise).
+    """
     created = 0
     project = session.get(Container, project.id) or project
-    sess = find_by_natural_key(session, project.id, "session", study.natural_key)
+    sess_path: str | None = None
+    sess: Container | None
+    if stored_session is not None:
+        sess, sess_path = stored_session
+    else:
+        sess = find_by_natural_key(session, project.id, "session", study.natural_key)
     sess_status = "existing"
     if sess is None:
         subject, new_subject = _labelled_child(session, project, "subject", study.subject, actor)
@@ -865,7 +898,7 @@ def _store_series_once(
         created += new_session
         sess_status = "new" if new_session else "existing"
     placed = SessionOutcome(
-        path=container_path(session, sess),
+        path=sess_path if sess_path is not None else container_path(session, sess),
         status=sess_status,
         natural_key=study.natural_key,
         unsorted_reason=study.unsorted_reason,
@@ -887,9 +920,16 @@ def _store_series_once(
             f"{container_path(session, acq)} (another study)",
             "the files reuse a UID across studies; fix them, or de-identify with hashuid",
         )
-    acq_path = container_path(session, acq)
-    row = session.scalar(
-        select(File).where(File.container_id == acq.id, File.name == series.file_name)
+    # An acquisition is a child of its session (checked just above).
+    acq_path = (
+        f"{placed.path}/{acq.label}" if acq.parent_id == sess.id else container_path(session, acq)
+    )
+    row = (
+        None  # created in this transaction: it holds no file yet
+        if new_acq
+        else session.scalar(
+            select(File).where(File.container_id == acq.id, File.name == series.file_name)
+        )
     )
     if row is not None:
         stored = ((row.info or {}).get("hpcgear") or {}).get("members_sha256")
@@ -899,6 +939,7 @@ def _store_series_once(
                 _unchanged(acq_path, row, current, members=built.members),
                 created,
                 placed,
+                sess,
             )
         if ((row.info or {}).get("hpcgear") or {}).get("deid") and built.deid is None:
             raise ReidentifyingVersionError(
@@ -945,6 +986,7 @@ def _store_series_once(
         ),
         created,
         placed,
+        sess,
     )
 
 

@@ -722,3 +722,42 @@ def test_a_started_scan_defers_its_errors_and_is_dropped_when_it_reads_something
          "7 - ep2d_bold_rest.dicom.zip", "9 - DTI_64dir.dicom.zip"]
     )  # fmt: skip
     assert not any("sub-09" in f.container for f in report.files)
+
+
+def test_further_series_of_a_study_go_to_its_session_without_a_new_lookup(
+    hier: Any, store: ObjectStore, mixed: Path
+) -> None:
+    """The session a series was committed to is reused for the study's next
+    series (a lookup by natural key per study, not per series); the report and
+    the hierarchy are those of per-series lookups."""
+    from sqlalchemy import event
+
+    lookups: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        select_by_key = statement.lstrip().startswith("SELECT") and "natural_key" in statement
+        if select_by_key and "'session'" in repr(params):
+            lookups.append(statement)
+
+    event.listen(hier.engine, "before_cursor_execute", record)
+    try:
+        report = run(hier, store, mixed)
+        # three studies, five series: a new session is looked up twice (by the
+        # ingest, then by _keyed_child before it creates it), once per study
+        assert len(lookups) == 3 * 2
+        lookups.clear()
+        again = run(hier, store, mixed)
+        assert len(lookups) == 3  # found, once per study
+    finally:
+        event.remove(hier.engine, "before_cursor_execute", record)
+    assert sorted(f.status for f in report.files) == ["new"] * 5
+    assert [f.status for f in again.files] == ["unchanged"] * 5
+    by_container = {(f.container, f.name) for f in report.files}
+    assert by_container == {(f.container, f.name) for f in again.files}
+    c = containers(hier)
+    for container, _name in by_container:
+        acq = c[container]
+        assert acq.type == "acquisition"
+        assert c[container.rsplit("/", 1)[0]].id == acq.parent_id == acq.session_id
+    assert sorted(s.status for s in report.sessions) == ["new"] * 3
+    assert sorted(s.status for s in again.sessions) == ["existing"] * 3
