@@ -761,3 +761,24 @@ def test_further_series_of_a_study_go_to_its_session_without_a_new_lookup(
         assert c[container.rsplit("/", 1)[0]].id == acq.parent_id == acq.session_id
     assert sorted(s.status for s in report.sessions) == ["new"] * 3
     assert sorted(s.status for s in again.sessions) == ["existing"] * 3
+
+
+def _sigint_handler() -> Any:
+    import signal
+
+    return signal.getsignal(signal.SIGINT)
+
+
+def test_worker_processes_leave_ctrl_c_to_the_process_that_owns_them() -> None:
+    """Ctrl-C reaches the whole process group; the workers ignore it (no
+    traceback from each) and the owning process stops the pool."""
+    import signal
+
+    from hpcgear.ingest.dicom import process_pool
+
+    pool = process_pool(1)
+    try:
+        assert pool.submit(_sigint_handler).result() == signal.SIG_IGN
+    finally:
+        pool.shutdown()
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # not here
