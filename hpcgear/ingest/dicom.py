@@ -549,7 +549,7 @@ def _plain_instance(
         compressed=compressed,
         routing={name: _text_of(values[name]) for name in route_fields},
         header=header,
-        fallback_subject=clean_label(_text_of(values["PatientID"])),
+        fallback_subject=_cached_label(_text_of(values["PatientID"])),
         fallback_session=_session_from(text["StudyDate"], text["StudyTime"], text["StudyID"]),
         classification=None,
     )
@@ -570,6 +570,12 @@ def _fallback_session(small: Any) -> str | None:
     )
 
 
+#: :func:`clean_label` remembered: a scan meets the same PatientID in every file
+#: of a study (a pure function of the value).
+_cached_label = functools.lru_cache(maxsize=4096)(clean_label)
+
+
+@functools.lru_cache(maxsize=4096)  # the same values in every file of a study
 def _session_from(
     study_date: str | None, study_time: str | None, study_id: str | None
 ) -> str | None:
