@@ -25,7 +25,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -549,7 +549,7 @@ def _plain_instance(
         compressed=compressed,
         routing={name: _text_of(values[name]) for name in route_fields},
         header=header,
-        fallback_subject=clean_label(_text_of(values["PatientID"])),
+        fallback_subject=_cached_label(_text_of(values["PatientID"])),
         fallback_session=_session_from(text["StudyDate"], text["StudyTime"], text["StudyID"]),
         classification=None,
     )
@@ -570,6 +570,12 @@ def _fallback_session(small: Any) -> str | None:
     )
 
 
+#: :func:`clean_label` remembered: a scan meets the same PatientID in every file
+#: of a study (a pure function of the value).
+_cached_label = functools.lru_cache(maxsize=4096)(clean_label)
+
+
+@functools.lru_cache(maxsize=4096)  # the same values in every file of a study
 def _session_from(
     study_date: str | None, study_time: str | None, study_id: str | None
 ) -> str | None:
@@ -583,6 +589,38 @@ def _session_from(
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def process_pool(jobs: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+    """``jobs`` worker processes, forked where the platform can (they then start
+    with what this process imported and cached, and all at the first submit).
+
+    The workers ignore SIGINT: Ctrl-C reaches the whole process group, and this
+    process, which owns the pool, stops it (work not started is cancelled);
+    a worker interrupted on its own would only print a traceback.
+    """
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=ctx,
+        initializer=functools.partial(_start_worker, initializer),
+    )
+
+
+def _start_worker(initializer: Callable[[], None] | None) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer()
+
+
+def process_chunksize(items: int, jobs: int) -> int:
+    """Items per hand-over to a worker process: few hand-overs, yet every worker busy."""
+    return max(1, min(256, items // (jobs * 4)))
 
 
 #: From this many files on, ``--jobs N`` reads headers in N processes, not threads.
@@ -617,12 +655,8 @@ def parallel_map(
     pool: Executor
     chunksize = 1
     if processes:
-        import multiprocessing
-
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=initializer)
-        chunksize = max(1, min(256, len(items) // (jobs * 4)))
+        pool = process_pool(jobs, initializer)
+        chunksize = process_chunksize(len(items), jobs)
     else:
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
     try:
@@ -666,6 +700,143 @@ class ScanResult:
     files_seen: int
 
 
+class StartedScan:
+    """A header scan of ``root`` that may already be running while its caller
+    does other work; :meth:`collect` gives its :class:`ScanResult`.
+
+    With ``jobs`` > 1 (and at least :data:`PROCESS_MIN_FILES` files) the reads
+    are handed to ``jobs`` forked worker processes as soon as the scan is
+    started. The CLI starts it before importing the database layer
+    (SQLAlchemy and the models take about a quarter of a second), so the
+    workers read headers while this process starts up; they stay up after
+    the scan for the caller's other work (:attr:`workers`: the ingest builds
+    series zips in them) until :meth:`close`. With one job nothing runs before
+    :meth:`collect` (one process reads every header then, as before). An
+    error of the listing (``root`` not a folder) is raised by :meth:`collect`,
+    where the caller reads the result, never earlier; a scan that is not
+    collected (the ingest stopped on a permission check, say) is cancelled by
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        route_fields: Sequence[str],
+        profile: DeidProfile | None = None,
+        jobs: int = 4,
+    ) -> None:
+        self.root = Path(root)
+        self.route_fields = tuple(route_fields)
+        self.profile = profile
+        self.jobs = jobs
+        self._stack = ExitStack()
+        self._files: list[Path] = []
+        self._results: Iterator[DicomInstance | SkippedFile] | None = None
+        self._error: Exception | None = None
+        #: the worker processes of the scan (None when it reads in this process)
+        self.workers: ProcessPoolExecutor | None = None
+        if jobs > 1:
+            self._start()
+
+    def matches(
+        self, root: Path, route_fields: Sequence[str], profile: DeidProfile | None, jobs: int
+    ) -> bool:
+        """Whether this scan reads what ``scan_dicom`` with these arguments would."""
+        same_profile = (profile is None and self.profile is None) or (
+            profile is not None
+            and self.profile is not None
+            and profile.sha256 == self.profile.sha256
+        )
+        return (
+            Path(root) == self.root
+            and tuple(route_fields) == self.route_fields
+            and same_profile
+            and jobs == self.jobs
+        )
+
+    def _start(self) -> None:
+        try:
+            self._files = list_files(self.root)
+            read = functools.partial(
+                _read_under,
+                root=self.root,
+                root_is_dir=self.root.is_dir(),
+                route_fields=self.route_fields,
+                profile=self.profile,
+                tags=tuple(header_tags(self.route_fields, self.profile)),
+            )
+            warm = functools.partial(_warm_reader, self.route_fields, self.profile)
+            if self.jobs > 1 and len(self._files) >= PROCESS_MIN_FILES:
+                warm()  # here, before the fork, so the workers inherit it
+                pool = process_pool(self.jobs, warm)
+                self._stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+                self.workers = pool
+                chunksize = process_chunksize(len(self._files), self.jobs)
+                self._results = pool.map(read, self._files, chunksize=chunksize)
+            else:
+                self._results = self._stack.enter_context(
+                    parallel_map(read, self._files, self.jobs, "dicom-scan", initializer=warm)
+                )
+        except Exception as exc:  # raised where the caller collects the result
+            self._error = exc
+
+    def collect(self, progress: ProgressCallback | None = None) -> ScanResult:
+        """The instances and skipped files, in file order (duplicates skipped)."""
+        if self._results is None and self._error is None:
+            self._start()
+        if self._error is not None:
+            raise self._error
+        assert self._results is not None
+        total = len(self._files)
+        instances: list[DicomInstance] = []
+        skipped: list[SkippedFile] = []
+        seen_sop: dict[tuple[str, str], str] = {}
+        try:
+            for done, result in enumerate(self._results, start=1):
+                if isinstance(result, SkippedFile):
+                    skipped.append(result)
+                else:
+                    key = (result.series_uid, result.sop_uid)
+                    if key in seen_sop:
+                        skipped.append(
+                            SkippedFile(
+                                result.rel, DUPLICATE, f"same SOP Instance UID as {seen_sop[key]}"
+                            )
+                        )
+                    else:
+                        seen_sop[key] = result.rel
+                        instances.append(result)
+                if progress is not None:
+                    progress(ProgressEvent("scan", done, total))
+        except BaseException:
+            self.close()
+            raise
+        return ScanResult(instances, skipped, total)
+
+    def close(self) -> None:
+        """Stop the workers (cancelling work not started yet)."""
+        self.workers = None
+        self._stack.close()
+
+    def __enter__(self) -> StartedScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_scan(
+    root: Path,
+    *,
+    route_fields: Sequence[str],
+    profile: DeidProfile | None = None,
+    jobs: int = 4,
+) -> StartedScan:
+    """Start reading every file's header under ``root`` (see :class:`StartedScan`)."""
+    return StartedScan(root, route_fields=route_fields, profile=profile, jobs=jobs)
+
+
 def scan_dicom(
     root: Path,
     *,
@@ -675,43 +846,8 @@ def scan_dicom(
     progress: ProgressCallback | None = None,
 ) -> ScanResult:
     """Read every file's header under ``root`` in ``jobs`` processes (order kept)."""
-    root = Path(root)
-    files = list_files(root)
-    total = len(files)
-    instances: list[DicomInstance] = []
-    skipped: list[SkippedFile] = []
-    seen_sop: dict[tuple[str, str], str] = {}
-
-    read = functools.partial(
-        _read_under,
-        root=root,
-        root_is_dir=root.is_dir(),
-        route_fields=tuple(route_fields),
-        profile=profile,
-        tags=tuple(header_tags(route_fields, profile)),
-    )
-    processes = jobs > 1 and total >= PROCESS_MIN_FILES
-    warm = functools.partial(_warm_reader, tuple(route_fields), profile)
-    with parallel_map(
-        read, files, jobs, "dicom-scan", processes=processes, initializer=warm
-    ) as results:
-        for done, result in enumerate(results, start=1):
-            if isinstance(result, SkippedFile):
-                skipped.append(result)
-            else:
-                key = (result.series_uid, result.sop_uid)
-                if key in seen_sop:
-                    skipped.append(
-                        SkippedFile(
-                            result.rel, DUPLICATE, f"same SOP Instance UID as {seen_sop[key]}"
-                        )
-                    )
-                else:
-                    seen_sop[key] = result.rel
-                    instances.append(result)
-            if progress is not None:
-                progress(ProgressEvent("scan", done, total))
-    return ScanResult(instances, skipped, total)
+    with start_scan(root, route_fields=route_fields, profile=profile, jobs=jobs) as scan:
+        return scan.collect(progress)
 
 
 # ------------------------------------------------------------------ grouping

@@ -155,18 +155,38 @@ def _parse(
             raise _Unusual("VR encoding differs from the transfer syntax")
     elements: dict[int, tuple[str | None, bytes]] = {}
     last_tag = -1
+    # The loop below runs for every element of every file a scan reads, so the
+    # common case (an explicit VR element header wholly inside ``buf``) is
+    # decoded inline; _element_header decodes every other one, as it would this.
+    explicit_header = _EXPLICIT.unpack_from
+    long_length = _U32.unpack_from
+    short_vrs, long_vrs = _SHORT_VRS, _LONG_VRS
     while pos < size:
-        tag, vr, length, start = _element_header(buf, pos, size, implicit)
+        if implicit or pos + 12 > n:
+            tag, vr, length, start = _element_header(buf, pos, size, implicit)
+        else:
+            group, elem, vr, length = explicit_header(buf, pos)
+            tag = group << 16 | elem
+            if group == 0xFFFE:
+                raise _Unusual("tag order")  # an item or delimiter outside a sequence
+            if vr in short_vrs:
+                start = pos + 8
+            elif vr in long_vrs:
+                length = long_length(buf, pos + 8)[0]
+                start = pos + 12
+            else:
+                raise _Unusual("unknown VR")
         group = tag >> 16
         if tag <= last_tag or group == 0xFFFE or group == 2:
             raise _Unusual("tag order")
         last_tag = tag
-        if tag in _OTHER_PIXELS:
-            raise _Unusual("float pixel data")
-        if tag == _PIXEL_DATA:
-            if not (encapsulated_ok and length == UNDEFINED):
-                _check_pixel_data(pos, start, length, size)
-            break
+        if tag >= 0x7FE00008:  # the pixel data tags (and anything after them)
+            if tag in _OTHER_PIXELS:
+                raise _Unusual("float pixel data")
+            if tag == _PIXEL_DATA:
+                if not (encapsulated_ok and length == UNDEFINED):
+                    _check_pixel_data(pos, start, length, size)
+                break
         if length == UNDEFINED:
             if vr not in (None, b"SQ"):
                 raise _Unusual("undefined length outside a sequence")

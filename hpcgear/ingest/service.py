@@ -31,7 +31,7 @@ import logging
 import tempfile
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from hpcgear.ingest.dicom import (
     ProgressCallback,
     ProgressEvent,
     SkippedFile,
+    StartedScan,
     build_series_zip,
     group_instances,
     header_tags,
@@ -354,8 +355,15 @@ def plan_dicom(
     options: DicomIngestOptions,
     *,
     progress: ProgressCallback | None = None,
+    started: StartedScan | None = None,
 ) -> DicomPlan:
-    """Scan ``root`` and decide where every study and series goes (writes nothing)."""
+    """Scan ``root`` and decide where every study and series goes (writes nothing).
+
+    ``started`` is a scan of ``root`` the caller began earlier (see
+    :class:`~hpcgear.ingest.dicom.StartedScan`); it is used when it reads what
+    this scan would (same folder, routing fields, profile and jobs), else a new
+    scan is made. Either way the options and the target are checked first.
+    """
     rules = options.routing
     _check_options(
         options.group,
@@ -373,13 +381,20 @@ def plan_dicom(
             f"a group admin creates it: `hpcgear project create {group.id}/{rules.project}`",
         )
     scan_profile = options.profile
-    scan = scan_dicom(
-        Path(root),
-        route_fields=rules.header_fields,
-        profile=scan_profile,
-        jobs=options.jobs,
-        progress=progress,
-    )
+    if started is not None and started.matches(
+        Path(root), rules.header_fields, scan_profile, options.jobs
+    ):
+        scan = started.collect(progress)
+    else:
+        if started is not None:
+            started.close()  # it reads something else: stop it
+        scan = scan_dicom(
+            Path(root),
+            route_fields=rules.header_fields,
+            profile=scan_profile,
+            jobs=options.jobs,
+            progress=progress,
+        )
     projects_by_label: dict[str, Container | None] = {}
     profiles_by_project: dict[str | None, DeidProfile | None] = {}
     opaque_taken: dict[str, int] = {}
@@ -537,6 +552,7 @@ def ingest_dicom(
     *,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
+    started: StartedScan | None = None,
 ) -> IngestReport:
     """Ingest every DICOM file under ``root`` into group ``options.group``.
 
@@ -551,8 +567,9 @@ def ingest_dicom(
     Commits after each series (see the module docstring). Raises
     PermissionDeniedError before storing anything when the actor cannot write
     to a target project (or create the Unsorted project when one is needed).
+    ``started``: a header scan begun before (see :func:`plan_dicom`).
     """
-    plan = plan_dicom(session, actor, root, options, progress=progress)
+    plan = plan_dicom(session, actor, root, options, progress=progress, started=started)
     group = _group(session, plan.group)
     report = IngestReport(kind="dicom", group=group.id, dry_run=dry_run, files_seen=plan.files_seen)
     report.skipped.extend(plan.skipped)
@@ -569,7 +586,8 @@ def ingest_dicom(
     if dry_run:
         _describe_plan(session, plan, projects, report)
         return report
-    _execute_plan(session, store, actor, plan, projects, options, report, progress)
+    workers = started.workers if started is not None else None
+    _execute_plan(session, store, actor, plan, projects, options, report, progress, workers)
     report.skipped.sort(key=lambda s: s.path)
     return report
 
@@ -673,11 +691,22 @@ def _execute_plan(
     options: DicomIngestOptions,
     report: IngestReport,
     progress: ProgressCallback | None,
+    workers: Executor | None = None,
 ) -> None:
+    """Build the series zips ``options.jobs`` at a time and store them in order.
+
+    Zips are built in threads (zlib works outside the GIL, the rest does not),
+    or in ``workers`` (the scan's worker processes, see
+    :class:`~hpcgear.ingest.dicom.StartedScan`) for series without
+    de-identification, whose build raises nothing but IngestError and
+    OSError (which come back from a worker process intact). Only this process
+    writes to the database, one series at a time, in plan order.
+    """
     work = [(study, series) for study in plan.studies for series in study.series]
     total = sum(len(series.instances) for _st, series in work)
     done = 0
     seen_sessions: dict[str, SessionOutcome] = {}
+    sessions_stored: dict[str, tuple[Container, str]] = {}
     store.ensure()
     window = max(2, options.jobs * 2)
     with (
@@ -692,7 +721,14 @@ def _execute_plan(
             if nxt is not None:
                 i, (study, series) = nxt
                 dest = Path(tmp) / f"{i:07d}.zip"
-                queue.append((study, series, pool.submit(_build, series, dest, study.profile)))
+                future: Future[BuiltZip]
+                if workers is not None and study.profile is None:
+                    future = workers.submit(
+                        build_series_zip, series.instances, dest, series.label, None
+                    )
+                else:
+                    future = pool.submit(_build, series, dest, study.profile)
+                queue.append((study, series, future))
 
         for _ in range(window):
             submit_next()
@@ -711,6 +747,7 @@ def _execute_plan(
                     study.profile,
                     report,
                     seen_sessions,
+                    sessions_stored,
                 )
                 if outcome is not None:
                     report.files.append(outcome)
@@ -735,6 +772,7 @@ def _store_built_series(
     profile: DeidProfile | None,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
+    sessions_stored: dict[str, tuple[Container, str]],
 ) -> FileOutcome | None:
     """Wait for one series zip and store it; a series that cannot be built or
     placed is reported as skipped (its files with a reason), the ingest goes on."""
@@ -756,7 +794,16 @@ def _store_built_series(
         return None
     try:
         return _store_series(
-            session, store, actor, project, study, series, built, report, seen_sessions
+            session,
+            store,
+            actor,
+            project,
+            study,
+            series,
+            built,
+            report,
+            seen_sessions,
+            sessions_stored,
         )
     except SeriesConflictError as exc:
         _skip_series(report, series, UID_CONFLICT, exc.message)
@@ -786,22 +833,32 @@ def _store_series(
     built: BuiltZip,
     report: IngestReport,
     seen_sessions: dict[str, SessionOutcome],
+    sessions_stored: dict[str, tuple[Container, str]] | None = None,
 ) -> FileOutcome:
-    """One series in one transaction (retried when a concurrent ingest raced us)."""
+    """One series in one transaction (retried when a concurrent ingest raced us).
+
+    ``sessions_stored``: natural key -> (session container, its path) of the
+    studies this run committed a series of; the next series of the study is
+    placed in it without looking it up again (a retry looks it up again).
+    """
+    stored = sessions_stored if sessions_stored is not None else {}
     for attempt in range(1, MAX_RETRIES + 1):
         try:
-            outcome, created, placed = _store_series_once(
-                session, store, actor, project, study, series, built
-            )
+            outcome, created, placed, sess = _store_series_once(
+                session, store, actor, project, study, series, built,
+                stored.get(study.natural_key),
+            )  # fmt: skip
             session.commit()
             report.created_containers += created
             seen_sessions.setdefault(study.natural_key, placed)
+            stored[study.natural_key] = (sess, placed.path)
             return outcome
         except (SeriesConflictError, ReidentifyingVersionError):
             session.rollback()
             raise
         except IntegrityError:
             session.rollback()
+            stored.pop(study.natural_key, None)
             if attempt == MAX_RETRIES:
                 raise
             logger.info("series %s: concurrent change, retrying (%d)", series.label, attempt)
@@ -816,10 +873,21 @@ def _store_series_once(
     study: PlannedStudy,
     series: PlannedSeries,
     built: BuiltZip,
-) -> tuple[FileOutcome, int, SessionOutcome]:
+    stored_session: tuple[Container, str] | None = None,
+) -> tuple[FileOutcome, int, SessionOutcome, Container]:
+    """Place and store one series (the caller commits).
+
+    ``stored_session``: the study's session container and path, when an earlier
+    series of this run committed it (found again by natural key otherwise).
+    """
     created = 0
     project = session.get(Container, project.id) or project
-    sess = find_by_natural_key(session, project.id, "session", study.natural_key)
+    sess_path: str | None = None
+    sess: Container | None
+    if stored_session is not None:
+        sess, sess_path = stored_session
+    else:
+        sess = find_by_natural_key(session, project.id, "session", study.natural_key)
     sess_status = "existing"
     if sess is None:
         subject, new_subject = _labelled_child(session, project, "subject", study.subject, actor)
@@ -830,7 +898,7 @@ def _store_series_once(
         created += new_session
         sess_status = "new" if new_session else "existing"
     placed = SessionOutcome(
-        path=container_path(session, sess),
+        path=sess_path if sess_path is not None else container_path(session, sess),
         status=sess_status,
         natural_key=study.natural_key,
         unsorted_reason=study.unsorted_reason,
@@ -852,9 +920,16 @@ def _store_series_once(
             f"{container_path(session, acq)} (another study)",
             "the files reuse a UID across studies; fix them, or de-identify with hashuid",
         )
-    acq_path = container_path(session, acq)
-    row = session.scalar(
-        select(File).where(File.container_id == acq.id, File.name == series.file_name)
+    # An acquisition is a child of its session (checked just above).
+    acq_path = (
+        f"{placed.path}/{acq.label}" if acq.parent_id == sess.id else container_path(session, acq)
+    )
+    row = (
+        None  # created in this transaction: it holds no file yet
+        if new_acq
+        else session.scalar(
+            select(File).where(File.container_id == acq.id, File.name == series.file_name)
+        )
     )
     if row is not None:
         stored = ((row.info or {}).get("hpcgear") or {}).get("members_sha256")
@@ -864,6 +939,7 @@ def _store_series_once(
                 _unchanged(acq_path, row, current, members=built.members),
                 created,
                 placed,
+                sess,
             )
         if ((row.info or {}).get("hpcgear") or {}).get("deid") and built.deid is None:
             raise ReidentifyingVersionError(
@@ -910,6 +986,7 @@ def _store_series_once(
         ),
         created,
         placed,
+        sess,
     )
 
 

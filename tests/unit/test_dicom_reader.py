@@ -165,3 +165,19 @@ def test_a_long_header_does_not_read_the_pixel_data(
     assert head is not None
     assert head.elements[0x00324000][1].rstrip(b" ") == b"long header"
     assert 9000 < sum(read) < 40_000
+
+
+@pytest.mark.parametrize("first_read", [149, 211, 500, 1024])
+def test_small_first_reads_give_the_same_headers(
+    first_read: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The element headers inside the first read are decoded inline, the ones it
+    cuts are decoded by the general decoder: every read size gives one result."""
+    from hpcgear.ingest import dicom_reader
+
+    wanted = set(header_tags(ROUTE, None))
+    files = sorted(Path(f) for f in get_testdata_files() if Path(f).is_file())
+    whole = {path: read_plain_header(path, wanted) for path in files}
+    monkeypatch.setattr(dicom_reader, "FIRST_READ", first_read)
+    assert {path: read_plain_header(path, wanted) for path in files} == whole
+    assert sum(head is not None for head in whole.values()) > len(files) // 2

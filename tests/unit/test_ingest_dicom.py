@@ -106,6 +106,10 @@ def store(tmp_path: Path) -> ObjectStore:
 @pytest.fixture
 def hier(db: Any) -> Any:
     """Site admin ``admin``; group imaging with project demo; users rw, ro, ga."""
+    return make_hier(db)
+
+
+def make_hier(db: Any) -> Any:
     with db.session() as s:
         add_user(s, None, "admin", site_admin=True)
         for login in ("rw", "ro", "ga"):
@@ -212,9 +216,10 @@ def read_zip(store: ObjectStore, db: Any, f: File) -> list[Any]:
 def run(db: Any, store: ObjectStore, root: Path, actor: str = "admin", **kw: Any) -> Any:
     dry = kw.pop("dry_run", False)
     progress = kw.pop("progress", None)
+    started = kw.pop("started", None)
     with db.session() as s:
         return ingest_dicom(
-            s, store, actor, root, options(**kw), dry_run=dry, progress=progress
+            s, store, actor, root, options(**kw), dry_run=dry, progress=progress, started=started
         )
 
 
@@ -600,16 +605,10 @@ def test_header_scan_in_processes_matches_one_process(
     profile = default_profile()
     one = dicom.scan_dicom(mixed, route_fields=fields, profile=profile, jobs=1)
     monkeypatch.setattr(dicom, "PROCESS_MIN_FILES", 1)
-    used: list[bool] = []
-    real = dicom.parallel_map
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        used.append(bool(kw.get("processes")))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(dicom, "parallel_map", spy)
-    many = dicom.scan_dicom(mixed, route_fields=fields, profile=profile, jobs=2)
-    assert used == [True]
+    with dicom.start_scan(mixed, route_fields=fields, profile=profile, jobs=2) as started:
+        assert started.workers is not None  # the reads run in worker processes
+        many = started.collect()
+    assert started.workers is None
     assert many == one
     assert len(one.instances) == 10 and len(one.skipped) == 3
 
@@ -646,3 +645,140 @@ def test_parallel_map_runs_the_initializer_here_and_in_each_worker(tmp_path: Pat
     pids = {int(p.name) for p in tmp_path.iterdir()}
     assert os.getpid() in pids
     assert len(pids - {os.getpid()}) >= 1  # the workers ran it too
+
+
+class _RecordingExecutor:
+    """Hands work to a real executor and records the name of each function."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.calls: list[str] = []
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(fn.__name__)
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def test_a_started_scan_is_used_and_its_workers_build_the_same_zips(
+    hier: Any, store: ObjectStore, mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI starts the scan before the database layer is imported; the ingest
+    takes its result and builds the zips in its worker processes: the same
+    files, metadata and skips as an ingest in one process."""
+    from hpcgear.db.session import Database, create_db_engine, upgrade
+    from hpcgear.ingest import dicom
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'reference.db'}", create_dirs=True)
+    upgrade(engine)
+    reference_db = make_hier(Database(engine))
+    reference_store = ObjectStore(tmp_path / "reference-storage")
+    reference = run(reference_db, reference_store, mixed, jobs=1)
+    reference_db.dispose()
+
+    monkeypatch.setattr(dicom, "PROCESS_MIN_FILES", 1)
+    opts = options(jobs=2)
+    fields = opts.routing.header_fields
+    events: list[ProgressEvent] = []
+    with dicom.start_scan(mixed, route_fields=fields, profile=None, jobs=2) as started:
+        assert started.workers is not None
+        recording = _RecordingExecutor(started.workers)
+        monkeypatch.setattr(started, "workers", recording)
+        with hier.session() as s:
+            report = ingest_dicom(
+                s, store, "admin", mixed, opts, progress=events.append, started=started
+            )
+    assert recording.calls == ["build_series_zip"] * 5
+    assert started.workers is None  # closed with the block
+
+    def outcome(f: Any) -> tuple[Any, ...]:
+        return (f.container, f.name, f.status, f.hash, f.size, f.members, f.classification)
+
+    assert sorted(map(outcome, report.files)) == sorted(map(outcome, reference.files))
+    assert report.skipped == reference.skipped
+    assert report.sessions == reference.sessions
+    assert store_listing(store) == store_listing(reference_store)
+    scans = [e for e in events if e.phase == "scan"]
+    assert scans[-1] == ProgressEvent("scan", 13, 13)
+
+
+def test_a_started_scan_defers_its_errors_and_is_dropped_when_it_reads_something_else(
+    hier: Any, store: ObjectStore, mixed: Path, tmp_path: Path
+) -> None:
+    from hpcgear.errors import IngestError
+    from hpcgear.ingest import dicom
+
+    fields = options().routing.header_fields
+    missing = dicom.start_scan(tmp_path / "nosuch", route_fields=fields, jobs=2)
+    with pytest.raises(IngestError, match="is not a directory"):
+        missing.collect()
+    elsewhere = tmp_path / "elsewhere"
+    write_series(elsewhere, study="Z", series="z", number=1, description="other", count=1,
+                 accession="demo/sub-09/ses-01", prefix="z")  # fmt: skip
+    with dicom.start_scan(elsewhere, route_fields=fields, jobs=2) as other:
+        report = run(hier, store, mixed, started=other)
+        assert other.workers is None  # stopped: it scanned another folder
+    assert sorted(f.name for f in report.files) == sorted(
+        ["1 - localizer.dicom.zip", "3 - t1_mprage_sag.dicom.zip", "5 - t2_tse_tra.dicom.zip",
+         "7 - ep2d_bold_rest.dicom.zip", "9 - DTI_64dir.dicom.zip"]
+    )  # fmt: skip
+    assert not any("sub-09" in f.container for f in report.files)
+
+
+def test_further_series_of_a_study_go_to_its_session_without_a_new_lookup(
+    hier: Any, store: ObjectStore, mixed: Path
+) -> None:
+    """The session a series was committed to is reused for the study's next
+    series (a lookup by natural key per study, not per series); the report and
+    the hierarchy are those of per-series lookups."""
+    from sqlalchemy import event
+
+    lookups: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        select_by_key = statement.lstrip().startswith("SELECT") and "natural_key" in statement
+        if select_by_key and "'session'" in repr(params):
+            lookups.append(statement)
+
+    event.listen(hier.engine, "before_cursor_execute", record)
+    try:
+        report = run(hier, store, mixed)
+        # three studies, five series: a new session is looked up twice (by the
+        # ingest, then by _keyed_child before it creates it), once per study
+        assert len(lookups) == 3 * 2
+        lookups.clear()
+        again = run(hier, store, mixed)
+        assert len(lookups) == 3  # found, once per study
+    finally:
+        event.remove(hier.engine, "before_cursor_execute", record)
+    assert sorted(f.status for f in report.files) == ["new"] * 5
+    assert [f.status for f in again.files] == ["unchanged"] * 5
+    by_container = {(f.container, f.name) for f in report.files}
+    assert by_container == {(f.container, f.name) for f in again.files}
+    c = containers(hier)
+    for container, _name in by_container:
+        acq = c[container]
+        assert acq.type == "acquisition"
+        assert c[container.rsplit("/", 1)[0]].id == acq.parent_id == acq.session_id
+    assert sorted(s.status for s in report.sessions) == ["new"] * 3
+    assert sorted(s.status for s in again.sessions) == ["existing"] * 3
+
+
+def _sigint_handler() -> Any:
+    import signal
+
+    return signal.getsignal(signal.SIGINT)
+
+
+def test_worker_processes_leave_ctrl_c_to_the_process_that_owns_them() -> None:
+    """Ctrl-C reaches the whole process group; the workers ignore it (no
+    traceback from each) and the owning process stops the pool."""
+    import signal
+
+    from hpcgear.ingest.dicom import process_pool
+
+    pool = process_pool(1)
+    try:
+        assert pool.submit(_sigint_handler).result() == signal.SIG_IGN
+    finally:
+        pool.shutdown()
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # not here

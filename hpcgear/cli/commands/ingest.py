@@ -183,8 +183,8 @@ def dicom_cmd(
     reason code (not_dicom, missing_uid, unreadable) and skipped.
     """
     from hpcgear.ingest.deid import default_profile, load_profile, with_baseline
+    from hpcgear.ingest.dicom import start_scan
     from hpcgear.ingest.routing import RoutingRules, parse_required_levels
-    from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom
 
     _quiet_pydicom_value_warnings()
 
@@ -193,29 +193,40 @@ def dicom_cmd(
         if deid_profile is not None
         else (default_profile() if de_identify else None)
     )
-    options = DicomIngestOptions(
-        group=group,
-        routing=RoutingRules(
-            field=route_field,
-            pattern=route_pattern,
-            fw_fields=tuple(fw_fields) or DEFAULT_FW_FIELDS,
-            project=project,
-            subject=subject,
-            session=session_label,
-            require=parse_required_levels(route_require),
-        ),
-        profile=profile,
-        jobs=jobs,
+    routing = RoutingRules(
+        field=route_field,
+        pattern=route_pattern,
+        fw_fields=tuple(fw_fields) or DEFAULT_FW_FIELDS,
+        project=project,
+        subject=subject,
+        session=session_label,
+        require=parse_required_levels(route_require),
     )
-    actor = app.actor
     bars = ProgressBars(app, _progress_enabled(app, progress))
-    try:
-        with app.db.session() as s:
-            report = ingest_dicom(
-                s, app.store, actor, directory, options, dry_run=dry_run, progress=bars
-            )
-    finally:
-        bars.close()
+    # With --jobs N the header reads start now, in N forked workers, while this
+    # process imports the database layer and opens the database (about a
+    # quarter of a second); the service checks everything before using them.
+    with start_scan(
+        directory, route_fields=routing.header_fields, profile=profile, jobs=jobs
+    ) as started:
+        from hpcgear.ingest.service import DicomIngestOptions, ingest_dicom
+
+        options = DicomIngestOptions(group=group, routing=routing, profile=profile, jobs=jobs)
+        actor = app.actor
+        try:
+            with app.db.session() as s:
+                report = ingest_dicom(
+                    s,
+                    app.store,
+                    actor,
+                    directory,
+                    options,
+                    dry_run=dry_run,
+                    progress=bars,
+                    started=started,
+                )
+        finally:
+            bars.close()
     _emit(app, report, as_json)
 
 
