@@ -51,10 +51,16 @@ def _compiled(stmt: UpdateBase, dialect: Dialect, keys: list[str]) -> SQLCompile
     return compiled
 
 
-def executemany(session: Session, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> int:
+def executemany(
+    session: Session,
+    stmt: UpdateBase,
+    rows: Sequence[Mapping[str, Any]],
+    defaults: Mapping[str, Any] | None = None,
+) -> int:
     """Execute ``stmt`` (an INSERT, or an UPDATE/DELETE with ``bindparam`` values) once
     per row of ``rows`` (all with the same keys), in the session's transaction; the
-    number of rows matched, summed.
+    number of rows matched, summed. ``defaults`` gives the values of keys the rows
+    leave out (the same for every row, converted once).
 
     Values are converted exactly as ``session.execute(stmt, rows)`` converts them,
     so what is stored is the same either way. A statement object used again (a
@@ -64,11 +70,18 @@ def executemany(session: Session, stmt: UpdateBase, rows: Sequence[Mapping[str, 
     """
     if not rows:
         return 0
-    bind = session.get_bind()
-    dialect = bind.dialect
+    defaults = defaults or {}
+
+    def plain() -> int:
+        full = [{**defaults, **r} for r in rows] if defaults else rows
+        return int(session.execute(stmt, full).rowcount)  # type: ignore[attr-defined]
+
+    dialect = session.get_bind().dialect
     if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
-        return int(session.execute(stmt, rows).rowcount)  # type: ignore[attr-defined]
-    keys = list(rows[0])
+        return plain()
+    width = len(rows[0])
+    given = set(rows[0])
+    keys = [*rows[0], *(k for k in defaults if k not in given)]
     compiled = _compiled(stmt, dialect, keys)
     names = compiled.positiontup
     if (
@@ -76,19 +89,21 @@ def executemany(session: Session, stmt: UpdateBase, rows: Sequence[Mapping[str, 
         or compiled.insert_prefetch
         or compiled.update_prefetch
         or any(b.expanding for b in compiled.binds.values())
+        or any(len(r) != width for r in rows)
     ):
-        return int(session.execute(stmt, rows).rowcount)  # type: ignore[attr-defined]
-    # Per position: the row key it reads (or None for a literal of the statement),
-    # the column type's converter, and that converter's results so far by value
-    # identity (the rows keep every value alive while this runs).
+        return plain()
+    # Per position: the row key it reads (or None for a value that is the same in
+    # every row: a default, or a literal of the statement), the column type's
+    # converter, and that converter's results so far by value identity (the rows
+    # keep every value alive while this runs).
     plan: list[tuple[str | None, Any, Any, dict[int, Any]]] = []
     for name in names:
         bp = compiled.binds[name]
         proc = bp.type._cached_bind_processor(dialect)
-        if name in rows[0]:
+        if name in given:
             plan.append((name, proc, None, {}))
         else:
-            value = bp.effective_value
+            value = defaults.get(name, bp.effective_value)
             plan.append((None, None, proc(value) if proc and value is not None else value, {}))
     params: list[tuple[Any, ...]] = []
     append = params.append

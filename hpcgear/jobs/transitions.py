@@ -212,14 +212,13 @@ def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) ->
     if events:
         # The Core table insert (one executemany), not the ORM's bulk-insert path,
         # which costs several times more per row for thousands of events.
-        now = dt.datetime.now(dt.UTC)
-        empty: dict[str, Any] = {}  # one object: serialized once for all rows (db.bulk)
-        executemany(
-            session,
-            _EVENT_INSERT,
-            [{"data": empty, "ts": now, "old_state": None, "new_state": None, "message": None,
-              **e} for e in events],
-        )
+        defaults = {"data": {}, "ts": dt.datetime.now(dt.UTC), "old_state": None,
+                    "new_state": None, "message": None}
+        keys = set(events[0])
+        if all(e.keys() == keys for e in events):  # the usual case: no dict per row
+            executemany(session, _EVENT_INSERT, events, defaults)
+        else:
+            executemany(session, _EVENT_INSERT, [{**defaults, **e} for e in events])
 
 
 def transition_from(

@@ -8,6 +8,10 @@ any ``{{ ... }}`` whose value did not come out of one of three filters:
     holds (quotes, ``$()``, backticks, newlines, ``;``...).
 ``num``
     A Python ``int`` (not bool), printed in decimal.
+``q_lines`` / ``q_rows``
+    A list of values (``q_lines``) or of rows of values (``q_rows``), each value
+    quoted by ``q``, one value or row per line: what a ``{% for %}`` over ``| q``
+    would print, for the thousand-line columns of an array script.
 ``sbatch``
     A whole ``#SBATCH`` option. sbatch reads these lines itself, not through a
     shell, so quoting would become part of the value; instead the option must be
@@ -23,7 +27,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jinja2
@@ -32,9 +36,10 @@ from hpcgear.config.data import shipped_dir
 from hpcgear.config.site import SBATCH_VALUE_RE
 from hpcgear.errors import ConfigError, InvalidInputError
 
-VETTED_FILTERS = ("q", "num", "sbatch")
+VETTED_FILTERS = ("q", "num", "sbatch", "q_lines", "q_rows")
 _EXPR_RE = re.compile(r"\{\{(.*?)\}\}", re.S)
-_LAST_FILTER_RE = re.compile(r"\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
+# The last filter, with at most a whole-number argument (``| q_lines(4)``).
+_LAST_FILTER_RE = re.compile(r"\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(\s*\d*\s*\))?\s*$")
 _SBATCH_OPTION_RE = re.compile(r"^(?:--[a-z][a-z0-9\-]*|-[A-Za-z])(?:=?(.*))?$", re.S)
 
 
@@ -46,7 +51,14 @@ class Vetted(str):
 
 def q(value: Any) -> Vetted:
     """Shell-quote ``value`` (a str or int) as exactly one word."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    return Vetted(_quote(value))
+
+
+def _quote(value: Any) -> str:
+    kind = type(value)
+    if kind is int:
+        return str(value)  # digits (and a leading -): one word as they are
+    if kind is not str and (isinstance(value, bool) or not isinstance(value, str | int)):
         raise InvalidInputError(
             f"template value {value!r} is not text or a number",
             "this is a bug in the template or its caller",
@@ -55,7 +67,35 @@ def q(value: Any) -> Vetted:
     if "\0" in text:
         raise InvalidInputError(f"value {text[:40]!r}... contains a NUL byte",
                                 "NUL cannot be passed through a shell script")
-    return Vetted(shlex.quote(text))
+    return shlex.quote(text)
+
+
+class _Quoted(dict[Any, str]):
+    """Values quoted by :func:`_quote`, each distinct (type, value) once."""
+
+    def __missing__(self, key: tuple[type, Any]) -> str:
+        got = self[key] = _quote(key[1])
+        return got
+
+
+def q_lines(values: Iterable[Any], indent: int = 0) -> Vetted:
+    """Each of ``values`` quoted by :func:`q` on a line of its own (``\\n``-terminated),
+    indented by ``indent`` spaces; nothing for no values."""
+    pad = " " * indent
+    return Vetted("".join(f"{pad}{_quote(v)}\n" for v in values))
+
+
+def q_rows(rows: Iterable[Iterable[Any]], indent: int = 0) -> Vetted:
+    """Each row's values quoted by :func:`q`, space-separated, a line per row (a value
+    repeated in many rows, such as a shared file's path, is quoted once)."""
+    pad = " " * indent
+    quoted = _Quoted()
+    try:
+        return Vetted(
+            "".join(f"{pad}{' '.join([quoted[type(v), v] for v in row])}\n" for row in rows)
+        )
+    except TypeError:  # an unhashable value: q refuses it with its own message
+        return Vetted("".join(f"{pad}{' '.join([_quote(v) for v in row])}\n" for row in rows))
 
 
 def num(value: Any) -> Vetted:
@@ -104,7 +144,8 @@ def lint_template(text: str) -> list[tuple[int, str]]:
         last = _LAST_FILTER_RE.search(expr)
         name = last.group(1) if last else None
         if name not in VETTED_FILTERS:
-            problems.append((line_no, f"{{{{ {expr} }}}} does not end with | q, | num or | sbatch"))
+            problems.append((line_no, f"{{{{ {expr} }}}} does not end with | q, | num, "
+                                      "| q_lines, | q_rows or | sbatch"))
         elif on_sbatch_line and name != "sbatch":
             problems.append((line_no, "#SBATCH lines are not shell-parsed: use | sbatch there"))
         elif not on_sbatch_line and name == "sbatch":
@@ -160,4 +201,6 @@ def template_environment(template_dir: str | None = None) -> jinja2.Environment:
     env.filters["q"] = q
     env.filters["num"] = num
     env.filters["sbatch"] = sbatch
+    env.filters["q_lines"] = q_lines
+    env.filters["q_rows"] = q_rows
     return env

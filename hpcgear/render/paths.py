@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hpcgear.config.site import SiteConfig
@@ -219,3 +220,7 @@ class TaskFile:
     offset: int
     length: int
     sha256: str
+
+    def __iter__(self) -> Iterator[str | int]:
+        """The four fields in order: a row of the script's ``TASK_FILES``."""
+        return iter((self.relpath, self.offset, self.length, self.sha256))

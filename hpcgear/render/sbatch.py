@@ -333,10 +333,8 @@ def render_array(
     tasks = [_task_context(s, jp) for s, jp in zip(specs, job_paths, strict=True)]
     if task_files is not None:
         for task, files in zip(tasks, task_files, strict=True):
-            task["files"] = [
-                {"relpath": f.relpath, "offset": f.offset, "length": f.length, "sha256": f.sha256}
-                for f in files
-            ]
+            task["files"] = files  # TaskFile rows: f.relpath ... or | q_rows
+
     context = {
         "sbatch_options": sbatch_options(
             name=array_slurm_name(array_id), comment=array_slurm_comment(array_id, len(specs)),
@@ -346,6 +344,10 @@ def render_array(
         "array_id": array_id,
         "task_count": len(specs),
         "tasks": tasks,
+        # The per-task columns, for | q_lines (one filter call, not a loop per task).
+        "job_dirs": [t["job_dir"] for t in tasks],
+        "job_ids": [t["job_id"] for t in tasks],
+        "attempts": [t["attempt"] for t in tasks],
         "tasks_dat": apaths.tasks_dat if task_files is not None else None,
         "array_script": apaths.sbatch,
         "task_dirs": [job_paths[0].relpath(d) for d in job_paths[0].directories()[1:]],

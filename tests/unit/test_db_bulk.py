@@ -69,9 +69,15 @@ def test_executemany_stores_what_sqlalchemy_stores(db: Database) -> None:
         assert bulk.executemany(s, STATUS_INSERT, _rows("bulk-", now)) == 7
     fast = "driver" if db.engine.dialect.name == "sqlite" else "sqlalchemy"
     assert taken[-1] == fast
+    # The same rows with the values they share given once, as defaults.
+    shared = ("last_cycle", "recent_errors")
+    own = [{k: v for k, v in r.items() if k not in shared} for r in _rows("def-", now)]
+    with db.session() as s:
+        defaults = {"last_cycle": now, "recent_errors": []}
+        assert bulk.executemany(s, STATUS_INSERT, own, defaults) == 7
     via_sqlalchemy, via_bulk = _stored(db, "sa-"), _stored(db, "bulk-")
     assert len(via_bulk) == 7
-    assert via_bulk == via_sqlalchemy
+    assert via_bulk == via_sqlalchemy == _stored(db, "def-")
     assert via_bulk[0][-2] == {"own": 0, "text": "é ✓"}
     assert via_bulk[1][-2] == {"same": ["for", "all"], "n": 1}
 

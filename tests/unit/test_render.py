@@ -25,7 +25,7 @@ from hpcgear.render import (
     render_array,
     render_sbatch,
 )
-from hpcgear.render.environment import num
+from hpcgear.render.environment import num, q_lines, q_rows
 from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 
 SITE_YAML = """\
@@ -150,6 +150,29 @@ def test_q_quotes_and_num_checks() -> None:
         q("a\0b")
 
 
+def test_q_lines_and_q_rows_quote_every_value_on_its_own_line() -> None:
+    """What a {% for %} over | q prints: hostile text stays one word, numbers print as
+    | num does, nothing for no values, and anything q refuses is refused."""
+    import shlex
+
+    from hpcgear.render import TaskFile
+
+    hostile = ["a b", "$(id)", "x'; rm -rf / #", "new\nline", "plain", 7]
+    text = q_lines(hostile, 4)
+    assert text == "".join(f"    {q(v)}\n" for v in hostile)
+    assert shlex.split(text) == [str(v) for v in hostile]  # each value one word
+    assert q_lines([]) == "" and q_rows([]) == ""
+    assert q_lines([3], 2) == f"  {num(3)}\n"
+    rows = q_rows([TaskFile("in put/a'b.dcm", 0, 12, "f" * 64), ("x", 5)], 12)
+    assert rows == f"{' ' * 12}'in put/a'\"'\"'b.dcm' 0 12 {'f' * 64}\n{' ' * 12}x 5\n"
+    for bad in ([None], [True], ["a\0b"]):
+        with pytest.raises(InvalidInputError):
+            q_lines(bad)
+    for row in (("ok", 1.5), ("ok", ["a"]), ("ok", True)):
+        with pytest.raises(InvalidInputError):
+            q_rows([row])
+
+
 @pytest.mark.parametrize("option", ["--partition=debug", "--gres=gpu:a100:2", "--time=1-00:00:00",
                                     "--signal=B:TERM@120", "--comment=hpcgear:j:1",
                                     "--output=/s/x/slurm-%j.out", "--no-requeue", "-Cib",
@@ -172,7 +195,8 @@ def test_sbatch_lines_refuse_what_sbatch_would_misread(option: str) -> None:
 
 
 def test_every_expression_in_shipped_templates_is_vetted() -> None:
-    """Every {{ ... }} ends with | q, | num, or (only on #SBATCH lines) | sbatch."""
+    """Every {{ ... }} ends with | q, | num, | q_lines(N), | q_rows(N) or (only on
+    #SBATCH lines) | sbatch."""
     templates = sorted(shipped_dir("sbatch_templates").glob("*.j2"))
     assert {t.name for t in templates} >= {"job.sbatch.j2", "array.sbatch.j2", "_run.bash.j2"}
     count = 0
@@ -186,7 +210,8 @@ def test_every_expression_in_shipped_templates_is_vetted() -> None:
             if line.startswith("#SBATCH"):
                 assert re.search(r"\|\s*sbatch$", expr), (template.name, expr)
             else:
-                assert re.search(r"\|\s*(q|num)$", expr), (template.name, expr)
+                assert re.search(r"\|\s*(q|num|q_lines\(\d+\)|q_rows\(\d+\))$", expr), (
+                    template.name, expr)
     assert count > 20  # the check saw the templates' expressions
 
 
@@ -196,6 +221,8 @@ def test_every_expression_in_shipped_templates_is_vetted() -> None:
         ("X={{ value }}\n", "does not end with"),
         ("X={{ value | upper }}\n", "does not end with"),
         ("X={{ value | q | upper }}\n", "does not end with"),
+        ("X={{ value | q_lines(x) }}\n", "does not end with"),
+        ("X={{ value | q_lines(4) | upper(1) }}\n", "does not end with"),
         ("#SBATCH {{ opt | q }}\n", "use | sbatch there"),
         ("X={{ opt | sbatch }}\n", "only for #SBATCH lines"),
         ("{% raw %}{{ x }}{% endraw %}\n", "raw"),
