@@ -183,9 +183,11 @@ def _wants_traceback(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None, *, standalone: bool = True) -> int:
     """Entry point; returns the exit status (and exits with it when standalone)."""
-    from hpcgear.cli.startup import defer_unused_imports
+    from hpcgear.cli.startup import collect_less_often, defer_unused_imports
 
     defer_unused_imports()
+    if standalone:  # this process is the command's own (not a test's, not the server's)
+        collect_less_often()
     from hpcgear.cli.exit_codes import ExitStatus, exit_status_for
     from hpcgear.errors import HpcgearError
 

@@ -31,7 +31,13 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFERRED", "defer_unused_imports"]
+__all__ = [
+    "COMMAND_GC_THRESHOLD",
+    "DEFERRED",
+    "collect_less_often",
+    "defer_unused_imports",
+    "restore_collection",
+]
 
 _lock = threading.RLock()
 
@@ -85,3 +91,42 @@ def defer_unused_imports() -> None:
         for attr in early:
             setattr(stand_in, attr, _forwarding(stand_in, attr))
         sys.modules[name] = stand_in
+
+
+#: Allocations between two young-generation collections in a CLI command (CPython's
+#: default is 700).
+COMMAND_GC_THRESHOLD = 100_000
+
+_default_threshold: tuple[int, int, int] | None = None
+
+
+def collect_less_often() -> None:
+    """Run the cyclic garbage collector less often in this short-lived CLI process.
+
+    A command builds a large, long-lived heap at start-up (SQLAlchemy's modules,
+    the models and their mappers, click) and then, for an ingest, thousands of
+    long-lived objects (one per DICOM file and its header values). With CPython's
+    default thresholds the collector ran about 180 times during ``hpcgear ingest
+    dicom`` of 2,000 files, once over the whole heap in the middle of the imports:
+    about 40 ms of a 0.85 s command, for almost no garbage (the objects are alive).
+    It still runs, every :data:`COMMAND_GC_THRESHOLD` allocations; cycles are
+    still freed, only later (mypy tunes its process the same way). Only
+    :func:`hpcgear.cli.main.main` calls this, for its own process; a command
+    that runs for long (``serve``) calls :func:`restore_collection`, and the
+    controller daemon sets its own thresholds.
+    """
+    import gc
+
+    global _default_threshold
+    if _default_threshold is None:
+        _default_threshold = gc.get_threshold()
+    _young, older, oldest = _default_threshold
+    gc.set_threshold(COMMAND_GC_THRESHOLD, older, oldest)
+
+
+def restore_collection() -> None:
+    """Undo :func:`collect_less_often` (for a long-running command)."""
+    import gc
+
+    if _default_threshold is not None:
+        gc.set_threshold(*_default_threshold)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,9 @@ from hpcgear.db.models import Container, DeidMapEntry, ProjectDeidProfile
 from hpcgear.errors import InvalidInputError, NotFoundError
 from hpcgear.hierarchy.permissions import RoleName, require_role
 from hpcgear.hierarchy.service import resolve_container
-from hpcgear.ingest.deid import DeidProfile, parse_profile_text, with_baseline
+
+if TYPE_CHECKING:  # the profile machinery loads only for a project that has one
+    from hpcgear.ingest.deid import DeidProfile
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def project_profile(session: Session, project_id: str | None) -> DeidProfile | N
     row = session.get(ProjectDeidProfile, project_id)
     if row is None:
         return None
+    from hpcgear.ingest.deid import parse_profile_text, with_baseline
+
     return with_baseline(parse_profile_text(row.text, f"<profile of project {project_id}>"))
 
 
@@ -108,6 +112,8 @@ def show_profile(session: Session, actor: str, project_path: str) -> AttachedPro
 
 
 def _describe(path: str, row: ProjectDeidProfile) -> AttachedProfile:
+    from hpcgear.ingest.deid import parse_profile_text
+
     profile = parse_profile_text(row.text, f"<profile of {path}>")
     return AttachedProfile(
         project=path,

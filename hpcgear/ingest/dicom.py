@@ -24,16 +24,22 @@ import re
 import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpcgear.errors import IngestError
-from hpcgear.ingest.deid import DeidLog, DeidProfile, apply_profile, new_log, profile_tags
 from hpcgear.ingest.dicom_tags import KEYWORDS
 from hpcgear.ingest.routing import clean_label
+
+if TYPE_CHECKING:
+    # Imported where used: an ingest without de-identification never loads the
+    # profile machinery, and one with --jobs 1 no process pool (multiprocessing).
+    from concurrent.futures import ProcessPoolExecutor
+
+    from hpcgear.ingest.deid import DeidLog, DeidProfile
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +329,8 @@ def header_tags(route_fields: Sequence[str], profile: DeidProfile | None) -> lis
     keywords = (*DEID_INPUT_FIELDS, *HEADER_FIELDS, *LABEL_FIELDS, *route_fields)
     tags = {tag for _kw, tag, _vr in _keyword_tags(tuple(dict.fromkeys(keywords)))}
     if profile is not None:
+        from hpcgear.ingest.deid import profile_tags
+
         tags.update(profile_tags(profile))
     return sorted(tags)
 
@@ -376,6 +384,7 @@ def read_instance(
     classification = None
     if profile is not None:
         from hpcgear.ingest.classifier import classify
+        from hpcgear.ingest.deid import apply_profile
 
         classification = classify({kw: json_value(_get(ds, kw)) for kw in HEADER_FIELDS})
         try:
@@ -600,6 +609,7 @@ def process_pool(jobs: int, initializer: Callable[[], None] | None = None) -> Pr
     a worker interrupted on its own would only print a traceback.
     """
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
@@ -914,6 +924,8 @@ def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog
         return inst.path.read_bytes()
     from pydicom import dcmread
 
+    from hpcgear.ingest.deid import apply_profile
+
     ds = dcmread(inst.path)
     one = apply_profile(ds, profile)
     if log is not None:
@@ -938,7 +950,11 @@ def build_series_zip(
     same input gives the same bytes. ``members_sha256`` identifies the content independently
     of the zip encoding (a different zlib cannot then make a "new" version).
     """
-    log = new_log(profile) if profile is not None else None
+    log: DeidLog | None = None
+    if profile is not None:
+        from hpcgear.ingest.deid import new_log
+
+        log = new_log(profile)
     digest_lines = hashlib.sha256()
     ordered = sorted(instances, key=lambda i: i.sort_key)
     with zipfile.ZipFile(dest, "w", allowZip64=True) as zf:

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -54,7 +54,6 @@ from hpcgear.hierarchy.service import (
     resolve_container,
 )
 from hpcgear.ingest.classifier import CLASSIFIER_VERSION, classify
-from hpcgear.ingest.deid import DeidProfile
 from hpcgear.ingest.deid_service import project_profile, record_map
 from hpcgear.ingest.dicom import (
     DEID_FAILED,
@@ -75,10 +74,15 @@ from hpcgear.ingest.dicom import (
     series_label,
 )
 from hpcgear.ingest.dicom_tags import KEYWORDS
-from hpcgear.ingest.nifti import NiftiImage, bids_classification, image_stem, scan_nifti
 from hpcgear.ingest.report import FileOutcome, IngestReport, SessionOutcome
 from hpcgear.ingest.routing import RoutingRules, clean_label, route_study
 from hpcgear.storage.objects import ObjectStore, sha256_file
+
+if TYPE_CHECKING:
+    # Loaded where used: a DICOM ingest needs neither NIfTI reading nor, without
+    # de-identification, the profile machinery.
+    from hpcgear.ingest.deid import DeidProfile
+    from hpcgear.ingest.nifti import NiftiImage
 
 logger = logging.getLogger(__name__)
 
@@ -1002,6 +1006,8 @@ class _NiftiTarget:
 
 
 def _nifti_target(image: NiftiImage, options: NiftiIngestOptions) -> _NiftiTarget | SkippedFile:
+    from hpcgear.ingest.nifti import image_stem
+
     bids = image.bids
     subject = options.subject or (bids.subject if bids else None)
     if subject is None:
@@ -1022,6 +1028,8 @@ def _nifti_target(image: NiftiImage, options: NiftiIngestOptions) -> _NiftiTarge
 
 
 def _nifti_metadata(image: NiftiImage) -> dict[str, Any]:
+    from hpcgear.ingest.nifti import bids_classification
+
     info: dict[str, Any] = dict(image.sidecar_info)
     info["nifti"] = image.facts
     if image.bids is not None:
@@ -1061,6 +1069,8 @@ def ingest_nifti(
     BIDS suffix, else the file stem. Header facts go to ``info.nifti`` and the
     JSON sidecar's keys to the image's ``info``. Commits after each image.
     """
+    from hpcgear.ingest.nifti import bids_classification, scan_nifti
+
     _check_options(
         options.group,
         options.jobs,

@@ -109,3 +109,31 @@ main(["--version"])
     bad = subprocess.run([sys.executable, "-c", code.replace("--version", "no-such-cmd")],
                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert bad.returncode != 0 and "No such command" in bad.stderr
+
+
+def test_a_command_process_collects_less_often_and_a_server_restores_the_default() -> None:
+    """``main()`` raises the young-generation threshold of its own process (a
+    command's imports and ingest objects are long-lived); an in-process call leaves
+    the caller's collector alone, and ``restore_collection`` (``serve``) undoes it."""
+    code = """
+import gc, json, sys
+default = gc.get_threshold()
+from hpcgear.cli import startup
+from hpcgear.cli.main import main
+main(["--help"], standalone=False)
+in_process = gc.get_threshold()
+try:
+    main(["--version"])
+except SystemExit:
+    pass
+command = gc.get_threshold()
+startup.restore_collection()
+print(json.dumps({"default": default, "in_process": in_process, "command": command,
+                  "restored": gc.get_threshold(), "raised": startup.COMMAND_GC_THRESHOLD}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got["in_process"] == got["default"] == got["restored"]
+    assert got["command"] == [got["raised"], *got["default"][1:]]

@@ -11,6 +11,7 @@ import click
 from hpcgear.cli.context import AppContext, safe_text
 
 if TYPE_CHECKING:
+    from hpcgear.ingest.deid import DeidProfile
     from hpcgear.ingest.dicom import ProgressEvent
     from hpcgear.ingest.report import IngestReport
 
@@ -182,17 +183,20 @@ def dicom_cmd(
     Files that are not DICOM, lack UIDs or are truncated are listed with a
     reason code (not_dicom, missing_uid, unreadable) and skipped.
     """
-    from hpcgear.ingest.deid import default_profile, load_profile, with_baseline
     from hpcgear.ingest.dicom import start_scan
     from hpcgear.ingest.routing import RoutingRules, parse_required_levels
 
     _quiet_pydicom_value_warnings()
 
-    profile = (
-        with_baseline(load_profile(deid_profile))
-        if deid_profile is not None
-        else (default_profile() if de_identify else None)
-    )
+    profile: DeidProfile | None = None
+    if deid_profile is not None or de_identify:  # the profile machinery only when asked
+        from hpcgear.ingest.deid import default_profile, load_profile, with_baseline
+
+        profile = (
+            with_baseline(load_profile(deid_profile))
+            if deid_profile is not None
+            else default_profile()
+        )
     routing = RoutingRules(
         field=route_field,
         pattern=route_pattern,

@@ -47,6 +47,9 @@ def serve_cmd(
     `hpcgear login KEY`); gears reach it from compute nodes at the site's api_url.
     """
     app.require_site_admin("serving the HTTP API")
+    from hpcgear.cli.startup import restore_collection
+
+    restore_collection()  # a server runs for days: CPython's default collector thresholds
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO,
