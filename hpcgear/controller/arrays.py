@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -20,7 +21,13 @@ from hpcgear.jobs.transitions import (
     transition_from,
     update_fields,
 )
-from hpcgear.render import JobPaths, build_runtime_argv, runtime_argv_template
+from hpcgear.render import (
+    ArrayPaths,
+    JobPaths,
+    RenderedScript,
+    build_runtime_argv,
+    runtime_argv_template,
+)
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
 from hpcgear.spec import JobSpec
 from hpcgear.states import FailureKind, JobState
@@ -53,13 +60,35 @@ def array_size_limit(rt: SiteRuntime) -> int:
     return max(1, min(configured, live) if configured else live)
 
 
+@dataclass(frozen=True)
+class PreparedArray:
+    """An array staged and rendered, its script written: what :func:`send_array` submits."""
+
+    array_id: str
+    specs: list[JobSpec]
+    paths: list[JobPaths]
+    rows: dict[str, Any]
+    apaths: ArrayPaths
+    script: RenderedScript
+
+
 def submit_array(
     ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], report: CycleReport
 ) -> None:
     """Stage in every job, then submit them as ONE job array (write-ahead, held)."""
-    from hpcgear.render import ArrayPaths, render_array
+    prepared = prepare_array(ctx, rt, job_ids, report)
+    if prepared is not None:
+        send_array(ctx, rt, prepared, report)
 
-    site, backend = rt.site, rt.backend
+
+def prepare_array(
+    ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], report: CycleReport
+) -> PreparedArray | None:
+    """Specs, per-array stage-in and the array script of ``job_ids`` (nothing in SLURM
+    and no intent yet); None when no job is left to submit (each failed one is failed)."""
+    from hpcgear.render import render_array
+
+    site = rt.site
     with job_session(ctx, job_ids[0]) as (s, job):
         gear = s.get(Gear, job.gear_id)
         assert gear is not None
@@ -67,7 +96,7 @@ def submit_array(
     if not digest:
         for jid in job_ids:
             image_digest_or_fail(ctx, jid, report)  # fails each with the clear message
-        return
+        return None
     sif = rt.ensure_image(ctx.store, digest)
     specs: list[JobSpec] = []
     all_paths: list[JobPaths] = []
@@ -80,7 +109,7 @@ def submit_array(
         all_paths.append(paths)
         configs.append(cfg)
     if not specs:
-        return
+        return None
     array_id = f"a{secrets.token_hex(8)}"
     apaths = ArrayPaths.for_array(site.render_scratch_root(specs[0].user), array_id)
     rt.transport.mkdir(apaths.root)
@@ -88,7 +117,7 @@ def submit_array(
     # creates its own from it when it starts (sbatch_templates/array.sbatch.j2).
     staged = stage_array_attempts(ctx, rt, specs, all_paths, configs, apaths.tasks_dat, report)
     if not staged:
-        return
+        return None
     specs = [specs[i] for i, _f in staged]
     all_paths = [all_paths[i] for i, _f in staged]
     script = render_array(
@@ -101,6 +130,19 @@ def submit_array(
         task_files=[files for _i, files in staged],
     )
     rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
+    return PreparedArray(array_id, specs, all_paths, rows, apaths, script)
+
+
+def send_array(
+    ctx: ControllerContext, rt: SiteRuntime, prepared: PreparedArray, report: CycleReport
+) -> None:
+    """Write the intent of a prepared array, sbatch it held, record its SLURM ids and
+    release it (:func:`record_array`)."""
+    site, backend = rt.site, rt.backend
+    array_id, specs, all_paths, rows = (
+        prepared.array_id, prepared.specs, prepared.paths, prepared.rows,
+    )
+    apaths, script = prepared.apaths, prepared.script
     # Write-ahead intent, per task, all in ONE transaction committed before sbatch,
     # compared with the rows as prepare_attempts read them: a job another process
     # changed since aborts the whole array (retried next cycle).

@@ -114,4 +114,16 @@ def render_gear_env(spec: JobSpec) -> str:
     ``render_env_file(gear_environment(spec))``, the manifest's part rendered once per
     gear (an array renders thousands). hpcgear's own names never clash with the
     manifest's, whose ``HPCGEAR_*`` names are dropped."""
-    return _manifest_env_text(spec.gear.environment) + _assignments(_own_pairs(spec))
+    pairs = _own_pairs(spec)
+    # The job's id and attempt, then the pairs many jobs share (site, gear,
+    # destination), checked and quoted once per distinct value.
+    return (
+        _manifest_env_text(spec.gear.environment)
+        + _assignments(pairs[:2])
+        + _shared_assignments(tuple(pairs[2:]))
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_assignments(pairs: tuple[tuple[str, str], ...]) -> str:
+    return _assignments(pairs)
