@@ -10,6 +10,7 @@ would make them look different from what they are on a terminal.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -227,6 +228,12 @@ def is_log_placeholder(text: str) -> bool:
 _COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_text(key: str) -> str:
+    """A key's JSON text: the same few keys recur in every config.json of an array."""
+    return _COMPACT.encode(key)
+
+
 def dump_sections_json(document: Mapping[str, Any]) -> str:
     """JSON text of a document of sections (e.g. config.json): key order kept, UTF-8,
     final newline; each section (``config``, ``inputs``, ...) and each of its entries
@@ -237,12 +244,12 @@ def dump_sections_json(document: Mapping[str, Any]) -> str:
     TypeError, ValueError
         A value is not JSON data (an object, NaN).
     """
-    enc = _COMPACT.encode
+    enc, key = _COMPACT.encode, _key_text
     parts = []
-    for key, value in document.items():
+    for name, value in document.items():
         if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
-            inner = ",\n".join(f"    {enc(k)}: {enc(v)}" for k, v in value.items())
-            parts.append(f"  {enc(str(key))}: {{\n{inner}\n  }}")
+            inner = ",\n".join([f"    {key(k)}: {enc(v)}" for k, v in value.items()])
+            parts.append(f"  {key(str(name))}: {{\n{inner}\n  }}")
         else:
-            parts.append(f"  {enc(str(key))}: {enc(value)}")
+            parts.append(f"  {key(str(name))}: {enc(value)}")
     return "{\n" + ",\n".join(parts) + "\n}\n" if parts else "{}\n"

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from hpcgear.db.bulk import shared_json
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
 from hpcgear.jobs.transitions import StaleJobError
@@ -73,7 +74,7 @@ def submit_pending(
         rows = s.execute(
             select(
                 Job.id, Job.array_id, Job.native_id, Job.gear_id, Job.origin_type,
-                Job.origin_id, Job.resources, Job.created,
+                Job.origin_id, *shared_json(Job.resources), Job.created,
             )
             .where(Job.site == rt.site.name, Job.state == JobState.SUBMITTING.value)
             .order_by(Job.created)
@@ -92,17 +93,21 @@ def submit_pending(
             report.errors.append(f"array {array_id}: {exc.message}")
     singles: list[str] = []
     groups: dict[tuple[Any, ...], list[Any]] = {}
+    # Jobs of a batch share their resources document (shared_json): keyed once each.
+    resource_keys: dict[int, tuple[Any, str]] = {}
     for job in rows:
         if job.array_id and job.id in intents and not job.native_id:
             continue  # handled above
         if job.native_id or job.id in intents:
             singles.append(job.id)
             continue
-        key = (
-            job.gear_id,
-            spec_user(job),
-            dumps({k: v for k, v in (job.resources or {}).items() if k != "explain"}),
-        )
+        known = resource_keys.get(id(job.resources))
+        if known is None or known[0] is not job.resources:
+            known = resource_keys[id(job.resources)] = (
+                job.resources,
+                dumps({k: v for k, v in (job.resources or {}).items() if k != "explain"}),
+            )
+        key = (job.gear_id, spec_user(job), known[1])
         groups.setdefault(key, []).append(job)
     for group in groups.values():
         if len(group) < 2 or rt.site.scheduler != "slurm":
