@@ -25,7 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import ColumnElement, Label
+from sqlalchemy.sql.elements import Label
 from sqlalchemy.types import TypeDecorator
 
 #: Compiled statements by (statement, dialect, keys), most recent last. An entry holds
@@ -151,7 +151,7 @@ class SharedJson(TypeDecorator[Any]):
         return got
 
 
-def shared_json(*columns: ColumnElement[Any]) -> list[Label[Any]]:
+def shared_json(*columns: Any) -> list[Label[Any]]:
     """``columns`` (JSON columns) labelled with their own names, read as
     :class:`SharedJson` (one decoder for all of them, so equal documents are one
     object whichever column holds them)."""
