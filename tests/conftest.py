@@ -13,7 +13,7 @@ import contextlib
 import io
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,25 @@ REPO = Path(__file__).resolve().parents[1]
 # A bare URL: psycopg2 when installed (what users are told to write), else psycopg 3.
 PG_URL = os.environ.get("HPCGEAR_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_INTEGRATION = os.environ.get("HPCGEAR_REQUIRE_INTEGRATION") == "1"
+
+
+def modules_loaded_by(probe: str, argv: Sequence[str]) -> list[str]:
+    """Run ``probe`` (code that calls ``hpcgear.cli.main.main`` and prints
+    ``{"code": ..., "loaded": [...]}`` as its last stderr line) with ``argv`` in a fresh
+    interpreter; the modules it reports loaded. The command must succeed."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stderr.strip().splitlines()[-1])
+    assert report["code"] in (0, None), res.stderr
+    return list(report["loaded"])
 SERVICE_MARKERS = ("postgres", "slurm", "apptainer", "ssh")
 
 

@@ -3,15 +3,11 @@ of every ingest's time; issue 10 compares a whole command with a bare dcmread lo
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, CliEnv
+from tests.conftest import CliEnv, modules_loaded_by
 from tests.unit.test_ingest_dicom import GROUP, write_series
 
 pytestmark = pytest.mark.filterwarnings("ignore:The value length:UserWarning")
@@ -37,15 +33,7 @@ WATCHED = (
 def _ingest_loads(env: CliEnv, folder: Path, *options: str) -> list[str]:
     argv = ["--config", str(env.config), "ingest", "dicom", str(folder), "--group", GROUP,
             "--no-progress", *options]  # fmt: skip
-    res = subprocess.run(
-        [sys.executable, "-c", f"WATCHED = {WATCHED!r}\n" + _PROBE, *argv],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    report = json.loads(res.stderr.strip().splitlines()[-1])
-    assert report["code"] in (0, None), res.stderr
-    return list(report["loaded"])
+    return modules_loaded_by(f"WATCHED = {WATCHED!r}\n" + _PROBE, argv)
 
 
 def test_a_plain_dicom_ingest_loads_no_deid_nifti_or_process_pool(

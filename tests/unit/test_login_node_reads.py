@@ -13,10 +13,6 @@ session; these tests hold the two ways of reading them, rows and models, to one 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,7 @@ from hpcgear.hierarchy import access, permissions
 from hpcgear.hierarchy import service as hs
 from hpcgear.hierarchy.users import set_user_flags
 from hpcgear.jobs import queries, service
-from tests.conftest import REPO, CliEnv
+from tests.conftest import CliEnv, modules_loaded_by
 
 ADMIN = "root-admin"
 USERS = ("alice", "bob", "carol", "dave", "eve", "frank", "nobody")
@@ -254,15 +250,7 @@ print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
 
 
 def _loaded(env: CliEnv, *argv: str) -> list[str]:
-    res = subprocess.run(
-        [sys.executable, "-c", _PROBE, "--config", str(env.config), *argv],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    report = json.loads(res.stderr.strip().splitlines()[-1])
-    assert report["code"] in (0, None), res.stderr
-    return list(report["loaded"])
+    return modules_loaded_by(_PROBE, ["--config", str(env.config), *argv])
 
 
 def test_jobs_and_job_show_never_import_the_orm(cli_env: CliEnv, tmp_path: Path) -> None:
