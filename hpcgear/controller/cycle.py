@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from hpcgear.db.bulk import shared_json
+from hpcgear.db.bulk import ByIdentity, shared_json
 from hpcgear.db.models import Job
 from hpcgear.errors import HpcgearError
 from hpcgear.jobs.transitions import StaleJobError
@@ -94,20 +94,18 @@ def submit_pending(
     singles: list[str] = []
     groups: dict[tuple[Any, ...], list[Any]] = {}
     # Jobs of a batch share their resources document (shared_json): keyed once each.
-    resource_keys: dict[int, tuple[Any, str]] = {}
+    resource_keys = ByIdentity()
     for job in rows:
         if job.array_id and job.id in intents and not job.native_id:
             continue  # handled above
         if job.native_id or job.id in intents:
             singles.append(job.id)
             continue
-        known = resource_keys.get(id(job.resources))
-        if known is None or known[0] is not job.resources:
-            known = resource_keys[id(job.resources)] = (
-                job.resources,
-                dumps({k: v for k, v in (job.resources or {}).items() if k != "explain"}),
-            )
-        key = (job.gear_id, spec_user(job), known[1])
+        resources = resource_keys.get(
+            job.resources,
+            lambda r: dumps({k: v for k, v in (r or {}).items() if k != "explain"}),
+        )
+        key = (job.gear_id, spec_user(job), resources)
         groups.setdefault(key, []).append(job)
     for group in groups.values():
         if len(group) < 2 or rt.site.scheduler != "slurm":

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpcgear.config.site import SiteConfig
-from hpcgear.db.bulk import shared_json
+from hpcgear.db.bulk import ByIdentity, shared_json
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import InvalidInputError
 from hpcgear.gears.configjson import build_config_json
@@ -28,20 +28,10 @@ from .sites import SiteRuntime
 #: an ORM ``Job``, serves as the job in :class:`SpecMaker`); the JSON ones are read
 #: with :func:`spec_columns`.
 SPEC_COLUMNS = (
-    Job.id,
-    Job.attempt,
-    Job.gear_id,
-    Job.config,
-    Job.inputs,
-    Job.destination_type,
-    Job.destination_id,
-    Job.resources,
-    Job.origin_type,
-    Job.origin_id,
-    Job.rule_id,
-    Job.tags,
+    Job.id, Job.attempt, Job.gear_id, Job.config, Job.inputs, Job.destination_type,
+    Job.destination_id, Job.resources, Job.origin_type, Job.origin_id, Job.rule_id, Job.tags,
     Job.priority,
-)
+)  # fmt: skip
 _SPEC_JSON = ("config", "inputs", "resources", "tags", "scheduler_info")
 
 
@@ -67,19 +57,9 @@ class SpecMaker:
         self._resources: dict[str, tuple[Resources, Any, bool]] = {}
         self._gear_configs: dict[tuple[int, str], dict[str, Any]] = {}
         self._roots: dict[str, str] = {}
-        # Rows read with spec_columns() share their JSON documents: what was worked
-        # out from one is found again by identity (the entry keeps the object alive,
-        # so its id cannot be reused).
-        self._seen: dict[tuple[str, int], tuple[Any, Any]] = {}
-
-    def _by_identity(self, what: str, obj: Any, make: Any) -> Any:
-        key = (what, id(obj))
-        got = self._seen.get(key)
-        if got is not None and got[0] is obj:
-            return got[1]
-        value = make(obj)
-        self._seen[key] = (obj, value)
-        return value
+        # Rows read with spec_columns() share their JSON documents.
+        self._by_resources, self._by_inputs = ByIdentity(), ByIdentity()
+        self._by_tags, self._by_config = ByIdentity(), ByIdentity()
 
     def gear(
         self, gear_id: int, manifest: GearManifest | None = None
@@ -108,9 +88,7 @@ class SpecMaker:
     def _resources_of(self, r: dict[str, Any] | None) -> tuple[Resources, Any, bool]:
         if r is None:
             return self._resources_by_value({})
-        got: tuple[Resources, Any, bool] = self._by_identity(
-            "resources", r, self._resources_by_value
-        )
+        got: tuple[Resources, Any, bool] = self._by_resources.get(r, self._resources_by_value)
         return got
 
     def _resources_by_value(self, r: dict[str, Any]) -> tuple[Resources, Any, bool]:
@@ -147,13 +125,13 @@ class SpecMaker:
             attempt=job.attempt,
             gear=ref,
             config=dict(job.config or {}),
-            inputs=self._by_identity("inputs", job.inputs, _input_specs),
+            inputs=self._by_inputs.get(job.inputs, _input_specs),
             destination_type=job.destination_type,
             destination_id=job.destination_id,
             resources=resources,
             site=self.site.name,
             user=spec_user(job),
-            tags=self._by_identity("tags", job.tags, lambda t: tuple(t or ())),
+            tags=self._by_tags.get(job.tags, lambda t: tuple(t or ())),
             priority=job.priority,
             writable_tmpfs=writable,
             runtime_debug=debug,
@@ -169,9 +147,7 @@ class SpecMaker:
         _ref, manifest = self.gear(job.gear_id)
         key = (
             job.gear_id,
-            self._by_identity(
-                "config", job.config, lambda c: json.dumps(c, sort_keys=True, default=str)
-            ),
+            self._by_config.get(job.config, lambda c: json.dumps(c, sort_keys=True, default=str)),
         )
         gear_config = self._gear_configs.get(key)
         if gear_config is None:

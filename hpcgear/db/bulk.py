@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Text, type_coerce
@@ -58,15 +58,15 @@ def executemany(
     defaults: Mapping[str, Any] | None = None,
 ) -> int:
     """Execute ``stmt`` (an INSERT, or an UPDATE/DELETE with ``bindparam`` values) once
-    per row of ``rows`` (all with the same keys), in the session's transaction; the
-    number of rows matched, summed. ``defaults`` gives the values of keys the rows
-    leave out (the same for every row, converted once).
+    per row of ``rows``, in the session's transaction; the number of rows matched,
+    summed. ``defaults`` gives the values of keys a row leaves out (converted once
+    when every row has the same keys).
 
     Values are converted exactly as ``session.execute(stmt, rows)`` converts them,
     so what is stored is the same either way. A statement object used again (a
-    module-level one) is compiled once. Statements the fast path cannot
-    take as they are (a column default computed in Python for a key the rows
-    leave out, an expanding ``IN``) go through ``session.execute``.
+    module-level one) is compiled once. What the fast path cannot take as it is
+    (rows with different keys, a column default computed in Python for a key the
+    rows leave out, an expanding ``IN``) goes through ``session.execute``.
     """
     if not rows:
         return 0
@@ -79,9 +79,10 @@ def executemany(
     dialect = session.get_bind().dialect
     if dialect.name != "sqlite" or dialect.paramstyle != "qmark":
         return plain()
-    width = len(rows[0])
-    given = set(rows[0])
-    keys = [*rows[0], *(k for k in defaults if k not in given)]
+    given = rows[0].keys()
+    if any(r.keys() != given for r in rows):
+        return plain()
+    keys = [*given, *(k for k in defaults if k not in given)]
     compiled = _compiled(stmt, dialect, keys)
     names = compiled.positiontup
     if (
@@ -89,13 +90,12 @@ def executemany(
         or compiled.insert_prefetch
         or compiled.update_prefetch
         or any(b.expanding for b in compiled.binds.values())
-        or any(len(r) != width for r in rows)
     ):
         return plain()
-    # Per position: the row key it reads (or None for a value that is the same in
-    # every row: a default, or a literal of the statement), the column type's
-    # converter, and that converter's results so far by value identity (the rows
-    # keep every value alive while this runs).
+    # Per position: the row key it reads and the column type's converter with its
+    # results so far by value identity (the rows keep every value alive while this
+    # runs), or no key and the converted value that is the same in every row (a
+    # default, or a literal of the statement).
     plan: list[tuple[str | None, Any, Any, dict[int, Any]]] = []
     for name in names:
         bp = compiled.binds[name]
@@ -124,6 +124,23 @@ def executemany(
         append(tuple(out))
     result = session.connection().exec_driver_sql(compiled.string, params)
     return int(result.rowcount)
+
+
+class ByIdentity:
+    """What was worked out from each of the documents rows read with
+    :func:`shared_json` share, found again by the document's identity. An entry keeps
+    its document alive, so the ``id`` it is filed under cannot be reused."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, document: Any, make: Callable[[Any], Any]) -> Any:
+        got = self._seen.get(id(document))
+        if got is not None and got[0] is document:
+            return got[1]
+        value = make(document)
+        self._seen[id(document)] = (document, value)
+        return value
 
 
 class SharedJson(TypeDecorator[Any]):

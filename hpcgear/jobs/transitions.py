@@ -214,11 +214,7 @@ def record_events_many(session: Session, events: Sequence[Mapping[str, Any]]) ->
         # which costs several times more per row for thousands of events.
         defaults = {"data": {}, "ts": dt.datetime.now(dt.UTC), "old_state": None,
                     "new_state": None, "message": None}
-        keys = set(events[0])
-        if all(e.keys() == keys for e in events):  # the usual case: no dict per row
-            executemany(session, _EVENT_INSERT, events, defaults)
-        else:
-            executemany(session, _EVENT_INSERT, [{**defaults, **e} for e in events])
+        executemany(session, _EVENT_INSERT, events, defaults)
 
 
 def transition_from(

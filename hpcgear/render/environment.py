@@ -1,7 +1,7 @@
 """The Jinja2 environment for sbatch templates, and the filters that make it safe.
 
 Nothing reaches a script unvetted: the environment's ``finalize`` hook refuses
-any ``{{ ... }}`` whose value did not come out of one of three filters:
+any ``{{ ... }}`` whose value did not come out of one of these filters:
 
 ``q``
     ``shlex.quote``: the value becomes exactly one shell word, whatever bytes it
@@ -70,14 +70,6 @@ def _quote(value: Any) -> str:
     return shlex.quote(text)
 
 
-class _Quoted(dict[Any, str]):
-    """Values quoted by :func:`_quote`, each distinct (type, value) once."""
-
-    def __missing__(self, key: tuple[type, Any]) -> str:
-        got = self[key] = _quote(key[1])
-        return got
-
-
 def q_lines(values: Iterable[Any], indent: int = 0) -> Vetted:
     """Each of ``values`` quoted by :func:`q` on a line of its own (``\\n``-terminated),
     indented by ``indent`` spaces; nothing for no values."""
@@ -87,15 +79,19 @@ def q_lines(values: Iterable[Any], indent: int = 0) -> Vetted:
 
 def q_rows(rows: Iterable[Iterable[Any]], indent: int = 0) -> Vetted:
     """Each row's values quoted by :func:`q`, space-separated, a line per row (a value
-    repeated in many rows, such as a shared file's path, is quoted once)."""
+    text repeated in many rows, such as a shared file's path, is quoted once)."""
     pad = " " * indent
-    quoted = _Quoted()
-    try:
-        return Vetted(
-            "".join(f"{pad}{' '.join([quoted[type(v), v] for v in row])}\n" for row in rows)
-        )
-    except TypeError:  # an unhashable value: q refuses it with its own message
-        return Vetted("".join(f"{pad}{' '.join([_quote(v) for v in row])}\n" for row in rows))
+    texts: dict[str, str] = {}
+
+    def quoted(value: Any) -> str:
+        if type(value) is not str:
+            return _quote(value)
+        got = texts.get(value)
+        if got is None:
+            got = texts[value] = _quote(value)
+        return got
+
+    return Vetted("".join(f"{pad}{' '.join([quoted(v) for v in row])}\n" for row in rows))
 
 
 def num(value: Any) -> Vetted:

@@ -133,6 +133,30 @@ def test_executemany_fills_python_defaults_the_rows_leave_out(db: Database) -> N
     assert len(created) == 2 and all(c is not None for c in created)
 
 
+def test_executemany_takes_rows_with_different_keys_and_their_defaults(db: Database) -> None:
+    """Rows that leave out different keys (or give one the defaults also give) are
+    stored with the defaults filling what each row leaves out."""
+    now = dt.datetime(2026, 12, 4, 22, 0, tzinfo=dt.UTC)
+    base = {"holder": "h", "cycles": 0, "last_report": {}}
+    rows = [
+        {**base, "site": "mix-0"},
+        {**base, "site": "mix-1", "recent_errors": ["own"]},
+        {**base, "site": "mix-2", "last_cycle": now + dt.timedelta(hours=1)},
+    ]
+    with db.session() as s, _paths(db) as taken:
+        assert bulk.executemany(
+            s, STATUS_INSERT, rows, {"last_cycle": now, "recent_errors": []}
+        ) == 3
+    assert taken == ["sqlalchemy"]
+    c = controller_status.c
+    with db.session() as s:
+        got = {r.site: (r.last_cycle.replace(tzinfo=None), r.recent_errors) for r in s.execute(
+            select(c.site, c.last_cycle, c.recent_errors).where(c.site.like("mix-%")))}
+    naive = now.replace(tzinfo=None)
+    assert got == {"mix-0": (naive, []), "mix-1": (naive, ["own"]),
+                   "mix-2": (naive + dt.timedelta(hours=1), [])}
+
+
 def test_executemany_of_no_rows_does_nothing(db: Database) -> None:
     with db.session() as s:
         assert bulk.executemany(s, STATUS_INSERT, []) == 0
