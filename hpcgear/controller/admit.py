@@ -5,7 +5,10 @@
 * :func:`release_held`: right before ``scontrol release`` the job's state is
   read again; a job cancelled meanwhile is scancelled instead of released, and
   a release SLURM refuses (it would never start) scancels the held job and
-  fails it as ``rejected`` with SLURM's reason in plain words.
+  fails it as ``rejected`` with SLURM's reason in plain words (:func:`release`).
+* :func:`release_interrupted`: ``queued`` jobs SLURM still holds with hpcgear's
+  own ``--hold`` (a controller died between recording an array's SLURM ids and
+  its release) are released by the poll.
 """
 
 from __future__ import annotations
@@ -105,6 +108,20 @@ def release_held(
         rt.backend.cancel(stray)
     if not live:
         return []
+    return release(ctx, rt, live, report, release_id=release_id)
+
+
+def release(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    live: Sequence[tuple[str, str]],
+    report: CycleReport,
+    *,
+    release_id: str | None = None,
+) -> list[str]:
+    """``scontrol release`` of held jobs ``(job id, SLURM id)`` (together as
+    ``release_id``, an array's base id, when given); the job ids released. A release
+    SLURM refuses scancels those jobs and fails them as ``rejected``."""
     targets = [release_id] if release_id else [n for _, n in live]
     try:
         rt.backend.release(targets)
@@ -135,3 +152,35 @@ def release_held(
         gone = {j for j, _, _ in refused}
         return [j for j, _ in live if j not in gone]
     return [j for j, _ in live]
+
+
+#: SLURM's pending reason for a job its owner holds: hpcgear's own ``sbatch --hold``
+#: (an administrator's ``scontrol hold`` shows as ``JobHeldAdmin`` and is left alone).
+OWN_HOLD = "JobHeldUser"
+
+
+def release_interrupted(
+    ctx: ControllerContext, rt: SiteRuntime, jobs: Sequence[tuple[str, str]], report: CycleReport
+) -> list[str]:
+    """Release ``queued`` jobs ``(job id, SLURM id)`` still held by hpcgear's own
+    ``--hold``: an array's tasks are ``queued`` with their SLURM ids before the
+    release, so a controller that died in between leaves them held. The job ids
+    released, each with a ``release`` event."""
+    released = release(ctx, rt, jobs, report)
+    natives = dict(jobs)
+    with ctx.db.session() as s:
+        record_events_many(
+            s,
+            [
+                {
+                    "job_id": jid,
+                    "actor": ctx.actor,
+                    "kind": "release",
+                    "message": f"scontrol release {natives[jid]}: still held after an "
+                    "interrupted submission",
+                }
+                for jid in released
+            ],
+        )
+    logger.info("released %d job(s) held since an interrupted submission", len(released))
+    return released

@@ -18,7 +18,6 @@ from hpcgear.jobs.transitions import (
     cas_update_many,
     record_event,
     record_events_many,
-    transition_from,
     update_fields,
 )
 from hpcgear.render import (
@@ -30,9 +29,9 @@ from hpcgear.render import (
 )
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
 from hpcgear.spec import JobSpec
-from hpcgear.states import FailureKind, JobState
+from hpcgear.states import FailureKind, JobState, check_transition
 
-from .admit import fits_live_limits, release_held
+from .admit import fits_live_limits, release
 from .context import (
     ControllerContext,
     CycleReport,
@@ -222,17 +221,21 @@ def record_array(
     how: str,
     indexes: Mapping[str, int] | None = None,
 ) -> None:
-    """Record the SLURM id of every task of array ``base``, release it, move the jobs on.
+    """Record the SLURM id of every task of held array ``base`` and move its jobs to
+    ``queued``, then release it.
 
-    ``indexes`` (job id -> task index) is what the intent wrote; without it (an array
-    adopted after a crash) the indexes are read back from the rows.
+    The SLURM ids and the move are ONE guarded write per task, in ONE fenced
+    transaction committed before the release: a job no longer ``submitting`` (a
+    cancel that landed during sbatch) keeps no SLURM id and its task is scancelled,
+    never released. Should the controller die between that commit and the release,
+    the tasks are ``queued`` but still held: the poll releases them
+    (:func:`release_interrupted`). ``indexes`` (job id -> task index) is what the
+    intent wrote; without it (an array adopted after a crash) the indexes are read
+    back from the rows.
     """
     now = utcnow()
-    recorded: list[str] = []
-    strays: list[str] = []
     if ctx.fence is not None:
         ctx.fence.keep()
-    # The SLURM ids of every task in ONE fenced transaction, committed before the release.
     with ctx.db.session() as s:
         if ctx.fence is not None:
             ctx.fence.check(s, rt.site.name)
@@ -242,56 +245,60 @@ def record_array(
                 for r in _rows(s, job_ids).values()
             }
         natives = {jid: f"{base}_{indexes[jid]}" for jid in job_ids}
-        recorded = _record_natives(s, natives, now)
+        recorded = _record_queued(s, natives, now)
         kept = set(recorded)
         strays = [natives[j] for j in job_ids if j not in kept]
+        held = "held until released"
         if how != "submitted":
-            # Adopted after a crash: say so on each job (a fresh array's tasks get
-            # their SLURM ids in the `queued as ...` event below).
-            record_events_many(
-                s,
-                [
-                    {
-                        "job_id": jid,
-                        "actor": ctx.actor,
-                        "kind": how,
-                        "message": f"SLURM array task {natives[jid]} (held)",
-                        "data": {"native_id": natives[jid], "array_job_id": base},
-                    }
-                    for jid in recorded
-                ],
-            )
+            held = f"{how} after a restart, held until released"
+        record_events_many(
+            s,
+            [
+                {
+                    "job_id": jid,
+                    "actor": ctx.actor,
+                    "kind": "state",
+                    "old_state": JobState.SUBMITTING.value,
+                    "new_state": JobState.QUEUED.value,
+                    "message": f"queued as {natives[jid]} ({held})",
+                    **(
+                        {"data": {"native_id": natives[jid], "array_job_id": base}}
+                        if how != "submitted"
+                        else {}
+                    ),
+                }
+                for jid in recorded
+            ],
+        )
     fault_point("array.recorded")
     if strays:
         rt.backend.cancel(strays)
-    # Re-checks every task's state (a cancel during sbatch scancels it) and turns a
-    # refused release into a `rejected` failure.
-    released = release_held(
-        ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base
-    )
-    with ctx.db.session() as s:
-        moved = set(
-            transition_from(
-                s, {j: f"queued as {natives[j]}" for j in released}, JobState.SUBMITTING,
-                JobState.QUEUED, ctx.actor,
-            )
-        )
-    queued = len(moved)
-    late = [jid for jid in released if jid not in moved]  # moved by someone else meanwhile
-    if late:
-        # A cancel that landed between the release and this write: its task must not run.
+    if recorded:
+        try:
+            release(ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base)
+        except SchedulerUnavailableError as exc:
+            # The jobs are queued and their SLURM ids recorded: the poll releases them.
+            report.errors.append(f"array {base}: release: {exc.message}")
         with ctx.db.session() as s:
-            gone = s.scalars(
-                select(Job.native_id).where(
-                    Job.id.in_(late), Job.state == JobState.CANCELLED.value
+            # A cancel that landed between the write and the release: its task must
+            # not run (the cancel step would scancel it next cycle; do it now).
+            gone = [
+                n
+                for start in range(0, len(recorded), 5000)
+                for n in s.scalars(
+                    select(Job.native_id).where(
+                        Job.id.in_(recorded[start : start + 5000]),
+                        Job.state == JobState.CANCELLED.value,
+                    )
                 )
-            ).all()
+                if n
+            ]
         if gone:
-            rt.backend.cancel([n for n in gone if n])
+            rt.backend.cancel(gone)
     if how == "adopted":
-        report.adopted += queued
+        report.adopted += len(recorded)
     else:
-        report.submitted += queued
+        report.submitted += len(recorded)
 
 
 def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
@@ -312,11 +319,13 @@ def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
 
 
 _jobs = Job.__table__
-#: Sets a ``submitting`` job's SLURM id (:func:`_record_natives`; compiled once).
-_RECORD_NATIVE = (
+#: Moves a ``submitting`` job to ``queued`` with its SLURM id (:func:`_record_queued`;
+#: compiled once).
+_RECORD_QUEUED = (
     _jobs.update()
     .where(_jobs.c.id == bindparam("b_id"), _jobs.c.state == JobState.SUBMITTING.value)
     .values(
+        state=JobState.QUEUED.value,
         native_id=bindparam("v_native"),
         submitted=bindparam("v_now"),
         last_seen=bindparam("v_now"),
@@ -326,15 +335,16 @@ _RECORD_NATIVE = (
 )
 
 
-def _record_natives(s: Session, natives: Mapping[str, str], now: Any) -> list[str]:
-    """Set each job's SLURM id if it is still ``submitting``; the ids set.
+def _record_queued(s: Session, natives: Mapping[str, str], now: Any) -> list[str]:
+    """Move each job still ``submitting`` to ``queued`` with its SLURM id; the ids moved.
 
     ONE executemany guarded by the state (a job cancelled meanwhile keeps none and
     its task is cancelled). When every row matched, that is all; otherwise the rows
     are read back to see which did.
     """
+    check_transition(JobState.SUBMITTING, JobState.QUEUED)
     params = [{"b_id": jid, "v_native": native, "v_now": now} for jid, native in natives.items()]
-    matched = executemany(s, _RECORD_NATIVE, params)
+    matched = executemany(s, _RECORD_QUEUED, params)
     if s.get_bind().dialect.supports_sane_multi_rowcount and matched == len(params):
         return list(natives)
     ids = list(natives)

@@ -32,6 +32,7 @@ from hpcgear.scheduler.base import Accounting, SchedulerStatus
 from hpcgear.scheduler.slurm_tables import StateCategory, describe_reason
 from hpcgear.states import FailureKind, JobState, SchedulerState, check_transition
 
+from .admit import OWN_HOLD, release_interrupted
 from .context import (
     ControllerContext,
     CycleReport,
@@ -184,6 +185,18 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
     statuses = rt.backend.poll(asked)  # raises: nothing changes
     rt.recent_statuses = statuses
     rt.recent_polled = set(asked)
+    held = [
+        (t.id, t.native_id)
+        for t in tracked
+        if t.state == JobState.QUEUED.value
+        and (st := statuses.get(t.native_id)) is not None
+        and st.reason == OWN_HOLD
+    ]
+    if held:
+        try:
+            release_interrupted(ctx, rt, held, report)
+        except HpcgearError as exc:  # asked again next cycle; the poll goes on
+            report.errors.append(f"release of {len(held)} held job(s): {exc.message}")
     now = utcnow()
     gone: list[Any] = []
     ended: list[tuple[Any, SchedulerStatus]] = []

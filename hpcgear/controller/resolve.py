@@ -142,8 +142,11 @@ class SpecMaker:
         """Where ``job``'s attempt lives on the site's scratch."""
         return JobPaths.for_job(self.scratch_root(spec_user(job)), job.id, job.attempt)
 
-    def config_json(self, job: Any, spec: JobSpec, api_url: str | None = None) -> dict[str, Any]:
-        """:func:`config_json_for`, the gear config split once per distinct config."""
+    def config_json(
+        self, job: Any, spec: JobSpec, api_url: str | None = None, *, check_json: bool = True
+    ) -> dict[str, Any]:
+        """:func:`config_json_for`, the gear config split once per distinct config
+        (``check_json``: see :func:`hpcgear.gears.configjson.build_config_json`)."""
         _ref, manifest = self.gear(job.gear_id)
         key = (
             job.gear_id,
@@ -153,7 +156,9 @@ class SpecMaker:
         if gear_config is None:
             gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
             self._gear_configs[key] = gear_config
-        return _config_json(self.session, job, spec, manifest, dict(gear_config), api_url)
+        return _config_json(
+            self.session, job, spec, manifest, dict(gear_config), api_url, check_json=check_json
+        )
 
 
 def _input_specs(inputs: list[dict[str, Any]] | None) -> tuple[InputSpec, ...]:
@@ -202,6 +207,8 @@ def _config_json(
     manifest: GearManifest,
     gear_config: dict[str, Any],
     api_url: str | None,
+    *,
+    check_json: bool = True,
 ) -> dict[str, Any]:
     api_key = None
     if api_url and any(i.base == "api-key" for i in manifest.inputs):
@@ -216,6 +223,7 @@ def _config_json(
         manifest=manifest,
         job_id=job.id,
         api_key=api_key,
+        check_json=check_json,
     )
 
 
@@ -254,7 +262,10 @@ def prepare_attempts(
             if job is None:
                 raise InvalidInputError(f"job {jid} vanished", "it was deleted meanwhile")
             spec = maker.spec(job)
-            out.append((spec, maker.paths(job), maker.config_json(job, spec, rt.site.api_url)))
+            # The array's stage-in encodes each config.json and fails a task whose
+            # document is not JSON data (input_staging): no second encoding here.
+            cfg = maker.config_json(job, spec, rt.site.api_url, check_json=False)
+            out.append((spec, maker.paths(job), cfg))
     return out, rows
 
 

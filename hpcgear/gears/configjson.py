@@ -80,6 +80,7 @@ def build_config_json(
     manifest: GearManifest | None = None,
     api_key: str | None = None,
     job_id: str | None = None,
+    check_json: bool = True,
 ) -> dict[str, Any]:
     """Return the ``config.json`` document for one job.
 
@@ -103,6 +104,11 @@ def build_config_json(
         Key for api-key inputs that carry none.
     job_id
         Adds ``"job": {"id": job_id}``.
+    check_json
+        Whether to check here that the document is JSON data (no NaN, no objects).
+        A caller that serialises the document itself and reports such values as
+        clearly (an array's stage-in, :func:`hpcgear.staging.stagein.stage_array`)
+        passes False rather than have every document encoded twice.
 
     Raises
     ------
@@ -180,6 +186,8 @@ def build_config_json(
     }
     if job_id is not None:
         document["job"] = {"id": job_id}
+    if not check_json:
+        return document
     try:
         json.dumps(document, allow_nan=False)
     except (TypeError, ValueError) as exc:

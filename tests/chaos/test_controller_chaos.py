@@ -51,7 +51,8 @@ ARRAY_POINTS = tuple(p for p in FAULT_POINTS if p.startswith("array."))
 SINGLE_POINTS = tuple(p for p in FAULT_POINTS if p.split(".")[0] in
                       ("claim", "submit", "poll", "finish"))
 BOUNDED = {
-    "sqlite": ("submit.intent", "submit.sbatch", "finish.fetched", "array.sbatch"),
+    "sqlite": ("submit.intent", "submit.sbatch", "finish.fetched", "array.sbatch",
+               "array.recorded"),
     "postgres": ("submit.recorded", "finish.published"),
 }
 

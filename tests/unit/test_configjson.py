@@ -238,3 +238,12 @@ def test_non_json_values_are_rejected() -> None:
         build_config_json({"x": float("nan")}, [], "session", "s-1")
     with pytest.raises(InvalidInputError, match="not be valid JSON"):
         build_config_json({"x": object()}, [], "session", "s-1")
+
+
+def test_a_caller_that_encodes_the_document_itself_may_skip_the_check() -> None:
+    """``check_json=False`` (the array stage-in encodes each document and fails a task
+    whose config is not JSON data): the document comes back unencoded, as it is."""
+    doc = build_config_json({"x": float("nan")}, [], "session", "s-1", check_json=False)
+    assert doc["config"]["x"] != doc["config"]["x"]  # NaN, not refused here
+    with pytest.raises(ValueError):
+        dump_config_json(doc)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from hpcgear.controller.context import (
     ControllerContext,
@@ -296,6 +297,126 @@ def test_a_fitting_request_is_submitted_and_released(
     job = _row(ctx, jid)
     assert job.state == "queued" and job.native_id == "555", (job.failure_kind, job.failure_message)
     assert runner.named("scontrol release")
+
+
+def _array(ctx: ControllerContext, rt: SiteRuntime, runner: FakeSlurm, n: int = 3
+           ) -> tuple[list[str], CycleReport]:
+    from hpcgear.controller.arrays import submit_array
+
+    pid = _project_ids(ctx)["p1"]
+    ids = [_submitting(ctx, pid) for _ in range(n)]
+    report = CycleReport(site="t")
+    submit_array(ctx, _rt(rt, runner, ctx), ids, report)
+    return ids, report
+
+
+def test_an_array_is_queued_with_its_slurm_ids_in_one_write_then_released(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from sqlalchemy import event
+
+    ctx, rt = setup
+    runner = FakeSlurm()
+    writes: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            writes.append(statement)
+
+    event.listen(ctx.db.engine, "before_cursor_execute", count)
+    try:
+        ids, report = _array(ctx, rt, runner)
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", count)
+    assert report.submitted == 3 and not report.errors, report
+    for i, jid in enumerate(ids):
+        job = _row(ctx, jid)
+        assert (job.state, job.native_id) == ("queued", f"555_{i}")
+        moves = [e for e in _events(ctx, jid) if e.kind == "state"]
+        assert [(e.old_state, e.new_state) for e in moves] == [("submitting", "queued")]
+        assert moves[0].message == f"queued as 555_{i} (held until released)"
+    # the write-ahead intent, then ONE write for the SLURM ids and the move (per-row
+    # statements of one executemany count once here), then the release of the array
+    assert len(writes) == 2, writes
+    sbatch = [i for i, c in enumerate(runner.calls) if c[0] == "sbatch"]
+    release = [i for i, c in enumerate(runner.calls) if "release" in c]
+    assert len(sbatch) == 1 and "--hold" in runner.calls[sbatch[0]]
+    assert len(release) == 1 and runner.calls[release[0]][-1] == "555" and release > sbatch
+
+
+def test_a_cancel_during_array_sbatch_scancels_that_task_before_the_release(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from hpcgear.jobs.service import cancel_job
+
+    ctx, rt = setup
+    victim: list[str] = []
+
+    def user_cancels() -> None:
+        with ctx.db.session() as s:
+            victim.append(s.scalars(select(Job.id).where(Job.state == "submitting")
+                                    .order_by(Job.created)).all()[1])
+            cancel_job(s, "alice", victim[0])
+
+    runner = FakeSlurm(on_sbatch=user_cancels)
+    ids, report = _array(ctx, rt, runner)
+    assert victim == [ids[1]]
+    assert _row(ctx, ids[1]).state == "cancelled" and _row(ctx, ids[1]).native_id is None
+    assert [_row(ctx, j).state for j in (ids[0], ids[2])] == ["queued", "queued"]
+    cancel = next(i for i, c in enumerate(runner.calls) if c[0] == "scancel")
+    release = next(i for i, c in enumerate(runner.calls) if "release" in c)
+    assert "555_1" in runner.calls[cancel] and cancel < release, runner.calls
+    assert report.submitted == 2
+
+
+def test_a_release_slurm_refuses_fails_the_queued_array_as_rejected(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    ctx, rt = setup
+    runner = FakeSlurm(refuse_release="Requested partition configuration not available now")
+    ids, report = _array(ctx, rt, runner)
+    for jid in ids:
+        job = _row(ctx, jid)
+        assert job.state == "failed" and job.failure_kind == "rejected", job.state
+        assert "limit of the partition" in (job.failure_message or "")
+    assert [c for c in runner.calls if c[0] == "scancel" and "555" in c], runner.calls
+    assert report.failed == 3
+
+
+def test_a_release_that_times_out_leaves_the_array_queued_for_the_poll(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    class Unreachable(FakeSlurm):
+        def run(self, argv: Sequence[str], *, timeout: float,
+                input: str | None = None) -> CompletedCommand:
+            if "release" in argv:
+                self.calls.append(tuple(argv))
+                return CompletedCommand(tuple(argv), 1, "",
+                                        "slurm_load_jobs error: Socket timed out on send/recv "
+                                        "operation\n", 0.0)
+            return super().run(argv, timeout=timeout, input=input)
+
+    ctx, rt = setup
+    ids, report = _array(ctx, rt, Unreachable())
+    assert [_row(ctx, j).state for j in ids] == ["queued"] * 3
+    assert any("release" in e for e in report.errors), report.errors
+
+
+def test_an_array_task_whose_config_is_not_json_fails_alone(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    """The array path encodes each config.json once, at stage-in: a task whose
+    document is not JSON data fails there (input_staging); the others go."""
+    from hpcgear.controller.arrays import submit_array
+
+    ctx, rt = setup
+    if ctx.db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's JSON columns refuse NaN: no such job row can exist there")
+    pid = _project_ids(ctx)["p1"]
+    ids = [_submitting(ctx, pid) for _ in range(3)]
+    with job_session(ctx, ids[1]) as (s, job):
+        update_fields(s, job, config={"sleep_seconds": float("nan")})
+    report = CycleReport(site="t")
+    submit_array(ctx, _rt(rt, FakeSlurm(), ctx), ids, report)
+    bad = _row(ctx, ids[1])
+    assert (bad.state, bad.failure_kind) == ("failed", "input_staging")
+    assert "config.json is not JSON data" in (bad.failure_message or "")
+    assert [_row(ctx, j).state for j in (ids[0], ids[2])] == ["queued", "queued"]
 
 
 # --------------------------------------------------------------------- retries

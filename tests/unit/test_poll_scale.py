@@ -68,6 +68,11 @@ class FakeSlurm:
             return CompletedCommand(argv, 0, self._sacct(argv), "", 0.0)
         if argv[0] == "scancel":
             return CompletedCommand(argv, 0, "", "", 0.0)
+        if argv[:2] == ("scontrol", "release"):
+            for native in argv[2].split(","):
+                state, _reason = self.queue[native]
+                self.queue[native] = (state, "None")
+            return CompletedCommand(argv, 0, "", "", 0.0)
         return CompletedCommand(argv, 1, "", f"{argv[0]}: not in this fake\n", 0.0)
 
     @staticmethod
@@ -315,3 +320,47 @@ def test_first_poll_records_new_jobs_in_bulk_and_skips_rows_changed_meanwhile(
     assert sorted(j for j, _ in reasons) == pending
     assert all(d == {"reason": "BeginTime"} for _, d in reasons)
     assert sorted(moves) == [("n000003", "queued", "running"), ("n000004", "queued", "running")]
+
+
+def test_poll_releases_queued_tasks_a_crash_left_held(
+        base: dict[str, Any], tmp_path: Path) -> None:
+    """An array's tasks are ``queued`` with their SLURM ids before ``scontrol release``:
+    a controller that died in between leaves them held by its own ``--hold``
+    (``JobHeldUser``). The next poll releases them in one command, with an event
+    each; an administrator's hold (``JobHeldAdmin``) is left alone."""
+    import shutil
+
+    from hpcgear.config.settings import default_settings
+    from hpcgear.controller.context import CycleReport
+    from hpcgear.controller.poll import poll_jobs
+
+    shutil.copy(base["db"], tmp_path / "h.db")
+    db = Database(create_db_engine(f"sqlite:///{tmp_path / 'h.db'}"))
+    _populate(db, [dict(id=f"h{i}", state="queued", native_id=f"800_{i}") for i in range(5)])
+    slurm = FakeSlurm()
+    for i in range(3):
+        slurm.queue[f"800_{i}"] = ("PENDING", "JobHeldUser")
+    slurm.queue["800_3"] = ("PENDING", "JobHeldAdmin")
+    slurm.queue["800_4"] = ("PENDING", "Priority")
+    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
+                                      images=tmp_path / "img"))
+    ctx = ControllerContext(db=db, store=ObjectStore(base["store"]),
+                            settings=default_settings(tmp_path / "c.yaml"), actor="ctl")
+    rt = SiteRuntime(site=site, transport=LocalTransport(), backend=SlurmBackend(slurm),
+                     local_files=True, max_array_size=1001, max_job_count=100_000)
+    report = CycleReport(site="t")
+    poll_jobs(ctx, rt, report)
+    releases = [c for c in slurm.calls if c[:2] == ("scontrol", "release")]
+    assert releases == [("scontrol", "release", "800_0,800_1,800_2")], slurm.calls
+    assert slurm.queue["800_3"] == ("PENDING", "JobHeldAdmin")
+    assert not report.errors, report.errors
+    with db.session() as s:
+        events = dict(s.execute(select(JobEvent.job_id, JobEvent.message).where(
+            JobEvent.kind == "release")).all())
+    assert sorted(events) == ["h0", "h1", "h2"], events
+    assert "interrupted submission" in events["h0"]
+    # released: the next poll has nothing more to release
+    slurm.calls.clear()
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    assert not [c for c in slurm.calls if c[:2] == ("scontrol", "release")]
+    db.dispose()
