@@ -144,10 +144,19 @@ def send_array(
     apaths, script = prepared.apaths, prepared.script
     # Write-ahead intent, per task, all in ONE transaction committed before sbatch,
     # compared with the rows as prepare_attempts read them: a job another process
-    # changed since aborts the whole array (retried next cycle).
+    # changed since aborts the whole array (retried next cycle). It is also the
+    # claim of a job still `pending` (claim.claim leaves an array's jobs to it):
+    # that job moves to `submitting` in the same write, its intent event says so.
     # Lean events: the runtime argv differs between tasks only in the job directory,
     # so task 0 carries it as a template and provenance rebuilds each task's argv.
+    pending = JobState.PENDING.value
+    check_transition(JobState.PENDING, JobState.SUBMITTING)
+    if ctx.fence is not None:
+        ctx.fence.keep()
     with ctx.db.session() as s:
+        if ctx.fence is not None:
+            # Inside the same transaction: a takeover cannot claim these jobs too.
+            ctx.fence.check(s, site.name)
         changes = [
             (
                 rows[spec.job_id],
@@ -158,6 +167,11 @@ def send_array(
                         **(rows[spec.job_id].scheduler_info or {}),
                         "array_index": index,
                     },
+                    **(
+                        {"state": JobState.SUBMITTING.value}
+                        if rows[spec.job_id].state == pending
+                        else {}
+                    ),
                 },
             )
             for index, spec in enumerate(specs)
@@ -175,6 +189,7 @@ def send_array(
             "argv_template": runtime_argv_template(specs[0], site),
             "scratch_root": site.render_scratch_root(specs[0].user),
         }
+        claimed = {"old_state": pending, "new_state": JobState.SUBMITTING.value}
         record_events_many(
             s,
             [
@@ -188,6 +203,7 @@ def send_array(
                         "index": index,
                         **(first if index == 0 else {"argv_from": specs[0].job_id}),
                     },
+                    **(claimed if rows[spec.job_id].state == pending else {}),
                 }
                 for index, spec in enumerate(specs)
             ],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
 
+from hpcgear.db.bulk import shared_json
 from hpcgear.db.models import Job
 from hpcgear.jobs.transitions import transition_from
 from hpcgear.states import JobState
@@ -25,24 +28,51 @@ IN_FLIGHT = (JobState.SUBMITTING.value, JobState.QUEUED.value, JobState.RUNNING.
 CLAIM_BATCH = 20_000
 
 
-#: The columns :func:`claim_jobs` reads of each pending job.
+#: The columns :func:`claim` reads of each pending job (what it decides on, and what
+#: a ``batch`` function groups by); resources decoded once per distinct document.
 CLAIM_COLUMNS = (
     Job.id, Job.state, Job.state_seq, Job.priority, Job.created, Job.origin_type,
-    Job.origin_id, Job.project_id, Job.site,
-)
+    Job.origin_id, Job.project_id, Job.site, Job.gear_id, *shared_json(Job.resources),
+)  # fmt: skip
+
+#: Splits the chosen rows into batches that go out as job arrays (lists of job ids,
+#: in order) and the ids that go out one by one.
+Batcher = Callable[[Sequence[Any]], tuple[list[list[str]], list[str]]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim took: ``claimed`` jobs moved to ``submitting``, and ``batches``
+    that go out as job arrays, left ``pending``: each array's write-ahead intent
+    claims its jobs in the same compare-and-set (one write per job, not two)."""
+
+    claimed: list[str] = field(default_factory=list)
+    batches: list[list[str]] = field(default_factory=list)
 
 
 def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = None) -> list[str]:
-    """Move pending jobs of this site to ``submitting``, respecting in-flight caps.
+    """Move pending jobs of this site to ``submitting``, respecting in-flight caps
+    (:func:`claim` without batches)."""
+    return claim(ctx, rt, limit=limit).claimed
 
-    Every job the caps allow is claimed (up to ``limit``, default
-    :data:`CLAIM_BATCH`), in ONE transaction: each job still moves only if it is
-    still ``pending`` (an UPDATE guarded by the state, plus its event), so a job
-    another process moved is skipped, but the claim costs no commit per job.
+
+def claim(
+    ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = None,
+    batch: Batcher | None = None,
+) -> Claim:
+    """Choose the pending jobs of this site to submit now, respecting in-flight caps.
+
+    Every job the caps allow is chosen (up to ``limit``, default
+    :data:`CLAIM_BATCH`). ``batch`` picks those that go out as job arrays: they stay
+    ``pending`` and are returned as batches. The others move to ``submitting`` in
+    ONE transaction: each job still moves only if it is still ``pending`` (an
+    UPDATE guarded by the state, plus its event), so a job another process moved
+    is skipped, but the claim costs no commit per job.
     """
     site = rt.site
     limit = CLAIM_BATCH if limit is None else limit
     claimed: list[str] = []
+    batches: list[list[str]] = []
     if ctx.fence is not None:
         ctx.fence.keep()
     with ctx.db.session() as s:
@@ -102,10 +132,13 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
             per_user[job.origin_id] = per_user.get(job.origin_id, 0) + 1
             per_project[job.project_id] = per_project.get(job.project_id, 0) + 1
             chosen.append(job)
+        singles = [j.id for j in chosen]
+        if batch is not None:
+            batches, singles = batch(chosen)
         # Compare-and-set on the state, in bulk: a job another process moved (a
         # cancel) since the read is skipped.
         claimed = transition_from(
-            s, dict.fromkeys((j.id for j in chosen), "claimed for submission"),
+            s, dict.fromkeys(singles, "claimed for submission"),
             JobState.PENDING, JobState.SUBMITTING, ctx.actor,
         )
         if claimed and ctx.fence is not None:
@@ -113,4 +146,4 @@ def claim_jobs(ctx: ControllerContext, rt: SiteRuntime, *, limit: int | None = N
             ctx.fence.check(s, site.name)
     if claimed:
         fault_point("claim.after")
-    return claimed
+    return Claim(claimed, batches)

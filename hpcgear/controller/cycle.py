@@ -6,7 +6,7 @@ The daemon and cron call :func:`run_cycle`; it only calls the step modules.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -19,7 +19,7 @@ from hpcgear.states import JobState
 
 from .arrays import adopt_or_reset_array, array_size_limit, submit_array
 from .cancel import cancel_requested
-from .claim import claim_jobs
+from .claim import claim
 from .context import ControllerContext, CycleReport, LeaseLostError, dumps, spec_user
 from .finish import stage_out_jobs
 from .logs import keep_logs_of_failed
@@ -66,10 +66,12 @@ def run_cycle(
 def submit_pending(
     ctx: ControllerContext, rt: SiteRuntime, report: CycleReport, claim_limit: int | None
 ) -> None:
+    """Claim pending jobs and submit them: similar ones as job arrays (claimed by
+    their array's intent), the others one by one; adopt arrays a crash left."""
     if rt.site.scheduler == "slurm":
         array_size_limit(rt)  # reads MaxArraySize and MaxJobCount once per connection
-    claimed = claim_jobs(ctx, rt, limit=claim_limit)
-    report.claimed += len(claimed)
+    taken = claim(ctx, rt, limit=claim_limit, batch=lambda rows: _batches(rt, rows))
+    report.claimed += len(taken.claimed) + sum(len(b) for b in taken.batches)
     with ctx.db.session() as s:
         rows = s.execute(
             select(
@@ -92,40 +94,26 @@ def submit_pending(
         except HpcgearError as exc:
             report.errors.append(f"array {array_id}: {exc.message}")
     singles: list[str] = []
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    # Jobs of a batch share their resources document (shared_json): keyed once each.
-    resource_keys = ByIdentity()
+    fresh: list[Any] = []  # submitting, no intent: claimed one by one, or left by an error
     for job in rows:
         if job.array_id and job.id in intents and not job.native_id:
             continue  # handled above
         if job.native_id or job.id in intents:
             singles.append(job.id)
+        else:
+            fresh.append(job)
+    batches, more = _batches(rt, fresh)
+    singles.extend(more)
+    for chunk in [*taken.batches, *batches]:
+        try:
+            submit_array(ctx, rt, chunk, report)
+        except StaleJobError:
             continue
-        resources = resource_keys.get(
-            job.resources,
-            lambda r: dumps({k: v for k, v in (r or {}).items() if k != "explain"}),
-        )
-        key = (job.gear_id, spec_user(job), resources)
-        groups.setdefault(key, []).append(job)
-    for group in groups.values():
-        if len(group) < 2 or rt.site.scheduler != "slurm":
-            singles.extend(j.id for j in group)
-            continue
-        size = array_size_limit(rt)
-        for i in range(0, len(group), size):
-            chunk = [j.id for j in group[i : i + size]]
-            if len(chunk) == 1:
-                singles.extend(chunk)
-                continue
-            try:
-                submit_array(ctx, rt, chunk, report)
-            except StaleJobError:
-                continue
-            except LeaseLostError:
-                raise
-            except HpcgearError as exc:
-                logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
-                report.errors.append(f"array: {exc.message}")
+        except LeaseLostError:
+            raise
+        except HpcgearError as exc:
+            logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
+            report.errors.append(f"array: {exc.message}")
     for job_id in singles:
         try:
             submit_job(ctx, rt, job_id, report)
@@ -136,3 +124,31 @@ def submit_pending(
         except HpcgearError as exc:
             logger.warning("job %s: submit step failed: %s", job_id, exc.message)
             report.errors.append(f"{job_id}: {exc.message}")
+
+
+def _batches(rt: SiteRuntime, rows: Sequence[Any]) -> tuple[list[list[str]], list[str]]:
+    """Rows (with ``gear_id``, ``origin_type``, ``origin_id`` and shared ``resources``)
+    split into job arrays of the same gear, scratch user and resources (at most the
+    site's array size each; on SLURM only) and the ids that go out one by one."""
+    if rt.site.scheduler != "slurm":
+        return [], [j.id for j in rows]
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    # Jobs of a batch share their resources document (shared_json): keyed once each.
+    resource_keys = ByIdentity()
+    for job in rows:
+        resources = resource_keys.get(
+            job.resources,
+            lambda r: dumps({k: v for k, v in (r or {}).items() if k != "explain"}),
+        )
+        groups.setdefault((job.gear_id, spec_user(job), resources), []).append(job.id)
+    batches: list[list[str]] = []
+    singles: list[str] = []
+    size = array_size_limit(rt)
+    for group in groups.values():
+        for i in range(0, len(group), size):
+            chunk = group[i : i + size]
+            if len(chunk) < 2:
+                singles.extend(chunk)
+            else:
+                batches.append(chunk)
+    return batches, singles

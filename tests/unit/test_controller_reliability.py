@@ -419,6 +419,65 @@ def test_an_array_task_whose_config_is_not_json_fails_alone(
     assert [_row(ctx, j).state for j in (ids[0], ids[2])] == ["queued", "queued"]
 
 
+def test_pending_jobs_of_an_array_are_claimed_by_its_intent(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    """Jobs that go out as an array stay ``pending`` until the array's write-ahead
+    intent: that one compare-and-set claims them (``sbatch`` event, pending ->
+    submitting); no separate claim write. A job that goes out alone is claimed as
+    before."""
+    from hpcgear.controller.cycle import submit_pending
+
+    ctx, rt = setup
+    pids = _project_ids(ctx)
+    # two: the site's cap per user (another scratch user's job goes out alone)
+    ids = [_job(ctx, user="alice", project=pids["p1"]) for _ in range(2)]
+    alone = _job(ctx, user="bob", project=pids["p2"])
+    runner = FakeSlurm()
+    report = CycleReport(site="t")
+    submit_pending(ctx, _rt(rt, runner, ctx), report, None)
+    assert report.claimed == 3 and report.submitted == 3, report
+    for jid in ids:
+        moves = [(e.kind, e.old_state, e.new_state) for e in _events(ctx, jid) if e.new_state]
+        assert moves == [("sbatch", "pending", "submitting"),
+                         ("state", "submitting", "queued")], moves  # the test made the row
+    assert ("state", "pending", "submitting") in [
+        (e.kind, e.old_state, e.new_state) for e in _events(ctx, alone)]
+    sbatch = [c[-1] for c in runner.calls if c[0] == "sbatch"]
+    assert len(sbatch) == 2 and sum(p.endswith("array.sbatch") for p in sbatch) == 1, sbatch
+
+
+def test_a_pending_job_cancelled_while_its_array_is_prepared_holds_back_the_array(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    """The intent's compare-and-set finds the cancelled job changed: nothing is
+    submitted, the other stays ``pending`` and goes out next cycle."""
+    from hpcgear.controller.cycle import submit_pending
+    from hpcgear.jobs.service import cancel_job
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)["p1"]
+    ids = [_job(ctx, user="alice", project=pid) for _ in range(2)]  # the cap per user
+    runner = FakeSlurm()
+    frt = _rt(rt, runner, ctx)
+    real_write = frt.transport.write_text
+    cancelled: list[str] = []
+
+    def cancel_while_rendering(path: str, text: str, **kw: object) -> None:
+        real_write(path, text, **kw)  # type: ignore[arg-type]
+        if path.endswith("array.sbatch") and not cancelled:
+            with ctx.db.session() as s:
+                cancel_job(s, "alice", ids[0])
+            cancelled.append(ids[0])
+
+    frt.transport.write_text = cancel_while_rendering  # type: ignore[method-assign]
+    submit_pending(ctx, frt, CycleReport(site="t"), None)
+    assert cancelled and not [c for c in runner.calls if c[0] == "sbatch"], runner.calls
+    assert [_row(ctx, j).state for j in ids] == ["cancelled", "pending"]
+    report = CycleReport(site="t")
+    submit_pending(ctx, frt, report, None)
+    assert _row(ctx, ids[1]).state == "queued"
+    assert report.submitted == 1 and len([c for c in runner.calls if c[0] == "sbatch"]) == 1
+
+
 # --------------------------------------------------------------------- retries
 
 
