@@ -182,6 +182,7 @@ def send_array(
                 "the jobs are submitted on the next cycle",
                 transient=True,
             )
+        report.claimed += sum(1 for spec in specs if rows[spec.job_id].state == pending)
         first: dict[str, Any] = {
             "script": apaths.sbatch,
             "script_sha256": script.sha256,

@@ -71,7 +71,9 @@ def submit_pending(
     if rt.site.scheduler == "slurm":
         array_size_limit(rt)  # reads MaxArraySize and MaxJobCount once per connection
     taken = claim(ctx, rt, limit=claim_limit, batch=lambda rows: _batches(rt, rows))
-    report.claimed += len(taken.claimed) + sum(len(b) for b in taken.batches)
+    # An array's jobs count as claimed when its intent claims them (send_array): a
+    # batch that cannot go out this cycle stays pending and is no progress.
+    report.claimed += len(taken.claimed)
     with ctx.db.session() as s:
         rows = s.execute(
             select(

@@ -478,6 +478,31 @@ def test_a_pending_job_cancelled_while_its_array_is_prepared_holds_back_the_arra
     assert report.submitted == 1 and len([c for c in runner.calls if c[0] == "sbatch"]) == 1
 
 
+def test_an_array_that_cannot_go_out_is_no_progress(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    """Its jobs stay ``pending`` and the cycle reports nothing claimed, so the daemon
+    sleeps its interval instead of retrying the failure back to back."""
+    from hpcgear.controller.cycle import submit_pending
+    from hpcgear.errors import HpcgearError
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)["p1"]
+    ids = [_job(ctx, user="alice", project=pid) for _ in range(2)]
+    runner = FakeSlurm()
+    frt = _rt(rt, runner, ctx)
+
+    def no_image(*args: object, **kw: object) -> str:
+        raise HpcgearError("image cache unreachable", "retried next cycle", transient=True)
+
+    frt.ensure_image = no_image  # type: ignore[method-assign]
+    report = CycleReport(site="t")
+    submit_pending(ctx, frt, report, None)
+    assert [_row(ctx, j).state for j in ids] == ["pending", "pending"]
+    assert report.claimed == 0 and report.submitted == 0
+    assert any("image cache unreachable" in e for e in report.errors), report.errors
+    assert not [c for c in runner.calls if c[0] == "sbatch"]
+
+
 # --------------------------------------------------------------------- retries
 
 
