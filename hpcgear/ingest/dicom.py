@@ -185,13 +185,32 @@ def list_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise IngestError(f"{root} is not a directory", "give the folder that holds the data")
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if p.is_file():
-                out.append(p)
+    _list_into(root, out)
     return out
+
+
+def _list_into(folder: Path, out: list[Path]) -> None:
+    # os.walk's order (a folder's files, then its subfolders, each sorted by
+    # name), but the entries' types come from the directory listing itself:
+    # no stat per file (DirEntry.is_file follows symlinks, as Path.is_file
+    # does), only one per symbolic link. A folder that cannot be listed is
+    # skipped, as os.walk skips it.
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    subfolders: list[str] = []
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.name)
+            elif entry.is_file():
+                out.append(folder / entry.name)
+        except OSError:
+            continue
+    for name in subfolders:
+        _list_into(folder / name, out)
 
 
 def relative(path: Path, root: Path, root_is_dir: bool | None = None) -> str:
@@ -199,8 +218,15 @@ def relative(path: Path, root: Path, root_is_dir: bool | None = None) -> str:
     caller knows it, saves a stat per file)."""
     if root_is_dir is None:
         root_is_dir = root.is_dir()
+    if not root_is_dir:
+        return path.name
+    # A file list_files found under ``root`` starts with it: cut the prefix
+    # (what relative_to gives, without parsing both paths again).
+    text, prefix = str(path), str(root)
+    if prefix != os.sep and text.startswith(prefix + os.sep):
+        return text[len(prefix) + 1 :]
     try:
-        return str(path.relative_to(root)) if root_is_dir else path.name
+        return str(path.relative_to(root))
     except ValueError:
         return str(path)
 
@@ -912,16 +938,49 @@ class BuiltZip:
     reid: tuple[dict[str, Any], ...] = ()
 
 
-def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
-    size = inst.path.stat().st_size
+def _read_unchanged(inst: DicomInstance) -> bytes:
+    """The bytes of ``inst``'s file, which must still have the size the scan saw.
+
+    One open, one fstat and (for a file that does not grow meanwhile) one read
+    of the whole file: a series zip reads every instance of the ingest.
+    """
+    fd = os.open(inst.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        _check_size(inst, size)
+        return read_all(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _check_size(inst: DicomInstance, size: int) -> None:
     if size != inst.size:
         raise IngestError(
             f"{inst.rel} changed while it was being ingested ({inst.size} -> {size} bytes)",
             "rerun the ingest once the files are complete",
             transient=True,
         )
+
+
+def read_all(fd: int, size: int) -> bytes:
+    """Everything from ``fd``'s position to the end of the file, ``size`` expected.
+
+    Asks for ``size + 1`` bytes: a file that still has ``size`` bytes left
+    gives them in one read; one that grew since (all ``size + 1`` came back)
+    or a read that came back short (some filesystems return less than asked)
+    is read on to its end, as ``Path.read_bytes`` would.
+    """
+    chunks = [os.read(fd, size + 1)]
+    if len(chunks[0]) == size + 1 or (0 < len(chunks[0]) < size):
+        while chunk := os.read(fd, max(size - sum(map(len, chunks)), 0) + 65536):
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
     if profile is None:
-        return inst.path.read_bytes()
+        return _read_unchanged(inst)
+    _check_size(inst, inst.path.stat().st_size)
     from pydicom import dcmread
 
     from hpcgear.ingest.deid import apply_profile

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import warnings
 import zipfile
@@ -21,7 +22,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import MetaData, func, select
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion
-from hpcgear.errors import NotFoundError, PermissionDeniedError
+from hpcgear.errors import IngestError, NotFoundError, PermissionDeniedError
 from hpcgear.hierarchy.service import (
     add_user,
     create_group,
@@ -782,3 +783,51 @@ def test_worker_processes_leave_ctrl_c_to_the_process_that_owns_them() -> None:
     finally:
         pool.shutdown()
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # not here
+
+
+def test_list_files_order_and_links(tmp_path: Path) -> None:
+    """Files of a folder (sorted) before its subfolders (sorted), as os.walk
+    gives them; symlinked files are listed, symlinked folders and broken links
+    are not (the listing reads entry types, it does not stat each file)."""
+    from hpcgear.ingest.dicom import list_files
+
+    root = tmp_path / "in"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a").mkdir()
+    for rel in ("z.dcm", "c.dcm", "b/2.dcm", "b/1.dcm", "b/deep/x.dcm", "a/y.dcm"):
+        (root / rel).write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.dcm").write_bytes(b"x")
+    (root / "linked-dir").symlink_to(outside, target_is_directory=True)
+    (root / "linked.dcm").symlink_to(root / "c.dcm")
+    (root / "broken.dcm").symlink_to(tmp_path / "missing")
+    rels = [str(p.relative_to(root)) for p in list_files(root)]
+    assert rels == ["c.dcm", "linked.dcm", "z.dcm", "a/y.dcm", "b/1.dcm", "b/2.dcm", "b/deep/x.dcm"]
+    expected = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        expected += [
+            str((Path(dirpath) / n).relative_to(root))
+            for n in sorted(filenames)
+            if (Path(dirpath) / n).is_file()
+        ]
+    assert rels == expected
+
+
+def test_a_changed_file_stops_its_series_zip(tmp_path: Path) -> None:
+    """The zip reads each file once and checks it still has the scanned size."""
+    from hpcgear.ingest.dicom import build_series_zip, scan_dicom
+
+    src = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(src.read_bytes())
+    scan = scan_dicom(folder, route_fields=("AccessionNumber",), jobs=1)
+    (inst,) = scan.instances
+    built = build_series_zip([inst], tmp_path / "one.zip", "s")
+    with zipfile.ZipFile(built.path) as zf:
+        assert zf.read(zf.namelist()[0]) == src.read_bytes()
+    (folder / "a.dcm").write_bytes(src.read_bytes() + b"more")
+    with pytest.raises(IngestError, match="changed while it was being ingested"):
+        build_series_zip([inst], tmp_path / "two.zip", "s")
