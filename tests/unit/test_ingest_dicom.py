@@ -831,3 +831,92 @@ def test_a_changed_file_stops_its_series_zip(tmp_path: Path) -> None:
     (folder / "a.dcm").write_bytes(src.read_bytes() + b"more")
     with pytest.raises(IngestError, match="changed while it was being ingested"):
         build_series_zip([inst], tmp_path / "two.zip", "s")
+
+
+def _row_shapes(db: Any) -> dict[str, list[Any]]:
+    """The rows of an ingest, ids and times replaced by container paths (so two
+    databases compare); checks every container's ancestor ids on the way."""
+    with db.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(Container.__table__))}
+        file_rows = {r.id: r for r in conn.execute(select(File.__table__))}
+        versions = conn.execute(select(FileVersion.__table__)).all()
+        changes = conn.execute(select(ChangeLog.__table__)).all()
+
+    def path(cid: str | None) -> str | None:
+        parts = []
+        node = rows.get(cid) if cid else None
+        while node is not None:
+            parts.append(node.id if node.type == "group" else node.label)
+            node = rows.get(node.parent_id) if node.parent_id else None
+        return "/".join(reversed(parts)) or None
+
+    for r in rows.values():
+        chain, node = {}, r
+        while node is not None:
+            chain[node.type] = node.id
+            node = rows.get(node.parent_id) if node.parent_id else None
+        for level in ("group", "project", "subject", "session", "acquisition"):
+            assert getattr(r, f"{level}_id") == chain.get(level), (path(r.id), level)
+    return {
+        "containers": sorted(
+            repr((path(r.id), r.type, r.label, r.label_key, r.natural_key, r.info, r.tags,
+                  r.created_by))
+            for r in rows.values()
+        ),
+        "files": sorted(
+            repr((path(f.container_id), f.name, f.current_version, f.type, f.modality,
+                  f.classification, f.tags, f.info, path(f.project_id)))
+            for f in file_rows.values()
+        ),
+        "versions": sorted(
+            repr((path(file_rows[v.file_id].container_id), file_rows[v.file_id].name, v.version,
+                  v.hash, v.size, v.origin_type, v.origin_id))
+            for v in versions
+        ),
+        "changes": sorted(
+            repr((c.kind, path(c.container_id),
+                  file_rows[c.file_id].name if c.file_id else None, c.file_version, c.actor))
+            for c in changes
+        ),
+    }  # fmt: skip
+
+
+def test_a_core_connection_and_an_orm_session_write_the_same_rows(
+    tmp_path: Path, mixed: Path
+) -> None:
+    """The CLI ingests on a Core connection, the services on an ORM session: the
+    same containers (ancestor ids included), files, versions and change log,
+    through an adopted session, a rerun and a new version."""
+    from hpcgear.db.session import Database, create_db_engine, upgrade
+
+    shapes = []
+    for how in ("session", "connection"):
+        folder = tmp_path / f"in-{how}"
+        shutil.copytree(mixed, folder)
+        engine = create_db_engine(f"sqlite:///{tmp_path / how}.db", create_dirs=True)
+        upgrade(engine)
+        db = Database(engine)
+        try:
+            make_hier(db)
+            store = ObjectStore(tmp_path / f"storage-{how}")
+            note = tmp_path / "notes.txt"
+            note.write_text("scan notes")
+            with db.session() as s:  # a plain upload: the ingest adopts its session
+                upload_files(s, store, "admin", f"{GROUP}/demo/sub-01/ses-01", [note])
+            for late in (False, False, True):
+                if late:  # a late instance: a new version of the series
+                    write_series(folder, study="A", series="t1", number=3, count=4,
+                                 description="t1_mprage_sag", accession="demo/sub-01/ses-01",
+                                 prefix="late")  # fmt: skip
+                if how == "session":
+                    run(db, store, folder)
+                else:
+                    with db.engine.connect() as conn:
+                        ingest_dicom(conn, store, "admin", folder, options())
+                        conn.commit()
+            shapes.append(_row_shapes(db))
+        finally:
+            db.dispose()
+    assert shapes[0] == shapes[1]
+    assert any("container.meta" in c for c in shapes[0]["changes"])  # the adopted session
+    assert any("', 2, 'sha256:" in v for v in shapes[0]["versions"])  # the new version
