@@ -920,3 +920,66 @@ def test_a_core_connection_and_an_orm_session_write_the_same_rows(
     assert shapes[0] == shapes[1]
     assert any("container.meta" in c for c in shapes[0]["changes"])  # the adopted session
     assert any("', 2, 'sha256:" in v for v in shapes[0]["versions"])  # the new version
+
+
+def _zipfile_bytes(members: list[tuple[str, bytes, bool]]) -> bytes:
+    """What build_series_zip's zipfile path writes for these members."""
+    from hpcgear.ingest.dicom import ZIP_EPOCH, ZIP_LEVEL, ZIP_MODE
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", allowZip64=True) as zf:
+        for name, data, deflate in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.create_system = 3
+            info.external_attr = ZIP_MODE
+            method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            info.compress_type = method
+            zf.writestr(info, data, compress_type=method, compresslevel=ZIP_LEVEL)
+    return buf.getvalue()
+
+
+def test_the_plain_zip_writer_writes_zipfiles_bytes() -> None:
+    from hpcgear.ingest.dicom import PlainZipWriter
+
+    mr = MR_SMALL.read_bytes()
+    members = [
+        ("1 - T1/1.2.3.dcm", mr, True),
+        ("1 - T1/1.2.4.dcm", mr[::-1], False),
+        ("1 - T1/empty.dcm", b"", True),
+        ("1 - T1/empty-stored.dcm", b"", False),
+        ("1 - Tête/1.2.5.dcm", mr[:1000], True),  # not ASCII: the UTF-8 flag
+        ("1 - T1/1.2\\3.4.dcm", mr[:10], True),  # a two-valued UID
+        ("1 - T1/cut\0here.dcm", mr[:10], True),  # zipfile cuts names at NUL
+    ]
+    buf = io.BytesIO()
+    writer = PlainZipWriter(buf)
+    for name, data, deflate in members:
+        writer.add(name, data, deflate=deflate)
+    writer.close()
+    assert buf.getvalue() == _zipfile_bytes(members)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        assert zf.testzip() is None
+        assert zf.read("1 - T1/1.2.3.dcm") == mr
+    assert PlainZipWriter.fits([10_000] * 100)
+    assert not PlainZipWriter.fits([2**31 - 2**20])  # zipfile would write ZIP64
+    assert not PlainZipWriter.fits([1] * 65_535)
+
+
+def test_series_zips_are_zipfiles_bytes(
+    tmp_path: Path, mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_series_zip writes the same bytes with or without PlainZipWriter."""
+    from hpcgear.ingest import dicom
+
+    scan = dicom.scan_dicom(mixed, route_fields=("AccessionNumber",), jobs=1)
+    grouped = [m for series in dicom.group_instances(scan.instances).values()
+               for m in series.values()]  # fmt: skip
+    plain = [dicom.build_series_zip(m, tmp_path / f"p{i}.zip", f"s{i}")
+             for i, m in enumerate(grouped)]  # fmt: skip
+    monkeypatch.setattr(dicom.PlainZipWriter, "fits", staticmethod(lambda sizes: False))
+    classic = [dicom.build_series_zip(m, tmp_path / f"z{i}.zip", f"s{i}")
+               for i, m in enumerate(grouped)]  # fmt: skip
+    assert len(plain) == 5
+    for a, b in zip(plain, classic, strict=True):
+        assert a.path.read_bytes() == b.path.read_bytes()
+        assert a.members_sha256 == b.members_sha256
