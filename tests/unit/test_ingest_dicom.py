@@ -983,3 +983,47 @@ def test_series_zips_are_zipfiles_bytes(
     for a, b in zip(plain, classic, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
         assert a.members_sha256 == b.members_sha256
+
+
+def test_a_series_raced_by_another_writer_is_retried_into_its_acquisition(
+    hier: Any, store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another ingest commits the same acquisition between this one's lookup and
+    its insert: the IntegrityError rolls the series back, the retry finds that
+    acquisition by its natural key and stores the series there (on the CLI's
+    Core connection)."""
+    from hpcgear.ingest import dicom_ingest
+
+    folder = tmp_path / "in"
+    write_series(folder, study="S", series="a", number=1, description="T1", count=2,
+                 accession="demo/sub-01/ses-01", prefix="a")  # fmt: skip
+    run(hier, store, folder)
+    write_series(folder, study="S", series="b", number=2, description="T2", count=2,
+                 accession="demo/sub-01/ses-01", prefix="b")  # fmt: skip
+    real = dicom_ingest._create_child
+    raced: list[str] = []
+
+    def racing(session: Any, parent: Any, ctype: str, label: str, actor: str,
+               **kw: Any) -> Any:  # fmt: skip
+        if ctype == "acquisition" and not raced:
+            raced.append(label)
+            with hier.engine.connect() as other:  # the other writer wins
+                real(other, parent, ctype, label, "ga", **kw)
+                other.commit()
+        return real(session, parent, ctype, label, actor, **kw)
+
+    monkeypatch.setattr(dicom_ingest, "_create_child", racing)
+    with hier.engine.connect() as conn:
+        report = ingest_dicom(conn, store, "admin", folder, options())
+        conn.commit()
+    assert raced == ["2 - T2"]
+    assert sorted((f.container, f.name, f.status) for f in report.files) == [
+        (f"{GROUP}/demo/sub-01/ses-01/1 - T1", "1 - T1.dicom.zip", "unchanged"),
+        (f"{GROUP}/demo/sub-01/ses-01/2 - T2", "2 - T2.dicom.zip", "new"),
+    ]
+    assert report.skipped == []
+    tree = containers(hier)
+    acq = tree[f"{GROUP}/demo/sub-01/ses-01/2 - T2"]
+    assert acq.created_by == "ga"  # the other writer's acquisition, not a second one
+    assert list(files_of(hier, acq)) == ["2 - T2.dicom.zip"]
+    assert sum(1 for path in tree if path.endswith("T2")) == 1
