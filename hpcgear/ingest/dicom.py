@@ -23,6 +23,7 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -185,13 +186,32 @@ def list_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise IngestError(f"{root} is not a directory", "give the folder that holds the data")
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if p.is_file():
-                out.append(p)
+    _list_into(root, out)
     return out
+
+
+def _list_into(folder: Path, out: list[Path]) -> None:
+    # os.walk's order (a folder's files, then its subfolders, each sorted by
+    # name), but the entries' types come from the directory listing itself:
+    # no stat per file (DirEntry.is_file follows symlinks, as Path.is_file
+    # does), only one per symbolic link. A folder that cannot be listed is
+    # skipped, as os.walk skips it.
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    subfolders: list[str] = []
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.name)
+            elif entry.is_file():
+                out.append(folder / entry.name)
+        except OSError:
+            continue
+    for name in subfolders:
+        _list_into(folder / name, out)
 
 
 def relative(path: Path, root: Path, root_is_dir: bool | None = None) -> str:
@@ -199,8 +219,15 @@ def relative(path: Path, root: Path, root_is_dir: bool | None = None) -> str:
     caller knows it, saves a stat per file)."""
     if root_is_dir is None:
         root_is_dir = root.is_dir()
+    if not root_is_dir:
+        return path.name
+    # A file list_files found under ``root`` starts with it: cut the prefix
+    # (what relative_to gives, without parsing both paths again).
+    text, prefix = str(path), str(root)
+    if prefix != os.sep and text.startswith(prefix + os.sep):
+        return text[len(prefix) + 1 :]
     try:
-        return str(path.relative_to(root)) if root_is_dir else path.name
+        return str(path.relative_to(root))
     except ValueError:
         return str(path)
 
@@ -912,16 +939,127 @@ class BuiltZip:
     reid: tuple[dict[str, Any], ...] = ()
 
 
-def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
-    size = inst.path.stat().st_size
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL_HEADER = struct.Struct("<4s4B4HL2L5H2L")
+_END_RECORD = struct.Struct("<4s4H2LH")
+#: ZIP_EPOCH as MS-DOS time and date.
+_DOS_TIME = ZIP_EPOCH[3] << 11 | ZIP_EPOCH[4] << 5 | ZIP_EPOCH[5] // 2
+_DOS_DATE = (ZIP_EPOCH[0] - 1980) << 9 | ZIP_EPOCH[1] << 5 | ZIP_EPOCH[2]
+_UTF8_NAME = 0x800
+_UNIX = 3
+_ZIP_VERSION = 20  # zipfile.DEFAULT_VERSION: what it writes without ZIP64
+
+
+class PlainZipWriter:
+    """Writes a series zip exactly as ``zipfile`` does in :func:`build_series_zip`.
+
+    The same local headers, deflate streams (``zlib.compressobj(ZIP_LEVEL,
+    DEFLATED, -15)``, compress then flush, as zipfile calls it), central
+    directory and end record, for archives within the classic format
+    (:meth:`fits`), written in one pass: no header written twice (zipfile
+    writes each local header, the member, then seeks back to rewrite the
+    header with the CRC and sizes), and none of zipfile's per-member objects
+    and locks. ``tests/unit/test_ingest_dicom.py`` compares the bytes with
+    zipfile's.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.offset = 0
+        self.central: list[bytes] = []
+
+    @staticmethod
+    def fits(sizes: Sequence[int]) -> bool:
+        """Whether members of these sizes stay clear of every ZIP64 threshold
+        zipfile applies (a member over ZIP64_LIMIT / 1.05, offsets and the
+        central directory over ZIP64_LIMIT, more than 65,535 entries); the
+        margin covers headers and deflate output larger than its input."""
+        total = sum(sizes) * 1.05 + 1024 * (len(sizes) + 1)
+        return len(sizes) < zipfile.ZIP_FILECOUNT_LIMIT and total < zipfile.ZIP64_LIMIT
+
+    def add(self, name: str, data: bytes, *, deflate: bool) -> None:
+        # zipfile.ZipInfo's name rules: cut at a NUL, os.sep as "/".
+        name = name.split("\0", 1)[0]
+        if os.sep != "/":
+            name = name.replace(os.sep, "/")
+        try:
+            raw_name, flags = name.encode("ascii"), 0
+        except UnicodeEncodeError:
+            raw_name, flags = name.encode("utf-8"), _UTF8_NAME
+        crc = zlib.crc32(data)
+        if deflate:
+            compressor = zlib.compressobj(ZIP_LEVEL, zlib.DEFLATED, -15)
+            body = compressor.compress(data) + compressor.flush()
+            method = zipfile.ZIP_DEFLATED
+        else:
+            body, method = data, zipfile.ZIP_STORED
+        head = _LOCAL_HEADER.pack(
+            b"PK\x03\x04", _ZIP_VERSION, 0, flags, method, _DOS_TIME, _DOS_DATE,
+            crc, len(body), len(data), len(raw_name), 0,
+        )  # fmt: skip
+        entry = _CENTRAL_HEADER.pack(
+            b"PK\x01\x02", _ZIP_VERSION, _UNIX, _ZIP_VERSION, 0, flags, method,
+            _DOS_TIME, _DOS_DATE, crc, len(body), len(data), len(raw_name), 0, 0, 0, 0,
+            ZIP_MODE, self.offset,
+        )  # fmt: skip
+        self.central.append(entry + raw_name)
+        self.fh.write(head + raw_name)
+        self.fh.write(body)
+        self.offset += len(head) + len(raw_name) + len(body)
+
+    def close(self) -> None:
+        directory = b"".join(self.central)
+        count = len(self.central)
+        self.fh.write(directory)
+        self.fh.write(
+            _END_RECORD.pack(b"PK\x05\x06", 0, 0, count, count, len(directory), self.offset, 0)
+        )
+
+
+
+def _read_unchanged(inst: DicomInstance) -> bytes:
+    """The bytes of ``inst``'s file, which must still have the size the scan saw.
+
+    One open, one fstat and (for a file that does not grow meanwhile) one read
+    of the whole file: a series zip reads every instance of the ingest.
+    """
+    fd = os.open(inst.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        _check_size(inst, size)
+        return read_all(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _check_size(inst: DicomInstance, size: int) -> None:
     if size != inst.size:
         raise IngestError(
             f"{inst.rel} changed while it was being ingested ({inst.size} -> {size} bytes)",
             "rerun the ingest once the files are complete",
             transient=True,
         )
+
+
+def read_all(fd: int, size: int) -> bytes:
+    """Everything from ``fd``'s position to the end of the file, ``size`` expected.
+
+    Asks for ``size + 1`` bytes: a file that still has ``size`` bytes left
+    gives them in one read; one that grew since (all ``size + 1`` came back)
+    or a read that came back short (some filesystems return less than asked)
+    is read on to its end, as ``Path.read_bytes`` would.
+    """
+    chunks = [os.read(fd, size + 1)]
+    if len(chunks[0]) == size + 1 or (0 < len(chunks[0]) < size):
+        while chunk := os.read(fd, max(size - sum(map(len, chunks)), 0) + 65536):
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _member_bytes(inst: DicomInstance, profile: DeidProfile | None, log: DeidLog | None) -> bytes:
     if profile is None:
-        return inst.path.read_bytes()
+        return _read_unchanged(inst)
+    _check_size(inst, inst.path.stat().st_size)
     from pydicom import dcmread
 
     from hpcgear.ingest.deid import apply_profile
@@ -957,17 +1095,31 @@ def build_series_zip(
         log = new_log(profile)
     digest_lines = hashlib.sha256()
     ordered = sorted(instances, key=lambda i: i.sort_key)
-    with zipfile.ZipFile(dest, "w", allowZip64=True) as zf:
-        for inst in ordered:
-            name = f"{folder}/{inst.sop_key}.dcm"
-            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
-            info.create_system = 3
-            info.external_attr = ZIP_MODE
-            method = zipfile.ZIP_STORED if inst.compressed else zipfile.ZIP_DEFLATED
-            info.compress_type = method
-            data = _member_bytes(inst, profile, log)
-            zf.writestr(info, data, compress_type=method, compresslevel=ZIP_LEVEL)
-            digest_lines.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    # Plain members have the sizes the scan saw (checked as they are read), so
+    # whether the archive fits the classic (not ZIP64) format is known before
+    # writing; then PlainZipWriter writes what zipfile would, byte for byte, for
+    # less. De-identified members are only sized once rewritten: zipfile.
+    if profile is None and PlainZipWriter.fits([i.size for i in ordered]):
+        with open(dest, "wb") as fh:
+            writer = PlainZipWriter(fh)
+            for inst in ordered:
+                name = f"{folder}/{inst.sop_key}.dcm"
+                data = _member_bytes(inst, None, None)
+                writer.add(name, data, deflate=not inst.compressed)
+                digest_lines.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+            writer.close()
+    else:
+        with zipfile.ZipFile(dest, "w", allowZip64=True) as zf:
+            for inst in ordered:
+                name = f"{folder}/{inst.sop_key}.dcm"
+                info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+                info.create_system = 3
+                info.external_attr = ZIP_MODE
+                method = zipfile.ZIP_STORED if inst.compressed else zipfile.ZIP_DEFLATED
+                info.compress_type = method
+                data = _member_bytes(inst, profile, log)
+                zf.writestr(info, data, compress_type=method, compresslevel=ZIP_LEVEL)
+                digest_lines.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
     return BuiltZip(
         path=dest,
         members=len(ordered),

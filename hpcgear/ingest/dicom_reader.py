@@ -73,17 +73,19 @@ def read_plain_header(path: os.PathLike[str] | str, wanted: Collection[int]) -> 
     None means "read it with pydicom": the file is not one this reader is sure
     to read exactly as pydicom would. OSError propagates.
     """
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        buf = fh.read(FIRST_READ)
+    # Unbuffered (a file object per file costs more than the reads it saves):
+    # usually one open, one fstat and one read.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        buf = _read_at(fd, 0, FIRST_READ, size)
         encapsulated_ok = False
         while True:
             try:
                 return _parse(buf, size, wanted, encapsulated_ok=encapsulated_ok)
             except _NeedMore:
                 # A long header: read as much again (never the pixel data beyond it).
-                fh.seek(len(buf))
-                more = fh.read(len(buf))
+                more = _read_at(fd, len(buf), len(buf), size)
                 if not more:
                     return None
                 buf += more
@@ -91,12 +93,38 @@ def read_plain_header(path: os.PathLike[str] | str, wanted: Collection[int]) -> 
                 if encapsulated_ok:
                     return None
                 (pixel_pos,) = enc.args
-                fh.seek(max(pixel_pos, size - 4096))
-                if b"\xfe\xff\xdd\xe0" not in fh.read():
+                start = max(pixel_pos, size - 4096)
+                if b"\xfe\xff\xdd\xe0" not in _read_at(fd, start, size - start, size):
                     return None  # no end of the pixel data: pydicom's path says so
                 encapsulated_ok = True
             except (_Unusual, struct.error, UnicodeDecodeError):
                 return None
+    finally:
+        os.close(fd)
+
+
+def _read_at(fd: int, offset: int, count: int, size: int) -> bytes:
+    """``count`` bytes at ``offset``, fewer only at the end of the file (``size``
+    bytes at the fstat). Asks for no more than the file holds, so a whole file
+    is one read; a read that comes back short is continued, as a buffered
+    file's read is."""
+    count = max(0, min(count, size - offset))
+    parts: list[bytes] = []
+    got = 0
+    while got < count:
+        chunk = _pread(fd, count - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pread(fd: int, count: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - Windows
+    return os.read(fd, count)
 
 
 class _NeedMore(Exception):

@@ -7,7 +7,6 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -140,27 +139,14 @@ def test_a_long_header_does_not_read_the_pixel_data(
     ds.save_as(path)
     monkeypatch.setattr(dicom_reader, "FIRST_READ", 1024)
     read: list[int] = []
-    real_open = open
+    real_pread = dicom_reader._pread
 
-    class Counting:
-        def __init__(self, fh: Any) -> None:
-            self.fh = fh
+    def counting(fd: int, count: int, offset: int) -> bytes:
+        data = real_pread(fd, count, offset)
+        read.append(len(data))
+        return data
 
-        def __enter__(self) -> Any:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.fh.close()
-
-        def read(self, n: int = -1) -> bytes:
-            data = self.fh.read(n)
-            read.append(len(data))
-            return data
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.fh, name)
-
-    monkeypatch.setattr(dicom_reader, "open", lambda p, m: Counting(real_open(p, m)), raising=False)
+    monkeypatch.setattr(dicom_reader, "_pread", counting)
     head = read_plain_header(path, set(header_tags(ROUTE, None)))
     assert head is not None
     assert head.elements[0x00324000][1].rstrip(b" ") == b"long header"
@@ -181,3 +167,37 @@ def test_small_first_reads_give_the_same_headers(
     monkeypatch.setattr(dicom_reader, "FIRST_READ", first_read)
     assert {path: read_plain_header(path, wanted) for path in files} == whole
     assert sum(head is not None for head in whole.values()) > len(files) // 2
+
+
+def test_a_whole_small_file_is_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header shorter than the first read costs one read, of the file's size:
+    no read past the end to find it (a scan reads thousands of such files)."""
+    from hpcgear.ingest import dicom_reader
+
+    src = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    asked: list[int] = []
+    real_pread = dicom_reader._pread
+
+    def counting(fd: int, count: int, offset: int) -> bytes:
+        asked.append(count)
+        return real_pread(fd, count, offset)
+
+    monkeypatch.setattr(dicom_reader, "_pread", counting)
+    head = read_plain_header(src, set(header_tags(ROUTE, None)))
+    assert head is not None
+    assert asked == [src.stat().st_size]
+
+
+def test_short_reads_are_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem may return fewer bytes than asked: the header is the same."""
+    from hpcgear.ingest import dicom_reader
+
+    src = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    wanted = set(header_tags(ROUTE, None))
+    whole = read_plain_header(src, wanted)
+    real_pread = dicom_reader._pread
+    monkeypatch.setattr(
+        dicom_reader, "_pread", lambda fd, count, offset: real_pread(fd, min(count, 97), offset)
+    )
+    assert whole is not None
+    assert read_plain_header(src, wanted) == whole

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import warnings
 import zipfile
@@ -21,7 +22,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import MetaData, func, select
 
 from hpcgear.db.models import ChangeLog, Container, File, FileVersion
-from hpcgear.errors import NotFoundError, PermissionDeniedError
+from hpcgear.errors import IngestError, NotFoundError, PermissionDeniedError
 from hpcgear.hierarchy.service import (
     add_user,
     create_group,
@@ -782,3 +783,247 @@ def test_worker_processes_leave_ctrl_c_to_the_process_that_owns_them() -> None:
     finally:
         pool.shutdown()
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # not here
+
+
+def test_list_files_order_and_links(tmp_path: Path) -> None:
+    """Files of a folder (sorted) before its subfolders (sorted), as os.walk
+    gives them; symlinked files are listed, symlinked folders and broken links
+    are not (the listing reads entry types, it does not stat each file)."""
+    from hpcgear.ingest.dicom import list_files
+
+    root = tmp_path / "in"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a").mkdir()
+    for rel in ("z.dcm", "c.dcm", "b/2.dcm", "b/1.dcm", "b/deep/x.dcm", "a/y.dcm"):
+        (root / rel).write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.dcm").write_bytes(b"x")
+    (root / "linked-dir").symlink_to(outside, target_is_directory=True)
+    (root / "linked.dcm").symlink_to(root / "c.dcm")
+    (root / "broken.dcm").symlink_to(tmp_path / "missing")
+    rels = [str(p.relative_to(root)) for p in list_files(root)]
+    assert rels == ["c.dcm", "linked.dcm", "z.dcm", "a/y.dcm", "b/1.dcm", "b/2.dcm", "b/deep/x.dcm"]
+    expected = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        expected += [
+            str((Path(dirpath) / n).relative_to(root))
+            for n in sorted(filenames)
+            if (Path(dirpath) / n).is_file()
+        ]
+    assert rels == expected
+
+
+def test_a_changed_file_stops_its_series_zip(tmp_path: Path) -> None:
+    """The zip reads each file once and checks it still has the scanned size."""
+    from hpcgear.ingest.dicom import build_series_zip, scan_dicom
+
+    src = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(src.read_bytes())
+    scan = scan_dicom(folder, route_fields=("AccessionNumber",), jobs=1)
+    (inst,) = scan.instances
+    built = build_series_zip([inst], tmp_path / "one.zip", "s")
+    with zipfile.ZipFile(built.path) as zf:
+        assert zf.read(zf.namelist()[0]) == src.read_bytes()
+    (folder / "a.dcm").write_bytes(src.read_bytes() + b"more")
+    with pytest.raises(IngestError, match="changed while it was being ingested"):
+        build_series_zip([inst], tmp_path / "two.zip", "s")
+
+
+def _row_shapes(db: Any) -> dict[str, list[Any]]:
+    """The rows of an ingest, ids and times replaced by container paths (so two
+    databases compare); checks every container's ancestor ids on the way."""
+    with db.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(Container.__table__))}
+        file_rows = {r.id: r for r in conn.execute(select(File.__table__))}
+        versions = conn.execute(select(FileVersion.__table__)).all()
+        changes = conn.execute(select(ChangeLog.__table__)).all()
+
+    def path(cid: str | None) -> str | None:
+        parts = []
+        node = rows.get(cid) if cid else None
+        while node is not None:
+            parts.append(node.id if node.type == "group" else node.label)
+            node = rows.get(node.parent_id) if node.parent_id else None
+        return "/".join(reversed(parts)) or None
+
+    for r in rows.values():
+        chain, node = {}, r
+        while node is not None:
+            chain[node.type] = node.id
+            node = rows.get(node.parent_id) if node.parent_id else None
+        for level in ("group", "project", "subject", "session", "acquisition"):
+            assert getattr(r, f"{level}_id") == chain.get(level), (path(r.id), level)
+    return {
+        "containers": sorted(
+            repr((path(r.id), r.type, r.label, r.label_key, r.natural_key, r.info, r.tags,
+                  r.created_by))
+            for r in rows.values()
+        ),
+        "files": sorted(
+            repr((path(f.container_id), f.name, f.current_version, f.type, f.modality,
+                  f.classification, f.tags, f.info, path(f.project_id)))
+            for f in file_rows.values()
+        ),
+        "versions": sorted(
+            repr((path(file_rows[v.file_id].container_id), file_rows[v.file_id].name, v.version,
+                  v.hash, v.size, v.origin_type, v.origin_id))
+            for v in versions
+        ),
+        "changes": sorted(
+            repr((c.kind, path(c.container_id),
+                  file_rows[c.file_id].name if c.file_id else None, c.file_version, c.actor))
+            for c in changes
+        ),
+    }  # fmt: skip
+
+
+def test_a_core_connection_and_an_orm_session_write_the_same_rows(
+    tmp_path: Path, mixed: Path
+) -> None:
+    """The CLI ingests on a Core connection, the services on an ORM session: the
+    same containers (ancestor ids included), files, versions and change log,
+    through an adopted session, a rerun and a new version."""
+    from hpcgear.db.session import Database, create_db_engine, upgrade
+
+    shapes = []
+    for how in ("session", "connection"):
+        folder = tmp_path / f"in-{how}"
+        shutil.copytree(mixed, folder)
+        engine = create_db_engine(f"sqlite:///{tmp_path / how}.db", create_dirs=True)
+        upgrade(engine)
+        db = Database(engine)
+        try:
+            make_hier(db)
+            store = ObjectStore(tmp_path / f"storage-{how}")
+            note = tmp_path / "notes.txt"
+            note.write_text("scan notes")
+            with db.session() as s:  # a plain upload: the ingest adopts its session
+                upload_files(s, store, "admin", f"{GROUP}/demo/sub-01/ses-01", [note])
+            for late in (False, False, True):
+                if late:  # a late instance: a new version of the series
+                    write_series(folder, study="A", series="t1", number=3, count=4,
+                                 description="t1_mprage_sag", accession="demo/sub-01/ses-01",
+                                 prefix="late")  # fmt: skip
+                if how == "session":
+                    run(db, store, folder)
+                else:
+                    with db.engine.connect() as conn:
+                        ingest_dicom(conn, store, "admin", folder, options())
+                        conn.commit()
+            shapes.append(_row_shapes(db))
+        finally:
+            db.dispose()
+    assert shapes[0] == shapes[1]
+    assert any("container.meta" in c for c in shapes[0]["changes"])  # the adopted session
+    assert any("', 2, 'sha256:" in v for v in shapes[0]["versions"])  # the new version
+
+
+def _zipfile_bytes(members: list[tuple[str, bytes, bool]]) -> bytes:
+    """What build_series_zip's zipfile path writes for these members."""
+    from hpcgear.ingest.dicom import ZIP_EPOCH, ZIP_LEVEL, ZIP_MODE
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", allowZip64=True) as zf:
+        for name, data, deflate in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.create_system = 3
+            info.external_attr = ZIP_MODE
+            method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            info.compress_type = method
+            zf.writestr(info, data, compress_type=method, compresslevel=ZIP_LEVEL)
+    return buf.getvalue()
+
+
+def test_the_plain_zip_writer_writes_zipfiles_bytes() -> None:
+    from hpcgear.ingest.dicom import PlainZipWriter
+
+    mr = MR_SMALL.read_bytes()
+    members = [
+        ("1 - T1/1.2.3.dcm", mr, True),
+        ("1 - T1/1.2.4.dcm", mr[::-1], False),
+        ("1 - T1/empty.dcm", b"", True),
+        ("1 - T1/empty-stored.dcm", b"", False),
+        ("1 - Tête/1.2.5.dcm", mr[:1000], True),  # not ASCII: the UTF-8 flag
+        ("1 - T1/1.2\\3.4.dcm", mr[:10], True),  # a two-valued UID
+        ("1 - T1/cut\0here.dcm", mr[:10], True),  # zipfile cuts names at NUL
+    ]
+    buf = io.BytesIO()
+    writer = PlainZipWriter(buf)
+    for name, data, deflate in members:
+        writer.add(name, data, deflate=deflate)
+    writer.close()
+    assert buf.getvalue() == _zipfile_bytes(members)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        assert zf.testzip() is None
+        assert zf.read("1 - T1/1.2.3.dcm") == mr
+    assert PlainZipWriter.fits([10_000] * 100)
+    assert not PlainZipWriter.fits([2**31 - 2**20])  # zipfile would write ZIP64
+    assert not PlainZipWriter.fits([1] * 65_535)
+
+
+def test_series_zips_are_zipfiles_bytes(
+    tmp_path: Path, mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_series_zip writes the same bytes with or without PlainZipWriter."""
+    from hpcgear.ingest import dicom
+
+    scan = dicom.scan_dicom(mixed, route_fields=("AccessionNumber",), jobs=1)
+    grouped = [m for series in dicom.group_instances(scan.instances).values()
+               for m in series.values()]  # fmt: skip
+    plain = [dicom.build_series_zip(m, tmp_path / f"p{i}.zip", f"s{i}")
+             for i, m in enumerate(grouped)]  # fmt: skip
+    monkeypatch.setattr(dicom.PlainZipWriter, "fits", staticmethod(lambda sizes: False))
+    classic = [dicom.build_series_zip(m, tmp_path / f"z{i}.zip", f"s{i}")
+               for i, m in enumerate(grouped)]  # fmt: skip
+    assert len(plain) == 5
+    for a, b in zip(plain, classic, strict=True):
+        assert a.path.read_bytes() == b.path.read_bytes()
+        assert a.members_sha256 == b.members_sha256
+
+
+def test_a_series_raced_by_another_writer_is_retried_into_its_acquisition(
+    hier: Any, store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another ingest commits the same acquisition between this one's lookup and
+    its insert: the IntegrityError rolls the series back, the retry finds that
+    acquisition by its natural key and stores the series there (on the CLI's
+    Core connection)."""
+    from hpcgear.ingest import dicom_ingest
+
+    folder = tmp_path / "in"
+    write_series(folder, study="S", series="a", number=1, description="T1", count=2,
+                 accession="demo/sub-01/ses-01", prefix="a")  # fmt: skip
+    run(hier, store, folder)
+    write_series(folder, study="S", series="b", number=2, description="T2", count=2,
+                 accession="demo/sub-01/ses-01", prefix="b")  # fmt: skip
+    real = dicom_ingest._create_child
+    raced: list[str] = []
+
+    def racing(session: Any, parent: Any, ctype: str, label: str, actor: str,
+               **kw: Any) -> Any:  # fmt: skip
+        if ctype == "acquisition" and not raced:
+            raced.append(label)
+            with hier.engine.connect() as other:  # the other writer wins
+                real(other, parent, ctype, label, "ga", **kw)
+                other.commit()
+        return real(session, parent, ctype, label, actor, **kw)
+
+    monkeypatch.setattr(dicom_ingest, "_create_child", racing)
+    with hier.engine.connect() as conn:
+        report = ingest_dicom(conn, store, "admin", folder, options())
+        conn.commit()
+    assert raced == ["2 - T2"]
+    assert sorted((f.container, f.name, f.status) for f in report.files) == [
+        (f"{GROUP}/demo/sub-01/ses-01/1 - T1", "1 - T1.dicom.zip", "unchanged"),
+        (f"{GROUP}/demo/sub-01/ses-01/2 - T2", "2 - T2.dicom.zip", "new"),
+    ]
+    assert report.skipped == []
+    tree = containers(hier)
+    acq = tree[f"{GROUP}/demo/sub-01/ses-01/2 - T2"]
+    assert acq.created_by == "ga"  # the other writer's acquisition, not a second one
+    assert list(files_of(hier, acq)) == ["2 - T2.dicom.zip"]
+    assert sum(1 for path in tree if path.endswith("T2")) == 1

@@ -27,6 +27,8 @@ WATCHED = (
     "multiprocessing",  # worker processes (--jobs N)
     "concurrent.futures.process",
     "pydicom",  # the plain header reader and the zip builder read these files
+    "sqlalchemy.orm",  # the DICOM ingest writes in Core (hpcgear.ingest.dicom_ingest)
+    "hpcgear.db.models",
 )
 
 
