@@ -375,24 +375,6 @@ def _current_version(session: Db, row: Row[Any]) -> Row[Any] | None:
     ).first()
 
 
-def _unchanged(
-    container: str, row: Row[Any], current: Row[Any], members: int | None = None
-) -> FileOutcome:
-    """The outcome of a file whose current version already holds these bytes."""
-    return FileOutcome(
-        container=container,
-        name=row.name,
-        status="unchanged",
-        type=row.type,
-        version=current.version,
-        hash=current.hash,
-        size=current.size,
-        members=members,
-        modality=row.modality,
-        classification=dict(row.classification or {}),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class _AddedVersion:
     file_id: str
@@ -1136,7 +1118,7 @@ def _store_series_once(
         current = _current_version(session, row)
         if stored == built.members_sha256 and current is not None:
             return (
-                _unchanged(acq_path, row, current, members=built.members),
+                FileOutcome.unchanged(acq_path, row, current, members=built.members),
                 created,
                 placed,
                 sess,

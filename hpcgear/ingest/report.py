@@ -45,6 +45,26 @@ class FileOutcome:
     classification: dict[str, list[str]] = field(default_factory=dict)
     sources: tuple[str, ...] = ()  # input files (relative), for NIfTI and dry-run output
 
+    @classmethod
+    def unchanged(
+        cls, container: str, row: Any, current: Any, members: int | None = None
+    ) -> FileOutcome:
+        """A file whose current version already holds these bytes (``row``: a file
+        row with name, type, modality and classification; ``current``: its version
+        row with version, hash and size; ORM objects or Core rows)."""
+        return cls(
+            container=container,
+            name=row.name,
+            status="unchanged",
+            type=row.type,
+            version=current.version,
+            hash=current.hash,
+            size=current.size,
+            members=members,
+            modality=row.modality,
+            classification=dict(row.classification or {}),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "path": f"{self.container}/{self.name}",

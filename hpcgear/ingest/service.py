@@ -153,24 +153,6 @@ def _labelled_child(
     return create_child(session, parent, ctype, label, actor), True
 
 
-def _unchanged(
-    container: str, row: File, current: FileVersion, members: int | None = None
-) -> FileOutcome:
-    """The outcome of a file whose current version already holds these bytes."""
-    return FileOutcome(
-        container=container,
-        name=row.name,
-        status="unchanged",
-        type=row.type,
-        version=current.version,
-        hash=current.hash,
-        size=current.size,
-        members=members,
-        modality=row.modality,
-        classification=dict(row.classification or {}),
-    )
-
-
 def _current_version(session: Session, row: File) -> FileVersion | None:
     return session.scalar(
         select(FileVersion).where(
@@ -400,7 +382,7 @@ def _put_plain_file(
     if row is not None:
         current = _current_version(session, row)
         if current is not None and current.hash == digest:
-            return _unchanged(container, row, current)
+            return FileOutcome.unchanged(container, row, current)
     obj = store.put_file(path, expected=digest)
     result = add_file_version(
         session,

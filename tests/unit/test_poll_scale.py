@@ -162,11 +162,24 @@ def _populate(db: Database, rows: list[dict[str, Any]]) -> None:
         s.execute(insert(Job), [{**common, **r} for r in rows])
 
 
+def _controller(base: dict[str, Any], tmp_path: Path, db: Database,
+                slurm: FakeSlurm) -> tuple[ControllerContext, SiteRuntime]:
+    """The controller's context and the test site on ``slurm``."""
+    from hpcgear.config.settings import default_settings
+
+    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
+                                      images=tmp_path / "img"))
+    ctx = ControllerContext(db=db, store=ObjectStore(base["store"]),
+                            settings=default_settings(tmp_path / "c.yaml"), actor="ctl")
+    rt = SiteRuntime(site=site, transport=LocalTransport(), backend=SlurmBackend(slurm),
+                     local_files=True, max_array_size=1001, max_job_count=100_000)
+    return ctx, rt
+
+
 def _cycle_queries(base: dict[str, Any], tmp_path: Path, tracked: int) -> tuple[list[str], Any]:
     """Run one whole controller cycle with ``tracked`` jobs in SLURM's queue."""
     import shutil
 
-    from hpcgear.config.settings import default_settings
 
     shutil.copy(base["db"], tmp_path / "h.db")
     db = Database(create_db_engine(f"sqlite:///{tmp_path / 'h.db'}"))
@@ -206,12 +219,7 @@ def _cycle_queries(base: dict[str, Any], tmp_path: Path, tracked: int) -> tuple[
     slurm.names = {r["native_id"]: f"hpcgear-{r['id']}" for r in rows}
     _populate(db, rows)
 
-    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
-                                      images=tmp_path / "img"))
-    ctx = ControllerContext(db=db, store=ObjectStore(base["store"]),
-                            settings=default_settings(tmp_path / "c.yaml"), actor="ctl")
-    rt = SiteRuntime(site=site, transport=LocalTransport(), backend=SlurmBackend(slurm),
-                     local_files=True, max_array_size=1001, max_job_count=100_000)
+    ctx, rt = _controller(base, tmp_path, db, slurm)
     report = run_cycle(ctx, rt)
     with db.session() as s:
         states = dict(s.execute(select(Job.id, Job.state).where(
@@ -246,7 +254,6 @@ def test_first_poll_records_new_jobs_in_bulk_and_skips_rows_changed_meanwhile(
 
     from sqlalchemy import event, update
 
-    from hpcgear.config.settings import default_settings
     from hpcgear.controller.context import CycleReport
     from hpcgear.controller.poll import poll_jobs
 
@@ -274,12 +281,7 @@ def test_first_poll_records_new_jobs_in_bulk_and_skips_rows_changed_meanwhile(
         slurm.queue[f"700_{i}"] = ("PENDING", "BeginTime")
     slurm.queue["700_3"] = ("RUNNING", "None")
     slurm.queue["700_4"] = ("RUNNING", "None")
-    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
-                                      images=tmp_path / "img"))
-    ctx = ControllerContext(db=db, store=ObjectStore(base["store"]),
-                            settings=default_settings(tmp_path / "c.yaml"), actor="ctl")
-    rt = SiteRuntime(site=site, transport=LocalTransport(), backend=SlurmBackend(slurm),
-                     local_files=True, max_array_size=1001, max_job_count=100_000)
+    ctx, rt = _controller(base, tmp_path, db, slurm)
     updates: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -330,7 +332,6 @@ def test_poll_releases_queued_tasks_a_crash_left_held(
     each; an administrator's hold (``JobHeldAdmin``) is left alone."""
     import shutil
 
-    from hpcgear.config.settings import default_settings
     from hpcgear.controller.context import CycleReport
     from hpcgear.controller.poll import poll_jobs
 
@@ -342,12 +343,7 @@ def test_poll_releases_queued_tasks_a_crash_left_held(
         slurm.queue[f"800_{i}"] = ("PENDING", "JobHeldUser")
     slurm.queue["800_3"] = ("PENDING", "JobHeldAdmin")
     slurm.queue["800_4"] = ("PENDING", "Priority")
-    site = load_site_text(SITE.format(scratch=tmp_path / "scr", storage=tmp_path / "st",
-                                      images=tmp_path / "img"))
-    ctx = ControllerContext(db=db, store=ObjectStore(base["store"]),
-                            settings=default_settings(tmp_path / "c.yaml"), actor="ctl")
-    rt = SiteRuntime(site=site, transport=LocalTransport(), backend=SlurmBackend(slurm),
-                     local_files=True, max_array_size=1001, max_job_count=100_000)
+    ctx, rt = _controller(base, tmp_path, db, slurm)
     report = CycleReport(site="t")
     poll_jobs(ctx, rt, report)
     releases = [c for c in slurm.calls if c[:2] == ("scontrol", "release")]
