@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -399,18 +400,32 @@ def test_a_release_that_times_out_leaves_the_array_queued_for_the_poll(
 
 
 def test_an_array_task_whose_config_is_not_json_fails_alone(
-        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+        setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The array path encodes each config.json once, at stage-in: a task whose
-    document is not JSON data fails there (input_staging); the others go."""
+    document is not JSON data fails there (input_staging); the others go.
+
+    SQLite stores a NaN in a job's config (PostgreSQL's JSON columns refuse it), so on
+    SQLite the row holds it; on PostgreSQL the document is given it as it is built."""
     from hpcgear.controller.arrays import submit_array
+    from hpcgear.controller.resolve import SpecMaker
 
     ctx, rt = setup
-    if ctx.db.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL's JSON columns refuse NaN: no such job row can exist there")
     pid = _project_ids(ctx)["p1"]
     ids = [_submitting(ctx, pid) for _ in range(3)]
-    with job_session(ctx, ids[1]) as (s, job):
-        update_fields(s, job, config={"sleep_seconds": float("nan")})
+    if ctx.db.engine.dialect.name == "sqlite":
+        with job_session(ctx, ids[1]) as (s, job):
+            update_fields(s, job, config={"sleep_seconds": float("nan")})
+    else:
+        built = SpecMaker.config_json
+
+        def with_nan(self: SpecMaker, job: Any, spec: Any, *a: Any, **kw: Any) -> Any:
+            doc = built(self, job, spec, *a, **kw)
+            if job.id == ids[1]:
+                doc["config"] = {**doc["config"], "sleep_seconds": float("nan")}
+            return doc
+
+        monkeypatch.setattr(SpecMaker, "config_json", with_nan)
     report = CycleReport(site="t")
     submit_array(ctx, _rt(rt, FakeSlurm(), ctx), ids, report)
     bad = _row(ctx, ids[1])
