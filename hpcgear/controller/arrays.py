@@ -149,8 +149,8 @@ def send_array(
     # that job moves to `submitting` in the same write, its intent event says so.
     # Lean events: the runtime argv differs between tasks only in the job directory,
     # so task 0 carries it as a template and provenance rebuilds each task's argv.
-    pending = JobState.PENDING.value
     check_transition(JobState.PENDING, JobState.SUBMITTING)
+    claiming = {sp.job_id for sp in specs if rows[sp.job_id].state == JobState.PENDING.value}
     if ctx.fence is not None:
         ctx.fence.keep()
     with ctx.db.session() as s:
@@ -167,11 +167,7 @@ def send_array(
                         **(rows[spec.job_id].scheduler_info or {}),
                         "array_index": index,
                     },
-                    **(
-                        {"state": JobState.SUBMITTING.value}
-                        if rows[spec.job_id].state == pending
-                        else {}
-                    ),
+                    **({"state": JobState.SUBMITTING.value} if spec.job_id in claiming else {}),
                 },
             )
             for index, spec in enumerate(specs)
@@ -182,7 +178,7 @@ def send_array(
                 "the jobs are submitted on the next cycle",
                 transient=True,
             )
-        report.claimed += sum(1 for spec in specs if rows[spec.job_id].state == pending)
+        report.claimed += len(claiming)
         first: dict[str, Any] = {
             "script": apaths.sbatch,
             "script_sha256": script.sha256,
@@ -190,7 +186,7 @@ def send_array(
             "argv_template": runtime_argv_template(specs[0], site),
             "scratch_root": site.render_scratch_root(specs[0].user),
         }
-        claimed = {"old_state": pending, "new_state": JobState.SUBMITTING.value}
+        claimed = {"old_state": JobState.PENDING.value, "new_state": JobState.SUBMITTING.value}
         record_events_many(
             s,
             [
@@ -204,7 +200,7 @@ def send_array(
                         "index": index,
                         **(first if index == 0 else {"argv_from": specs[0].job_id}),
                     },
-                    **(claimed if rows[spec.job_id].state == pending else {}),
+                    **(claimed if spec.job_id in claiming else {}),
                 }
                 for index, spec in enumerate(specs)
             ],
