@@ -485,12 +485,18 @@ class ArrayConfig:
         "most tasks per array (none: ask SLURM for MaxArraySize)", default=None)
     throttle: int | None = setting("most tasks of one array running at once (--array=...%N)",
                                    default=None)
+    prepare_processes: int = setting(
+        "helper processes the controller forks to prepare arrays while it submits others "
+        "(0: prepare them in the controller; used with 2+ cores and a local scratch)",
+        default=1)
 
     def schema_problems(self) -> Iterator[Problem]:
         if self.max_size is not None and self.max_size < 1:
             yield Problem(("max_size",), "max_size must be at least 1")
         if self.throttle is not None and self.throttle < 1:
             yield Problem(("throttle",), "throttle must be at least 1")
+        if not 0 <= self.prepare_processes <= 64:
+            yield Problem(("prepare_processes",), "prepare_processes must be 0..64")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -23,12 +27,12 @@ from hpcgear.jobs.transitions import (
 from hpcgear.render import (
     ArrayPaths,
     JobPaths,
-    RenderedScript,
     build_runtime_argv,
     runtime_argv_template,
 )
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
 from hpcgear.spec import JobSpec
+from hpcgear.staging.checksums import is_local
 from hpcgear.states import FailureKind, JobState, check_transition
 
 from .admit import fits_live_limits, release
@@ -59,16 +63,28 @@ def array_size_limit(rt: SiteRuntime) -> int:
     return max(1, min(configured, live) if configured else live)
 
 
+class CasRow(NamedTuple):
+    """A job's row as preparation read it: what the intent compares and sets."""
+
+    id: str
+    state: str
+    state_seq: int
+    scheduler_info: dict[str, Any] | None
+
+
 @dataclass(frozen=True)
 class PreparedArray:
-    """An array staged and rendered, its script written: what :func:`send_array` submits."""
+    """An array staged and rendered, its script written: what :func:`send_array`
+    submits. Small enough to come back from a helper process cheaply (the tasks'
+    specs stay there: only the first task's goes into the intent's event)."""
 
     array_id: str
-    specs: list[JobSpec]
-    paths: list[JobPaths]
-    rows: dict[str, Any]
+    job_ids: list[str]
+    rows: dict[str, CasRow]
+    first: JobSpec
+    first_paths: JobPaths
     apaths: ArrayPaths
-    script: RenderedScript
+    script_sha256: str
 
 
 def submit_array(
@@ -129,7 +145,132 @@ def prepare_array(
         task_files=[files for _i, files in staged],
     )
     rt.transport.write_text(apaths.sbatch, script.text, mode=0o700)
-    return PreparedArray(array_id, specs, all_paths, rows, apaths, script)
+    return PreparedArray(
+        array_id,
+        [sp.job_id for sp in specs],
+        {
+            sp.job_id: CasRow(r.id, r.state, r.state_seq, r.scheduler_info)
+            for sp in specs
+            for r in (rows[sp.job_id],)
+        },
+        specs[0],
+        all_paths[0],
+        apaths,
+        script.sha256,
+    )
+
+
+#: What a forked preparation helper works with: set just before the fork, read in it.
+_HELPER: tuple[ControllerContext, SiteRuntime] | None = None
+
+
+def prepared_arrays(
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    batches: Sequence[Sequence[str]],
+    report: CycleReport,
+) -> Generator[tuple[Sequence[str], Callable[[], PreparedArray | None]], None, None]:
+    """Each batch, in order, with a call that returns it prepared (None: no job left)
+    or raises what preparing it raised.
+
+    Preparing an array (specs, ``tasks.dat``, the script) is CPU work; sending it
+    (intent, sbatch, the SLURM ids, release) is mostly database and SLURM time. With
+    two or more arrays to go, up to ``array.prepare_processes`` forked helpers
+    prepare the next arrays while the caller sends the ones before them, and while
+    it waits for the next it prepares the last one no helper has started. Only on a
+    local scratch (an SSH connection cannot be shared with a forked process). The
+    helpers write only what preparation writes (tasks failed as ``input_staging`` or
+    ``rejected``, in their own transactions); the write-ahead intent, the claim,
+    stays with the caller. Leaving early (close the generator) cancels what no
+    helper has started and waits for the rest.
+    """
+    workers = rt.site.array.prepare_processes
+    if len(batches) < 2 or workers < 1 or _cores() < 2 or not is_local(rt.transport):
+        for chunk in batches:
+            yield chunk, functools.partial(prepare_array, ctx, rt, chunk, report)
+        return
+    from hpcgear.procs import process_pool
+
+    global _HELPER
+    _HELPER = (ctx, rt)
+    pool = process_pool(min(workers, len(batches) - 1), _helper_started)
+    todo = deque(range(len(batches)))  # not handed out yet: helpers from the front
+    futures: dict[int, Future[Any]] = {}
+    here: dict[int, Callable[[], PreparedArray | None]] = {}
+
+    def feed() -> None:  # keep each helper busy and one array queued for them
+        while todo and sum(not f.done() for f in futures.values()) <= workers:
+            k = todo.popleft()
+            futures[k] = pool.submit(_prepare_in_helper, list(batches[k]))
+
+    try:
+        for i, chunk in enumerate(batches):
+            feed()  # array i, the front, is a helper's now unless it was prepared here
+            # While a helper prepares this one, prepare the last one nobody started.
+            while i in futures and not futures[i].done() and todo:
+                j = todo.pop()
+                here[j] = _prepared_here(ctx, rt, batches[j], report)
+            if i in here:
+                yield chunk, here.pop(i)
+            else:
+                yield chunk, functools.partial(_collect, futures.pop(i), report)
+    finally:
+        _HELPER = None
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _helper_started() -> None:
+    """In a forked helper: its own database connections (the inherited ones belong
+    to the controller and are left alone, not closed)."""
+    assert _HELPER is not None
+    _HELPER[0].db.engine.dispose(close=False)
+
+
+def _prepare_in_helper(job_ids: list[str]) -> tuple[PreparedArray | None, int, list[str]]:
+    assert _HELPER is not None, "not a preparation helper"
+    ctx, rt = _HELPER
+    mine = CycleReport(site=rt.site.name)
+    prepared = prepare_array(ctx, rt, job_ids, mine)
+    return prepared, mine.failed, mine.errors
+
+
+def _prepared_here(
+    ctx: ControllerContext, rt: SiteRuntime, job_ids: Sequence[str], report: CycleReport
+) -> Callable[[], PreparedArray | None]:
+    try:
+        prepared = prepare_array(ctx, rt, job_ids, report)
+    except HpcgearError as exc:
+        failure = exc
+
+        def again() -> PreparedArray | None:
+            raise failure
+
+        return again
+    return lambda: prepared
+
+
+def _collect(future: Future[Any], report: CycleReport) -> PreparedArray | None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        prepared, failed, errors = future.result()
+    except BrokenProcessPool as exc:
+        raise HpcgearError(
+            f"the helper process preparing an array died ({exc})",
+            "its jobs are submitted on the next cycle; if this repeats, look for the "
+            "kernel's OOM killer in the system log or set array.prepare_processes: 0",
+            transient=True,
+        ) from None
+    report.failed += failed
+    report.errors.extend(errors)
+    return prepared  # type: ignore[no-any-return]
 
 
 def send_array(
@@ -138,10 +279,8 @@ def send_array(
     """Write the intent of a prepared array, sbatch it held, record its SLURM ids and
     release it (:func:`record_array`)."""
     site, backend = rt.site, rt.backend
-    array_id, specs, all_paths, rows = (
-        prepared.array_id, prepared.specs, prepared.paths, prepared.rows,
-    )
-    apaths, script = prepared.apaths, prepared.script
+    array_id, job_ids, rows = prepared.array_id, prepared.job_ids, prepared.rows
+    apaths, sha256, first_spec = prepared.apaths, prepared.script_sha256, prepared.first
     # Write-ahead intent, per task, all in ONE transaction committed before sbatch,
     # compared with the rows as prepare_attempts read them: a job another process
     # changed since aborts the whole array (retried next cycle). It is also the
@@ -150,7 +289,7 @@ def send_array(
     # Lean events: the runtime argv differs between tasks only in the job directory,
     # so task 0 carries it as a template and provenance rebuilds each task's argv.
     check_transition(JobState.PENDING, JobState.SUBMITTING)
-    claiming = {sp.job_id for sp in specs if rows[sp.job_id].state == JobState.PENDING.value}
+    claiming = {jid for jid in job_ids if rows[jid].state == JobState.PENDING.value}
     if ctx.fence is not None:
         ctx.fence.keep()
     with ctx.db.session() as s:
@@ -159,18 +298,15 @@ def send_array(
             ctx.fence.check(s, site.name)
         changes = [
             (
-                rows[spec.job_id],
+                rows[jid],
                 {
-                    "script_sha256": script.sha256,
+                    "script_sha256": sha256,
                     "array_id": array_id,
-                    "scheduler_info": {
-                        **(rows[spec.job_id].scheduler_info or {}),
-                        "array_index": index,
-                    },
-                    **({"state": JobState.SUBMITTING.value} if spec.job_id in claiming else {}),
+                    "scheduler_info": {**(rows[jid].scheduler_info or {}), "array_index": index},
+                    **({"state": JobState.SUBMITTING.value} if jid in claiming else {}),
                 },
             )
-            for index, spec in enumerate(specs)
+            for index, jid in enumerate(job_ids)
         ]
         if not cas_update_many(s, changes):
             raise StaleJobError(
@@ -181,46 +317,46 @@ def send_array(
         report.claimed += len(claiming)
         first: dict[str, Any] = {
             "script": apaths.sbatch,
-            "script_sha256": script.sha256,
-            "argv": build_runtime_argv(specs[0], site, all_paths[0]),
-            "argv_template": runtime_argv_template(specs[0], site),
-            "scratch_root": site.render_scratch_root(specs[0].user),
+            "script_sha256": sha256,
+            "argv": build_runtime_argv(first_spec, site, prepared.first_paths),
+            "argv_template": runtime_argv_template(first_spec, site),
+            "scratch_root": site.render_scratch_root(first_spec.user),
         }
         claimed = {"old_state": JobState.PENDING.value, "new_state": JobState.SUBMITTING.value}
         record_events_many(
             s,
             [
                 {
-                    "job_id": spec.job_id,
+                    "job_id": jid,
                     "actor": ctx.actor,
                     "kind": "sbatch",
                     "message": f"submitting as task {index} of array {array_id} with --hold",
                     "data": {
                         "array_id": array_id,
                         "index": index,
-                        **(first if index == 0 else {"argv_from": specs[0].job_id}),
+                        **(first if index == 0 else {"argv_from": job_ids[0]}),
                     },
-                    **(claimed if spec.job_id in claiming else {}),
+                    **(claimed if jid in claiming else {}),
                 }
-                for index, spec in enumerate(specs)
+                for index, jid in enumerate(job_ids)
             ],
         )
     fault_point("array.intent")
     try:
         base = backend.submit(apaths.sbatch, hold=True)
     except SubmitRejectedError as exc:
-        for spec in specs:
-            with job_session(ctx, spec.job_id) as (s, job):
+        for jid in job_ids:
+            with job_session(ctx, jid) as (s, job):
                 fail_job(s, job, ctx.actor, FailureKind.REJECTED, exc.slurm_message or exc.message)
-        report.failed += len(specs)
+        report.failed += len(job_ids)
         return
     except SchedulerUnavailableError as exc:
         report.errors.append(f"array {array_id}: {exc.message}")
         return  # the next cycle looks the array up by name
     fault_point("array.sbatch")
     record_array(
-        ctx, rt, [sp.job_id for sp in specs], base, report, how="submitted",
-        indexes={sp.job_id: i for i, sp in enumerate(specs)},
+        ctx, rt, job_ids, base, report, how="submitted",
+        indexes={jid: i for i, jid in enumerate(job_ids)},
     )
 
 

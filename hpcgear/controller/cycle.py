@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from typing import Any
 
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from hpcgear.errors import HpcgearError
 from hpcgear.jobs.transitions import StaleJobError
 from hpcgear.states import JobState
 
-from .arrays import adopt_or_reset_array, array_size_limit, submit_array
+from .arrays import adopt_or_reset_array, array_size_limit, prepared_arrays, send_array
 from .cancel import cancel_requested
 from .claim import claim
 from .context import ControllerContext, CycleReport, LeaseLostError, dumps, spec_user
@@ -106,16 +107,21 @@ def submit_pending(
             fresh.append(job)
     batches, more = _batches(rt, fresh)
     singles.extend(more)
-    for chunk in [*taken.batches, *batches]:
-        try:
-            submit_array(ctx, rt, chunk, report)
-        except StaleJobError:
-            continue
-        except LeaseLostError:
-            raise
-        except HpcgearError as exc:
-            logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
-            report.errors.append(f"array: {exc.message}")
+    # Arrays are prepared ahead (in a helper process where it pays) while the ones
+    # before them are sent.
+    with closing(prepared_arrays(ctx, rt, [*taken.batches, *batches], report)) as arrays:
+        for chunk, prepared in arrays:
+            try:
+                ready = prepared()
+                if ready is not None:
+                    send_array(ctx, rt, ready, report)
+            except StaleJobError:
+                continue
+            except LeaseLostError:
+                raise
+            except HpcgearError as exc:
+                logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
+                report.errors.append(f"array: {exc.message}")
     for job_id in singles:
         try:
             submit_job(ctx, rt, job_id, report)

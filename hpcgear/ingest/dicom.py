@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hpcgear.errors import IngestError
 from hpcgear.ingest.dicom_tags import KEYWORDS
 from hpcgear.ingest.routing import clean_label
+from hpcgear.procs import process_pool
 
 if TYPE_CHECKING:
     # Imported where used: an ingest without de-identification never loads the
@@ -625,34 +626,6 @@ def _session_from(
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def process_pool(jobs: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
-    """``jobs`` worker processes, forked where the platform can (they then start
-    with what this process imported and cached, and all at the first submit).
-
-    The workers ignore SIGINT: Ctrl-C reaches the whole process group, and this
-    process, which owns the pool, stops it (work not started is cancelled);
-    a worker interrupted on its own would only print a traceback.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=ctx,
-        initializer=functools.partial(_start_worker, initializer),
-    )
-
-
-def _start_worker(initializer: Callable[[], None] | None) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if initializer is not None:
-        initializer()
 
 
 def process_chunksize(items: int, jobs: int) -> int:

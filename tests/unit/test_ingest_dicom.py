@@ -775,7 +775,7 @@ def test_worker_processes_leave_ctrl_c_to_the_process_that_owns_them() -> None:
     traceback from each) and the owning process stops the pool."""
     import signal
 
-    from hpcgear.ingest.dicom import process_pool
+    from hpcgear.procs import process_pool
 
     pool = process_pool(1)
     try:
