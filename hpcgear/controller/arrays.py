@@ -6,16 +6,15 @@ import functools
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import String, bindparam, cast, literal, select
 from sqlalchemy.orm import Session
 
-from hpcgear.db.bulk import executemany
-from hpcgear.db.models import Gear, Job
+from hpcgear.db.models import Gear, Job, JobEvent
 from hpcgear.errors import HpcgearError, InvalidInputError
 from hpcgear.jobs.transitions import (
     StaleJobError,
@@ -205,7 +204,12 @@ def prepared_arrays(
 
     try:
         for i, chunk in enumerate(batches):
-            feed()  # array i, the front, is a helper's now unless it was prepared here
+            mine = i in todo  # array 0: prepared here while the helpers start on 1, 2...
+            if mine:
+                todo.remove(i)
+            feed()
+            if mine:
+                here[i] = _prepared_here(ctx, rt, chunk, report)
             # While a helper prepares this one, prepare the last one nobody started.
             while i in futures and not futures[i].done() and todo:
                 j = todo.pop()
@@ -354,33 +358,29 @@ def send_array(
         report.errors.append(f"array {array_id}: {exc.message}")
         return  # the next cycle looks the array up by name
     fault_point("array.sbatch")
-    record_array(
-        ctx, rt, job_ids, base, report, how="submitted",
-        indexes={jid: i for i, jid in enumerate(job_ids)},
-    )
+    record_array(ctx, rt, array_id, job_ids, base, report, how="submitted")
 
 
 def record_array(
     ctx: ControllerContext,
     rt: SiteRuntime,
+    array_id: str,
     job_ids: Sequence[str],
     base: str,
     report: CycleReport,
     *,
     how: str,
-    indexes: Mapping[str, int] | None = None,
 ) -> None:
-    """Record the SLURM id of every task of held array ``base`` and move its jobs to
-    ``queued``, then release it.
+    """Record the SLURM id of every task of held array ``base`` (hpcgear's array
+    ``array_id``, of jobs ``job_ids``) and move its jobs to ``queued``, then release it.
 
-    The SLURM ids and the move are ONE guarded write per task, in ONE fenced
-    transaction committed before the release: a job no longer ``submitting`` (a
-    cancel that landed during sbatch) keeps no SLURM id and its task is scancelled,
-    never released. Should the controller die between that commit and the release,
-    the tasks are ``queued`` but still held: the poll releases them
-    (:func:`release_interrupted`). ``indexes`` (job id -> task index) is what the
-    intent wrote; without it (an array adopted after a crash) the indexes are read
-    back from the rows.
+    The SLURM ids and the move are ONE set-based UPDATE guarded by ``state =
+    submitting`` (each task's id is ``<base>_<its array_index>``) and its events ONE
+    ``INSERT ... SELECT``, in ONE fenced transaction committed before the release: a
+    job no longer ``submitting`` (a cancel that landed during sbatch) keeps no SLURM
+    id and its task is scancelled, never released. Should the controller die between
+    that commit and the release, the tasks are ``queued`` but still held: the poll
+    releases them (:func:`release_interrupted`).
     """
     now = utcnow()
     if ctx.fence is not None:
@@ -388,40 +388,21 @@ def record_array(
     with ctx.db.session() as s:
         if ctx.fence is not None:
             ctx.fence.check(s, rt.site.name)
-        if indexes is None:
-            indexes = {
-                r.id: int((r.scheduler_info or {}).get("array_index", 0))
-                for r in _rows(s, job_ids).values()
-            }
-        natives = {jid: f"{base}_{indexes[jid]}" for jid in job_ids}
-        recorded = _record_queued(s, natives, now)
-        kept = set(recorded)
-        strays = [natives[j] for j in job_ids if j not in kept]
+        natives = _record_queued(s, array_id, base, now)
         held = "held until released"
         if how != "submitted":
             held = f"{how} after a restart, held until released"
-        record_events_many(
-            s,
-            [
-                {
-                    "job_id": jid,
-                    "actor": ctx.actor,
-                    "kind": "state",
-                    "old_state": JobState.SUBMITTING.value,
-                    "new_state": JobState.QUEUED.value,
-                    "message": f"queued as {natives[jid]} ({held})",
-                    **(
-                        {"data": {"native_id": natives[jid], "array_job_id": base}}
-                        if how != "submitted"
-                        else {}
-                    ),
-                }
-                for jid in recorded
-            ],
+        _record_queued_events(
+            s, array_id, base, now, ctx.actor, held,
+            {} if how == "submitted" else {"array_job_id": base},
         )
+        strays = [j for j in job_ids if j not in natives]
+        if strays:  # cancelled meanwhile: their tasks are cancelled, never released
+            strays = [f"{base}_{i}" for i in _indexes(s, strays).values()]
     fault_point("array.recorded")
     if strays:
         rt.backend.cancel(strays)
+    recorded = [j for j in job_ids if j in natives]
     if recorded:
         try:
             release(ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base)
@@ -433,14 +414,12 @@ def record_array(
             # not run (the cancel step would scancel it next cycle; do it now).
             gone = [
                 n
-                for start in range(0, len(recorded), 5000)
                 for n in s.scalars(
                     select(Job.native_id).where(
-                        Job.id.in_(recorded[start : start + 5000]),
-                        Job.state == JobState.CANCELLED.value,
+                        Job.array_id == array_id, Job.state == JobState.CANCELLED.value
                     )
                 )
-                if n
+                if n and n.startswith(f"{base}_")
             ]
         if gone:
             rt.backend.cancel(gone)
@@ -448,6 +427,14 @@ def record_array(
         report.adopted += len(recorded)
     else:
         report.submitted += len(recorded)
+
+
+def _indexes(s: Session, job_ids: Sequence[str]) -> dict[str, int]:
+    """Each job's task index in its array, as its intent wrote it."""
+    return {
+        r.id: int((r.scheduler_info or {}).get("array_index", 0))
+        for r in _rows(s, job_ids).values()
+    }
 
 
 def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
@@ -468,45 +455,65 @@ def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
 
 
 _jobs = Job.__table__
-#: Moves a ``submitting`` job to ``queued`` with its SLURM id (:func:`_record_queued`;
-#: compiled once).
+_events = JobEvent.__table__
+#: A task's SLURM id: the array's base id, ``_``, the task index its intent wrote.
+_TASK_ID = bindparam("prefix", type_=String) + cast(
+    _jobs.c.scheduler_info["array_index"].as_integer(), String
+)
+#: Moves an array's ``submitting`` jobs to ``queued``, each with its task's SLURM id.
 _RECORD_QUEUED = (
     _jobs.update()
-    .where(_jobs.c.id == bindparam("b_id"), _jobs.c.state == JobState.SUBMITTING.value)
+    .where(
+        _jobs.c.array_id == bindparam("b_array_id"),
+        _jobs.c.state == JobState.SUBMITTING.value,
+    )
     .values(
         state=JobState.QUEUED.value,
-        native_id=bindparam("v_native"),
-        submitted=bindparam("v_now"),
-        last_seen=bindparam("v_now"),
-        modified=bindparam("v_now"),
+        native_id=_TASK_ID,
+        submitted=bindparam("b_now"),
+        last_seen=bindparam("b_now"),
+        modified=bindparam("b_now"),
         state_seq=_jobs.c.state_seq + 1,
     )
+    .returning(_jobs.c.id, _jobs.c.native_id)
 )
 
 
-def _record_queued(s: Session, natives: Mapping[str, str], now: Any) -> list[str]:
-    """Move each job still ``submitting`` to ``queued`` with its SLURM id; the ids moved.
-
-    ONE executemany guarded by the state (a job cancelled meanwhile keeps none and
-    its task is cancelled). When every row matched, that is all; otherwise the rows
-    are read back to see which did.
-    """
+def _record_queued(s: Session, array_id: str, base: str, now: Any) -> dict[str, str]:
+    """Move the array's jobs still ``submitting`` to ``queued`` with their SLURM ids, in
+    ONE statement; job id -> SLURM id of those it moved."""
     check_transition(JobState.SUBMITTING, JobState.QUEUED)
-    params = [{"b_id": jid, "v_native": native, "v_now": now} for jid, native in natives.items()]
-    matched = executemany(s, _RECORD_QUEUED, params)
-    if s.get_bind().dialect.supports_sane_multi_rowcount and matched == len(params):
-        return list(natives)
-    ids = list(natives)
-    done: set[str] = set()
-    for start in range(0, len(ids), 5000):
-        done.update(
-            r.id
-            for r in s.execute(
-                select(Job.id, Job.native_id).where(Job.id.in_(ids[start : start + 5000]))
-            )
-            if r.native_id == natives[r.id]
+    rows = s.execute(_RECORD_QUEUED, {"b_array_id": array_id, "prefix": f"{base}_", "b_now": now})
+    return {r.id: r.native_id for r in rows}
+
+
+def _record_queued_events(
+    s: Session, array_id: str, base: str, now: Any, actor: str, held: str,
+    data: dict[str, Any],
+) -> None:
+    """The ``submitting -> queued`` event of every job :func:`_record_queued` just moved,
+    in ONE ``INSERT ... SELECT`` (in its transaction, so exactly those rows: the
+    array's ``queued`` jobs with a SLURM id of ``base``)."""
+    queued = select(
+        _jobs.c.id,
+        bindparam("ts", now, type_=_events.c.ts.type),
+        bindparam("actor", actor, type_=String),
+        literal("state"),
+        literal(JobState.SUBMITTING.value),
+        literal(JobState.QUEUED.value),
+        literal("queued as ") + _jobs.c.native_id + literal(f" ({held})"),
+        bindparam("data", data, type_=_events.c.data.type),
+    ).where(
+        _jobs.c.array_id == array_id,
+        _jobs.c.state == JobState.QUEUED.value,
+        _jobs.c.native_id.startswith(f"{base}_", autoescape=True),
+    )
+    s.execute(
+        _events.insert().from_select(
+            ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
+            queued,
         )
-    return [j for j in ids if j in done]
+    )
 
 
 def adopt_or_reset_array(
@@ -529,7 +536,7 @@ def adopt_or_reset_array(
     if found:
         if len(found) > 1:
             rt.backend.cancel(found[1:])
-        record_array(ctx, rt, job_ids, found[0], report, how="adopted")
+        record_array(ctx, rt, array_id, job_ids, found[0], report, how="adopted")
         return
     # sbatch never created it: forget the intent so the jobs are submitted afresh.
     for jid in job_ids:

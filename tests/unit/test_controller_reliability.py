@@ -344,6 +344,50 @@ def test_an_array_is_queued_with_its_slurm_ids_in_one_write_then_released(
     assert len(release) == 1 and runner.calls[release[0]][-1] == "555" and release > sbatch
 
 
+def test_an_array_sbatch_that_ran_before_a_crash_is_adopted_by_name(
+        setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller dies after sbatch, before the SLURM ids are written: the next
+    cycle finds the array by its name and records every task as it was numbered by
+    the intent, in one write, with one event each, then releases it."""
+    from hpcgear.controller import context
+    from hpcgear.controller.arrays import adopt_or_reset_array, submit_array
+
+    class Remembers(FakeSlurm):
+        def run(self, argv: Sequence[str], *, timeout: float,
+                input: str | None = None) -> CompletedCommand:
+            if argv[0] == "sacct" and any("hpcgear-array-" in a for a in argv):
+                self.calls.append(tuple(argv))
+                return CompletedCommand(tuple(argv), 0, "555_0\n555_1\n555_2\n", "", 0.0)
+            return super().run(argv, timeout=timeout, input=input)
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)["p1"]
+    ids = [_submitting(ctx, pid) for _ in range(3)]
+    runner = Remembers()
+    frt = _rt(rt, runner, ctx)
+    monkeypatch.setattr(context, "_fault_hits", {})
+    monkeypatch.setenv("HPCGEAR_FAULT", "array.sbatch:1:raise")
+    with pytest.raises(InjectedFault):
+        submit_array(ctx, frt, ids, CycleReport(site="t"))
+    monkeypatch.delenv("HPCGEAR_FAULT")
+    array_id = _row(ctx, ids[0]).array_id
+    assert array_id and [_row(ctx, j).native_id for j in ids] == [None] * 3
+    report = CycleReport(site="t")
+    adopt_or_reset_array(ctx, frt, array_id, report)
+    assert report.adopted == 3 and not report.errors, report
+    for i, jid in enumerate(ids):
+        job = _row(ctx, jid)
+        assert (job.state, job.native_id) == ("queued", f"555_{i}")
+        moves = [e for e in _events(ctx, jid) if e.kind == "state"]
+        assert [(m.old_state, m.new_state, m.message, m.data) for m in moves] == [(
+            "submitting", "queued",
+            f"queued as 555_{i} (adopted after a restart, held until released)",
+            {"array_job_id": "555"})]
+    assert len([c for c in runner.calls if c[0] == "sbatch"]) == 1
+    assert [c for c in runner.calls if "release" in c][-1][-1] == "555"
+
+
 def test_a_cancel_during_array_sbatch_scancels_that_task_before_the_release(
         setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
     from hpcgear.jobs.service import cancel_job
