@@ -13,11 +13,17 @@ from typing import Any
 
 import pytest
 
-from hpcgear.controller.context import ControllerContext, CycleReport, job_session
+from hpcgear.controller.context import ControllerContext, CycleReport
 from hpcgear.controller.sites import SiteRuntime
-from hpcgear.jobs.transitions import update_fields
 from hpcgear.scheduler.runner import CompletedCommand
-from tests.unit.test_controller_reliability import FakeSlurm, _events, _row, _rt, _submitting
+from tests.unit.test_controller_reliability import (
+    FakeSlurm,
+    _events,
+    _row,
+    _rt,
+    _submitting,
+    config_not_json,
+)
 from tests.unit.test_controller_steps import _project_ids, setup  # noqa: F401
 
 #: Three arrays of two jobs each (one per memory size: arrays share resources).
@@ -120,24 +126,10 @@ def test_arrays_prepared_by_a_helper_go_out_as_prepared_here(
 def test_a_task_failed_in_a_helper_is_counted_by_the_controller(
         setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpcgear.controller.resolve import SpecMaker
-
     ctx, rt = setup
     arrays = _three_arrays(ctx)
     bad = arrays[0][1]
-    if ctx.db.engine.dialect.name == "sqlite":
-        with job_session(ctx, bad) as (s, job):
-            update_fields(s, job, config={"sleep_seconds": float("nan")})
-    else:  # PostgreSQL's JSON columns refuse NaN: the document gets it as it is built
-        built = SpecMaker.config_json
-
-        def with_nan(self: SpecMaker, job: Any, spec: Any, *a: Any, **kw: Any) -> Any:
-            doc = built(self, job, spec, *a, **kw)
-            if job.id == bad:
-                doc["config"] = {**doc["config"], "sleep_seconds": float("nan")}
-            return doc
-
-        monkeypatch.setattr(SpecMaker, "config_json", with_nan)
+    config_not_json(ctx, monkeypatch, bad)
     report = _cycle(ctx, _with_helpers(_rt(rt, NumberedSlurm(), ctx), 2))
     failed = _row(ctx, bad)
     assert (failed.state, failed.failure_kind) == ("failed", "input_staging")

@@ -443,33 +443,38 @@ def test_a_release_that_times_out_leaves_the_array_queued_for_the_poll(
     assert any("release" in e for e in report.errors), report.errors
 
 
+def config_not_json(ctx: ControllerContext, monkeypatch: pytest.MonkeyPatch, jid: str) -> None:
+    """Job ``jid``'s config.json gets a NaN: SQLite stores one in a job's config, so
+    there the row holds it; PostgreSQL's JSON columns refuse it, so there the
+    document is given it as it is built."""
+    from hpcgear.controller.resolve import SpecMaker
+
+    if ctx.db.engine.dialect.name == "sqlite":
+        with job_session(ctx, jid) as (s, job):
+            update_fields(s, job, config={"sleep_seconds": float("nan")})
+        return
+    built = SpecMaker.config_json
+
+    def with_nan(self: SpecMaker, job: Any, spec: Any, *a: Any, **kw: Any) -> Any:
+        doc = built(self, job, spec, *a, **kw)
+        if job.id == jid:
+            doc["config"] = {**doc["config"], "sleep_seconds": float("nan")}
+        return doc
+
+    monkeypatch.setattr(SpecMaker, "config_json", with_nan)
+
+
 def test_an_array_task_whose_config_is_not_json_fails_alone(
         setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The array path encodes each config.json once, at stage-in: a task whose
-    document is not JSON data fails there (input_staging); the others go.
-
-    SQLite stores a NaN in a job's config (PostgreSQL's JSON columns refuse it), so on
-    SQLite the row holds it; on PostgreSQL the document is given it as it is built."""
+    document is not JSON data fails there (input_staging); the others go."""
     from hpcgear.controller.arrays import submit_array
-    from hpcgear.controller.resolve import SpecMaker
 
     ctx, rt = setup
     pid = _project_ids(ctx)["p1"]
     ids = [_submitting(ctx, pid) for _ in range(3)]
-    if ctx.db.engine.dialect.name == "sqlite":
-        with job_session(ctx, ids[1]) as (s, job):
-            update_fields(s, job, config={"sleep_seconds": float("nan")})
-    else:
-        built = SpecMaker.config_json
-
-        def with_nan(self: SpecMaker, job: Any, spec: Any, *a: Any, **kw: Any) -> Any:
-            doc = built(self, job, spec, *a, **kw)
-            if job.id == ids[1]:
-                doc["config"] = {**doc["config"], "sleep_seconds": float("nan")}
-            return doc
-
-        monkeypatch.setattr(SpecMaker, "config_json", with_nan)
+    config_not_json(ctx, monkeypatch, ids[1])
     report = CycleReport(site="t")
     submit_array(ctx, _rt(rt, FakeSlurm(), ctx), ids, report)
     bad = _row(ctx, ids[1])
