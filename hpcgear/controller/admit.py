@@ -23,7 +23,7 @@ from hpcgear.jobs.transitions import StaleJobError, record_events_many
 from hpcgear.scheduler.base import ReleaseRefusedError, base_native_id
 from hpcgear.scheduler.limits import request_misfit
 from hpcgear.scheduler.slurm_tables import describe_reason
-from hpcgear.spec import JobSpec
+from hpcgear.spec import JobSpec, Resources
 from hpcgear.states import FailureKind, JobState
 
 from .context import ControllerContext, CycleReport, fail_job, job_session
@@ -33,12 +33,21 @@ logger = logging.getLogger(__name__)
 
 
 def fits_live_limits(
-    ctx: ControllerContext, rt: SiteRuntime, spec: JobSpec, report: CycleReport
+    ctx: ControllerContext, rt: SiteRuntime, spec: JobSpec, report: CycleReport,
+    misfits: dict[Resources, str | None] | None = None,
 ) -> bool:
-    """False (and the job failed as rejected) when no partition could ever run it."""
+    """False (and the job failed as rejected) when no partition could ever run it.
+
+    ``misfits``: answers so far by request, for many jobs checked against the same
+    live partitions (an array's tasks share one request: checked once)."""
     if rt.site.scheduler != "slurm":
         return True
-    why = request_misfit(spec.resources, rt.live_partitions())
+    if misfits is None:
+        why = request_misfit(spec.resources, rt.live_partitions())
+    elif spec.resources in misfits:
+        why = misfits[spec.resources]
+    else:
+        why = misfits[spec.resources] = request_misfit(spec.resources, rt.live_partitions())
     if why is None:
         return True
     with job_session(ctx, spec.job_id) as (s, job):

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, bindparam, cast, literal, select
+from sqlalchemy import String, bindparam, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from hpcgear.db.models import Gear, Job, JobEvent
@@ -30,7 +30,7 @@ from hpcgear.render import (
     runtime_argv_template,
 )
 from hpcgear.scheduler.base import SchedulerUnavailableError, SubmitRejectedError
-from hpcgear.spec import JobSpec
+from hpcgear.spec import JobSpec, Resources
 from hpcgear.staging.checksums import is_local
 from hpcgear.states import FailureKind, JobState, check_transition
 
@@ -116,8 +116,9 @@ def prepare_array(
     all_paths: list[JobPaths] = []
     configs: list[dict[str, Any]] = []
     attempts, rows = prepare_attempts(ctx, rt, job_ids, sif)
+    misfits: dict[Resources, str | None] = {}
     for spec, paths, cfg in attempts:
-        if not fits_live_limits(ctx, rt, spec, report):
+        if not fits_live_limits(ctx, rt, spec, report, misfits):
             continue
         specs.append(spec)
         all_paths.append(paths)
@@ -487,6 +488,28 @@ def _record_queued(s: Session, array_id: str, base: str, now: Any) -> dict[str, 
     return {r.id: r.native_id for r in rows}
 
 
+#: The ``submitting -> queued`` events of an array's jobs that have a SLURM id of the
+#: array (``e_prefix`` is ``<base>_``), built once (compiled once per dialect).
+_QUEUED_EVENTS = _events.insert().from_select(
+    ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
+    select(
+        _jobs.c.id,
+        bindparam("e_ts", type_=_events.c.ts.type),
+        bindparam("e_actor", type_=String),
+        literal("state"),
+        literal(JobState.SUBMITTING.value),
+        literal(JobState.QUEUED.value),
+        literal("queued as ") + _jobs.c.native_id + bindparam("e_suffix", type_=String),
+        bindparam("e_data", type_=_events.c.data.type),
+    ).where(
+        _jobs.c.array_id == bindparam("e_array_id"),
+        _jobs.c.state == JobState.QUEUED.value,
+        func.substr(_jobs.c.native_id, 1, bindparam("e_prefix_len"))
+        == bindparam("e_prefix", type_=String),
+    ),
+)
+
+
 def _record_queued_events(
     s: Session, array_id: str, base: str, now: Any, actor: str, held: str,
     data: dict[str, Any],
@@ -494,25 +517,11 @@ def _record_queued_events(
     """The ``submitting -> queued`` event of every job :func:`_record_queued` just moved,
     in ONE ``INSERT ... SELECT`` (in its transaction, so exactly those rows: the
     array's ``queued`` jobs with a SLURM id of ``base``)."""
-    queued = select(
-        _jobs.c.id,
-        bindparam("ts", now, type_=_events.c.ts.type),
-        bindparam("actor", actor, type_=String),
-        literal("state"),
-        literal(JobState.SUBMITTING.value),
-        literal(JobState.QUEUED.value),
-        literal("queued as ") + _jobs.c.native_id + literal(f" ({held})"),
-        bindparam("data", data, type_=_events.c.data.type),
-    ).where(
-        _jobs.c.array_id == array_id,
-        _jobs.c.state == JobState.QUEUED.value,
-        _jobs.c.native_id.startswith(f"{base}_", autoescape=True),
-    )
+    prefix = f"{base}_"
     s.execute(
-        _events.insert().from_select(
-            ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
-            queued,
-        )
+        _QUEUED_EVENTS,
+        {"e_ts": now, "e_actor": actor, "e_suffix": f" ({held})", "e_data": data,
+         "e_array_id": array_id, "e_prefix": prefix, "e_prefix_len": len(prefix)},
     )
 
 

@@ -143,10 +143,11 @@ class SpecMaker:
         return JobPaths.for_job(self.scratch_root(spec_user(job)), job.id, job.attempt)
 
     def config_json(
-        self, job: Any, spec: JobSpec, api_url: str | None = None, *, check_json: bool = True
+        self, job: Any, spec: JobSpec, api_url: str | None = None, *, check_json: bool = True,
+        share: bool = False,
     ) -> dict[str, Any]:
         """:func:`config_json_for`, the gear config split once per distinct config
-        (``check_json``: see :func:`hpcgear.gears.configjson.build_config_json`)."""
+        (``check_json``, ``share``: see :func:`hpcgear.gears.configjson.build_config_json`)."""
         _ref, manifest = self.gear(job.gear_id)
         key = (
             job.gear_id,
@@ -157,7 +158,8 @@ class SpecMaker:
             gear_config, _ = split_reserved(spec.config, declared=manifest.config_names)
             self._gear_configs[key] = gear_config
         return _config_json(
-            self.session, job, spec, manifest, dict(gear_config), api_url, check_json=check_json
+            self.session, job, spec, manifest, gear_config if share else dict(gear_config),
+            api_url, check_json=check_json, share=share,
         )
 
 
@@ -209,6 +211,7 @@ def _config_json(
     api_url: str | None,
     *,
     check_json: bool = True,
+    share: bool = False,
 ) -> dict[str, Any]:
     api_key = None
     if api_url and any(i.base == "api-key" for i in manifest.inputs):
@@ -224,6 +227,7 @@ def _config_json(
         job_id=job.id,
         api_key=api_key,
         check_json=check_json,
+        share=share,
     )
 
 
@@ -263,8 +267,9 @@ def prepare_attempts(
                 raise InvalidInputError(f"job {jid} vanished", "it was deleted meanwhile")
             spec = maker.spec(job)
             # The array's stage-in encodes each config.json and fails a task whose
-            # document is not JSON data (input_staging): no second encoding here.
-            cfg = maker.config_json(job, spec, rt.site.api_url, check_json=False)
+            # document is not JSON data (input_staging): no second encoding here, and
+            # it only encodes it: no copy of the config its jobs share.
+            cfg = maker.config_json(job, spec, rt.site.api_url, check_json=False, share=True)
             out.append((spec, maker.paths(job), cfg))
     return out, rows
 

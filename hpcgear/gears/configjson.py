@@ -81,6 +81,7 @@ def build_config_json(
     api_key: str | None = None,
     job_id: str | None = None,
     check_json: bool = True,
+    share: bool = False,
 ) -> dict[str, Any]:
     """Return the ``config.json`` document for one job.
 
@@ -109,6 +110,11 @@ def build_config_json(
         A caller that serialises the document itself and reports such values as
         clearly (an array's stage-in, :func:`hpcgear.staging.stagein.stage_array`)
         passes False rather than have every document encoded twice.
+    share
+        Whether the document may hold ``config``'s values and the inputs' values
+        themselves rather than deep copies: for a caller that only serialises the
+        document and never changes it (an array's stage-in, whose thousand
+        documents share one config).
 
     Raises
     ------
@@ -150,7 +156,7 @@ def build_config_json(
                     f"got a {spec.base} input"
                 )
                 continue
-        entry = _input_document(spec, api_key, problems)
+        entry = _input_document(spec, api_key, problems, share)
         if entry is not None:
             documents[spec.name] = entry
 
@@ -180,7 +186,7 @@ def build_config_json(
         )
 
     document: dict[str, Any] = {
-        "config": copy.deepcopy(dict(config)),
+        "config": dict(config) if share else copy.deepcopy(dict(config)),
         "inputs": documents,
         "destination": {"type": destination_type, "id": destination_id},
     }
@@ -205,13 +211,14 @@ def dump_config_json(document: Mapping[str, Any]) -> str:
 
 
 def _input_document(
-    spec: InputSpec, api_key: str | None, problems: list[str]
+    spec: InputSpec, api_key: str | None, problems: list[str], share: bool = False
 ) -> dict[str, Any] | None:
     if spec.base == "file":
-        return _file_document(spec, problems)
+        return _file_document(spec, problems, share)
     if spec.base == "context":
         found = spec.value is not None
-        return {"base": "context", "found": found, "value": copy.deepcopy(spec.value)}
+        value = spec.value if share else copy.deepcopy(spec.value)
+        return {"base": "context", "found": found, "value": value}
     if spec.base == "api-key":
         key = spec.value if isinstance(spec.value, str) and spec.value else api_key
         if not key:
@@ -224,7 +231,9 @@ def _input_document(
     return None
 
 
-def _file_document(spec: InputSpec, problems: list[str]) -> dict[str, Any] | None:
+def _file_document(
+    spec: InputSpec, problems: list[str], share: bool = False
+) -> dict[str, Any] | None:
     if spec.file_name is None:
         problems.append(f"file input {spec.name!r} has no file name")
         return None
@@ -232,7 +241,7 @@ def _file_document(spec: InputSpec, problems: list[str]) -> dict[str, Any] | Non
     if name_problem is not None:
         problems.append(f"file name of input {spec.name!r} {name_problem}")
         return None
-    source: dict[str, Any] = copy.deepcopy(dict(spec.object))
+    source: dict[str, Any] = dict(spec.object) if share else copy.deepcopy(dict(spec.object))
     obj = dict(source)
     obj.update(
         {

@@ -35,6 +35,11 @@ from hpcgear.config.site import SiteConfig
 from hpcgear.errors import InvalidInputError
 from hpcgear.spec import JobSpec
 
+#: Paths inside every job directory, relative to its root.
+REL_INPUT_DIR = "flywheel/v0/input"
+REL_CONFIG_JSON = "flywheel/v0/config.json"
+REL_ENV_FILE = ".hpcgear/gear.env"
+
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 MAX_NAME_BYTES = 255
 
@@ -74,14 +79,17 @@ class JobPaths:
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise InvalidInputError(f"attempt {attempt!r} must be a whole number >= 1")
         check_job_id(job_id)
-        return cls(posixpath.join(scratch_root, "hpcgear", job_id, f"a{attempt}"))
+        # posixpath.join without its checks: the id is one checked path component.
+        return cls(f"{scratch_root.rstrip('/')}/hpcgear/{job_id}/a{attempt}")
 
     @classmethod
     def for_spec(cls, spec: JobSpec, site: SiteConfig) -> JobPaths:
         return cls.for_job(site.render_scratch_root(spec.user), spec.job_id, spec.attempt)
 
     def _join(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
+        # The root never ends in "/" (it ends in a<attempt>) and the parts are this
+        # class's own constant names: posixpath.join's checks would find nothing.
+        return "/".join((self.root, *parts))
 
     @property
     def flywheel(self) -> str:
@@ -89,7 +97,7 @@ class JobPaths:
 
     @property
     def input_dir(self) -> str:
-        return self._join("flywheel", "v0", "input")
+        return self._join(REL_INPUT_DIR)
 
     @property
     def output_dir(self) -> str:
@@ -101,7 +109,7 @@ class JobPaths:
 
     @property
     def config_json(self) -> str:
-        return self._join("flywheel", "v0", "config.json")
+        return self._join(REL_CONFIG_JSON)
 
     @property
     def meta_dir(self) -> str:
@@ -118,7 +126,7 @@ class JobPaths:
 
     @property
     def env_file(self) -> str:
-        return self._join(".hpcgear", "gear.env")
+        return self._join(REL_ENV_FILE)
 
     @property
     def exit_json(self) -> str:

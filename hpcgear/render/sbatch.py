@@ -334,6 +334,16 @@ def render_array(
     if task_files is not None:
         for task, files in zip(tasks, task_files, strict=True):
             task["files"] = files  # TaskFile rows: f.relpath ... or | q_rows
+    # Each task's own variables, for ONE | q_case (not a template loop per task).
+    task_vars = [
+        {
+            "HPCGEAR_DESTINATION": t["destination"],
+            "HPCGEAR_TAGS": t["tags"],
+            "INPUT_FILES": t["input_files"],
+            **({"TASK_FILES": list(t["files"])} if task_files is not None else {}),
+        }
+        for t in tasks
+    ]
 
     context = {
         "sbatch_options": sbatch_options(
@@ -344,6 +354,7 @@ def render_array(
         "array_id": array_id,
         "task_count": len(specs),
         "tasks": tasks,
+        "task_vars": task_vars,
         # The per-task columns, for | q_lines (one filter call, not a loop per task).
         "job_dirs": [t["job_dir"] for t in tasks],
         "job_ids": [t["job_id"] for t in tasks],

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hpcgear.errors import HpcgearError, StagingError
-from hpcgear.render.paths import JobPaths, TaskFile
+from hpcgear.render.paths import REL_CONFIG_JSON, REL_ENV_FILE, REL_INPUT_DIR, JobPaths, TaskFile
 from hpcgear.scheduler.transport import Transport
 from hpcgear.spec import InputSpec, JobSpec, TreeFile, safe_relpath
 from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
@@ -381,11 +381,11 @@ def _task_files(dat: _TasksDat, store: ObjectStore, task: ArrayTask) -> tuple[Ta
         raise StagingError(f"job {spec.job_id}: config.json is not JSON data: {exc}",
                            "config values must be JSON (no NaN, no objects)") from None
     planned: list[tuple[str, bytes | None, str | None]] = [
-        (paths.relpath(paths.config_json), config_text.encode("utf-8"), None),
-        (paths.relpath(paths.env_file), task.gear_env.encode("utf-8"), None),
+        (REL_CONFIG_JSON, config_text.encode("utf-8"), None),
+        (REL_ENV_FILE, task.gear_env.encode("utf-8"), None),
     ]
     for item in inputs:
-        rel = paths.relpath(paths.input_file(item.name, item.file_name or ""))
+        rel = f"{REL_INPUT_DIR}/{JobPaths.input_relpath(item.name, item.file_name or '')}"
         planned.append((rel, None, item.sha256 or ""))
     if task.tree_dir is not None:
         parts = task.tree_dir.split("/")

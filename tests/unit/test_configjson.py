@@ -146,6 +146,21 @@ def test_config_is_copied_not_aliased() -> None:
     assert spec.object["tags"] == ["hpc"]
 
 
+def test_a_shared_document_is_the_same_text_and_holds_the_callers_values() -> None:
+    """share=True (an array's stage-in, which only encodes the document): the same
+    document, its values the caller's own objects instead of deep copies."""
+    config: dict[str, Any] = {"xs": [1, 2]}
+    spec = dicom_input()
+    ctx = InputSpec(name="ctx", base="context", value={"a": [1]})
+    copied = build_config_json(config, [spec, ctx], "acquisition", "acq-1")
+    shared = build_config_json(config, [spec, ctx], "acquisition", "acq-1", share=True)
+    assert dump_config_json(shared) == dump_config_json(copied)
+    assert shared["config"]["xs"] is config["xs"] and copied["config"]["xs"] is not config["xs"]
+    assert shared["inputs"]["ctx"]["value"] is ctx.value
+    assert copied["inputs"]["ctx"]["value"] is not ctx.value
+    assert shared["inputs"]["dicom"]["object"]["info"] is spec.object["info"]
+
+
 @pytest.mark.parametrize("file_name", ["", ".", "..", "a/b", "/etc/passwd", "../x", "nul\x00"])
 def test_unsafe_file_names_are_rejected(file_name: str) -> None:
     with pytest.raises(InvalidInputError) as info:

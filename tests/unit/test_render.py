@@ -25,7 +25,7 @@ from hpcgear.render import (
     render_array,
     render_sbatch,
 )
-from hpcgear.render.environment import num, q_lines, q_rows
+from hpcgear.render.environment import num, q_case, q_lines, q_rows
 from hpcgear.spec import GearRef, InputSpec, JobSpec, Resources
 
 SITE_YAML = """\
@@ -173,6 +173,36 @@ def test_q_lines_and_q_rows_quote_every_value_on_its_own_line() -> None:
             q_rows([row])
 
 
+def test_q_case_prints_one_arm_per_task_as_the_loop_over_q_did() -> None:
+    """Arm i assigns task i's variables: a scalar as one quoted word, a list one value
+    per line, rows of words; bash reads every hostile value back as it was."""
+    import subprocess
+
+    from hpcgear.render import TaskFile
+
+    arms = [
+        {"DEST": "x'; rm -rf / #", "TAGS": ["a b", "$(id)"], "FILES": [
+            TaskFile("in put/a'b.dcm", 0, 12, "f" * 64)]},
+        {"DEST": "plain", "TAGS": [], "FILES": [("x", 5), ("new\nline", 6)]},
+    ]
+    text = q_case(arms, 4)
+    assert text.startswith("    0)\n        DEST='x'\"'\"'; rm -rf / #'\n        TAGS=(\n")
+    assert f"            'in put/a'\"'\"'b.dcm' 0 12 {'f' * 64}\n" in text
+    assert "    1)\n        DEST=plain\n        TAGS=(\n        )\n" in text
+    script = (
+        f"case $1 in\n{text}esac\n"
+        'printf "%s\\n" "$DEST" "${#TAGS[@]}" "${TAGS[@]}" "${FILES[@]}"\n'
+    )
+    got = [subprocess.run(["bash", "-c", script, "-", str(i)], capture_output=True, text=True,
+                          check=True).stdout for i in (0, 1)]
+    assert got[0] == "x'; rm -rf / #\n2\na b\n$(id)\nin put/a'b.dcm\n0\n12\n" + "f" * 64 + "\n"
+    assert got[1] == "plain\n0\nx\n5\nnew\nline\n6\n"  # each row word one element
+    assert q_case([]) == ""
+    for bad in ([{"NOT A NAME": "x"}], [{"$(id)": "x"}], [{"X": None}], [{"X": ["a\0b"]}]):
+        with pytest.raises(InvalidInputError):
+            q_case(bad)
+
+
 @pytest.mark.parametrize("option", ["--partition=debug", "--gres=gpu:a100:2", "--time=1-00:00:00",
                                     "--signal=B:TERM@120", "--comment=hpcgear:j:1",
                                     "--output=/s/x/slurm-%j.out", "--no-requeue", "-Cib",
@@ -195,8 +225,8 @@ def test_sbatch_lines_refuse_what_sbatch_would_misread(option: str) -> None:
 
 
 def test_every_expression_in_shipped_templates_is_vetted() -> None:
-    """Every {{ ... }} ends with | q, | num, | q_lines(N), | q_rows(N) or (only on
-    #SBATCH lines) | sbatch."""
+    """Every {{ ... }} ends with | q, | num, | q_lines(N), | q_rows(N), | q_case(N) or
+    (only on #SBATCH lines) | sbatch."""
     templates = sorted(shipped_dir("sbatch_templates").glob("*.j2"))
     assert {t.name for t in templates} >= {"job.sbatch.j2", "array.sbatch.j2", "_run.bash.j2"}
     count = 0
@@ -210,8 +240,8 @@ def test_every_expression_in_shipped_templates_is_vetted() -> None:
             if line.startswith("#SBATCH"):
                 assert re.search(r"\|\s*sbatch$", expr), (template.name, expr)
             else:
-                assert re.search(r"\|\s*(q|num|q_lines\(\d+\)|q_rows\(\d+\))$", expr), (
-                    template.name, expr)
+                vetted = r"\|\s*(q|num|q_lines\(\d+\)|q_rows\(\d+\)|q_case\(\d+\))$"
+                assert re.search(vetted, expr), (template.name, expr)
     assert count > 20  # the check saw the templates' expressions
 
 
