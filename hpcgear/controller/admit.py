@@ -117,7 +117,7 @@ def release_held(
         rt.backend.cancel(stray)
     if not live:
         return []
-    return release(ctx, rt, live, report, release_id=release_id)
+    return release(ctx, rt, live, report, release_ids=[release_id] if release_id else ())
 
 
 def release(
@@ -126,12 +126,13 @@ def release(
     live: Sequence[tuple[str, str]],
     report: CycleReport,
     *,
-    release_id: str | None = None,
+    release_ids: Sequence[str] = (),
 ) -> list[str]:
     """``scontrol release`` of held jobs ``(job id, SLURM id)`` (together as
-    ``release_id``, an array's base id, when given); the job ids released. A release
-    SLURM refuses scancels those jobs and fails them as ``rejected``."""
-    targets = [release_id] if release_id else [n for _, n in live]
+    ``release_ids``, the base ids of their arrays, when given: one command for several
+    arrays); the job ids released. A release SLURM refuses scancels those jobs (their
+    whole array) and fails them as ``rejected``."""
+    targets = list(release_ids) or [n for _, n in live]
     try:
         rt.backend.release(targets)
     except ReleaseRefusedError as exc:
@@ -142,7 +143,9 @@ def release(
                 refused.append((job_id, native, msg))
         if not refused:
             raise
-        rt.backend.cancel(sorted({release_id or n for _, n, _ in refused}))
+        rt.backend.cancel(
+            sorted({base_native_id(n) if release_ids else n for _, n, _ in refused})
+        )
         with ctx.db.session() as s:
             rows = {
                 j.id: j

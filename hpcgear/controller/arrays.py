@@ -279,10 +279,15 @@ def _collect(future: Future[Any], report: CycleReport) -> PreparedArray | None:
 
 
 def send_array(
-    ctx: ControllerContext, rt: SiteRuntime, prepared: PreparedArray, report: CycleReport
+    ctx: ControllerContext,
+    rt: SiteRuntime,
+    prepared: PreparedArray,
+    report: CycleReport,
+    held: list[HeldArray] | None = None,
 ) -> None:
     """Write the intent of a prepared array, sbatch it held, record its SLURM ids and
-    release it (:func:`record_array`)."""
+    release it (:func:`record_array`; with ``held``, left held and added to it for
+    :func:`release_arrays`)."""
     site, backend = rt.site, rt.backend
     array_id, job_ids, rows = prepared.array_id, prepared.job_ids, prepared.rows
     apaths, sha256, first_spec = prepared.apaths, prepared.script_sha256, prepared.first
@@ -359,7 +364,15 @@ def send_array(
         report.errors.append(f"array {array_id}: {exc.message}")
         return  # the next cycle looks the array up by name
     fault_point("array.sbatch")
-    record_array(ctx, rt, array_id, job_ids, base, report, how="submitted")
+    record_array(ctx, rt, array_id, job_ids, base, report, how="submitted", held=held)
+
+
+class HeldArray(NamedTuple):
+    """An array recorded (its jobs ``queued`` with their SLURM ids) and still held."""
+
+    array_id: str
+    base: str
+    jobs: list[tuple[str, str]]  # (job id, SLURM id) of the tasks to release
 
 
 def record_array(
@@ -371,9 +384,12 @@ def record_array(
     report: CycleReport,
     *,
     how: str,
+    held: list[HeldArray] | None = None,
 ) -> None:
     """Record the SLURM id of every task of held array ``base`` (hpcgear's array
-    ``array_id``, of jobs ``job_ids``) and move its jobs to ``queued``, then release it.
+    ``array_id``, of jobs ``job_ids``) and move its jobs to ``queued``, then release it
+    (:func:`release_arrays`). With ``held`` it is not released here but added to it:
+    a cycle that sends several arrays releases them all with ONE ``scontrol release``.
 
     The SLURM ids and the move are ONE set-based UPDATE guarded by ``state =
     submitting`` (each task's id is ``<base>_<its array_index>``) and its events ONE
@@ -390,11 +406,11 @@ def record_array(
         if ctx.fence is not None:
             ctx.fence.check(s, rt.site.name)
         natives = _record_queued(s, array_id, base, now)
-        held = "held until released"
+        note = "held until released"
         if how != "submitted":
-            held = f"{how} after a restart, held until released"
+            note = f"{how} after a restart, held until released"
         _record_queued_events(
-            s, array_id, base, now, ctx.actor, held,
+            s, array_id, base, now, ctx.actor, note,
             {} if how == "submitted" else {"array_job_id": base},
         )
         strays = [j for j in job_ids if j not in natives]
@@ -403,31 +419,53 @@ def record_array(
     fault_point("array.recorded")
     if strays:
         rt.backend.cancel(strays)
-    recorded = [j for j in job_ids if j in natives]
+    recorded = [(j, natives[j]) for j in job_ids if j in natives]
     if recorded:
-        try:
-            release(ctx, rt, [(jid, natives[jid]) for jid in recorded], report, release_id=base)
-        except SchedulerUnavailableError as exc:
-            # The jobs are queued and their SLURM ids recorded: the poll releases them.
-            report.errors.append(f"array {base}: release: {exc.message}")
-        with ctx.db.session() as s:
-            # A cancel that landed between the write and the release: its task must
-            # not run (the cancel step would scancel it next cycle; do it now).
-            gone = [
-                n
-                for n in s.scalars(
-                    select(Job.native_id).where(
-                        Job.array_id == array_id, Job.state == JobState.CANCELLED.value
-                    )
-                )
-                if n and n.startswith(f"{base}_")
-            ]
-        if gone:
-            rt.backend.cancel(gone)
+        array = HeldArray(array_id, base, recorded)
+        if held is None:
+            release_arrays(ctx, rt, [array], report)
+        else:
+            held.append(array)
     if how == "adopted":
         report.adopted += len(recorded)
     else:
         report.submitted += len(recorded)
+
+
+def release_arrays(
+    ctx: ControllerContext, rt: SiteRuntime, arrays: Sequence[HeldArray], report: CycleReport
+) -> None:
+    """Release recorded held arrays: ONE ``scontrol release`` of their base ids.
+
+    A release SLURM refuses fails that array's jobs as ``rejected``
+    (:func:`~hpcgear.controller.admit.release`); one SLURM does not answer leaves
+    them ``queued`` and held, and the poll releases them. Then a job cancelled since
+    its array was recorded has its task scancelled at once (the cancel step would
+    next cycle): it must not run.
+    """
+    if not arrays:
+        return
+    try:
+        release(
+            ctx, rt, [job for a in arrays for job in a.jobs], report,
+            release_ids=[a.base for a in arrays],
+        )
+    except SchedulerUnavailableError as exc:
+        # The jobs are queued and their SLURM ids recorded: the poll releases them.
+        report.errors.append(f"array {', '.join(a.base for a in arrays)}: release: {exc.message}")
+    bases = {a.array_id: f"{a.base}_" for a in arrays}
+    with ctx.db.session() as s:
+        gone = [
+            (array_id, native)
+            for array_id, native in s.execute(
+                select(Job.array_id, Job.native_id).where(
+                    Job.array_id.in_(list(bases)), Job.state == JobState.CANCELLED.value
+                )
+            )
+            if native and array_id and native.startswith(bases[array_id])
+        ]
+    if gone:
+        rt.backend.cancel([native for _, native in gone])
 
 
 def _indexes(s: Session, job_ids: Sequence[str]) -> dict[str, int]:
@@ -511,7 +549,7 @@ _QUEUED_EVENTS = _events.insert().from_select(
 
 
 def _record_queued_events(
-    s: Session, array_id: str, base: str, now: Any, actor: str, held: str,
+    s: Session, array_id: str, base: str, now: Any, actor: str, note: str,
     data: dict[str, Any],
 ) -> None:
     """The ``submitting -> queued`` event of every job :func:`_record_queued` just moved,
@@ -520,7 +558,7 @@ def _record_queued_events(
     prefix = f"{base}_"
     s.execute(
         _QUEUED_EVENTS,
-        {"e_ts": now, "e_actor": actor, "e_suffix": f" ({held})", "e_data": data,
+        {"e_ts": now, "e_actor": actor, "e_suffix": f" ({note})", "e_data": data,
          "e_array_id": array_id, "e_prefix": prefix, "e_prefix_len": len(prefix)},
     )
 

@@ -18,7 +18,14 @@ from hpcgear.errors import HpcgearError
 from hpcgear.jobs.transitions import StaleJobError
 from hpcgear.states import JobState
 
-from .arrays import adopt_or_reset_array, array_size_limit, prepared_arrays, send_array
+from .arrays import (
+    HeldArray,
+    adopt_or_reset_array,
+    array_size_limit,
+    prepared_arrays,
+    release_arrays,
+    send_array,
+)
 from .cancel import cancel_requested
 from .claim import claim
 from .context import ControllerContext, CycleReport, LeaseLostError, dumps, spec_user
@@ -108,13 +115,14 @@ def submit_pending(
     batches, more = _batches(rt, fresh)
     singles.extend(more)
     # Arrays are prepared ahead (in a helper process where it pays) while the ones
-    # before them are sent.
+    # before them are sent; once all are sent, ONE scontrol releases them.
+    held: list[HeldArray] = []
     with closing(prepared_arrays(ctx, rt, [*taken.batches, *batches], report)) as arrays:
         for chunk, prepared in arrays:
             try:
                 ready = prepared()
                 if ready is not None:
-                    send_array(ctx, rt, ready, report)
+                    send_array(ctx, rt, ready, report, held)
             except StaleJobError:
                 continue
             except LeaseLostError:
@@ -122,6 +130,8 @@ def submit_pending(
             except HpcgearError as exc:
                 logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
                 report.errors.append(f"array: {exc.message}")
+    # Left held should this raise (a lost lease): the poll releases them.
+    release_arrays(ctx, rt, held, report)
     for job_id in singles:
         try:
             submit_job(ctx, rt, job_id, report)
@@ -141,14 +151,21 @@ def _batches(rt: SiteRuntime, rows: Sequence[Any]) -> tuple[list[list[str]], lis
     if rt.site.scheduler != "slurm":
         return [], [j.id for j in rows]
     groups: dict[tuple[Any, ...], list[str]] = {}
-    # Jobs of a batch share their resources document (shared_json): keyed once each.
+    # Jobs of a batch share their resources document (shared_json): keyed once each,
+    # and each job's group found by what it is made of (the rows, and so the
+    # documents whose ids are used, stay alive meanwhile).
     resource_keys = ByIdentity()
+    keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for job in rows:
-        resources = resource_keys.get(
-            job.resources,
-            lambda r: dumps({k: v for k, v in (r or {}).items() if k != "explain"}),
-        )
-        groups.setdefault((job.gear_id, spec_user(job), resources), []).append(job.id)
+        parts = (job.gear_id, job.origin_type, job.origin_id, id(job.resources))
+        key = keys.get(parts)
+        if key is None:
+            resources = resource_keys.get(
+                job.resources,
+                lambda r: dumps({k: v for k, v in (r or {}).items() if k != "explain"}),
+            )
+            key = keys[parts] = (job.gear_id, spec_user(job), resources)
+        groups.setdefault(key, []).append(job.id)
     batches: list[list[str]] = []
     singles: list[str] = []
     size = array_size_limit(rt)

@@ -163,7 +163,12 @@ class JobPaths:
 
     def input_file(self, input_name: str, file_name: str) -> str:
         """Host path of an input file (both names checked as single components)."""
-        return posixpath.join(self.input_dir, self.input_relpath(input_name, file_name))
+        return self._join(self.input_file_relpath(input_name, file_name))
+
+    @classmethod
+    def input_file_relpath(cls, input_name: str, file_name: str) -> str:
+        """An input file's path below the job directory (names checked)."""
+        return f"{REL_INPUT_DIR}/{cls.input_relpath(input_name, file_name)}"
 
     @staticmethod
     def input_relpath(input_name: str, file_name: str) -> str:

@@ -340,7 +340,7 @@ def render_array(
             "HPCGEAR_DESTINATION": t["destination"],
             "HPCGEAR_TAGS": t["tags"],
             "INPUT_FILES": t["input_files"],
-            **({"TASK_FILES": list(t["files"])} if task_files is not None else {}),
+            **({"TASK_FILES": t["files"]} if task_files is not None else {}),
         }
         for t in tasks
     ]

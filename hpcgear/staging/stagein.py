@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hpcgear.errors import HpcgearError, StagingError
-from hpcgear.render.paths import REL_CONFIG_JSON, REL_ENV_FILE, REL_INPUT_DIR, JobPaths, TaskFile
+from hpcgear.render.paths import REL_CONFIG_JSON, REL_ENV_FILE, JobPaths, TaskFile
 from hpcgear.scheduler.transport import Transport
 from hpcgear.spec import InputSpec, JobSpec, TreeFile, safe_relpath
 from hpcgear.staging.checksums import is_local, remote_sha256, sha256_local
@@ -385,7 +385,7 @@ def _task_files(dat: _TasksDat, store: ObjectStore, task: ArrayTask) -> tuple[Ta
         (REL_ENV_FILE, task.gear_env.encode("utf-8"), None),
     ]
     for item in inputs:
-        rel = f"{REL_INPUT_DIR}/{JobPaths.input_relpath(item.name, item.file_name or '')}"
+        rel = JobPaths.input_file_relpath(item.name, item.file_name or "")
         planned.append((rel, None, item.sha256 or ""))
     if task.tree_dir is not None:
         parts = task.tree_dir.split("/")

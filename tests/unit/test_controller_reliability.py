@@ -443,6 +443,101 @@ def test_a_release_that_times_out_leaves_the_array_queued_for_the_poll(
     assert any("release" in e for e in report.errors), report.errors
 
 
+class NumberedSlurm(FakeSlurm):
+    """FakeSlurm whose sbatch gives each array its own id (555, 556, ...) and whose
+    release refuses the arrays in ``refuse`` (SLURM's text, one line per job)."""
+
+    def __init__(self, *, refuse: Sequence[str] = (),
+                 on_sbatch: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.refuse, self.on_nth_sbatch, self.sbatches = list(refuse), on_sbatch, 0
+
+    def run(self, argv: Sequence[str], *, timeout: float,
+            input: str | None = None) -> CompletedCommand:
+        a = tuple(argv)
+        if a[0] == "sbatch":
+            self.calls.append(a)
+            self.sbatches += 1
+            if self.on_nth_sbatch is not None:
+                self.on_nth_sbatch(self.sbatches)
+            return CompletedCommand(a, 0, f"{554 + self.sbatches}\n", "", 0.0)
+        if a[0] == "scontrol" and "release" in a and self.refuse:
+            self.calls.append(a)
+            asked = a[-1].split(",")
+            err = "".join(f"Requested partition configuration not available now for job {j}\n"
+                          for j in self.refuse if j in asked)
+            return CompletedCommand(a, 1 if err else 0, "", err, 0.0)
+        return super().run(argv, timeout=timeout, input=input)
+
+
+def _two_arrays(ctx: ControllerContext, rt: SiteRuntime, runner: FakeSlurm
+                ) -> tuple[list[str], list[str], CycleReport]:
+    """Two arrays in one cycle (three jobs each; they differ in memory), sent by
+    ``submit_pending``: the ids of each, in order, and the cycle's report."""
+    from hpcgear.controller.cycle import submit_pending
+
+    pid = _project_ids(ctx)["p1"]
+    first = [_submitting(ctx, pid, mem_mb=1000) for _ in range(3)]
+    second = [_submitting(ctx, pid, mem_mb=2000) for _ in range(3)]
+    report = CycleReport(site="t")
+    submit_pending(ctx, _rt(rt, runner, ctx), report, None)
+    return first, second, report
+
+
+def test_a_cycle_releases_all_its_arrays_with_one_scontrol_after_the_last_sbatch(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    ctx, rt = setup
+    runner = NumberedSlurm()
+    first, second, report = _two_arrays(ctx, rt, runner)
+    natives = {_row(ctx, j).native_id for j in first + second}
+    assert {_row(ctx, j).state for j in first + second} == {"queued"}
+    assert natives == {f"{base}_{i}" for base in (555, 556) for i in range(3)}, natives
+    releases = [i for i, c in enumerate(runner.calls) if "release" in c]
+    sbatches = [i for i, c in enumerate(runner.calls) if c[0] == "sbatch"]
+    assert len(releases) == 1 and len(sbatches) == 2 and releases[0] > sbatches[-1]
+    assert runner.calls[releases[0]][-1] == "555,556"
+    assert report.submitted == 6 and not report.errors, report
+
+
+def test_a_refused_release_fails_only_that_arrays_jobs_when_released_together(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    ctx, rt = setup
+    runner = NumberedSlurm(refuse=["556"])
+    first, second, report = _two_arrays(ctx, rt, runner)
+    by_base = {_row(ctx, j).native_id.split("_")[0]: j for j in first + second
+               if _row(ctx, j).native_id}
+    refused = [j for j in first + second if _row(ctx, j).state == "failed"]
+    assert len(refused) == 3 and {_row(ctx, j).failure_kind for j in refused} == {"rejected"}
+    assert [_row(ctx, j).state for j in first + second].count("queued") == 3
+    assert "556" in by_base and "555" in by_base
+    assert ("scancel", "556") in [c[:1] + c[-1:] for c in runner.calls if c[0] == "scancel"]
+    assert not [c for c in runner.calls if c[0] == "scancel" and "555" in " ".join(c)]
+    assert report.failed == 3
+
+
+def test_a_job_cancelled_while_its_array_waits_for_the_joint_release_is_scancelled(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    from hpcgear.jobs.service import cancel_job
+
+    ctx, rt = setup
+    victim: list[str] = []
+
+    def cancel_a_recorded_task(nth: int) -> None:
+        if nth != 2:
+            return
+        with ctx.db.session() as s:  # the first array is recorded, still held
+            victim.append(s.scalars(select(Job.id).where(Job.state == "queued")
+                                    .order_by(Job.native_id)).all()[1])
+            cancel_job(s, "alice", victim[0])
+
+    runner = NumberedSlurm(on_sbatch=cancel_a_recorded_task)
+    _two_arrays(ctx, rt, runner)
+    assert victim and _row(ctx, victim[0]).native_id == "555_1"
+    release = next(i for i, c in enumerate(runner.calls) if "release" in c)
+    cancels = [i for i, c in enumerate(runner.calls) if c[0] == "scancel" and "555_1" in c]
+    assert cancels and cancels[0] > release, runner.calls
+
+
 def config_not_json(ctx: ControllerContext, monkeypatch: pytest.MonkeyPatch, jid: str) -> None:
     """Job ``jid``'s config.json gets a NaN: SQLite stores one in a job's config, so
     there the row holds it; PostgreSQL's JSON columns refuse it, so there the
