@@ -49,8 +49,12 @@ WAKE_TICK = 0.1
 EXIT_TICK = 0.5
 #: Most running jobs whose exit records the daemon watches between cycles.
 EXIT_WATCH_MAX = 2000
-#: Seconds before an exit record already seen triggers another cycle.
-EXIT_RECHECK = 2.0
+#: Seconds before an exit record already seen triggers another cycle. SLURM's
+#: accounting (slurmdbd) records a job's end a second or two after the job wrote its
+#: exit record and left the queue, so the first cycle often finds no usage figures
+#: yet; one ``squeue`` and one ``sacct`` a second for the jobs that are ending (and
+#: only while they are) ends that wait close to when slurmdbd has them.
+EXIT_RECHECK = 1.0
 
 
 def site_is_idle(ctx: ControllerContext, site: str) -> bool:

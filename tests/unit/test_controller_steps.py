@@ -432,6 +432,14 @@ def test_daemon_wakes_on_new_work_and_exit_records(
     t0 = time.monotonic()
     ctl._sleep(30, seq, pending)
     assert time.monotonic() - t0 < 10, "an exit record wakes it"
+    # the same record wakes it again once a recheck is due (slurmdbd records a job's
+    # end a second or two after its exit record): not at every look, not only at the
+    # poll interval
+    from hpcgear.controller.loop import EXIT_RECHECK
+
+    t0 = time.monotonic()
+    ctl._sleep(30, seq, pending)
+    assert EXIT_RECHECK - 0.1 <= time.monotonic() - t0 < 10, "a recheck is due"
     # after a failed step (SLURM unreachable) exit records do not cut the wait short
     ctl._exit_seen.clear()
     t0 = time.monotonic()
