@@ -939,7 +939,9 @@ def _zipfile_bytes(members: list[tuple[str, bytes, bool]]) -> bytes:
 
 
 def test_the_plain_zip_writer_writes_zipfiles_bytes() -> None:
-    from hpcgear.ingest.dicom import PlainZipWriter
+    """With zlib as its deflater the writer's bytes are zipfile's; with its own
+    (ISA-L's) every member reads back the same through zipfile."""
+    from hpcgear.ingest.dicom import PlainZipWriter, zlib_raw_deflate
 
     mr = MR_SMALL.read_bytes()
     members = [
@@ -951,15 +953,24 @@ def test_the_plain_zip_writer_writes_zipfiles_bytes() -> None:
         ("1 - T1/1.2\\3.4.dcm", mr[:10], True),  # a two-valued UID
         ("1 - T1/cut\0here.dcm", mr[:10], True),  # zipfile cuts names at NUL
     ]
-    buf = io.BytesIO()
-    writer = PlainZipWriter(buf)
-    for name, data, deflate in members:
-        writer.add(name, data, deflate=deflate)
-    writer.close()
-    assert buf.getvalue() == _zipfile_bytes(members)
-    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+
+    def written(deflate: Any) -> bytes:
+        buf = io.BytesIO()
+        writer = PlainZipWriter(buf, deflate)
+        for name, data, compress in members:
+            writer.add(name, data, deflate=compress)
+        writer.close()
+        return buf.getvalue()
+
+    assert written(zlib_raw_deflate) == _zipfile_bytes(members)
+    own = written(None)
+    with zipfile.ZipFile(io.BytesIO(own)) as zf:
         assert zf.testzip() is None
         assert zf.read("1 - T1/1.2.3.dcm") == mr
+        assert [(i.filename, i.compress_type, zf.read(i)) for i in zf.infolist()] == [
+            (name.split("\0")[0], zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED, data)
+            for name, data, compress in members
+        ]
     assert PlainZipWriter.fits([10_000] * 100)
     assert not PlainZipWriter.fits([2**31 - 2**20])  # zipfile would write ZIP64
     assert not PlainZipWriter.fits([1] * 65_535)
@@ -968,21 +979,30 @@ def test_the_plain_zip_writer_writes_zipfiles_bytes() -> None:
 def test_series_zips_are_zipfiles_bytes(
     tmp_path: Path, mixed: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """build_series_zip writes the same bytes with or without PlainZipWriter."""
+    """build_series_zip writes the same bytes with or without PlainZipWriter (given
+    zlib as its deflater), and the same members and members_sha256 with its own."""
     from hpcgear.ingest import dicom
 
     scan = dicom.scan_dicom(mixed, route_fields=("AccessionNumber",), jobs=1)
     grouped = [m for series in dicom.group_instances(scan.instances).values()
                for m in series.values()]  # fmt: skip
+    own = [dicom.build_series_zip(m, tmp_path / f"o{i}.zip", f"s{i}")
+           for i, m in enumerate(grouped)]  # fmt: skip
+    monkeypatch.setattr(dicom, "raw_deflate", dicom.zlib_raw_deflate)
     plain = [dicom.build_series_zip(m, tmp_path / f"p{i}.zip", f"s{i}")
              for i, m in enumerate(grouped)]  # fmt: skip
     monkeypatch.setattr(dicom.PlainZipWriter, "fits", staticmethod(lambda sizes: False))
     classic = [dicom.build_series_zip(m, tmp_path / f"z{i}.zip", f"s{i}")
                for i, m in enumerate(grouped)]  # fmt: skip
     assert len(plain) == 5
-    for a, b in zip(plain, classic, strict=True):
+    for a, b, o in zip(plain, classic, own, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
-        assert a.members_sha256 == b.members_sha256
+        assert a.members_sha256 == b.members_sha256 == o.members_sha256
+        with zipfile.ZipFile(o.path) as mine, zipfile.ZipFile(b.path) as theirs:
+            assert mine.testzip() is None
+            assert [(i.filename, mine.read(i)) for i in mine.infolist()] == [
+                (i.filename, theirs.read(i)) for i in theirs.infolist()
+            ]
 
 
 def test_a_series_raced_by_another_writer_is_retried_into_its_acquisition(
