@@ -454,18 +454,17 @@ def release_arrays(
         # The jobs are queued and their SLURM ids recorded: the poll releases them.
         report.errors.append(f"array {', '.join(a.base for a in arrays)}: release: {exc.message}")
     bases = {a.array_id: f"{a.base}_" for a in arrays}
+    gone: list[str] = []
     with ctx.db.session() as s:
-        gone = [
-            (array_id, native)
-            for array_id, native in s.execute(
-                select(Job.array_id, Job.native_id).where(
-                    Job.array_id.in_(list(bases)), Job.state == JobState.CANCELLED.value
-                )
+        for array_id, native in s.execute(
+            select(Job.array_id, Job.native_id).where(
+                Job.array_id.in_(list(bases)), Job.state == JobState.CANCELLED.value
             )
-            if native and array_id and native.startswith(bases[array_id])
-        ]
+        ):
+            if native and array_id and native.startswith(bases[array_id]):  # its task
+                gone.append(native)
     if gone:
-        rt.backend.cancel([native for _, native in gone])
+        rt.backend.cancel(gone)
 
 
 def _indexes(s: Session, job_ids: Sequence[str]) -> dict[str, int]:

@@ -123,21 +123,12 @@ def claim(
         cap_user = site.limits.max_in_flight_per_user
         cap_project = site.limits.max_in_flight_per_project
         rate = site.limits.submit_rate_per_minute
-        chosen: list[Any] = []
         if cap_user is None and cap_project is None and rate is None:
-            chosen, pending = pending[:limit], []  # no cap to weigh job by job
-        for job in pending:
-            if len(chosen) >= limit:
-                break
-            if rate is not None and recent + len(chosen) >= rate:
-                break
-            if cap_user is not None and per_user.get(job.origin_id, 0) >= cap_user:
-                continue
-            if cap_project is not None and per_project.get(job.project_id, 0) >= cap_project:
-                continue
-            per_user[job.origin_id] = per_user.get(job.origin_id, 0) + 1
-            per_project[job.project_id] = per_project.get(job.project_id, 0) + 1
-            chosen.append(job)
+            chosen = pending[:limit]  # no cap to weigh job by job
+        else:
+            chosen = _within_caps(
+                pending, limit, recent, rate, per_user, cap_user, per_project, cap_project
+            )
         singles = [j.id for j in chosen]
         if batch is not None:
             batches, singles = batch(chosen)
@@ -153,3 +144,27 @@ def claim(
     if claimed:
         fault_point("claim.after")
     return Claim(claimed, batches)
+
+
+def _within_caps(
+    pending: Sequence[Any], limit: int, recent: int, rate: int | None,
+    per_user: dict[Any, int], cap_user: int | None,
+    per_project: dict[Any, int], cap_project: int | None,
+) -> list[Any]:
+    """The first of ``pending`` (in order) that the caps allow, up to ``limit``:
+    at most ``rate`` submissions a minute (``recent`` so far), at most ``cap_user`` /
+    ``cap_project`` in flight (``per_user`` / ``per_project``, counted on as chosen)."""
+    chosen: list[Any] = []
+    for job in pending:
+        if len(chosen) >= limit:
+            break
+        if rate is not None and recent + len(chosen) >= rate:
+            break
+        if cap_user is not None and per_user.get(job.origin_id, 0) >= cap_user:
+            continue
+        if cap_project is not None and per_project.get(job.project_id, 0) >= cap_project:
+            continue
+        per_user[job.origin_id] = per_user.get(job.origin_id, 0) + 1
+        per_project[job.project_id] = per_project.get(job.project_id, 0) + 1
+        chosen.append(job)
+    return chosen
