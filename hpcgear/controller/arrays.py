@@ -191,6 +191,10 @@ def prepared_arrays(
         return
     from hpcgear.procs import process_pool
 
+    # What every preparation asks the cluster once (its partitions' limits, cached
+    # on ``rt``) is asked here, before the fork: each helper inherits the answer
+    # rather than run the same scontrol and sinfo while the first array waits.
+    rt.live_partitions()
     global _HELPER
     _HELPER = (ctx, rt)
     pool = process_pool(min(workers, len(batches) - 1), _helper_started)

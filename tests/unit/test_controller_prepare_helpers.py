@@ -154,3 +154,28 @@ def test_a_helper_that_dies_costs_a_cycle_and_no_job(
     assert [_row(ctx, j).state for j in jobs] == ["queued"] * 6, report
     sbatch = [c for c in runner.calls if c[0] == "sbatch"]
     assert len(sbatch) == 3  # each array went out once
+
+
+def test_the_partitions_are_asked_once_before_the_helpers_start(
+        setup: tuple[ControllerContext, SiteRuntime],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The partitions' limits every preparation checks are asked by the controller
+    before it forks: a helper inherits them instead of running scontrol and sinfo."""
+    ctx, rt = setup
+    _three_arrays(ctx)
+    frt = _with_helpers(_rt(rt, NumberedSlurm(), ctx), 1)
+    log = tmp_path / "asked"
+    real = frt.backend.partitions
+
+    def asked() -> Any:
+        with log.open("a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return real()
+
+    monkeypatch.setattr(frt.backend, "partitions", asked)
+    pids = tmp_path / "pids"
+    _who_prepares(monkeypatch, pids)
+    report = _cycle(ctx, frt)
+    assert report.submitted == 6 and not report.errors, report
+    assert any(int(p) != os.getpid() for p in pids.read_text().split()), "no helper ran"
+    assert log.read_text().split() == [str(os.getpid())]
