@@ -337,24 +337,24 @@ def send_array(
             "scratch_root": site.render_scratch_root(first_spec.user),
         }
         claimed = {"old_state": JobState.PENDING.value, "new_state": JobState.SUBMITTING.value}
-        record_events_many(
-            s,
-            [
-                {
-                    "job_id": jid,
-                    "actor": ctx.actor,
-                    "kind": "sbatch",
-                    "message": f"submitting as task {index} of array {array_id} with --hold",
-                    "data": {
-                        "array_id": array_id,
-                        "index": index,
-                        **(first if index == 0 else {"argv_from": job_ids[0]}),
-                    },
-                    **(claimed if jid in claiming else {}),
-                }
-                for index, jid in enumerate(job_ids)
-            ],
-        )
+        events = [
+            {
+                "job_id": jid,
+                "actor": ctx.actor,
+                "kind": "sbatch",
+                "message": f"submitting as task {index} of array {array_id} with --hold",
+                "data": {
+                    "array_id": array_id,
+                    "index": index,
+                    **(first if index == 0 else {"argv_from": job_ids[0]}),
+                },
+                **(claimed if jid in claiming else {}),
+            }
+            for index, jid in enumerate(job_ids[: 1 if len(claiming) == len(job_ids) else None])
+        ]
+        record_events_many(s, events)
+        if len(events) < len(job_ids):  # every job claimed here: the others' in ONE statement
+            _record_intent_events(s, array_id, job_ids[0], ctx.actor)
     fault_point("array.intent")
     try:
         base = backend.submit(apaths.sbatch, hold=True)
@@ -549,6 +549,39 @@ _QUEUED_EVENTS = _events.insert().from_select(
         == bindparam("e_prefix", type_=String),
     ),
 )
+
+
+#: The intent events of an array's tasks but its first (``i_first``), every one of
+#: them claimed from ``pending`` by the intent: the message names the task index the
+#: intent wrote, the data points at the first task's event for the runtime argv.
+_INTENT_EVENTS = _events.insert().from_select(
+    ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
+    select(
+        _jobs.c.id,
+        bindparam("i_ts", type_=_events.c.ts.type),
+        bindparam("i_actor", type_=String),
+        literal("sbatch"),
+        literal(JobState.PENDING.value),
+        literal(JobState.SUBMITTING.value),
+        literal("submitting as task ")
+        + cast(_jobs.c.scheduler_info["array_index"].as_integer(), String)
+        + bindparam("i_suffix", type_=String),
+        bindparam("i_data", type_=_events.c.data.type),
+    ).where(_jobs.c.array_id == bindparam("i_array_id"), _jobs.c.id != bindparam("i_first")),
+)
+
+
+def _record_intent_events(s: Session, array_id: str, first: str, actor: str) -> None:
+    """The ``sbatch`` intent event of every task of ``array_id`` but ``first``, in ONE
+    ``INSERT ... SELECT`` from the rows the intent just wrote (in its transaction):
+    what :func:`send_array` would write one by one, but the data's ``index`` (the
+    message and the job's ``scheduler_info`` hold it)."""
+    s.execute(
+        _INTENT_EVENTS,
+        {"i_ts": utcnow(), "i_actor": actor, "i_suffix": f" of array {array_id} with --hold",
+         "i_data": {"array_id": array_id, "argv_from": first}, "i_array_id": array_id,
+         "i_first": first},
+    )
 
 
 def _record_queued_events(

@@ -603,6 +603,41 @@ def test_pending_jobs_of_an_array_are_claimed_by_its_intent(
         (e.kind, e.old_state, e.new_state) for e in _events(ctx, alone)]
     sbatch = [c[-1] for c in runner.calls if c[0] == "sbatch"]
     assert len(sbatch) == 2 and sum(p.endswith("array.sbatch") for p in sbatch) == 1, sbatch
+    # The first task's intent event carries the runtime argv; the others (written in
+    # one INSERT ... SELECT) name their task index and point at it.
+    array_id = _row(ctx, ids[0]).array_id
+    intents = [[e for e in _events(ctx, j) if e.kind == "sbatch"] for j in ids]
+    assert [len(i) for i in intents] == [1, 1]
+    first, other = intents[0][0], intents[1][0]
+    assert first.message == f"submitting as task 0 of array {array_id} with --hold"
+    assert first.data["index"] == 0 and first.data["argv"] and first.data["argv_template"]
+    assert other.message == f"submitting as task 1 of array {array_id} with --hold"
+    assert other.data == {"array_id": array_id, "argv_from": ids[0]}
+    assert (other.actor, other.old_state, other.new_state) == (ctx.actor, "pending",
+                                                               "submitting")
+    assert _row(ctx, ids[1]).scheduler_info["array_index"] == 1
+
+
+def test_the_intent_of_an_array_of_submitting_jobs_claims_nothing(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    """Jobs already ``submitting`` (claimed one by one, or left by an error) that go
+    out as an array get one intent event each, with no state move."""
+    from hpcgear.controller.cycle import submit_pending
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)["p1"]
+    ids = [_submitting(ctx, pid) for _ in range(3)]
+    report = CycleReport(site="t")
+    submit_pending(ctx, _rt(rt, FakeSlurm(), ctx), report, None)
+    assert report.submitted == 3 and report.claimed == 0, report
+    array_id = _row(ctx, ids[0]).array_id
+    for index, jid in enumerate(ids):
+        (intent,) = [e for e in _events(ctx, jid) if e.kind == "sbatch"]
+        assert intent.message == f"submitting as task {index} of array {array_id} with --hold"
+        assert (intent.old_state, intent.new_state) == (None, None)
+        assert intent.data["index"] == index and intent.data["array_id"] == array_id
+        assert ("argv" in intent.data) == (index == 0)
+        assert intent.data.get("argv_from", ids[0]) == ids[0]
 
 
 def test_a_pending_job_cancelled_while_its_array_is_prepared_holds_back_the_array(
