@@ -498,10 +498,10 @@ def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
 
 _jobs = Job.__table__
 _events = JobEvent.__table__
+#: A task's index in its array as its intent wrote it, as text.
+_ARRAY_INDEX = cast(_jobs.c.scheduler_info["array_index"].as_integer(), String)
 #: A task's SLURM id: the array's base id, ``_``, the task index its intent wrote.
-_TASK_ID = bindparam("prefix", type_=String) + cast(
-    _jobs.c.scheduler_info["array_index"].as_integer(), String
-)
+_TASK_ID = bindparam("prefix", type_=String) + _ARRAY_INDEX
 #: Moves an array's ``submitting`` jobs to ``queued``, each with its task's SLURM id.
 _RECORD_QUEUED = (
     _jobs.update()
@@ -529,45 +529,44 @@ def _record_queued(s: Session, array_id: str, base: str, now: Any) -> dict[str, 
     return {r.id: r.native_id for r in rows}
 
 
+def _events_of_jobs(kind: str, old: JobState, new: JobState, message: Any, *where: Any) -> Any:
+    """``INSERT ... SELECT`` of one ``kind`` event (``old`` -> ``new``) per job row
+    matching ``where``, with ``message`` (an expression of the row); its time, actor
+    and data are bound as ``ev_ts``, ``ev_actor`` and ``ev_data``. Built once at import
+    (compiled once per dialect)."""
+    return _events.insert().from_select(
+        ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
+        select(
+            _jobs.c.id,
+            bindparam("ev_ts", type_=_events.c.ts.type),
+            bindparam("ev_actor", type_=String),
+            literal(kind),
+            literal(old.value),
+            literal(new.value),
+            message,
+            bindparam("ev_data", type_=_events.c.data.type),
+        ).where(*where),
+    )
+
+
 #: The ``submitting -> queued`` events of an array's jobs that have a SLURM id of the
-#: array (``e_prefix`` is ``<base>_``), built once (compiled once per dialect).
-_QUEUED_EVENTS = _events.insert().from_select(
-    ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
-    select(
-        _jobs.c.id,
-        bindparam("e_ts", type_=_events.c.ts.type),
-        bindparam("e_actor", type_=String),
-        literal("state"),
-        literal(JobState.SUBMITTING.value),
-        literal(JobState.QUEUED.value),
-        literal("queued as ") + _jobs.c.native_id + bindparam("e_suffix", type_=String),
-        bindparam("e_data", type_=_events.c.data.type),
-    ).where(
-        _jobs.c.array_id == bindparam("e_array_id"),
-        _jobs.c.state == JobState.QUEUED.value,
-        func.substr(_jobs.c.native_id, 1, bindparam("e_prefix_len"))
-        == bindparam("e_prefix", type_=String),
-    ),
+#: array (``e_prefix`` is ``<base>_``).
+_QUEUED_EVENTS = _events_of_jobs(
+    "state", JobState.SUBMITTING, JobState.QUEUED,
+    literal("queued as ") + _jobs.c.native_id + bindparam("e_suffix", type_=String),
+    _jobs.c.array_id == bindparam("e_array_id"),
+    _jobs.c.state == JobState.QUEUED.value,
+    func.substr(_jobs.c.native_id, 1, bindparam("e_prefix_len"))
+    == bindparam("e_prefix", type_=String),
 )
-
-
 #: The intent events of an array's tasks but its first (``i_first``), every one of
 #: them claimed from ``pending`` by the intent: the message names the task index the
 #: intent wrote, the data points at the first task's event for the runtime argv.
-_INTENT_EVENTS = _events.insert().from_select(
-    ["job_id", "ts", "actor", "kind", "old_state", "new_state", "message", "data"],
-    select(
-        _jobs.c.id,
-        bindparam("i_ts", type_=_events.c.ts.type),
-        bindparam("i_actor", type_=String),
-        literal("sbatch"),
-        literal(JobState.PENDING.value),
-        literal(JobState.SUBMITTING.value),
-        literal("submitting as task ")
-        + cast(_jobs.c.scheduler_info["array_index"].as_integer(), String)
-        + bindparam("i_suffix", type_=String),
-        bindparam("i_data", type_=_events.c.data.type),
-    ).where(_jobs.c.array_id == bindparam("i_array_id"), _jobs.c.id != bindparam("i_first")),
+_INTENT_EVENTS = _events_of_jobs(
+    "sbatch", JobState.PENDING, JobState.SUBMITTING,
+    literal("submitting as task ") + _ARRAY_INDEX + bindparam("i_suffix", type_=String),
+    _jobs.c.array_id == bindparam("i_array_id"),
+    _jobs.c.id != bindparam("i_first"),
 )
 
 
@@ -578,8 +577,8 @@ def _record_intent_events(s: Session, array_id: str, first: str, actor: str) -> 
     message and the job's ``scheduler_info`` hold it)."""
     s.execute(
         _INTENT_EVENTS,
-        {"i_ts": utcnow(), "i_actor": actor, "i_suffix": f" of array {array_id} with --hold",
-         "i_data": {"array_id": array_id, "argv_from": first}, "i_array_id": array_id,
+        {"ev_ts": utcnow(), "ev_actor": actor, "i_suffix": f" of array {array_id} with --hold",
+         "ev_data": {"array_id": array_id, "argv_from": first}, "i_array_id": array_id,
          "i_first": first},
     )
 
@@ -594,7 +593,7 @@ def _record_queued_events(
     prefix = f"{base}_"
     s.execute(
         _QUEUED_EVENTS,
-        {"e_ts": now, "e_actor": actor, "e_suffix": f" ({note})", "e_data": data,
+        {"ev_ts": now, "ev_actor": actor, "e_suffix": f" ({note})", "ev_data": data,
          "e_array_id": array_id, "e_prefix": prefix, "e_prefix_len": len(prefix)},
     )
 
