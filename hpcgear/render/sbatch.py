@@ -229,6 +229,21 @@ def _check_site(spec: JobSpec, site: SiteConfig) -> None:
         )
 
 
+def compile_templates(site: SiteConfig) -> list[str]:
+    """Load and compile every ``*.j2`` template ``site`` renders with (its override
+    directory first, then the shipped ones), so the first job or array of a batch
+    does not pay for it; the names of those that failed (their error is raised
+    again, with its hint, when a job is rendered with them)."""
+    env = template_environment(site.template_dir)
+    failed: list[str] = []
+    for name in env.list_templates(filter_func=lambda n: n.endswith(".j2")):
+        try:
+            env.get_template(name)
+        except Exception:  # lint or syntax: reported where it is rendered
+            failed.append(name)
+    return failed
+
+
 def render_sbatch(spec: JobSpec, site: SiteConfig, paths: JobPaths) -> RenderedScript:
     """Render the sbatch script for one job attempt.
 

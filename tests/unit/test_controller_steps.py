@@ -447,6 +447,61 @@ def test_daemon_wakes_on_new_work_and_exit_records(
     assert time.monotonic() - t0 >= 2.9, "a failing query is not repeated on every exit record"
 
 
+def test_a_quiet_wait_queries_only_after_a_commit_on_sqlite(
+        setup: tuple[ControllerContext, SiteRuntime], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a SQLite file the daemon looks for new work every QUICK_WAKE_TICK with one
+    ``PRAGMA data_version`` and runs its work queries only when something was
+    committed; on PostgreSQL it queries every WAKE_TICK. Either way new work wakes it."""
+    import threading
+
+    from hpcgear.controller.loop import QUICK_WAKE_TICK, WAKE_TICK, Controller
+
+    ctx, rt = setup
+    pid = _project_ids(ctx)
+    ctl = Controller(settings_path=None, ctx=ctx, site_names=["t"])
+    ctl._runtimes = {"t": rt}
+    seq, pending = ctl._work_marks()
+    calls: list[float] = []
+    real = ctl._work_marks
+
+    def counted() -> tuple[int, int]:
+        calls.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(ctl, "_work_marks", counted)
+    try:
+        ctl._sleep(0.6, seq, pending, watch_exits=False)
+        assert ctl._watch is not None
+        if ctl._watch.precise:
+            assert QUICK_WAKE_TICK < WAKE_TICK
+            assert len(calls) == 1, "about 30 looks, one query: the first look's"
+        else:
+            assert len(calls) >= 3, "no cheap look on PostgreSQL: it queries each tick"
+        calls.clear()
+        threading.Timer(0.2, lambda: _job(ctx, user="alice", project=pid["p1"])).start()
+        t0 = time.monotonic()
+        ctl._sleep(30, seq, pending, watch_exits=False)
+        assert time.monotonic() - t0 < 10, "a new pending job wakes it"
+        assert calls, "the commit made it query"
+    finally:
+        ctl.close()
+
+
+def test_warm_up_compiles_the_sites_templates_before_the_first_batch(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    from hpcgear.controller.loop import Controller
+    from hpcgear.render.environment import template_environment
+
+    ctx, rt = setup
+    ctl = Controller(settings_path=None, ctx=ctx, site_names=["t"])
+    ctl._runtimes = {"t": rt}
+    template_environment.cache_clear()
+    ctl.warm_up()
+    cache = template_environment(rt.site.template_dir).cache
+    assert cache is not None
+    assert {"array.sbatch.j2", "job.sbatch.j2", "_run.bash.j2"} <= {n for _l, n in cache}
+
+
 class DbdDownRunner:
     """squeue answers (job 201 COMPLETED, still in the queue); sacct cannot reach slurmdbd."""
 

@@ -153,3 +153,40 @@ def test_write_runs_again_after_a_lost_compare_and_set(db) -> None:  # type: ign
 
     with pytest.raises(StaleJobError):
         db.write(always, attempts=3)
+
+
+def _log_change(database: Database, container: str) -> None:
+    with database.session() as s:
+        s.add(ChangeLog(kind="container.meta", container_id=container, actor="test"))
+
+
+def test_change_watch_sees_every_commit_and_nothing_else(db: Database, db_url: str) -> None:
+    """The daemon's cheap wake-up look: on SQLite ``PRAGMA data_version`` tells whether
+    anyone committed since the last look (another process, or another connection of
+    this one); on PostgreSQL every look answers True and the caller queries."""
+    watch = db.change_watch()
+    try:
+        assert watch.changed(), "the first look is never taken as 'nothing new'"
+        if not db_url.startswith("sqlite"):
+            assert not watch.precise
+            assert watch.changed() and watch.changed()
+            return
+        assert watch.precise
+        assert not watch.changed(), "nothing committed since the last look"
+        with db.session() as s:  # a read commits nothing
+            s.scalar(select(ChangeLog.seq))
+        assert not watch.changed()
+        other = Database(create_db_engine(db_url))  # another process's connection
+        try:
+            _log_change(other, "c1")
+        finally:
+            other.dispose()
+        assert watch.changed(), "another connection committed"
+        assert not watch.changed()
+        _log_change(db, "c2")  # this process's pool: another connection too
+        assert watch.changed()
+        watch.close()  # a new connection's numbers are not comparable: True again
+        assert watch.changed()
+        assert not watch.changed()
+    finally:
+        watch.close()

@@ -287,6 +287,26 @@ def test_site_template_override_printing_unquoted_values_is_refused(tmp_path: Pa
         render_sbatch(make_spec(), site, JobPaths.for_spec(make_spec(), site))
 
 
+def test_compile_templates_compiles_ahead_and_names_the_broken_ones(tmp_path: Path) -> None:
+    """What the daemon calls at start: every template a site renders with is compiled
+    into its environment's cache; a broken override is named, not raised (the render
+    raises it with its hint), and the others are compiled all the same."""
+    from hpcgear.render import compile_templates
+    from hpcgear.render.environment import template_environment
+
+    site = write_override(tmp_path, "#!/bin/bash\nJOB_DIR={{ job_dir }}\n")  # unquoted
+    (tmp_path / "notes.txt").write_text("not a template {{")
+    assert compile_templates(site) == ["job.sbatch.j2"]
+    cache = template_environment(site.template_dir).cache
+    assert cache is not None
+    compiled = {name for (_loader, name) in cache}
+    assert {"array.sbatch.j2", "_run.bash.j2"} <= compiled
+    assert "job.sbatch.j2" not in compiled and "notes.txt" not in compiled
+    with pytest.raises(ConfigError, match="does not end with"):
+        render_sbatch(make_spec(), site, JobPaths.for_spec(make_spec(), site))
+    assert compile_templates(make_site()) == []
+
+
 # The shipped array template before per-array stage-in (tasks found their job
 # directories staged): a site may still carry a copy of it as an override.
 OLD_ARRAY_TEMPLATE = """#!/bin/bash

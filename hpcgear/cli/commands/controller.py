@@ -116,6 +116,7 @@ def controller_run(
     ctl = _controller(app, sites, quiet, False, daemon=True)
     assert isinstance(ctl, Controller)
     ctl.install_signal_handlers()
+    ctl.warm_up()  # templates compiled, lazy imports done: before the freeze below
     _long_lived_process()
     ctl.run(until_idle=until_idle, timeout=timeout, interval=interval)
 
