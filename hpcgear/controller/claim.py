@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hpcgear.db.bulk import shared_json
+from hpcgear.db.bulk import records, shared_json
 from hpcgear.db.models import Job
 from hpcgear.jobs.transitions import transition_from
 from hpcgear.states import JobState
@@ -79,13 +79,16 @@ def claim(
         ctx.fence.keep()
     with ctx.db.session() as s:
         # Core rows of only the columns the claim decides on: no ORM objects and no
-        # JSON decoding of 10,000 configs here.
-        pending = s.execute(
-            select(*CLAIM_COLUMNS, *shared_json(Job.resources))
-            .where(Job.site == site.name, Job.state == JobState.PENDING.value)
-            .order_by(Job.created)
-            .limit(limit * 4)
-        ).all()
+        # JSON decoding of 10,000 configs here; as named tuples (records), since the
+        # claim and the batching read several columns of every row.
+        pending = records(
+            s.execute(
+                select(*CLAIM_COLUMNS, *shared_json(Job.resources))
+                .where(Job.site == site.name, Job.state == JobState.PENDING.value)
+                .order_by(Job.created)
+                .limit(limit * 4)
+            )
+        )
         # Stable: the rows come oldest first, so within a priority they stay in order.
         priority = PRIORITY_ORDER.get
         pending = sorted(pending, key=lambda j: priority(j.priority, 2))

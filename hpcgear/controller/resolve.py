@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hpcgear.config.site import SiteConfig
-from hpcgear.db.bulk import ByIdentity, shared_json
+from hpcgear.db.bulk import ByIdentity, records, shared_json
 from hpcgear.db.models import Gear, Job
 from hpcgear.errors import InvalidInputError
 from hpcgear.gears.configjson import build_config_json
@@ -257,7 +257,8 @@ def prepare_attempts(
         rows: dict[str, Any] = {}
         for start in range(0, len(ids), 5000):
             chunk = ids[start : start + 5000]
-            for r in s.execute(select(*columns).where(Job.id.in_(chunk))):
+            # Named tuples: a spec, its paths and its config.json read ~25 columns a row.
+            for r in records(s.execute(select(*columns).where(Job.id.in_(chunk)))):
                 rows[r.id] = r
         maker = SpecMaker(s, rt.site, sif)
         out = []

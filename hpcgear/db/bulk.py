@@ -10,18 +10,20 @@ that 10,000 rows share is serialized once) and hands the rows to the driver's
 ``executemany``. On PostgreSQL it is plain ``session.execute``: SQLAlchemy
 batches inserts there (``insertmanyvalues``), which a per-row driver
 ``executemany`` would undo. :func:`shared_json` reads JSON columns that many
-rows share (a batch's config, resources, tags) decoding each distinct document once.
+rows share (a batch's config, resources, tags) decoding each distinct document once,
+and :func:`records` hands thousands of read rows on as named tuples.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Text, type_coerce
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
@@ -174,3 +176,21 @@ def shared_json(*columns: Any) -> list[Label[Any]]:
     object whichever column holds them)."""
     decoder = SharedJson()
     return [type_coerce(c, decoder).label(c.key) for c in columns]
+
+
+@functools.lru_cache(maxsize=64)
+def _record_type(keys: tuple[str, ...]) -> Any:
+    return namedtuple("Record", keys)  # from a query's column names
+
+
+def records(result: Result[Any]) -> list[Any]:
+    """Every row of ``result`` as a named tuple with the same attributes.
+
+    Reading a column of a SQLAlchemy ``Row`` by name costs about 0.3 µs (a lookup
+    by key each time); a loop that reads ten columns of 10,000 rows spends 30 ms
+    on it. A named tuple's attribute is an index: converting costs about 0.45 µs a
+    row, once, so it pays from the second column read. For the hot loops over a
+    whole batch (claim, specs), not for a handful of rows.
+    """
+    record = _record_type(tuple(result.keys()))
+    return list(map(record._make, result))
