@@ -19,12 +19,12 @@ from hpcgear.jobs.transitions import StaleJobError
 from hpcgear.states import JobState
 
 from .arrays import (
+    ArraySender,
     HeldArray,
     adopt_or_reset_array,
     array_size_limit,
     prepared_arrays,
     release_arrays,
-    send_array,
 )
 from .cancel import cancel_requested
 from .claim import claim
@@ -116,20 +116,32 @@ def submit_pending(
     singles.extend(more)
     # Arrays are prepared ahead (in a helper process where it pays) while the ones
     # before them are sent; once all are sent, ONE scontrol releases them.
+    # Each array's sbatch overlaps the next one's intent and the last one's record.
     held: list[HeldArray] = []
-    with closing(prepared_arrays(ctx, rt, [*taken.batches, *batches], report)) as arrays:
-        for chunk, prepared in arrays:
-            try:
-                ready = prepared()
-                if ready is not None:
-                    send_array(ctx, rt, ready, report, held)
-            except StaleJobError:
-                continue
-            except LeaseLostError:
-                raise
-            except HpcgearError as exc:
-                logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
-                report.errors.append(f"array: {exc.message}")
+    sender = ArraySender(ctx, rt, report, held)
+    try:
+        with closing(prepared_arrays(ctx, rt, [*taken.batches, *batches], report)) as arrays:
+            for chunk, prepared in arrays:
+                try:
+                    ready = prepared()
+                    if ready is not None:
+                        sender.send(ready)
+                except StaleJobError:
+                    continue
+                except LeaseLostError:
+                    raise
+                except HpcgearError as exc:
+                    logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
+                    report.errors.append(f"array: {exc.message}")
+        try:
+            sender.finish()
+        except LeaseLostError:
+            raise
+        except HpcgearError as exc:
+            logger.warning("array: submit failed: %s", exc.message)
+            report.errors.append(f"array: {exc.message}")
+    finally:
+        sender.close()  # an sbatch still running is waited for
     # Left held should this raise (a lost lease): the poll releases them.
     release_arrays(ctx, rt, held, report)
     for job_id in singles:

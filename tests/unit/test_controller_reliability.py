@@ -448,9 +448,11 @@ class NumberedSlurm(FakeSlurm):
     release refuses the arrays in ``refuse`` (SLURM's text, one line per job)."""
 
     def __init__(self, *, refuse: Sequence[str] = (),
-                 on_sbatch: Callable[[int], None] | None = None) -> None:
+                 on_sbatch: Callable[[int], None] | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.refuse, self.on_nth_sbatch, self.sbatches = list(refuse), on_sbatch, 0
+        self.on_release = on_release
 
     def run(self, argv: Sequence[str], *, timeout: float,
             input: str | None = None) -> CompletedCommand:
@@ -461,6 +463,8 @@ class NumberedSlurm(FakeSlurm):
             if self.on_nth_sbatch is not None:
                 self.on_nth_sbatch(self.sbatches)
             return CompletedCommand(a, 0, f"{554 + self.sbatches}\n", "", 0.0)
+        if a[0] == "scontrol" and "release" in a and self.on_release is not None:
+            self.on_release()
         if a[0] == "scontrol" and "release" in a and self.refuse:
             self.calls.append(a)
             asked = a[-1].split(",")
@@ -499,6 +503,32 @@ def test_a_cycle_releases_all_its_arrays_with_one_scontrol_after_the_last_sbatch
     assert report.submitted == 6 and not report.errors, report
 
 
+def test_each_arrays_sbatch_runs_after_its_intent_while_the_controller_works_on(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
+    """On a local transport an array's sbatch runs in a thread once its intent is
+    committed, while the controller records the array before it and writes the
+    next one's intent: each array's own order (intent, sbatch, record) holds."""
+    import threading
+
+    seen: list[tuple[int, bool, set[tuple[str, bool]]]] = []
+
+    def look(nth: int) -> None:  # as SLURM takes the nth array: its intent is committed
+        with ctx.db.session() as s:
+            rows = s.execute(select(Job.state, Job.array_id, Job.resources)).all()
+        mine = {(st, a is not None) for st, a, r in rows if r["mem_mb"] == 1000 * nth}
+        seen.append((nth, threading.current_thread() is threading.main_thread(), mine))
+
+    ctx, rt = setup
+    runner = NumberedSlurm(on_sbatch=look)
+    first, second, report = _two_arrays(ctx, rt, runner)
+    assert [(n, main) for n, main, _states in seen] == [(1, False), (2, False)]
+    assert all(states == {("submitting", True)} for _n, _main, states in seen), seen
+    assert {_row(ctx, j).state for j in first + second} == {"queued"}
+    assert {_row(ctx, j).native_id.split("_")[0] for j in first} == {"555"}
+    assert {_row(ctx, j).native_id.split("_")[0] for j in second} == {"556"}
+    assert report.submitted == 6 and not report.errors, report
+
+
 def test_a_refused_release_fails_only_that_arrays_jobs_when_released_together(
         setup: tuple[ControllerContext, SiteRuntime]) -> None:  # noqa: F811
     ctx, rt = setup
@@ -522,15 +552,13 @@ def test_a_job_cancelled_while_its_array_waits_for_the_joint_release_is_scancell
     ctx, rt = setup
     victim: list[str] = []
 
-    def cancel_a_recorded_task(nth: int) -> None:
-        if nth != 2:
-            return
-        with ctx.db.session() as s:  # the first array is recorded, still held
+    def cancel_a_recorded_task() -> None:
+        with ctx.db.session() as s:  # both arrays are recorded, still held
             victim.append(s.scalars(select(Job.id).where(Job.state == "queued")
                                     .order_by(Job.native_id)).all()[1])
             cancel_job(s, "alice", victim[0])
 
-    runner = NumberedSlurm(on_sbatch=cancel_a_recorded_task)
+    runner = NumberedSlurm(on_release=cancel_a_recorded_task)
     _two_arrays(ctx, rt, runner)
     assert victim and _row(ctx, victim[0]).native_id == "555_1"
     release = next(i for i, c in enumerate(runner.calls) if "release" in c)
