@@ -314,6 +314,8 @@ def write_intent(
     # so task 0 carries it as a template and provenance rebuilds each task's argv.
     check_transition(JobState.PENDING, JobState.SUBMITTING)
     claiming = {jid for jid in job_ids if rows[jid].state == JobState.PENDING.value}
+    # Every task claimed here: task 0's event is written as data, the others' by SQL.
+    all_claimed = len(claiming) == len(job_ids)
     if ctx.fence is not None:
         ctx.fence.keep()
     with ctx.db.session() as s:
@@ -360,10 +362,10 @@ def write_intent(
                 },
                 **(claimed if jid in claiming else {}),
             }
-            for index, jid in enumerate(job_ids[: 1 if len(claiming) == len(job_ids) else None])
+            for index, jid in enumerate(job_ids[:1] if all_claimed else job_ids)
         ]
         record_events_many(s, events)
-        if len(events) < len(job_ids):  # every job claimed here: the others' in ONE statement
+        if all_claimed:  # the other tasks' events in ONE statement from the rows just written
             _record_intent_events(s, array_id, job_ids[0], ctx.actor)
     fault_point("array.intent")
 

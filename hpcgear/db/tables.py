@@ -280,8 +280,9 @@ jobs = Table(
     _created(),
     _modified(),
     # ix_jobs_created: `hpcgear jobs` lists newest first; without it a listing
-    # sorts the whole table (100k jobs: a full scan on every call).
-    Index("ix_jobs_state_site", "state", "site"),
+    # sorts the whole table (100k jobs: a full scan on every call). The claim reads
+    # a site's pending jobs oldest first, in the order of ix_jobs_state_site_created.
+    Index("ix_jobs_state_site_created", "state", "site", "created"),
     Index("ix_jobs_created", "created"),
     Index("ix_jobs_project_finished", "project_id", "finished"),
     Index("ix_jobs_finished", "finished"),

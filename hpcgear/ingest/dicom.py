@@ -81,6 +81,7 @@ def zlib_raw_deflate(data: bytes) -> bytes:
     compressor = zlib.compressobj(ZIP_LEVEL, zlib.DEFLATED, -15)
     return compressor.compress(data) + compressor.flush()
 
+
 #: Header fields copied (after de-identification) into acquisition and file info,
 #: and the classifier's input. Nothing here names or dates a person except the
 #: study/series dates, which a profile can shift or remove.

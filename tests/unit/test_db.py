@@ -30,7 +30,7 @@ def test_migrations_match_models(db: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     check_schema(db.engine)
-    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0004"
+    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0008"
 
 
 def test_empty_database_is_refused(tmp_path: Path) -> None:
@@ -190,3 +190,38 @@ def test_change_watch_sees_every_commit_and_nothing_else(db: Database, db_url: s
         assert not watch.changed()
     finally:
         watch.close()
+
+
+def test_the_claims_index_orders_a_sites_jobs_by_creation_and_migrates_both_ways(
+        db_url: str) -> None:
+    """0008 widens ix_jobs_state_site to (state, site, created): the claim reads a site's
+    pending jobs oldest first without sorting them; downgrading restores the old one."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from hpcgear.db.session import alembic_config, upgrade
+
+    engine = create_db_engine(db_url, create_dirs=True)
+    try:
+        def job_indexes() -> dict[str, list[str]]:
+            return {ix["name"]: list(ix["column_names"])
+                    for ix in inspect(engine).get_indexes("jobs")}
+
+        upgrade(engine, "0004")
+        assert job_indexes()["ix_jobs_state_site"] == ["state", "site"]
+        upgrade(engine)
+        indexes = job_indexes()
+        assert indexes["ix_jobs_state_site_created"] == ["state", "site", "created"]
+        assert "ix_jobs_state_site" not in indexes
+        if db_url.startswith("sqlite"):
+            with engine.connect() as conn:
+                plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE site = 's' AND "
+                    "state = 'pending' ORDER BY created"))
+            assert "ix_jobs_state_site_created" in plan and "TEMP B-TREE" not in plan, plan
+        command.downgrade(alembic_config(engine), "0004")
+        indexes = job_indexes()
+        assert indexes["ix_jobs_state_site"] == ["state", "site"]
+        assert "ix_jobs_state_site_created" not in indexes
+    finally:
+        engine.dispose()
