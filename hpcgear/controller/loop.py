@@ -43,11 +43,13 @@ logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 3600
 #: Seconds between the daemon's checks for new work (pending jobs, uploads) while it
-#: waits for the next cycle: two cheap database queries, no scheduler query, so a
-#: batch handed to the site starts being submitted within this.
+#: waits for the next cycle, where its change watch cannot tell whether anything was
+#: written (a driver that cannot LISTEN): two cheap database queries, no scheduler
+#: query, so a batch handed to the site starts being submitted within this.
 WAKE_TICK = 0.1
-#: The same on a SQLite file, where a look that finds nothing committed since the last
-#: is one ``PRAGMA data_version`` (microseconds, no table read): the queries run
+#: The same with a precise change watch (:class:`~hpcgear.db.session.ChangeWatch`: on
+#: a SQLite file one ``PRAGMA data_version``, on PostgreSQL the notifications its
+#: LISTEN connection already holds; microseconds, no table read): the queries run
 #: only when something was written, so a batch handed over is seen within this.
 QUICK_WAKE_TICK = 0.02
 #: Seconds between its looks for exit records of tracked jobs (a stat per job).
@@ -360,7 +362,7 @@ class Controller:
             if self._stop.wait(min(tick, left)):
                 return
             try:
-                # Nothing committed since the last look (SQLite): nothing new to find.
+                # Nothing committed since the last look: nothing new to find.
                 if watch.changed():
                     seq, pending = self._work_marks()
                     if pending > pending0 or (self.rules_hook is not None and seq > seq0):

@@ -343,48 +343,85 @@ class Database:
         self.engine.dispose()
 
 
+#: The channel migration 0009's triggers notify on PostgreSQL when jobs change state or
+#: site or the change log grows (what a waiting controller looks for).
+WORK_CHANNEL = "hpcgear_work"
+
+
 class ChangeWatch:
-    """Whether anything was committed to the database since the last look, cheaply.
+    """Whether anything a waiting controller looks for may have changed since the last
+    look, cheaply, so that it runs its real queries only then.
 
-    On a SQLite file: ``PRAGMA data_version`` on a connection kept for the watch. Its
-    value changes when any other connection commits (another process's, or another
-    of this process's pool), and reading it reads no table: microseconds, so a
-    waiting daemon can look every few milliseconds and run its real queries only
-    when something was written. ``precise`` is then True.
+    - SQLite file: ``PRAGMA data_version`` on a connection kept for the watch. It changes
+      when any other connection commits (another process's, or another of this
+      process's pool), and reading it reads no table: microseconds.
+    - PostgreSQL: ``LISTEN hpcgear_work`` on a connection of its own (autocommit, out of
+      the pool). Migration 0009's triggers notify on every statement that inserts jobs,
+      changes a job's state or site, or adds to the change log; a look reads what the
+      server already sent, without a round trip.
 
-    Elsewhere (PostgreSQL) there is no such counter: every look answers True and
-    the caller runs its queries at its own pace (``precise`` False).
+    ``precise`` says a False answer can be trusted; with a driver that cannot listen
+    (or an in-memory database) every look answers True and the caller queries at its
+    own pace. A failed look answers True and reconnects at the next one.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         url = engine.url
-        self.precise = url.get_backend_name() == "sqlite" and url.database not in (
-            None, "", ":memory:",
-        )
+        backend = url.get_backend_name()
+        self._kind = ""
+        if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+            self._kind = "sqlite"
+        elif backend == "postgresql" and url.get_driver_name() in ("psycopg2", "psycopg"):
+            self._kind = url.get_driver_name()
+        self.precise = bool(self._kind)
         self._conn: Any = None
-        self._seen: int | None = None  # the first look answers True
+        self._seen: int | None = None  # SQLite: the last data_version; None: say True
 
     def changed(self) -> bool:
-        """True when something was committed since the last look (or when unsure)."""
+        """True when something may have changed since the last look (or when unsure)."""
         if not self.precise:
             return True
         try:
             if self._conn is None:
-                self._conn = self._engine.raw_connection()
-            cur = self._conn.cursor()
-            try:
-                cur.execute("PRAGMA data_version")
-                version = int(cur.fetchone()[0])
-            finally:
-                cur.close()
+                self._conn = self._open()
+                return True  # what happened before the connection is unknown
+            return self._sqlite_changed(self._conn) if self._kind == "sqlite" else self._notified()
         except Exception:  # unsure: the caller looks with its queries
-            logger.debug("change watch: PRAGMA data_version failed", exc_info=True)
+            logger.debug("change watch: the look failed", exc_info=True)
             self.close()
             return True
+
+    def _open(self) -> Any:
+        raw = self._engine.raw_connection()
+        if self._kind == "sqlite":
+            self._sqlite_changed(raw)
+            return raw
+        conn: Any = raw.driver_connection
+        raw.detach()  # autocommit and LISTEN must never go back to the pool
+        conn.rollback()  # a pool pre-ping may have opened a transaction
+        conn.autocommit = True
+        conn.cursor().execute(f"LISTEN {WORK_CHANNEL}")
+        return conn
+
+    def _sqlite_changed(self, conn: Any) -> bool:
+        cur = conn.cursor()
+        try:
+            cur.execute("PRAGMA data_version")
+            version = int(cur.fetchone()[0])
+        finally:
+            cur.close()
         news = version != self._seen
         self._seen = version
         return news
+
+    def _notified(self) -> bool:
+        if self._kind == "psycopg2":
+            self._conn.poll()  # reads what the server sent; no round trip
+            got = bool(self._conn.notifies)
+            self._conn.notifies.clear()
+            return got
+        return any(True for _ in self._conn.notifies(timeout=0))  # psycopg 3.2+
 
     def close(self) -> None:
         self._seen = None  # another connection's numbers are not comparable

@@ -447,11 +447,11 @@ def test_daemon_wakes_on_new_work_and_exit_records(
     assert time.monotonic() - t0 >= 2.9, "a failing query is not repeated on every exit record"
 
 
-def test_a_quiet_wait_queries_only_after_a_commit_on_sqlite(
+def test_a_quiet_wait_queries_only_after_a_commit(
         setup: tuple[ControllerContext, SiteRuntime], monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a SQLite file the daemon looks for new work every QUICK_WAKE_TICK with one
-    ``PRAGMA data_version`` and runs its work queries only when something was
-    committed; on PostgreSQL it queries every WAKE_TICK. Either way new work wakes it."""
+    """The daemon looks for new work every QUICK_WAKE_TICK with its change watch (one
+    ``PRAGMA data_version`` on SQLite, the LISTEN connection's buffer on PostgreSQL) and
+    runs its work queries only when something was committed; new work wakes it."""
     import threading
 
     from hpcgear.controller.loop import QUICK_WAKE_TICK, WAKE_TICK, Controller
@@ -471,12 +471,9 @@ def test_a_quiet_wait_queries_only_after_a_commit_on_sqlite(
     monkeypatch.setattr(ctl, "_work_marks", counted)
     try:
         ctl._sleep(0.6, seq, pending, watch_exits=False)
-        assert ctl._watch is not None
-        if ctl._watch.precise:
-            assert QUICK_WAKE_TICK < WAKE_TICK
-            assert len(calls) == 1, "about 30 looks, one query: the first look's"
-        else:
-            assert len(calls) >= 3, "no cheap look on PostgreSQL: it queries each tick"
+        assert ctl._watch is not None and ctl._watch.precise
+        assert QUICK_WAKE_TICK < WAKE_TICK
+        assert len(calls) == 1, "about 30 looks, one query: the first look's"
         calls.clear()
         threading.Timer(0.2, lambda: _job(ctx, user="alice", project=pid["p1"])).start()
         t0 = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -30,7 +31,7 @@ def test_migrations_match_models(db: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     check_schema(db.engine)
-    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0008"
+    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0009"
 
 
 def test_empty_database_is_refused(tmp_path: Path) -> None:
@@ -160,36 +161,68 @@ def _log_change(database: Database, container: str) -> None:
         s.add(ChangeLog(kind="container.meta", container_id=container, actor="test"))
 
 
-def test_change_watch_sees_every_commit_and_nothing_else(db: Database, db_url: str) -> None:
+def test_change_watch_sees_what_a_waiting_controller_looks_for(
+        db: Database, db_url: str) -> None:
     """The daemon's cheap wake-up look: on SQLite ``PRAGMA data_version`` tells whether
     anyone committed since the last look (another process, or another connection of
-    this one); on PostgreSQL every look answers True and the caller queries."""
-    watch = db.change_watch()
-    try:
-        assert watch.changed(), "the first look is never taken as 'nothing new'"
-        if not db_url.startswith("sqlite"):
-            assert not watch.precise
-            assert watch.changed() and watch.changed()
-            return
-        assert watch.precise
-        assert not watch.changed(), "nothing committed since the last look"
-        with db.session() as s:  # a read commits nothing
-            s.scalar(select(ChangeLog.seq))
-        assert not watch.changed()
-        other = Database(create_db_engine(db_url))  # another process's connection
+    this one); on PostgreSQL a LISTEN connection hears migration 0009's triggers (jobs
+    inserted or changing state or site, the change log growing), and nothing else."""
+    import time
+
+    from sqlalchemy import text
+
+    pg = not db_url.startswith("sqlite")
+
+    def news(watch: Any) -> bool:  # a notification takes a moment to arrive
+        deadline = time.monotonic() + 5
+        while not watch.changed():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def quiet(watch: Any) -> bool:
+        time.sleep(0.2 if pg else 0)
+        return not watch.changed()
+
+    urls = [db_url]
+    if pg:  # both drivers: psycopg2 serves bare URLs, psycopg 3 explicit ones
+        urls.append(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    for url in urls:
+        own = db if url == db_url else Database(create_db_engine(url))
+        watch = own.change_watch()
         try:
-            _log_change(other, "c1")
+            assert watch.precise, url
+            assert watch.changed(), "the first look is never taken as 'nothing new'"
+            assert quiet(watch), "nothing committed since the last look"
+            with own.session() as s:  # a read commits nothing
+                s.scalar(select(ChangeLog.seq))
+            assert quiet(watch)
+            other = Database(create_db_engine(db_url))  # another process's connection
+            try:
+                _log_change(other, "c1")
+            finally:
+                other.dispose()
+            assert news(watch), "another connection committed"
+            assert quiet(watch)
+            _log_change(own, "c2")  # this process's pool: another connection too
+            assert news(watch)
+            assert quiet(watch)
+            if pg:  # the triggers: any statement moving jobs (even none), nothing else
+                with own.engine.begin() as conn:
+                    conn.execute(text("UPDATE jobs SET site = site WHERE 1 = 0"))
+                assert news(watch)
+                with own.engine.begin() as conn:
+                    conn.execute(text("UPDATE jobs SET last_seen = NULL WHERE 1 = 0"))
+                    conn.execute(text("UPDATE users SET disabled = disabled WHERE 1 = 0"))
+                assert quiet(watch)
+            watch.close()  # a new connection: what happened meanwhile is unknown
+            assert watch.changed()
+            assert quiet(watch)
         finally:
-            other.dispose()
-        assert watch.changed(), "another connection committed"
-        assert not watch.changed()
-        _log_change(db, "c2")  # this process's pool: another connection too
-        assert watch.changed()
-        watch.close()  # a new connection's numbers are not comparable: True again
-        assert watch.changed()
-        assert not watch.changed()
-    finally:
-        watch.close()
+            watch.close()
+            if own is not db:
+                own.dispose()
 
 
 def test_the_claims_index_orders_a_sites_jobs_by_creation_and_migrates_both_ways(
