@@ -436,10 +436,10 @@ class ArraySender:
         self._in_flight: tuple[PreparedArray, Future[str]] | None = None
 
     def send(self, prepared: PreparedArray) -> None:
-        write_intent(self.ctx, self.rt, prepared, self.report)
         if self._pool is None:
-            sbatch_array(self.ctx, self.rt, prepared, self.report, self.held)
+            send_array(self.ctx, self.rt, prepared, self.report, self.held)
             return
+        write_intent(self.ctx, self.rt, prepared, self.report)
         started = self._pool.submit(self.rt.backend.submit, prepared.apaths.sbatch, hold=True)
         before, self._in_flight = self._in_flight, (prepared, started)
         if before is not None:

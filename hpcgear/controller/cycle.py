@@ -6,8 +6,8 @@ The daemon and cron call :func:`run_cycle`; it only calls the step modules.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from typing import Any
 
 from sqlalchemy import select
@@ -122,24 +122,12 @@ def submit_pending(
     try:
         with closing(prepared_arrays(ctx, rt, [*taken.batches, *batches], report)) as arrays:
             for chunk, prepared in arrays:
-                try:
+                with _array_errors(report, f"array of {len(chunk)} jobs"):
                     ready = prepared()
                     if ready is not None:
                         sender.send(ready)
-                except StaleJobError:
-                    continue
-                except LeaseLostError:
-                    raise
-                except HpcgearError as exc:
-                    logger.warning("array of %d jobs: submit failed: %s", len(chunk), exc.message)
-                    report.errors.append(f"array: {exc.message}")
-        try:
+        with _array_errors(report, "array"):
             sender.finish()
-        except LeaseLostError:
-            raise
-        except HpcgearError as exc:
-            logger.warning("array: submit failed: %s", exc.message)
-            report.errors.append(f"array: {exc.message}")
     finally:
         sender.close()  # an sbatch still running is waited for
     # Left held should this raise (a lost lease): the poll releases them.
@@ -154,6 +142,22 @@ def submit_pending(
         except HpcgearError as exc:
             logger.warning("job %s: submit step failed: %s", job_id, exc.message)
             report.errors.append(f"{job_id}: {exc.message}")
+
+
+@contextmanager
+def _array_errors(report: CycleReport, what: str) -> Iterator[None]:
+    """An array that cannot go out this cycle (a job changed meanwhile, SLURM or the
+    database failed) is logged and reported; the other arrays go on. A lost lease stops
+    the step."""
+    try:
+        yield
+    except StaleJobError:
+        pass  # retried next cycle
+    except LeaseLostError:
+        raise
+    except HpcgearError as exc:
+        logger.warning("%s: submit failed: %s", what, exc.message)
+        report.errors.append(f"array: {exc.message}")
 
 
 def _batches(rt: SiteRuntime, rows: Sequence[Any]) -> tuple[list[list[str]], list[str]]:

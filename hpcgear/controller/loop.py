@@ -103,7 +103,6 @@ class Controller:
     _announced: dict[str, str] = field(default_factory=dict, init=False)
     _exit_seen: dict[str, float] = field(default_factory=dict, init=False)
     _watch: ChangeWatch | None = field(default=None, init=False)
-    _warm: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._lease = SiteLease(self.ctx.db, self.holder, self.lease_seconds)
@@ -236,9 +235,6 @@ class Controller:
         - Each site's sbatch templates are compiled (about 20 ms, once per process).
         - The modules that preparing and sending arrays import on first use are imported.
         """
-        if self._warm:
-            return
-        self._warm = True
         import importlib
 
         from hpcgear.render import compile_templates
