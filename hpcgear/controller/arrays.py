@@ -14,11 +14,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import String, bindparam, cast, func, literal, select
 from sqlalchemy.orm import Session
 
+from hpcgear.db.bulk import executemany, unindexed
 from hpcgear.db.models import Gear, Job, JobEvent
 from hpcgear.errors import HpcgearError, InvalidInputError
 from hpcgear.jobs.transitions import (
     StaleJobError,
-    cas_update_many,
     record_event,
     record_events_many,
     update_fields,
@@ -68,7 +68,6 @@ class CasRow(NamedTuple):
     id: str
     state: str
     state_seq: int
-    scheduler_info: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def prepare_array(
         array_id,
         [sp.job_id for sp in specs],
         {
-            sp.job_id: CasRow(r.id, r.state, r.state_seq, r.scheduler_info)
+            sp.job_id: CasRow(r.id, r.state, r.state_seq)
             for sp in specs
             for r in (rows[sp.job_id],)
         },
@@ -322,19 +321,15 @@ def write_intent(
         if ctx.fence is not None:
             # Inside the same transaction: a takeover cannot claim these jobs too.
             ctx.fence.check(s, site.name)
-        changes = [
-            (
-                rows[jid],
-                {
-                    "script_sha256": sha256,
-                    "array_id": array_id,
-                    "scheduler_info": {**(rows[jid].scheduler_info or {}), "array_index": index},
-                    **({"state": JobState.SUBMITTING.value} if jid in claiming else {}),
-                },
-            )
-            for index, jid in enumerate(job_ids)
-        ]
-        if not cas_update_many(s, changes):
+        # ONE statement, executed per task: the task's index and its compare-and-set
+        # are all that differ between the rows.
+        matched = executemany(
+            s, _INTENT,
+            [{"b_id": jid, "b_seq": rows[jid].state_seq, "b_index": index}
+             for index, jid in enumerate(job_ids)],
+            {"b_now": utcnow(), "b_sha": sha256, "b_array_id": array_id},
+        )
+        if matched != len(job_ids):
             raise StaleJobError(
                 f"a job of array {array_id} changed while it was being submitted",
                 "the jobs are submitted on the next cycle",
@@ -552,7 +547,8 @@ def release_arrays(
     with ctx.db.session() as s:
         for array_id, native in s.execute(
             select(Job.array_id, Job.native_id).where(
-                Job.array_id.in_(list(bases)), Job.state == JobState.CANCELLED.value
+                Job.array_id.in_(list(bases)),
+                unindexed(_jobs.c.state) == JobState.CANCELLED.value,
             )
         ):
             if native and array_id and native.startswith(bases[array_id]):  # its task
@@ -563,10 +559,7 @@ def release_arrays(
 
 def _indexes(s: Session, job_ids: Sequence[str]) -> dict[str, int]:
     """Each job's task index in its array, as its intent wrote it."""
-    return {
-        r.id: int((r.scheduler_info or {}).get("array_index", 0))
-        for r in _rows(s, job_ids).values()
-    }
+    return {r.id: int(r.array_index or 0) for r in _rows(s, job_ids).values()}
 
 
 def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
@@ -575,7 +568,7 @@ def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
     ids = list(job_ids)
     for start in range(0, len(ids), 5000):
         for r in s.execute(
-            select(Job.id, Job.state, Job.state_seq, Job.scheduler_info).where(
+            select(Job.id, Job.state, Job.state_seq, Job.array_index).where(
                 Job.id.in_(ids[start : start + 5000])
             )
         ):
@@ -589,7 +582,22 @@ def _rows(s: Session, job_ids: Sequence[str]) -> dict[str, Any]:
 _jobs = Job.__table__
 _events = JobEvent.__table__
 #: A task's index in its array as its intent wrote it, as text.
-_ARRAY_INDEX = cast(_jobs.c.scheduler_info["array_index"].as_integer(), String)
+_ARRAY_INDEX = cast(_jobs.c.array_index, String)
+#: The write-ahead intent of one task (executed per task of an array): it becomes
+#: ``submitting`` (a ``pending`` job is claimed by it; a ``submitting`` one stays) as task
+#: ``b_index`` of array ``b_array_id``, if its ``state_seq`` is still the one read.
+_INTENT = (
+    _jobs.update()
+    .where(_jobs.c.id == bindparam("b_id"), _jobs.c.state_seq == bindparam("b_seq"))
+    .values(
+        state=JobState.SUBMITTING.value,
+        state_seq=_jobs.c.state_seq + 1,
+        modified=bindparam("b_now"),
+        script_sha256=bindparam("b_sha"),
+        array_id=bindparam("b_array_id"),
+        array_index=bindparam("b_index"),
+    )
+)
 #: A task's SLURM id: the array's base id, ``_``, the task index its intent wrote.
 _TASK_ID = bindparam("prefix", type_=String) + _ARRAY_INDEX
 #: Moves an array's ``submitting`` jobs to ``queued``, each with its task's SLURM id.
@@ -597,7 +605,7 @@ _RECORD_QUEUED = (
     _jobs.update()
     .where(
         _jobs.c.array_id == bindparam("b_array_id"),
-        _jobs.c.state == JobState.SUBMITTING.value,
+        unindexed(_jobs.c.state) == JobState.SUBMITTING.value,
     )
     .values(
         state=JobState.QUEUED.value,
@@ -645,7 +653,7 @@ _QUEUED_EVENTS = _events_of_jobs(
     "state", JobState.SUBMITTING, JobState.QUEUED,
     literal("queued as ") + _jobs.c.native_id + bindparam("e_suffix", type_=String),
     _jobs.c.array_id == bindparam("e_array_id"),
-    _jobs.c.state == JobState.QUEUED.value,
+    unindexed(_jobs.c.state) == JobState.QUEUED.value,
     func.substr(_jobs.c.native_id, 1, bindparam("e_prefix_len"))
     == bindparam("e_prefix", type_=String),
 )
@@ -664,7 +672,7 @@ def _record_intent_events(s: Session, array_id: str, first: str, actor: str) -> 
     """The ``sbatch`` intent event of every task of ``array_id`` but ``first``, in ONE
     ``INSERT ... SELECT`` from the rows the intent just wrote (in its transaction):
     what :func:`send_array` would write one by one, but the data's ``index`` (the
-    message and the job's ``scheduler_info`` hold it)."""
+    message and the job's ``array_index`` hold it)."""
     s.execute(
         _INTENT_EVENTS,
         {"ev_ts": utcnow(), "ev_actor": actor, "i_suffix": f" of array {array_id} with --hold",
@@ -698,7 +706,8 @@ def adopt_or_reset_array(
         job_ids = list(
             s.scalars(
                 select(Job.id).where(
-                    Job.array_id == array_id, Job.state == JobState.SUBMITTING.value
+                    Job.array_id == array_id,
+                    unindexed(_jobs.c.state) == JobState.SUBMITTING.value,
                 )
             ).all()
         )
@@ -713,7 +722,7 @@ def adopt_or_reset_array(
     # sbatch never created it: forget the intent so the jobs are submitted afresh.
     for jid in job_ids:
         with job_session(ctx, jid) as (s, job):
-            update_fields(s, job, array_id=None)
+            update_fields(s, job, array_id=None, array_index=None)
             record_event(
                 s,
                 job,

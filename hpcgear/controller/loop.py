@@ -276,6 +276,9 @@ class Controller:
         """
         start = time.monotonic()
         last: list[CycleReport] = []
+        # SQLite: a cycle's commits do not checkpoint (unless the log grows past a
+        # bound); the WAL is copied once the cycle is over, before the wait below.
+        self.ctx.db.hold_checkpoints()
         try:
             while not self._stop.is_set():
                 marks = self._work_marks()
@@ -302,6 +305,7 @@ class Controller:
                 # every time an exit record is seen: that would repeat the failing
                 # query, and its warning, every few seconds for the whole outage.
                 failing = any(r.errors for r in last)
+                self.ctx.db.checkpoint()
                 self._sleep(float(wait), marks[0], self._work_marks()[1],
                             watch_exits=not failing)
         finally:

@@ -32,7 +32,7 @@ SPEC_COLUMNS = (
     Job.destination_id, Job.resources, Job.origin_type, Job.origin_id, Job.rule_id, Job.tags,
     Job.priority,
 )  # fmt: skip
-_SPEC_JSON = ("config", "inputs", "resources", "tags", "scheduler_info")
+_SPEC_JSON = ("config", "inputs", "resources", "tags")
 
 
 def spec_columns(*extra: Any) -> list[Any]:
@@ -242,7 +242,7 @@ def prepare_attempt(
 
 
 #: What the array's write-ahead intent compares and sets, read with the spec columns.
-CAS_COLUMNS = (Job.state, Job.state_seq, Job.scheduler_info)
+CAS_COLUMNS = (Job.state, Job.state_seq)
 
 
 def prepare_attempts(

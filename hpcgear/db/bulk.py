@@ -24,10 +24,12 @@ from typing import Any
 
 from sqlalchemy import Text, type_coerce
 from sqlalchemy.engine import Dialect, Result
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import Label
+from sqlalchemy.sql.elements import ColumnElement, Label
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator
 
 #: Compiled statements by (statement, dialect, keys), most recent last. An entry holds
@@ -194,3 +196,32 @@ def records(result: Result[Any]) -> list[Any]:
     """
     record = _record_type(tuple(result.keys()))
     return list(map(record._make, result))
+
+
+class unindexed(ColumnElement[Any]):
+    """``column`` in a condition that must not choose the query's index.
+
+    SQLite keeps no statistics unless ``ANALYZE`` ran, and then weighs ``array_id = ?``
+    and ``state = ?`` alike: recording an array's 1,000 tasks walked the state
+    index over EVERY ``queued`` job of the site (10,000 during one submission, all
+    of them in production), not its array's 1,000 rows. ``+column`` is SQLite's
+    documented way to leave a term out of index selection; PostgreSQL, which plans
+    from statistics, gets the plain column.
+    """
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        self.column = column
+        self.type = column.type
+
+
+@compiles(unindexed)
+def _unindexed(element: unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.column, **kw))
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.column, **kw))

@@ -308,6 +308,7 @@ class Job(Base):
     rule_id: Mapped[int | None]
     script_sha256: Mapped[str | None]
     array_id: Mapped[str | None]
+    array_index: Mapped[int | None]
     scheduler_info: Mapped[dict[str, Any]]
     core_hours: Mapped[float | None]
     gpu_hours: Mapped[float | None]

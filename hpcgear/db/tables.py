@@ -263,6 +263,7 @@ jobs = Table(
     Column("rule_id", Integer, index=True),
     Column("script_sha256", String(80)),
     Column("array_id", String(64), index=True),
+    Column("array_index", Integer),  # the job's task in its array (set with array_id)
     # What the scheduler and the job's exit record said (accounting, nodes, exit.json).
     Column("scheduler_info", JsonType, default=dict, **_NN),
     # Usage from SLURM accounting, filled when the job ends (hpcgear.jobs.usage) so

@@ -643,7 +643,7 @@ def test_pending_jobs_of_an_array_are_claimed_by_its_intent(
     assert other.data == {"array_id": array_id, "argv_from": ids[0]}
     assert (other.actor, other.old_state, other.new_state) == (ctx.actor, "pending",
                                                                "submitting")
-    assert _row(ctx, ids[1]).scheduler_info["array_index"] == 1
+    assert _row(ctx, ids[1]).array_index == 1
 
 
 def test_the_intent_of_an_array_of_submitting_jobs_claims_nothing(

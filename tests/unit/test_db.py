@@ -31,7 +31,7 @@ def test_migrations_match_models(db: Database) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     check_schema(db.engine)
-    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0009"
+    assert current_revision(db.engine) == head_revision() == alembic_head_revision() == "0010"
 
 
 def test_empty_database_is_refused(tmp_path: Path) -> None:
@@ -258,3 +258,112 @@ def test_the_claims_index_orders_a_sites_jobs_by_creation_and_migrates_both_ways
         assert "ix_jobs_state_site_created" not in indexes
     finally:
         engine.dispose()
+
+
+def test_an_array_tasks_index_moves_between_its_column_and_json_both_ways(
+        db_url: str) -> None:
+    """0010 makes an array task's index a column: upgrading fills it from the JSON key
+    older controllers wrote (an array in flight is adopted by it), downgrading writes
+    it back into that key; a job of no array gets no index either way."""
+    import json
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from hpcgear.db.models import Gear, Job
+    from hpcgear.db.session import alembic_config, upgrade
+
+    engine = create_db_engine(db_url, create_dirs=True)
+    try:
+        upgrade(engine)
+        own = Database(engine)
+        with own.session() as s:
+            svc.add_user(s, None, "admin", site_admin=True)
+            svc.create_group(s, "admin", "g")
+            svc.create_project(s, "admin", "g/p")
+            dest = svc.ensure_path(s, "admin", "g/p/s/ses")
+            gear = Gear(name="g", version="1", manifest={}, manifest_sha256="x",
+                        installed_by="admin")
+            s.add(gear)
+            s.flush()
+            for jid, array_id, index in (("task7", "a1", 7), ("single", None, None)):
+                s.add(Job(
+                    id=jid, gear_id=gear.id, state="submitting", site="local",
+                    destination_type=dest.type, destination_id=dest.id, origin_id="admin",
+                    config={}, inputs=[], resources={}, tags=[], array_id=array_id,
+                    array_index=index, scheduler_info={"kept": True},
+                ))  # fmt: skip
+
+        def info() -> dict[str, Any]:
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT id, scheduler_info FROM jobs")).all()
+            return {r[0]: r[1] if isinstance(r[1], dict) else json.loads(r[1]) for r in rows}
+
+        command.downgrade(alembic_config(engine), "0009")
+        assert info() == {"task7": {"kept": True, "array_index": 7}, "single": {"kept": True}}
+        upgrade(engine)
+        with own.session() as s:
+            assert s.get(Job, "task7").array_index == 7  # type: ignore[union-attr]
+            assert s.get(Job, "single").array_index is None  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+
+def test_a_daemon_checkpoints_the_wal_after_its_writes_not_during_them(
+        db: Database, db_url: str) -> None:
+    """``hold_checkpoints`` (the daemon): on SQLite this process's commits let the WAL
+    grow past SQLite's 1,000-page autocheckpoint instead of copying it mid-burst, and
+    ``checkpoint`` copies it all afterwards without waking the daemon's own change
+    watch. Other processes keep SQLite's default. Nothing to do on PostgreSQL."""
+    from hpcgear.db.session import HELD_CHECKPOINT_PAGES
+
+    db.hold_checkpoints()
+    db.hold_checkpoints()  # idempotent
+    if not db_url.startswith("sqlite"):
+        db.checkpoint()  # no-op, no error
+        return
+
+    def pragma(database: Database, sql: str) -> tuple[Any, ...]:
+        with database.engine.connect() as conn:
+            return tuple(conn.exec_driver_sql(sql).one())
+
+    assert pragma(db, "PRAGMA wal_autocheckpoint") == (HELD_CHECKPOINT_PAGES,)
+    other = Database(create_db_engine(db_url))
+    try:
+        assert pragma(other, "PRAGMA wal_autocheckpoint") == (1000,)
+    finally:
+        other.dispose()
+    db.checkpoint()
+    watch = db.change_watch()
+    try:
+        with db.engine.begin() as conn:  # ~6 MB in 12 commits, past 1,000 pages
+            conn.exec_driver_sql("CREATE TABLE ballast (b BLOB)")
+        for _ in range(12):
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO ballast VALUES (randomblob(500000))")
+        assert watch.changed()
+        assert not watch.changed()
+        # The log still holds every page written: no commit above copied it (with
+        # SQLite's default the commit past 1,000 pages would have, and the log restarted).
+        busy, log, done = db.checkpoint() or (None, 0, 0)
+        assert busy == 0 and log > 1000 and done == log, (busy, log, done)
+        assert not watch.changed(), "a checkpoint is not a commit: the daemon stays asleep"
+    finally:
+        watch.close()
+
+
+def test_recording_an_array_reads_its_own_rows_not_every_queued_job(db: Database,
+                                                                     db_url: str) -> None:
+    """Without statistics SQLite weighed ``state = ?`` like ``array_id = ?`` and walked
+    the state index over every queued job of the site to record one array's tasks;
+    the array statements keep state out of index selection (``+state``)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL plans from its statistics; this pins SQLite's plan")
+    from hpcgear.controller import arrays
+
+    for stmt in (arrays._RECORD_QUEUED, arrays._QUEUED_EVENTS):
+        sql = str(stmt.compile(dialect=db.engine.dialect))
+        with db.engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + sql, (None,) * sql.count("?")))
+        assert "ix_jobs_array_id" in plan and "ix_jobs_state" not in plan, plan
