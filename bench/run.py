@@ -77,7 +77,7 @@ def sizes(quick: bool) -> dict[str, int]:
         "rules_new": 1000,
         "rules_n": 50,
         "submit": 10_000,
-        "submit_reps": 1,
+        "submit_reps": 3,
         "latency_reps": 3,
         "submit_timeout": 600,
     }
