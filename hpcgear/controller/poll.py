@@ -261,9 +261,7 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
                 if acc is None and not _accounting_overdue(rt, job, now):
                     # sacct lags the queue (slurmdbd just back from an outage holds
                     # slurmctld's backlog): wait a little for the usage figures.
-                    info = dict(job.scheduler_info or {})
-                    info.setdefault("ended_seen", now.isoformat())
-                    update_fields(s, job, last_seen=now, scheduler_info=info)
+                    _await_accounting(s, job, now)
                     continue
                 update_fields(s, job, last_seen=now)
             record_end(ctx, rt, t.id, st.state, acc, report)
@@ -275,11 +273,20 @@ def poll_jobs(ctx: ControllerContext, rt: SiteRuntime, report: CycleReport) -> N
             if acc is not None and acc.category.final:
                 record_end(ctx, rt, t.id, acc.state, acc, report)
                 continue
-            # No accounting (or not final yet): the job's own exit record decides.
+            # No accounting (or not final yet): the job's own exit record decides,
+            # once sacct had its chance. A job can leave the queue (MinJobAge) while
+            # slurmdbd is down; back up, it still lacks slurmctld's backlog for a while,
+            # and deciding now would keep no usage figures for good: it waits, as an
+            # ended job still in the queue does.
             with job_session(ctx, t.id) as (s, job):
                 paths = attempt_paths(rt.site, job)
+                overdue = _accounting_overdue(rt, job, now)
             rec = read_exit_record(rt, paths)
             if rec is not None and rec.complete:
+                if not overdue:
+                    with job_session(ctx, t.id) as (s, job):
+                        _await_accounting(s, job, now)
+                    continue
                 state = SchedulerState.COMPLETED if rec.succeeded else SchedulerState.FAILED
                 record_end(ctx, rt, t.id, state, acc, report)
                 continue
@@ -419,6 +426,14 @@ def record_statuses(
                 apply_status_in(s, ctx, rt, job, st, now, report)
         except StaleJobError:
             continue
+
+
+def _await_accounting(s: Session, job: Job, now: dt.datetime) -> None:
+    """An ended job whose accounting ``sacct`` does not have yet waits for it (the
+    wait starts the first time: :func:`_accounting_overdue`)."""
+    info = dict(job.scheduler_info or {})
+    info.setdefault("ended_seen", now.isoformat())
+    update_fields(s, job, last_seen=now, scheduler_info=info)
 
 
 def _accounting_overdue(rt: SiteRuntime, job: Job, now: dt.datetime) -> bool:

@@ -571,3 +571,40 @@ def test_an_ended_job_waits_a_little_for_lagging_accounting(
         job = s.get(Job, jid)
         assert job is not None and job.state == "failed", "decided once the wait is over"
         assert "no exit record" in (job.failure_message or "")
+
+
+def test_a_job_that_left_the_queue_waits_a_little_for_lagging_accounting(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """A job can leave the queue (MinJobAge) while slurmdbd is down; once slurmdbd is
+    back, sacct still lacks slurmctld's backlog for a while. Its exit record is
+    complete, but deciding on it at once would keep no usage figures for good: it waits
+    (up to ACCOUNTING_WAIT) as an ended job still in the queue does, then is decided."""
+    import json
+
+    from hpcgear.controller.poll import ACCOUNTING_WAIT
+    from hpcgear.controller.resolve import attempt_paths
+
+    ctx, rt = setup
+    rt.backend = SlurmBackend(GoneRunner())  # squeue and sacct know nothing
+    pid = _project_ids(ctx)
+    jid = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="201",
+               last_seen=dt.datetime.now(dt.UTC), scheduler_state="RUNNING")
+    with ctx.db.session() as s:
+        exit_json = Path(attempt_paths(rt.site, s.get(Job, jid)).exit_json)  # type: ignore[arg-type]
+    exit_json.parent.mkdir(parents=True)
+    exit_json.write_text(json.dumps({
+        "schema": 1, "complete": True, "job_id": jid, "attempt": 1, "rc": 0, "signal": None,
+        "timed_out": False, "started": True, "boot_failed": False, "boot_attempts": 1,
+        "error": None, "host": "n1", "runtime_version": None, "slurm_job_id": "201",
+        "slurm_array_task_id": None, "start_time": None, "end_time": None, "elapsed_s": 1,
+    }))
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "running", "waits for sacct"
+        seen = dt.datetime.fromisoformat(job.scheduler_info["ended_seen"])
+        job.scheduler_info = {"ended_seen": (seen - ACCOUNTING_WAIT).isoformat()}
+    poll_jobs(ctx, rt, CycleReport(site="t"))
+    with ctx.db.session() as s:
+        job = s.get(Job, jid)
+        assert job is not None and job.state == "staging", "decided on its exit record"

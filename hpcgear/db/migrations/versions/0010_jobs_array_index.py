@@ -22,31 +22,25 @@ def upgrade() -> None:
     # A plain column is written and read as it is. Rows an older controller wrote
     # keep their key and get the column from it (an array in flight is adopted by it).
     op.add_column("jobs", sa.Column("array_index", sa.Integer(), nullable=True))
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            "UPDATE jobs SET array_index = (scheduler_info->>'array_index')::integer "
-            "WHERE array_id IS NOT NULL AND scheduler_info ? 'array_index'"
-        )
-    else:
-        op.execute(
-            "UPDATE jobs SET array_index = "
-            "CAST(json_extract(scheduler_info, '$.array_index') AS INTEGER) "
-            "WHERE array_id IS NOT NULL "
-            "AND json_extract(scheduler_info, '$.array_index') IS NOT NULL"
-        )
+    _execute(
+        postgresql="UPDATE jobs SET array_index = (scheduler_info->>'array_index')::integer "
+        "WHERE array_id IS NOT NULL AND scheduler_info ? 'array_index'",
+        sqlite="UPDATE jobs SET array_index = "
+        "CAST(json_extract(scheduler_info, '$.array_index') AS INTEGER) "
+        "WHERE array_id IS NOT NULL AND json_extract(scheduler_info, '$.array_index') IS NOT NULL",
+    )
 
 
 def downgrade() -> None:
     # Back into the JSON key the older code reads (it adopts arrays in flight by it).
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            "UPDATE jobs SET scheduler_info = jsonb_set(scheduler_info, '{array_index}', "
-            "to_jsonb(array_index)) WHERE array_index IS NOT NULL"
-        )
-    else:
-        op.execute(
-            "UPDATE jobs SET scheduler_info = "
-            "json_set(scheduler_info, '$.array_index', array_index) "
-            "WHERE array_index IS NOT NULL"
-        )
+    _execute(
+        postgresql="UPDATE jobs SET scheduler_info = jsonb_set(scheduler_info, "
+        "'{array_index}', to_jsonb(array_index)) WHERE array_index IS NOT NULL",
+        sqlite="UPDATE jobs SET scheduler_info = "
+        "json_set(scheduler_info, '$.array_index', array_index) WHERE array_index IS NOT NULL",
+    )
     op.drop_column("jobs", "array_index")
+
+
+def _execute(*, postgresql: str, sqlite: str) -> None:
+    op.execute(postgresql if op.get_bind().dialect.name == "postgresql" else sqlite)
