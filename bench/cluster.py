@@ -9,6 +9,7 @@ comparators ``--hold`` too).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -427,7 +428,10 @@ def bench_submission(tmp: Path, n: int, reps: int, timeout: float) -> dict[str, 
     for rep in range(reps):
         for name, fn in (
             ("sbatch_loop", lambda: sbatch_loop(tmp, n, partition)),
-            ("submitit", lambda: submitit_map_array(tmp / "submitit", n, partition, max_array)),
+            # submitit keeps files per task in its folder: each repetition starts
+            # from an empty one, as the first does.
+            ("submitit", functools.partial(
+                submitit_map_array, tmp / f"submitit-{rep}", n, partition, max_array)),
             ("sbatch_array", lambda: sbatch_array(tmp, n, partition, max_array)),
         ):
             waited += wait_for_room(n)
