@@ -549,17 +549,12 @@ class DbdBackRunner(DbdDownRunner):
         return super().run(argv, timeout=timeout, input=input)
 
 
-def test_an_ended_job_waits_a_little_for_lagging_accounting(
-        setup: tuple[ControllerContext, SiteRuntime]) -> None:
-    """After a slurmdbd outage sacct lags the queue: the ended job waits (up to
-    ACCOUNTING_WAIT) for its usage figures, then is decided without them."""
+def _poll_through_the_accounting_wait(ctx: ControllerContext, rt: SiteRuntime,
+                                     jid: str) -> Job:
+    """Poll once (the ended job, with no sacct record yet, waits for it), move the start
+    of its wait ACCOUNTING_WAIT back, poll again; the job's row after that."""
     from hpcgear.controller.poll import ACCOUNTING_WAIT
 
-    ctx, rt = setup
-    rt.backend = SlurmBackend(DbdBackRunner())
-    pid = _project_ids(ctx)
-    jid = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="201",
-               last_seen=dt.datetime.now(dt.UTC), scheduler_state="RUNNING")
     poll_jobs(ctx, rt, CycleReport(site="t"))
     with ctx.db.session() as s:
         job = s.get(Job, jid)
@@ -569,8 +564,22 @@ def test_an_ended_job_waits_a_little_for_lagging_accounting(
     poll_jobs(ctx, rt, CycleReport(site="t"))
     with ctx.db.session() as s:
         job = s.get(Job, jid)
-        assert job is not None and job.state == "failed", "decided once the wait is over"
-        assert "no exit record" in (job.failure_message or "")
+        assert job is not None
+        return job
+
+
+def test_an_ended_job_waits_a_little_for_lagging_accounting(
+        setup: tuple[ControllerContext, SiteRuntime]) -> None:
+    """After a slurmdbd outage sacct lags the queue: the ended job waits (up to
+    ACCOUNTING_WAIT) for its usage figures, then is decided without them."""
+    ctx, rt = setup
+    rt.backend = SlurmBackend(DbdBackRunner())
+    pid = _project_ids(ctx)
+    jid = _job(ctx, user="alice", project=pid["p1"], state="running", native_id="201",
+               last_seen=dt.datetime.now(dt.UTC), scheduler_state="RUNNING")
+    job = _poll_through_the_accounting_wait(ctx, rt, jid)
+    assert job.state == "failed", "decided once the wait is over"
+    assert "no exit record" in (job.failure_message or "")
 
 
 def test_a_job_that_left_the_queue_waits_a_little_for_lagging_accounting(
@@ -581,7 +590,6 @@ def test_a_job_that_left_the_queue_waits_a_little_for_lagging_accounting(
     (up to ACCOUNTING_WAIT) as an ended job still in the queue does, then is decided."""
     import json
 
-    from hpcgear.controller.poll import ACCOUNTING_WAIT
     from hpcgear.controller.resolve import attempt_paths
 
     ctx, rt = setup
@@ -598,13 +606,5 @@ def test_a_job_that_left_the_queue_waits_a_little_for_lagging_accounting(
         "error": None, "host": "n1", "runtime_version": None, "slurm_job_id": "201",
         "slurm_array_task_id": None, "start_time": None, "end_time": None, "elapsed_s": 1,
     }))
-    poll_jobs(ctx, rt, CycleReport(site="t"))
-    with ctx.db.session() as s:
-        job = s.get(Job, jid)
-        assert job is not None and job.state == "running", "waits for sacct"
-        seen = dt.datetime.fromisoformat(job.scheduler_info["ended_seen"])
-        job.scheduler_info = {"ended_seen": (seen - ACCOUNTING_WAIT).isoformat()}
-    poll_jobs(ctx, rt, CycleReport(site="t"))
-    with ctx.db.session() as s:
-        job = s.get(Job, jid)
-        assert job is not None and job.state == "staging", "decided on its exit record"
+    job = _poll_through_the_accounting_wait(ctx, rt, jid)
+    assert job.state == "staging", "decided on its exit record"
