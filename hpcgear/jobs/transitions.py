@@ -9,12 +9,11 @@ PostgreSQL alike. The event row is written in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -138,70 +137,8 @@ def update_fields(session: Session, job: Job, **fields: Any) -> Job:
     return job
 
 
-class JobRow(Protocol):
-    """What a bulk compare-and-set needs of a job: an ORM ``Job`` or a Core row."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def state_seq(self) -> int: ...
-
-
 #: Rows per ``WHERE (id, state_seq) IN (...)`` statement (SQLite allows 32,766 parameters).
 CAS_CHUNK = 2000
-
-
-def _mark_committed(job: JobRow, values: Mapping[str, Any]) -> None:
-    """An ORM row already holds ``values``: record them as loaded, not as changes."""
-    if isinstance(job, Job):
-        for key, value in values.items():
-            set_committed_value(job, key, value)
-
-
-@functools.lru_cache(maxsize=32)
-def _cas_update(keys: tuple[str, ...]) -> Any:
-    """``UPDATE jobs SET <keys> WHERE id = :b_id AND state_seq = :b_seq`` (one object per
-    set of columns, so :func:`hpcgear.db.bulk.executemany` compiles it once)."""
-    table = Job.__table__
-    return (
-        table.update()
-        .where(table.c.id == bindparam("b_id"), table.c.state_seq == bindparam("b_seq"))
-        .values({k: bindparam(f"v_{k}") for k in keys})
-    )
-
-
-def cas_update_many(session: Session, changes: Sequence[tuple[JobRow, Mapping[str, Any]]]) -> bool:
-    """Compare-and-set UPDATE of many jobs: one executemany per set of columns.
-
-    Each row is updated only if its ``state_seq`` is still the one read, as in
-    :func:`update_fields`. Returns True when every row matched; otherwise the
-    caller rolls back (a savepoint) and goes job by job. On a driver that cannot
-    count executemany rows it goes job by job at once (returns False, changes
-    nothing). ``changes`` may hold ORM ``Job`` rows or plain Core rows.
-    """
-    if not changes:
-        return True
-    if not session.get_bind().dialect.supports_sane_multi_rowcount:
-        return False
-    now = dt.datetime.now(dt.UTC)
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for job, fields in changes:
-        values = {"state_seq": job.state_seq + 1, "modified": now, **fields}
-        params = {f"v_{k}": v for k, v in values.items()}
-        params.update(b_id=job.id, b_seq=job.state_seq)
-        groups.setdefault(tuple(sorted(values)), []).append(params)
-    matched = 0
-    for keys, params_list in groups.items():
-        matched += executemany(session, _cas_update(keys), params_list)
-    if matched != len(changes):
-        return False
-    for job, fields in changes:
-        _mark_committed(job, {"state_seq": job.state_seq + 1, "modified": now, **fields})
-    return True
 
 
 _EVENT_INSERT = JobEvent.__table__.insert()
